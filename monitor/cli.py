@@ -1,0 +1,188 @@
+"""The ``telemon`` command line: one entry point, one subcommand per job.
+
+Logging is configured here and nowhere else. SIGINT/SIGTERM ask the running job to stop cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from monitor.settings import Settings, load_settings
+
+log = logging.getLogger("monitor")
+
+EPILOG = """\
+examples:
+  telemon demo                                   embedded broker + simulated fleet + monitor
+  telemon broker --port 9092                     an embedded Kafka-protocol broker (in memory)
+  telemon simulate --scenario configs/scenarios/demo.yaml --config configs/monitor.yaml
+  telemon run --config configs/monitor.yaml      the monitor, against kafka.bootstrap_servers
+  telemon rules check configs/rules.yaml         validate a rules file
+
+Every config key can be overridden from the environment, e.g. TELEMON_KAFKA__BOOTSTRAP_SERVERS."""
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="monitor YAML config (default: built-in defaults)"
+    )
+    p.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="telemon",
+        description="Streaming telemetry monitoring for ML in production: validate, score, detect "
+        "drift and govern sensor streams on Kafka.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"telemon {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the end-to-end demo on an embedded broker (< 2 min)")
+    demo.add_argument("--scenario", type=Path, default=Path("configs/scenarios/demo.yaml"), metavar="FILE")
+    demo.add_argument("--config", type=Path, metavar="FILE", help="monitor config to start from")
+
+    run = sub.add_parser("run", help="run the monitor as a consumer-group member until SIGTERM")
+    _add_config(run)
+
+    sim = sub.add_parser("simulate", help="publish a seeded simulated fleet scenario to Kafka")
+    sim.add_argument("--scenario", type=Path, required=True, metavar="FILE", help="scenario YAML")
+    sim.add_argument("--realtime", action="store_true", help="pace to wall-clock time (default: fast)")
+    _add_config(sim)
+
+    broker = sub.add_parser("broker", help="run an embedded Kafka-protocol broker (in memory) until Ctrl-C")
+    broker.add_argument("--host", default="127.0.0.1")
+    broker.add_argument("--port", type=int, default=9092)
+
+    rules = sub.add_parser("rules", help="governance rules tools")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    check = rules_sub.add_parser("check", help="validate a rules file; exit 1 with the errors")
+    check.add_argument("file", type=Path)
+    return parser
+
+
+def _version() -> str:
+    import monitor
+
+    return monitor.__version__
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {"kafka": {"bootstrap_servers": args.bootstrap}} if getattr(args, "bootstrap", None) else {}
+    return load_settings(args.config, **overrides)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s: finishing the current batch", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from monitor.app import build_service
+
+    settings = _settings(args)
+    service = build_service(settings)
+    totals = service.run(_stop_on_signals())
+    log.info(
+        "stopped after %d messages (%d quarantined, %d alerts)",
+        totals.messages,
+        totals.quarantined,
+        len(totals.alerts),
+    )
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from producers.scenario import load_scenario
+    from producers.simulate import simulate
+
+    settings = _settings(args)
+    scenario = load_scenario(args.scenario)
+    _stop_on_signals_raise()
+    report = simulate(settings.kafka, scenario, realtime=args.realtime)
+    print(
+        f"sent {report.readings_sent} readings, {report.malformed_sent} malformed, "
+        f"{report.truth_events} ground-truth events in {report.duration_s:.1f}s "
+        f"({report.readings_per_s:,.0f} readings/s)"
+    )
+    return 0
+
+
+def _stop_on_signals_raise() -> None:
+    """SIGTERM behaves like Ctrl-C: the simulator flushes what it produced and exits."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from monitor.broker import EmbeddedBroker
+
+    stop = _stop_on_signals()
+    with EmbeddedBroker(args.host, args.port) as broker:
+        print(f"embedded broker on {broker.bootstrap_servers} (in memory; Ctrl-C to stop)", flush=True)
+        stop.wait()
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from monitor.rules import RulesError, load_rules
+
+    try:
+        rules = load_rules(args.file)
+    except RulesError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.file}: {len(rules.rules)} rules OK")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.demo import run_demo
+
+    return run_demo(args.scenario, args.config, _stop_on_signals())
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "simulate": cmd_simulate,
+    "broker": cmd_broker,
+    "rules": cmd_rules,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except (FileNotFoundError, ValidationError, ValueError) as exc:
+        print(f"telemon {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    except RuntimeError as exc:  # KafkaUnavailable, BrokerError
+        print(f"telemon {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The batch pipeline: decode/validate -> integrity -> features -> score -> drift -> rules -> actions.
+
+:class:`Pipeline` holds all monitoring state and turns a batch of Kafka messages into a
+:class:`BatchResult` (dead letters, alerts, model versions, counts). It does no I/O: the live
+service (:mod:`monitor.service`) delivers the results and commits offsets, and an offline replay
+feeds the very same code with recorded messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from monitor import alerts, model, schema
+from monitor.drift import Comparison, FleetDrift, PairDrift
+from monitor.features import features, n_features
+from monitor.integrity import IntegrityChecker
+from monitor.registry import ModelVersion, TrainingData, code_version
+from monitor.rules import Evaluation, RuleEngine, RuleSet, Transition
+from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, SENSORS, Reading, Rejection
+from monitor.settings import Settings
+from monitor.state import CHECKS, N_SENSORS, Shapes, StateStore
+
+MIN_RETRAIN_ROWS = 16
+
+
+class Message(Protocol):
+    """What the pipeline needs of a Kafka message (``confluent_kafka.Message`` fits)."""
+
+    def value(self) -> bytes | None: ...
+    def key(self) -> bytes | None: ...
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    message: Message
+    rejection: Rejection
+
+
+@dataclass
+class BatchResult:
+    """Everything one batch produced; the service delivers it before committing offsets."""
+
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    alerts: list[alerts.Alert] = field(default_factory=list)
+    versions: list[ModelVersion] = field(default_factory=list)
+    valid: NDArray[np.int64] = field(default_factory=lambda: np.zeros(N_SENSORS, np.int64))
+    anomalies: NDArray[np.int64] = field(default_factory=lambda: np.zeros(N_SENSORS, np.int64))
+    scores: dict[int, NDArray[np.float64]] = field(default_factory=dict)  # sensor -> scores
+    drift: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # detector, scope, sensor
+    fleet_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # sensor -> (ks, psi)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
+    max_ts: int = 0
+
+    @property
+    def rejected(self) -> Counter[str]:
+        return Counter(d.rejection.reason.value for d in self.dead_letters)
+
+
+@dataclass
+class _Scored:
+    """The scored readings of a batch, in arrival order."""
+
+    slots: list[int] = field(default_factory=list)
+    sensors: list[int] = field(default_factory=list)
+    d2: list[float] = field(default_factory=list)
+    k: list[int] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, rules: RuleSet) -> None:
+        self.settings = settings
+        d, m = settings.drift, settings.model
+        shapes = Shapes(d.reference_size, d.window_size, d.psi_bins, m.retrain_window)
+        self.store = StateStore(shapes, d.adwin_delta)
+        self.integrity = IntegrityChecker(self.store, settings.integrity)
+        self.pairs = PairDrift(self.store, d)
+        self.fleet = FleetDrift(d)
+        self.engine = RuleEngine(rules)
+        self.thresholds = {k: model.distance_threshold(m.anomaly_threshold, k) for k in (1, 3)}
+        self.code_version = code_version()
+        self.config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+
+    def process(self, messages: Sequence[Message]) -> BatchResult:
+        result = BatchResult()
+        scored = _Scored()
+        touched: set[tuple[int, int]] = set()
+        max_bytes = self.settings.consume.max_message_bytes
+        for msg in messages:
+            self._track_offset(result, msg)
+            r = schema.decode(msg.value(), msg.key(), max_bytes)
+            if isinstance(r, Rejection):
+                result.dead_letters.append(DeadLetter(msg, r))
+                continue
+            self._apply(r, msg, scored, touched, result)
+        self._score(scored, result)
+        evaluations = self._evaluations(touched, result) + self._fleet_evaluations(result)
+        transitions = self.engine.evaluate(evaluations)
+        self._act(transitions, result)
+        return result
+
+    @staticmethod
+    def _track_offset(result: BatchResult, msg: Message) -> None:
+        topic, part, off = msg.topic(), msg.partition(), msg.offset()
+        if topic is not None and part is not None and off is not None:
+            result.offsets[(topic, part)] = off + 1
+
+    def _apply(
+        self, r: Reading, msg: Message, scored: _Scored, touched: set[tuple[int, int]], result: BatchResult
+    ) -> None:
+        st = self.store
+        slot = st.slot(r.device_id, msg.partition() or 0)
+        s = SENSOR_INDEX[r.sensor]
+        result.valid[s] += 1
+        result.max_ts = max(result.max_ts, r.ts)
+        if not self.integrity.check_seq(slot, s, r):
+            touched.add((slot, s))
+            return
+        self.integrity.check_values(slot, s, r, msg.timestamp()[1])
+        f = features(r)
+        self._remember(slot, s, r, msg.offset() or 0)
+        touched.add((slot, s))
+        st.since_eval[slot, s] += 1
+        m = st.models[slot][s]
+        if m is None:
+            m = st.models[slot][s] = model.AdaptiveGaussian(
+                len(f), self.settings.model.fading, SENSORS[r.sensor].resolution
+            )
+        if m.n < self.settings.model.warmup:
+            m.learn(f)
+            return
+        d2 = m.distance(f)
+        if d2 > self.thresholds[len(f)]:
+            st.anomalies[slot, s] += 1
+            result.anomalies[s] += 1
+        else:
+            m.learn(f)
+        scored.slots.append(slot)
+        scored.sensors.append(s)
+        scored.d2.append(d2)
+        scored.k.append(len(f))
+
+    def _model_params(self, s: int) -> dict[str, float]:
+        m = self.settings.model
+        return {
+            "fading": m.fading,
+            "var_fading": m.var_fading,
+            "resolution": SENSORS[SENSOR_NAMES[s]].resolution,
+        }
+
+    def _remember(self, slot: int, s: int, r: Reading, offset: int) -> None:
+        """Keep the reading in the pair's retraining ring, with its Kafka offset."""
+        st = self.store
+        i = int(st.raw_n[slot, s]) % st.shapes.retrain_window
+        st.raw[slot, s, i, : len(r.values)] = tuple(r.values.values())
+        st.raw_off[slot, s, i] = offset
+        st.raw_ts[slot, s, i] = r.ts
+        st.raw_n[slot, s] += 1
+
+    def _score(self, scored: _Scored, result: BatchResult) -> None:
+        if not scored.slots:
+            return
+        slots = np.asarray(scored.slots, np.int64)
+        sensors = np.asarray(scored.sensors, np.int64)
+        scores = model.scores(np.asarray(scored.d2), np.asarray(scored.k, np.float64))
+        hits_before = self.store.adwin_hits.sum(axis=0)
+        self.pairs.push(slots, sensors, scores)
+        for s, n in enumerate((self.store.adwin_hits.sum(axis=0) - hits_before).tolist()):
+            if n:
+                result.drift[("adwin", "device", SENSOR_NAMES[s])] += n
+        fleet_before = self.fleet.adwin_hits.copy()
+        self.fleet.push(sensors, scores)
+        for s in range(N_SENSORS):
+            mine = scores[sensors == s]
+            if len(mine):
+                result.scores[s] = mine
+            fleet_hits = int(self.fleet.adwin_hits[s] - fleet_before[s])
+            if fleet_hits:
+                result.drift[("adwin", "fleet", SENSOR_NAMES[s])] += fleet_hits
+
+    def _evaluations(self, touched: set[tuple[int, int]], result: BatchResult) -> list[Evaluation]:
+        st, every = self.store, self.settings.drift.check_every
+        due = [(slot, s) for slot, s in touched if st.since_eval[slot, s] >= every]
+        if not due:
+            return []
+        slots = np.fromiter((d[0] for d in due), np.int64, len(due))
+        sensors = np.fromiter((d[1] for d in due), np.int64, len(due))
+        comparable = self.pairs.comparable(slots, sensors)
+        cmp = self.pairs.compare(slots[comparable], sensors[comparable]) if comparable.any() else None
+        out: list[Evaluation] = []
+        j = 0
+        for i, (slot, s) in enumerate(due):
+            sig = self._pair_signals(slot, s)
+            if comparable[i] and cmp is not None:
+                sig.update(self._drift_signals(cmp, j, "device", SENSOR_NAMES[s], result))
+                j += 1
+            out.append(
+                Evaluation("device", st.device_ids[slot], SENSOR_NAMES[s], sig, int(st.last_ts[slot, s]))
+            )
+            self._reset_interval(slot, s)
+        return out
+
+    def _pair_signals(self, slot: int, s: int) -> dict[str, float]:
+        st = self.store
+        n = int(st.since_eval[slot, s])
+        hits = int(st.adwin_hits[slot, s])
+        sig = {
+            "readings": float(n),
+            "anomalies": float(st.anomalies[slot, s]),
+            "anomaly_rate": float(st.anomalies[slot, s]) / n if n else 0.0,
+            "adwin_detections": float(hits),
+            "adwin_drift": float(hits > 0),
+        }
+        for c, name in enumerate(CHECKS):
+            sig[name] = float(st.integrity[slot, s, c])
+        return sig
+
+    def _drift_signals(
+        self, cmp: Comparison, j: int, scope: str, sensor: str, result: BatchResult
+    ) -> dict[str, float]:
+        d = self.settings.drift
+        p, psi = float(cmp.ks_pvalue[j]), float(cmp.psi[j])
+        result.drift[("ks", scope, sensor)] += p < d.ks_alpha
+        result.drift[("psi", scope, sensor)] += psi > d.psi_threshold
+        return {
+            "ks_stat": float(cmp.ks_stat[j]),
+            "ks_pvalue": p,
+            "ks_drift": float(p < d.ks_alpha),
+            "psi": psi,
+            "psi_drift": float(psi > d.psi_threshold),
+        }
+
+    def _reset_interval(self, slot: int, s: int) -> None:
+        st = self.store
+        st.since_eval[slot, s] = 0
+        st.anomalies[slot, s] = 0
+        st.adwin_hits[slot, s] = 0
+        st.integrity[slot, s] = 0
+
+    def _fleet_evaluations(self, result: BatchResult) -> list[Evaluation]:
+        fl = self.fleet
+        due = fl.due()
+        if not len(due):
+            return []
+        comparable = fl.comparable(due)
+        cmp = fl.compare(due[comparable]) if comparable.any() else None
+        out, j = [], 0
+        for i, s in enumerate(due.tolist()):
+            n = int(fl.since_eval[s])
+            hits = int(fl.adwin_hits[s])
+            sig = {"readings": float(n), "adwin_detections": float(hits), "adwin_drift": float(hits > 0)}
+            if comparable[i] and cmp is not None:
+                sig.update(self._drift_signals(cmp, j, "fleet", SENSOR_NAMES[s], result))
+                result.fleet_stats[SENSOR_NAMES[s]] = (sig["ks_stat"], sig["psi"])
+                j += 1
+            fl.since_eval[s] = 0
+            fl.adwin_hits[s] = 0
+            out.append(Evaluation("fleet", "*", SENSOR_NAMES[s], sig, result.max_ts))
+        return out
+
+    def _act(self, transitions: list[Transition], result: BatchResult) -> None:
+        for t in transitions:
+            ev = t.evaluation
+            slot = self.store.slots.get(ev.device_id, -1)
+            s = SENSOR_INDEX[ev.sensor]
+            version = self.store.version(slot, s) if slot >= 0 else 0
+            alert = alerts.from_transition(t, version)
+            if "alert" in t.rule.actions:
+                result.alerts.append(alert)
+            if t.status == "firing" and "retrain" in t.rule.actions and slot >= 0:
+                v = self.retrain(slot, s, t.rule.name, alert.alert_id)
+                if v is not None:
+                    result.versions.append(v)
+
+    def retrain(self, slot: int, s: int, rule: str, alert_id: str) -> ModelVersion | None:
+        """Train a fresh model on the pair's recent readings and swap it in."""
+        st = self.store
+        w = st.shapes.retrain_window
+        count = int(min(st.raw_n[slot, s], w))
+        if count < MIN_RETRAIN_ROWS:
+            return None
+        idx = (int(st.raw_n[slot, s]) - count + np.arange(count)) % w
+        sensor = SENSOR_NAMES[s]
+        k = n_features(sensor)
+        rows = model.window_rows(st.raw[slot, s, idx], k)
+        fresh = model.AdaptiveGaussian.fit(rows, **self._model_params(s))
+        parent = st.version(slot, s)
+        st.models[slot][s] = fresh
+        st.versions[(slot, s)] = parent + 1
+        st.reset_detectors(slot, s)
+        offs, tss = st.raw_off[slot, s, idx], st.raw_ts[slot, s, idx]
+        return ModelVersion(
+            device_id=st.device_ids[slot],
+            sensor=sensor,
+            version=parent + 1,
+            parent=parent,
+            trained_on=TrainingData(
+                topic=self.settings.kafka.readings_topic,
+                partition=int(st.partition[slot]),
+                first_offset=int(offs.min()),
+                last_offset=int(offs.max()),
+                readings=count,
+                first_ts=int(tss.min()),
+                last_ts=int(tss.max()),
+            ),
+            params={
+                "warmup": self.settings.model.warmup,
+                "fading": self.settings.model.fading,
+                "var_fading": self.settings.model.var_fading,
+                "anomaly_threshold": self.settings.model.anomaly_threshold,
+                "retrain_window": w,
+            },
+            baseline=fresh.params(),
+            trigger_rule=rule,
+            trigger_alert_id=alert_id,
+            code_version=self.code_version,
+            config_hash=self.config_hash,
+            created_at=int(st.last_ts[slot, s]),
+        )

@@ -1,0 +1,197 @@
+"""The wire format: one sensor reading per Kafka message, JSON, keyed by ``device_id``.
+
+Shared by the monitor (decoding and strict validation) and the producers (encoding).
+
+A message looks like::
+
+    {"device_id": "dev-0001", "sensor": "accelerometer", "ts": 1764000000000, "seq": 42,
+     "values": {"x": 0.02, "y": -0.11, "z": 9.81}, "unit": "m/s^2", "schema_version": 1}
+
+Bad input is an error *value* (:class:`Rejection`) carrying a machine-readable :class:`Reason`,
+never an exception: the caller routes it to the dead-letter topic.
+
+>>> raw = encode_reading("dev-1", "temperature", 1_700_000_000_000, 7, {"value": 21.5})
+>>> decode(raw, b"dev-1").sensor
+'temperature'
+>>> decode(b'{"device_id": "dev-1"}', b"dev-1").reason
+<Reason.MISSING_FIELD: 'missing_field'>
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+import msgspec
+
+SCHEMA_VERSION: Final = 1
+MAX_MESSAGE_BYTES: Final = 4096
+DEVICE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class SensorSpec:
+    """What a sensor kind sends: its value keys, its unit, and the physically possible range."""
+
+    name: str
+    keys: tuple[str, ...]
+    unit: str
+    low: float
+    high: float
+    rate_hz: float  # nominal sampling rate, used by the simulator and the gap check
+    resolution: float  # smallest meaningful change: floors the variance a model may learn
+
+    @property
+    def is_vector(self) -> bool:
+        return len(self.keys) == 3
+
+
+VECTOR_KEYS: Final = ("x", "y", "z")
+SCALAR_KEYS: Final = ("value",)
+
+#: The six sensor kinds. Ranges are the full scale of common MEMS parts (LSM9DS1, HTS221,
+#: LPS25H): anything outside cannot come from a working sensor and is rejected as out_of_range.
+SENSORS: Final[dict[str, SensorSpec]] = {
+    s.name: s
+    for s in (
+        SensorSpec("accelerometer", VECTOR_KEYS, "m/s^2", -156.9, 156.9, 10.0, 1e-3),  # +-16 g
+        SensorSpec("gyroscope", VECTOR_KEYS, "rad/s", -34.9, 34.9, 10.0, 1e-4),  # +-2000 dps
+        SensorSpec("magnetometer", VECTOR_KEYS, "uT", -1600.0, 1600.0, 5.0, 1e-2),  # +-16 gauss
+        SensorSpec("humidity", SCALAR_KEYS, "%RH", 0.0, 100.0, 1.0, 1e-2),
+        SensorSpec("pressure", SCALAR_KEYS, "hPa", 260.0, 1260.0, 1.0, 1e-2),
+        SensorSpec("temperature", SCALAR_KEYS, "degC", -40.0, 125.0, 1.0, 1e-2),
+    )
+}
+SENSOR_NAMES: Final = tuple(SENSORS)
+SENSOR_INDEX: Final = {name: i for i, name in enumerate(SENSOR_NAMES)}
+
+
+class Reason(StrEnum):
+    """Why a message was quarantined. The value is the ``telemon.reason`` dead-letter header."""
+
+    OVERSIZE = "oversize"
+    INVALID_JSON = "invalid_json"
+    NOT_OBJECT = "not_object"
+    MISSING_FIELD = "missing_field"
+    EXTRA_FIELD = "extra_field"
+    WRONG_TYPE = "wrong_type"
+    BAD_DEVICE_ID = "bad_device_id"
+    KEY_MISMATCH = "key_mismatch"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNKNOWN_SENSOR = "unknown_sensor"
+    WRONG_UNIT = "wrong_unit"
+    BAD_VALUES = "bad_values"
+    NON_FINITE = "non_finite"
+    OUT_OF_RANGE = "out_of_range"
+    BAD_TIMESTAMP = "bad_timestamp"
+
+
+class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One validated sensor reading."""
+
+    device_id: str
+    sensor: str
+    ts: int
+    seq: int
+    values: dict[str, float]
+    unit: str
+    schema_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message that failed validation: routed to the dead-letter topic, never dropped."""
+
+    reason: Reason
+    detail: str
+
+
+_DECODER: Final = msgspec.json.Decoder(Reading)
+_ENCODER: Final = msgspec.json.Encoder()
+# ts must be a plausible UTC epoch in milliseconds: 2000-01-01 .. 2100-01-01.
+_TS_LOW: Final = 946_684_800_000
+_TS_HIGH: Final = 4_102_444_800_000
+_SEQ_HIGH: Final = 2**63 - 1
+
+
+def encode_reading(
+    device_id: str, sensor: str, ts: int, seq: int, values: dict[str, float], unit: str | None = None
+) -> bytes:
+    """Encode one reading in the wire format (unit defaults to the sensor's documented unit)."""
+    return _ENCODER.encode(
+        Reading(
+            device_id=device_id,
+            sensor=sensor,
+            ts=ts,
+            seq=seq,
+            values=values,
+            unit=SENSORS[sensor].unit if unit is None else unit,
+            schema_version=SCHEMA_VERSION,
+        )
+    )
+
+
+def decode(value: bytes | None, key: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Reading | Rejection:
+    """Decode and strictly validate one message value; the key must equal its device_id."""
+    if value is None:
+        return Rejection(Reason.INVALID_JSON, "message has no value")
+    if len(value) > max_bytes:
+        return Rejection(Reason.OVERSIZE, f"{len(value)} bytes > limit {max_bytes}")
+    try:
+        reading = _DECODER.decode(value)
+    except msgspec.ValidationError as exc:
+        return _classify(str(exc))
+    except msgspec.DecodeError as exc:
+        return Rejection(Reason.INVALID_JSON, str(exc))
+    return validate(reading, key)
+
+
+def validate(r: Reading, key: bytes | None) -> Reading | Rejection:
+    """Check the semantic rules the JSON schema alone cannot express."""
+    if not DEVICE_ID_PATTERN.fullmatch(r.device_id):
+        return Rejection(Reason.BAD_DEVICE_ID, "device_id must match " + DEVICE_ID_PATTERN.pattern)
+    if key is not None and key != r.device_id.encode():
+        return Rejection(Reason.KEY_MISMATCH, "message key differs from device_id")
+    if r.schema_version != SCHEMA_VERSION:
+        return Rejection(Reason.UNSUPPORTED_VERSION, f"schema_version {r.schema_version}")
+    spec = SENSORS.get(r.sensor)
+    if spec is None:
+        return Rejection(Reason.UNKNOWN_SENSOR, f"sensor {r.sensor[:64]!r}")
+    if r.unit != spec.unit:
+        return Rejection(Reason.WRONG_UNIT, f"{spec.name} expects {spec.unit!r}, got {r.unit[:32]!r}")
+    if not _TS_LOW <= r.ts <= _TS_HIGH:
+        return Rejection(Reason.BAD_TIMESTAMP, f"ts {r.ts} is not UTC epoch milliseconds")
+    if not 0 <= r.seq <= _SEQ_HIGH:
+        return Rejection(Reason.WRONG_TYPE, "seq must be a non-negative 64-bit integer")
+    return _check_values(r.values, spec) or r
+
+
+def _check_values(values: dict[str, float], spec: SensorSpec) -> Rejection | None:
+    if tuple(sorted(values)) != tuple(sorted(spec.keys)):
+        return Rejection(Reason.BAD_VALUES, f"{spec.name} values need keys {list(spec.keys)}")
+    for k, v in values.items():
+        if not math.isfinite(v):
+            return Rejection(Reason.NON_FINITE, f"values.{k} is not finite")
+        if not spec.low <= v <= spec.high:
+            return Rejection(Reason.OUT_OF_RANGE, f"values.{k}={v} outside [{spec.low}, {spec.high}]")
+    return None
+
+
+_ERROR_REASONS: Final = (
+    ("missing required field", Reason.MISSING_FIELD),
+    ("unknown field", Reason.EXTRA_FIELD),
+    ("Expected `object`", Reason.NOT_OBJECT),
+    ("Number out of range", Reason.NON_FINITE),
+)
+
+
+def _classify(message: str) -> Rejection:
+    for needle, reason in _ERROR_REASONS:
+        if needle in message:
+            if reason is Reason.NOT_OBJECT and "at `$." in message:
+                break  # a nested value that should be an object: a type error, not a non-object
+            return Rejection(reason, message[:200])
+    return Rejection(Reason.WRONG_TYPE, message[:200])

@@ -1,0 +1,143 @@
+"""Per-device state, stored as struct-of-arrays slabs so its size is known and small.
+
+A device gets a *slot* the first time it is seen. Everything the monitor keeps about a
+(device, sensor) pair lives at ``[slot, sensor_index]`` in fixed-size numpy arrays (score
+windows, the frozen reference, PSI bins, the recent raw readings for retraining and their Kafka
+offsets, integrity counters), plus two small River objects (the model and an ADWIN). Arrays grow by
+doubling. :meth:`StateStore.bytes_per_device` reports the footprint; the README's budget table
+comes from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from river import drift
+
+from monitor.model import AdaptiveGaussian
+from monitor.schema import SENSOR_NAMES
+
+N_SENSORS = len(SENSOR_NAMES)
+#: The per-device data-integrity checks, in the order of the ``integrity`` counters.
+CHECKS = ("stuck_at", "gap", "duplicate", "out_of_order", "clock_skew")
+N_CHECKS = len(CHECKS)
+
+
+@dataclass(frozen=True)
+class Shapes:
+    reference: int
+    window: int
+    psi_bins: int
+    retrain_window: int
+
+
+class StateStore:
+    """Slot allocation plus the per-pair arrays every stage reads and writes."""
+
+    def __init__(self, shapes: Shapes, adwin_delta: float, capacity: int = 64) -> None:
+        self.shapes = shapes
+        self.adwin_delta = adwin_delta
+        self.slots: dict[str, int] = {}
+        self.device_ids: list[str] = []
+        self.models: list[list[AdaptiveGaussian | None]] = []
+        self.adwins: list[list[drift.ADWIN | None]] = []
+        self.versions: dict[tuple[int, int], int] = {}  # pairs retrained at least once
+        self._arrays: dict[str, NDArray[np.generic]] = {}
+        self._alloc(capacity)
+
+    def _alloc(self, cap: int) -> None:
+        s, p = self.shapes, (cap, N_SENSORS)
+        spec: dict[str, tuple[tuple[int, ...], type[np.generic], float]] = {
+            "last_seq": ((cap,), np.int64, -1),
+            "partition": ((cap,), np.int32, -1),
+            "n_scored": (p, np.int64, 0),
+            "since_eval": (p, np.int32, 0),
+            "anomalies": (p, np.int32, 0),
+            "last_ts": (p, np.int64, 0),
+            "interval": (p, np.float32, 0),
+            "stuck_run": (p, np.int32, 0),
+            "adwin_hits": (p, np.int32, 0),
+            "integrity": ((*p, N_CHECKS), np.int32, 0),
+            "last_vals": ((*p, 3), np.float64, np.nan),
+            "raw_n": (p, np.int64, 0),
+            "raw": ((*p, s.retrain_window, 3), np.float32, 0),
+            "raw_off": ((*p, s.retrain_window), np.int64, -1),
+            "raw_ts": ((*p, s.retrain_window), np.int64, 0),
+            "ref": ((*p, s.reference), np.uint16, 0),
+            "cur": ((*p, s.window), np.uint16, 0),
+            "edges": ((*p, s.psi_bins - 1), np.float32, 0),
+            "ref_frac": ((*p, s.psi_bins), np.float32, 0),
+        }
+        old = self._arrays
+        self._arrays = {}
+        for name, (shape, dtype, fill) in spec.items():
+            arr = np.full(shape, fill, dtype=dtype)
+            if name in old:
+                arr[: len(old[name])] = old[name]
+            self._arrays[name] = arr
+            setattr(self, name, arr)
+
+    # Typed views of the slabs (set by _alloc).
+    last_seq: NDArray[np.int64]
+    partition: NDArray[np.int32]
+    n_scored: NDArray[np.int64]
+    since_eval: NDArray[np.int32]
+    anomalies: NDArray[np.int32]
+    last_ts: NDArray[np.int64]
+    interval: NDArray[np.float32]
+    stuck_run: NDArray[np.int32]
+    adwin_hits: NDArray[np.int32]
+    integrity: NDArray[np.int32]
+    last_vals: NDArray[np.float64]
+    raw_n: NDArray[np.int64]
+    raw: NDArray[np.float32]
+    raw_off: NDArray[np.int64]
+    raw_ts: NDArray[np.int64]
+    ref: NDArray[np.uint16]  # scores quantised to 1/65535 (see drift.quantise)
+    cur: NDArray[np.uint16]
+    edges: NDArray[np.float32]
+    ref_frac: NDArray[np.float32]
+
+    @property
+    def capacity(self) -> int:
+        return len(self.last_seq)
+
+    def __len__(self) -> int:
+        return len(self.device_ids)
+
+    def slot(self, device_id: str, partition: int) -> int:
+        """The slot of ``device_id``, allocated on first sight."""
+        slot = self.slots.get(device_id)
+        if slot is not None:
+            return slot
+        slot = len(self.device_ids)
+        if slot == self.capacity:
+            self._alloc(2 * self.capacity)
+        self.slots[device_id] = slot
+        self.device_ids.append(device_id)
+        self.models.append([None] * N_SENSORS)
+        self.adwins.append([None] * N_SENSORS)
+        self.partition[slot] = partition
+        return slot
+
+    def adwin(self, slot: int, s: int) -> drift.ADWIN:
+        a = self.adwins[slot][s]
+        if a is None:
+            a = self.adwins[slot][s] = drift.ADWIN(delta=self.adwin_delta)
+        return a
+
+    def version(self, slot: int, s: int) -> int:
+        return self.versions.get((slot, s), 1)
+
+    def reset_detectors(self, slot: int, s: int) -> None:
+        """Forget the score history of a pair: a new model starts a new reference."""
+        self.n_scored[slot, s] = 0
+        self.since_eval[slot, s] = 0
+        self.anomalies[slot, s] = 0
+        self.adwin_hits[slot, s] = 0
+        self.adwins[slot][s] = None
+
+    def array_bytes_per_device(self) -> int:
+        return sum(a.nbytes for a in self._arrays.values()) // self.capacity
