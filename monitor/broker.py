@@ -66,11 +66,15 @@ class EmbeddedBroker:
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://{self.bootstrap_servers}"
         out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
-        self._proc = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child has its own copy
         self._wait_ready(timeout)
         log.info("embedded broker listening on %s (pid %d)", url, self._proc.pid)
         return self

@@ -64,6 +64,10 @@ def encode(v: ModelVersion) -> bytes:
     return _ENCODER.encode(v)
 
 
+def decode(raw: bytes) -> ModelVersion:
+    return msgspec.json.decode(raw, type=ModelVersion)
+
+
 class ModelRegistry:
     """An append-only JSON-lines file of model versions."""
 
@@ -83,4 +87,4 @@ class ModelRegistry:
             return
         with self.path.open("rb") as f:
             for line in f:
-                yield msgspec.json.decode(line, type=ModelVersion)
+                yield decode(line)

@@ -34,6 +34,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 @pytest.fixture
 def kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:
     """Kafka settings on the session broker with topic and group names unique to this test."""
+    return unique_kafka_settings(broker)
+
+
+def unique_kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:
     n = next(_counter)
     return KafkaSettings(
         bootstrap_servers=broker.bootstrap_servers,
