@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # stubs lack re-export
 
 from monitor.settings import KafkaSettings
 
@@ -103,8 +103,9 @@ class DeliveryTracker:
             self.errors.append(f"{msg.topic()}: {err.str()}")
             return
         self.delivered += 1
-        key = (msg.topic(), msg.partition())
-        self.last_offsets[key] = max(self.last_offsets.get(key, -1), msg.offset())
+        # A delivered message always has a topic, partition and offset.
+        key = (cast(str, msg.topic()), cast(int, msg.partition()))
+        self.last_offsets[key] = max(self.last_offsets.get(key, -1), cast(int, msg.offset()))
 
 
 def produce(producer: Producer, tracker: DeliveryTracker, topic: str, **kwargs: Any) -> None:

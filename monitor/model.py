@@ -29,7 +29,8 @@ its memory are followed.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,7 +40,7 @@ from scipy import special
 from monitor.features import Features, from_values
 
 
-class AdaptiveGaussian(AnomalyDetector):  # type: ignore[misc]
+class AdaptiveGaussian(AnomalyDetector):
     """Exponentially weighted mean/variance per feature; scores in [0, 1] (chi-square CDF)."""
 
     def __init__(
@@ -85,12 +86,12 @@ class AdaptiveGaussian(AnomalyDetector):  # type: ignore[misc]
             d2 += (x - s[1 + i]) ** 2 / (var if var > floor else floor)
         return d2
 
-    def learn_one(self, x: dict[str, float]) -> None:
-        self.learn(from_values(x))
+    def learn_one(self, x: dict[Hashable, Any]) -> None:
+        self.learn(from_values(cast("dict[str, float]", x)))
 
-    def score_one(self, x: dict[str, float]) -> float:
+    def score_one(self, x: dict[Hashable, Any]) -> float:
         k = np.array([float(self.n_features)])
-        return float(scores(np.array([self.distance(from_values(x))]), k)[0])
+        return float(scores(np.array([self.distance(from_values(cast("dict[str, float]", x)))]), k)[0])
 
     def params(self) -> dict[str, list[float]]:
         """The learned baseline, recorded with every model version."""

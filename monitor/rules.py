@@ -27,7 +27,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -114,7 +114,7 @@ class Rule(_Model):
     for_: int = Field(1, ge=1, alias="for")
     cooldown_s: float = Field(0.0, ge=0)
     severity: Literal["info", "warning", "critical"] = "warning"
-    actions: list[Action] = Field(default_factory=lambda: ["alert"], min_length=1)
+    actions: list[Action] = Field(default_factory=lambda: cast("list[Action]", ["alert"]), min_length=1)
 
     @model_validator(mode="after")
     def _check(self) -> Rule:
