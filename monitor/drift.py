@@ -8,7 +8,8 @@ Windows, per (device, sensor) pair and per sensor across the fleet:
 - **current**: a ring of the latest ``window_size`` scores after the reference.
 
 KS and PSI compare current with reference in batches (:mod:`monitor.stats`), only when a pair is
-evaluated; ADWIN sees every score (it is ~1 us per update).
+evaluated. ADWIN sees every score fleet-wide, and the mean score of each evaluation interval per
+pair (see :meth:`PairDrift.close_interval`).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class PairDrift:
         self.settings = settings
 
     def push(self, slots: IntArray, sensors: IntArray, scores: FloatArray) -> None:
-        """Record a batch of scores: windows vectorised, ADWIN per score."""
+        """Record a batch of scores in the windows (vectorised) and the interval sums."""
         st = self.store
         flat = slots * N_SENSORS + sensors
         n = st.n_scored.reshape(-1)
@@ -113,11 +114,25 @@ class PairDrift:
             st.ref_frac.reshape(-1, st.ref_frac.shape[-1]),
             full,
         )
-        for slot, s, score in zip(slots.tolist(), sensors.tolist(), scores.tolist(), strict=True):
+        np.add.at(st.score_sum.reshape(-1), flat, scores)
+        np.add.at(st.score_count.reshape(-1), flat, 1)
+
+    def close_interval(self, slot: int, s: int) -> None:
+        """Feed the pair's ADWIN the mean score of the interval since its last evaluation.
+
+        ADWIN per pair sees interval means, not single scores: a River ADWIN holds ~2 KB of
+        buckets after a few thousand updates, which per score would break the per-device budget;
+        interval means are also closer to Gaussian, which ADWIN's bound assumes.
+        """
+        st = self.store
+        n = int(st.score_count[slot, s])
+        if n:
             a = st.adwin(slot, s)
-            a.update(score)
+            a.update(float(st.score_sum[slot, s]) / n)
             if a.drift_detected:
                 st.adwin_hits[slot, s] += 1
+        st.score_sum[slot, s] = 0.0
+        st.score_count[slot, s] = 0
 
     def comparable(self, slots: IntArray, sensors: IntArray) -> NDArray[np.bool_]:
         """Which pairs have a frozen reference and a full current window."""

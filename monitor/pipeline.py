@@ -173,11 +173,7 @@ class Pipeline:
         slots = np.asarray(scored.slots, np.int64)
         sensors = np.asarray(scored.sensors, np.int64)
         scores = model.scores(np.asarray(scored.d2), np.asarray(scored.k, np.float64))
-        hits_before = self.store.adwin_hits.sum(axis=0)
         self.pairs.push(slots, sensors, scores)
-        for s, n in enumerate((self.store.adwin_hits.sum(axis=0) - hits_before).tolist()):
-            if n:
-                result.drift[("adwin", "device", SENSOR_NAMES[s])] += n
         fleet_before = self.fleet.adwin_hits.copy()
         self.fleet.push(sensors, scores)
         for s in range(N_SENSORS):
@@ -200,7 +196,9 @@ class Pipeline:
         out: list[Evaluation] = []
         j = 0
         for i, (slot, s) in enumerate(due):
+            self.pairs.close_interval(slot, s)
             sig = self._pair_signals(slot, s)
+            result.drift[("adwin", "device", SENSOR_NAMES[s])] += int(st.adwin_hits[slot, s])
             if comparable[i] and cmp is not None:
                 sig.update(self._drift_signals(cmp, j, "device", SENSOR_NAMES[s], result))
                 j += 1

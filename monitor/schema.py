@@ -144,8 +144,8 @@ def decode(value: bytes | None, key: bytes | None, max_bytes: int = MAX_MESSAGE_
         reading = _DECODER.decode(value)
     except msgspec.ValidationError as exc:
         return _classify(str(exc))
-    except msgspec.DecodeError as exc:
-        return Rejection(Reason.INVALID_JSON, str(exc))
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        return Rejection(Reason.INVALID_JSON, str(exc)[:200])
     return validate(reading, key)
 
 

@@ -59,12 +59,12 @@ class ModelSettings(_Section):
     fading: float = Field(0.05, gt=0, le=1, description="weight of a new reading in the level (memory ~1/x)")
     var_fading: float = Field(0.005, gt=0, le=1, description="weight of a new reading in the noise level")
     anomaly_threshold: float = Field(0.9999, gt=0.5, lt=1)
-    retrain_window: int = Field(48, ge=16, le=1024)
+    retrain_window: int = Field(32, ge=16, le=1024)
 
 
 class DriftSettings(_Section):
-    reference_size: int = Field(128, ge=32, le=4096)
-    window_size: int = Field(128, ge=32, le=4096)
+    reference_size: int = Field(96, ge=32, le=4096)
+    window_size: int = Field(96, ge=32, le=4096)
     check_every: int = Field(32, ge=1)
     psi_bins: int = Field(10, ge=2, le=50)
     fleet_reference_size: int = Field(2000, ge=100)

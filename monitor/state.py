@@ -59,6 +59,8 @@ class StateStore:
             "interval": (p, np.float32, 0),
             "stuck_run": (p, np.int32, 0),
             "adwin_hits": (p, np.int32, 0),
+            "score_sum": (p, np.float32, 0),
+            "score_count": (p, np.int32, 0),
             "integrity": ((*p, N_CHECKS), np.int32, 0),
             "last_vals": ((*p, 3), np.float64, np.nan),
             "raw_n": (p, np.int64, 0),
@@ -89,6 +91,8 @@ class StateStore:
     interval: NDArray[np.float32]
     stuck_run: NDArray[np.int32]
     adwin_hits: NDArray[np.int32]
+    score_sum: NDArray[np.float32]
+    score_count: NDArray[np.int32]
     integrity: NDArray[np.int32]
     last_vals: NDArray[np.float64]
     raw_n: NDArray[np.int64]
@@ -137,6 +141,8 @@ class StateStore:
         self.since_eval[slot, s] = 0
         self.anomalies[slot, s] = 0
         self.adwin_hits[slot, s] = 0
+        self.score_sum[slot, s] = 0
+        self.score_count[slot, s] = 0
         self.adwins[slot][s] = None
 
     def array_bytes_per_device(self) -> int:

@@ -45,7 +45,9 @@ class Run:
 
 def read_topic(kafka: KafkaSettings, topic: str, idle_s: float = 3.0) -> list[Message]:
     """Every message of ``topic`` (no consumer group: assigned partitions from the beginning)."""
-    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "reader", "enable.auto.commit": False})
+    c = Consumer(
+        {"bootstrap.servers": kafka.bootstrap_servers, "group.id": "reader", "enable.auto.commit": False}
+    )
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(kafka.partitions)])
     out: list[Message] = []
     try:
@@ -90,11 +92,15 @@ def test_every_message_is_processed_and_committed(run: Run) -> None:
     sent = run.report.readings_sent + run.report.malformed_sent
     assert run.totals.messages == sent
     assert run.totals.valid == run.report.readings_sent
-    c = Consumer({"bootstrap.servers": run.settings.kafka.bootstrap_servers, "group.id": run.settings.kafka.group_id})
+    c = Consumer(
+        {"bootstrap.servers": run.settings.kafka.bootstrap_servers, "group.id": run.settings.kafka.group_id}
+    )
     topic = run.settings.kafka.readings_topic
     committed = c.committed([TopicPartition(topic, p) for p in run.report.last_offsets], timeout=10)
     c.close()
-    assert {tp.partition: tp.offset for tp in committed} == {p: o + 1 for p, o in run.report.last_offsets.items()}
+    assert {tp.partition: tp.offset for tp in committed} == {
+        p: o + 1 for p, o in run.report.last_offsets.items()
+    }
 
 
 def test_planted_drift_alerts_exactly_that_pair(run: Run) -> None:
@@ -110,7 +116,9 @@ def test_planted_drift_alerts_exactly_that_pair(run: Run) -> None:
 
 
 def test_retrain_recorded_with_offsets(run: Run) -> None:
-    published = [registry.decode(m.value()) for m in read_topic(run.settings.kafka, run.settings.kafka.models_topic)]
+    published = [
+        registry.decode(m.value()) for m in read_topic(run.settings.kafka, run.settings.kafka.models_topic)
+    ]
     local = list(registry.ModelRegistry(run.settings.state_dir))
     assert published == local
     assert [(v.device_id, v.sensor, v.version, v.parent) for v in local] == [(*DRIFT_PAIR, 2, 1)]
@@ -125,7 +133,14 @@ def test_malformed_messages_are_dead_lettered_with_reasons(run: Run) -> None:
     dead = read_topic(run.settings.kafka, run.settings.kafka.dead_letter_topic)
     assert len(dead) == run.report.malformed_sent == 12
     reasons = sorted({dict(m.headers())["telemon.reason"].decode() for m in dead})
-    assert reasons == ["invalid_json", "missing_field", "non_finite", "out_of_range", "unknown_sensor", "wrong_unit"]
+    assert reasons == [
+        "invalid_json",
+        "missing_field",
+        "non_finite",
+        "out_of_range",
+        "unknown_sensor",
+        "wrong_unit",
+    ]
     for m in dead:
         headers = dict(m.headers())
         assert headers["telemon.topic"].decode() == run.settings.kafka.readings_topic

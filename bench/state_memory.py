@@ -1,0 +1,91 @@
+"""Per-device state footprint: feed N devices x 6 sensors through the pipeline, print bytes/device.
+
+    .venv/bin/python bench/state_memory.py --devices 500 --readings 300
+
+Counts everything the monitor keeps per device (slab arrays, models, ADWINs, rule episodes) as the
+growth of the process' resident memory, and the slab arrays alone from the state store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+from pathlib import Path
+
+import numpy as np
+
+from monitor.pipeline import Pipeline
+from monitor.rules import load_rules
+from monitor.schema import SENSORS, encode_reading
+from monitor.settings import load_settings
+
+START = 1_767_225_600_000
+
+
+class Msg:
+    __slots__ = ("_key", "_off", "_ts", "_value")
+
+    def __init__(self, key: bytes, value: bytes, ts: int, off: int) -> None:
+        self._key, self._value, self._ts, self._off = key, value, ts, off
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes:
+        return self._key
+
+    def topic(self) -> str:
+        return "bench"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._off
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._ts)
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def batch(devices: int, step: int, rng: np.random.Generator, seq: list[int]) -> list[Msg]:
+    out = []
+    ts = START + step * 1000
+    for d in range(devices):
+        dev = f"dev-{d:06d}"
+        for name, spec in SENSORS.items():
+            mid = (spec.low + spec.high) / 2 if not spec.is_vector else 0.0
+            values = {k: float(mid + rng.normal(0, 1)) for k in spec.keys}
+            seq[d] += 1
+            out.append(Msg(dev.encode(), encode_reading(dev, name, ts, seq[d], values), ts, seq[d]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", type=int, default=500)
+    ap.add_argument("--readings", type=int, default=300, help="readings per (device, sensor)")
+    args = ap.parse_args()
+    settings = load_settings(Path("configs/monitor.yaml"))
+    pipeline = Pipeline(settings, load_rules(Path("configs/rules.yaml")))
+    rng = np.random.default_rng(0)
+    seq = [0] * args.devices
+    pipeline.process(batch(args.devices, 0, rng, seq))
+    gc.collect()
+    before = rss()
+    for step in range(1, args.readings):
+        pipeline.process(batch(args.devices, step, rng, seq))
+    gc.collect()
+    grown = rss() - before
+    st = pipeline.store
+    print(f"devices: {len(st)}  readings per pair: {args.readings}")
+    print(f"slab arrays: {st.array_bytes_per_device():,} bytes/device (capacity {st.capacity})")
+    print(f"resident growth after the first batch: {grown / len(st):,.0f} bytes/device (models, ADWINs, ...)")
+
+
+if __name__ == "__main__":
+    main()
