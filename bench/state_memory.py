@@ -85,6 +85,7 @@ def main() -> None:
     print(f"devices: {len(st)}  readings per pair: {args.readings}")
     print(f"slab arrays: {st.array_bytes_per_device():,} bytes/device (capacity {st.capacity})")
     print(f"resident growth after the first batch: {grown / len(st):,.0f} bytes/device (models, ADWINs, ...)")
+    print(f"process resident memory: {rss() / 1e6:,.1f} MB")
 
 
 if __name__ == "__main__":

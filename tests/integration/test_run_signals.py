@@ -1,0 +1,53 @@
+"""`telemon run` as a real process: it commits what it processed and exits 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from monitor.broker import free_port
+from monitor.settings import KafkaSettings
+from producers.scenario import load_scenario
+from producers.simulate import simulate
+
+pytestmark = pytest.mark.integration
+
+
+def committed(kafka: KafkaSettings, partitions: list[int]) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": kafka.group_id})
+    try:
+        tps = c.committed([TopicPartition(kafka.readings_topic, p) for p in partitions], timeout=10)
+    finally:
+        c.close()
+    return {tp.partition: tp.offset for tp in tps}
+
+
+def test_run_commits_and_exits_zero_on_sigterm(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    scenario = load_scenario(Path("configs/scenarios/demo.yaml"), devices=3, duration_s=60, events=[])
+    report = simulate(kafka_settings, scenario)
+    env = dict(os.environ)
+    for key, value in kafka_settings.model_dump(exclude_none=True).items():
+        if isinstance(value, str | int):
+            env[f"TELEMON_KAFKA__{key.upper()}"] = str(value)
+    env |= {"TELEMON_METRICS__PORT": str(free_port()), "TELEMON_STATE_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "monitor.cli", "run", "--config", "configs/monitor.yaml"]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    expected = {p: o + 1 for p, o in report.last_offsets.items()}
+    try:
+        deadline = time.monotonic() + 60
+        while committed(kafka_settings, list(expected)) != expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert committed(kafka_settings, list(expected)) == expected
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "received SIGTERM" in stderr
