@@ -213,6 +213,8 @@ class RuleEngine:
                 return None
             ep.streak = 0
             if not ep.firing:
+                if ev.ts >= ep.quiet_until:
+                    del self._episodes[key]  # nothing left to remember: keeps the state bounded
                 return None
             ep.firing = False
             ep.quiet_until = ev.ts + int(rule.cooldown_s * 1000)
