@@ -68,7 +68,7 @@ def _fill(
     return np.flatnonzero((before < r) & (counts >= r))
 
 
-def _freeze(ref: ScoreArray, edges: NDArray[np.float32], frac: NDArray[np.float32], rows: IntArray) -> None:
+def _freeze(ref: ScoreArray, edges: FloatArray, frac: NDArray[np.float32], rows: IntArray) -> None:
     if len(rows):
         r = dequantise(ref[rows])
         e = stats.psi_edges(r, edges.shape[1] + 1)
@@ -85,12 +85,10 @@ class Comparison:
     psi: FloatArray
 
 
-def compare(
-    ref: ScoreArray, cur: ScoreArray, edges: NDArray[np.float32], frac: NDArray[np.float32]
-) -> Comparison:
+def compare(ref: ScoreArray, cur: ScoreArray, edges: FloatArray, frac: NDArray[np.float32]) -> Comparison:
     r64, c64 = dequantise(ref), dequantise(cur)
     d, p = stats.ks_2samp_batch(r64, c64)
-    cur_frac = stats.bin_fractions(edges.astype(np.float64), c64)
+    cur_frac = stats.bin_fractions(edges, c64)
     return Comparison(d, p, stats.psi(frac.astype(np.float64), cur_frac))
 
 
@@ -157,7 +155,7 @@ class FleetDrift:
         self.settings = s = settings
         self.ref = np.zeros((N_SENSORS, s.fleet_reference_size), np.uint16)
         self.cur = np.zeros((N_SENSORS, s.fleet_window_size), np.uint16)
-        self.edges = np.zeros((N_SENSORS, s.psi_bins - 1), np.float32)
+        self.edges = np.zeros((N_SENSORS, s.psi_bins - 1), np.float64)
         self.frac = np.zeros((N_SENSORS, s.psi_bins), np.float32)
         self.n = np.zeros(N_SENSORS, np.int64)
         self.since_eval = np.zeros(N_SENSORS, np.int64)

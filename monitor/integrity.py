@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from monitor.features import Features
 from monitor.schema import Reading
 from monitor.settings import IntegritySettings
 from monitor.state import CHECKS, N_SENSORS, StateStore
@@ -51,23 +52,22 @@ class IntegrityChecker:
         st.last_seq[slot] = r.seq
         return True
 
-    def check_values(self, slot: int, s: int, r: Reading, kafka_ts: int) -> None:
-        """Gap, stuck-at and clock-skew checks for an applied reading."""
+    def check_values(self, slot: int, s: int, ts: int, f: Features, kafka_ts: int) -> None:
+        """Gap, stuck-at and clock-skew checks for an applied reading (``f``: its features)."""
         st, cfg = self.store, self.settings
         last_ts = int(st.last_ts[slot, s])
         if last_ts:
-            self._check_gap(slot, s, r.ts - last_ts)
-        st.last_ts[slot, s] = r.ts
-        vals = tuple(r.values.values())
+            self._check_gap(slot, s, ts - last_ts)
+        st.last_ts[slot, s] = ts
         last = st.last_vals[slot, s]
-        if all(float(last[i]) == v for i, v in enumerate(vals)):
+        if all(float(last[i]) == v for i, v in enumerate(f)):
             st.stuck_run[slot, s] += 1
             if st.stuck_run[slot, s] == cfg.stuck_run - 1:
                 self._flag(slot, s, STUCK)
         else:
             st.stuck_run[slot, s] = 0
-            last[: len(vals)] = vals
-        if cfg.max_clock_skew_ms and kafka_ts > 0 and abs(r.ts - kafka_ts) > cfg.max_clock_skew_ms:
+            last[: len(f)] = f
+        if cfg.max_clock_skew_ms and kafka_ts > 0 and abs(ts - kafka_ts) > cfg.max_clock_skew_ms:
             self._flag(slot, s, CLOCK_SKEW)
 
     def _check_gap(self, slot: int, s: int, dt: int) -> None:

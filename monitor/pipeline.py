@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from monitor import alerts, model, schema
 from monitor.drift import Comparison, FleetDrift, PairDrift
-from monitor.features import features, n_features
+from monitor.features import Features, features, n_features
 from monitor.integrity import IntegrityChecker
 from monitor.registry import ModelVersion, TrainingData, code_version
 from monitor.rules import Evaluation, RuleEngine, RuleSet, Transition
@@ -126,16 +126,14 @@ class Pipeline:
         if not self.integrity.check_seq(slot, s, r):
             touched.add((slot, s))
             return
-        self.integrity.check_values(slot, s, r, msg.timestamp()[1])
         f = features(r)
-        self._remember(slot, s, r, msg.offset() or 0)
+        self.integrity.check_values(slot, s, r.ts, f, msg.timestamp()[1])
+        self._remember(slot, s, r.ts, f, msg.offset() or 0)
         touched.add((slot, s))
         st.since_eval[slot, s] += 1
         m = st.models[slot][s]
         if m is None:
-            m = st.models[slot][s] = model.AdaptiveGaussian(
-                len(f), self.settings.model.fading, SENSORS[r.sensor].resolution
-            )
+            m = st.models[slot][s] = model.AdaptiveGaussian(len(f), **self._model_params(s))
         if m.n < self.settings.model.warmup:
             m.learn(f)
             return
@@ -158,13 +156,13 @@ class Pipeline:
             "resolution": SENSORS[SENSOR_NAMES[s]].resolution,
         }
 
-    def _remember(self, slot: int, s: int, r: Reading, offset: int) -> None:
+    def _remember(self, slot: int, s: int, ts: int, f: Features, offset: int) -> None:
         """Keep the reading in the pair's retraining ring, with its Kafka offset."""
         st = self.store
         i = int(st.raw_n[slot, s]) % st.shapes.retrain_window
-        st.raw[slot, s, i, : len(r.values)] = tuple(r.values.values())
+        st.raw[slot, s, i, : len(f)] = f
         st.raw_off[slot, s, i] = offset
-        st.raw_ts[slot, s, i] = r.ts
+        st.raw_ts[slot, s, i] = ts
         st.raw_n[slot, s] += 1
 
     def _score(self, scored: _Scored, result: BatchResult) -> None:

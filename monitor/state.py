@@ -69,7 +69,7 @@ class StateStore:
             "raw_ts": ((*p, s.retrain_window), np.int64, 0),
             "ref": ((*p, s.reference), np.uint16, 0),
             "cur": ((*p, s.window), np.uint16, 0),
-            "edges": ((*p, s.psi_bins - 1), np.float32, 0),
+            "edges": ((*p, s.psi_bins - 1), np.float64, 0),
             "ref_frac": ((*p, s.psi_bins), np.float32, 0),
         }
         old = self._arrays
@@ -101,7 +101,7 @@ class StateStore:
     raw_ts: NDArray[np.int64]
     ref: NDArray[np.uint16]  # scores quantised to 1/65535 (see drift.quantise)
     cur: NDArray[np.uint16]
-    edges: NDArray[np.float32]
+    edges: NDArray[np.float64]  # float64: a score on an edge must bin the same way every time
     ref_frac: NDArray[np.float32]
 
     @property

@@ -1,0 +1,230 @@
+"""Tests for monitor.metrics: what one recorded batch does to the Prometheus samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+import monitor
+from monitor.alerts import Alert
+from monitor.metrics import SCORE_BUCKETS, Metrics
+from monitor.pipeline import BatchResult, DeadLetter
+from monitor.registry import ModelVersion, TrainingData
+from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, Reason, Rejection
+from monitor.state import CHECKS, N_CHECKS, N_SENSORS
+
+DEVICE = "secret-device-4711"
+TEMP = SENSOR_INDEX["temperature"]
+ACCEL = SENSOR_INDEX["accelerometer"]
+
+
+class _Msg:
+    def value(self) -> bytes | None:
+        return b"{"
+
+    def key(self) -> bytes | None:
+        return DEVICE.encode()
+
+    def topic(self) -> str | None:
+        return "telemon.readings"
+
+    def partition(self) -> int | None:
+        return 0
+
+    def offset(self) -> int | None:
+        return 1
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 0)
+
+
+def _alert(rule: str, status: str, severity: str = "warning") -> Alert:
+    return Alert(
+        alert_id="0123456789abcdef",
+        rule=rule,
+        status=status,
+        severity=severity,
+        scope="device",
+        device_id=DEVICE,
+        sensor="temperature",
+        started_at=1,
+        ts=2,
+        signals={"psi": 1.0},
+        actions=["alert", "retrain"],
+        model_version=1,
+    )
+
+
+def _version(sensor: str) -> ModelVersion:
+    return ModelVersion(
+        device_id=DEVICE,
+        sensor=sensor,
+        version=2,
+        parent=1,
+        trained_on=TrainingData("telemon.readings", 0, 10, 41, 32, 1000, 32000),
+        params={"fading": 0.05},
+        baseline={"mean": [21.0], "var": [0.25]},
+        trigger_rule="score_drift",
+        trigger_alert_id="0123456789abcdef",
+        code_version="0.1.0+test",
+        config_hash="abc",
+        created_at=32000,
+    )
+
+
+def _result() -> BatchResult:
+    r = BatchResult()
+    r.valid[TEMP] = 7
+    r.valid[ACCEL] = 3
+    r.anomalies[TEMP] = 2
+    r.scores = {TEMP: np.array([0.1, 0.5, 0.95, 0.99995, 1.0]), ACCEL: np.array([0.3])}
+    r.dead_letters = [
+        DeadLetter(_Msg(), Rejection(Reason.INVALID_JSON, "x")),
+        DeadLetter(_Msg(), Rejection(Reason.INVALID_JSON, "y")),
+        DeadLetter(_Msg(), Rejection(Reason.OUT_OF_RANGE, "z")),
+    ]
+    r.alerts = [
+        _alert("score_drift", "firing"),
+        _alert("score_drift", "resolved"),
+        _alert("anomaly_burst", "firing"),
+    ]
+    r.versions = [_version("temperature")]
+    r.drift[("ks", "device", "temperature")] += 2
+    r.drift[("psi", "device", "temperature")] += 0
+    r.fleet_stats["temperature"] = (0.25, 0.75)
+    return r
+
+
+def _integrity() -> np.ndarray:
+    events = np.zeros((N_SENSORS, N_CHECKS), np.int64)
+    events[TEMP, CHECKS.index("stuck_at")] = 1
+    events[ACCEL, CHECKS.index("duplicate")] = 4
+    return events
+
+
+@pytest.fixture
+def recorded() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    Metrics(registry).record_batch(_result(), _integrity(), 0.02)
+    return registry
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_readings_counted_per_sensor(recorded: CollectorRegistry) -> None:
+    assert _value(recorded, "telemon_readings_total", sensor="temperature") == 7
+    assert _value(recorded, "telemon_readings_total", sensor="accelerometer") == 3
+    assert _value(recorded, "telemon_readings_total", sensor="humidity") == 0  # pre-created child
+
+
+def test_quarantined_counted_per_reason(recorded: CollectorRegistry) -> None:
+    assert _value(recorded, "telemon_messages_quarantined_total", reason="invalid_json") == 2
+    assert _value(recorded, "telemon_messages_quarantined_total", reason="out_of_range") == 1
+    assert _value(recorded, "telemon_messages_quarantined_total", reason="oversize") is None
+
+
+def test_anomalies_and_integrity_events(recorded: CollectorRegistry) -> None:
+    assert _value(recorded, "telemon_anomalies_total", sensor="temperature") == 2
+    assert _value(recorded, "telemon_integrity_events_total", sensor="temperature", check="stuck_at") == 1
+    assert _value(recorded, "telemon_integrity_events_total", sensor="accelerometer", check="duplicate") == 4
+    assert _value(recorded, "telemon_integrity_events_total", sensor="temperature", check="gap") == 0
+
+
+def test_score_histogram_buckets_are_cumulative(recorded: CollectorRegistry) -> None:
+    def bucket(le: str, sensor: str = "temperature") -> float | None:
+        return _value(recorded, "telemon_anomaly_score_bucket", sensor=sensor, le=le)
+
+    # temperature scores: 0.1, 0.5, 0.95, 0.99995, 1.0
+    assert [bucket(f"{e:g}") for e in SCORE_BUCKETS] == [2, 2, 3, 3, 3, 4, 5]
+    assert bucket("+Inf") == 5
+    assert _value(recorded, "telemon_anomaly_score_count", sensor="temperature") == 5
+    assert _value(recorded, "telemon_anomaly_score_sum", sensor="temperature") == pytest.approx(3.54995)
+    assert bucket("0.5", "accelerometer") == 1
+    assert bucket("+Inf", "gyroscope") == 0
+
+
+def test_histogram_accumulates_over_batches() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    for _ in range(3):
+        metrics.record_batch(_result(), _integrity(), 0.01)
+    assert _value(registry, "telemon_anomaly_score_bucket", sensor="temperature", le="+Inf") == 15
+    assert _value(registry, "telemon_readings_total", sensor="temperature") == 21
+    assert _value(registry, "telemon_batch_duration_seconds_count") == 3
+
+
+def test_alerts_counted_per_rule_severity_status(recorded: CollectorRegistry) -> None:
+    name = "telemon_alerts_total"
+    assert _value(recorded, name, rule="score_drift", severity="warning", status="firing") == 1
+    assert _value(recorded, name, rule="score_drift", severity="warning", status="resolved") == 1
+    assert _value(recorded, name, rule="anomaly_burst", severity="warning", status="firing") == 1
+
+
+def test_retrains_counted_per_sensor(recorded: CollectorRegistry) -> None:
+    assert _value(recorded, "telemon_retrains_total", sensor="temperature") == 1
+    assert _value(recorded, "telemon_retrains_total", sensor="accelerometer") is None
+
+
+def test_drift_and_fleet_gauges(recorded: CollectorRegistry) -> None:
+    name = "telemon_drift_detections_total"
+    assert _value(recorded, name, detector="ks", scope="device", sensor="temperature") == 2
+    assert (
+        _value(recorded, name, detector="psi", scope="device", sensor="temperature") is None
+    )  # zero: skipped
+    assert _value(recorded, "telemon_fleet_ks_statistic", sensor="temperature") == 0.25
+    assert _value(recorded, "telemon_fleet_psi", sensor="temperature") == 0.75
+
+
+def test_batch_duration_observed(recorded: CollectorRegistry) -> None:
+    assert _value(recorded, "telemon_batch_duration_seconds_count") == 1
+    assert _value(recorded, "telemon_batch_duration_seconds_bucket", le="0.025") == 1
+    assert _value(recorded, "telemon_batch_duration_seconds_bucket", le="0.01") == 0
+
+
+def test_record_state() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry).record_state(12, 34_000)
+    assert _value(registry, "telemon_devices") == 12
+    assert _value(registry, "telemon_state_bytes") == 34_000
+
+
+def test_build_info_present(recorded: CollectorRegistry) -> None:
+    assert _value(recorded, "telemon_build_info", version=monitor.__version__) == 1
+
+
+def test_exposition_has_no_device_id(recorded: CollectorRegistry) -> None:
+    text = generate_latest(recorded).decode()
+    assert "telemon_build_info" in text
+    assert DEVICE not in text
+    assert "device_id=" not in text
+    assert 'device="' not in text
+    for name in SENSOR_NAMES:
+        assert f'telemon_readings_total{{sensor="{name}"}}' in text
+
+
+def test_label_names_are_from_fixed_sets(recorded: CollectorRegistry) -> None:
+    allowed = {
+        "sensor",
+        "reason",
+        "check",
+        "detector",
+        "scope",
+        "rule",
+        "severity",
+        "status",
+        "version",
+        "le",
+    }
+    labels = {k for family in recorded.collect() for s in family.samples for k in s.labels}
+    assert labels <= allowed
+
+
+def test_fresh_registries_are_independent() -> None:
+    a, b = CollectorRegistry(), CollectorRegistry()
+    Metrics(a).record_batch(_result(), _integrity(), 0.01)
+    Metrics(b)
+    assert _value(a, "telemon_readings_total", sensor="temperature") == 7
+    assert _value(b, "telemon_readings_total", sensor="temperature") == 0

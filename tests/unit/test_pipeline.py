@@ -1,0 +1,353 @@
+"""Tests for monitor.pipeline: dead letters, offsets, alerts, retraining and lineage, with fake messages."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.alerts import Alert
+from monitor.pipeline import BatchResult, Message, Pipeline
+from monitor.registry import ModelVersion
+from monitor.rules import load_rules
+from monitor.schema import SENSOR_INDEX, SENSORS, Reason, encode_reading
+from monitor.settings import load_settings
+
+RULES = Path(__file__).resolve().parents[2] / "configs" / "rules.yaml"
+TOPIC = "telemon.readings"
+T0 = 1_700_000_000_000
+TEMP = SENSOR_INDEX["temperature"]
+#: Small windows so a drift is detected within a few hundred readings.
+DRIFT = {
+    "reference_size": 32,
+    "window_size": 32,
+    "check_every": 16,
+    "fleet_reference_size": 100,
+    "fleet_window_size": 100,
+    "fleet_check_every": 50,
+}
+MODEL = {"warmup": 50, "retrain_window": 32}
+LEVEL, NOISE = 21.0, 0.5
+SHIFT = 50 * NOISE
+SHIFT_AT = 200  # reading index (per device) where dev-1's temperature shifts
+
+
+@dataclass(frozen=True)
+class FakeMessage:
+    """The part of ``confluent_kafka.Message`` the pipeline uses."""
+
+    payload: bytes | None
+    key_: bytes | None
+    partition_: int
+    offset_: int
+    ts: int
+    topic_: str = TOPIC
+
+    def value(self) -> bytes | None:
+        return self.payload
+
+    def key(self) -> bytes | None:
+        return self.key_
+
+    def topic(self) -> str | None:
+        return self.topic_
+
+    def partition(self) -> int | None:
+        return self.partition_
+
+    def offset(self) -> int | None:
+        return self.offset_
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self.ts)  # TIMESTAMP_CREATE_TIME
+
+
+def _pipeline() -> Pipeline:
+    return Pipeline(load_settings(None, drift=DRIFT, model=MODEL), load_rules(RULES))
+
+
+class Stream:
+    """Builds messages with per-partition offsets; device ``dev-<i>`` lives on partition ``i % 2``."""
+
+    def __init__(self) -> None:
+        self.next_offset: dict[int, int] = {}
+
+    def message(self, payload: bytes | None, key: bytes | None, partition: int, ts: int) -> FakeMessage:
+        offset = self.next_offset.get(partition, 0)
+        self.next_offset[partition] = offset + 1
+        return FakeMessage(payload, key, partition, offset, ts)
+
+    def reading(self, device: int, seq: int, value: float, sensor: str = "temperature") -> FakeMessage:
+        dev = f"dev-{device}"
+        ts = T0 + seq * 1000
+        keys = SENSORS[sensor].keys
+        values = {k: round(value, 4) for k in keys}
+        return self.message(encode_reading(dev, sensor, ts, seq, values), dev.encode(), device % 2, ts)
+
+
+def _gaussian_stream(
+    readings: int, devices: int = 3, shift_device: int | None = None, seed: int = 0
+) -> list[FakeMessage]:
+    """Interleaved temperature readings of ``devices`` devices, one per second each."""
+    rng = np.random.default_rng(seed)
+    stream = Stream()
+    out = []
+    for i in range(readings):
+        for d in range(devices):
+            v = LEVEL + NOISE * rng.standard_normal()
+            if d == shift_device and i >= SHIFT_AT:
+                v += SHIFT
+            out.append(stream.reading(d, i, v))
+    return out
+
+
+def _run(p: Pipeline, messages: Sequence[Message], batch: int = 1) -> list[BatchResult]:
+    return [p.process(messages[i : i + batch]) for i in range(0, len(messages), batch)]
+
+
+def _alerts(results: Iterable[BatchResult], rule: str | None = None) -> list[Alert]:
+    return [a for r in results for a in r.alerts if rule is None or a.rule == rule]
+
+
+# --- dead letters and offsets ---------------------------------------------------------------------
+
+
+def _good(seq: int = 0) -> bytes:
+    return encode_reading("dev-0", "temperature", T0 + seq, seq, {"value": 21.0})
+
+
+MALFORMED = [
+    (b'{"device_id": "dev-0"', b"dev-0", Reason.INVALID_JSON),
+    (None, b"dev-0", Reason.INVALID_JSON),
+    (b"[1]", b"dev-0", Reason.NOT_OBJECT),
+    (_good(), b"dev-9", Reason.KEY_MISMATCH),
+    (_good().replace(b"degC", b"degF"), b"dev-0", Reason.WRONG_UNIT),
+    (encode_reading("dev-0", "temperature", T0, 0, {"value": 200.0}), b"dev-0", Reason.OUT_OF_RANGE),
+    (_good().replace(b"21.0", b"1e999"), b"dev-0", Reason.NON_FINITE),
+    (_good() + b" " * 5000, b"dev-0", Reason.OVERSIZE),
+]
+
+
+@pytest.mark.parametrize(("payload", "key", "reason"), MALFORMED, ids=[m[2].value for m in MALFORMED])
+def test_malformed_message_becomes_a_dead_letter(payload: bytes | None, key: bytes, reason: Reason) -> None:
+    p = _pipeline()
+    msg = FakeMessage(payload, key, 0, 7, T0)
+    result = p.process([msg])
+    assert len(result.dead_letters) == 1
+    assert result.dead_letters[0].message is msg
+    assert result.dead_letters[0].rejection.reason is reason
+    assert result.rejected == {reason.value: 1}
+    assert int(result.valid.sum()) == 0
+    assert len(p.store) == 0  # no device state for a rejected message
+
+
+def test_mixed_batch_counts_only_valid_readings() -> None:
+    p = _pipeline()
+    stream = Stream()
+    msgs = [stream.reading(0, i, 21.0 + 0.1 * i) for i in range(5)]
+    msgs.insert(2, stream.message(b"not json", b"dev-0", 0, T0))
+    msgs.append(stream.message(_good().replace(b"temperature", b"thermocouple"), b"dev-0", 0, T0))
+    result = p.process(msgs)
+    assert int(result.valid[TEMP]) == 5
+    assert int(result.valid.sum()) == 5
+    assert result.rejected == {"invalid_json": 1, "unknown_sensor": 1}
+
+
+def test_offsets_are_last_offset_plus_one_per_partition() -> None:
+    msgs = [
+        FakeMessage(_good(0), b"dev-0", 0, 10, T0),
+        FakeMessage(_good(1), b"dev-0", 0, 11, T0),
+        FakeMessage(b"garbage", b"dev-1", 1, 40, T0),  # a dead letter is consumed too
+        FakeMessage(_good(2), b"dev-0", 0, 12, T0),
+        FakeMessage(_good(3), b"dev-0", 2, 5, T0, topic_="other.readings"),
+    ]
+    result = _pipeline().process(msgs)
+    assert result.offsets == {(TOPIC, 0): 13, (TOPIC, 1): 41, ("other.readings", 2): 6}
+
+
+def test_empty_batch() -> None:
+    result = _pipeline().process([])
+    assert result.offsets == {}
+    assert result.alerts == result.versions == result.dead_letters == []
+
+
+# --- alerts, retraining and lineage ---------------------------------------------------------------
+
+
+def test_clean_gaussian_stream_yields_no_alerts() -> None:
+    p = _pipeline()
+    msgs = _gaussian_stream(400, devices=3, seed=1)
+    results = _run(p, msgs)
+    assert _alerts(results) == []
+    assert [v for r in results for v in r.versions] == []
+    assert sum(int(r.valid.sum()) for r in results) == len(msgs)
+    assert sum(len(r.dead_letters) for r in results) == 0
+    assert all(int(p.store.n_scored[p.store.slots[f"dev-{d}"], TEMP]) > 0 for d in range(3))
+
+
+@dataclass
+class Shifted:
+    pipeline: Pipeline
+    messages: list[FakeMessage]
+    results: list[BatchResult]
+
+    def dev1_offsets(self) -> list[int]:
+        return [m.offset_ for m in self.messages if m.key_ == b"dev-1"]
+
+    def versions(self) -> list[ModelVersion]:
+        return [v for r in self.results for v in r.versions]
+
+    def retrain_index(self) -> int:
+        """Index of the message (= batch) whose processing retrained the model."""
+        (i,) = [i for i, r in enumerate(self.results) if r.versions]
+        return i
+
+
+@pytest.fixture(scope="module")
+def shifted() -> Shifted:
+    p = _pipeline()
+    msgs = _gaussian_stream(500, devices=3, shift_device=1, seed=2)
+    return Shifted(p, msgs, _run(p, msgs))
+
+
+def test_shift_fires_score_drift_for_exactly_that_pair(shifted: Shifted) -> None:
+    firing = [a for a in _alerts(shifted.results, "score_drift") if a.status == "firing"]
+    assert [(a.device_id, a.sensor, a.scope) for a in firing] == [("dev-1", "temperature", "device")]
+    (alert,) = firing
+    assert alert.ts >= T0 + SHIFT_AT * 1000
+    assert alert.signals["ks_drift"] == 1.0
+    assert alert.signals["psi_drift"] == 1.0
+    assert alert.model_version == 1
+    assert alert.actions == ["alert", "retrain"]
+
+
+def test_retrain_records_a_version_with_lineage(shifted: Shifted) -> None:
+    (v,) = shifted.versions()
+    firing = next(a for a in _alerts(shifted.results, "score_drift") if a.status == "firing")
+    settings = shifted.pipeline.settings
+    assert (v.device_id, v.sensor, v.version, v.parent) == ("dev-1", "temperature", 2, 1)
+    assert (v.trigger_rule, v.trigger_alert_id) == ("score_drift", firing.alert_id)
+    t = v.trained_on
+    assert (t.topic, t.partition) == (settings.kafka.readings_topic, 1)
+    offsets = shifted.dev1_offsets()
+    assert t.first_offset in offsets
+    assert t.last_offset in offsets
+    assert t.first_offset <= t.last_offset
+    applied = shifted.retrain_index() // 3 + 1  # dev-1 readings processed up to the retrain
+    assert t.readings == min(settings.model.retrain_window, applied)
+    assert t.last_offset == offsets[applied - 1]  # trained on the latest readings
+    assert t.last_ts - t.first_ts == (t.readings - 1) * 1000
+    assert v.created_at == t.last_ts
+
+
+def test_retrained_baseline_is_finite_and_at_the_new_level(shifted: Shifted) -> None:
+    (v,) = shifted.versions()
+    assert all(math.isfinite(x) for xs in v.baseline.values() for x in xs)
+    assert all(math.isfinite(x) for x in v.params.values())
+    assert v.trained_on.first_ts >= T0 + SHIFT_AT * 1000  # these settings fire after > 32 shifted readings
+    assert v.baseline["mean"][0] == pytest.approx(LEVEL + SHIFT, abs=4 * NOISE)
+    assert v.baseline["var"][0] == pytest.approx(NOISE**2, rel=0.6)
+
+
+def test_retrained_model_serves_the_pair(shifted: Shifted) -> None:
+    st = shifted.pipeline.store
+    slot = st.slots["dev-1"]
+    assert st.version(slot, TEMP) == 2
+    assert st.version(st.slots["dev-0"], TEMP) == 1
+    m = st.models[slot][TEMP]
+    assert m is not None
+    assert m.params()["mean"][0] == pytest.approx(LEVEL + SHIFT, abs=4 * NOISE)
+
+
+def test_scores_are_normal_again_after_the_retrain(shifted: Shifted) -> None:
+    after = shifted.results[shifted.retrain_index() + 1 :]
+    fired = [a for a in _alerts(after) if a.status == "firing" and a.scope == "device"]
+    assert fired == []
+    assert sum(int(r.anomalies.sum()) for r in after) <= 2
+    assert all(a.model_version == 2 for a in _alerts(after) if a.device_id == "dev-1")
+    slot = shifted.pipeline.store.slots["dev-1"]
+    # The pair went through a whole new reference and window, and compared clean.
+    assert int(shifted.pipeline.store.n_scored[slot, TEMP]) >= DRIFT["reference_size"] + DRIFT["window_size"]
+
+
+def test_other_devices_are_untouched_by_the_shift(shifted: Shifted) -> None:
+    device_alerts = [a for a in _alerts(shifted.results) if a.scope == "device"]
+    assert {a.device_id for a in device_alerts} == {"dev-1"}
+
+
+# --- duplicates -----------------------------------------------------------------------------------
+
+
+def test_duplicate_seq_is_not_applied_twice() -> None:
+    p = _pipeline()
+    stream = Stream()
+    msgs = [stream.reading(0, i, LEVEL + 0.1 * (i % 5)) for i in range(60)]
+    p.process(msgs)
+    st = p.store
+    slot = st.slots["dev-0"]
+    model = st.models[slot][TEMP]
+    assert model is not None
+    n, params, raw_n = model.n, model.params(), int(st.raw_n[slot, TEMP])
+    replay = stream.message(msgs[-1].payload, b"dev-0", 0, msgs[-1].ts)  # same seq, new offset
+    result = p.process([replay])
+    assert (model.n, model.params(), int(st.raw_n[slot, TEMP])) == (n, params, raw_n)
+    assert result.dead_letters == []
+    assert int(st.integrity[slot, TEMP, 2]) == 1  # "duplicate"
+    assert result.offsets == {(TOPIC, 0): replay.offset_ + 1}
+
+
+# --- known deviations (see the reasons) -----------------------------------------------------------
+
+
+def test_online_model_uses_configured_var_fading_and_sensor_resolution() -> None:
+    p = _pipeline()
+    stream = Stream()
+    msgs = [stream.reading(0, i, 21.0) for i in range(60)]  # a constant reading: variance 0
+    msgs.append(stream.reading(0, 60, 21.0 + SENSORS["temperature"].resolution))  # one resolution step
+    result = p.process(msgs)
+    m = p.store.models[0][TEMP]
+    assert m is not None
+    assert (m.var_fading, m.resolution) == (p.settings.model.var_fading, SENSORS["temperature"].resolution)
+    assert int(result.anomalies[TEMP]) == 0  # one step = one floored std, d2 = 1 (actual: d2 = 100)
+
+
+def test_retrain_uses_axis_names_not_json_key_order() -> None:
+    p = _pipeline()
+    rng = np.random.default_rng(3)
+    msgs = []
+    for i in range(60):
+        values = {"z": 9.81 + 0.01 * rng.standard_normal(), "y": 0.01 * rng.standard_normal(), "x": 1.0}
+        raw = json.dumps(
+            {
+                "device_id": "dev-0",
+                "sensor": "accelerometer",
+                "ts": T0 + i * 100,
+                "seq": i,
+                "values": values,
+                "unit": "m/s^2",
+                "schema_version": 1,
+            }
+        ).encode()
+        msgs.append(FakeMessage(raw, b"dev-0", 0, i, T0 + i * 100))
+    assert p.process(msgs).dead_letters == []
+    v = p.retrain(0, SENSOR_INDEX["accelerometer"], "manual", "test")
+    assert v is not None
+    assert v.baseline["mean"] == pytest.approx([1.0, 0.0, 9.81], abs=0.05)
+
+
+def _alert_keys(results: Iterable[BatchResult]) -> list[tuple[str, str, str, int]]:
+    return [(a.rule, a.status, a.device_id, a.ts) for a in _alerts(results)]
+
+
+def test_alerts_equal_for_batches_aligned_with_check_every() -> None:
+    # A pair is evaluated at the end of the batch in which it reached check_every new readings:
+    # batches whose size divides check_every evaluate at the same readings as batches of one.
+    msgs = _gaussian_stream(400, devices=1, shift_device=0, seed=4)
+    one_by_one = _alert_keys(_run(_pipeline(), msgs, batch=1))
+    assert ("score_drift", "firing", "dev-0") in [k[:3] for k in one_by_one]
+    assert _alert_keys(_run(_pipeline(), msgs, batch=2)) == one_by_one
