@@ -7,9 +7,10 @@ Windows, per (device, sensor) pair and per sensor across the fleet:
   reference's quantiles, frozen at the same moment, and the reference bin fractions with them.
 - **current**: a ring of the latest ``window_size`` scores after the reference.
 
-KS and PSI compare current with reference in batches (:mod:`monitor.stats`), only when a pair is
-evaluated. ADWIN sees every score fleet-wide, and the mean score of each evaluation interval per
-pair (see :meth:`PairDrift.close_interval`).
+Scores enter the windows one by one, in stream order, so a pair is evaluated after exactly every
+``check_every`` readings whatever the batch size. KS and PSI (:mod:`monitor.stats`) compare current
+with reference only at evaluations. ADWIN sees every score fleet-wide, and the mean score of each
+evaluation interval per pair (see :meth:`PairDrift.close_interval`).
 """
 
 from __future__ import annotations
@@ -25,16 +26,10 @@ from monitor.schema import SENSOR_NAMES
 from monitor.settings import DriftSettings
 from monitor.state import N_SENSORS, StateStore
 
-IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
 ScoreArray = NDArray[np.uint16]
 #: Scores are kept quantised to 16 bits (resolution 1.5e-5) to halve the window memory.
 QUANTUM = 65535.0
-
-
-def quantise(scores: FloatArray) -> ScoreArray:
-    q: ScoreArray = np.rint(np.clip(scores, 0.0, 1.0) * QUANTUM).astype(np.uint16)
-    return q
 
 
 def dequantise(q: ScoreArray) -> FloatArray:
@@ -42,38 +37,23 @@ def dequantise(q: ScoreArray) -> FloatArray:
     return out
 
 
-def _ranks(groups: IntArray) -> tuple[IntArray, IntArray]:
-    """Stable order of ``groups`` and each element's rank within its group (in that order)."""
-    order = np.argsort(groups, kind="stable")
-    g = groups[order]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    first = np.repeat(starts, np.diff(np.r_[starts, len(g)]))
-    return order, np.arange(len(g)) - first
+def _append(ref: ScoreArray, cur: ScoreArray, n: int, q: int) -> bool:
+    """Append one quantised score to a (reference, current ring) pair of rows that already holds
+    ``n`` scores; True when this score completes the reference."""
+    r = len(ref)
+    if n < r:
+        ref[n] = q
+        return n + 1 == r
+    cur[(n - r) % len(cur)] = q
+    return False
 
 
-def _fill(
-    ref: ScoreArray, cur: ScoreArray, counts: IntArray, groups: IntArray, values: ScoreArray
-) -> IntArray:
-    """Append ``values`` of each group: reference first, then the current ring. Returns the
-    groups whose reference became full in this call."""
-    r, w = ref.shape[1], cur.shape[1]
-    order, rank = _ranks(groups)
-    g, v = groups[order], values[order]
-    k = counts[g] + rank
-    into_ref = k < r
-    ref[g[into_ref], k[into_ref]] = v[into_ref]
-    cur[g[~into_ref], (k[~into_ref] - r) % w] = v[~into_ref]
-    before = counts.copy()
-    np.add.at(counts, g, 1)
-    return np.flatnonzero((before < r) & (counts >= r))
-
-
-def _freeze(ref: ScoreArray, edges: FloatArray, frac: NDArray[np.float32], rows: IntArray) -> None:
-    if len(rows):
-        r = dequantise(ref[rows])
-        e = stats.psi_edges(r, edges.shape[1] + 1)
-        edges[rows] = e
-        frac[rows] = stats.bin_fractions(e, r)
+def _freeze(ref: ScoreArray, edges: FloatArray, frac: NDArray[np.float32]) -> None:
+    """Freeze the PSI bins of one full reference row: its quantiles and its fractions."""
+    r = dequantise(ref[None, :])
+    e = stats.psi_edges(r, len(edges) + 1)
+    edges[:] = e[0]
+    frac[:] = stats.bin_fractions(e, r)[0]
 
 
 @dataclass(frozen=True)
@@ -99,21 +79,15 @@ class PairDrift:
         self.store = store
         self.settings = settings
 
-    def push(self, slots: IntArray, sensors: IntArray, scores: FloatArray) -> None:
-        """Record a batch of scores in the windows (vectorised) and the interval sums."""
+    def push(self, slot: int, s: int, score: float) -> None:
+        """Record one score of a pair in its windows and its interval sums."""
         st = self.store
-        flat = slots * N_SENSORS + sensors
-        n = st.n_scored.reshape(-1)
-        ref = st.ref.reshape(-1, st.ref.shape[-1])
-        full = _fill(ref, st.cur.reshape(-1, st.cur.shape[-1]), n, flat, quantise(scores))
-        _freeze(
-            ref,
-            st.edges.reshape(-1, st.edges.shape[-1]),
-            st.ref_frac.reshape(-1, st.ref_frac.shape[-1]),
-            full,
-        )
-        np.add.at(st.score_sum.reshape(-1), flat, scores)
-        np.add.at(st.score_count.reshape(-1), flat, 1)
+        n = int(st.n_scored[slot, s])
+        if _append(st.ref[slot, s], st.cur[slot, s], n, round(score * QUANTUM)):
+            _freeze(st.ref[slot, s], st.edges[slot, s], st.ref_frac[slot, s])
+        st.n_scored[slot, s] = n + 1
+        st.score_sum[slot, s] += score
+        st.score_count[slot, s] += 1
 
     def close_interval(self, slot: int, s: int) -> None:
         """Feed the pair's ADWIN the mean score of the interval since its last evaluation.
@@ -132,24 +106,18 @@ class PairDrift:
         st.score_sum[slot, s] = 0.0
         st.score_count[slot, s] = 0
 
-    def comparable(self, slots: IntArray, sensors: IntArray) -> NDArray[np.bool_]:
-        """Which pairs have a frozen reference and a full current window."""
-        s = self.settings
-        full: NDArray[np.bool_] = self.store.n_scored[slots, sensors] >= s.reference_size + s.window_size
-        return full
-
-    def compare(self, slots: IntArray, sensors: IntArray) -> Comparison:
-        st = self.store
+    def compare(self, slot: int, s: int) -> Comparison | None:
+        """KS and PSI of the pair, once its reference is frozen and its current window full."""
+        st, cfg = self.store, self.settings
+        if st.n_scored[slot, s] < cfg.reference_size + cfg.window_size:
+            return None
         return compare(
-            st.ref[slots, sensors],
-            st.cur[slots, sensors],
-            st.edges[slots, sensors],
-            st.ref_frac[slots, sensors],
+            st.ref[slot, s][None], st.cur[slot, s][None], st.edges[slot, s][None], st.ref_frac[slot, s][None]
         )
 
 
 class FleetDrift:
-    """The same windows and ADWIN per sensor over the pooled scores of the whole fleet."""
+    """The same windows per sensor over the pooled scores of the whole fleet, ADWIN on every score."""
 
     def __init__(self, settings: DriftSettings) -> None:
         self.settings = s = settings
@@ -157,30 +125,26 @@ class FleetDrift:
         self.cur = np.zeros((N_SENSORS, s.fleet_window_size), np.uint16)
         self.edges = np.zeros((N_SENSORS, s.psi_bins - 1), np.float64)
         self.frac = np.zeros((N_SENSORS, s.psi_bins), np.float32)
-        self.n = np.zeros(N_SENSORS, np.int64)
-        self.since_eval = np.zeros(N_SENSORS, np.int64)
-        self.adwin_hits = np.zeros(N_SENSORS, np.int64)
+        self.n = [0] * N_SENSORS
+        self.since_eval = [0] * N_SENSORS
+        self.adwin_hits = [0] * N_SENSORS
         self.adwins = [drift.ADWIN(delta=s.adwin_delta) for _ in SENSOR_NAMES]
 
-    def push(self, sensors: IntArray, scores: FloatArray) -> None:
-        full = _fill(self.ref, self.cur, self.n, sensors, quantise(scores))
-        _freeze(self.ref, self.edges, self.frac, full)
-        np.add.at(self.since_eval, sensors, 1)
-        for s, score in zip(sensors.tolist(), scores.tolist(), strict=True):
-            a = self.adwins[s]
-            a.update(score)
-            if a.drift_detected:
-                self.adwin_hits[s] += 1
+    def push(self, s: int, score: float) -> bool:
+        """Record one score of sensor ``s``; True when the sensor is due for an evaluation."""
+        n = self.n[s]
+        if _append(self.ref[s], self.cur[s], n, round(score * QUANTUM)):
+            _freeze(self.ref[s], self.edges[s], self.frac[s])
+        self.n[s] = n + 1
+        a = self.adwins[s]
+        a.update(score)
+        if a.drift_detected:
+            self.adwin_hits[s] += 1
+        self.since_eval[s] += 1
+        return self.since_eval[s] >= self.settings.fleet_check_every
 
-    def due(self) -> IntArray:
-        """Sensors with enough new scores since their last evaluation."""
-        due: IntArray = np.flatnonzero(self.since_eval >= self.settings.fleet_check_every)
-        return due
-
-    def comparable(self, sensors: IntArray) -> NDArray[np.bool_]:
-        s = self.settings
-        full: NDArray[np.bool_] = self.n[sensors] >= s.fleet_reference_size + s.fleet_window_size
-        return full
-
-    def compare(self, sensors: IntArray) -> Comparison:
-        return compare(self.ref[sensors], self.cur[sensors], self.edges[sensors], self.frac[sensors])
+    def compare(self, s: int) -> Comparison | None:
+        cfg = self.settings
+        if self.n[s] < cfg.fleet_reference_size + cfg.fleet_window_size:
+            return None
+        return compare(self.ref[s][None], self.cur[s][None], self.edges[s][None], self.frac[s][None])

@@ -61,6 +61,8 @@ def consumer_config(s: KafkaSettings, **overrides: Any) -> dict[str, Any]:
         "enable.auto.offset.store": False,
         "auto.offset.reset": s.auto_offset_reset,
         "session.timeout.ms": s.session_timeout_ms,
+        # librdkafka's default (3000 ms) would equal a small session timeout and expire the member.
+        "heartbeat.interval.ms": max(100, s.session_timeout_ms // 3),
         "max.poll.interval.ms": s.max_poll_interval_ms,
         # The default (1000 ms) stalls a busy consumer; batches need the queue refilled at once.
         "fetch.queue.backoff.ms": 5,

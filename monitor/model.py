@@ -28,6 +28,7 @@ its memory are followed.
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, cast
@@ -90,8 +91,7 @@ class AdaptiveGaussian(AnomalyDetector):
         self.learn(from_values(cast("dict[str, float]", x)))
 
     def score_one(self, x: dict[Hashable, Any]) -> float:
-        k = np.array([float(self.n_features)])
-        return float(scores(np.array([self.distance(from_values(cast("dict[str, float]", x)))]), k)[0])
+        return score(self.distance(from_values(cast("dict[str, float]", x))), self.n_features)
 
     def params(self) -> dict[str, list[float]]:
         """The learned baseline, recorded with every model version."""
@@ -99,10 +99,15 @@ class AdaptiveGaussian(AnomalyDetector):
         return {"mean": list(s[1 : 1 + k]), "var": list(s[1 + k : 1 + 2 * k])}
 
 
-def scores(d2: NDArray[np.float64], k: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Anomaly scores in [0, 1] for a batch of distances: the chi-square CDF with ``k`` dof."""
-    out: NDArray[np.float64] = special.gammainc(k / 2.0, d2 / 2.0)
-    return out
+def score(d2: float, k: int) -> float:
+    """Anomaly score in [0, 1] of one distance: the chi-square CDF with ``k`` degrees of freedom
+    (closed forms for the 1 and 3 features of scalar and vector sensors)."""
+    e = math.erf(math.sqrt(d2 / 2.0))
+    if k == 1:
+        return e
+    if k == 3:
+        return max(0.0, e - math.sqrt(2.0 * d2 / math.pi) * math.exp(-d2 / 2.0))
+    return float(special.gammainc(k / 2.0, d2 / 2.0))
 
 
 def distance_threshold(score_threshold: float, k: int) -> float:

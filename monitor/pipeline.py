@@ -67,16 +67,6 @@ class BatchResult:
         return Counter(d.rejection.reason.value for d in self.dead_letters)
 
 
-@dataclass
-class _Scored:
-    """The scored readings of a batch, in arrival order."""
-
-    slots: list[int] = field(default_factory=list)
-    sensors: list[int] = field(default_factory=list)
-    d2: list[float] = field(default_factory=list)
-    k: list[int] = field(default_factory=list)
-
-
 class Pipeline:
     def __init__(self, settings: Settings, rules: RuleSet) -> None:
         self.settings = settings
@@ -92,9 +82,10 @@ class Pipeline:
         self.config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
+        """Run every message through every stage, in order. Each (device, sensor) pair is evaluated
+        right after every ``check_every``-th reading, so results do not depend on the batch size."""
         result = BatchResult()
-        scored = _Scored()
-        touched: set[tuple[int, int]] = set()
+        scores: list[list[float]] = [[] for _ in SENSOR_NAMES]
         max_bytes = self.settings.consume.max_message_bytes
         for msg in messages:
             self._track_offset(result, msg)
@@ -102,11 +93,8 @@ class Pipeline:
             if isinstance(r, Rejection):
                 result.dead_letters.append(DeadLetter(msg, r))
                 continue
-            self._apply(r, msg, scored, touched, result)
-        self._score(scored, result)
-        evaluations = self._evaluations(touched, result) + self._fleet_evaluations(result)
-        transitions = self.engine.evaluate(evaluations)
-        self._act(transitions, result)
+            self._apply(r, msg, scores, result)
+        result.scores = {s: np.asarray(v) for s, v in enumerate(scores) if v}
         return result
 
     @staticmethod
@@ -115,38 +103,43 @@ class Pipeline:
         if topic is not None and part is not None and off is not None:
             result.offsets[(topic, part)] = off + 1
 
-    def _apply(
-        self, r: Reading, msg: Message, scored: _Scored, touched: set[tuple[int, int]], result: BatchResult
-    ) -> None:
+    def _apply(self, r: Reading, msg: Message, scores: list[list[float]], result: BatchResult) -> None:
         st = self.store
         slot = st.slot(r.device_id, msg.partition() or 0)
         s = SENSOR_INDEX[r.sensor]
         result.valid[s] += 1
         result.max_ts = max(result.max_ts, r.ts)
         if not self.integrity.check_seq(slot, s, r):
-            touched.add((slot, s))
             return
         f = features(r)
         self.integrity.check_values(slot, s, r.ts, f, msg.timestamp()[1])
         self._remember(slot, s, r.ts, f, msg.offset() or 0)
-        touched.add((slot, s))
         st.since_eval[slot, s] += 1
+        score = self._score(slot, s, f, result)
+        if score is not None:
+            scores[s].append(score)
+            self.pairs.push(slot, s, score)
+            if self.fleet.push(s, score):
+                self._evaluate_fleet(s, r.ts, result)
+        if st.since_eval[slot, s] >= self.settings.drift.check_every:
+            self._evaluate_pair(slot, s, result)
+
+    def _score(self, slot: int, s: int, f: Features, result: BatchResult) -> float | None:
+        """Score with the pair's model (None while it warms up); learn unless anomalous."""
+        st = self.store
         m = st.models[slot][s]
         if m is None:
             m = st.models[slot][s] = model.AdaptiveGaussian(len(f), **self._model_params(s))
         if m.n < self.settings.model.warmup:
             m.learn(f)
-            return
+            return None
         d2 = m.distance(f)
         if d2 > self.thresholds[len(f)]:
             st.anomalies[slot, s] += 1
             result.anomalies[s] += 1
         else:
             m.learn(f)
-        scored.slots.append(slot)
-        scored.sensors.append(s)
-        scored.d2.append(d2)
-        scored.k.append(len(f))
+        return model.score(d2, len(f))
 
     def _model_params(self, s: int) -> dict[str, float]:
         m = self.settings.model
@@ -165,46 +158,17 @@ class Pipeline:
         st.raw_ts[slot, s, i] = ts
         st.raw_n[slot, s] += 1
 
-    def _score(self, scored: _Scored, result: BatchResult) -> None:
-        if not scored.slots:
-            return
-        slots = np.asarray(scored.slots, np.int64)
-        sensors = np.asarray(scored.sensors, np.int64)
-        scores = model.scores(np.asarray(scored.d2), np.asarray(scored.k, np.float64))
-        self.pairs.push(slots, sensors, scores)
-        fleet_before = self.fleet.adwin_hits.copy()
-        self.fleet.push(sensors, scores)
-        for s in range(N_SENSORS):
-            mine = scores[sensors == s]
-            if len(mine):
-                result.scores[s] = mine
-            fleet_hits = int(self.fleet.adwin_hits[s] - fleet_before[s])
-            if fleet_hits:
-                result.drift[("adwin", "fleet", SENSOR_NAMES[s])] += fleet_hits
-
-    def _evaluations(self, touched: set[tuple[int, int]], result: BatchResult) -> list[Evaluation]:
-        st, every = self.store, self.settings.drift.check_every
-        due = [(slot, s) for slot, s in touched if st.since_eval[slot, s] >= every]
-        if not due:
-            return []
-        slots = np.fromiter((d[0] for d in due), np.int64, len(due))
-        sensors = np.fromiter((d[1] for d in due), np.int64, len(due))
-        comparable = self.pairs.comparable(slots, sensors)
-        cmp = self.pairs.compare(slots[comparable], sensors[comparable]) if comparable.any() else None
-        out: list[Evaluation] = []
-        j = 0
-        for i, (slot, s) in enumerate(due):
-            self.pairs.close_interval(slot, s)
-            sig = self._pair_signals(slot, s)
-            result.drift[("adwin", "device", SENSOR_NAMES[s])] += int(st.adwin_hits[slot, s])
-            if comparable[i] and cmp is not None:
-                sig.update(self._drift_signals(cmp, j, "device", SENSOR_NAMES[s], result))
-                j += 1
-            out.append(
-                Evaluation("device", st.device_ids[slot], SENSOR_NAMES[s], sig, int(st.last_ts[slot, s]))
-            )
-            self._reset_interval(slot, s)
-        return out
+    def _evaluate_pair(self, slot: int, s: int, result: BatchResult) -> None:
+        st, name = self.store, SENSOR_NAMES[s]
+        self.pairs.close_interval(slot, s)
+        sig = self._pair_signals(slot, s)
+        result.drift[("adwin", "device", name)] += int(st.adwin_hits[slot, s])
+        cmp = self.pairs.compare(slot, s)
+        if cmp is not None:
+            sig.update(self._drift_signals(cmp, "device", name, result))
+        self._reset_interval(slot, s)
+        ev = Evaluation("device", st.device_ids[slot], name, sig, int(st.last_ts[slot, s]))
+        self._act(self.engine.evaluate([ev]), result)
 
     def _pair_signals(self, slot: int, s: int) -> dict[str, float]:
         st = self.store
@@ -222,14 +186,14 @@ class Pipeline:
         return sig
 
     def _drift_signals(
-        self, cmp: Comparison, j: int, scope: str, sensor: str, result: BatchResult
+        self, cmp: Comparison, scope: str, sensor: str, result: BatchResult
     ) -> dict[str, float]:
         d = self.settings.drift
-        p, psi = float(cmp.ks_pvalue[j]), float(cmp.psi[j])
+        p, psi = float(cmp.ks_pvalue[0]), float(cmp.psi[0])
         result.drift[("ks", scope, sensor)] += p < d.ks_alpha
         result.drift[("psi", scope, sensor)] += psi > d.psi_threshold
         return {
-            "ks_stat": float(cmp.ks_stat[j]),
+            "ks_stat": float(cmp.ks_stat[0]),
             "ks_pvalue": p,
             "ks_drift": float(p < d.ks_alpha),
             "psi": psi,
@@ -243,26 +207,22 @@ class Pipeline:
         st.adwin_hits[slot, s] = 0
         st.integrity[slot, s] = 0
 
-    def _fleet_evaluations(self, result: BatchResult) -> list[Evaluation]:
-        fl = self.fleet
-        due = fl.due()
-        if not len(due):
-            return []
-        comparable = fl.comparable(due)
-        cmp = fl.compare(due[comparable]) if comparable.any() else None
-        out, j = [], 0
-        for i, s in enumerate(due.tolist()):
-            n = int(fl.since_eval[s])
-            hits = int(fl.adwin_hits[s])
-            sig = {"readings": float(n), "adwin_detections": float(hits), "adwin_drift": float(hits > 0)}
-            if comparable[i] and cmp is not None:
-                sig.update(self._drift_signals(cmp, j, "fleet", SENSOR_NAMES[s], result))
-                result.fleet_stats[SENSOR_NAMES[s]] = (sig["ks_stat"], sig["psi"])
-                j += 1
-            fl.since_eval[s] = 0
-            fl.adwin_hits[s] = 0
-            out.append(Evaluation("fleet", "*", SENSOR_NAMES[s], sig, result.max_ts))
-        return out
+    def _evaluate_fleet(self, s: int, ts: int, result: BatchResult) -> None:
+        fl, name = self.fleet, SENSOR_NAMES[s]
+        hits = fl.adwin_hits[s]
+        result.drift[("adwin", "fleet", name)] += hits
+        sig = {
+            "readings": float(fl.since_eval[s]),
+            "adwin_detections": float(hits),
+            "adwin_drift": float(hits > 0),
+        }
+        cmp = fl.compare(s)
+        if cmp is not None:
+            sig.update(self._drift_signals(cmp, "fleet", name, result))
+            result.fleet_stats[name] = (sig["ks_stat"], sig["psi"])
+        fl.since_eval[s] = 0
+        fl.adwin_hits[s] = 0
+        self._act(self.engine.evaluate([Evaluation("fleet", "*", name, sig, ts)]), result)
 
     def _act(self, transitions: list[Transition], result: BatchResult) -> None:
         for t in transitions:

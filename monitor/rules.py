@@ -4,9 +4,9 @@ Rules come from YAML (``configs/rules.yaml``), validated by pydantic; user-suppl
 evaluated. A rule is evaluated for every *scope key* it applies to, each time the monitor
 evaluates that key:
 
-- ``scope: device``: one (device, sensor) pair, at the end of each batch in which it has
-  ``drift.check_every`` new applied readings;
-- ``scope: fleet``: one sensor across all devices, likewise after ``drift.fleet_check_every`` scores.
+- ``scope: device``: one (device, sensor) pair, right after every ``drift.check_every``-th applied
+  reading of the pair;
+- ``scope: fleet``: one sensor across all devices, after every ``drift.fleet_check_every``-th score.
 
 An episode fires once the condition has held for ``for`` consecutive evaluations, and resolves at
 the first evaluation where it does not hold. After a resolution the rule stays quiet for that key

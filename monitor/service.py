@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from monitor import alerts, kafka, registry
 from monitor.metrics import Metrics
@@ -24,6 +24,9 @@ from monitor.settings import Settings
 log = logging.getLogger(__name__)
 
 BatchHook = Callable[[BatchResult, "Totals"], None]
+_REBALANCE_ERRORS = frozenset(
+    {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS}
+)
 
 
 @dataclass
@@ -142,6 +145,14 @@ class Service:
         kafka.flush(p, t, self.settings.consume.delivery_timeout_s)
 
     def _commit(self, result: BatchResult) -> None:
-        if result.offsets:
-            offsets = [TopicPartition(t, p, o) for (t, p), o in result.offsets.items()]
+        """Commit the batch's offsets. A commit refused because the group rebalanced is not fatal:
+        the partitions' new owner re-reads the batch from the last commit (at-least-once)."""
+        if not result.offsets:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in result.offsets.items()]
+        try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _REBALANCE_ERRORS:
+                raise
+            log.warning("commit refused after a rebalance (%s); the batch will be re-delivered", exc)
