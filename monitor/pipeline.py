@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,6 +47,17 @@ class DeadLetter:
     rejection: Rejection
 
 
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One applied reading and its score (``None`` while the pair's model warms up)."""
+
+    device_id: str
+    sensor: str
+    ts: int
+    score: float | None
+    anomalous: bool
+
+
 @dataclass
 class BatchResult:
     """Everything one batch produced; the service delivers it before committing offsets."""
@@ -61,6 +72,7 @@ class BatchResult:
     fleet_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # sensor -> (ks, psi)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
     max_ts: int = 0
+    trace: list[Scored] = field(default_factory=list)  # every applied reading, if tracing
 
     @property
     def rejected(self) -> Counter[str]:
@@ -68,8 +80,12 @@ class BatchResult:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, rules: RuleSet) -> None:
+    """All monitoring state and stages. ``trace=True`` also returns every applied reading's score
+    (offline evaluation; the live service leaves it off)."""
+
+    def __init__(self, settings: Settings, rules: RuleSet, trace: bool = False) -> None:
         self.settings = settings
+        self.trace = trace
         d, m = settings.drift, settings.model
         shapes = Shapes(d.reference_size, d.window_size, d.psi_bins, m.retrain_window)
         self.store = StateStore(shapes, d.adwin_delta)
@@ -84,15 +100,27 @@ class Pipeline:
     def process(self, messages: Sequence[Message]) -> BatchResult:
         """Run every message through every stage, in order. Each (device, sensor) pair is evaluated
         right after every ``check_every``-th reading, so results do not depend on the batch size."""
-        result = BatchResult()
-        scores: list[list[float]] = [[] for _ in SENSOR_NAMES]
         max_bytes = self.settings.consume.max_message_bytes
-        for msg in messages:
-            self._track_offset(result, msg)
-            r = schema.decode(msg.value(), msg.key(), max_bytes)
-            if isinstance(r, Rejection):
-                result.dead_letters.append(DeadLetter(msg, r))
-                continue
+        result = BatchResult()
+
+        def decoded() -> Iterator[tuple[Reading, Message]]:
+            for msg in messages:
+                self._track_offset(result, msg)
+                r = schema.decode(msg.value(), msg.key(), max_bytes)
+                if isinstance(r, Rejection):
+                    result.dead_letters.append(DeadLetter(msg, r))
+                else:
+                    yield r, msg
+
+        return self.process_readings(decoded(), result)
+
+    def process_readings(
+        self, readings: Iterable[tuple[Reading, Message]], result: BatchResult | None = None
+    ) -> BatchResult:
+        """The stages after decoding, for readings that are already validated (or replayed)."""
+        result = BatchResult() if result is None else result
+        scores: list[list[float]] = [[] for _ in SENSOR_NAMES]
+        for r, msg in readings:
             self._apply(r, msg, scores, result)
         result.scores = {s: np.asarray(v) for s, v in enumerate(scores) if v}
         return result
@@ -115,7 +143,10 @@ class Pipeline:
         self.integrity.check_values(slot, s, r.ts, f, msg.timestamp()[1])
         self._remember(slot, s, r.ts, f, msg.offset() or 0)
         st.since_eval[slot, s] += 1
+        anomalies = int(st.anomalies[slot, s])
         score = self._score(slot, s, f, result)
+        if self.trace:
+            result.trace.append(Scored(r.device_id, r.sensor, r.ts, score, st.anomalies[slot, s] > anomalies))
         if score is not None:
             scores[s].append(score)
             self.pairs.push(slot, s, score)

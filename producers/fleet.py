@@ -249,7 +249,7 @@ class Target:
     """Where an injected fault acts: one device, some value columns, ms ``[start, end)``."""
 
     device: int
-    columns: slice | int  # an index into ``spec.keys``, or every key
+    columns: slice  # the changed keys of ``spec.keys``: one axis or all
     start_ms: int  # after the scenario start
     end_ms: int
 
@@ -350,7 +350,8 @@ def build_injectors(scenario: Scenario, fleet: Fleet) -> dict[str, list[Injector
 def _target(scenario: Scenario, event: Event) -> Target:
     columns: slice | int = slice(None)
     if event.axis is not None:
-        columns = SENSORS[event.sensor].keys.index(event.axis)
+        i = SENSORS[event.sensor].keys.index(event.axis)
+        columns = slice(i, i + 1)  # a slice keeps rows 2-D: (n, 1) broadcasts like (n, keys)
     return Target(scenario.device_index(event.device), columns, *event_span_ms(scenario, event))
 
 
