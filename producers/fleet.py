@@ -348,7 +348,7 @@ def build_injectors(scenario: Scenario, fleet: Fleet) -> dict[str, list[Injector
 
 
 def _target(scenario: Scenario, event: Event) -> Target:
-    columns: slice | int = slice(None)
+    columns = slice(None)
     if event.axis is not None:
         i = SENSORS[event.sensor].keys.index(event.axis)
         columns = slice(i, i + 1)  # a slice keeps rows 2-D: (n, 1) broadcasts like (n, keys)

@@ -1,0 +1,1 @@
+"""Offline evaluation of the monitor: replaying streams and scoring detection quality."""

@@ -1,0 +1,61 @@
+"""Reports of ``telemon evaluate``: a JSON file for machines and a table for people."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table with aligned columns."""
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), line]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(out)
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def _seconds(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1000.0
+
+
+def quality_tables(report: dict[str, Any]) -> str:
+    """Per-kind detection and delay table, then the overall line, for a quality report."""
+    a, d = report["anomaly"], report["drift"]
+    rows = [
+        (
+            kind,
+            k["n_windows"],
+            k["n_detected"],
+            _seconds(k["delay_ms"]["median"]),
+            _seconds(k["delay_ms"]["p90"]),
+            k["delay_readings"]["median"] if k.get("delay_readings") else None,
+        )
+        for kind, k in sorted(a["by_kind"].items())
+    ]
+    head = ("event kind", "planted", "detected", "delay s (median)", "delay s (p90)", "readings (median)")
+    summary = (
+        f"precision {_fmt(a['precision'])}  recall {_fmt(a['recall'])}  F1 {_fmt(a['f1'])}  "
+        f"false alarms {a['n_false_alarms']} over {a['device_days']:.3f} device-days "
+        f"({_fmt(a['false_alarms_per_device_day'])}/device-day)\n"
+        f"drift changes: {d['n_changes']}, detected {d['n_detected']}, missed {d['n_missed']}, "
+        f"false detections {d['n_false_detections']}, "
+        f"delay median {_fmt(_seconds(d['delay_ms']['median']))} s"
+    )
+    return table(head, rows) + "\n" + summary
