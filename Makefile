@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint env clean
+.PHONY: demo test lint env evaluate clean
 
 $(BIN)/telemon: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ env: $(BIN)/telemon
 demo: env
 	$(BIN)/telemon demo
 
+# Reproduces the README's detection-quality tables (writes evaluation/: JSON reports, NAB results).
+evaluate: env
+	$(BIN)/telemon evaluate scenario configs/scenarios/library.yaml configs/scenarios/clean.yaml
+	$(BIN)/telemon evaluate --config configs/nab.yaml nab
+
 lint: env
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -26,4 +31,4 @@ test: lint
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .telemon
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .telemon evaluation

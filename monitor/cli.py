@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from monitor.evaluation import command as evaluation
 from monitor.settings import Settings, load_settings
 
 log = logging.getLogger("monitor")
@@ -26,6 +27,8 @@ examples:
   telemon simulate --scenario configs/scenarios/demo.yaml --config configs/monitor.yaml
   telemon run --config configs/monitor.yaml      the monitor, against kafka.bootstrap_servers
   telemon rules check configs/rules.yaml         validate a rules file
+  telemon evaluate scenario configs/scenarios/library.yaml   detection quality on planted events
+  telemon evaluate --config configs/nab.yaml nab             the NAB benchmark score
 
 Every config key can be overridden from the environment, e.g. TELEMON_KAFKA__BOOTSTRAP_SERVERS."""
 
@@ -97,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     broker.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
     broker.add_argument("--port", type=int, default=9092, help="listen port (default: %(default)s)")
+
+    evaluation.add_parser(sub)
 
     rules = sub.add_parser("rules", help="governance rules tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
@@ -198,6 +203,7 @@ COMMANDS = {
     "broker": cmd_broker,
     "rules": cmd_rules,
     "demo": cmd_demo,
+    "evaluate": evaluation.run,
 }
 
 

@@ -49,12 +49,13 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """One applied reading and its score (``None`` while the pair's model warms up)."""
+    """One applied reading, its score and squared distance (``None`` while the model warms up)."""
 
     device_id: str
     sensor: str
     ts: int
     score: float | None
+    distance: float | None
     anomalous: bool
 
 
@@ -144,9 +145,11 @@ class Pipeline:
         self._remember(slot, s, r.ts, f, msg.offset() or 0)
         st.since_eval[slot, s] += 1
         anomalies = int(st.anomalies[slot, s])
-        score = self._score(slot, s, f, result)
+        d2 = self._distance(slot, s, f, result)
+        score = None if d2 is None else model.score(d2, len(f))
         if self.trace:
-            result.trace.append(Scored(r.device_id, r.sensor, r.ts, score, st.anomalies[slot, s] > anomalies))
+            anomalous = bool(st.anomalies[slot, s] > anomalies)
+            result.trace.append(Scored(r.device_id, r.sensor, r.ts, score, d2, anomalous))
         if score is not None:
             scores[s].append(score)
             self.pairs.push(slot, s, score)
@@ -155,8 +158,8 @@ class Pipeline:
         if st.since_eval[slot, s] >= self.settings.drift.check_every:
             self._evaluate_pair(slot, s, result)
 
-    def _score(self, slot: int, s: int, f: Features, result: BatchResult) -> float | None:
-        """Score with the pair's model (None while it warms up); learn unless anomalous."""
+    def _distance(self, slot: int, s: int, f: Features, result: BatchResult) -> float | None:
+        """The pair model's distance (None while it warms up); learn unless anomalous."""
         st = self.store
         m = st.models[slot][s]
         if m is None:
@@ -165,12 +168,13 @@ class Pipeline:
             m.learn(f)
             return None
         d2 = m.distance(f)
-        if d2 > self.thresholds[len(f)]:
+        anomalous = d2 > self.thresholds[len(f)]
+        if anomalous:
             st.anomalies[slot, s] += 1
             result.anomalies[s] += 1
-        else:
+        if not anomalous or self.settings.model.learn_anomalies:
             m.learn(f)
-        return model.score(d2, len(f))
+        return d2
 
     def _model_params(self, s: int) -> dict[str, float]:
         m = self.settings.model

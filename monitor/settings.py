@@ -59,6 +59,7 @@ class ModelSettings(_Section):
     fading: float = Field(0.05, gt=0, le=1, description="weight of a new reading in the level (memory ~1/x)")
     var_fading: float = Field(0.005, gt=0, le=1, description="weight of a new reading in the noise level")
     anomaly_threshold: float = Field(0.9999, gt=0.5, lt=1)
+    learn_anomalies: bool = Field(False, description="also learn from readings over the threshold")
     retrain_window: int = Field(32, ge=16, le=1024)
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from monitor.alerts import Alert
 from monitor.pipeline import BatchResult, Pipeline, Scored
@@ -24,6 +25,7 @@ from monitor.schema import Reading
 from monitor.settings import Settings
 
 TOPIC = "replay"
+T = TypeVar("T")
 
 
 class ReplayMessage:
@@ -150,15 +152,27 @@ class InputError(ValueError):
 
 def read_csv(path: Path, timestamp: str, values: Sequence[str], label: str | None) -> list[Series]:
     """One series per value column of a CSV with a timestamp column and an optional 0/1 label."""
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {timestamp, *values, *([label] if label else [])} - set(reader.fieldnames or [])
-        if missing:
-            raise InputError(f"{path}: no column(s) {sorted(missing)}; columns are {reader.fieldnames}")
-        rows = list(reader)
     try:
-        ts = [parse_time(r[timestamp]) for r in rows]
-        labels = [int(float(r[label])) for r in rows] if label else None
-        return [Series(f"{path.stem}/{col}", ts, [float(r[col]) for r in rows], labels) for col in values]
-    except ValueError as exc:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {timestamp, *values, *([label] if label else [])} - set(reader.fieldnames or [])
+            if missing:
+                raise InputError(f"{path}: no column(s) {sorted(missing)}; columns are {reader.fieldnames}")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: {exc}") from exc
+    if not rows:
+        raise InputError(f"{path}: no data rows")
+    ts = _column(path, rows, timestamp, parse_time)
+    labels = _column(path, rows, label, lambda t: int(float(t))) if label else None
+    return [Series(f"{path.stem}/{col}", ts, _column(path, rows, col, float), labels) for col in values]
+
+
+def _column(path: Path, rows: list[dict[str, str]], name: str, parse: Callable[[str], T]) -> list[T]:
+    out: list[T] = []
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        try:
+            out.append(parse(row[name]))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path}, line {line}, column {name!r}: {row[name]!r} ({exc})") from exc
+    return out
