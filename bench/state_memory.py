@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from monitor.evaluation.replay import ReplayMessage
 from monitor.pipeline import Pipeline
 from monitor.rules import load_rules
 from monitor.schema import SENSORS, encode_reading
@@ -22,37 +23,12 @@ from monitor.settings import load_settings
 START = 1_767_225_600_000
 
 
-class Msg:
-    __slots__ = ("_key", "_off", "_ts", "_value")
-
-    def __init__(self, key: bytes, value: bytes, ts: int, off: int) -> None:
-        self._key, self._value, self._ts, self._off = key, value, ts, off
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes:
-        return self._key
-
-    def topic(self) -> str:
-        return "bench"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._off
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._ts)
-
-
 def rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
 
 
-def batch(devices: int, step: int, rng: np.random.Generator, seq: list[int]) -> list[Msg]:
+def batch(devices: int, step: int, rng: np.random.Generator, seq: list[int]) -> list[ReplayMessage]:
     out = []
     ts = START + step * 1000
     for d in range(devices):
@@ -61,7 +37,7 @@ def batch(devices: int, step: int, rng: np.random.Generator, seq: list[int]) -> 
             mid = (spec.low + spec.high) / 2 if not spec.is_vector else 0.0
             values = {k: float(mid + rng.normal(0, 1)) for k in spec.keys}
             seq[d] += 1
-            out.append(Msg(dev.encode(), encode_reading(dev, name, ts, seq[d], values), ts, seq[d]))
+            out.append(ReplayMessage(dev.encode(), encode_reading(dev, name, ts, seq[d], values), ts, seq[d]))
     return out
 
 
