@@ -309,6 +309,7 @@ class Pipeline:
                 "fading": self.settings.model.fading,
                 "var_fading": self.settings.model.var_fading,
                 "anomaly_threshold": self.settings.model.anomaly_threshold,
+                "learn_anomalies": float(self.settings.model.learn_anomalies),
                 "retrain_window": w,
             },
             baseline=fresh.params(),
