@@ -9,6 +9,7 @@ feeds the very same code with recorded messages.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -101,13 +102,15 @@ class Pipeline:
     def process(self, messages: Sequence[Message]) -> BatchResult:
         """Run every message through every stage, in order. Each (device, sensor) pair is evaluated
         right after every ``check_every``-th reading, so results do not depend on the batch size."""
-        max_bytes = self.settings.consume.max_message_bytes
+        c = self.settings.consume
+        max_bytes = c.max_message_bytes
+        latest = int(time.time() * 1000) + c.max_future_ms if c.max_future_ms else None
         result = BatchResult()
 
         def decoded() -> Iterator[tuple[Reading, Message]]:
             for msg in messages:
                 self._track_offset(result, msg)
-                r = schema.decode(msg.value(), msg.key(), max_bytes)
+                r = schema.decode(msg.value(), msg.key(), max_bytes, latest)
                 if isinstance(r, Rejection):
                     result.dead_letters.append(DeadLetter(msg, r))
                 else:

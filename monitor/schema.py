@@ -77,6 +77,7 @@ class Reason(StrEnum):
     NOT_OBJECT = "not_object"
     MISSING_FIELD = "missing_field"
     EXTRA_FIELD = "extra_field"
+    DUPLICATE_KEY = "duplicate_key"
     WRONG_TYPE = "wrong_type"
     BAD_DEVICE_ID = "bad_device_id"
     KEY_MISMATCH = "key_mismatch"
@@ -134,8 +135,17 @@ def encode_reading(
     )
 
 
-def decode(value: bytes | None, key: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Reading | Rejection:
-    """Decode and strictly validate one message value; the key must equal its device_id."""
+def decode(
+    value: bytes | None,
+    key: bytes | None,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    latest_ts: int | None = None,
+) -> Reading | Rejection:
+    """Decode and strictly validate one message value; the key must equal its device_id.
+
+    ``latest_ts`` (epoch ms), when given, is the latest acceptable ``ts``: readings from further in
+    the future are rejected as ``bad_timestamp``.
+    """
     if value is None:
         return Rejection(Reason.INVALID_JSON, "message has no value")
     if len(value) > max_bytes:
@@ -146,10 +156,10 @@ def decode(value: bytes | None, key: bytes | None, max_bytes: int = MAX_MESSAGE_
         return _classify(str(exc))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return Rejection(Reason.INVALID_JSON, str(exc)[:200])
-    return validate(reading, key)
+    return _duplicate_key(value, 7 + len(reading.values)) or validate(reading, key, latest_ts)
 
 
-def validate(r: Reading, key: bytes | None) -> Reading | Rejection:
+def validate(r: Reading, key: bytes | None, latest_ts: int | None = None) -> Reading | Rejection:
     """Check the semantic rules the JSON schema alone cannot express."""
     if not DEVICE_ID_PATTERN.fullmatch(r.device_id):
         return Rejection(Reason.BAD_DEVICE_ID, "device_id must match " + DEVICE_ID_PATTERN.pattern)
@@ -164,9 +174,35 @@ def validate(r: Reading, key: bytes | None) -> Reading | Rejection:
         return Rejection(Reason.WRONG_UNIT, f"{spec.name} expects {spec.unit!r}, got {r.unit[:32]!r}")
     if not _TS_LOW <= r.ts <= _TS_HIGH:
         return Rejection(Reason.BAD_TIMESTAMP, f"ts {r.ts} is not UTC epoch milliseconds")
+    if latest_ts is not None and r.ts > latest_ts:
+        return Rejection(
+            Reason.BAD_TIMESTAMP, f"ts {r.ts} is {(r.ts - latest_ts) // 1000} s too far in the future"
+        )
     if not 0 <= r.seq <= _SEQ_HIGH:
         return Rejection(Reason.WRONG_TYPE, "seq must be a non-negative 64-bit integer")
     return _check_values(r.values, spec) or r
+
+
+# A key token: a quoted name followed by a colon. String values cannot contain an unescaped quote,
+# so this only ever matches keys. JSON parsers keep the last of duplicate keys silently.
+_KEY_TOKEN: Final = re.compile(rb'"([A-Za-z_]{1,16})"\s*:')
+
+
+def _duplicate_key(value: bytes, n_keys: int) -> Rejection | None:
+    """A message whose JSON repeats a key is ambiguous (which value counts?): reject it.
+
+    Fast path: with no escaped quotes, as many ``":`` as keys and two quotes per key and per
+    string value (``device_id``, ``sensor``, ``unit``), no key can be repeated.
+    """
+    if value.count(b'":') == n_keys and value.count(b'"') == 2 * (n_keys + 3) and b'\\"' not in value:
+        return None
+    seen: set[bytes] = set()
+    for m in _KEY_TOKEN.finditer(value):
+        name = m.group(1)
+        if name in seen:
+            return Rejection(Reason.DUPLICATE_KEY, f"key {name.decode()!r} appears more than once")
+        seen.add(name)
+    return None
 
 
 def _check_values(values: dict[str, float], spec: SensorSpec) -> Rejection | None:

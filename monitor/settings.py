@@ -45,6 +45,9 @@ class ConsumeSettings(_Section):
     batch_size: int = Field(5000, ge=1, le=100_000)
     poll_timeout_s: float = Field(0.5, gt=0)
     max_message_bytes: int = Field(4096, ge=256)
+    max_future_ms: int = Field(
+        86_400_000, ge=0, description="readings further ahead of the wall clock are rejected (0: off)"
+    )
     delivery_timeout_s: float = Field(30.0, gt=0)
 
 

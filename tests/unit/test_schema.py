@@ -142,6 +142,13 @@ CASES: list[Case] = [
     Case("not-object-null", b"null", KEY, Reason.NOT_OBJECT),
     *(Case(f"missing-{f}", _without(f), KEY, Reason.MISSING_FIELD) for f in FIELDS),
     Case("extra-field", _msg(firmware="1.2.3"), KEY, Reason.EXTRA_FIELD),
+    Case("duplicate-key", _msg().replace(b'"seq":', b'"seq": 1, "seq":'), KEY, Reason.DUPLICATE_KEY),
+    Case(
+        "duplicate-key-in-values",
+        _msg().replace(b'"value":', b'"value": 1.0, "value":'),
+        KEY,
+        Reason.DUPLICATE_KEY,
+    ),
     Case("wrong-type-ts-string", _msg(ts="1700000000000"), KEY, Reason.WRONG_TYPE),
     Case("wrong-type-ts-float", _msg(ts=1.7e12), KEY, Reason.WRONG_TYPE),
     Case("wrong-type-ts-bool", _msg(ts=True), KEY, Reason.WRONG_TYPE),
@@ -191,6 +198,12 @@ def test_crafted_message_is_rejected_with_its_reason(case: Case) -> None:
 
 def test_crafted_cases_cover_every_reason() -> None:
     assert {c.reason for c in CASES} == set(Reason)
+
+
+def test_reading_too_far_in_the_future_is_rejected() -> None:
+    assert isinstance(decode(_msg(ts=TS), KEY, latest_ts=TS), Reading)
+    rejected = decode(_msg(ts=TS + 1), KEY, latest_ts=TS)
+    assert isinstance(rejected, Rejection) and rejected.reason is Reason.BAD_TIMESTAMP
 
 
 def test_oversize_case_really_exceeds_the_limit() -> None:
