@@ -1,4 +1,4 @@
-"""The composition root: settings -> pipeline, metrics and the Kafka service."""
+"""The composition root: settings -> pipeline, metrics, the HTTP endpoint and the Kafka service."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from prometheus_client import CollectorRegistry
 
 from monitor import kafka
+from monitor.health import Health, HttpEndpoint, make_app
 from monitor.metrics import Metrics
 from monitor.pipeline import Pipeline
 from monitor.rules import load_rules
@@ -17,13 +18,21 @@ log = logging.getLogger(__name__)
 
 
 def build_service(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
-    """Everything the monitor needs, wired once; topics are created if missing."""
+    """Everything the monitor needs, wired once; topics are created if missing.
+
+    With ``metrics.enabled`` the endpoint (``/metrics``, ``/healthz``, ``/readyz``) starts serving
+    at once: liveness holds from the start, readiness once the consumer has joined its group.
+    """
     logging.getLogger("monitor").setLevel(settings.log_level)
     rules = load_rules(settings.rules_file)
     k = settings.kafka
     kafka.ensure_topics(k, [k.readings_topic, k.dead_letter_topic, k.alerts_topic, k.models_topic])
-    metrics = Metrics(registry or CollectorRegistry())
+    registry = CollectorRegistry() if registry is None else registry
+    metrics = Metrics(registry, {r.name: r.severity for r in rules.rules})
+    health = Health(settings.metrics.liveness_timeout_s)
+    endpoint = None
     if settings.metrics.enabled:
-        metrics.serve(settings.metrics.host, settings.metrics.port)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics.host, settings.metrics.port)
-    return Service(settings, Pipeline(settings, rules), metrics)
+        m = settings.metrics
+        endpoint = HttpEndpoint(m.host, m.port, make_app(registry, health))
+        log.info("metrics on http://%s:%d/metrics (probes: /healthz, /readyz)", m.host, endpoint.port)
+    return Service(settings, Pipeline(settings, rules), metrics, health, endpoint)

@@ -1,97 +1,201 @@
-"""Every Prometheus metric telemon exports, declared here and only here.
+"""Every Prometheus metric telemon exports, declared here and only here (the README's catalog).
 
 The registry is injected (tests build a fresh ``CollectorRegistry``). Domain code never touches
-``prometheus_client``: the service calls :meth:`Metrics.record_batch` once per batch. Label values
-come from small fixed sets (sensor kinds, reasons, checks, detectors, rule names); never device ids.
+``prometheus_client``: the service calls the ``record_*`` hooks once per batch, never per reading.
+Label values come from small fixed sets (sensor kinds, rejection reasons, checks, detectors,
+scopes, rule names, severities, partitions of the readings topic); never device ids. Children of
+the fixed sets are created up front, so a counter is 0 before its first event and ``increase()``
+sees that first event.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 import monitor
 from monitor.pipeline import BatchResult
-from monitor.schema import SENSOR_NAMES
-from monitor.state import CHECKS
+from monitor.schema import SENSOR_NAMES, Reason
+from monitor.state import CHECKS, N_SENSORS
 
 SCORE_BUCKETS = (0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0)
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: Event-time lag (now - reading ts): sub-second for a live fleet, hours for a replayed backlog.
+LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+DETECTORS = ("ks", "psi", "adwin")
+SCOPES = ("device", "fleet")
+STATUSES = ("firing", "resolved")
+RETRAIN_OUTCOMES = ("retrained", "skipped")
 
 
-class ScoreHistogram(Collector):
-    """Anomaly-score histogram per sensor, updated with one ``numpy`` call per batch."""
+class BatchHistogram(Collector):
+    """A histogram, one child per value of at most one label, fed a numpy array per batch.
 
-    def __init__(self, buckets: tuple[float, ...] = SCORE_BUCKETS) -> None:
-        self.edges = np.asarray(buckets)
-        self.counts = np.zeros((len(SENSOR_NAMES), len(buckets)), np.int64)  # cumulative
-        self.sums = np.zeros(len(SENSOR_NAMES))
+    ``observe`` costs one ``searchsorted`` and one ``bincount`` per batch instead of a Python
+    call per reading.
+    """
 
-    def observe(self, sensor: int, scores: NDArray[np.float64]) -> None:
-        self.counts[sensor] += (scores[None, :] <= self.edges[:, None]).sum(axis=1)
-        self.sums[sensor] += float(scores.sum())
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        label: str = "",
+        values: Sequence[str] = (),
+    ) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.values = tuple(values) if label else ("",)
+        self.edges = np.asarray(buckets, np.float64)
+        self.counts = np.zeros((len(self.values), len(buckets) + 1), np.int64)  # last: above every edge
+        self.sums = np.zeros(len(self.values))
+        self._lock = threading.Lock()  # scrapes run on the HTTP threads
+
+    def observe(self, values: NDArray[np.float64], child: int = 0) -> None:
+        if values.size == 0:
+            return
+        n = np.bincount(np.searchsorted(self.edges, values, side="left"), minlength=len(self.edges) + 1)
+        with self._lock:
+            self.counts[child] += n
+            self.sums[child] += float(values.sum())
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        fam = HistogramMetricFamily(
-            "telemon_anomaly_score", "Anomaly score of scored readings (0..1).", labels=["sensor"]
-        )
-        for i, name in enumerate(SENSOR_NAMES):
-            buckets = [(f"{e:g}", float(c)) for e, c in zip(self.edges, self.counts[i], strict=True)]
-            buckets.append(("+Inf", float(self.counts[i, -1])))
-            fam.add_metric([name], buckets, float(self.sums[i]))
+        fam = HistogramMetricFamily(self.name, self.documentation, labels=[self.label] if self.label else [])
+        with self._lock:
+            cumulative, sums = np.cumsum(self.counts, axis=1), self.sums.copy()
+        for i, value in enumerate(self.values):
+            buckets = [(f"{e:g}", float(c)) for e, c in zip(self.edges, cumulative[i], strict=False)]
+            buckets.append(("+Inf", float(cumulative[i, -1])))
+            fam.add_metric([value] if self.label else [], buckets, float(sums[i]))
         yield fam
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """The metric catalog. ``rules`` maps rule names to severities (for the per-rule children)."""
+
+    def __init__(self, registry: CollectorRegistry, rules: Mapping[str, str] | None = None) -> None:
         self.registry = r = registry
+        self.rules = dict(rules or {})
+        # Input: what arrived, what was valid, what was quarantined and why.
+        self.received = Counter(
+            "telemon_messages_received", "Messages consumed from the readings topic.", registry=r
+        )
         self.readings = Counter("telemon_readings", "Valid readings received.", ["sensor"], registry=r)
         self.quarantined = Counter(
             "telemon_messages_quarantined", "Messages sent to the dead-letter topic.", ["reason"], registry=r
         )
-        self.anomalies = Counter("telemon_anomalies", "Readings scored as anomalous.", ["sensor"], registry=r)
         self.integrity = Counter(
             "telemon_integrity_events", "Data-integrity check events.", ["sensor", "check"], registry=r
         )
+        # Latency and the consumer.
+        self.batch_seconds = Histogram(
+            "telemon_batch_duration_seconds",
+            "Time to process and deliver one batch, commit included.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.event_lag = BatchHistogram(
+            "telemon_event_lag_seconds",
+            "Event-time latency of valid readings: processing time minus the reading's ts (>= 0).",
+            LAG_BUCKETS,
+        )
+        r.register(self.event_lag)
+        self.consumer_lag = Gauge(
+            "telemon_consumer_lag",
+            "Messages behind the partition's high watermark (next offset to consume to the end).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.partitions = Gauge(
+            "telemon_assigned_partitions", "Partitions assigned to this consumer.", registry=r
+        )
+        # Detection.
+        self.anomalies = Counter("telemon_anomalies", "Readings scored as anomalous.", ["sensor"], registry=r)
+        self.scores = BatchHistogram(
+            "telemon_anomaly_score",
+            "Anomaly score of scored readings (0..1).",
+            SCORE_BUCKETS,
+            "sensor",
+            SENSOR_NAMES,
+        )
+        r.register(self.scores)
         self.drift = Counter(
             "telemon_drift_detections",
             "Drift detections by detector (ks, psi, adwin) and scope (device, fleet).",
             ["detector", "scope", "sensor"],
             registry=r,
         )
-        self.fleet_ks = Gauge("telemon_fleet_ks_statistic", "Fleet KS statistic.", ["sensor"], registry=r)
-        self.fleet_psi = Gauge("telemon_fleet_psi", "Fleet PSI.", ["sensor"], registry=r)
+        self.fleet_ks = Gauge(
+            "telemon_fleet_ks_statistic", "Latest fleet KS statistic.", ["sensor"], registry=r
+        )
+        self.fleet_psi = Gauge("telemon_fleet_psi", "Latest fleet PSI.", ["sensor"], registry=r)
+        # Governance: alerts, retrains, model versions.
         self.alerts = Counter(
             "telemon_alerts", "Alert records published.", ["rule", "severity", "status"], registry=r
         )
-        self.retrains = Counter(
-            "telemon_retrains", "Models retrained and swapped in.", ["sensor"], registry=r
-        )
-        self.batch_seconds = Histogram(
-            "telemon_batch_duration_seconds",
-            "Time to process and deliver one batch.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        self.firing = Gauge(
+            "telemon_alerts_firing",
+            "Alert episodes firing now (one per rule and key).",
+            ["rule", "severity"],
             registry=r,
         )
+        self.retrains = Counter(
+            "telemon_retrains",
+            "Retrains a rule asked for, by outcome (retrained; skipped: too few recent readings).",
+            ["sensor", "outcome"],
+            registry=r,
+        )
+        self.models = Gauge(
+            "telemon_models", "Models in memory (one per device and sensor).", ["sensor"], registry=r
+        )
+        self.version_max = Gauge(
+            "telemon_model_version_max",
+            "Highest model version of the sensor's models.",
+            ["sensor"],
+            registry=r,
+        )
+        self.version_mean = Gauge(
+            "telemon_model_version_mean", "Mean model version of the sensor's models.", ["sensor"], registry=r
+        )
+        # State and build.
         self.devices = Gauge("telemon_devices", "Devices with state in this process.", registry=r)
         self.state_bytes = Gauge("telemon_state_bytes", "Bytes of per-device state arrays.", registry=r)
         self.build = Gauge("telemon_build_info", "Build information.", ["version"], registry=r)
         self.build.labels(monitor.__version__).set(1)
-        self.scores = ScoreHistogram()
-        r.register(self.scores)
-        # Children for the fixed label sets, created once (never per reading).
+        self._retrained = np.zeros(N_SENSORS, np.int64)  # retrains per sensor in this process
+        self._max_version = np.ones(N_SENSORS, np.int64)
+        self._lag_children: set[tuple[str, str]] = set()
+        self._precreate()
+
+    def _precreate(self) -> None:
+        """Children for every value of the fixed label sets (never per reading)."""
         self._readings = [self.readings.labels(s) for s in SENSOR_NAMES]
         self._anomalies = [self.anomalies.labels(s) for s in SENSOR_NAMES]
         self._integrity = [[self.integrity.labels(s, c) for c in CHECKS] for s in SENSOR_NAMES]
+        for reason in Reason:
+            self.quarantined.labels(reason.value)
+        for s in SENSOR_NAMES:
+            for outcome in RETRAIN_OUTCOMES:
+                self.retrains.labels(s, outcome)
+            for d in DETECTORS:
+                for scope in SCOPES:
+                    self.drift.labels(d, scope, s)
+        for rule, severity in self.rules.items():
+            self.firing.labels(rule, severity)
+            for status in STATUSES:
+                self.alerts.labels(rule, severity, status)
 
-    def serve(self, host: str, port: int) -> None:
-        start_http_server(port, addr=host, registry=self.registry)
-
-    def record_batch(self, result: BatchResult, integrity: NDArray[np.int64], seconds: float) -> None:
+    def record_batch(
+        self, result: BatchResult, integrity: NDArray[np.int64], seconds: float, now: float | None = None
+    ) -> None:
+        """One processed batch; ``now`` (epoch seconds, default the wall clock) dates the event lag."""
+        self.received.inc(int(result.valid.sum()) + len(result.dead_letters))
         self._record_sensors(result, integrity)
         for reason, n in result.rejected.items():
             self.quarantined.labels(reason).inc(n)
@@ -103,12 +207,14 @@ class Metrics:
             self.fleet_psi.labels(sensor).set(psi)
         for a in result.alerts:
             self.alerts.labels(a.rule, a.severity, a.status).inc()
-        for v in result.versions:
-            self.retrains.labels(v.sensor).inc()
+        self._record_retrains(result)
         self.batch_seconds.observe(seconds)
+        if result.event_ts.size:
+            now_ms = (time.time() if now is None else now) * 1000.0
+            self.event_lag.observe(np.maximum(now_ms - result.event_ts, 0.0) / 1000.0)
 
     def _record_sensors(self, result: BatchResult, integrity: NDArray[np.int64]) -> None:
-        for i in range(len(SENSOR_NAMES)):
+        for i in range(N_SENSORS):
             if result.valid[i]:
                 self._readings[i].inc(int(result.valid[i]))
             if result.anomalies[i]:
@@ -116,8 +222,44 @@ class Metrics:
             for c in np.flatnonzero(integrity[i]).tolist():
                 self._integrity[i][c].inc(int(integrity[i, c]))
         for sensor, scores in result.scores.items():
-            self.scores.observe(sensor, scores)
+            self.scores.observe(scores, sensor)
 
-    def record_state(self, devices: int, bytes_: int) -> None:
+    def _record_retrains(self, result: BatchResult) -> None:
+        for v in result.versions:
+            s = SENSOR_NAMES.index(v.sensor)
+            self.retrains.labels(v.sensor, "retrained").inc()
+            self._retrained[s] += v.version - v.parent
+            self._max_version[s] = max(self._max_version[s], v.version)
+        for sensor, n in result.retrains_skipped.items():
+            self.retrains.labels(sensor, "skipped").inc(n)
+
+    def record_state(self, devices: int, bytes_: int, models: NDArray[np.int64] | None = None) -> None:
+        """State size; ``models`` = models per sensor (pairs seen), which also dates the versions.
+
+        Every model starts at version 1 and each retrain adds one, so the mean version of a
+        sensor's models is ``1 + retrains / models``.
+        """
         self.devices.set(devices)
         self.state_bytes.set(bytes_)
+        if models is None:
+            return
+        for s, name in enumerate(SENSOR_NAMES):
+            n = int(models[s])
+            self.models.labels(name).set(n)
+            self.version_max.labels(name).set(int(self._max_version[s]) if n else 0)
+            self.version_mean.labels(name).set(1 + self._retrained[s] / n if n else 0)
+
+    def record_firing(self, firing: Mapping[str, int]) -> None:
+        """Episodes firing now per rule (from :meth:`RuleEngine.firing_by_rule`)."""
+        for rule, n in firing.items():
+            self.firing.labels(rule, self.rules.get(rule, "")).set(n)
+
+    def record_consumer(self, lags: Mapping[tuple[str, int], int], assigned: int) -> None:
+        """Consumer lag of the partitions with a known lag; children of the others are removed."""
+        self.partitions.set(assigned)
+        children = {(topic, str(p)): lag for (topic, p), lag in lags.items()}
+        for gone in self._lag_children - children.keys():
+            self.consumer_lag.remove(*gone)
+        for key, lag in children.items():
+            self.consumer_lag.labels(*key).set(lag)
+        self._lag_children = set(children)

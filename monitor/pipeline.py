@@ -74,6 +74,8 @@ class BatchResult:
     fleet_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # sensor -> (ks, psi)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
     max_ts: int = 0
+    event_ts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))  # valid readings
+    retrains_skipped: Counter[str] = field(default_factory=Counter)  # sensor -> too few readings
     trace: list[Scored] = field(default_factory=list)  # every applied reading, if tracing
 
     @property
@@ -124,9 +126,12 @@ class Pipeline:
         """The stages after decoding, for readings that are already validated (or replayed)."""
         result = BatchResult() if result is None else result
         scores: list[list[float]] = [[] for _ in SENSOR_NAMES]
+        event_ts: list[int] = []
         for r, msg in readings:
+            event_ts.append(r.ts)
             self._apply(r, msg, scores, result)
         result.scores = {s: np.asarray(v) for s, v in enumerate(scores) if v}
+        result.event_ts = np.asarray(event_ts, np.int64)
         return result
 
     @staticmethod
@@ -275,6 +280,8 @@ class Pipeline:
                 v = self.retrain(slot, s, t.rule.name, alert.alert_id)
                 if v is not None:
                     result.versions.append(v)
+                else:
+                    result.retrains_skipped[ev.sensor] += 1
 
     def retrain(self, slot: int, s: int, rule: str, alert_id: str) -> ModelVersion | None:
         """Train a fresh model on the pair's recent readings and swap it in."""

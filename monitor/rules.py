@@ -206,6 +206,13 @@ class RuleEngine:
     def firing(self) -> int:
         return sum(e.firing for e in self._episodes.values())
 
+    def firing_by_rule(self) -> dict[str, int]:
+        """Episodes firing now, per rule name (every rule of the set, 0 when quiet)."""
+        counts = dict.fromkeys((r.name for r in self.rules.rules), 0)
+        for (rule, _device, _sensor), e in self._episodes.items():
+            counts[rule] += e.firing
+        return counts
+
     def _step(self, rule: Rule, ev: Evaluation) -> Transition | None:
         key = (rule.name, ev.device_id, ev.sensor)
         ep = self._episodes.get(key)

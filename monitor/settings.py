@@ -80,9 +80,14 @@ class DriftSettings(_Section):
 
 
 class MetricsSettings(_Section):
+    """The HTTP endpoint: ``/metrics``, and the probes ``/healthz`` and ``/readyz``."""
+
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535)
+    liveness_timeout_s: float = Field(
+        120.0, gt=0, description="/healthz fails once the consume loop has not turned for this long"
+    )
 
 
 class Settings(BaseSettings):

@@ -163,5 +163,5 @@ def test_metrics_endpoint_exposes_documented_metrics(run: Run) -> None:
         "telemon_build_info",
     ):
         assert name in text, name
-    assert 'telemon_retrains_total{sensor="humidity"} 1.0' in text
+    assert 'telemon_retrains_total{outcome="retrained",sensor="humidity"} 1.0' in text
     assert "dev-" not in text  # no device ids in labels

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import monitor
 from monitor.alerts import Alert
-from monitor.metrics import SCORE_BUCKETS, Metrics
+from monitor.metrics import LAG_BUCKETS, SCORE_BUCKETS, BatchHistogram, Metrics
 from monitor.pipeline import BatchResult, DeadLetter
 from monitor.registry import ModelVersion, TrainingData
+from monitor.rules import Evaluation, RuleEngine, RuleSet
 from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, Reason, Rejection
+from monitor.service import partition_lag
 from monitor.state import CHECKS, N_CHECKS, N_SENSORS
 
 DEVICE = "secret-device-4711"
@@ -123,7 +126,9 @@ def test_readings_counted_per_sensor(recorded: CollectorRegistry) -> None:
 def test_quarantined_counted_per_reason(recorded: CollectorRegistry) -> None:
     assert _value(recorded, "telemon_messages_quarantined_total", reason="invalid_json") == 2
     assert _value(recorded, "telemon_messages_quarantined_total", reason="out_of_range") == 1
-    assert _value(recorded, "telemon_messages_quarantined_total", reason="oversize") is None
+    assert _value(recorded, "telemon_messages_quarantined_total", reason="oversize") == 0  # pre-created
+    for reason in Reason:
+        assert _value(recorded, "telemon_messages_quarantined_total", reason=reason.value) is not None
 
 
 def test_anomalies_and_integrity_events(recorded: CollectorRegistry) -> None:
@@ -164,16 +169,16 @@ def test_alerts_counted_per_rule_severity_status(recorded: CollectorRegistry) ->
 
 
 def test_retrains_counted_per_sensor(recorded: CollectorRegistry) -> None:
-    assert _value(recorded, "telemon_retrains_total", sensor="temperature") == 1
-    assert _value(recorded, "telemon_retrains_total", sensor="accelerometer") is None
+    name = "telemon_retrains_total"
+    assert _value(recorded, name, sensor="temperature", outcome="retrained") == 1
+    assert _value(recorded, name, sensor="accelerometer", outcome="retrained") == 0
 
 
 def test_drift_and_fleet_gauges(recorded: CollectorRegistry) -> None:
     name = "telemon_drift_detections_total"
     assert _value(recorded, name, detector="ks", scope="device", sensor="temperature") == 2
-    assert (
-        _value(recorded, name, detector="psi", scope="device", sensor="temperature") is None
-    )  # zero: skipped
+    assert _value(recorded, name, detector="psi", scope="device", sensor="temperature") == 0
+    assert _value(recorded, name, detector="adwin", scope="fleet", sensor="humidity") == 0  # pre-created
     assert _value(recorded, "telemon_fleet_ks_statistic", sensor="temperature") == 0.25
     assert _value(recorded, "telemon_fleet_psi", sensor="temperature") == 0.75
 
@@ -216,6 +221,9 @@ def test_label_names_are_from_fixed_sets(recorded: CollectorRegistry) -> None:
         "severity",
         "status",
         "version",
+        "outcome",
+        "topic",
+        "partition",
         "le",
     }
     labels = {k for family in recorded.collect() for s in family.samples for k in s.labels}
@@ -228,3 +236,160 @@ def test_fresh_registries_are_independent() -> None:
     Metrics(b)
     assert _value(a, "telemon_readings_total", sensor="temperature") == 7
     assert _value(b, "telemon_readings_total", sensor="temperature") == 0
+
+
+def test_messages_received_counts_valid_and_quarantined(recorded: CollectorRegistry) -> None:
+    assert _value(recorded, "telemon_messages_received_total") == 10 + 3
+
+
+def test_event_lag_observed_per_batch_and_never_negative() -> None:
+    registry = CollectorRegistry()
+    r = BatchResult()
+    now = 1_800_000_000.0
+    # lags: 0.05 s, 1 s, 45 s, 2 h, and a reading 3 s in the future (counted as 0)
+    r.event_ts = (now * 1000 - np.array([50, 1_000, 45_000, 7_200_000, -3_000])).astype(np.int64)
+    Metrics(registry).record_batch(r, _integrity(), 0.01, now=now)
+
+    def bucket(le: str) -> float | None:
+        return _value(registry, "telemon_event_lag_seconds_bucket", le=le)
+
+    assert [bucket(le) for le in ("0.1", "1", "30", "60", "3600", "21600", "86400", "+Inf")] == [
+        2,
+        3,
+        3,
+        4,
+        4,
+        5,
+        5,
+        5,
+    ]
+    assert _value(registry, "telemon_event_lag_seconds_count") == 5
+    assert _value(registry, "telemon_event_lag_seconds_sum") == pytest.approx(0.05 + 1 + 45 + 7200)
+    assert len(LAG_BUCKETS) == 14
+
+
+def test_event_lag_untouched_by_a_batch_without_readings() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry).record_batch(BatchResult(), _integrity(), 0.01, now=1.0)
+    assert _value(registry, "telemon_event_lag_seconds_count") == 0
+
+
+def test_batch_histogram_puts_an_edge_value_in_its_own_bucket() -> None:
+    h = BatchHistogram("x_seconds", "x", (1.0, 2.0))
+    h.observe(np.array([1.0, 2.0, 2.5]))
+    (family,) = h.collect()
+    assert [(s.labels["le"], s.value) for s in family.samples if s.name == "x_seconds_bucket"] == [
+        ("1", 1),
+        ("2", 2),
+        ("+Inf", 3),
+    ]
+
+
+def test_rule_children_precreated_and_firing_recorded() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, {"score_drift": "warning", "sensor_stuck": "critical"})
+    name = "telemon_alerts_total"
+    assert _value(registry, name, rule="sensor_stuck", severity="critical", status="firing") == 0
+    assert _value(registry, name, rule="score_drift", severity="warning", status="resolved") == 0
+    assert _value(registry, "telemon_alerts_firing", rule="score_drift", severity="warning") == 0
+    metrics.record_firing({"score_drift": 3, "sensor_stuck": 0})
+    assert _value(registry, "telemon_alerts_firing", rule="score_drift", severity="warning") == 3
+    metrics.record_firing({"score_drift": 1, "sensor_stuck": 2})
+    assert _value(registry, "telemon_alerts_firing", rule="score_drift", severity="warning") == 1
+    assert _value(registry, "telemon_alerts_firing", rule="sensor_stuck", severity="critical") == 2
+
+
+def test_retrain_attempts_by_outcome(recorded: CollectorRegistry) -> None:
+    name = "telemon_retrains_total"
+    assert _value(recorded, name, sensor="temperature", outcome="retrained") == 1
+    assert _value(recorded, name, sensor="temperature", outcome="skipped") == 0
+    registry = CollectorRegistry()
+    r = BatchResult()
+    r.retrains_skipped["humidity"] += 2
+    Metrics(registry).record_batch(r, _integrity(), 0.01)
+    assert _value(registry, name, sensor="humidity", outcome="skipped") == 2
+    assert _value(registry, name, sensor="humidity", outcome="retrained") == 0
+
+
+def test_model_versions_per_sensor() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    models = np.zeros(N_SENSORS, np.int64)
+    models[TEMP], models[ACCEL] = 4, 4
+    metrics.record_state(4, 4000, models)
+    assert _value(registry, "telemon_model_version_max", sensor="temperature") == 1
+    assert _value(registry, "telemon_model_version_mean", sensor="temperature") == 1
+    assert _value(registry, "telemon_models", sensor="temperature") == 4
+    assert _value(registry, "telemon_model_version_max", sensor="humidity") == 0  # no models yet
+    r = BatchResult()
+    second = _version("temperature")  # version 2 of one pair
+    third = msgspec.structs.replace(second, version=3, parent=2)  # then version 3 of it
+    r.versions = [second, third, _version("temperature")]  # and version 2 of another pair
+    metrics.record_batch(r, _integrity(), 0.01)
+    metrics.record_state(4, 4000, models)
+    assert _value(registry, "telemon_model_version_max", sensor="temperature") == 3
+    assert _value(registry, "telemon_model_version_mean", sensor="temperature") == (3 + 2 + 1 + 1) / 4
+    assert _value(registry, "telemon_model_version_mean", sensor="accelerometer") == 1
+
+
+def test_consumer_lag_per_partition_and_removed_when_gone() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.record_consumer({("readings", 0): 120, ("readings", 3): 0}, assigned=2)
+    assert _value(registry, "telemon_consumer_lag", topic="readings", partition="0") == 120
+    assert _value(registry, "telemon_consumer_lag", topic="readings", partition="3") == 0
+    assert _value(registry, "telemon_assigned_partitions") == 2
+    metrics.record_consumer({("readings", 3): 7}, assigned=1)  # partition 0 was revoked
+    assert _value(registry, "telemon_consumer_lag", topic="readings", partition="0") is None
+    assert _value(registry, "telemon_consumer_lag", topic="readings", partition="3") == 7
+
+
+@pytest.mark.parametrize(
+    ("high", "next_offset", "lag"),
+    [
+        (1_000, 400, 600),  # 600 messages not consumed yet
+        (1_000, 1_000, 0),  # caught up: the next offset is the high watermark
+        (0, 0, 0),  # empty partition
+        (990, 1_000, 0),  # cached watermark older than the position: caught up, never negative
+        (-1001, 400, None),  # no fetch response yet (OFFSET_INVALID)
+        (1_000, None, None),  # nothing consumed from the partition yet
+        (1_000, -1001, None),
+    ],
+)
+def test_partition_lag_arithmetic(high: int, next_offset: int | None, lag: int | None) -> None:
+    assert partition_lag(high, next_offset) == lag
+
+
+def test_rule_engine_counts_firing_episodes_per_rule() -> None:
+    rules = RuleSet.model_validate(
+        {
+            "rules": [
+                {
+                    "name": "hot",
+                    "scope": "device",
+                    "when": {"signal": "anomaly_rate", "op": ">", "value": 0.5},
+                },
+                {
+                    "name": "cold",
+                    "scope": "device",
+                    "when": {"signal": "anomaly_rate", "op": "<", "value": 0},
+                },
+            ]
+        }
+    )
+    engine = RuleEngine(rules)
+    assert engine.firing_by_rule() == {"hot": 0, "cold": 0}
+    hot = {"anomaly_rate": 0.9}
+    engine.evaluate([Evaluation("device", d, "temperature", hot, 1000) for d in ("d1", "d2")])
+    assert engine.firing_by_rule() == {"hot": 2, "cold": 0}
+    engine.evaluate([Evaluation("device", "d1", "temperature", {"anomaly_rate": 0.0}, 2000)])
+    assert engine.firing_by_rule() == {"hot": 1, "cold": 0}
+
+
+def test_service_doctests() -> None:
+    import doctest
+
+    import monitor.service
+
+    result = doctest.testmod(monitor.service, raise_on_error=False)
+    assert (result.failed, result.attempted > 0) == (0, True)

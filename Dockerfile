@@ -1,0 +1,37 @@
+# The telemon image: `telemon run` by default; the same image runs `telemon simulate`.
+#   docker build -t telemon .
+#   docker run --rm -e TELEMON_KAFKA__BOOTSTRAP_SERVERS=kafka:9092 telemon
+# Without the `embedded` extra: the image talks to a real Kafka (no `telemon demo`/`broker`).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The package only (pyproject.toml names README.md as its readme).
+COPY pyproject.toml README.md /tmp/telemon/
+COPY monitor /tmp/telemon/monitor
+COPY producers /tmp/telemon/producers
+RUN pip install /tmp/telemon && rm -rf /tmp/telemon
+
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /app --shell /usr/sbin/nologin telemon \
+    && install -d -o 10001 -g 10001 /var/lib/telemon
+WORKDIR /app
+COPY configs ./configs
+
+# Inside a container the endpoint must listen beyond loopback for Prometheus and probes
+# (the container's network namespace is the boundary); state (the model registry) in a volume.
+ENV TELEMON_METRICS__HOST=0.0.0.0 \
+    TELEMON_STATE_DIR=/var/lib/telemon
+VOLUME /var/lib/telemon
+EXPOSE 9464
+USER 10001:10001
+
+# Liveness: the consume loop turned within metrics.liveness_timeout_s (GET /healthz).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=4)" \
+        "http://127.0.0.1:${TELEMON_METRICS__PORT:-9464}/healthz"
+
+ENTRYPOINT ["telemon"]
+CMD ["run", "--config", "configs/monitor.yaml"]

@@ -1,0 +1,142 @@
+"""Liveness and readiness, and the one HTTP endpoint that serves them next to ``/metrics``.
+
+- ``GET /healthz`` (liveness): 200 while the consume loop keeps turning; 503 once its last
+  iteration is older than ``metrics.liveness_timeout_s`` or the loop has stopped. A failing
+  liveness probe means "restart me".
+- ``GET /readyz`` (readiness): 200 when the process is live, the consumer has joined its group
+  (it got an assignment, possibly empty: a spare replica is a hot standby), the broker is
+  reachable, and the last batch's outputs were delivered.
+- ``GET /metrics``: the Prometheus exposition of the injected registry.
+
+Both probes answer with a small JSON document explaining the verdict. The service writes the
+state (:class:`Health`) from its loop; the HTTP threads only read it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+@dataclass
+class Health:
+    """What the probes report, written by the service loop."""
+
+    liveness_timeout_s: float
+    clock: Callable[[], float] = time.monotonic
+    last_loop: float = field(init=False)
+    joined: bool = False  # an assignment was received and not revoked since
+    partitions: int = 0
+    broker_error: str | None = None  # set by "all brokers down", cleared by any broker answer
+    delivery_error: str | None = None  # the last batch's outputs were not delivered
+    stopped: bool = False
+
+    def __post_init__(self) -> None:
+        self.last_loop = self.clock()
+
+    def tick(self) -> None:
+        """One iteration of the consume loop."""
+        self.last_loop = self.clock()
+
+    def assigned(self, partitions: int) -> None:
+        self.joined, self.partitions, self.broker_error = True, partitions, None
+
+    def revoked(self) -> None:
+        self.joined, self.partitions = False, 0
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        age = self.clock() - self.last_loop
+        ok = not self.stopped and age <= self.liveness_timeout_s
+        return ok, {
+            "loop_age_s": round(age, 3),
+            "timeout_s": self.liveness_timeout_s,
+            "stopped": self.stopped,
+        }
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        live, detail = self.liveness()
+        ok = live and self.joined and self.broker_error is None and self.delivery_error is None
+        detail |= {
+            "live": live,
+            "joined": self.joined,
+            "partitions": self.partitions,
+            "broker_error": self.broker_error,
+            "delivery_error": self.delivery_error,
+        }
+        return ok, detail
+
+
+def make_app(registry: CollectorRegistry, health: Health) -> WSGIApp:
+    """``/metrics`` (and ``/``), ``/healthz``, ``/readyz``; anything else is 404."""
+    metrics_app = make_wsgi_app(registry)
+    probes = {"/healthz": health.liveness, "/readyz": health.readiness}
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path in ("/", "/metrics"):
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        probe = probes.get(path)
+        if probe is None:
+            return _reply(start_response, "404 Not Found", {"error": f"no such endpoint: {path}"})
+        ok, detail = probe()
+        status = "200 OK" if ok else "503 Service Unavailable"
+        return _reply(start_response, status, {"status": "ok" if ok else "fail", **detail})
+
+    return app
+
+
+def _reply(start_response: StartResponse, status: str, body: dict[str, Any]) -> list[bytes]:
+    data = json.dumps(body).encode()
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(data))),
+        ("Cache-Control", "no-store"),
+    ]
+    start_response(status, headers)
+    return [data]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes and scrapes arrive every few seconds: no access log."""
+
+
+class HttpEndpoint:
+    """The WSGI app served from a daemon thread on ``host:port`` (``port`` 0: any free port)."""
+
+    def __init__(self, host: str, port: int, app: WSGIApp) -> None:
+        server_class = _Server6 if ":" in host else _Server
+        self.server = make_server(host, port, app, server_class, _QuietHandler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.1,), name="telemon-http", daemon=True
+        )
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()

@@ -1,0 +1,140 @@
+"""Tests for monitor.health: probe verdicts, and the endpoint serving them next to /metrics."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monitor.health import Health, HttpEndpoint, make_app
+from monitor.metrics import Metrics
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def health(clock: Clock) -> Health:
+    return Health(liveness_timeout_s=60, clock=clock)
+
+
+def test_live_from_the_start_and_until_the_loop_stalls(health: Health, clock: Clock) -> None:
+    assert health.liveness()[0]
+    clock.now += 60
+    assert health.liveness()[0]
+    clock.now += 0.5
+    ok, detail = health.liveness()
+    assert not ok
+    assert detail["loop_age_s"] == 60.5
+    health.tick()
+    assert health.liveness()[0]
+
+
+def test_not_live_once_stopped(health: Health) -> None:
+    health.stopped = True
+    assert health.liveness() == (False, {"loop_age_s": 0.0, "timeout_s": 60, "stopped": True})
+
+
+def test_ready_only_after_joining_the_group(health: Health) -> None:
+    ok, detail = health.readiness()
+    assert not ok
+    assert detail["joined"] is False
+    health.assigned(partitions=0)  # a spare replica: in the group, no partitions
+    assert health.readiness()[0]
+    health.assigned(partitions=4)
+    ok, detail = health.readiness()
+    assert ok
+    assert detail["partitions"] == 4
+    health.revoked()
+    assert not health.readiness()[0]
+
+
+def test_not_ready_while_brokers_are_down_or_after_a_failed_delivery(health: Health) -> None:
+    health.assigned(4)
+    health.broker_error = "1/1 brokers are down"
+    ok, detail = health.readiness()
+    assert (ok, detail["broker_error"]) == (False, "1/1 brokers are down")
+    health.assigned(4)  # a new assignment means the group coordinator answered
+    assert health.readiness()[0]
+    health.delivery_error = "3 messages not delivered in 30s"
+    assert not health.readiness()[0]
+
+
+def test_not_ready_when_not_live(health: Health, clock: Clock) -> None:
+    health.assigned(4)
+    clock.now += 61
+    ok, detail = health.readiness()
+    assert (ok, detail["live"]) == (False, False)
+
+
+@pytest.fixture
+def endpoint(health: Health) -> Iterator[HttpEndpoint]:
+    registry = CollectorRegistry()
+    Metrics(registry)
+    server = HttpEndpoint("127.0.0.1", 0, make_app(registry, health))
+    yield server
+    server.close()
+
+
+def _get(endpoint: HttpEndpoint, path: str) -> tuple[int, str, str]:
+    url = f"http://127.0.0.1:{endpoint.port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def _json(body: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(body)
+    return data
+
+
+def test_endpoint_serves_metrics(endpoint: HttpEndpoint) -> None:
+    status, content_type, body = _get(endpoint, "/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    assert "telemon_build_info" in body
+
+
+def test_endpoint_probes(endpoint: HttpEndpoint, health: Health, clock: Clock) -> None:
+    status, content_type, body = _get(endpoint, "/healthz")
+    assert (status, content_type, _json(body)["status"]) == (200, "application/json", "ok")
+    status, _, body = _get(endpoint, "/readyz")
+    assert (status, _json(body)["status"], _json(body)["joined"]) == (503, "fail", False)
+    health.assigned(2)
+    status, _, body = _get(endpoint, "/readyz")
+    assert (status, _json(body)["partitions"]) == (200, 2)
+    clock.now += 120  # the loop stalls
+    assert _get(endpoint, "/healthz")[0] == 503
+    assert _get(endpoint, "/readyz")[0] == 503
+
+
+def test_endpoint_unknown_path_is_404(endpoint: HttpEndpoint) -> None:
+    status, _, body = _get(endpoint, "/admin")
+    assert status == 404
+    assert "no such endpoint" in _json(body)["error"]
+
+
+def test_endpoint_close_frees_the_port(health: Health) -> None:
+    server = HttpEndpoint("127.0.0.1", 0, make_app(CollectorRegistry(), health))
+    port = server.port
+    server.close()
+    again = HttpEndpoint("127.0.0.1", port, make_app(CollectorRegistry(), health))
+    again.close()
