@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from monitor.evaluation import command as evaluation
 from monitor.settings import Settings, load_settings
+from producers import cli as producers_cli
 
 log = logging.getLogger("monitor")
 
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=9092, help="listen port (default: %(default)s)")
 
     evaluation.add_parser(sub)
+    producers_cli.add_parsers(sub)
 
     rules = sub.add_parser("rules", help="governance rules tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
@@ -204,6 +206,7 @@ COMMANDS = {
     "rules": cmd_rules,
     "demo": cmd_demo,
     "evaluate": evaluation.run,
+    **dict.fromkeys(producers_cli.COMMANDS, producers_cli.run),
 }
 
 
