@@ -28,6 +28,9 @@ examples:
   telemon simulate --scenario configs/scenarios/demo.yaml --config configs/monitor.yaml
   telemon run --config configs/monitor.yaml      the monitor, against kafka.bootstrap_servers
   telemon rules check configs/rules.yaml         validate a rules file
+  telemon replay LOG.csv --mapping configs/replay/astropi.yaml --speed 0   publish a recorded log
+  telemon iio --rate 10                          publish this machine's IIO sensors (Sense HAT, ...)
+  telemon bridge mqtt --topic 'telemetry/+/+'    forward MQTT readings to Kafka (ack after delivery)
   telemon evaluate scenario configs/scenarios/library.yaml   detection quality on planted events
   telemon evaluate --config configs/nab.yaml nab             the NAB benchmark score
 
