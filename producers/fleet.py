@@ -16,7 +16,9 @@ Randomness is seeded only: per sensor, one generator draws the device parameters
 noise, each from ``numpy.random.default_rng((seed, stream, sensor index))``. A model draws exactly
 one ``standard_normal`` block per call, filled in time order, so the readings do not depend on how
 the time axis is cut into blocks. Injected faults (:func:`build_injectors`) draw from their own
-generators, so adding an event leaves every other device and sensor byte-identical.
+generators, so adding an event leaves every other device and sensor byte-identical. Events that
+change messages rather than values (clock skew, duplicates, late delivery, reboots) are applied in
+transit by :mod:`producers.transport`.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ import numpy.typing as npt
 from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, SENSORS, SensorSpec
 from producers.scenario import (
     AbruptShift,
+    CalibrationOffset,
     Dropout,
     Event,
     GradualDrift,
+    SamplingRateChange,
+    Saturation,
     Scenario,
     SpikeBurst,
     StuckAt,
+    UnitChange,
     VarianceIncrease,
     event_span_ms,
 )
@@ -287,7 +293,7 @@ class _Drift(Injector):
 
 
 class _Shift(Injector):
-    def __init__(self, target: Target, event: AbruptShift):
+    def __init__(self, target: Target, event: AbruptShift | CalibrationOffset):
         super().__init__(target)
         self.magnitude = event.magnitude
 
@@ -338,13 +344,54 @@ class _Dropout(Injector):
         rows[:] = np.nan  # NaN marks a reading lost in transit
 
 
+class _Saturation(Injector):
+    def __init__(self, target: Target, event: Saturation):
+        super().__init__(target)
+        self.limit = event.limit
+        self.clip = np.minimum if event.side == "upper" else np.maximum
+
+    def _change(self, elapsed_ms: IntArray, rows: FloatArray) -> None:
+        rows[:, self.target.columns] = self.clip(rows[:, self.target.columns], self.limit)
+
+
+class _UnitChange(Injector):
+    def __init__(self, target: Target, event: UnitChange):
+        super().__init__(target)
+        self.factor = event.factor
+        self.offset = event.offset
+
+    def _change(self, elapsed_ms: IntArray, rows: FloatArray) -> None:
+        rows[:] = rows * self.factor + self.offset
+
+
+class _RateChange(Injector):
+    """Keeps the samples of a ``factor`` times slower grid; marks the others +inf (not taken)."""
+
+    def __init__(self, target: Target, event: SamplingRateChange, rate_hz: float):
+        super().__init__(target)
+        self.factor = event.factor
+        self.rate_hz = rate_hz
+
+    def _change(self, elapsed_ms: IntArray, rows: FloatArray) -> None:
+        k = np.round(elapsed_ms * self.rate_hz / 1000.0)  # sample number since the event start
+        taken = np.floor(k * self.factor) > np.floor((k - 1) * self.factor)
+        rows[~taken] = np.inf
+
+
 def build_injectors(scenario: Scenario, fleet: Fleet) -> dict[str, list[Injector]]:
     """The scenario's events as injectors, per sensor, in the order the scenario lists them."""
     out: dict[str, list[Injector]] = {name: [] for name in SENSOR_NAMES}
     for i, event in enumerate(scenario.events):
-        rng = np.random.default_rng((scenario.seed, _EVENT_STREAM, i))
-        out[event.sensor].append(_injector(scenario, fleet, event, rng))
+        rng = event_rng(scenario, i)
+        injector = _injector(scenario, fleet, event, rng)
+        if injector is not None:
+            out[event.sensor].append(injector)
     return out
+
+
+def event_rng(scenario: Scenario, index: int) -> np.random.Generator:
+    """The generator of the scenario's ``index``-th event: its own stream, whatever else runs."""
+    return np.random.default_rng((scenario.seed, _EVENT_STREAM, index))
 
 
 def _target(scenario: Scenario, event: Event) -> Target:
@@ -355,12 +402,13 @@ def _target(scenario: Scenario, event: Event) -> Target:
     return Target(scenario.device_index(event.device), columns, *event_span_ms(scenario, event))
 
 
-def _injector(scenario: Scenario, fleet: Fleet, event: Event, rng: np.random.Generator) -> Injector:
+def _injector(scenario: Scenario, fleet: Fleet, event: Event, rng: np.random.Generator) -> Injector | None:
+    """The event's injector; None for events applied in transit (``producers.transport``)."""
     target = _target(scenario, event)
     match event:
         case GradualDrift():
             return _Drift(target, event)
-        case AbruptShift():
+        case AbruptShift() | CalibrationOffset():
             return _Shift(target, event)
         case SpikeBurst():
             return _Spikes(target, event, rng)
@@ -371,6 +419,14 @@ def _injector(scenario: Scenario, fleet: Fleet, event: Event, rng: np.random.Gen
             return _Noisier(target, event, rng, noise_std)
         case Dropout():
             return _Dropout(target)
+        case SamplingRateChange():
+            return _RateChange(target, event, scenario.rate_hz(event.sensor))
+        case Saturation():
+            return _Saturation(target, event)
+        case UnitChange():
+            return _UnitChange(target, event)
+        case _:
+            return None
 
 
 def sample_offsets_ms(rate_hz: float, duration_s: float) -> IntArray:
@@ -385,8 +441,9 @@ class SensorStream:
     """The finished readings of one sensor for the whole fleet, sample after sample.
 
     Finished means: injected faults applied, clipped to the sensor's range (the monitor rejects
-    anything outside), rounded to :data:`DECIMALS`. A dropped reading is a row of NaN. Values are
-    generated in blocks of samples; the blocking does not change them.
+    anything outside), rounded to :data:`DECIMALS`. A dropped reading is a row of NaN; a sample the
+    device did not take (``sampling_rate_change``) is an empty row. Values are generated in blocks
+    of samples; the blocking does not change them.
     """
 
     def __init__(
@@ -419,7 +476,10 @@ class SensorStream:
         for injector in self.injectors:
             injector.apply(offsets, values)
         spec = self.model.spec
+        not_taken = np.isposinf(values).any(axis=-1)
         np.clip(values, spec.low, spec.high, out=values)
         rows: list[list[list[float]]] = np.round(values, DECIMALS[spec.name]).tolist()
+        for t, device in zip(*np.nonzero(not_taken), strict=True):
+            rows[t][device] = []
         rows.reverse()  # popped from the end
         self._rows = rows

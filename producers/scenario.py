@@ -46,7 +46,7 @@ class ScenarioError(ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class _Event(_Frozen):
@@ -112,24 +112,150 @@ class VarianceIncrease(_Event):
     factor: float = Field(gt=1, le=1000)
 
 
-class Dropout(_Event):
+class _WholeReadings(_Event):
+    """An event that acts on whole readings or messages, so it takes no ``axis``."""
+
+    @model_validator(mode="after")
+    def _whole_readings(self) -> _WholeReadings:
+        if self.axis is not None:
+            kind = getattr(self, "kind", "this event")
+            raise ValueError(f"axis: {kind} acts on whole readings, it takes no axis")
+        return self
+
+
+class Dropout(_WholeReadings):
     """The sensor's readings are lost in transit for ``duration_s`` (their seq numbers too)."""
 
     kind: Literal["dropout"]
     duration_s: float = Field(gt=0)
 
+
+class SamplingRateChange(_WholeReadings):
+    """The device samples the sensor ``factor`` times as often (0 < factor < 1: slower, 0.1 is ten
+    times slower); the samples it skips are never sent and take no seq number. Permanent unless
+    ``duration_s`` is given."""
+
+    kind: Literal["sampling_rate_change"]
+    duration_s: float | None = Field(default=None, gt=0)
+    factor: float
+
     @model_validator(mode="after")
-    def _whole_readings(self) -> Dropout:
-        if self.axis is not None:
-            raise ValueError("axis: a dropout loses whole readings, it takes no axis")
+    def _slower(self) -> SamplingRateChange:
+        if not 0 < self.factor < 1:
+            raise ValueError(
+                f"factor: {self.factor} is not in (0, 1); only slower sampling can be simulated "
+                "(the fleet samples every sensor on a fixed grid)"
+            )
         return self
 
 
+class Saturation(_Event):
+    """The sensor's output clips at ``limit``: with ``side: upper`` readings above it read
+    ``limit``, with ``side: lower`` readings below it. Permanent unless ``duration_s`` is given."""
+
+    kind: Literal["saturation"]
+    duration_s: float | None = Field(default=None, gt=0)
+    limit: float
+    side: Literal["upper", "lower"] = "upper"
+
+    @model_validator(mode="after")
+    def _limit_in_range(self) -> Saturation:
+        spec = SENSORS[self.sensor]
+        if not spec.low <= self.limit <= spec.high:
+            raise ValueError(f"limit: {self.limit} is outside [{spec.low}, {spec.high}] {spec.unit}")
+        return self
+
+
+class CalibrationOffset(_Event):
+    """A calibration fault: a constant offset of ``magnitude`` from ``start_s`` on, permanent."""
+
+    kind: Literal["calibration_offset"]
+    magnitude: float
+
+    @model_validator(mode="after")
+    def _nonzero(self) -> CalibrationOffset:
+        if self.magnitude == 0:
+            raise ValueError("magnitude: an offset of 0 changes nothing")
+        return self
+
+
+class ClockSkew(_WholeReadings):
+    """The device's clock jumps by ``skew_s`` (positive: ahead): readings carry ``ts`` + skew while
+    the Kafka message timestamp stays the true publish time. Permanent unless ``duration_s``."""
+
+    kind: Literal["clock_skew"]
+    duration_s: float | None = Field(default=None, gt=0)
+    skew_s: float = Field(ge=-86_400, le=86_400)
+
+    @model_validator(mode="after")
+    def _nonzero(self) -> ClockSkew:
+        if round(self.skew_s * 1000) == 0:
+            raise ValueError("skew_s: a skew under 1 ms changes nothing")
+        return self
+
+
+class DuplicateMessages(_WholeReadings):
+    """Each message of the sensor is sent twice (same bytes, same seq) with ``probability``.
+    Permanent unless ``duration_s`` is given."""
+
+    kind: Literal["duplicate_messages"]
+    duration_s: float | None = Field(default=None, gt=0)
+    probability: float = Field(gt=0, le=1)
+
+
+class OutOfOrder(_WholeReadings):
+    """Each message of the sensor is, with ``probability``, delivered late: after the device's next
+    message, so its seq goes backwards. Permanent unless ``duration_s`` is given."""
+
+    kind: Literal["out_of_order"]
+    duration_s: float | None = Field(default=None, gt=0)
+    probability: float = Field(gt=0, le=1)
+
+
+class UnitChange(_WholeReadings):
+    """Values are sent in another unit, ``value * factor + offset``, while the ``unit`` field keeps
+    the sensor's unit (degC as degF: factor 1.8, offset 32). Permanent unless ``duration_s``."""
+
+    kind: Literal["unit_change"]
+    duration_s: float | None = Field(default=None, gt=0)
+    factor: float
+    offset: float = 0.0
+
+    @model_validator(mode="after")
+    def _changes(self) -> UnitChange:
+        if self.factor == 0:
+            raise ValueError("factor: 0 is not a unit conversion")
+        if (self.factor, self.offset) == (1, 0):
+            raise ValueError("factor: 1 with offset 0 changes nothing")
+        return self
+
+
+class Reboot(_WholeReadings):
+    """The device reboots and its seq counter restarts at 0, at the first reading of ``sensor``
+    at or after ``start_s`` (the reading on which the monitor sees seq go backwards)."""
+
+    kind: Literal["reboot"]
+
+
 Event = Annotated[
-    GradualDrift | AbruptShift | SpikeBurst | StuckAt | VarianceIncrease | Dropout,
+    GradualDrift
+    | AbruptShift
+    | SpikeBurst
+    | StuckAt
+    | VarianceIncrease
+    | Dropout
+    | SamplingRateChange
+    | Saturation
+    | CalibrationOffset
+    | ClockSkew
+    | DuplicateMessages
+    | OutOfOrder
+    | UnitChange
+    | Reboot,
     Field(discriminator="kind"),
 ]
-#: Events that last until the end of the simulation whatever their ``duration_s`` says.
+#: Events that last until the end of the simulation whatever their ``duration_s`` says (kinds
+#: without a ``duration_s`` are permanent too).
 _PERMANENT_KINDS: Final = frozenset({"gradual_drift"})
 
 
@@ -213,9 +339,10 @@ def event_span_ms(scenario: Scenario, event: Event) -> tuple[int, int]:
     """The event's [start, end) in ms after the scenario start; permanent events end with it."""
     start = round(event.start_s * 1000)
     total = scenario.end_ts - scenario.start_ts
-    if event.kind in _PERMANENT_KINDS or event.duration_s is None:
+    duration_s: float | None = getattr(event, "duration_s", None)
+    if event.kind in _PERMANENT_KINDS or duration_s is None:
         return start, total
-    return start, min(total, start + round(event.duration_s * 1000))
+    return start, min(total, start + round(duration_s * 1000))
 
 
 def truth_records(scenario: Scenario) -> list[TruthRecord]:

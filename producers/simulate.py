@@ -5,9 +5,12 @@ time, within a tick devices in index order, within a device sensors in ``SENSOR_
 Each device numbers its readings with ``seq`` = 0, 1, 2, ... across all its sensors. A reading
 lost to a ``dropout`` event keeps its number (the monitor sees the gap); the scenario's
 ``malformed`` messages are extra messages that carry the number of the reading they precede and
-do not advance it, so the dead-letter demo causes no sequence gaps.
+do not advance it, so the dead-letter demo causes no sequence gaps. A sample the device skips
+(``sampling_rate_change``) takes no number; a ``reboot`` restarts the device's numbering at 0.
+Clock skew, duplicates and late delivery are applied in transit (:mod:`producers.transport`).
 
-:func:`simulate` publishes that stream (key = device id, Kafka timestamp = reading ts) plus one
+:func:`simulate` publishes that stream (key = device id, Kafka timestamp = the true reading time, which
+is the reading's ``ts`` unless a ``clock_skew`` event moves it) plus one
 ground-truth record per event, produced when the stream reaches the event's start.
 """
 
@@ -36,6 +39,7 @@ from monitor.schema import SCHEMA_VERSION, SENSOR_NAMES, SENSORS, encode_reading
 from monitor.settings import KafkaSettings
 from producers.fleet import Fleet, IntArray, SensorStream, build_injectors, sample_offsets_ms
 from producers.scenario import Scenario, TruthRecord, truth_records
+from producers.transport import Transport
 
 #: Every this many messages: serve delivery reports, check for failures, report progress.
 PROGRESS_EVERY: Final = 10_000
@@ -84,13 +88,14 @@ class Message(NamedTuple):
 
 
 class _Slot(NamedTuple):
-    """One scheduled reading; ``values`` is None when it is lost in transit."""
+    """One scheduled reading; ``values`` is None when it is lost in transit or not taken."""
 
     device: int
     sensor: str
-    ts: int
+    ts: int  # the true sample time, the Kafka timestamp
     seq: int
     values: list[float] | None
+    reading_ts: int  # the device's clock: ts plus any clock skew
 
 
 def iter_messages(scenario: Scenario) -> Iterator[tuple[bytes, bytes, int]]:
@@ -105,7 +110,8 @@ def stream(scenario: Scenario) -> Iterator[Message]:
     keys = [i.encode() for i in ids]
     bad_at = _malformed_positions(scenario.malformed, _slot_count(scenario))
     bad = 0
-    for index, slot in enumerate(_slots(scenario)):
+    transport = Transport[Message](scenario)
+    for index, slot in enumerate(_slots(scenario, transport)):
         while bad < len(bad_at) and bad_at[bad] == index:
             kind = MALFORMED_KINDS[bad % len(MALFORMED_KINDS)]
             value = _malformed_value(kind, ids[slot.device], slot)
@@ -113,8 +119,11 @@ def stream(scenario: Scenario) -> Iterator[Message]:
             bad += 1
         if slot.values is not None:
             values = dict(zip(SENSORS[slot.sensor].keys, slot.values, strict=True))
-            value = encode_reading(ids[slot.device], slot.sensor, slot.ts, slot.seq, values)
-            yield Message(keys[slot.device], value, slot.ts, False)
+            value = encode_reading(ids[slot.device], slot.sensor, slot.reading_ts, slot.seq, values)
+            message = Message(keys[slot.device], value, slot.ts, False)
+            offset = slot.ts - scenario.start_ts
+            yield from transport.deliver(slot.device, slot.sensor, offset, message)
+    yield from transport.flush()
 
 
 def _offsets(scenario: Scenario) -> list[IntArray]:
@@ -125,7 +134,7 @@ def _slot_count(scenario: Scenario) -> int:
     return scenario.devices * sum(len(o) for o in _offsets(scenario))
 
 
-def _slots(scenario: Scenario) -> Iterator[_Slot]:
+def _slots(scenario: Scenario, transport: Transport[Message]) -> Iterator[_Slot]:
     fleet = Fleet(scenario.devices, scenario.seed)
     injectors = build_injectors(scenario, fleet)
     offsets = _offsets(scenario)
@@ -140,7 +149,14 @@ def _slots(scenario: Scenario) -> Iterator[_Slot]:
         for device in range(scenario.devices):
             for sensor, readings in tick:
                 values = readings[device]
-                yield _Slot(device, sensor, ts, seq[device], None if math.isnan(values[0]) else values)
+                if not values:  # not taken: no message, no seq number
+                    yield _Slot(device, sensor, ts, seq[device], None, ts)
+                    continue
+                if transport.reboots(device, sensor, offset):
+                    seq[device] = 0
+                reading_ts = ts + transport.skew_ms(device, sensor, offset)
+                sent = None if math.isnan(values[0]) else values
+                yield _Slot(device, sensor, ts, seq[device], sent, reading_ts)
                 seq[device] += 1
 
 

@@ -34,7 +34,7 @@ from producers.scenario import Scenario, truth_records
 from producers.simulate import stream
 
 #: Planted events that change a pair's distribution for good (scored as changes too).
-DRIFT_KINDS: Final = frozenset({"gradual_drift", "abrupt_shift", "variance_increase"})
+DRIFT_KINDS: Final = frozenset({"gradual_drift", "abrupt_shift", "calibration_offset", "variance_increase"})
 DRIFT_DETECTOR_SIGNALS: Final = frozenset(
     {"ks_stat", "ks_pvalue", "ks_drift", "psi", "psi_drift", "adwin_detections", "adwin_drift"}
 )

@@ -321,3 +321,158 @@ def test_dropout_loses_readings_but_keeps_their_seq() -> None:
     seqs = [r.seq for r in _readings_only(s) if r.device_id == "dev-0002"]
     assert len(set(seqs)) == len(seqs) and seqs == sorted(seqs)
     assert seqs[-1] == len(seqs) - 1 + len(changed)
+
+
+def test_sampling_rate_change_skips_samples_without_seq_gaps() -> None:
+    s, clean, faulty = _diff(
+        {"kind": "sampling_rate_change", "sensor": "accelerometer", "duration_s": SPAN_S, "factor": 0.1}
+    )
+    changed = _changed_keys(clean, faulty)
+    _assert_confined(s, changed, "accelerometer", START_S + SPAN_S)
+    assert all(k not in faulty for k in changed)  # only missing readings, no changed values
+    start = s.start_ts + START_S * 1000
+    kept = sorted(k[2] for k in faulty if k[:2] == ("dev-0002", "accelerometer") and k[2] >= start)
+    assert kept[: SPAN_S + 1] == [start + i * 1000 for i in range(SPAN_S)] + [start + SPAN_S * 1000]
+    assert len(changed) == SPAN_S * 10 - SPAN_S  # 10 Hz -> 1 Hz
+    seqs = [r.seq for r in _readings_only(s) if r.device_id == "dev-0002"]
+    assert seqs == list(range(len(seqs)))  # skipped samples take no number
+
+
+def test_sampling_rate_change_keeps_the_nearest_share_of_samples() -> None:
+    s, clean, faulty = _diff({"kind": "sampling_rate_change", "sensor": "gyroscope", "factor": 0.25})
+    changed = _changed_keys(clean, faulty)
+    _assert_confined(s, changed, "gyroscope", s.duration_s)
+    after = (s.duration_s - START_S) * 10
+    assert len(changed) == after * 3 // 4
+
+
+@pytest.mark.parametrize(("side", "clip"), [("upper", min), ("lower", max)])
+def test_saturation_clips_at_the_limit(side: str, clip: Any) -> None:
+    clean = _by_key(_scenario(devices=4, duration_s=20))
+    values = [v[0] for k, v in clean.items() if k[:2] == ("dev-0002", "temperature")]
+    limit = sorted(values)[len(values) // 2]
+    s, clean, faulty = _diff({"kind": "saturation", "duration_s": SPAN_S, "limit": limit, "side": side})
+    changed = _changed_keys(clean, faulty)
+    _assert_confined(s, changed, "temperature", START_S + SPAN_S)
+    for k in changed:
+        assert faulty[k] == (clip(clean[k][0], limit),)
+
+
+def test_calibration_offset_is_permanent() -> None:
+    s, clean, faulty = _diff({"kind": "calibration_offset", "sensor": "pressure", "magnitude": -1.5})
+    changed = _changed_keys(clean, faulty)
+    _assert_confined(s, changed, "pressure", s.duration_s)
+    assert len(changed) == s.duration_s - START_S
+    for k in changed:
+        assert faulty[k][0] - clean[k][0] == pytest.approx(-1.5, abs=2e-3)
+
+
+def test_unit_change_converts_the_values_but_not_the_unit() -> None:
+    s, clean, faulty = _diff({"kind": "unit_change", "duration_s": SPAN_S, "factor": 1.8, "offset": 32.0})
+    changed = _changed_keys(clean, faulty)
+    _assert_confined(s, changed, "temperature", START_S + SPAN_S)
+    assert len(changed) == SPAN_S
+    for k in changed:
+        assert faulty[k][0] == pytest.approx(clean[k][0] * 1.8 + 32.0, abs=2e-3)
+    assert {r.unit for r in _readings_only(s) if r.sensor == "temperature"} == {"degC"}
+
+
+def test_unit_change_out_of_range_reads_as_the_range_limit() -> None:
+    s, clean, faulty = _diff({"kind": "unit_change", "sensor": "pressure", "factor": 0.1})
+    changed = _changed_keys(clean, faulty)
+    _assert_confined(s, changed, "pressure", s.duration_s)
+    assert {faulty[k] for k in changed} == {(SENSORS["pressure"].low,)}
+
+
+def _message_readings(s: Scenario) -> list[tuple[Reading, int]]:
+    out = []
+    for m in stream(s):
+        r = decode(m.value, m.key)
+        assert isinstance(r, Reading)
+        out.append((r, m.ts))
+    return out
+
+
+def test_clock_skew_moves_the_reading_ts_but_not_the_kafka_timestamp() -> None:
+    event = {"kind": "clock_skew", "device": 2, "sensor": "humidity", "start_s": START_S}
+    s = _scenario(events=[event | {"duration_s": SPAN_S, "skew_s": 400}])
+    clean = _message_readings(_scenario())
+    faulty = _message_readings(s)
+    assert [ts for _, ts in faulty] == [ts for _, ts in clean]  # Kafka timestamps: the true time
+    start, end = s.start_ts + START_S * 1000, s.start_ts + (START_S + SPAN_S) * 1000
+    skewed = 0
+    for (a, _), (b, ts) in zip(clean, faulty, strict=True):
+        assert a.values == b.values and a.seq == b.seq
+        if (b.device_id, b.sensor) == ("dev-0002", "humidity") and start <= ts < end:
+            assert b.ts == ts + 400_000
+            skewed += 1
+        else:
+            assert b.ts == a.ts == ts
+    assert skewed == SPAN_S
+
+
+def test_duplicate_messages_resend_target_messages_right_after_them() -> None:
+    event = {"kind": "duplicate_messages", "device": 2, "sensor": "magnetometer", "start_s": START_S}
+    s = _scenario(events=[event | {"duration_s": SPAN_S, "probability": 0.5}])
+    clean = list(stream(_scenario()))
+    faulty = list(stream(s))
+    copies = [i for i in range(1, len(faulty)) if faulty[i] == faulty[i - 1]]
+    assert 0 < len(copies) < SPAN_S * 5
+    assert [m for i, m in enumerate(faulty) if i not in set(copies)] == clean
+    start, end = s.start_ts + START_S * 1000, s.start_ts + (START_S + SPAN_S) * 1000
+    for i in copies:
+        r = decode(faulty[i].value, faulty[i].key)
+        assert isinstance(r, Reading)
+        assert (r.device_id, r.sensor) == ("dev-0002", "magnetometer") and start <= r.ts < end
+
+
+def test_out_of_order_delivers_target_messages_after_the_next_one() -> None:
+    event = {"kind": "out_of_order", "device": 2, "sensor": "gyroscope", "start_s": START_S}
+    s = _scenario(events=[event | {"duration_s": SPAN_S, "probability": 0.3}])
+    clean = list(stream(_scenario()))
+    faulty = list(stream(s))
+    assert sorted(faulty) == sorted(clean) and faulty != clean
+    start, end = s.start_ts + START_S * 1000, s.start_ts + (START_S + SPAN_S) * 1000
+    late = 0
+    last: dict[str, int] = {}
+    for r in _readings_only(s):
+        if r.seq < last.get(r.device_id, -1):
+            assert (r.device_id, r.sensor) == ("dev-0002", "gyroscope") and start <= r.ts < end
+            assert r.seq == last[r.device_id] - 1  # swapped with the device's next message
+            late += 1
+        last[r.device_id] = r.seq
+    assert 0 < late < SPAN_S * 10
+
+
+def test_reboot_restarts_the_seq_at_the_first_reading_of_the_sensor() -> None:
+    s, clean, faulty = _diff({"kind": "reboot", "sensor": "humidity"})
+    assert clean == faulty  # values untouched
+    readings = [r for r in _readings_only(s) if r.device_id == "dev-0002"]
+    first = next(i for i, r in enumerate(readings) if r.sensor == "humidity" and r.ts >= s.start_ts + 8000)
+    assert readings[first].seq == 0 and readings[first - 1].seq == first - 1
+    assert [r.seq for r in readings[first:]] == list(range(len(readings) - first))
+    others = [r.seq for r in _readings_only(s) if r.device_id == "dev-0001"]
+    assert others == list(range(len(others)))
+
+
+def test_every_kind_is_deterministic_and_leaves_other_devices_alone() -> None:
+    def ev(kind: str, device: int, sensor: str, **params: Any) -> dict[str, Any]:
+        return {"kind": kind, "device": device, "sensor": sensor, "start_s": 4} | params
+
+    events = [
+        ev("sampling_rate_change", 1, "accelerometer", factor=0.3),
+        ev("saturation", 1, "humidity", limit=40.0),
+        ev("calibration_offset", 1, "pressure", magnitude=3.0),
+        ev("clock_skew", 1, "temperature", skew_s=-700),
+        ev("duplicate_messages", 1, "magnetometer", probability=0.4),
+        ev("out_of_order", 1, "gyroscope", probability=0.4),
+        ev("unit_change", 1, "temperature", factor=1.8, offset=32),
+        ev("reboot", 1, "humidity"),
+        ev("spike_burst", 1, "pressure", duration_s=5, magnitude=3.0),
+    ]
+    s = _scenario(malformed=7, events=events)
+    first = list(stream(s))
+    assert first == list(stream(Scenario.model_validate(s.model_dump())))
+    clean = list(stream(_scenario(malformed=7)))
+    assert [m for m in first if m.key != b"dev-0001"] == [m for m in clean if m.key != b"dev-0001"]
+    assert sum(m.malformed for m in first) == 7

@@ -77,7 +77,16 @@ def _load_error(path: Path) -> str:
 def test_shipped_rules_load() -> None:
     rs = load_rules(RULES_YAML)
     names = [r.name for r in rs.rules]
-    assert names == ["score_drift", "anomaly_burst", "sensor_stuck", "data_gap", "fleet_score_drift"]
+    assert names == [
+        "score_drift",
+        "anomaly_burst",
+        "sensor_stuck",
+        "data_gap",
+        "clock_skew",
+        "duplicate_messages",
+        "sequence_backwards",
+        "fleet_score_drift",
+    ]
     score_drift = rs.rules[0]
     assert (score_drift.scope, score_drift.for_, score_drift.cooldown_s) == ("device", 2, 60.0)
     assert score_drift.actions == ["alert", "retrain"]

@@ -20,7 +20,22 @@ from producers.scenario import (
 )
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "configs" / "scenarios"
-EVENT_KINDS = {"gradual_drift", "abrupt_shift", "spike_burst", "stuck_at", "variance_increase", "dropout"}
+EVENT_KINDS = {
+    "gradual_drift",
+    "abrupt_shift",
+    "spike_burst",
+    "stuck_at",
+    "variance_increase",
+    "dropout",
+    "sampling_rate_change",
+    "saturation",
+    "calibration_offset",
+    "clock_skew",
+    "duplicate_messages",
+    "out_of_order",
+    "unit_change",
+    "reboot",
+}
 
 
 def _write(tmp_path: Path, data: Any, name: str = "s.yaml") -> Path:
@@ -124,10 +139,105 @@ def test_truth_record_spans() -> None:
     }
 
 
+def test_every_new_kind_has_one_truth_record_with_its_params() -> None:
+    def ev(kind: str, device: int, sensor: str, **params: Any) -> dict[str, Any]:
+        return {"kind": kind, "device": device, "sensor": sensor, "start_s": 10 + device} | params
+
+    s = Scenario.model_validate(
+        _base(
+            devices=8,
+            events=[
+                ev("sampling_rate_change", 0, "accelerometer", factor=0.1, duration_s=20),
+                ev("saturation", 1, "humidity", limit=60.0),
+                ev("calibration_offset", 2, "pressure", magnitude=2.5),
+                ev("clock_skew", 3, "temperature", skew_s=600),
+                ev("duplicate_messages", 4, "magnetometer", probability=0.2, duration_s=5),
+                ev("out_of_order", 5, "gyroscope", probability=0.1),
+                ev("unit_change", 6, "temperature", factor=1.8, offset=32),
+                ev("reboot", 7, "humidity"),
+            ],
+        )
+    )
+    records = {r["kind"]: r for r in truth_records(s)}
+    assert len(records) == 8
+    assert records["sampling_rate_change"]["params"] == {"factor": 0.1, "duration_s": 20}
+    assert records["sampling_rate_change"]["end_ts"] == s.start_ts + 30_000
+    assert records["saturation"]["params"] == {"limit": 60.0, "side": "upper"}
+    assert records["calibration_offset"]["params"] == {"magnitude": 2.5}
+    assert records["clock_skew"]["params"] == {"skew_s": 600}
+    assert records["duplicate_messages"]["end_ts"] == s.start_ts + 19_000
+    assert records["out_of_order"]["params"] == {"probability": 0.1}
+    assert records["unit_change"]["params"] == {"factor": 1.8, "offset": 32}
+    reboot = records["reboot"]
+    assert (reboot["device_id"], reboot["sensor"], reboot["params"]) == ("dev-0007", "humidity", {})
+    assert (reboot["start_ts"], reboot["end_ts"]) == (s.start_ts + 17_000, s.end_ts)
+    for kind in ("calibration_offset", "clock_skew", "out_of_order", "unit_change", "saturation"):
+        assert records[kind]["end_ts"] == s.end_ts  # permanent
+
+
 def test_name_defaults_to_file_stem_and_overrides_apply(tmp_path: Path) -> None:
     path = _write(tmp_path, _base(), "night_shift.yaml")
     s = load_scenario(path, devices=9, start_ts=1_800_000_000_000)
     assert (s.name, s.devices, s.start_ts) == ("night_shift", 9, 1_800_000_000_000)
+
+
+_BAD_NEW_EVENTS: list[tuple[dict[str, Any], list[str]]] = [
+    (
+        {"kind": "sampling_rate_change", "sensor": "gyroscope", "factor": 2},
+        ["events.0.sampling_rate_change", "factor", "only slower sampling"],
+    ),
+    (
+        {"kind": "sampling_rate_change", "sensor": "gyroscope", "factor": 0},
+        ["events.0.sampling_rate_change", "factor: 0"],
+    ),
+    (
+        {"kind": "sampling_rate_change", "sensor": "gyroscope", "factor": 0.5, "axis": "x"},
+        ["events.0.sampling_rate_change", "axis", "whole readings"],
+    ),
+    ({"kind": "sampling_rate_change", "sensor": "gyroscope"}, ["sampling_rate_change.factor", "required"]),
+    (
+        {"kind": "saturation", "sensor": "humidity", "limit": 120},
+        ["events.0.saturation", "limit", "outside"],
+    ),
+    (
+        {"kind": "saturation", "sensor": "humidity", "limit": 50, "side": "top"},
+        ["events.0.saturation.side", "upper", "lower"],
+    ),
+    (
+        {"kind": "calibration_offset", "sensor": "pressure", "magnitude": 0},
+        ["events.0.calibration_offset", "magnitude", "changes nothing"],
+    ),
+    (
+        {"kind": "calibration_offset", "sensor": "pressure", "magnitude": 1, "duration_s": 5},
+        ["events.0.calibration_offset.duration_s", "Extra inputs"],
+    ),
+    (
+        {"kind": "calibration_offset", "sensor": "pressure", "magnitude": float("inf")},
+        ["events.0.calibration_offset.magnitude", "finite"],
+    ),
+    (
+        {"kind": "clock_skew", "sensor": "temperature", "skew_s": 0},
+        ["clock_skew", "skew_s", "changes nothing"],
+    ),
+    ({"kind": "clock_skew", "sensor": "temperature", "skew_s": 1e6}, ["events.0.clock_skew.skew_s"]),
+    (
+        {"kind": "duplicate_messages", "sensor": "temperature", "probability": 0},
+        ["events.0.duplicate_messages.probability", "greater than 0"],
+    ),
+    (
+        {"kind": "out_of_order", "sensor": "temperature", "probability": 1.5},
+        ["events.0.out_of_order.probability", "less than or equal to 1"],
+    ),
+    (
+        {"kind": "unit_change", "sensor": "temperature", "factor": 1},
+        ["events.0.unit_change", "factor", "changes nothing"],
+    ),
+    ({"kind": "unit_change", "sensor": "temperature", "factor": 0}, ["unit_change", "factor: 0"]),
+    (
+        {"kind": "reboot", "sensor": "humidity", "duration_s": 3},
+        ["events.0.reboot.duration_s", "Extra inputs"],
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -167,6 +277,10 @@ def test_name_defaults_to_file_stem_and_overrides_apply(tmp_path: Path) -> None:
             ),
             ["events.0.dropout", "axis"],
         ),
+        *[
+            (_base(events=[{"device": 0, "start_s": 1} | event]), needles)
+            for event, needles in _BAD_NEW_EVENTS
+        ],
         (_base(device_prefix="dev 1"), ["device_prefix"]),
         (_base(start_ts=5), ["start_ts"]),
     ],
