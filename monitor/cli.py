@@ -9,14 +9,13 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from monitor.cliargs import add_config_options, settings_from_args, stop_on_signals
 from monitor.evaluation import command as evaluation
-from monitor.settings import Settings, load_settings
 from producers import cli as producers_cli
 
 log = logging.getLogger("monitor")
@@ -35,13 +34,6 @@ examples:
   telemon evaluate --config configs/nab.yaml nab             the NAB benchmark score
 
 Every config key can be overridden from the environment, e.g. TELEMON_KAFKA__BOOTSTRAP_SERVERS."""
-
-
-def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config", type=Path, metavar="FILE", help="monitor YAML config (default: built-in defaults)"
-    )
-    p.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "publish dead letters, alerts and model versions; commit offsets after delivery. "
         "SIGTERM/SIGINT finish the current batch, commit and exit 0.",
     )
-    _add_config(run)
+    add_config_options(run)
 
     sim = sub.add_parser(
         "simulate",
@@ -94,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--scenario", type=Path, required=True, metavar="FILE", help="scenario YAML")
     sim.add_argument("--realtime", action="store_true", help="pace to wall-clock time (default: fast)")
-    _add_config(sim)
+    add_config_options(sim)
 
     broker = sub.add_parser(
         "broker",
@@ -121,29 +113,12 @@ def _version() -> str:
     return monitor.__version__
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {"kafka": {"bootstrap_servers": args.bootstrap}} if getattr(args, "bootstrap", None) else {}
-    return load_settings(args.config, **overrides)
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("received %s: finishing the current batch", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.app import build_service
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     service = build_service(settings)
-    totals = service.run(_stop_on_signals())
+    totals = service.run(stop_on_signals("finishing the current batch"))
     log.info(
         "stopped after %d messages (%d quarantined, %d alerts)",
         totals.messages,
@@ -157,7 +132,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from producers.scenario import load_scenario
     from producers.simulate import simulate
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     scenario = load_scenario(args.scenario)
     _stop_on_signals_raise()
     report = simulate(settings.kafka, scenario, realtime=args.realtime)
@@ -177,7 +152,7 @@ def _stop_on_signals_raise() -> None:
 def cmd_broker(args: argparse.Namespace) -> int:
     from monitor.broker import EmbeddedBroker
 
-    stop = _stop_on_signals()
+    stop = stop_on_signals("finishing the current batch")
     with EmbeddedBroker(args.host, args.port) as broker:
         print(f"embedded broker on {broker.bootstrap_servers} (in memory; Ctrl-C to stop)", flush=True)
         stop.wait()
@@ -199,7 +174,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.demo import run_demo
 
-    return run_demo(args.scenario, args.config, _stop_on_signals())
+    return run_demo(args.scenario, args.config, stop_on_signals("finishing the current batch"))
 
 
 COMMANDS = {

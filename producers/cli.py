@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
-import threading
 from pathlib import Path
 
+from monitor.cliargs import add_config_options, settings_from_args, stop_on_signals
 from monitor.schema import DEVICE_ID_PATTERN
-from monitor.settings import Settings, load_settings
 from producers import iio, mqtt_bridge, replay
 from producers.publisher import Publisher, ReadingPublisher
 
@@ -26,11 +24,6 @@ log = logging.getLogger("producers")
 
 #: The MQTT password is read from this environment variable, never from the command line.
 MQTT_PASSWORD_ENV = "TELEMON_MQTT_PASSWORD"
-
-
-def _add_kafka(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, metavar="FILE", help="monitor YAML config (its kafka section)")
-    p.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
 
 
 def _positive(text: str) -> float:
@@ -80,7 +73,7 @@ def _add_iio(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--count", type=_count, metavar="N", help="stop after N samples (default: run until stopped)"
     )
     p.add_argument("--list", action="store_true", help="print the discovered channels and exit")
-    _add_kafka(p)
+    add_config_options(p)
 
 
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -101,7 +94,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--limit", type=_count, metavar="ROWS", help="stop after this many rows")
     p.add_argument("--strict", action="store_true", help="exit 2 at the first bad row instead of skipping")
-    _add_kafka(p)
+    add_config_options(p)
 
 
 def _add_bridge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -121,24 +114,7 @@ def _add_bridge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--client-id", help="persistent session id (default: telemon-bridge-<host name>)")
     p.add_argument("--mqtt-username", help="MQTT user name")
     p.add_argument("--mqtt-tls-ca", type=Path, metavar="FILE", help="CA bundle: connect with TLS")
-    _add_kafka(p)
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {"kafka": {"bootstrap_servers": args.bootstrap}} if args.bootstrap else {}
-    return load_settings(args.config, **overrides)
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("received %s: stopping, delivering what was sent", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
+    add_config_options(p)
 
 
 def cmd_iio(args: argparse.Namespace) -> int:
@@ -149,10 +125,10 @@ def cmd_iio(args: argparse.Namespace) -> int:
     device_id = args.device_id or socket.gethostname()
     if not DEVICE_ID_PATTERN.fullmatch(device_id):
         raise ValueError(f"device id {device_id!r} must match {DEVICE_ID_PATTERN.pattern}: use --device-id")
-    settings = _settings(args)
+    settings = settings_from_args(args)
     kafka = settings.kafka
     iio.warn_about_rates(sources, args.rate)
-    stop = _stop_on_signals()
+    stop = stop_on_signals("stopping, delivering what was sent")
     timeout = settings.consume.delivery_timeout_s
     with Publisher(kafka, flush_timeout_s=timeout, create_topics=[kafka.readings_topic]) as publisher:
         sampler = iio.Sampler(sources, ReadingPublisher(publisher, iio.seq_start()), device_id)
@@ -172,10 +148,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     mapping = replay.load_mapping(args.mapping)
     if not args.file.is_file():
         raise FileNotFoundError(f"log file not found: {args.file}")
-    settings = _settings(args)
+    settings = settings_from_args(args)
     kafka = settings.kafka
     options = replay.ReplayOptions(speed=args.speed, strict=args.strict, limit=args.limit)
-    stop = _stop_on_signals()
+    stop = stop_on_signals("stopping, delivering what was sent")
     timeout = settings.consume.delivery_timeout_s
     with Publisher(kafka, flush_timeout_s=timeout, create_topics=[kafka.readings_topic]) as publisher:
         report = replay.Replayer(mapping, ReadingPublisher(publisher), options).run(args.file, stop)
@@ -184,7 +160,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from_args(args)
     options = mqtt_bridge.MqttOptions(
         host=args.mqtt_host,
         port=args.mqtt_port,
@@ -195,7 +171,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
         tls_ca=args.mqtt_tls_ca,
     )
     mqtt_bridge.TopicLayout(options.topic)  # a bad filter is a usage error before connecting
-    stop = _stop_on_signals()
+    stop = stop_on_signals("stopping, delivering what was sent")
     log.info(
         "bridging mqtt://%s:%d/%s -> Kafka %s",
         options.host,
