@@ -73,7 +73,6 @@ class BatchResult:
     drift: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # detector, scope, sensor
     fleet_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # sensor -> (ks, psi)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
-    max_ts: int = 0
     event_ts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))  # valid readings
     retrains_skipped: Counter[str] = field(default_factory=Counter)  # sensor -> too few readings
     trace: list[Scored] = field(default_factory=list)  # every applied reading, if tracing
@@ -145,7 +144,6 @@ class Pipeline:
         slot = st.slot(r.device_id, msg.partition() or 0)
         s = SENSOR_INDEX[r.sensor]
         result.valid[s] += 1
-        result.max_ts = max(result.max_ts, r.ts)
         if not self.integrity.check_seq(slot, s, r):
             return
         f = features(r)

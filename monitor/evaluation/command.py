@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from monitor.evaluation import harness, nab
-from monitor.evaluation.replay import read_csv
-from monitor.evaluation.report import quality_tables, table, write_json
-from monitor.rules import RuleSet, load_rules
-from monitor.settings import Settings, load_settings
-from producers.scenario import load_scenario
+from monitor.rules import load_rules
+from monitor.settings import load_settings
+
+if TYPE_CHECKING:
+    from monitor.rules import RuleSet
+    from monitor.settings import Settings
 
 DEFAULT_NAB = Path("../shared/data/nab")
 
@@ -39,6 +39,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: scipy and the simulator are not needed to print ``telemon --help``.
+    from monitor.evaluation import harness
+    from monitor.evaluation.replay import read_csv
+    from monitor.evaluation.report import quality_tables, write_json
+
     settings = load_settings(args.config)
     rules = load_rules(settings.rules_file)
     out: Path = args.out
@@ -55,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _scenarios(settings: Settings, rules: RuleSet, files: list[Path], out: Path) -> int:
+    from monitor.evaluation import harness
+    from monitor.evaluation.report import quality_tables, write_json
+    from producers.scenario import load_scenario
+
     for path in files:
         report = harness.evaluate_scenario(settings, rules, load_scenario(path))
         write_json(out / f"scenario-{path.stem}.json", report)
@@ -64,6 +73,9 @@ def _scenarios(settings: Settings, rules: RuleSet, files: list[Path], out: Path)
 
 
 def _nab(settings: Settings, rules: RuleSet, root: Path, out: Path) -> int:
+    from monitor.evaluation import harness, nab
+    from monitor.evaluation.report import table, write_json
+
     report: dict[str, Any] = harness.evaluate_nab(settings, rules, root, out / "nab")
     write_json(out / "nab.json", report)
     rows = [
