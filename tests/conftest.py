@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +37,16 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 def kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:
     """Kafka settings on the session broker with topic and group names unique to this test."""
     return unique_kafka_settings(broker)
+
+
+def telemon_process(kafka: KafkaSettings, *args: str, **env: str) -> subprocess.Popen[str]:
+    """``telemon ARGS`` as a real process, its kafka settings (and ``env``) from the environment."""
+    environ = dict(os.environ) | env
+    for key, value in kafka.model_dump(exclude_none=True).items():
+        if isinstance(value, str | int):
+            environ[f"TELEMON_KAFKA__{key.upper()}"] = str(value)
+    cmd = [sys.executable, "-m", "monitor.cli", *args]
+    return subprocess.Popen(cmd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def unique_kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:

@@ -11,8 +11,6 @@ import itertools
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +31,7 @@ from monitor.settings import KafkaSettings
 from producers import iio, mqtt_bridge, replay
 from producers.mqtt_bridge import AckQueue, Bridge, BridgeReport, MqttOptions, TopicLayout
 from producers.publisher import Publisher, ReadingPublisher
+from tests.conftest import telemon_process
 
 pytestmark = pytest.mark.integration
 
@@ -143,17 +142,10 @@ def test_an_unreachable_kafka_is_a_clear_error() -> None:
         Publisher(dead, create_topics=[dead.readings_topic], topics_timeout_s=1.0)
 
 
-def _cli(kafka: KafkaSettings, *args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ) | {
-        "TELEMON_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "TELEMON_KAFKA__READINGS_TOPIC": kafka.readings_topic,
-    }
-    cmd = [sys.executable, "-m", "monitor.cli", *args]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def test_telemon_iio_flushes_everything_on_sigterm(kafka_settings: KafkaSettings) -> None:
-    proc = _cli(kafka_settings, "iio", "--root", str(FIXTURE), "--rate", "50", "--device-id", "pi-term")
+    proc = telemon_process(
+        kafka_settings, "iio", "--root", str(FIXTURE), "--rate", "50", "--device-id", "pi-term"
+    )
     try:
         assert len(read(kafka_settings, kafka_settings.readings_topic, 60, timeout_s=20)) >= 60
         proc.send_signal(signal.SIGTERM)

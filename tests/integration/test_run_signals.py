@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +13,7 @@ from monitor.broker import free_port
 from monitor.settings import KafkaSettings
 from producers.scenario import load_scenario
 from producers.simulate import simulate
+from tests.conftest import telemon_process
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +30,12 @@ def committed(kafka: KafkaSettings, partitions: list[int]) -> dict[int, int]:
 def test_run_commits_and_exits_zero_on_sigterm(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     scenario = load_scenario(Path("configs/scenarios/demo.yaml"), devices=3, duration_s=60, events=[])
     report = simulate(kafka_settings, scenario)
-    env = dict(os.environ)
-    for key, value in kafka_settings.model_dump(exclude_none=True).items():
-        if isinstance(value, str | int):
-            env[f"TELEMON_KAFKA__{key.upper()}"] = str(value)
-    env |= {"TELEMON_METRICS__PORT": str(free_port()), "TELEMON_STATE_DIR": str(tmp_path)}
-    cmd = [sys.executable, "-m", "monitor.cli", "run", "--config", "configs/monitor.yaml"]
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    proc = telemon_process(
+        kafka_settings,
+        *("run", "--config", "configs/monitor.yaml"),
+        TELEMON_METRICS__PORT=str(free_port()),
+        TELEMON_STATE_DIR=str(tmp_path),
+    )
     expected = {p: o + 1 for p, o in report.last_offsets.items()}
     try:
         deadline = time.monotonic() + 60
