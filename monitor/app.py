@@ -7,7 +7,7 @@ import logging
 from prometheus_client import CollectorRegistry
 
 from monitor import kafka
-from monitor.health import Health, HttpEndpoint, make_app
+from monitor.health import Health, HttpEndpoint, make_app, server_tls_context
 from monitor.metrics import Metrics
 from monitor.pipeline import Pipeline
 from monitor.rules import load_rules
@@ -33,6 +33,8 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     endpoint = None
     if settings.metrics.enabled:
         m = settings.metrics
-        endpoint = HttpEndpoint(m.host, m.port, make_app(registry, health))
-        log.info("metrics on http://%s:%d/metrics (probes: /healthz, /readyz)", m.host, endpoint.port)
+        tls = None if m.tls_files is None else server_tls_context(*m.tls_files)
+        endpoint = HttpEndpoint(m.host, m.port, make_app(registry, health), tls)
+        url = f"{endpoint.scheme}://{m.host}:{endpoint.port}"
+        log.info("metrics on %s/metrics (probes: /healthz, /readyz)", url)
     return Service(settings, Pipeline(settings, rules), metrics, health, endpoint)

@@ -63,6 +63,13 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        """The broker's process id (fault-injection tests freeze it)."""
+        if self._proc is None:
+            raise BrokerError("the embedded broker is not running")
+        return self._proc.pid
+
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://{self.bootstrap_servers}"
         out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL

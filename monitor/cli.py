@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from monitor import registry_cli
 from monitor.cliargs import add_config_options, settings_from_args, stop_on_signals
 from monitor.evaluation import command as evaluation
 from producers import cli as producers_cli
@@ -26,7 +27,8 @@ examples:
   telemon broker --port 9092                     an embedded Kafka-protocol broker (in memory)
   telemon simulate --scenario configs/scenarios/demo.yaml --config configs/monitor.yaml
   telemon run --config configs/monitor.yaml      the monitor, against kafka.bootstrap_servers
-  telemon rules check configs/rules.yaml         validate a rules file
+  telemon rules check configs/*rules*.yaml       validate rules files
+  telemon registry show dev-0007 temperature     why a model version serves, what it was trained on
   telemon replay LOG.csv --mapping configs/replay/astropi.yaml --speed 0   publish a recorded log
   telemon iio --rate 10                          publish this machine's IIO sensors (Sense HAT, ...)
   telemon bridge mqtt --topic 'telemetry/+/+'    forward MQTT readings to Kafka (ack after delivery)
@@ -98,12 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=9092, help="listen port (default: %(default)s)")
 
     evaluation.add_parser(sub)
+    registry_cli.add_parser(sub)
     producers_cli.add_parsers(sub)
 
     rules = sub.add_parser("rules", help="governance rules tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
-    check = rules_sub.add_parser("check", help="validate a rules file; exit 1 with the errors")
-    check.add_argument("file", type=Path)
+    check = rules_sub.add_parser(
+        "check",
+        help="validate rules files; exit 1 with the errors",
+        description="Validate rules files. Every problem is printed as FILE:LINE:COLUMN: key.path: "
+        "message; the exit code is 1 if any file has a problem.",
+    )
+    check.add_argument("files", type=Path, nargs="+", metavar="FILE")
     return parser
 
 
@@ -162,13 +170,16 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_rules(args: argparse.Namespace) -> int:
     from monitor.rules import RulesError, load_rules
 
-    try:
-        rules = load_rules(args.file)
-    except RulesError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    print(f"{args.file}: {len(rules.rules)} rules OK")
-    return 0
+    failed = 0
+    for path in args.files:
+        try:
+            rules = load_rules(path)
+        except RulesError as exc:
+            print(exc, file=sys.stderr)
+            failed += 1
+        else:
+            print(f"{path}: {len(rules.rules)} rules OK")
+    return 1 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -184,6 +195,7 @@ COMMANDS = {
     "rules": cmd_rules,
     "demo": cmd_demo,
     "evaluate": evaluation.run,
+    "registry": registry_cli.run,
     **dict.fromkeys(producers_cli.COMMANDS, producers_cli.run),
 }
 

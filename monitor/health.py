@@ -5,26 +5,41 @@
   liveness probe means "restart me".
 - ``GET /readyz`` (readiness): 200 when the process is live, the consumer has joined its group
   (it got an assignment, possibly empty: a spare replica is a hot standby), the broker is
-  reachable, and the last batch's outputs were delivered.
+  reachable, and the last batch's outputs were delivered. While the broker is unreachable or
+  outputs cannot be delivered the service is *degraded* (``"degraded": true``): it stays up
+  (liveness holds), pauses consumption and retries; readiness returns once it has recovered.
 - ``GET /metrics``: the Prometheus exposition of the injected registry.
 
 Both probes answer with a small JSON document explaining the verdict. The service writes the
 state (:class:`Health`) from its loop; the HTTP threads only read it.
+
+The endpoint serves HTTPS when given an :class:`ssl.SSLContext` (:func:`server_tls_context`). The
+TLS handshake runs in the connection's own thread, and a silent connection times out, so a slow
+or broken client cannot hold up the probes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+
+log = logging.getLogger(__name__)
+
+#: Seconds a connection may stay silent (handshake, request) before it is dropped.
+CONNECTION_TIMEOUT_S = 10.0
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -69,6 +84,7 @@ class Health:
         live, detail = self.liveness()
         ok = live and self.joined and self.broker_error is None and self.delivery_error is None
         detail |= {
+            "degraded": self.broker_error is not None or self.delivery_error is not None,
             "live": live,
             "joined": self.joined,
             "partitions": self.partitions,
@@ -108,8 +124,45 @@ def _reply(start_response: StartResponse, status: str, body: dict[str, Any]) -> 
     return [data]
 
 
+def server_tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """A server-side context with the endpoint's certificate chain and key, TLS 1.2 or newer.
+
+    Raises ValueError naming the files (never their content). An encrypted key is refused
+    instead of letting OpenSSL ask for its passphrase on a terminal the service does not have.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+    except _EncryptedKey:
+        raise ValueError(f"metrics TLS: {key_file} is encrypted; give an unencrypted key") from None
+    except OSError as exc:  # ssl.SSLError included
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        raise ValueError(
+            f"metrics TLS: cannot use {cert_file} with {key_file} (a PEM certificate chain and its "
+            f"PEM private key): {reason}"
+        ) from None
+    return context
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKey
+
+
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that goes away, stalls or fails the TLS handshake is routine: one debug line."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("http connection from %s dropped: %s", client_address[0], exc)
+            return
+        super().handle_error(request, client_address)
 
 
 class _Server6(_Server):
@@ -117,16 +170,30 @@ class _Server6(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = CONNECTION_TIMEOUT_S
+
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()  # here, in this connection's thread
+
     def log_message(self, format: str, *args: Any) -> None:
         """Probes and scrapes arrive every few seconds: no access log."""
 
 
 class HttpEndpoint:
-    """The WSGI app served from a daemon thread on ``host:port`` (``port`` 0: any free port)."""
+    """The WSGI app served from a daemon thread on ``host:port`` (``port`` 0: any free port),
+    over HTTPS when ``tls`` is given."""
 
-    def __init__(self, host: str, port: int, app: WSGIApp) -> None:
+    def __init__(self, host: str, port: int, app: WSGIApp, tls: ssl.SSLContext | None = None) -> None:
         server_class = _Server6 if ":" in host else _Server
         self.server = make_server(host, port, app, server_class, _QuietHandler)
+        if tls is not None:
+            # Accepting stays non-blocking: each connection does its handshake in its own thread.
+            self.server.socket = tls.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
+        self.scheme = "http" if tls is None else "https"
         self.thread = threading.Thread(
             target=self.server.serve_forever, args=(0.1,), name="telemon-http", daemon=True
         )

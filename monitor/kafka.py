@@ -1,21 +1,33 @@
-"""Kafka plumbing shared by the monitor and the producers: client configs, topics, delivery."""
+"""Kafka plumbing shared by the monitor and the producers: client configs, topics, delivery.
+
+:class:`~monitor.settings.KafkaSettings` has already vetted ``kafka.extra`` (no code-loading
+properties, credentials as secrets, certificate checks on unless allowed); here the secrets are
+unwrapped for librdkafka, and librdkafka's error texts are cleaned of them before anything logs or
+stores those texts (its OAUTHBEARER config parser, for one, quotes the config it rejects).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # stubs lack re-export
+from pydantic import SecretStr
 
 from monitor.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 # librdkafka properties that load or execute code: never accepted through `kafka.extra`.
-FORBIDDEN_KEYS = frozenset({"sasl.kerberos.kinit.cmd", "plugin.library.paths", "ssl.engine.location"})
+FORBIDDEN_KEYS = KafkaSettings.CODE_LOADING_KEYS
+REDACTED = "[redacted]"
+# Parts of a secret shorter than this are left alone: they would blank out ordinary words.
+_MIN_REDACTED_PART = 4
+
+ErrorCallback = Callable[[KafkaError], None]
 
 
 class KafkaUnavailable(RuntimeError):
@@ -24,9 +36,6 @@ class KafkaUnavailable(RuntimeError):
 
 def client_config(s: KafkaSettings) -> dict[str, Any]:
     """Common librdkafka properties: servers, security and the pass-through extras."""
-    bad = FORBIDDEN_KEYS & set(s.extra)
-    if bad:
-        raise ValueError(f"kafka.extra may not set {sorted(bad)}: these load or run code")
     conf: dict[str, Any] = {
         "bootstrap.servers": s.bootstrap_servers,
         "security.protocol": s.security_protocol,
@@ -39,7 +48,63 @@ def client_config(s: KafkaSettings) -> dict[str, Any]:
         conf["sasl.password"] = s.sasl_password.get_secret_value()
     if s.ssl_ca_location:
         conf["ssl.ca.location"] = s.ssl_ca_location
-    conf.update(s.extra)
+    for key, value in s.extra.items():
+        conf[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    insecure = s.insecure_tls_keys()
+    if insecure:
+        log.warning("broker certificate checks are off (%s, kafka.allow_insecure_tls)", ", ".join(insecure))
+    return conf
+
+
+def secret_values(s: KafkaSettings) -> list[str]:
+    """The credentials in ``s``: the texts :func:`redact` removes."""
+    secrets = [v for v in s.extra.values() if isinstance(v, SecretStr)]
+    if s.sasl_password is not None:
+        secrets.append(s.sasl_password)
+    return [v.get_secret_value() for v in secrets if v.get_secret_value()]
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret, and every whitespace-separated part of one, replaced.
+
+    Parts matter because librdkafka quotes the rest of a config value from where its parser
+    stopped (``Unrecognized sasl.oauthbearer.config beginning at: ...``).
+    """
+    needles: set[str] = set()
+    for secret in secrets:
+        needles.add(secret)
+        needles.update(part for part in secret.split() if len(part) >= _MIN_REDACTED_PART)
+    for needle in sorted(needles, key=len, reverse=True):
+        text = text.replace(needle, REDACTED)
+    return text
+
+
+def redacting(callback: ErrorCallback, secrets: Iterable[str]) -> ErrorCallback:
+    """``callback`` fed errors whose text went through :func:`redact` (same code and flags)."""
+    kept = list(secrets)
+
+    def on_error(err: KafkaError) -> None:
+        text = err.str()
+        clean = redact(text, kept)
+        if clean != text:
+            err = KafkaError(
+                err.code(),
+                clean,
+                fatal=err.fatal(),
+                retriable=err.retriable(),
+                txn_requires_abort=err.txn_requires_abort(),
+            )
+        callback(err)
+
+    return on_error
+
+
+def _with_overrides(s: KafkaSettings, conf: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``conf | overrides``, an ``error_cb`` among them wrapped by :func:`redacting`."""
+    conf = conf | overrides
+    callback = conf.get("error_cb")
+    if callback is not None:
+        conf["error_cb"] = redacting(callback, secret_values(s))
     return conf
 
 
@@ -51,7 +116,7 @@ def producer_config(s: KafkaSettings, **overrides: Any) -> dict[str, Any]:
         "enable.idempotence": True,
         "acks": "all",
     }
-    return conf | overrides
+    return _with_overrides(s, conf, overrides)
 
 
 def consumer_config(s: KafkaSettings, **overrides: Any) -> dict[str, Any]:
@@ -68,7 +133,7 @@ def consumer_config(s: KafkaSettings, **overrides: Any) -> dict[str, Any]:
         "fetch.queue.backoff.ms": 5,
         "queued.max.messages.kbytes": 65536,
     }
-    return conf | overrides
+    return _with_overrides(s, conf, overrides)
 
 
 def ensure_topics(s: KafkaSettings, names: Iterable[str], timeout: float = 15.0) -> None:
@@ -77,7 +142,8 @@ def ensure_topics(s: KafkaSettings, names: Iterable[str], timeout: float = 15.0)
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
-        raise KafkaUnavailable(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from exc
+        reason = redact(str(exc), secret_values(s))
+        raise KafkaUnavailable(f"cannot reach Kafka at {s.bootstrap_servers}: {reason}") from None
     wanted = [NewTopic(n, num_partitions=s.partitions, replication_factor=1) for n in names]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:
@@ -87,7 +153,8 @@ def ensure_topics(s: KafkaSettings, names: Iterable[str], timeout: float = 15.0)
             fut.result(timeout)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise KafkaUnavailable(f"cannot create topic {topic}: {exc}") from exc
+                reason = redact(str(exc), secret_values(s))
+                raise KafkaUnavailable(f"cannot create topic {topic}: {reason}") from None
 
 
 @dataclass

@@ -33,6 +33,7 @@ DETECTORS = ("ks", "psi", "adwin")
 SCOPES = ("device", "fleet")
 STATUSES = ("firing", "resolved")
 RETRAIN_OUTCOMES = ("retrained", "skipped")
+EVICTION_REASONS = ("idle", "capacity")
 
 
 class BatchHistogram(Collector):
@@ -166,6 +167,30 @@ class Metrics:
         # State and build.
         self.devices = Gauge("telemon_devices", "Devices with state in this process.", registry=r)
         self.state_bytes = Gauge("telemon_state_bytes", "Bytes of per-device state arrays.", registry=r)
+        self.evicted = Counter(
+            "telemon_devices_evicted",
+            "Devices whose state was forgotten: silent too long (idle) or over state.max_devices.",
+            ["reason"],
+            registry=r,
+        )
+        self.replayed = Counter(
+            "telemon_readings_replayed",
+            "Re-delivered readings skipped because their device had already applied them.",
+            registry=r,
+        )
+        self.snapshots = Counter("telemon_snapshots", "Partition snapshots taken.", registry=r)
+        self.snapshot_bytes = Counter(
+            "telemon_snapshot_bytes", "Bytes of partition snapshots taken.", registry=r
+        )
+        self.snapshot_errors = Counter(
+            "telemon_snapshot_errors", "Snapshots that could not be loaded (state rebuilt).", registry=r
+        )
+        self.restored = Counter(
+            "telemon_devices_restored", "Device states restored from snapshots on assignment.", registry=r
+        )
+        self.degraded = Gauge(
+            "telemon_degraded", "1 while outputs cannot be delivered (consumption paused).", registry=r
+        )
         self.build = Gauge("telemon_build_info", "Build information.", ["version"], registry=r)
         self.build.labels(monitor.__version__).set(1)
         self._retrained = np.zeros(N_SENSORS, np.int64)  # retrains per sensor in this process
@@ -180,6 +205,8 @@ class Metrics:
         self._integrity = [[self.integrity.labels(s, c) for c in CHECKS] for s in SENSOR_NAMES]
         for reason in Reason:
             self.quarantined.labels(reason.value)
+        for why in EVICTION_REASONS:
+            self.evicted.labels(why)
         for s in SENSOR_NAMES:
             for outcome in RETRAIN_OUTCOMES:
                 self.retrains.labels(s, outcome)
@@ -208,6 +235,10 @@ class Metrics:
         for a in result.alerts:
             self.alerts.labels(a.rule, a.severity, a.status).inc()
         self._record_retrains(result)
+        for reason, n in result.evicted.items():
+            self.evicted.labels(reason).inc(n)
+        if result.replayed:
+            self.replayed.inc(result.replayed)
         self.batch_seconds.observe(seconds)
         if result.event_ts.size:
             now_ms = (time.time() if now is None else now) * 1000.0
@@ -248,6 +279,19 @@ class Metrics:
             self.models.labels(name).set(n)
             self.version_max.labels(name).set(int(self._max_version[s]) if n else 0)
             self.version_mean.labels(name).set(1 + self._retrained[s] / n if n else 0)
+
+    def record_snapshot(self, bytes_: int) -> None:
+        self.snapshots.inc()
+        self.snapshot_bytes.inc(bytes_)
+
+    def record_snapshot_error(self) -> None:
+        self.snapshot_errors.inc()
+
+    def record_restored(self, devices: int) -> None:
+        self.restored.inc(devices)
+
+    def record_degraded(self, degraded: bool) -> None:
+        self.degraded.set(int(degraded))
 
     def record_firing(self, firing: Mapping[str, int]) -> None:
         """Episodes firing now per rule (from :meth:`RuleEngine.firing_by_rule`)."""

@@ -8,12 +8,13 @@ feeds the very same code with recorded messages.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,7 +27,7 @@ from monitor.registry import ModelVersion, TrainingData, code_version
 from monitor.rules import Evaluation, RuleEngine, RuleSet, Transition
 from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, SENSORS, Reading, Rejection
 from monitor.settings import Settings
-from monitor.state import CHECKS, N_SENSORS, Shapes, StateStore
+from monitor.state import CHECKS, N_SENSORS, DeviceStates, Shapes, StateStore
 
 MIN_RETRAIN_ROWS = 16
 
@@ -67,6 +68,7 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     alerts: list[alerts.Alert] = field(default_factory=list)
     versions: list[ModelVersion] = field(default_factory=list)
+    models: list[model.AdaptiveGaussian] = field(default_factory=list)  # of each version, as trained
     valid: NDArray[np.int64] = field(default_factory=lambda: np.zeros(N_SENSORS, np.int64))
     anomalies: NDArray[np.int64] = field(default_factory=lambda: np.zeros(N_SENSORS, np.int64))
     scores: dict[int, NDArray[np.float64]] = field(default_factory=dict)  # sensor -> scores
@@ -75,6 +77,8 @@ class BatchResult:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
     event_ts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))  # valid readings
     retrains_skipped: Counter[str] = field(default_factory=Counter)  # sensor -> too few readings
+    replayed: int = 0  # readings at or before their device's last applied offset: not applied again
+    evicted: Counter[str] = field(default_factory=Counter)  # reason ("idle", "capacity") -> devices
     trace: list[Scored] = field(default_factory=list)  # every applied reading, if tracing
 
     @property
@@ -97,6 +101,8 @@ class Pipeline:
         self.fleet = FleetDrift(d)
         self.engine = RuleEngine(rules)
         self.thresholds = {k: model.distance_threshold(m.anomaly_threshold, k) for k in (1, 3)}
+        self.clock_ms = 0  # the latest Kafka message timestamp seen: the eviction clock
+        self._next_sweep = 0
         self.code_version = code_version()
         self.config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
 
@@ -117,7 +123,9 @@ class Pipeline:
                 else:
                     yield r, msg
 
-        return self.process_readings(decoded(), result)
+        self.process_readings(decoded(), result)
+        self._evict(result)
+        return result
 
     def process_readings(
         self, readings: Iterable[tuple[Reading, Message]], result: BatchResult | None = None
@@ -144,11 +152,20 @@ class Pipeline:
         slot = st.slot(r.device_id, msg.partition() or 0)
         s = SENSOR_INDEX[r.sensor]
         result.valid[s] += 1
+        offset, kafka_ts = msg.offset(), msg.timestamp()[1]
+        if kafka_ts > 0:
+            st.last_seen[slot] = kafka_ts
+            self.clock_ms = max(self.clock_ms, kafka_ts)
+        if offset is not None:
+            if offset <= st.last_offset[slot]:
+                result.replayed += 1  # re-delivered after a crash or rebalance: already applied
+                return
+            st.last_offset[slot] = offset
         if not self.integrity.check_seq(slot, s, r):
             return
         f = features(r)
-        self.integrity.check_values(slot, s, r.ts, f, msg.timestamp()[1])
-        self._remember(slot, s, r.ts, f, msg.offset() or 0)
+        self.integrity.check_values(slot, s, r.ts, f, kafka_ts)
+        self._remember(slot, s, r.ts, f, offset or 0)
         st.since_eval[slot, s] += 1
         anomalies = int(st.anomalies[slot, s])
         d2 = self._distance(slot, s, f, result)
@@ -163,6 +180,51 @@ class Pipeline:
                 self._evaluate_fleet(s, r.ts, result)
         if st.since_eval[slot, s] >= self.settings.drift.check_every:
             self._evaluate_pair(slot, s, result)
+
+    def _evict(self, result: BatchResult) -> None:
+        """Forget devices silent for ``state.evict_idle_s`` (Kafka time), then the longest-silent
+        ones while more than ``state.max_devices`` have state."""
+        st, cfg = self.store, self.settings.state
+        idle_ms = int(cfg.evict_idle_s * 1000)
+        if idle_ms and self.clock_ms >= self._next_sweep:  # a sweep every tenth of the idle time
+            self._next_sweep = self.clock_ms + max(idle_ms // 10, 1000)
+            live = st.live()
+            self._forget(live[st.last_seen[live] < self.clock_ms - idle_ms].tolist(), "idle", result)
+        excess = len(st) - cfg.max_devices
+        if excess > 0:
+            live = st.live()
+            oldest = live[np.argsort(st.last_seen[live], kind="stable")[:excess]]
+            self._forget(oldest.tolist(), "capacity", result)
+
+    def _forget(self, slots: list[int], reason: str, result: BatchResult) -> None:
+        if slots:
+            self.engine.forget([self.store.device_ids[i] for i in slots])
+            self.store.release(slots)
+            result.evicted[reason] += len(slots)
+
+    def export_partition(self, partition: int) -> tuple[DeviceStates, list[dict[str, Any]]]:
+        """A copy of the state of every device read from ``partition`` and their rule episodes."""
+        states = self.store.export(self.store.in_partition(partition))
+        return states, self.engine.export(states.device_ids)
+
+    def import_partition(self, states: DeviceStates, episodes: list[dict[str, Any]]) -> None:
+        """Install a partition's devices (from a snapshot), replacing what is kept about them."""
+        self.engine.forget(states.device_ids)
+        self.store.load(states)
+        self.engine.restore(episodes)
+
+    def drop_partition(self, partition: int) -> int:
+        """Forget the devices of a partition this process no longer owns; returns how many."""
+        slots = self.store.in_partition(partition)
+        self.engine.forget([self.store.device_ids[i] for i in slots])
+        self.store.release(slots)
+        return len(slots)
+
+    def restart_offsets(self, partition: int) -> None:
+        """The partition's log restarted below the devices' last applied offsets (a recreated
+        topic): accept its offsets again."""
+        for slot in self.store.in_partition(partition):
+            self.store.last_offset[slot] = -1
 
     def _distance(self, slot: int, s: int, f: Features, result: BatchResult) -> float | None:
         """The pair model's distance (None while it warms up); learn unless anomalous."""
@@ -278,6 +340,7 @@ class Pipeline:
                 v = self.retrain(slot, s, t.rule.name, alert.alert_id)
                 if v is not None:
                     result.versions.append(v)
+                    result.models.append(copy.deepcopy(self.store.models[slot][s]))  # type: ignore[arg-type]
                 else:
                     result.retrains_skipped[ev.sensor] += 1
 

@@ -1,9 +1,19 @@
 """The live service: a consumer-group member that runs the pipeline batch by batch.
 
-Per batch: consume -> :meth:`Pipeline.process` -> produce dead letters, alerts and model versions
--> wait for every delivery report -> append versions to the registry -> commit the batch's offsets.
-Offsets never move past a batch whose outputs were not delivered. A stop request (SIGTERM/SIGINT)
-takes effect between batches: the current batch is finished, delivered and committed first.
+Per batch (a checkpoint): consume -> :meth:`Pipeline.process` -> produce dead letters, alerts and
+model versions -> wait for every delivery report -> append versions to the registry -> commit the
+batch's offsets -> snapshot the state of its partitions (at most every
+``state.snapshot_interval_s``; written by a background thread). Offsets never move past a batch
+whose outputs were not delivered: while a delivery fails the service is *degraded* (readiness
+fails), pauses its partitions, keeps polling so it stays in the group, and retries until the
+outputs are delivered, then resumes where it stopped.
+
+State follows partitions: on assignment a partition's snapshot is loaded and consumption starts
+at the snapshot's offset (so the state and the position agree); on revocation the state is
+snapshotted and dropped; on loss (the group moved on without us) it is dropped unsaved. Each
+device also remembers the offset of its last applied reading, so a re-delivered reading is never
+applied twice. A stop request (SIGTERM/SIGINT) takes effect between batches: the current batch
+is finished, delivered and committed, and every partition snapshotted.
 
 The loop also keeps :class:`~monitor.health.Health` current (loop ticks, group membership, broker
 reachability, delivery) and hands the metrics their per-batch numbers, consumer lag included.
@@ -17,13 +27,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
-from monitor import alerts, kafka, registry
+from monitor import alerts, kafka, registry, snapshot
 from monitor.health import Health, HttpEndpoint
 from monitor.metrics import Metrics
 from monitor.pipeline import BatchResult, DeadLetter, Pipeline
 from monitor.settings import Settings
+from monitor.snapshot import PartitionSnapshot, SnapshotError, SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +109,55 @@ def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:
     ]
 
 
+class SnapshotWriter:
+    """Writes encoded snapshots from a background thread so that the disk never stalls polling.
+    Only the latest pending snapshot of a partition is kept: an older one is obsolete."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self.store = store
+        self._pending: dict[tuple[str, int], bytes] = {}
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name="telemon-snapshots", daemon=True)
+        self._thread.start()
+
+    def submit(self, topic: str, partition: int, data: bytes) -> None:
+        with self._cond:
+            self._pending[(topic, partition)] = data
+            self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until everything submitted is on disk."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending and not self._busy)
+
+    def close(self) -> None:
+        self.drain()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                (topic, partition), data = self._pending.popitem()
+                self._busy = True
+            try:
+                self.store.write(topic, partition, data)
+            except OSError as exc:
+                self.errors += 1
+                log.error("cannot write the snapshot of %s/%d: %s", topic, partition, exc)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
 class Service:
     """``endpoint``, if given, is the HTTP endpoint serving ``health`` (the service does not own it)."""
 
@@ -105,70 +174,119 @@ class Service:
         self.metrics = metrics
         self.health = health or Health(settings.metrics.liveness_timeout_s)
         self.endpoint = endpoint
-        self.registry = registry.ModelRegistry(settings.state_dir)
+        self.registry = registry.open_registry(settings)
         self.totals = Totals()
         self.positions: dict[tuple[str, int], int | None] = {}  # assigned partition -> next offset
+        self.restored_at: dict[tuple[str, int], int] = {}  # snapshot offsets, until the first message
+        self.dirty: set[tuple[str, int]] = set()  # partitions changed since their last snapshot
+        self.pending: BatchResult | None = None  # a processed batch whose outputs are not delivered
+        self.rewind: dict[tuple[str, int], int] = {}  # offsets consumed (and dropped) while paused
+        self.last_snapshot = time.monotonic()
         k = settings.kafka
         self.consumer = Consumer(kafka.consumer_config(k, error_cb=self._on_error))
         self.producer = Producer(kafka.producer_config(k, **{"linger.ms": 2}))
         self.tracker = kafka.DeliveryTracker()
+        root = settings.state.snapshot_dir or settings.state_dir / "snapshots"
+        self.snapshots = SnapshotStore(root, self.registry.key)
+        self.writer = SnapshotWriter(self.snapshots)
 
     def run(self, stop: threading.Event, on_batch: BatchHook | None = None) -> Totals:
         """Consume until ``stop`` is set; always finishes, delivers and commits the current batch."""
         k, c = self.settings.kafka, self.settings.consume
         self.consumer.subscribe(
-            [k.readings_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            [k.readings_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         log.info("consuming %s as group %s from %s", k.readings_topic, k.group_id, k.bootstrap_servers)
         try:
-            while not stop.is_set():
+            while not stop.is_set() or self.pending is not None:
                 self.health.tick()
+                if self.pending is not None:
+                    self._retry(stop)
+                    continue
                 messages = self.consumer.consume(c.batch_size, c.poll_timeout_s)
                 if messages:
                     result = self._batch(messages)
-                    if on_batch is not None:
+                    if result is not None and on_batch is not None:
                         on_batch(result, self.totals)
                 elif self.health.broker_error is not None:
                     self._probe_broker()
         finally:
             self.health.stopped = True
-            self.consumer.close()
+            self.consumer.close()  # revokes the assignment: snapshots every partition
+            self.writer.close()
             self.producer.flush(self.settings.consume.delivery_timeout_s)
         return self.totals
 
-    def _batch(self, messages: list[Message]) -> BatchResult:
+    def _batch(self, messages: list[Message]) -> BatchResult | None:
         t0 = time.perf_counter()
         good = []
         for m in messages:
             err = m.error()
             if err is None:
                 good.append(m)
+                self._check_restart(m)
             else:
                 log.warning("consumer error: %s", err)
         result = self.pipeline.process(good)
-        try:
-            self._deliver(result)
-        except kafka.KafkaUnavailable as exc:
-            self.health.delivery_error = str(exc)
-            raise
-        self.registry.append(result.versions)
+        self.totals.add(result, len(good))
+        self._produce(result)
+        if not self._delivered(result):
+            self._degrade(result)
+            return None
+        self._checkpoint(result)
+        self._record(result, time.perf_counter() - t0)
+        return result
+
+    def _check_restart(self, m: Message) -> None:
+        """A partition whose first message is below its snapshot's offset was recreated (its log
+        restarted): its devices must accept the new, lower offsets."""
+        tp = (str(m.topic()), int(m.partition() or 0))
+        expected = self.restored_at.pop(tp, None)
+        offset = m.offset()
+        if expected is not None and offset is not None and offset < expected:
+            log.warning("%s/%d restarted at offset %d below its snapshot's %d", *tp, offset, expected)
+            self.pipeline.restart_offsets(tp[1])
+
+    def _checkpoint(self, result: BatchResult) -> None:
+        """After delivery: registry, commit, then (when due) the partitions' snapshots."""
+        for version, model in zip(result.versions, result.models, strict=True):
+            self.registry.register(version, model)
         self._commit(result)
         self.health.broker_error = None  # the broker acknowledged the outputs and the commit
-        self.totals.add(result, len(good))
+        self.health.delivery_error = None
         for tp, offset in result.offsets.items():
             if tp in self.positions:
                 self.positions[tp] = offset
-        self._record(result, time.perf_counter() - t0)
+                self.dirty.add(tp)
         for a in result.alerts:
             log.info("alert %s %s %s/%s", a.status, a.rule, a.device_id, a.sensor)
-        return result
+        interval = self.settings.state.snapshot_interval_s
+        if time.monotonic() - self.last_snapshot >= interval:
+            self._snapshot(sorted(self.dirty))
+
+    def _snapshot(self, partitions: list[tuple[str, int]], wait: bool = False) -> None:
+        """Encode the state of ``partitions`` now (consistent with the committed offsets) and let
+        the writer thread put it on disk (``wait``: before returning)."""
+        self.last_snapshot = time.monotonic()
+        for topic, p in partitions:
+            position = self.positions.get((topic, p))
+            self.dirty.discard((topic, p))
+            if position is None:
+                continue  # nothing applied since the assignment: the snapshot on disk is current
+            devices, episodes = self.pipeline.export_partition(p)
+            snap = PartitionSnapshot(topic, p, position, devices, episodes)
+            data = snapshot.encode(snap, self.snapshots.key)
+            self.writer.submit(topic, p, data)
+            self.metrics.record_snapshot(len(data))
+        if wait:
+            self.writer.drain()
 
     def _record(self, result: BatchResult, seconds: float) -> None:
         """The batch's metrics: counts, latencies, state size, model versions, firing rules, lag."""
         m, st = self.metrics, self.pipeline.store
         m.record_batch(result, self.pipeline.integrity.take_events(), seconds)
         n = len(st)
-        m.record_state(n, st.array_bytes_per_device() * n, (st.raw_n[:n] > 0).sum(axis=0))
+        m.record_state(n, st.array_bytes_per_device() * n, (st.raw_n[: st.used] > 0).sum(axis=0))
         m.record_firing(self.pipeline.engine.firing_by_rule())
         m.record_consumer(self._lags(), len(self.positions))
 
@@ -188,15 +306,73 @@ class Service:
                 lags[(topic, p)] = lag
         return lags
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Load each partition's snapshot and start consuming where its state stopped. A partition
+        without one gets an empty snapshot at its starting position first, so a crash before its
+        first real snapshot restarts from there instead of from a commit the state never saw."""
+        restored = 0
+        fresh = []
         for tp in partitions:
-            self.positions[(tp.topic, tp.partition)] = None
+            key = (tp.topic, tp.partition)
+            self.positions[key] = None
+            snap = self._load_snapshot(tp.topic, tp.partition)
+            if snap is None:
+                fresh.append(tp)
+                continue
+            self.pipeline.import_partition(snap.devices, snap.rules)
+            tp.offset = snap.next_offset
+            if snap.next_offset >= 0:
+                self.restored_at[key] = snap.next_offset
+            restored += len(snap.devices.device_ids)
+        if fresh:
+            self._start_fresh(consumer, fresh)
+        consumer.assign(partitions)
         self.health.assigned(len(self.positions))
-        log.info("assigned %d partition(s), %d in all", len(partitions), len(self.positions))
+        self.metrics.record_restored(restored)
+        log.info(
+            "assigned %d partition(s), %d in all; %d device state(s) restored",
+            len(partitions),
+            len(self.positions),
+            restored,
+        )
+
+    def _start_fresh(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Empty snapshots for partitions that have none, at the committed offset if the group has
+        one (state starts empty there), else at the ``auto_offset_reset`` end of the log."""
+        start = OFFSET_BEGINNING if self.settings.kafka.auto_offset_reset == "earliest" else OFFSET_END
+        committed = consumer.committed(partitions, timeout=self.settings.consume.delivery_timeout_s)
+        empty = self.pipeline.store.export([])
+        for tp, c in zip(partitions, committed, strict=True):
+            tp.offset = c.offset if c.offset >= 0 else start
+            self.snapshots.save(PartitionSnapshot(tp.topic, tp.partition, tp.offset, empty))
+
+    def _load_snapshot(self, topic: str, partition: int) -> PartitionSnapshot | None:
+        try:
+            return self.snapshots.load(topic, partition)
+        except (SnapshotError, OSError) as exc:
+            log.error("ignoring the snapshot of %s/%d (%s): its state is rebuilt", topic, partition, exc)
+            self.metrics.record_snapshot_error()
+            return None
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self.positions.pop((tp.topic, tp.partition), None)
+        """Snapshot the revoked partitions (unless outputs are still undelivered: then their state
+        is ahead of what may be committed, and the next owner re-applies from the last snapshot)."""
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        if self.pending is None:
+            self._snapshot([k for k in keys if k in self.positions], wait=True)
+        self._release(keys)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group reassigned these partitions without us: drop their state, write nothing."""
+        log.warning("lost %d partition(s) to the group; their state is dropped", len(partitions))
+        self._release([(tp.topic, tp.partition) for tp in partitions])
+
+    def _release(self, keys: list[tuple[str, int]]) -> None:
+        for topic, p in keys:
+            self.positions.pop((topic, p), None)
+            self.restored_at.pop((topic, p), None)
+            self.dirty.discard((topic, p))
+            self.pipeline.drop_partition(p)
         if self.positions:
             self.health.assigned(len(self.positions))
         else:
@@ -222,12 +398,8 @@ class Service:
             return
         self.health.broker_error = None
 
-    def _deliver(self, result: BatchResult) -> None:
-        """Produce the batch's outputs and wait for every acknowledgement.
-
-        Raises :class:`kafka.KafkaUnavailable` if anything was not delivered: the batch's offsets
-        are then not committed and the batch is processed again after a restart.
-        """
+    def _produce(self, result: BatchResult) -> None:
+        """Produce the batch's outputs: dead letters, alerts, model versions."""
         k, p, t = self.settings.kafka, self.producer, self.tracker
         for d in result.dead_letters:
             kafka.produce(
@@ -242,7 +414,58 @@ class Service:
             kafka.produce(p, t, k.alerts_topic, key=a.key, value=alerts.encode(a))
         for v in result.versions:
             kafka.produce(p, t, k.models_topic, key=v.key, value=registry.encode(v))
-        kafka.flush(p, t, self.settings.consume.delivery_timeout_s)
+
+    def _delivered(self, result: BatchResult) -> bool:
+        """Wait for every acknowledgement of the produced outputs. A failure marks the service
+        degraded and returns False: nothing of the batch may be committed yet."""
+        try:
+            kafka.flush(self.producer, self.tracker, self.settings.consume.delivery_timeout_s)
+        except kafka.KafkaUnavailable as exc:
+            self.health.delivery_error = str(exc)
+            log.warning("outputs not delivered (%s): degraded, retrying", exc)
+            return False
+        return True
+
+    def _degrade(self, result: BatchResult) -> None:
+        """Hold the undelivered batch and pause every partition until it is delivered."""
+        self.pending = result
+        self.metrics.record_degraded(True)
+        self.consumer.pause(self.consumer.assignment())
+
+    def _retry(self, stop: threading.Event) -> None:
+        """One degraded-mode turn: stay in the group, then deliver what is still undelivered.
+        Failed messages are produced again (consumers dedupe alerts by ``alert_id``); messages
+        still queued in the producer are simply awaited."""
+        result = self.pending
+        assert result is not None
+        c = self.settings.consume
+        for m in self.consumer.consume(c.batch_size, c.poll_timeout_s):
+            if m.error() is None:  # paused partitions deliver nothing; were a message to slip
+                self._rewind(m)  # through, consumption restarts at it after the outage
+        if self.tracker.pending == 0:  # nothing in flight: what failed failed for good
+            self.tracker.errors = []
+            self._produce(result)
+        if not self._delivered(result):
+            if stop.is_set():
+                log.error("stopping with undelivered outputs: their batch stays uncommitted")
+                self.pending = None
+            return
+        self.pending = None
+        self.metrics.record_degraded(False)
+        log.info("outputs delivered after an outage: resuming")
+        self._checkpoint(result)
+        assigned = self.consumer.assignment()
+        self.consumer.resume(assigned)
+        for tp in assigned:
+            position = self.rewind.pop((tp.topic, tp.partition), None)
+            if position is not None:
+                tp.offset = position
+                self.consumer.seek(tp)
+
+    def _rewind(self, m: Message) -> None:
+        tp, offset = (str(m.topic()), int(m.partition() or 0)), m.offset()
+        if offset is not None:
+            self.rewind[tp] = min(offset, self.rewind.get(tp, offset))
 
     def _commit(self, result: BatchResult) -> None:
         """Commit the batch's offsets. A commit refused because the group rebalanced is not fatal:

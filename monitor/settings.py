@@ -7,11 +7,12 @@ down; nothing else reads the environment.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -20,6 +21,46 @@ class _Section(BaseModel):
 
 
 class KafkaSettings(_Section):
+    """How to reach Kafka. Credentials never show in ``repr``/``str``, dumps or validation errors.
+
+    ``extra`` passes further librdkafka properties through, after checks: names are trimmed and
+    lower-cased (librdkafka's own spelling); properties that load or run code are refused; the
+    values of credential properties are held as :class:`SecretStr`; switching off the checks of
+    the broker's certificate needs ``allow_insecure_tls``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    #: Properties that load a shared library or run a shell command.
+    CODE_LOADING_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"sasl.kerberos.kinit.cmd", "plugin.library.paths", "ssl.engine.location", "ssl.providers"}
+    )
+    #: Substituted into the default ``sasl.kerberos.kinit.cmd`` shell command.
+    SHELL_VALUE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"sasl.kerberos.principal", "sasl.kerberos.keytab"}
+    )
+    SHELL_SAFE: ClassVar[re.Pattern[str]] = re.compile(r"[\w.@/+=:,~-]+")
+    #: Credentials (librdkafka's sensitive properties); names containing a hint count too.
+    SECRET_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "sasl.password",
+            "sasl.oauthbearer.config",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.client.credentials.client.secret",
+            "sasl.oauthbearer.assertion.private.key.passphrase",
+            "sasl.oauthbearer.assertion.private.key.pem",
+            "ssl.key.password",
+            "ssl.key.pem",
+            "ssl.keystore.password",
+        }
+    )
+    SECRET_HINTS: ClassVar[tuple[str, ...]] = ("password", "secret", "passphrase", "key.pem")
+    #: The values that keep the broker's certificate and host name checked.
+    VERIFYING_VALUES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "enable.ssl.certificate.verification": ("true", "t", "1"),
+        "ssl.endpoint.identification.algorithm": ("https",),
+    }
+
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "telemon"
     readings_topic: str = "telemon.readings"
@@ -34,11 +75,78 @@ class KafkaSettings(_Section):
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_ca_location: str | None = None
-    extra: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="further librdkafka properties, passed through"
+    sasl_password: SecretStr | None = Field(
+        None, description="set TELEMON_KAFKA__SASL_PASSWORD rather than the file"
     )
+    ssl_ca_location: str | None = None
+    allow_insecure_tls: bool = Field(
+        False,
+        description="accept extra properties that switch off checking the broker's certificate "
+        "(enable.ssl.certificate.verification: false, ssl.endpoint.identification.algorithm: none); "
+        "test clusters only",
+    )
+    extra: dict[str, str | int | float | bool | SecretStr] = Field(
+        default_factory=dict,
+        description="further librdkafka properties, passed through (code-loading ones refused, "
+        "credentials kept secret)",
+    )
+
+    @classmethod
+    def is_secret(cls, key: str) -> bool:
+        """Whether the librdkafka property ``key`` (canonical spelling) holds a credential."""
+        return key in cls.SECRET_KEYS or any(hint in key for hint in cls.SECRET_HINTS)
+
+    def insecure_tls_keys(self) -> list[str]:
+        """The ``extra`` properties that switch off checking the broker's certificate or name."""
+        return sorted(
+            key
+            for key, verifying in self.VERIFYING_VALUES.items()
+            if key in self.extra and str(self.extra[key]).strip().lower() not in verifying
+        )
+
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _checked_extra(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw  # the type check reports it
+        extra = cls._canonical_names(raw)
+        refused = sorted(cls.CODE_LOADING_KEYS & set(extra))
+        if refused:
+            raise ValueError(f"kafka.extra may not set {refused}: these load or run code")
+        for key in sorted(cls.SHELL_VALUE_KEYS & set(extra)):
+            if not cls.SHELL_SAFE.fullmatch(str(extra[key])):
+                raise ValueError(
+                    f"kafka.extra.{key} goes into the kinit shell command: use only letters, digits "
+                    "and . _ @ / + = : , ~ -"
+                )
+        return {key: cls._secret_if_credential(key, value) for key, value in extra.items()}
+
+    @staticmethod
+    def _canonical_names(raw: dict[Any, Any]) -> dict[Any, Any]:
+        """librdkafka names are lower case: ``" SASL.Password"`` means ``sasl.password``."""
+        extra: dict[Any, Any] = {}
+        for key, value in raw.items():
+            name = key.strip().lower() if isinstance(key, str) else key
+            if name in extra:
+                raise ValueError(f"kafka.extra sets {name!r} more than once (names ignore case)")
+            extra[name] = value
+        return extra
+
+    @classmethod
+    def _secret_if_credential(cls, key: Any, value: Any) -> Any:
+        if isinstance(key, str) and cls.is_secret(key) and isinstance(value, str | int | float):
+            return SecretStr(str(value))
+        return value
+
+    @model_validator(mode="after")
+    def _certificates_checked(self) -> KafkaSettings:
+        weakened = self.insecure_tls_keys()
+        if weakened and not self.allow_insecure_tls:
+            raise ValueError(
+                f"kafka.extra {weakened} switch off checking the broker's certificate; set "
+                "kafka.allow_insecure_tls: true to accept that (test clusters only)"
+            )
+        return self
 
 
 class ConsumeSettings(_Section):
@@ -79,22 +187,208 @@ class DriftSettings(_Section):
     adwin_delta: float = Field(0.002, gt=0, lt=1)
 
 
+class StateSettings(_Section):
+    """Where per-partition state lives, how often it is saved, and how much of it is kept."""
+
+    snapshot_dir: Path | None = Field(
+        None, description="snapshot directory, shared by a group's replicas (default: state_dir/snapshots)"
+    )
+    snapshot_interval_s: float = Field(
+        10.0, ge=0, description="seconds between snapshots (also on revocation and shutdown; 0: every batch)"
+    )
+    evict_idle_s: float = Field(
+        86_400.0, ge=0, description="forget devices silent this long in Kafka time (0: never)"
+    )
+    max_devices: int = Field(
+        1_000_000, ge=1, description="state cap: over it, the devices silent longest are forgotten"
+    )
+
+
+class LogUniform(_Section):
+    """A range sampled log-uniformly by the random search (``{low: 0.01, high: 0.2}``)."""
+
+    low: float = Field(gt=0, le=1, description="smallest value")
+    high: float = Field(gt=0, le=1, description="largest value")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LogUniform:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+RETRAIN_PARAMS = ("fading", "var_fading")
+
+
+def _default_space() -> dict[str, list[float] | LogUniform]:
+    """12 points: a level that follows changes over ~50 to ~5 readings, a noise level over ~200 to ~50."""
+    return {"fading": [0.02, 0.05, 0.1, 0.2], "var_fading": [0.005, 0.01, 0.02]}
+
+
+class RetrainSettings(_Section):
+    """How a retrain searches, tests and shadows a candidate model before it may replace the incumbent."""
+
+    strategy: Literal["grid", "random"] = Field(
+        "grid", description="grid: every combination of the listed values; random: `budget` seeded samples"
+    )
+    space: dict[str, list[float] | LogUniform] = Field(
+        default_factory=_default_space,
+        description="model parameter -> list of values, or {low, high} (random search only, log-uniform)",
+    )
+    budget: int = Field(16, ge=1, le=1000, description="most hyperparameter trials per retrain")
+    seed: int = Field(0, ge=0, description="seeds the search and the injected anomalies (with the pair)")
+    holdout_fraction: float = Field(
+        0.25, ge=0.1, le=0.5, description="newest part of the training window held out for testing"
+    )
+    anomalies: int = Field(8, ge=1, le=10_000, description="synthetic spikes added to the held-out slice")
+    anomaly_min_sigma: float = Field(3.0, gt=0, description="smallest spike, in noise standard deviations")
+    anomaly_max_sigma: float = Field(12.0, gt=0, description="largest spike, in noise standard deviations")
+    metric: Literal["auc", "detection_rate"] = Field("auc", description="the held-out metric that decides")
+    target_false_alarm_rate: float = Field(
+        0.01, gt=0, lt=1, description="false-alarm rate at which detection_rate is measured"
+    )
+    shadow_readings: int = Field(
+        96, ge=0, le=100_000, description="live readings scoring the candidate beside the incumbent (0: off)"
+    )
+    promotion_margin: float = Field(
+        0.02, ge=0, lt=1, description="the candidate's metric must beat the incumbent's by more than this"
+    )
+    calibration_alpha: float = Field(
+        0.01, gt=0, lt=0.5, description="significance of the shadow calibration checks (KS, alarm count)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RetrainSettings:
+        if self.anomaly_min_sigma > self.anomaly_max_sigma:
+            lo, hi = self.anomaly_min_sigma, self.anomaly_max_sigma
+            raise ValueError(f"anomaly_min_sigma ({lo}) exceeds anomaly_max_sigma ({hi})")
+        _check_space(self.space, self.strategy, self.budget)
+        return self
+
+
+def _check_space(space: dict[str, list[float] | LogUniform], strategy: str, budget: int) -> None:
+    """A search space names known parameters with non-empty values in (0, 1]; a grid fits the budget."""
+    if not space:
+        raise ValueError("space is empty: name at least one of " + ", ".join(RETRAIN_PARAMS))
+    unknown = sorted(set(space) - set(RETRAIN_PARAMS))
+    if unknown:
+        raise ValueError(f"space: unknown parameter(s) {unknown}; known: {list(RETRAIN_PARAMS)}")
+    size = 1
+    for name, values in space.items():
+        if isinstance(values, LogUniform):
+            if strategy == "grid":
+                raise ValueError(f"space.{name}: a {{low, high}} range needs strategy random; list values")
+            continue
+        if not values or not all(0 < v <= 1 for v in values):
+            raise ValueError(f"space.{name}: give a non-empty list of values in (0, 1], got {values}")
+        size *= len(values)
+    if strategy == "grid" and size > budget:
+        raise ValueError(
+            f"the grid has {size} points but budget is {budget}: raise the budget or use strategy random"
+        )
+
+
 class MetricsSettings(_Section):
-    """The HTTP endpoint: ``/metrics``, and the probes ``/healthz`` and ``/readyz``."""
+    """The HTTP endpoint: ``/metrics``, and the probes ``/healthz`` and ``/readyz``.
+
+    Loopback only unless ``host`` says otherwise; HTTPS (TLS 1.2 or newer) when both TLS files are
+    given. The files are checked here so that a typo fails at start-up, not at the first scrape.
+    """
 
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="listen address; 0.0.0.0 or :: exposes the endpoint")
     port: int = Field(9464, ge=0, le=65535)
     liveness_timeout_s: float = Field(
         120.0, gt=0, description="/healthz fails once the consume loop has not turned for this long"
     )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain: serve HTTPS (with tls_key_file)"
+    )
+    tls_key_file: Path | None = Field(
+        None, description="unencrypted PEM private key of tls_cert_file, readable by the service only"
+    )
+
+    @property
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """``(certificate, key)`` when the endpoint serves HTTPS, else None."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return self.tls_cert_file, self.tls_key_file
+
+    @model_validator(mode="after")
+    def _tls_files_readable(self) -> MetricsSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "metrics.tls_cert_file and metrics.tls_key_file go together: give both or neither"
+            )
+        for name, path in (("tls_cert_file", self.tls_cert_file), ("tls_key_file", self.tls_key_file)):
+            if path is not None:
+                self._check_readable(name, path)
+        return self
+
+    @staticmethod
+    def _check_readable(name: str, path: Path) -> None:
+        """Opens the file and reads nothing: the message names the path, never the content."""
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"metrics.{name}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+class RegistrySettings(_Section):
+    """The model registry: signed model artifacts and the audit trail (see ``monitor.registry``)."""
+
+    dir: Path | None = Field(None, description="registry directory (default: state_dir/registry)")
+    signing_key: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key, at least 32 bytes; set it from the environment"
+    )
+    signing_key_file: Path | None = Field(None, description="file holding the key (instead of signing_key)")
+    generate_key: bool = Field(
+        True, description="no key configured: generate one into <dir>/signing.key (false: refuse)"
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> RegistrySettings:
+        if self.signing_key is not None and self.signing_key_file is not None:
+            raise ValueError("set signing_key or signing_key_file, not both")
+        return self
+
+
+class AlertsSettings(_Section):
+    """Alert delivery besides the Kafka alerts topic: Alertmanager, and storm control. The URL may
+    carry credentials, so it stays out of ``repr`` and validation errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    alertmanager_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        repr=False,
+        description="Alertmanager base URL (http://host:9093); unset: alerts go to Kafka only. "
+        "Basic-auth credentials may be given as user:password@host (set it from the environment)",
+    )
+    timeout_s: float = Field(
+        5.0, gt=0, description="max time to get alerts accepted by Alertmanager, retries included"
+    )
+    resend_interval_s: float = Field(
+        60.0, gt=0, description="firing alerts are re-posted this often; they expire after 4 intervals"
+    )
+    storm_max_alerts: int = Field(
+        100, ge=1, description="new firing alerts per storm window beyond which alerts are suppressed"
+    )
+    storm_window_s: float = Field(60.0, gt=0, description="storm window, in event time")
 
 
 class Settings(BaseSettings):
     """Everything the monitor needs, validated once and frozen."""
 
     model_config = SettingsConfigDict(
-        frozen=True, extra="forbid", env_prefix="TELEMON_", env_nested_delimiter="__"
+        frozen=True,
+        extra="forbid",
+        env_prefix="TELEMON_",
+        env_nested_delimiter="__",
+        hide_input_in_errors=True,  # an invalid value may sit next to a secret, or be one
     )
 
     kafka: KafkaSettings = KafkaSettings()
@@ -103,6 +397,10 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     drift: DriftSettings = DriftSettings()
     metrics: MetricsSettings = MetricsSettings()
+    alerts: AlertsSettings = AlertsSettings()
+    retrain: RetrainSettings = RetrainSettings()
+    state: StateSettings = StateSettings()
+    registry: RegistrySettings = RegistrySettings()
     rules_file: Path = Path("configs/rules.yaml")
     state_dir: Path = Path(".telemon")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -4,13 +4,16 @@ A device gets a *slot* the first time it is seen. Everything the monitor keeps a
 (device, sensor) pair lives at ``[slot, sensor_index]`` in fixed-size numpy arrays (score
 windows, the frozen reference, PSI bins, the recent raw readings for retraining and their Kafka
 offsets, integrity counters), plus two small River objects (the model and an ADWIN). Arrays grow by
-doubling. :meth:`StateStore.bytes_per_device` reports the footprint; the README's budget table
-comes from it.
+doubling; released slots (evicted devices, revoked partitions) are reused first.
+:meth:`StateStore.array_bytes_per_device` reports the footprint; the README's budget table comes
+from it. :meth:`StateStore.export` and :meth:`StateStore.load` move the devices of a partition in
+and out (snapshots).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,13 +47,17 @@ class StateStore:
         self.models: list[list[AdaptiveGaussian | None]] = []
         self.adwins: list[list[drift.ADWIN | None]] = []
         self.versions: dict[tuple[int, int], int] = {}  # pairs retrained at least once
+        self._free: list[int] = []  # released slots, reused before the arrays grow
         self._arrays: dict[str, NDArray[np.generic]] = {}
+        self._fill: dict[str, float] = {}
         self._alloc(capacity)
 
     def _alloc(self, cap: int) -> None:
         s, p = self.shapes, (cap, N_SENSORS)
         spec: dict[str, tuple[tuple[int, ...], type[np.generic], float]] = {
             "last_seq": ((cap,), np.int64, -1),
+            "last_offset": ((cap,), np.int64, -1),  # Kafka offset of the last applied reading
+            "last_seen": ((cap,), np.int64, 0),  # Kafka timestamp (ms) of the device's last message
             "partition": ((cap,), np.int32, -1),
             "n_scored": (p, np.int64, 0),
             "since_eval": (p, np.int32, 0),
@@ -79,10 +86,13 @@ class StateStore:
             if name in old:
                 arr[: len(old[name])] = old[name]
             self._arrays[name] = arr
+            self._fill[name] = fill
             setattr(self, name, arr)
 
     # Typed views of the slabs (set by _alloc).
     last_seq: NDArray[np.int64]
+    last_offset: NDArray[np.int64]
+    last_seen: NDArray[np.int64]
     partition: NDArray[np.int32]
     n_scored: NDArray[np.int64]
     since_eval: NDArray[np.int32]
@@ -109,6 +119,12 @@ class StateStore:
         return len(self.last_seq)
 
     def __len__(self) -> int:
+        """Devices with state (released slots do not count)."""
+        return len(self.slots)
+
+    @property
+    def used(self) -> int:
+        """Slots handed out so far, released ones included: live slots are all below this."""
         return len(self.device_ids)
 
     def slot(self, device_id: str, partition: int) -> int:
@@ -116,15 +132,72 @@ class StateStore:
         slot = self.slots.get(device_id)
         if slot is not None:
             return slot
-        slot = len(self.device_ids)
-        if slot == self.capacity:
-            self._alloc(2 * self.capacity)
+        if self._free:
+            slot = self._free.pop()
+            self.device_ids[slot] = device_id
+        else:
+            slot = len(self.device_ids)
+            if slot == self.capacity:
+                self._alloc(2 * self.capacity)
+            self.device_ids.append(device_id)
+            self.models.append([None] * N_SENSORS)
+            self.adwins.append([None] * N_SENSORS)
         self.slots[device_id] = slot
-        self.device_ids.append(device_id)
-        self.models.append([None] * N_SENSORS)
-        self.adwins.append([None] * N_SENSORS)
         self.partition[slot] = partition
         return slot
+
+    def live(self) -> NDArray[np.intp]:
+        """The slots that hold a device, in ascending order."""
+        return np.fromiter(sorted(self.slots.values()), np.intp, len(self.slots))
+
+    def in_partition(self, partition: int) -> list[int]:
+        """The live slots of the devices read from ``partition``."""
+        return [slot for slot in sorted(self.slots.values()) if self.partition[slot] == partition]
+
+    def release(self, slots: Sequence[int]) -> None:
+        """Forget the devices in ``slots`` and make the slots reusable."""
+        for slot in slots:
+            del self.slots[self.device_ids[slot]]
+            self.device_ids[slot] = ""
+            for name, arr in self._arrays.items():
+                arr[slot] = self._fill[name]
+            self.models[slot] = [None] * N_SENSORS
+            self.adwins[slot] = [None] * N_SENSORS
+            for s in range(N_SENSORS):
+                self.versions.pop((slot, s), None)
+            self._free.append(slot)
+
+    def export(self, slots: Sequence[int]) -> DeviceStates:
+        """A copy of everything kept about the devices in ``slots``."""
+        idx = np.asarray(slots, np.intp)
+        return DeviceStates(
+            device_ids=[self.device_ids[i] for i in slots],
+            arrays={name: arr[idx].copy() for name, arr in self._arrays.items()},
+            models=[list(self.models[i]) for i in slots],
+            adwins=[list(self.adwins[i]) for i in slots],
+            versions={
+                (j, s): v
+                for j, i in enumerate(slots)
+                for s in range(N_SENSORS)
+                if (v := self.versions.get((i, s))) is not None
+            },
+        )
+
+    def load(self, states: DeviceStates) -> list[int]:
+        """Install exported devices (replacing any state they have here); returns their slots."""
+        stale = [self.slots[d] for d in states.device_ids if d in self.slots]
+        self.release(stale)
+        slots = [self.slot(d, 0) for d in states.device_ids]
+        idx = np.asarray(slots, np.intp)
+        for name, arr in self._arrays.items():
+            if name in states.arrays:
+                arr[idx] = states.arrays[name]
+        for j, slot in enumerate(slots):
+            self.models[slot] = list(states.models[j])
+            self.adwins[slot] = list(states.adwins[j])
+        for (j, s), v in states.versions.items():
+            self.versions[(slots[j], s)] = v
+        return slots
 
     def adwin(self, slot: int, s: int) -> drift.ADWIN:
         a = self.adwins[slot][s]
@@ -145,5 +218,19 @@ class StateStore:
         self.score_count[slot, s] = 0
         self.adwins[slot][s] = None
 
+    def array_names(self) -> list[str]:
+        return list(self._arrays)
+
     def array_bytes_per_device(self) -> int:
         return sum(a.nbytes for a in self._arrays.values()) // self.capacity
+
+
+@dataclass
+class DeviceStates:
+    """Everything kept about some devices, detached from any store (row ``j`` = ``device_ids[j]``)."""
+
+    device_ids: list[str]
+    arrays: dict[str, NDArray[np.generic]]
+    models: list[list[AdaptiveGaussian | None]]
+    adwins: list[list[drift.ADWIN | None]]
+    versions: dict[tuple[int, int], int] = field(default_factory=dict)  # (row, sensor) -> version

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from monitor.broker import EmbeddedBroker
+from monitor.broker import EmbeddedBroker, free_port
 from monitor.settings import KafkaSettings
 
 _counter = itertools.count()
@@ -62,3 +66,67 @@ def unique_kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:
         partitions=4,
         session_timeout_ms=3000,
     )
+
+
+# --- Alertmanager -------------------------------------------------------------------------------
+
+ALERTMANAGER_CONFIG = "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n"
+
+
+@dataclass
+class AlertmanagerProcess:
+    """A real Alertmanager on a free loopback port (no clustering, a throw-away storage path)."""
+
+    url: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_alertmanager(workdir: Path, timeout_s: float = 20.0) -> AlertmanagerProcess:
+    """Start Alertmanager in ``workdir`` and wait for ``/-/ready``; fail (never skip) without it."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        pytest.fail(
+            "Alertmanager not found on PATH: apt-get install prometheus-alertmanager "
+            "(CI installs it with .ci/setup.d/observability.sh)"
+        )
+    config = workdir / "alertmanager.yml"
+    config.write_text(ALERTMANAGER_CONFIG, encoding="utf-8")
+    port, log = free_port(), workdir / "alertmanager.log"
+    args = [f"--config.file={config}", f"--storage.path={workdir / 'data'}"]
+    args += [f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT)
+    am = AlertmanagerProcess(f"http://127.0.0.1:{port}", log, proc)
+    deadline = time.monotonic() + timeout_s
+    while not am.ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            am.stop()
+            pytest.fail(f"Alertmanager did not become ready on port {port}:\n{log.read_text()}")
+        time.sleep(0.1)
+    return am
+
+
+@pytest.fixture(scope="session")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertmanagerProcess]:
+    """One Alertmanager for the session: tests tell their alerts apart by their own labels."""
+    am = start_alertmanager(tmp_path_factory.mktemp("alertmanager"))
+    try:
+        yield am
+    finally:
+        am.stop()

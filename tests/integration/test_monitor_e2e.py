@@ -119,7 +119,8 @@ def test_retrain_recorded_with_offsets(run: Run) -> None:
     published = [
         registry.decode(m.value()) for m in read_topic(run.settings.kafka, run.settings.kafka.models_topic)
     ]
-    local = list(registry.ModelRegistry(run.settings.state_dir))
+    reg = registry.open_registry(run.settings)
+    local = [reg.manifest(*ref).model for ref in reg.versions()]
     assert published == local
     assert [(v.device_id, v.sensor, v.version, v.parent) for v in local] == [(*DRIFT_PAIR, 2, 1)]
     data = local[0].trained_on

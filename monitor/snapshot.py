@@ -1,0 +1,172 @@
+"""Per-partition state snapshots: what lets a partition move between replicas, or survive a crash,
+with its state.
+
+A snapshot holds every device read from one partition of the readings topic (all its
+:class:`~monitor.state.StateStore` rows, models, ADWINs, model versions and rule episodes) and
+the offset of the next message to apply. The service writes one after its outputs are delivered
+and its offsets committed, on partition revocation and at shutdown; it reads it back when the
+partition is assigned and seeks there, so the state and the position always agree.
+
+File layout (``<dir>/<topic>/<partition>.snap``, written to a temporary file, fsynced, renamed)::
+
+    b"TLMSNAP1"  header length (8 bytes, big-endian)  header (JSON)  HMAC (32 bytes)
+    arrays (.npz, no pickles)  objects (pickle: models and ADWINs)
+
+The header records the topic, partition, next offset, device ids, model versions, rule episodes
+and the byte lengths of the two parts; the HMAC-SHA256 covers the header and both parts. Loading
+verifies the HMAC first and unpickles the objects with :mod:`monitor.safepickle` (model and
+ADWIN classes only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import pickle
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitor import safepickle
+from monitor.state import N_SENSORS, DeviceStates
+
+MAGIC = b"TLMSNAP1"
+FORMAT = 1
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be used: corrupt, tampered with, or from an unknown format."""
+
+
+@dataclass
+class PartitionSnapshot:
+    topic: str
+    partition: int
+    next_offset: int  # the first message the state has not seen
+    devices: DeviceStates
+    rules: list[dict[str, Any]] = field(default_factory=list)  # rule episodes of these devices
+    created_ms: int = 0
+
+
+def encode(snap: PartitionSnapshot, key: bytes) -> bytes:
+    d = snap.devices
+    arrays = io.BytesIO()
+    np.savez(arrays, allow_pickle=False, **d.arrays)
+    objects = pickle.dumps((d.models, d.adwins), protocol=pickle.HIGHEST_PROTOCOL)
+    body = arrays.getvalue() + objects
+    header = {
+        "format": FORMAT,
+        "topic": snap.topic,
+        "partition": snap.partition,
+        "next_offset": snap.next_offset,
+        "created_ms": snap.created_ms or int(time.time() * 1000),
+        "device_ids": d.device_ids,
+        "versions": [[j, s, v] for (j, s), v in sorted(d.versions.items())],
+        "rules": snap.rules,
+        "arrays_bytes": len(arrays.getvalue()),
+        "objects_bytes": len(objects),
+    }
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    mac = hmac.new(key, raw + body, hashlib.sha256).digest()
+    return MAGIC + struct.pack(">Q", len(raw)) + raw + mac + body
+
+
+def decode(data: bytes, key: bytes) -> PartitionSnapshot:
+    """The snapshot in ``data``; raises :class:`SnapshotError` unless it is intact and signed."""
+    start = len(MAGIC) + 8
+    if not data.startswith(MAGIC) or len(data) < start:
+        raise SnapshotError("not a telemon snapshot (bad magic)")
+    (n,) = struct.unpack(">Q", data[len(MAGIC) : start])
+    raw, mac, body = data[start : start + n], data[start + n : start + n + 32], data[start + n + 32 :]
+    if not hmac.compare_digest(hmac.new(key, raw + body, hashlib.sha256).digest(), mac):
+        raise SnapshotError("snapshot signature mismatch (tampered, truncated, or another signing key)")
+    header = json.loads(raw)
+    if header.get("format") != FORMAT:
+        raise SnapshotError(f"unsupported snapshot format {header.get('format')!r}")
+    split = header["arrays_bytes"]
+    try:
+        with np.load(io.BytesIO(body[:split]), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        models, adwins = safepickle.loads(body[split:])
+    except (pickle.UnpicklingError, ValueError, EOFError) as exc:
+        raise SnapshotError(f"unreadable snapshot content: {exc}") from exc
+    versions = {(int(j), int(s)): int(v) for j, s, v in header["versions"]}
+    devices = DeviceStates(list(header["device_ids"]), arrays, models, adwins, versions)
+    return PartitionSnapshot(
+        header["topic"],
+        int(header["partition"]),
+        int(header["next_offset"]),
+        devices,
+        list(header["rules"]),
+        int(header["created_ms"]),
+    )
+
+
+class SnapshotStore:
+    """Snapshot files under one directory (shared by the replicas of a group so that a partition's
+    state follows it to its next owner)."""
+
+    def __init__(self, root: Path, key: bytes) -> None:
+        self.root = root
+        self.key = key
+
+    def path(self, topic: str, partition: int) -> Path:
+        return self.root / topic / f"{partition}.snap"
+
+    def save(self, snap: PartitionSnapshot) -> None:
+        self.write(snap.topic, snap.partition, encode(snap, self.key))
+
+    def write(self, topic: str, partition: int, data: bytes) -> None:
+        """Replace the partition's snapshot atomically (temporary file, fsync, rename)."""
+        path = self.path(topic, partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+
+    def load(self, topic: str, partition: int) -> PartitionSnapshot | None:
+        """The partition's snapshot, or None if there is none. Raises :class:`SnapshotError`."""
+        try:
+            data = self.path(topic, partition).read_bytes()
+        except FileNotFoundError:
+            return None
+        return decode(data, self.key)
+
+    def __iter__(self) -> Iterator[PartitionSnapshot]:
+        for path in sorted(self.root.glob("*/*.snap")):
+            yield decode(path.read_bytes(), self.key)
+
+
+def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot]) -> dict[str, str]:
+    """A digest of each device's whole state (arrays, models, ADWINs, versions, rule episodes):
+    two runs that applied the same readings in the same order give equal digests."""
+    out: dict[str, str] = {}
+    for snap in snapshots:
+        d = snap.devices
+        episodes: dict[str, list[dict[str, Any]]] = {}
+        for e in snap.rules:
+            episodes.setdefault(str(e.get("device_id")), []).append(e)
+        for j, device in enumerate(d.device_ids):
+            h = hashlib.sha256()
+            for name in sorted(d.arrays):
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(d.arrays[name][j]).tobytes())
+            for s in range(N_SENSORS):
+                m, a = d.models[j][s], d.adwins[j][s]
+                h.update(b"-" if m is None else m._state.tobytes())
+                h.update(b"-" if a is None else pickle.dumps(a, protocol=4))
+                h.update(str(d.versions.get((j, s), 1)).encode())
+            h.update(json.dumps(sorted(episodes.get(device, []), key=json.dumps), sort_keys=True).encode())
+            out[device] = h.hexdigest()
+    return out

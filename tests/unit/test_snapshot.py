@@ -1,0 +1,177 @@
+"""Tests for per-partition state: export/import, snapshot files, re-delivery, eviction."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor import snapshot
+from monitor.pipeline import BatchResult, Pipeline
+from monitor.rules import load_rules
+from monitor.settings import load_settings
+from monitor.snapshot import PartitionSnapshot, SnapshotError, SnapshotStore
+from tests.unit.test_pipeline import DRIFT, MODEL, RULES, TOPIC, FakeMessage, _gaussian_stream, _run
+
+KEY = b"k" * 32
+
+
+def _pipeline(**state: float) -> Pipeline:
+    settings = load_settings(None, drift=DRIFT, model=MODEL, state=state)
+    return Pipeline(settings, load_rules(RULES))
+
+
+def _snapshots(p: Pipeline, offsets: dict[int, int]) -> list[PartitionSnapshot]:
+    out = []
+    for part, next_offset in offsets.items():
+        devices, episodes = p.export_partition(part)
+        out.append(PartitionSnapshot(TOPIC, part, next_offset, devices, episodes))
+    return out
+
+
+def _next_offsets(results: list[BatchResult]) -> dict[int, int]:
+    offsets: dict[int, int] = {}
+    for r in results:
+        offsets.update({p: o for (_t, p), o in r.offsets.items()})
+    return offsets
+
+
+def _alert_ids(results: list[BatchResult]) -> set[tuple[str, str]]:
+    return {(a.alert_id, a.status) for r in results for a in r.alerts}
+
+
+def test_restored_state_continues_exactly_like_an_uninterrupted_run() -> None:
+    """The oracle property: stop anywhere, snapshot, restore elsewhere, go on -> same state and
+    alerts as a run that never stopped (a drift, its alert and its retrain happen after the cut)."""
+    stream = _gaussian_stream(400, devices=4, shift_device=1)
+    oracle = _pipeline()
+    oracle_results = _run(oracle, stream, batch=50)
+    cut = 150 * 4
+    first = _pipeline()
+    before = _run(first, stream[:cut], batch=50)
+    snaps = [snapshot.decode(snapshot.encode(s, KEY), KEY) for s in _snapshots(first, _next_offsets(before))]
+    second = _pipeline()
+    for s in snaps:
+        second.import_partition(s.devices, s.rules)
+    after = _run(second, stream[cut:], batch=70)
+    end = _next_offsets(oracle_results)
+    assert snapshot.fingerprints(_snapshots(second, end)) == snapshot.fingerprints(_snapshots(oracle, end))
+    assert _alert_ids(before) | _alert_ids(after) == _alert_ids(oracle_results)
+    assert any(v.device_id == "dev-1" for r in after for v in r.versions)
+
+
+def test_redelivered_readings_are_skipped_not_flagged_as_duplicates() -> None:
+    stream = _gaussian_stream(100, devices=2)
+    p = _pipeline()
+    _run(p, stream, batch=40)
+    again = p.process(stream[60:120])
+    assert again.replayed == 60
+    assert again.valid.sum() == 60  # still valid readings, counted as received
+    assert not p.store.integrity.any()
+    assert p.integrity.take_events()[:, 2].sum() == 0  # no "duplicate" events
+
+
+def test_restart_offsets_accepts_a_recreated_log() -> None:
+    p = _pipeline()
+    _run(p, _gaussian_stream(60, devices=2), batch=30)
+    fresh = [
+        FakeMessage(m.payload, m.key_, m.partition_, i, m.ts)
+        for i, m in enumerate(_gaussian_stream(61, devices=2)[-2:])
+    ]
+    assert p.process(fresh[:1]).replayed == 1
+    p.restart_offsets(0)
+    assert p.process(fresh[:1]).replayed == 0
+
+
+def test_dropping_a_partition_frees_its_slots_for_reuse() -> None:
+    p = _pipeline()
+    _run(p, _gaussian_stream(60, devices=4), batch=100)
+    assert p.drop_partition(0) == 2
+    assert sorted(p.store.slots) == ["dev-1", "dev-3"]
+    before = p.store.used
+    _run(p, _gaussian_stream(10, devices=4), batch=100)  # dev-0 and dev-2 come back
+    assert p.store.used == before and len(p.store) == 4
+    slot = p.store.slots["dev-0"]
+    assert p.store.raw_n[slot].sum() == 10  # fresh state, not the dropped one
+
+
+def test_idle_devices_are_evicted_in_kafka_time() -> None:
+    p = _pipeline(evict_idle_s=30)
+    stream = _gaussian_stream(100, devices=2)  # one reading per second per device
+    quiet = [m for m in stream if m.key_ == b"dev-0" or m.ts < stream[0].ts + 20_000]
+    results = _run(p, quiet, batch=10)
+    assert sum(r.evicted["idle"] for r in results) == 1
+    assert list(p.store.slots) == ["dev-0"]
+
+
+def test_state_is_capped_by_evicting_the_longest_silent() -> None:
+    p = _pipeline(max_devices=3)
+    stream = _gaussian_stream(5, devices=5)
+    late = [m for m in stream if m.key_ in (b"dev-1", b"dev-4")] + stream[-1:]  # dev-4 seen last
+    result = p.process(stream[:10] + late)
+    assert result.evicted["capacity"] == 2
+    assert {"dev-1", "dev-4"} <= set(p.store.slots) and len(p.store) == 3
+
+
+def _one_snapshot() -> PartitionSnapshot:
+    p = _pipeline()
+    results = _run(p, _gaussian_stream(80, devices=2), batch=80)
+    return _snapshots(p, _next_offsets(results))[0]
+
+
+def test_store_round_trip_and_atomic_replace(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, KEY)
+    assert store.load(TOPIC, 0) is None
+    snap = _one_snapshot()
+    store.save(snap)
+    store.save(snap)
+    loaded = store.load(TOPIC, 0)
+    assert loaded is not None and loaded.next_offset == snap.next_offset
+    assert snapshot.fingerprints([loaded]) == snapshot.fingerprints([snap])
+    assert [p.name for p in (tmp_path / TOPIC).iterdir()] == ["0.snap"]
+
+
+@pytest.mark.parametrize("where", ["header", "mac", "arrays", "objects"])
+def test_tampered_snapshot_is_refused(where: str) -> None:
+    data = bytearray(snapshot.encode(_one_snapshot(), KEY))
+    header_end = 16 + int.from_bytes(data[8:16], "big")
+    pos = {"header": 30, "mac": header_end + 3, "arrays": len(data) // 2, "objects": len(data) - 3}[where]
+    data[pos] ^= 0x01
+    with pytest.raises(SnapshotError):
+        snapshot.decode(bytes(data), KEY)
+
+
+def test_snapshot_signed_with_another_key_is_refused() -> None:
+    data = snapshot.encode(_one_snapshot(), KEY)
+    with pytest.raises(SnapshotError, match="signature"):
+        snapshot.decode(data, b"x" * 32)
+
+
+def test_signed_snapshot_with_a_malicious_pickle_is_still_refused() -> None:
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, ("echo pwned",))
+
+    snap = _one_snapshot()
+    snap.devices.models[0][0] = Evil()  # type: ignore[call-overload]
+    with pytest.raises(SnapshotError, match=r"refusing to unpickle (posix|os)\.system"):
+        snapshot.decode(snapshot.encode(snap, KEY), KEY)
+
+
+def test_truncated_or_foreign_files_are_refused() -> None:
+    data = snapshot.encode(_one_snapshot(), KEY)
+    for bad in (data[:-10], b"hello", pickle.dumps({"a": 1})):
+        with pytest.raises(SnapshotError):
+            snapshot.decode(bad, KEY)
+
+
+def test_export_copies_arrays() -> None:
+    p = _pipeline()
+    _run(p, _gaussian_stream(60, devices=2), batch=60)
+    states, _ = p.export_partition(0)
+    before = states.arrays["raw_n"].copy()
+    _run(p, _gaussian_stream(70, devices=2)[120:], batch=60)
+    assert np.array_equal(states.arrays["raw_n"], before)
