@@ -100,6 +100,8 @@ class Pipeline:
         self.pairs = PairDrift(self.store, d)
         self.fleet = FleetDrift(d)
         self.engine = RuleEngine(rules)
+        a = settings.alerts
+        self.storm = alerts.StormControl(a.storm_max_alerts, a.storm_window_s)
         self.thresholds = {k: model.distance_threshold(m.anomaly_threshold, k) for k in (1, 3)}
         self.clock_ms = 0  # the latest Kafka message timestamp seen: the eviction clock
         self._next_sweep = 0
@@ -139,6 +141,8 @@ class Pipeline:
             self._apply(r, msg, scores, result)
         result.scores = {s: np.asarray(v) for s, v in enumerate(scores) if v}
         result.event_ts = np.asarray(event_ts, np.int64)
+        now = max(event_ts) if event_ts else None
+        result.alerts = self.storm.admit(result.alerts, now)
         return result
 
     @staticmethod

@@ -43,6 +43,7 @@ from monitor.health import Health, HttpEndpoint
 from monitor.metrics import Metrics
 from monitor.pipeline import BatchResult, DeadLetter, Pipeline
 from monitor.settings import Settings
+from monitor.sinks import AlertmanagerSink, SinkUnavailable
 from monitor.snapshot import PartitionSnapshot, SnapshotError, SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -180,12 +181,19 @@ class Service:
         self.restored_at: dict[tuple[str, int], int] = {}  # snapshot offsets, until the first message
         self.dirty: set[tuple[str, int]] = set()  # partitions changed since their last snapshot
         self.pending: BatchResult | None = None  # a processed batch whose outputs are not delivered
+        self.in_kafka = False  # the pending batch's outputs are all acknowledged by Kafka
         self.rewind: dict[tuple[str, int], int] = {}  # offsets consumed (and dropped) while paused
         self.last_snapshot = time.monotonic()
         k = settings.kafka
         self.consumer = Consumer(kafka.consumer_config(k, error_cb=self._on_error))
         self.producer = Producer(kafka.producer_config(k, **{"linger.ms": 2}))
         self.tracker = kafka.DeliveryTracker()
+        a = settings.alerts
+        self.sink = (
+            AlertmanagerSink(a.alertmanager_url, a.timeout_s, a.resend_interval_s)
+            if a.alertmanager_url
+            else None
+        )
         root = settings.state.snapshot_dir or settings.state_dir / "snapshots"
         self.snapshots = SnapshotStore(root, self.registry.key)
         self.writer = SnapshotWriter(self.snapshots)
@@ -200,6 +208,7 @@ class Service:
         try:
             while not stop.is_set() or self.pending is not None:
                 self.health.tick()
+                self._heartbeat()
                 if self.pending is not None:
                     self._retry(stop)
                     continue
@@ -416,15 +425,30 @@ class Service:
             kafka.produce(p, t, k.models_topic, key=v.key, value=registry.encode(v))
 
     def _delivered(self, result: BatchResult) -> bool:
-        """Wait for every acknowledgement of the produced outputs. A failure marks the service
-        degraded and returns False: nothing of the batch may be committed yet."""
+        """Wait for every acknowledgement of the produced outputs, then hand the alerts to
+        Alertmanager (if configured). A failure marks the service degraded and returns False:
+        nothing of the batch may be committed yet."""
         try:
-            kafka.flush(self.producer, self.tracker, self.settings.consume.delivery_timeout_s)
-        except kafka.KafkaUnavailable as exc:
+            if not self.in_kafka:
+                kafka.flush(self.producer, self.tracker, self.settings.consume.delivery_timeout_s)
+                self.in_kafka = True
+            if self.sink is not None:
+                self.sink.send(result.alerts)
+        except (kafka.KafkaUnavailable, SinkUnavailable) as exc:
             self.health.delivery_error = str(exc)
             log.warning("outputs not delivered (%s): degraded, retrying", exc)
             return False
+        self.in_kafka = False
         return True
+
+    def _heartbeat(self) -> None:
+        """Keep Alertmanager's firing alerts alive (a failure is retried at the next turn)."""
+        if self.sink is None:
+            return
+        try:
+            self.sink.heartbeat()
+        except SinkUnavailable as exc:
+            log.warning("alertmanager heartbeat failed: %s", exc)
 
     def _degrade(self, result: BatchResult) -> None:
         """Hold the undelivered batch and pause every partition until it is delivered."""
@@ -442,7 +466,7 @@ class Service:
         for m in self.consumer.consume(c.batch_size, c.poll_timeout_s):
             if m.error() is None:  # paused partitions deliver nothing; were a message to slip
                 self._rewind(m)  # through, consumption restarts at it after the outage
-        if self.tracker.pending == 0:  # nothing in flight: what failed failed for good
+        if not self.in_kafka and self.tracker.pending == 0:  # nothing in flight: failed for good
             self.tracker.errors = []
             self._produce(result)
         if not self._delivered(result):
