@@ -26,7 +26,8 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     logging.getLogger("monitor").setLevel(settings.log_level)
     rules = load_rules(settings.rules_file)
     k = settings.kafka
-    kafka.ensure_topics(k, [k.readings_topic, k.dead_letter_topic, k.alerts_topic, k.models_topic])
+    outputs = [k.dead_letter_topic, k.alerts_topic, k.models_topic, k.audit_topic]
+    kafka.ensure_topics(k, [k.readings_topic, *outputs])
     registry = CollectorRegistry() if registry is None else registry
     metrics = Metrics(registry, {r.name: r.severity for r in rules.rules})
     health = Health(settings.metrics.liveness_timeout_s)
@@ -37,4 +38,4 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         endpoint = HttpEndpoint(m.host, m.port, make_app(registry, health), tls)
         url = f"{endpoint.scheme}://{m.host}:{endpoint.port}"
         log.info("metrics on %s/metrics (probes: /healthz, /readyz)", url)
-    return Service(settings, Pipeline(settings, rules), metrics, health, endpoint)
+    return Service(settings, Pipeline(settings, rules, background=True), metrics, health, endpoint)

@@ -1,4 +1,5 @@
-"""Drift detection on the anomaly-score stream: KS, PSI and ADWIN, per pair and per sensor fleet-wide.
+"""Drift detection on the anomaly-score stream: KS, PSI and ADWIN, per pair and per sensor over a
+group of devices (the fleet, a cohort).
 
 Windows, per (device, sensor) pair and per sensor across the fleet:
 
@@ -116,8 +117,9 @@ class PairDrift:
         )
 
 
-class FleetDrift:
-    """The same windows per sensor over the pooled scores of the whole fleet, ADWIN on every score."""
+class GroupDrift:
+    """The same windows per sensor over the pooled scores of a group of devices (the whole fleet,
+    or a cohort), ADWIN on every score, and the group's anomaly count."""
 
     def __init__(self, settings: DriftSettings) -> None:
         self.settings = s = settings
@@ -128,10 +130,12 @@ class FleetDrift:
         self.n = [0] * N_SENSORS
         self.since_eval = [0] * N_SENSORS
         self.adwin_hits = [0] * N_SENSORS
+        self.anomalies = [0] * N_SENSORS
         self.adwins = [drift.ADWIN(delta=s.adwin_delta) for _ in SENSOR_NAMES]
 
-    def push(self, s: int, score: float) -> bool:
+    def push(self, s: int, score: float, anomalous: bool = False) -> bool:
         """Record one score of sensor ``s``; True when the sensor is due for an evaluation."""
+        self.anomalies[s] += anomalous
         n = self.n[s]
         if _append(self.ref[s], self.cur[s], n, round(score * QUANTUM)):
             _freeze(self.ref[s], self.edges[s], self.frac[s])

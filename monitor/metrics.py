@@ -30,9 +30,9 @@ BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 #: Event-time lag (now - reading ts): sub-second for a live fleet, hours for a replayed backlog.
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 DETECTORS = ("ks", "psi", "adwin")
-SCOPES = ("device", "fleet")
-STATUSES = ("firing", "resolved")
-RETRAIN_OUTCOMES = ("retrained", "skipped")
+SCOPES = ("device", "fleet", "cohort")
+STATUSES = ("pending", "firing", "resolved")
+RETRAIN_OUTCOMES = ("promoted", "rejected", "skipped")
 EVICTION_REASONS = ("idle", "capacity")
 
 
@@ -148,7 +148,7 @@ class Metrics:
         )
         self.retrains = Counter(
             "telemon_retrains",
-            "Retrains a rule asked for, by outcome (retrained; skipped: too few recent readings).",
+            "Retrains a rule asked for, by outcome: promoted, rejected (the incumbent kept), skipped.",
             ["sensor", "outcome"],
             registry=r,
         )
@@ -256,11 +256,13 @@ class Metrics:
             self.scores.observe(scores, sensor)
 
     def _record_retrains(self, result: BatchResult) -> None:
-        for v in result.versions:
-            s = SENSOR_NAMES.index(v.sensor)
-            self.retrains.labels(v.sensor, "retrained").inc()
-            self._retrained[s] += v.version - v.parent
-            self._max_version[s] = max(self._max_version[s], v.version)
+        for e in result.audit:
+            if e.kind in ("promoted", "rejected"):
+                self.retrains.labels(e.sensor, e.kind).inc()
+            if e.kind == "promoted":
+                s = SENSOR_NAMES.index(e.sensor)
+                self._retrained[s] += 1
+                self._max_version[s] = max(self._max_version[s], e.version)
         for sensor, n in result.retrains_skipped.items():
             self.retrains.labels(sensor, "skipped").inc(n)
 

@@ -8,7 +8,6 @@ feeds the very same code with recorded messages.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from collections import Counter
@@ -19,17 +18,17 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor import alerts, model, schema
-from monitor.drift import Comparison, FleetDrift, PairDrift
-from monitor.features import Features, features, n_features
+from monitor import alerts, model, schema, training
+from monitor.cohorts import load_cohorts
+from monitor.drift import Comparison, GroupDrift, PairDrift
+from monitor.features import Features, features
+from monitor.governance import Governor
 from monitor.integrity import IntegrityChecker
-from monitor.registry import ModelVersion, TrainingData, code_version
-from monitor.rules import Evaluation, RuleEngine, RuleSet, Transition
+from monitor.registry import AuditEvent, EventKind, ModelVersion, code_version
+from monitor.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
 from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, SENSORS, Reading, Rejection
 from monitor.settings import Settings
 from monitor.state import CHECKS, N_SENSORS, DeviceStates, Shapes, StateStore
-
-MIN_RETRAIN_ROWS = 16
 
 
 class Message(Protocol):
@@ -47,6 +46,16 @@ class Message(Protocol):
 class DeadLetter:
     message: Message
     rejection: Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    """A rule asked to serve a pair's previous version again (the service loads it, verified)."""
+
+    device_id: str
+    sensor: str
+    rule: str
+    alert_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,8 @@ class BatchResult:
     alerts: list[alerts.Alert] = field(default_factory=list)
     versions: list[ModelVersion] = field(default_factory=list)
     models: list[model.AdaptiveGaussian] = field(default_factory=list)  # of each version, as trained
+    audit: list[AuditEvent] = field(default_factory=list)  # rule firings, actions, promotions
+    rollbacks: list[Rollback] = field(default_factory=list)
     valid: NDArray[np.int64] = field(default_factory=lambda: np.zeros(N_SENSORS, np.int64))
     anomalies: NDArray[np.int64] = field(default_factory=lambda: np.zeros(N_SENSORS, np.int64))
     scores: dict[int, NDArray[np.float64]] = field(default_factory=dict)  # sensor -> scores
@@ -90,7 +101,9 @@ class Pipeline:
     """All monitoring state and stages. ``trace=True`` also returns every applied reading's score
     (offline evaluation; the live service leaves it off)."""
 
-    def __init__(self, settings: Settings, rules: RuleSet, trace: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, rules: RuleSet, trace: bool = False, background: bool = False
+    ) -> None:
         self.settings = settings
         self.trace = trace
         d, m = settings.drift, settings.model
@@ -98,15 +111,21 @@ class Pipeline:
         self.store = StateStore(shapes, d.adwin_delta)
         self.integrity = IntegrityChecker(self.store, settings.integrity)
         self.pairs = PairDrift(self.store, d)
-        self.fleet = FleetDrift(d)
+        self.fleet = GroupDrift(d)
+        self.cohorts = load_cohorts(settings.cohorts_file)
+        self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
+        self.cohort_groups: dict[str, GroupDrift] = {}
+        self._device_groups: dict[str, list[tuple[Scope, str, GroupDrift]]] = {}
+        self.lag = 0  # the consumer's lag (messages), set by the service: the fleet "lag" signal
         self.engine = RuleEngine(rules)
         a = settings.alerts
         self.storm = alerts.StormControl(a.storm_max_alerts, a.storm_window_s)
         self.thresholds = {k: model.distance_threshold(m.anomaly_threshold, k) for k in (1, 3)}
         self.clock_ms = 0  # the latest Kafka message timestamp seen: the eviction clock
         self._next_sweep = 0
-        self.code_version = code_version()
-        self.config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+        config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+        self.trainer = training.make_trainer(settings.retrain, background)
+        self.governor = Governor(settings, self.store, self.trainer, code_version(), config_hash)
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
         """Run every message through every stage, in order. Each (device, sensor) pair is evaluated
@@ -156,34 +175,70 @@ class Pipeline:
         slot = st.slot(r.device_id, msg.partition() or 0)
         s = SENSOR_INDEX[r.sensor]
         result.valid[s] += 1
+        if not self._fresh(slot, msg, result) or not self.integrity.check_seq(slot, s, r):
+            return
+        f = features(r)
+        self.integrity.check_values(slot, s, r.ts, f, msg.timestamp()[1])
+        self._remember(slot, s, r.ts, f, msg.offset() or 0)
+        if self.governor.due:
+            self.governor.on_reading(slot, s, r.ts, result)
+        st.since_eval[slot, s] += 1
+        self._score(slot, s, r, f, scores, result)
+        if st.since_eval[slot, s] >= self.settings.drift.check_every:
+            self._evaluate_pair(slot, s, result)
+
+    def _fresh(self, slot: int, msg: Message, result: BatchResult) -> bool:
+        """Note the device's Kafka time and offset; False for a reading it applied already
+        (re-delivered after a crash or a rebalance)."""
+        st = self.store
         offset, kafka_ts = msg.offset(), msg.timestamp()[1]
         if kafka_ts > 0:
             st.last_seen[slot] = kafka_ts
             self.clock_ms = max(self.clock_ms, kafka_ts)
-        if offset is not None:
-            if offset <= st.last_offset[slot]:
-                result.replayed += 1  # re-delivered after a crash or rebalance: already applied
-                return
-            st.last_offset[slot] = offset
-        if not self.integrity.check_seq(slot, s, r):
-            return
-        f = features(r)
-        self.integrity.check_values(slot, s, r.ts, f, kafka_ts)
-        self._remember(slot, s, r.ts, f, offset or 0)
-        st.since_eval[slot, s] += 1
+        if offset is None:
+            return True
+        if offset <= st.last_offset[slot]:
+            result.replayed += 1
+            return False
+        st.last_offset[slot] = offset
+        return True
+
+    def _score(
+        self, slot: int, s: int, r: Reading, f: Features, scores: list[list[float]], result: BatchResult
+    ) -> None:
+        """Score the reading (learning from it), then feed the score to every detector."""
+        st = self.store
         anomalies = int(st.anomalies[slot, s])
         d2 = self._distance(slot, s, f, result)
         score = None if d2 is None else model.score(d2, len(f))
+        anomalous = bool(st.anomalies[slot, s] > anomalies)
         if self.trace:
-            anomalous = bool(st.anomalies[slot, s] > anomalies)
             result.trace.append(Scored(r.device_id, r.sensor, r.ts, score, d2, anomalous))
-        if score is not None:
-            scores[s].append(score)
-            self.pairs.push(slot, s, score)
-            if self.fleet.push(s, score):
-                self._evaluate_fleet(s, r.ts, result)
-        if st.since_eval[slot, s] >= self.settings.drift.check_every:
-            self._evaluate_pair(slot, s, result)
+        if score is None:
+            return
+        scores[s].append(score)
+        self.pairs.push(slot, s, score)
+        if self.governor.shadows:
+            self.governor.on_score(slot, s, f, score, r.ts, result)
+        for scope, key, group in self._groups(r.device_id):
+            if group.push(s, score, anomalous):
+                self._evaluate_group(scope, key, group, s, r.ts, result)
+
+    def _groups(self, device_id: str) -> list[tuple[Scope, str, GroupDrift]]:
+        """The pooled detectors a device's scores feed: the fleet's, and one per cohort it is in
+        (for each label a cohort rule groups by, e.g. ``firmware=1.2.0``)."""
+        groups = self._device_groups.get(device_id)
+        if groups is None:
+            groups = [("fleet", "*", self.fleet)]
+            labels = self.cohorts.get(device_id, {})
+            for label in self.cohort_labels:
+                if label in labels:
+                    key = f"{label}={labels[label]}"
+                    if key not in self.cohort_groups:
+                        self.cohort_groups[key] = GroupDrift(self.settings.drift)
+                    groups.append(("cohort", key, self.cohort_groups[key]))
+            self._device_groups[device_id] = groups
+        return groups
 
     def _evict(self, result: BatchResult) -> None:
         """Forget devices silent for ``state.evict_idle_s`` (Kafka time), then the longest-silent
@@ -202,9 +257,17 @@ class Pipeline:
 
     def _forget(self, slots: list[int], reason: str, result: BatchResult) -> None:
         if slots:
-            self.engine.forget([self.store.device_ids[i] for i in slots])
-            self.store.release(slots)
+            self._release(slots)
             result.evicted[reason] += len(slots)
+
+    def _release(self, slots: list[int]) -> None:
+        """Forget everything about the devices in ``slots``."""
+        devices = [self.store.device_ids[i] for i in slots]
+        self.engine.forget(devices)
+        self.governor.forget(set(devices))
+        for d in devices:
+            self._device_groups.pop(d, None)
+        self.store.release(slots)
 
     def export_partition(self, partition: int) -> tuple[DeviceStates, list[dict[str, Any]]]:
         """A copy of the state of every device read from ``partition`` and their rule episodes."""
@@ -220,9 +283,22 @@ class Pipeline:
     def drop_partition(self, partition: int) -> int:
         """Forget the devices of a partition this process no longer owns; returns how many."""
         slots = self.store.in_partition(partition)
-        self.engine.forget([self.store.device_ids[i] for i in slots])
-        self.store.release(slots)
+        self._release(slots)
         return len(slots)
+
+    def install(self, device_id: str, sensor: str, m: model.AdaptiveGaussian, version: int) -> bool:
+        """Serve ``m`` as ``version`` of a pair this process owns (a rollback, a manual
+        promotion); False if the device has no state here."""
+        slot = self.store.slots.get(device_id)
+        if slot is None:
+            return False
+        s = SENSOR_INDEX[sensor]
+        st = self.store
+        st.models[slot][s] = m
+        st.versions[(slot, s)] = version
+        st.latest_version[slot, s] = max(int(st.latest_version[slot, s]), version)
+        st.reset_detectors(slot, s)
+        return True
 
     def restart_offsets(self, partition: int) -> None:
         """The partition's log restarted below the devices' last applied offsets (a recreated
@@ -244,7 +320,7 @@ class Pipeline:
         if anomalous:
             st.anomalies[slot, s] += 1
             result.anomalies[s] += 1
-        if not anomalous or self.settings.model.learn_anomalies:
+        if (not anomalous or self.settings.model.learn_anomalies) and not st.quarantined[slot]:
             m.learn(f)
         return d2
 
@@ -314,83 +390,82 @@ class Pipeline:
         st.adwin_hits[slot, s] = 0
         st.integrity[slot, s] = 0
 
-    def _evaluate_fleet(self, s: int, ts: int, result: BatchResult) -> None:
-        fl, name = self.fleet, SENSOR_NAMES[s]
-        hits = fl.adwin_hits[s]
-        result.drift[("adwin", "fleet", name)] += hits
+    def _evaluate_group(
+        self, scope: Scope, key: str, group: GroupDrift, s: int, ts: int, result: BatchResult
+    ) -> None:
+        """Evaluate a sensor over a group of devices (the fleet, or a cohort)."""
+        name = SENSOR_NAMES[s]
+        hits, n, anomalies = group.adwin_hits[s], group.since_eval[s], group.anomalies[s]
+        result.drift[("adwin", scope, name)] += hits
         sig = {
-            "readings": float(fl.since_eval[s]),
+            "readings": float(n),
+            "anomalies": float(anomalies),
+            "anomaly_rate": anomalies / n if n else 0.0,
             "adwin_detections": float(hits),
             "adwin_drift": float(hits > 0),
         }
-        cmp = fl.compare(s)
+        if scope == "fleet":
+            sig["lag"] = float(self.lag)
+        cmp = group.compare(s)
         if cmp is not None:
-            sig.update(self._drift_signals(cmp, "fleet", name, result))
-            result.fleet_stats[name] = (sig["ks_stat"], sig["psi"])
-        fl.since_eval[s] = 0
-        fl.adwin_hits[s] = 0
-        self._act(self.engine.evaluate([Evaluation("fleet", "*", name, sig, ts)]), result)
+            sig.update(self._drift_signals(cmp, scope, name, result))
+            if scope == "fleet":
+                result.fleet_stats[name] = (sig["ks_stat"], sig["psi"])
+        group.since_eval[s] = group.adwin_hits[s] = group.anomalies[s] = 0
+        self._act(self.engine.evaluate([Evaluation(scope, key, name, sig, ts)]), result)
 
     def _act(self, transitions: list[Transition], result: BatchResult) -> None:
+        """Alerts, audit records and the rules' actions for the transitions of one evaluation."""
         for t in transitions:
             ev = t.evaluation
-            slot = self.store.slots.get(ev.device_id, -1)
+            slot = self.store.slots.get(ev.device_id, -1) if ev.scope == "device" else -1
             s = SENSOR_INDEX[ev.sensor]
             version = self.store.version(slot, s) if slot >= 0 else 0
             alert = alerts.from_transition(t, version)
             if "alert" in t.rule.actions:
                 result.alerts.append(alert)
-            if t.status == "firing" and "retrain" in t.rule.actions and slot >= 0:
-                v = self.retrain(slot, s, t.rule.name, alert.alert_id)
-                if v is not None:
-                    result.versions.append(v)
-                    result.models.append(copy.deepcopy(self.store.models[slot][s]))  # type: ignore[arg-type]
-                else:
-                    result.retrains_skipped[ev.sensor] += 1
+            if t.status == "pending":
+                continue
+            kind: EventKind = "rule_fired" if t.status == "firing" else "rule_resolved"
+            result.audit.append(self._audit(kind, t, alert, version))
+            if slot >= 0:
+                self._device_actions(t, slot, s, alert, version, result)
 
-    def retrain(self, slot: int, s: int, rule: str, alert_id: str) -> ModelVersion | None:
-        """Train a fresh model on the pair's recent readings and swap it in."""
-        st = self.store
-        w = st.shapes.retrain_window
-        count = int(min(st.raw_n[slot, s], w))
-        if count < MIN_RETRAIN_ROWS:
-            return None
-        idx = (int(st.raw_n[slot, s]) - count + np.arange(count)) % w
-        sensor = SENSOR_NAMES[s]
-        k = n_features(sensor)
-        rows = model.window_rows(st.raw[slot, s, idx], k)
-        fresh = model.AdaptiveGaussian.fit(rows, **self._model_params(s))
-        parent = st.version(slot, s)
-        st.models[slot][s] = fresh
-        st.versions[(slot, s)] = parent + 1
-        st.reset_detectors(slot, s)
-        offs, tss = st.raw_off[slot, s, idx], st.raw_ts[slot, s, idx]
-        return ModelVersion(
-            device_id=st.device_ids[slot],
-            sensor=sensor,
-            version=parent + 1,
-            parent=parent,
-            trained_on=TrainingData(
-                topic=self.settings.kafka.readings_topic,
-                partition=int(st.partition[slot]),
-                first_offset=int(offs.min()),
-                last_offset=int(offs.max()),
-                readings=count,
-                first_ts=int(tss.min()),
-                last_ts=int(tss.max()),
-            ),
-            params={
-                "warmup": self.settings.model.warmup,
-                "fading": self.settings.model.fading,
-                "var_fading": self.settings.model.var_fading,
-                "anomaly_threshold": self.settings.model.anomaly_threshold,
-                "learn_anomalies": float(self.settings.model.learn_anomalies),
-                "retrain_window": w,
-            },
-            baseline=fresh.params(),
-            trigger_rule=rule,
-            trigger_alert_id=alert_id,
-            code_version=self.code_version,
-            config_hash=self.config_hash,
-            created_at=int(st.last_ts[slot, s]),
+    def _device_actions(
+        self, t: Transition, slot: int, s: int, alert: alerts.Alert, version: int, result: BatchResult
+    ) -> None:
+        firing, ts, actions = t.status == "firing", t.evaluation.ts, t.rule.actions
+        if firing and "retrain" in actions:
+            why = self.governor.retrain(slot, s, t.rule.name, alert.alert_id, ts, result)
+            if why is not None:
+                result.retrains_skipped[t.evaluation.sensor] += 1
+                result.audit.append(self._audit("action", t, alert, version, "retrain", f"skipped: {why}"))
+        if "quarantine" in actions:
+            self.store.quarantined[slot] = int(firing)
+            what = "quarantine" if firing else "release"
+            why = "its models stop learning, scoring goes on" if firing else "the rule resolved"
+            result.audit.append(self._audit("action", t, alert, version, what, why))
+        if firing and "rollback" in actions:
+            result.rollbacks.append(
+                Rollback(t.evaluation.device_id, t.evaluation.sensor, t.rule.name, alert.alert_id)
+            )
+            result.audit.append(self._audit("action", t, alert, version, "rollback", "to the parent version"))
+
+    @staticmethod
+    def _audit(
+        kind: EventKind, t: Transition, alert: alerts.Alert, version: int, action: str = "", reason: str = ""
+    ) -> AuditEvent:
+        ev = t.evaluation
+        return AuditEvent(
+            kind=kind,
+            device_id=ev.device_id,
+            sensor=ev.sensor,
+            version=version,
+            actor=f"rule:{t.rule.name}",
+            reason=reason,
+            rule=t.rule.name,
+            alert_id=alert.alert_id,
+            action=action,
+            signals=alert.signals,
+            event_ts=ev.ts,
         )

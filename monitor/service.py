@@ -197,6 +197,8 @@ class Service:
         root = settings.state.snapshot_dir or settings.state_dir / "snapshots"
         self.snapshots = SnapshotStore(root, self.registry.key)
         self.writer = SnapshotWriter(self.snapshots)
+        audit = self.registry.audit_path
+        self.audit_position = audit.stat().st_size if audit.exists() else 0  # follow new commands
 
     def run(self, stop: threading.Event, on_batch: BatchHook | None = None) -> Totals:
         """Consume until ``stop`` is set; always finishes, delivers and commits the current batch."""
@@ -209,6 +211,7 @@ class Service:
             while not stop.is_set() or self.pending is not None:
                 self.health.tick()
                 self._heartbeat()
+                self._follow_registry()
                 if self.pending is not None:
                     self._retry(stop)
                     continue
@@ -223,6 +226,7 @@ class Service:
             self.health.stopped = True
             self.consumer.close()  # revokes the assignment: snapshots every partition
             self.writer.close()
+            self.pipeline.trainer.close()
             self.producer.flush(self.settings.consume.delivery_timeout_s)
         return self.totals
 
@@ -246,6 +250,49 @@ class Service:
         self._record(result, time.perf_counter() - t0)
         return result
 
+    def _register(self, result: BatchResult) -> None:
+        """Put the batch's new versions and audit events in the registry, then carry out the
+        rollbacks its rules asked for."""
+        for version, model in zip(result.versions, result.models, strict=True):
+            try:
+                self.registry.register(version, model)
+            except registry.RegistryError as exc:
+                log.error(
+                    "cannot register %s/%s v%d: %s", version.device_id, version.sensor, version.version, exc
+                )
+        self.registry.record(*result.audit)
+        for rb in result.rollbacks:
+            self._switch(
+                rb.device_id, rb.sensor, None, f"rule {rb.rule} fired (alert {rb.alert_id})", rb.rule
+            )
+
+    def _switch(
+        self, device_id: str, sensor: str, event: registry.AuditEvent | None, reason: str, rule: str
+    ) -> None:
+        """Serve another version of a pair: the parent (a rule's rollback, ``event`` None) or the
+        one a ``telemon registry promote|rollback`` command recorded. The artifact is verified
+        first; a refused one leaves the current model serving (and a ``rejected`` event)."""
+        try:
+            if event is None:
+                event = self.registry.rollback(device_id, sensor, reason=reason, actor=f"rule:{rule}")
+                self._publish_event(event)
+            model = self.registry.load(device_id, sensor, event.version)
+        except registry.RegistryError as exc:
+            log.error("%s/%s keeps its current model: %s", device_id, sensor, exc)
+            return
+        if self.pipeline.install(device_id, sensor, model, event.version):
+            log.info(
+                "%s/%s now serves v%d (%s by %s)", device_id, sensor, event.version, event.kind, event.actor
+            )
+
+    def _follow_registry(self) -> None:
+        """Apply promotions and rollbacks made with the ``telemon registry`` command."""
+        events, self.audit_position = self.registry.events(self.audit_position)
+        for e in events:
+            if e.kind in ("promoted", "rolled_back") and e.actor.startswith("cli"):
+                self._publish_event(e)
+                self._switch(e.device_id, e.sensor, e, e.reason, "")
+
     def _check_restart(self, m: Message) -> None:
         """A partition whose first message is below its snapshot's offset was recreated (its log
         restarted): its devices must accept the new, lower offsets."""
@@ -258,8 +305,7 @@ class Service:
 
     def _checkpoint(self, result: BatchResult) -> None:
         """After delivery: registry, commit, then (when due) the partitions' snapshots."""
-        for version, model in zip(result.versions, result.models, strict=True):
-            self.registry.register(version, model)
+        self._register(result)
         self._commit(result)
         self.health.broker_error = None  # the broker acknowledged the outputs and the commit
         self.health.delivery_error = None
@@ -297,7 +343,9 @@ class Service:
         n = len(st)
         m.record_state(n, st.array_bytes_per_device() * n, (st.raw_n[: st.used] > 0).sum(axis=0))
         m.record_firing(self.pipeline.engine.firing_by_rule())
-        m.record_consumer(self._lags(), len(self.positions))
+        lags = self._lags()
+        m.record_consumer(lags, len(self.positions))
+        self.pipeline.lag = sum(lags.values())
 
     def _lags(self) -> dict[tuple[str, int], int]:
         """Lag per assigned partition from the service's own positions and the high watermark
@@ -423,6 +471,18 @@ class Service:
             kafka.produce(p, t, k.alerts_topic, key=a.key, value=alerts.encode(a))
         for v in result.versions:
             kafka.produce(p, t, k.models_topic, key=v.key, value=registry.encode(v))
+        for e in result.audit:
+            self._publish_event(e)
+
+    def _publish_event(self, e: registry.AuditEvent) -> None:
+        k = self.settings.kafka
+        kafka.produce(
+            self.producer,
+            self.tracker,
+            k.audit_topic,
+            key=e.device_id.encode(),
+            value=registry.encode_event(e),
+        )
 
     def _delivered(self, result: BatchResult) -> bool:
         """Wait for every acknowledgement of the produced outputs, then hand the alerts to

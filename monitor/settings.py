@@ -68,6 +68,7 @@ class KafkaSettings(_Section):
     alerts_topic: str = "telemon.alerts"
     truth_topic: str = "telemon.truth"
     models_topic: str = "telemon.models"
+    audit_topic: str = "telemon.audit"
     partitions: int = Field(4, ge=1, description="partitions for topics telemon creates")
     session_timeout_ms: int = Field(6000, ge=1000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
@@ -402,6 +403,9 @@ class Settings(BaseSettings):
     state: StateSettings = StateSettings()
     registry: RegistrySettings = RegistrySettings()
     rules_file: Path = Path("configs/rules.yaml")
+    cohorts_file: Path | None = Field(
+        None, description="YAML mapping device id -> labels (firmware, site, ...) for cohort-scope rules"
+    )
     state_dir: Path = Path(".telemon")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -59,6 +59,8 @@ class StateStore:
             "last_offset": ((cap,), np.int64, -1),  # Kafka offset of the last applied reading
             "last_seen": ((cap,), np.int64, 0),  # Kafka timestamp (ms) of the device's last message
             "partition": ((cap,), np.int32, -1),
+            "quarantined": ((cap,), np.int8, 0),  # 1: the device's models do not learn
+            "latest_version": (p, np.int32, 1),  # highest version number given to the pair
             "n_scored": (p, np.int64, 0),
             "since_eval": (p, np.int32, 0),
             "anomalies": (p, np.int32, 0),
@@ -94,6 +96,8 @@ class StateStore:
     last_offset: NDArray[np.int64]
     last_seen: NDArray[np.int64]
     partition: NDArray[np.int32]
+    quarantined: NDArray[np.int8]
+    latest_version: NDArray[np.int32]
     n_scored: NDArray[np.int64]
     since_eval: NDArray[np.int32]
     anomalies: NDArray[np.int32]

@@ -97,7 +97,9 @@ class AlertmanagerProcess:
             self.proc.wait()
 
 
-def start_alertmanager(workdir: Path, timeout_s: float = 20.0) -> AlertmanagerProcess:
+def start_alertmanager(
+    workdir: Path, timeout_s: float = 20.0, config_text: str = ALERTMANAGER_CONFIG
+) -> AlertmanagerProcess:
     """Start Alertmanager in ``workdir`` and wait for ``/-/ready``; fail (never skip) without it."""
     binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
     if binary is None:
@@ -106,7 +108,7 @@ def start_alertmanager(workdir: Path, timeout_s: float = 20.0) -> AlertmanagerPr
             "(CI installs it with .ci/setup.d/observability.sh)"
         )
     config = workdir / "alertmanager.yml"
-    config.write_text(ALERTMANAGER_CONFIG, encoding="utf-8")
+    config.write_text(config_text, encoding="utf-8")
     port, log = free_port(), workdir / "alertmanager.log"
     args = [f"--config.file={config}", f"--storage.path={workdir / 'data'}"]
     args += [f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"]

@@ -27,7 +27,7 @@ DRIFT_PAIR = ("dev-0003", "humidity")
 SCENARIO = {
     "seed": 11,
     "devices": 8,
-    "duration_s": 480,
+    "duration_s": 720,
     "malformed": 12,
     "events": [
         {"kind": "abrupt_shift", "device": 3, "sensor": "humidity", "start_s": 300, "magnitude": 12.0},
@@ -120,10 +120,14 @@ def test_retrain_recorded_with_offsets(run: Run) -> None:
         registry.decode(m.value()) for m in read_topic(run.settings.kafka, run.settings.kafka.models_topic)
     ]
     reg = registry.open_registry(run.settings)
-    local = [reg.manifest(*ref).model for ref in reg.versions()]
+    local = sorted((reg.manifest(*ref).model for ref in reg.versions()), key=lambda v: v.version)
     assert published == local
-    assert [(v.device_id, v.sensor, v.version, v.parent) for v in local] == [(*DRIFT_PAIR, 2, 1)]
-    data = local[0].trained_on
+    assert [(v.device_id, v.sensor, v.version, v.parent) for v in local] == [
+        (*DRIFT_PAIR, 1, 0),
+        (*DRIFT_PAIR, 2, 1),
+    ]
+    assert reg.serving(*DRIFT_PAIR) == 2
+    data = local[1].trained_on
     assert data.topic == run.settings.kafka.readings_topic
     assert 0 <= data.first_offset <= data.last_offset <= run.report.last_offsets[data.partition]
     assert data.readings == run.settings.model.retrain_window
@@ -164,5 +168,5 @@ def test_metrics_endpoint_exposes_documented_metrics(run: Run) -> None:
         "telemon_build_info",
     ):
         assert name in text, name
-    assert 'telemon_retrains_total{outcome="retrained",sensor="humidity"} 1.0' in text
+    assert 'telemon_retrains_total{outcome="promoted",sensor="humidity"} 1.0' in text
     assert "dev-" not in text  # no device ids in labels

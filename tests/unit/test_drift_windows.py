@@ -8,7 +8,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from monitor import stats
-from monitor.drift import QUANTUM, Comparison, FleetDrift, PairDrift, _append, dequantise
+from monitor.drift import QUANTUM, Comparison, GroupDrift, PairDrift, _append, dequantise
 from monitor.settings import DriftSettings
 from monitor.state import N_SENSORS, Shapes, StateStore
 
@@ -216,11 +216,11 @@ def test_adwin_counts_a_change_in_the_interval_means() -> None:
     assert int(store.adwin_hits[slot, 0]) >= 1
 
 
-# --- FleetDrift -----------------------------------------------------------------------------------
+# --- GroupDrift -----------------------------------------------------------------------------------
 
 
-def _fleet(every: int = 100) -> FleetDrift:
-    return FleetDrift(DriftSettings(fleet_reference_size=100, fleet_window_size=100, fleet_check_every=every))
+def _fleet(every: int = 100) -> GroupDrift:
+    return GroupDrift(DriftSettings(fleet_reference_size=100, fleet_window_size=100, fleet_check_every=every))
 
 
 def test_fleet_due_after_check_every_scores_of_a_sensor() -> None:

@@ -170,8 +170,8 @@ def test_alerts_counted_per_rule_severity_status(recorded: CollectorRegistry) ->
 
 def test_retrains_counted_per_sensor(recorded: CollectorRegistry) -> None:
     name = "telemon_retrains_total"
-    assert _value(recorded, name, sensor="temperature", outcome="retrained") == 1
-    assert _value(recorded, name, sensor="accelerometer", outcome="retrained") == 0
+    assert _value(recorded, name, sensor="temperature", outcome="promoted") == 1
+    assert _value(recorded, name, sensor="accelerometer", outcome="promoted") == 0
 
 
 def test_drift_and_fleet_gauges(recorded: CollectorRegistry) -> None:
@@ -301,14 +301,14 @@ def test_rule_children_precreated_and_firing_recorded() -> None:
 
 def test_retrain_attempts_by_outcome(recorded: CollectorRegistry) -> None:
     name = "telemon_retrains_total"
-    assert _value(recorded, name, sensor="temperature", outcome="retrained") == 1
+    assert _value(recorded, name, sensor="temperature", outcome="promoted") == 1
     assert _value(recorded, name, sensor="temperature", outcome="skipped") == 0
     registry = CollectorRegistry()
     r = BatchResult()
     r.retrains_skipped["humidity"] += 2
     Metrics(registry).record_batch(r, _integrity(), 0.01)
     assert _value(registry, name, sensor="humidity", outcome="skipped") == 2
-    assert _value(registry, name, sensor="humidity", outcome="retrained") == 0
+    assert _value(registry, name, sensor="humidity", outcome="promoted") == 0
 
 
 def test_model_versions_per_sensor() -> None:

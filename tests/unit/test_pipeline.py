@@ -13,7 +13,7 @@ import pytest
 
 from monitor.alerts import Alert
 from monitor.pipeline import BatchResult, Message, Pipeline
-from monitor.registry import ModelVersion
+from monitor.registry import AuditEvent, ModelVersion
 from monitor.rules import load_rules
 from monitor.schema import SENSOR_INDEX, SENSORS, Reason, encode_reading
 from monitor.settings import load_settings
@@ -200,12 +200,16 @@ class Shifted:
         return [m.offset_ for m in self.messages if m.key_ == b"dev-1"]
 
     def versions(self) -> list[ModelVersion]:
-        return [v for r in self.results for v in r.versions]
+        """The retrained versions (the online model, registered as v1 at the same time, left out)."""
+        return [v for r in self.results for v in r.versions if v.version > 1]
 
     def retrain_index(self) -> int:
-        """Index of the message (= batch) whose processing retrained the model."""
-        (i,) = [i for i, r in enumerate(self.results) if r.versions]
+        """Index of the message (= batch) whose processing promoted the retrained model."""
+        (i,) = [i for i, r in enumerate(self.results) if any(v.version > 1 for v in r.versions)]
         return i
+
+    def audit(self, kind: str) -> list[AuditEvent]:
+        return [e for r in self.results for e in r.audit if e.kind == kind]
 
 
 @pytest.fixture(scope="module")
@@ -237,12 +241,28 @@ def test_retrain_records_a_version_with_lineage(shifted: Shifted) -> None:
     offsets = shifted.dev1_offsets()
     assert t.first_offset in offsets
     assert t.last_offset in offsets
-    assert t.first_offset <= t.last_offset
-    applied = shifted.retrain_index() // 3 + 1  # dev-1 readings processed up to the retrain
-    assert t.readings == min(settings.model.retrain_window, applied)
-    assert t.last_offset == offsets[applied - 1]  # trained on the latest readings
+    assert t.readings == settings.model.retrain_window
+    assert t.last_ts == firing.ts  # the window ends with the reading whose evaluation fired
     assert t.last_ts - t.first_ts == (t.readings - 1) * 1000
-    assert v.created_at == t.last_ts
+    test = v.test_data
+    assert test is not None and t.first_offset < test.first_offset <= test.last_offset == t.last_offset
+    assert v.metrics["candidate_metric"] > v.metrics["incumbent_metric"] + v.metrics["margin"]
+    assert v.created_at > t.last_ts + settings.retrain.shadow_readings * 1000 - 1000  # after its shadow
+
+
+def test_first_retrain_registers_the_online_model_as_v1(shifted: Shifted) -> None:
+    (v1,) = [v for r in shifted.results for v in r.versions if v.version == 1]
+    assert (v1.device_id, v1.parent, v1.trigger_rule) == ("dev-1", 0, "")
+    assert v1.baseline["mean"][0] == pytest.approx(LEVEL, abs=4 * NOISE)
+
+
+def test_retrain_is_audited_from_firing_to_promotion(shifted: Shifted) -> None:
+    (action,) = [e for e in shifted.audit("action") if e.action == "retrain"]
+    (promoted,) = shifted.audit("promoted")
+    assert (promoted.device_id, promoted.version, promoted.previous) == ("dev-1", 2, 1)
+    assert action.alert_id == promoted.alert_id
+    assert "candidate AUC" in promoted.reason and "live readings" in promoted.reason
+    assert "score_drift" in [e.rule for e in shifted.audit("rule_fired") if e.device_id == "dev-1"]
 
 
 def test_retrained_baseline_is_finite_and_at_the_new_level(shifted: Shifted) -> None:
@@ -334,10 +354,13 @@ def test_retrain_uses_axis_names_not_json_key_order() -> None:
             }
         ).encode()
         msgs.append(FakeMessage(raw, b"dev-0", 0, i, T0 + i * 100))
-    assert p.process(msgs).dead_letters == []
-    v = p.retrain(0, SENSOR_INDEX["accelerometer"], "manual", "test")
-    assert v is not None
-    assert v.baseline["mean"] == pytest.approx([1.0, 0.0, 9.81], abs=0.05)
+    result = p.process(msgs)
+    assert result.dead_letters == []
+    assert p.governor.retrain(0, SENSOR_INDEX["accelerometer"], "manual", "test", T0, result) is None
+    (trained,) = p.trainer.poll()
+    assert trained.job.rows.mean(axis=0) == pytest.approx([1.0, 0.0, 9.81], abs=0.05)
+    assert trained.candidate is not None
+    assert trained.candidate.params()["mean"] == pytest.approx([1.0, 0.0, 9.81], abs=0.05)
 
 
 def _alert_keys(results: Iterable[BatchResult]) -> list[tuple[str, str, str, int]]:

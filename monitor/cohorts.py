@@ -1,0 +1,48 @@
+"""Device labels for cohort-scope rules: which firmware, site, ... each device belongs to.
+
+``cohorts_file`` is a YAML mapping of device id to labels::
+
+    dev-0001: {firmware: "1.2.0", site: plant-a}
+    dev-0002: {firmware: "1.3.0", site: plant-a}
+
+A cohort rule (``scope: cohort``, ``cohort: firmware``) pools the scores of each label value's
+devices per sensor, like the fleet scope does for all devices; its evaluations are keyed
+``firmware=1.2.0``. Devices without the label are in no cohort of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from monitor.schema import DEVICE_ID_PATTERN
+
+Cohorts = dict[str, dict[str, str]]
+_ADAPTER: TypeAdapter[Cohorts] = TypeAdapter(Cohorts)
+
+
+class CohortsError(ValueError):
+    """A cohorts file that cannot be used; the message names the file and the problem."""
+
+
+def load_cohorts(path: Path | None) -> Cohorts:
+    """The labels per device (empty without a file)."""
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        cohorts = _ADAPTER.validate_python(data)
+    except (OSError, yaml.YAMLError) as exc:
+        raise CohortsError(f"{path}: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CohortsError(
+            f"{path}: {where}: {first['msg']} (expected device id -> {{label: value}})"
+        ) from None
+    bad = [d for d in cohorts if not DEVICE_ID_PATTERN.fullmatch(d)]
+    if bad:
+        raise CohortsError(f"{path}: not a device id: {bad[0]!r}")
+    return cohorts
