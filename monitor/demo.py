@@ -40,7 +40,7 @@ class _Progress:
         print(
             f"  {t.messages:>9,} msgs  {t.rate:>8,.0f}/s  quarantined {t.quarantined:>3}  "
             f"anomalies {t.anomalies:>5}  drift detections {t.drift_detections:>4}  "
-            f"alerts {firing:>3}  retrains {len(t.versions):>2}",
+            f"alerts {firing:>3}  retrains {len(t.decisions):>2}",
             flush=True,
         )
 
@@ -114,20 +114,19 @@ def _summary(scenario: Scenario, t: Totals) -> int:
     for a in t.alerts:
         if a.status == "firing":
             print(f"  {a.rule:<18} {a.severity:<8} {a.device_id}/{a.sensor}")
-    print("retrains (new model versions):")
-    for v in t.versions:
-        d = v.trained_on
-        print(
-            f"  {v.device_id}/{v.sensor} v{v.version} <- {d.topic}[{d.partition}] offsets "
-            f"{d.first_offset}..{d.last_offset} ({d.readings} readings), trigger {v.trigger_rule}"
-        )
+    print("retrains (candidate versions, tested and shadowed):")
+    trained = {(v.device_id, v.sensor, v.version): v.trained_on for v in t.versions}
+    for e in t.decisions:
+        d = trained.get((e.device_id, e.sensor, e.version))
+        source = f" <- {d.topic}[{d.partition}] offsets {d.first_offset}..{d.last_offset}" if d else ""
+        print(f"  {e.device_id}/{e.sensor} v{e.version} {e.kind}{source}, trigger {e.rule}\n    {e.reason}")
     return _verdict(scenario, t)
 
 
 def _verdict(scenario: Scenario, t: Totals) -> int:
     planted = {(r["device_id"], r["sensor"]) for r in truth_records(scenario) if r["kind"] in DRIFT_KINDS}
     alerted = {(a.device_id, a.sensor) for a in t.alerts if a.rule in DRIFT_RULES and a.status == "firing"}
-    retrained = {(v.device_id, v.sensor) for v in t.versions}
+    retrained = {(e.device_id, e.sensor) for e in t.decisions if e.kind == "promoted"}
     ok = True
     for pair in sorted(planted):
         hit = pair in alerted and pair in retrained

@@ -24,6 +24,7 @@ fires.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -58,7 +59,13 @@ class _Shadowing:
 
 class Governor:
     def __init__(
-        self, settings: Settings, store: StateStore, trainer: training.Trainer, code: str, config: str
+        self,
+        settings: Settings,
+        store: StateStore,
+        trainer: training.Trainer,
+        firing: Callable[[str, str, str], bool],
+        code: str,
+        config: str,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -67,19 +74,31 @@ class Governor:
         self.due: dict[Key, tuple[int, training.TrainingJob]] = {}  # reading count when due, job
         self.ready: dict[Key, training.TrainingResult] = {}
         self.shadows: dict[Key, _Shadowing] = {}
+        self.retry: dict[Key, tuple[int, str, str]] = {}  # after a rejection: when, rule, alert id
+        self.attempts: dict[Key, int] = {}  # retrains in the pair's current episode
+        self.firing = firing  # (rule, device id, sensor) -> is its episode firing
         self.thresholds = {k: model.distance_threshold(settings.model.anomaly_threshold, k) for k in (1, 3)}
 
     def busy(self, key: Key) -> bool:
         return key in self.due or key in self.shadows
 
+    @property
+    def waiting(self) -> bool:
+        """Some pair has a job whose result is due, or a retry, at one of its next readings."""
+        return bool(self.due or self.retry)
+
     # --- 1. a rule asks for a retrain -----------------------------------------------------------
 
-    def retrain(self, slot: int, s: int, rule: str, alert_id: str, ts: int, out: Output) -> str | None:
+    def retrain(
+        self, slot: int, s: int, rule: str, alert_id: str, ts: int, out: Output, attempt: int = 1
+    ) -> str | None:
         """Submit a retrain of the pair; returns why not, or None once submitted."""
         st, sensor = self.store, SENSOR_NAMES[s]
         key = (st.device_ids[slot], sensor)
         if self.busy(key):
             return "a retrain of this pair is already running"
+        self.retry.pop(key, None)
+        self.attempts[key] = attempt
         w = st.shapes.retrain_window
         count = int(min(st.raw_n[slot, s], w))
         if count < MIN_RETRAIN_ROWS:
@@ -120,8 +139,8 @@ class Governor:
                 rule=rule,
                 alert_id=alert_id,
                 actor=f"rule:{rule}",
-                reason=f"training on offsets {int(job.offsets.min())}-{int(job.offsets.max())} "
-                f"of partition {job.partition} ({count} readings)",
+                reason=f"attempt {attempt}: training on offsets {int(job.offsets.min())}-"
+                f"{int(job.offsets.max())} of partition {job.partition} ({count} readings)",
                 event_ts=ts,
             )
         )
@@ -138,8 +157,14 @@ class Governor:
     # --- 2. the result is due -------------------------------------------------------------------
 
     def on_reading(self, slot: int, s: int, ts: int, out: Output) -> None:
-        """After each applied reading of a pair with a pending job: take the result once due."""
+        """After each applied reading of a pair: take a due result, or retry after a rejection."""
         key = (self.store.device_ids[slot], SENSOR_NAMES[s])
+        retry = self.retry.get(key)
+        if retry is not None and self.store.raw_n[slot, s] >= retry[0]:
+            del self.retry[key]
+            if self.firing(retry[1], *key):
+                self.retrain(slot, s, retry[1], retry[2], ts, out, self.attempts.get(key, 1) + 1)
+            return
         pending = self.due.get(key)
         if pending is None or self.store.raw_n[slot, s] < pending[0]:
             return
@@ -212,6 +237,19 @@ class Governor:
             st.models[slot][s] = copy.deepcopy(candidate)
             st.versions[(slot, s)] = number
             st.reset_detectors(slot, s)
+        self._maybe_retry(slot, s, job, decision.promote)
+
+    def _maybe_retry(self, slot: int, s: int, job: training.TrainingJob, promoted: bool) -> None:
+        """A rejected candidate is tried again (on newer readings) while its rule still fires:
+        a drift caught mid-ramp is retrained once the level settles."""
+        key = (job.device_id, job.sensor)
+        attempts = self.attempts.pop(key, 1)
+        if promoted or attempts >= self.settings.retrain.max_attempts:
+            return
+        if self.firing(job.trigger_rule, *key):
+            self.attempts[key] = attempts
+            due = int(self.store.raw_n[slot, s]) + 1  # on the pair's newest readings
+            self.retry[key] = (due, job.trigger_rule, job.trigger_alert_id)
 
     def _register(
         self,
@@ -274,6 +312,6 @@ class Governor:
 
     def forget(self, device_ids: set[str]) -> None:
         """Drop pending work of devices whose state is gone (evicted, partition revoked)."""
-        for table in (self.due, self.ready, self.shadows):
+        for table in (self.due, self.ready, self.shadows, self.retry, self.attempts):
             for key in [k for k in table if k[0] in device_ids]:
                 del table[key]

@@ -125,7 +125,9 @@ class Pipeline:
         self._next_sweep = 0
         config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
         self.trainer = training.make_trainer(settings.retrain, background)
-        self.governor = Governor(settings, self.store, self.trainer, code_version(), config_hash)
+        self.governor = Governor(
+            settings, self.store, self.trainer, self.engine.is_firing, code_version(), config_hash
+        )
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
         """Run every message through every stage, in order. Each (device, sensor) pair is evaluated
@@ -180,7 +182,7 @@ class Pipeline:
         f = features(r)
         self.integrity.check_values(slot, s, r.ts, f, msg.timestamp()[1])
         self._remember(slot, s, r.ts, f, msg.offset() or 0)
-        if self.governor.due:
+        if self.governor.waiting:
             self.governor.on_reading(slot, s, r.ts, result)
         st.since_eval[slot, s] += 1
         self._score(slot, s, r, f, scores, result)

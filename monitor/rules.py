@@ -513,6 +513,10 @@ class RuleEngine:
     def firing(self) -> int:
         return sum(e.firing for e in self._episodes.values())
 
+    def is_firing(self, rule: str, device_id: str, sensor: str) -> bool:
+        ep = self._episodes.get((rule, device_id, sensor))
+        return ep is not None and ep.firing
+
     def firing_by_rule(self) -> dict[str, int]:
         """Episodes firing now, per rule name (every rule of the set, 0 when quiet)."""
         counts = dict.fromkeys((r.name for r in self.rules.rules), 0)

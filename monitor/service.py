@@ -67,6 +67,7 @@ class Totals:
     drift_detections: int = 0
     alerts: list[alerts.Alert] = field(default_factory=list)
     versions: list[registry.ModelVersion] = field(default_factory=list)
+    decisions: list[registry.AuditEvent] = field(default_factory=list)  # promotions and rejections
     positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per partition
 
     def add(self, result: BatchResult, messages: int) -> None:
@@ -78,6 +79,7 @@ class Totals:
         self.drift_detections += sum(result.drift.values())
         self.alerts.extend(result.alerts)
         self.versions.extend(result.versions)
+        self.decisions.extend(e for e in result.audit if e.kind in ("promoted", "rejected"))
         self.positions.update(result.offsets)
 
     @property

@@ -257,6 +257,11 @@ class RetrainSettings(_Section):
     calibration_alpha: float = Field(
         0.01, gt=0, lt=0.5, description="significance of the shadow calibration checks (KS, alarm count)"
     )
+    max_attempts: int = Field(
+        5,
+        ge=1,
+        description="retrains per firing episode: a rejected candidate is retried while the rule fires",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RetrainSettings:
