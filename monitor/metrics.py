@@ -261,7 +261,7 @@ class Metrics:
                 self.retrains.labels(e.sensor, e.kind).inc()
             if e.kind == "promoted":
                 s = SENSOR_NAMES.index(e.sensor)
-                self._retrained[s] += 1
+                self._retrained[s] += e.version - e.previous  # the pair's serving version went up by this
                 self._max_version[s] = max(self._max_version[s], e.version)
         for sensor, n in result.retrains_skipped.items():
             self.retrains.labels(sensor, "skipped").inc(n)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -11,7 +10,7 @@ import monitor
 from monitor.alerts import Alert
 from monitor.metrics import LAG_BUCKETS, SCORE_BUCKETS, BatchHistogram, Metrics
 from monitor.pipeline import BatchResult, DeadLetter
-from monitor.registry import ModelVersion, TrainingData
+from monitor.registry import AuditEvent, ModelVersion, TrainingData
 from monitor.rules import Evaluation, RuleEngine, RuleSet
 from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, Reason, Rejection
 from monitor.service import partition_lag
@@ -59,6 +58,10 @@ def _alert(rule: str, status: str, severity: str = "warning") -> Alert:
     )
 
 
+def _decision(kind: str, sensor: str, version: int, previous: int, device: str = "dev-1") -> AuditEvent:
+    return AuditEvent(kind=kind, device_id=device, sensor=sensor, version=version, previous=previous)  # type: ignore[arg-type]
+
+
 def _version(sensor: str) -> ModelVersion:
     return ModelVersion(
         device_id=DEVICE,
@@ -92,7 +95,7 @@ def _result() -> BatchResult:
         _alert("score_drift", "resolved"),
         _alert("anomaly_burst", "firing"),
     ]
-    r.versions = [_version("temperature")]
+    r.audit = [_decision("promoted", "temperature", 2, 1), _decision("rejected", "humidity", 2, 1)]
     r.drift[("ks", "device", "temperature")] += 2
     r.drift[("psi", "device", "temperature")] += 0
     r.fleet_stats["temperature"] = (0.25, 0.75)
@@ -171,6 +174,8 @@ def test_alerts_counted_per_rule_severity_status(recorded: CollectorRegistry) ->
 def test_retrains_counted_per_sensor(recorded: CollectorRegistry) -> None:
     name = "telemon_retrains_total"
     assert _value(recorded, name, sensor="temperature", outcome="promoted") == 1
+    assert _value(recorded, name, sensor="humidity", outcome="rejected") == 1
+    assert _value(recorded, name, sensor="humidity", outcome="promoted") == 0
     assert _value(recorded, name, sensor="accelerometer", outcome="promoted") == 0
 
 
@@ -322,13 +327,16 @@ def test_model_versions_per_sensor() -> None:
     assert _value(registry, "telemon_models", sensor="temperature") == 4
     assert _value(registry, "telemon_model_version_max", sensor="humidity") == 0  # no models yet
     r = BatchResult()
-    second = _version("temperature")  # version 2 of one pair
-    third = msgspec.structs.replace(second, version=3, parent=2)  # then version 3 of it
-    r.versions = [second, third, _version("temperature")]  # and version 2 of another pair
+    r.audit = [
+        _decision("promoted", "temperature", 2, 1),  # one pair: v2,
+        _decision("rejected", "temperature", 3, 2),  # a rejected v3 (v2 keeps serving),
+        _decision("promoted", "temperature", 4, 2),  # then v4
+        _decision("promoted", "temperature", 2, 1, device="dev-2"),  # another pair: v2
+    ]
     metrics.record_batch(r, _integrity(), 0.01)
     metrics.record_state(4, 4000, models)
-    assert _value(registry, "telemon_model_version_max", sensor="temperature") == 3
-    assert _value(registry, "telemon_model_version_mean", sensor="temperature") == (3 + 2 + 1 + 1) / 4
+    assert _value(registry, "telemon_model_version_max", sensor="temperature") == 4
+    assert _value(registry, "telemon_model_version_mean", sensor="temperature") == (4 + 2 + 1 + 1) / 4
     assert _value(registry, "telemon_model_version_mean", sensor="accelerometer") == 1
 
 

@@ -64,7 +64,7 @@ def test_sensor_name_literal_matches_the_wire_format() -> None:
 
 def test_demo_scenario_is_the_documented_one() -> None:
     s = load_scenario(SCENARIOS / "demo.yaml")
-    assert (s.name, s.seed, s.devices, s.duration_s, s.malformed) == ("demo", 7, 20, 600, 12)
+    assert (s.name, s.seed, s.devices, s.duration_s, s.malformed) == ("demo", 7, 20, 720, 12)
     [drift] = truth_records(s)
     assert drift["kind"] == "gradual_drift"
     assert (drift["device_id"], drift["sensor"]) == ("dev-0007", "temperature")
