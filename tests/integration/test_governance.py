@@ -203,12 +203,17 @@ def test_a_worse_candidate_is_rejected(broker: EmbeddedBroker, tmp_path: Path) -
     rules = tmp_path / "rules.yaml"
     rules.write_text(
         "rules:\n  - name: retrain_anyway\n    scope: device\n"
-        "    when: {signal: readings, op: '>=', value: 1}\n    cooldown_s: 100000\n"
+        "    when: {signal: readings, op: '>=', value: 1}\n    for: 3\n    cooldown_s: 100000\n"
         "    actions: [retrain]\n"
     )
-    settings = monitor_settings(broker, tmp_path / "state", rules_file=str(rules))
+    settings = monitor_settings(
+        broker,
+        tmp_path / "state",
+        rules_file=str(rules),
+        retrain={"max_attempts": 1},  # no retries
+    )
     scenario = load_scenario(
-        Path("configs/scenarios/demo.yaml"), seed=5, devices=2, duration_s=240, malformed=0, events=[]
+        Path("configs/scenarios/demo.yaml"), seed=5, devices=2, duration_s=300, malformed=0, events=[]
     )
     report = simulate(settings.kafka, scenario)
     run_monitor(settings, report.last_offsets)

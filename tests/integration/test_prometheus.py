@@ -48,7 +48,7 @@ pytestmark = [
 SCENARIO = {
     "seed": 5,
     "devices": 4,
-    "duration_s": 420,
+    "duration_s": 600,
     "malformed": 6,
     "events": [
         {"kind": "abrupt_shift", "device": 2, "sensor": "humidity", "start_s": 280, "magnitude": 12.0},
