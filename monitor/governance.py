@@ -24,9 +24,10 @@ fires.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -310,8 +311,108 @@ class Governor:
             event_ts=ts,
         )
 
+    # --- snapshots -------------------------------------------------------------------------------
+
+    def export(self, device_ids: Collection[str]) -> list[dict[str, Any]]:
+        """The pending work of these devices as plain JSON values: jobs (whose results are
+        recomputed on restore: training is deterministic), shadows, retries."""
+        wanted = set(device_ids)
+        out: list[dict[str, Any]] = []
+        for (device, sensor), (due, job) in self.due.items():
+            if device in wanted:
+                out.append({"kind": "due", "due": due, "job": _dump_job(job)} | self._pair(device, sensor))
+        for (device, sensor), sh in self.shadows.items():
+            if device in wanted:
+                item = {"kind": "shadow", "result": _dump_result(sh.result), "candidate": sh.candidate.dump()}
+                shadow = {"n": sh.shadow.n, "incumbent": sh.shadow.incumbent.tolist()}
+                shadow["candidate"] = sh.shadow.candidate.tolist()
+                out.append(item | {"shadow": shadow} | self._pair(device, sensor))
+        for (device, sensor), (due, rule, alert_id) in self.retry.items():
+            if device in wanted:
+                retry = {"kind": "retry", "due": due, "rule": rule, "alert_id": alert_id}
+                out.append(retry | self._pair(device, sensor))
+        return out
+
+    def _pair(self, device: str, sensor: str) -> dict[str, Any]:
+        return {"device": device, "sensor": sensor, "attempts": self.attempts.get((device, sensor), 1)}
+
+    def restore(self, items: Iterable[Mapping[str, Any]]) -> None:
+        """Take over exported pending work (the devices' state is restored already)."""
+        for item in items:
+            if item["kind"] == "due":
+                job = _load_job(item["job"])
+                key = (job.device_id, job.sensor)
+                self.trainer.submit(job)
+                self.due[key] = (int(item["due"]), job)
+            elif item["kind"] == "shadow":
+                result = _load_result(item["result"])
+                key = (result.job.device_id, result.job.sensor)
+                sh = item["shadow"]
+                shadow = training.Shadow(len(sh["incumbent"]), self.settings.model.anomaly_threshold)
+                shadow.incumbent[:] = sh["incumbent"]
+                shadow.candidate[:] = sh["candidate"]
+                shadow.n = int(sh["n"])
+                self.shadows[key] = _Shadowing(result, shadow, model.AdaptiveGaussian.load(item["candidate"]))
+            else:
+                key = (str(item["device"]), str(item["sensor"]))
+                self.retry[key] = (int(item["due"]), str(item["rule"]), str(item["alert_id"]))
+            self.attempts[key] = int(item["attempts"])
+
     def forget(self, device_ids: set[str]) -> None:
         """Drop pending work of devices whose state is gone (evicted, partition revoked)."""
         for table in (self.due, self.ready, self.shadows, self.retry, self.attempts):
             for key in [k for k in table if k[0] in device_ids]:
                 del table[key]
+
+
+def _dump_job(job: training.TrainingJob) -> dict[str, Any]:
+    out = {f.name: getattr(job, f.name) for f in dataclasses.fields(job)}
+    out["rows"] = job.rows.tolist()
+    out["offsets"] = job.offsets.tolist()
+    out["timestamps"] = job.timestamps.tolist()
+    out["incumbent"] = job.incumbent.dump()
+    out["base_params"] = dict(job.base_params)
+    return out
+
+
+def _load_job(data: Mapping[str, Any]) -> training.TrainingJob:
+    fields = dict(data)
+    fields["rows"] = np.asarray(fields["rows"], np.float64)
+    fields["offsets"] = np.asarray(fields["offsets"], np.int64)
+    fields["timestamps"] = np.asarray(fields["timestamps"], np.int64)
+    fields["incumbent"] = model.AdaptiveGaussian.load(fields["incumbent"])
+    return training.TrainingJob(**fields)
+
+
+def _dump_result(r: training.TrainingResult) -> dict[str, Any]:
+    """What deciding after the shadow needs (the trials' details are in the audit trail)."""
+    assert r.window is not None and r.candidate_metrics is not None and r.incumbent_metrics is not None
+    return {
+        "job": _dump_job(r.job),
+        "window": dataclasses.asdict(r.window),
+        "params": r.params,
+        "candidate_metrics": dataclasses.asdict(r.candidate_metrics),
+        "incumbent_metrics": dataclasses.asdict(r.incumbent_metrics),
+        "metric": r.metric,
+        "duration_s": r.duration_s,
+    }
+
+
+def _load_result(data: Mapping[str, Any]) -> training.TrainingResult:
+    w = data["window"]
+    window = training.TrainingWindow(
+        w["source"],
+        w["topic"],
+        int(w["partition"]),
+        training.Span(**w["train"]),
+        training.Span(**w["holdout"]),
+    )
+    return training.TrainingResult(
+        job=_load_job(data["job"]),
+        window=window,
+        params={k: float(v) for k, v in data["params"].items()},
+        candidate_metrics=training.Metrics(**data["candidate_metrics"]),
+        incumbent_metrics=training.Metrics(**data["incumbent_metrics"]),
+        metric=data["metric"],
+        duration_s=float(data["duration_s"]),
+    )

@@ -5,9 +5,13 @@
   liveness probe means "restart me".
 - ``GET /readyz`` (readiness): 200 when the process is live, the consumer has joined its group
   (it got an assignment, possibly empty: a spare replica is a hot standby), the broker is
-  reachable, and the last batch's outputs were delivered. While the broker is unreachable or
-  outputs cannot be delivered the service is *degraded* (``"degraded": true``): it stays up
-  (liveness holds), pauses consumption and retries; readiness returns once it has recovered.
+  reachable, the last batch's outputs were delivered, and the loop is not stalled. While the
+  broker is unreachable (all brokers down, or the group lost because its coordinator did not
+  answer), outputs cannot be delivered, or the loop has not turned for ``stall_timeout_s`` (a
+  quarter of the liveness timeout by default: a call waiting on a frozen broker, such as a
+  commit, holds the loop until the broker answers or the call times out) the service is
+  *degraded* (``"degraded": true``): it stays up (liveness holds), pauses consumption and
+  retries; readiness returns once it has recovered.
 - ``GET /metrics``: the Prometheus exposition of the injected registry.
 
 Both probes answer with a small JSON document explaining the verdict. The service writes the
@@ -57,9 +61,12 @@ class Health:
     broker_error: str | None = None  # set by "all brokers down", cleared by any broker answer
     delivery_error: str | None = None  # the last batch's outputs were not delivered
     stopped: bool = False
+    stall_timeout_s: float | None = None  # readiness fails past this loop age (None: liveness / 4)
 
     def __post_init__(self) -> None:
         self.last_loop = self.clock()
+        if self.stall_timeout_s is None:
+            self.stall_timeout_s = self.liveness_timeout_s / 4
 
     def tick(self) -> None:
         """One iteration of the consume loop."""
@@ -70,6 +77,12 @@ class Health:
 
     def revoked(self) -> None:
         self.joined, self.partitions = False, 0
+
+    def lost(self) -> None:
+        """The group moved on without this member: its coordinator did not hear from it within the
+        session timeout (most often an unreachable or frozen broker). Degraded until partitions are
+        assigned again."""
+        self.broker_error = "partitions lost: the group coordinator did not hear from this member in time"
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         age = self.clock() - self.last_loop
@@ -82,9 +95,12 @@ class Health:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         live, detail = self.liveness()
-        ok = live and self.joined and self.broker_error is None and self.delivery_error is None
+        stalled = self.clock() - self.last_loop > (self.stall_timeout_s or 0)
+        degraded = self.broker_error is not None or self.delivery_error is not None or stalled
+        ok = live and self.joined and not degraded
         detail |= {
-            "degraded": self.broker_error is not None or self.delivery_error is not None,
+            "degraded": degraded,
+            "stalled": stalled,
             "live": live,
             "joined": self.joined,
             "partitions": self.partitions,

@@ -93,6 +93,32 @@ class AdaptiveGaussian(AnomalyDetector):
     def score_one(self, x: dict[Hashable, Any]) -> float:
         return score(self.distance(from_values(cast("dict[str, float]", x))), self.n_features)
 
+    def dump(self) -> dict[str, Any]:
+        """The whole model as plain JSON values (exact: floats round-trip through JSON)."""
+        return {
+            "n_features": self.n_features,
+            "fading": self.fading,
+            "var_fading": self.var_fading,
+            "resolution": self.resolution,
+            "state": list(self._state),
+        }
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> AdaptiveGaussian:
+        m = cls(
+            int(data["n_features"]),
+            float(data["fading"]),
+            float(data["var_fading"]),
+            float(data["resolution"]),
+        )
+        state = [float(x) for x in data["state"]]
+        if len(state) != len(m._state):
+            raise ValueError(
+                f"a {m.n_features}-feature model has {len(m._state)} state values, not {len(state)}"
+            )
+        m._state = array("d", state)
+        return m
+
     def params(self) -> dict[str, list[float]]:
         """The learned baseline, recorded with every model version."""
         s, k = self._state, self.n_features

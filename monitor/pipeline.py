@@ -48,6 +48,15 @@ class DeadLetter:
     rejection: Rejection
 
 
+@dataclass
+class PartitionState:
+    """Everything the pipeline keeps about the devices of one partition (what a snapshot holds)."""
+
+    devices: DeviceStates
+    episodes: list[dict[str, Any]] = field(default_factory=list)  # their rule episodes
+    governance: list[dict[str, Any]] = field(default_factory=list)  # their retrains in progress
+
+
 @dataclass(frozen=True, slots=True)
 class Rollback:
     """A rule asked to serve a pair's previous version again (the service loads it, verified)."""
@@ -271,16 +280,21 @@ class Pipeline:
             self._device_groups.pop(d, None)
         self.store.release(slots)
 
-    def export_partition(self, partition: int) -> tuple[DeviceStates, list[dict[str, Any]]]:
-        """A copy of the state of every device read from ``partition`` and their rule episodes."""
+    def export_partition(self, partition: int) -> PartitionState:
+        """A copy of everything kept about the devices read from ``partition``: their state, rule
+        episodes and pending governance work."""
         states = self.store.export(self.store.in_partition(partition))
-        return states, self.engine.export(states.device_ids)
+        ids = states.device_ids
+        return PartitionState(states, self.engine.export(ids), self.governor.export(ids))
 
-    def import_partition(self, states: DeviceStates, episodes: list[dict[str, Any]]) -> None:
+    def import_partition(self, state: PartitionState) -> None:
         """Install a partition's devices (from a snapshot), replacing what is kept about them."""
-        self.engine.forget(states.device_ids)
-        self.store.load(states)
-        self.engine.restore(episodes)
+        ids = state.devices.device_ids
+        self.engine.forget(ids)
+        self.governor.forget(set(ids))
+        self.store.load(state.devices)
+        self.engine.restore(state.episodes)
+        self.governor.restore(state.governance)
 
     def drop_partition(self, partition: int) -> int:
         """Forget the devices of a partition this process no longer owns; returns how many."""

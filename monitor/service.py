@@ -41,7 +41,7 @@ from confluent_kafka import (
 from monitor import alerts, kafka, registry, snapshot
 from monitor.health import Health, HttpEndpoint
 from monitor.metrics import Metrics
-from monitor.pipeline import BatchResult, DeadLetter, Pipeline
+from monitor.pipeline import BatchResult, DeadLetter, PartitionState, Pipeline
 from monitor.settings import Settings
 from monitor.sinks import AlertmanagerSink, SinkUnavailable
 from monitor.snapshot import PartitionSnapshot, SnapshotError, SnapshotStore
@@ -330,8 +330,7 @@ class Service:
             self.dirty.discard((topic, p))
             if position is None:
                 continue  # nothing applied since the assignment: the snapshot on disk is current
-            devices, episodes = self.pipeline.export_partition(p)
-            snap = PartitionSnapshot(topic, p, position, devices, episodes)
+            snap = PartitionSnapshot(topic, p, position, self.pipeline.export_partition(p))
             data = snapshot.encode(snap, self.snapshots.key)
             self.writer.submit(topic, p, data)
             self.metrics.record_snapshot(len(data))
@@ -378,11 +377,11 @@ class Service:
             if snap is None:
                 fresh.append(tp)
                 continue
-            self.pipeline.import_partition(snap.devices, snap.rules)
+            self.pipeline.import_partition(snap.state)
             tp.offset = snap.next_offset
             if snap.next_offset >= 0:
                 self.restored_at[key] = snap.next_offset
-            restored += len(snap.devices.device_ids)
+            restored += len(snap.state.devices.device_ids)
         if fresh:
             self._start_fresh(consumer, fresh)
         consumer.assign(partitions)
@@ -400,7 +399,7 @@ class Service:
         one (state starts empty there), else at the ``auto_offset_reset`` end of the log."""
         start = OFFSET_BEGINNING if self.settings.kafka.auto_offset_reset == "earliest" else OFFSET_END
         committed = consumer.committed(partitions, timeout=self.settings.consume.delivery_timeout_s)
-        empty = self.pipeline.store.export([])
+        empty = PartitionState(self.pipeline.store.export([]))
         for tp, c in zip(partitions, committed, strict=True):
             tp.offset = c.offset if c.offset >= 0 else start
             self.snapshots.save(PartitionSnapshot(tp.topic, tp.partition, tp.offset, empty))
@@ -424,6 +423,7 @@ class Service:
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """The group reassigned these partitions without us: drop their state, write nothing."""
         log.warning("lost %d partition(s) to the group; their state is dropped", len(partitions))
+        self.health.lost()
         self._release([(tp.topic, tp.partition) for tp in partitions])
 
     def _release(self, keys: list[tuple[str, int]]) -> None:

@@ -29,13 +29,14 @@ import pickle
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from monitor import safepickle
+from monitor.pipeline import PartitionState
 from monitor.state import N_SENSORS, DeviceStates
 
 MAGIC = b"TLMSNAP1"
@@ -51,13 +52,12 @@ class PartitionSnapshot:
     topic: str
     partition: int
     next_offset: int  # the first message the state has not seen
-    devices: DeviceStates
-    rules: list[dict[str, Any]] = field(default_factory=list)  # rule episodes of these devices
+    state: PartitionState
     created_ms: int = 0
 
 
 def encode(snap: PartitionSnapshot, key: bytes) -> bytes:
-    d = snap.devices
+    d = snap.state.devices
     arrays = io.BytesIO()
     np.savez(arrays, allow_pickle=False, **d.arrays)
     objects = pickle.dumps((d.models, d.adwins), protocol=pickle.HIGHEST_PROTOCOL)
@@ -70,7 +70,8 @@ def encode(snap: PartitionSnapshot, key: bytes) -> bytes:
         "created_ms": snap.created_ms or int(time.time() * 1000),
         "device_ids": d.device_ids,
         "versions": [[j, s, v] for (j, s), v in sorted(d.versions.items())],
-        "rules": snap.rules,
+        "rules": snap.state.episodes,
+        "governance": snap.state.governance,
         "arrays_bytes": len(arrays.getvalue()),
         "objects_bytes": len(objects),
     }
@@ -100,14 +101,9 @@ def decode(data: bytes, key: bytes) -> PartitionSnapshot:
         raise SnapshotError(f"unreadable snapshot content: {exc}") from exc
     versions = {(int(j), int(s)): int(v) for j, s, v in header["versions"]}
     devices = DeviceStates(list(header["device_ids"]), arrays, models, adwins, versions)
-    return PartitionSnapshot(
-        header["topic"],
-        int(header["partition"]),
-        int(header["next_offset"]),
-        devices,
-        list(header["rules"]),
-        int(header["created_ms"]),
-    )
+    state = PartitionState(devices, list(header["rules"]), list(header["governance"]))
+    topic, partition, offset = header["topic"], int(header["partition"]), int(header["next_offset"])
+    return PartitionSnapshot(topic, partition, offset, state, int(header["created_ms"]))
 
 
 class SnapshotStore:
@@ -149,14 +145,17 @@ class SnapshotStore:
 
 
 def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot]) -> dict[str, str]:
-    """A digest of each device's whole state (arrays, models, ADWINs, versions, rule episodes):
-    two runs that applied the same readings in the same order give equal digests."""
+    """A digest of each device's whole state (arrays, models, ADWINs, versions, rule episodes,
+    retrains in progress): two runs that applied the same readings in the same order give equal
+    digests."""
     out: dict[str, str] = {}
     for snap in snapshots:
-        d = snap.devices
+        d = snap.state.devices
         episodes: dict[str, list[dict[str, Any]]] = {}
-        for e in snap.rules:
+        for e in snap.state.episodes:
             episodes.setdefault(str(e.get("device_id")), []).append(e)
+        for g in snap.state.governance:
+            episodes.setdefault(str(g["device"]), []).append(g)
         for j, device in enumerate(d.device_ids):
             h = hashlib.sha256()
             for name in sorted(d.arrays):

@@ -39,7 +39,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -251,7 +250,7 @@ class Run:
         return snapshot.fingerprints(self.snapshots())
 
     def applied(self) -> int:
-        return sum(int(snap.devices.arrays["raw_n"].sum()) for snap in self.snapshots())
+        return sum(int(snap.state.devices.arrays["raw_n"].sum()) for snap in self.snapshots())
 
 
 def _read_all(k: KafkaSettings, quiet_s: float = 2.0) -> Iterator[bytes]:
@@ -531,7 +530,9 @@ def broker_experiment(
         fault_at = time.monotonic()
         live, degraded_at = _outage(broker, faulty, proc, kind, outage_s)
         recovered = time.monotonic()
-        if kind == "restart":  # what a broker with storage would have kept: the same stream
+        if kind == "restart":  # what a broker with storage would have kept: topics and stream
+            k = faulty.kafka
+            ensure_topics(k, [k.dead_letter_topic, k.alerts_topic, k.models_topic])
             if Feed(faulty.stream, first).send() != ahead:
                 raise RuntimeError("the stream published again did not land at its former offsets")
             before = {p: -1001 for p in before}  # the empty broker has no committed offsets either

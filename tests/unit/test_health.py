@@ -138,3 +138,25 @@ def test_endpoint_close_frees_the_port(health: Health) -> None:
     server.close()
     again = HttpEndpoint("127.0.0.1", port, make_app(CollectorRegistry(), health))
     again.close()
+
+
+def test_degraded_while_the_loop_is_stalled_before_liveness_fails(health: Health, clock: Clock) -> None:
+    health.assigned(4)
+    clock.now += 15  # a quarter of the liveness timeout: e.g. a commit waiting on a frozen broker
+    assert health.readiness()[0]
+    clock.now += 0.5
+    ok, detail = health.readiness()
+    assert (ok, detail["degraded"], detail["stalled"], detail["live"]) == (False, True, True, True)
+    health.tick()
+    assert health.readiness()[0]
+
+
+def test_degraded_after_losing_the_group_until_assigned_again(health: Health) -> None:
+    health.assigned(4)
+    health.lost()
+    health.revoked()
+    ok, detail = health.readiness()
+    assert (ok, detail["degraded"]) == (False, True)
+    assert "group coordinator" in detail["broker_error"]
+    health.assigned(2)
+    assert health.readiness()[0]
