@@ -1,0 +1,40 @@
+"""Bounded resources: metric series and state do not grow with the number of devices seen."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from monitor.metrics import Metrics
+from monitor.pipeline import Pipeline
+from monitor.rules import load_rules
+from monitor.settings import load_settings
+from tests.unit.test_pipeline import DRIFT, MODEL, RULES, _gaussian_stream, _run
+
+
+def _series(devices: int) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    pipeline = Pipeline(load_settings(None, drift=DRIFT, model=MODEL), load_rules(RULES))
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, {r.name: r.severity for r in pipeline.engine.rules.rules})
+    for result in _run(pipeline, _gaussian_stream(300, devices=devices, shift_device=1), batch=500):
+        metrics.record_batch(result, pipeline.integrity.take_events(), 0.01)
+        metrics.record_firing(pipeline.engine.firing_by_rule())
+    return {(s.name, tuple(sorted(s.labels.items()))) for f in registry.collect() for s in f.samples}
+
+
+def test_metric_series_do_not_depend_on_the_number_of_devices() -> None:
+    assert _series(3) == _series(40)
+
+
+def test_state_stays_within_max_devices_under_churn() -> None:
+    settings = load_settings(None, drift=DRIFT, model=MODEL, state={"max_devices": 20})
+    pipeline = Pipeline(settings, load_rules(RULES))
+    evicted = 0
+    for wave in range(10):  # 10 waves of 15 new devices each
+        stream = _gaussian_stream(5, devices=15, seed=wave)
+        for m in stream:
+            object.__setattr__(m, "key_", f"w{wave}-{m.key_.decode()}".encode())
+            object.__setattr__(m, "payload", m.payload.replace(b'"dev-', f'"w{wave}-dev-'.encode()))
+        evicted += sum(r.evicted["capacity"] for r in _run(pipeline, stream, batch=75))
+        assert len(pipeline.store) <= 20
+    assert evicted == 150 - 20
+    assert pipeline.store.capacity == 64  # released slots are reused: the slabs never grew
