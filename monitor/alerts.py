@@ -1,4 +1,4 @@
-"""Alerts: the records of an episode's lifecycle, their identity, deduplication and storm control.
+"""Alerts: the records of an episode's lifecycle, their identity, and storm control.
 
 An episode of a rule on one scope key is ``pending`` (the condition holds, its ``for`` is not met
 yet), then ``firing``, then ``resolved``. Every record of one episode carries the same
@@ -23,9 +23,10 @@ Schema (``schema_version`` 1), one JSON object per Kafka message on the alerts t
     model_version   int   the model version serving the pair when the record was made (0 for fleet)
     schema_version  int   1
 
-Before delivery the service passes each batch's records through a :class:`Deduplicator` (an
-episode only moves forward, so a record that does not is a repeat) and :class:`StormControl` (a
-global cap on new firing alerts per window of event time, with one summary alert per storm).
+The pipeline emits each record once; :class:`StormControl` caps new firing alerts per window of
+event time, with one summary alert per storm. After a crash, the readings re-applied from the last
+snapshot up to the committed offset produce no outputs again (they were delivered before the
+commit), so duplicates are limited to a batch delivered but not yet committed, with the same ids.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from monitor.rules import Transition
 ALERT_SCHEMA_VERSION = 1
 STATUSES = ("pending", "firing", "resolved")
 STORM_RULE = "alert_storm"
-_RANK = {status: rank for rank, status in enumerate(STATUSES)}
 _V = TypeVar("_V")
 
 
@@ -145,64 +145,6 @@ def annotations_of(alert: Alert) -> dict[str, str]:
         ),
         "signals": json.dumps(alert.signals, sort_keys=True, separators=(",", ":")),
     }
-
-
-# --- deduplication --------------------------------------------------------------------------------
-
-
-def _rank(status: str) -> int:
-    try:
-        return _RANK[status]
-    except KeyError:
-        raise ValueError(f"unknown alert status {status!r}; expected one of {STATUSES}") from None
-
-
-class Deduplicator:
-    """Drops records already delivered by this process.
-
-    An episode only moves forward (pending -> firing -> resolved), so a record whose status is not
-    past the furthest status delivered for its ``alert_id`` is a repeat (or stale) and is dropped.
-    Two steps, so a failed delivery forgets nothing: :meth:`fresh` filters, :meth:`record` is
-    called once the records were delivered. Memory is bounded: an episode leaves the open set when
-    its resolved record is delivered and is then remembered among the last ``max_resolved``
-    resolved ids; past ``max_open`` open episodes the oldest is forgotten (its repeat would then be
-    delivered again, which consumers absorb by ``alert_id``).
-    """
-
-    def __init__(self, max_open: int = 100_000, max_resolved: int = 10_000) -> None:
-        if max_open < 1 or max_resolved < 1:
-            raise ValueError("Deduplicator needs max_open >= 1 and max_resolved >= 1")
-        self.max_open = max_open
-        self.max_resolved = max_resolved
-        self._open: dict[str, int] = {}  # alert_id -> furthest rank delivered, oldest first
-        self._resolved: dict[str, None] = {}  # resolved alert ids, oldest first
-
-    def __len__(self) -> int:
-        return len(self._open) + len(self._resolved)
-
-    def fresh(self, alerts: Iterable[Alert]) -> list[Alert]:
-        """The records that move their episode forward, in order (repeats within ``alerts`` too)."""
-        furthest: dict[str, int] = {}
-        out: list[Alert] = []
-        for a in alerts:
-            rank = _rank(a.status)
-            if rank > furthest.get(a.alert_id, self._delivered(a.alert_id)):
-                furthest[a.alert_id] = rank
-                out.append(a)
-        return out
-
-    def record(self, delivered: Iterable[Alert]) -> None:
-        """Remember records that were delivered."""
-        for a in delivered:
-            if a.status == "resolved":
-                self._open.pop(a.alert_id, None)
-                _put_bounded(self._resolved, a.alert_id, None, self.max_resolved)
-            else:
-                rank = max(_rank(a.status), self._open.get(a.alert_id, -1))
-                _put_bounded(self._open, a.alert_id, rank, self.max_open)
-
-    def _delivered(self, alert_id: str) -> int:
-        return _RANK["resolved"] if alert_id in self._resolved else self._open.get(alert_id, -1)
 
 
 def _put_bounded(d: dict[str, _V], key: str, value: _V, cap: int) -> None:

@@ -225,6 +225,7 @@ class Governor:
             )
         if candidate is None or result.window is None:  # the job failed: nothing to register
             out.audit.append(self._event("rejected", job, serving, serving, decision.reason, ts))
+            self._maybe_retry(slot, s, job, promoted=False)
             return
         if st.latest_version[slot, s] == 1:  # the online model becomes a version one can roll back to
             self._register(job, 1, 0, job.incumbent, None, {}, ts, out)

@@ -65,6 +65,7 @@ class Rollback:
     sensor: str
     rule: str
     alert_id: str
+    version: int  # serving when the rule fired: a later promotion supersedes the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +303,11 @@ class Pipeline:
         self._release(slots)
         return len(slots)
 
+    def serving(self, device_id: str, sensor: str) -> int | None:
+        """The version serving a pair this process owns (None: the device has no state here)."""
+        slot = self.store.slots.get(device_id)
+        return None if slot is None else self.store.version(slot, SENSOR_INDEX[sensor])
+
     def install(self, device_id: str, sensor: str, m: model.AdaptiveGaussian, version: int) -> bool:
         """Serve ``m`` as ``version`` of a pair this process owns (a rollback, a manual
         promotion); False if the device has no state here."""
@@ -462,9 +468,8 @@ class Pipeline:
             why = "its models stop learning, scoring goes on" if firing else "the rule resolved"
             result.audit.append(self._audit("action", t, alert, version, what, why))
         if firing and "rollback" in actions:
-            result.rollbacks.append(
-                Rollback(t.evaluation.device_id, t.evaluation.sensor, t.rule.name, alert.alert_id)
-            )
+            ev = t.evaluation
+            result.rollbacks.append(Rollback(ev.device_id, ev.sensor, t.rule.name, alert.alert_id, version))
             result.audit.append(self._audit("action", t, alert, version, "rollback", "to the parent version"))
 
     @staticmethod

@@ -367,11 +367,14 @@ def _field(name: str, value: str | None) -> str:
 def _data(d: TrainingData | None) -> str | None:
     if d is None:
         return None
-    return f"{_offsets(d)}, {_when(d.first_ts)} .. {_when(d.last_ts)}"
+    start = _when(d.first_ts) if d.first_ts > 0 else "its first reading"
+    return f"{_offsets(d)}, {start} .. {_when(d.last_ts)}"
 
 
 def _offsets(d: TrainingData) -> str:
-    return f"{d.topic}[{d.partition}] offsets {d.first_offset}-{d.last_offset} ({d.readings} readings)"
+    """A negative first offset: the online model, which learned every reading of the pair."""
+    first = d.first_offset if d.first_offset >= 0 else "start"
+    return f"{d.topic}[{d.partition}] offsets {first}-{d.last_offset} ({d.readings} readings)"
 
 
 def _trigger(m: Manifest) -> str:

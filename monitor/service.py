@@ -181,9 +181,11 @@ class Service:
         self.totals = Totals()
         self.positions: dict[tuple[str, int], int | None] = {}  # assigned partition -> next offset
         self.restored_at: dict[tuple[str, int], int] = {}  # snapshot offsets, until the first message
+        self.replay_until: dict[tuple[str, int], int] = {}  # committed offsets ahead of snapshots
         self.dirty: set[tuple[str, int]] = set()  # partitions changed since their last snapshot
         self.pending: BatchResult | None = None  # a processed batch whose outputs are not delivered
         self.in_kafka = False  # the pending batch's outputs are all acknowledged by Kafka
+        self.abandoned = False  # stopping while `pending` could not be delivered
         self.rewind: dict[tuple[str, int], int] = {}  # offsets consumed (and dropped) while paused
         self.last_snapshot = time.monotonic()
         k = settings.kafka
@@ -197,7 +199,7 @@ class Service:
             else None
         )
         root = settings.state.snapshot_dir or settings.state_dir / "snapshots"
-        self.snapshots = SnapshotStore(root, self.registry.key)
+        self.snapshots = SnapshotStore(root / k.group_id, self.registry.key)  # state belongs to a group
         self.writer = SnapshotWriter(self.snapshots)
         audit = self.registry.audit_path
         self.audit_position = audit.stat().st_size if audit.exists() else 0  # follow new commands
@@ -210,7 +212,7 @@ class Service:
         )
         log.info("consuming %s as group %s from %s", k.readings_topic, k.group_id, k.bootstrap_servers)
         try:
-            while not stop.is_set() or self.pending is not None:
+            while not stop.is_set() or (self.pending is not None and not self.abandoned):
                 self.health.tick()
                 self._heartbeat()
                 self._follow_registry()
@@ -242,6 +244,8 @@ class Service:
                 self._check_restart(m)
             else:
                 log.warning("consumer error: %s", err)
+        if self.replay_until:
+            good = self._replay(good)
         result = self.pipeline.process(good)
         self.totals.add(result, len(good))
         self._produce(result)
@@ -251,6 +255,28 @@ class Service:
         self._checkpoint(result)
         self._record(result, time.perf_counter() - t0)
         return result
+
+    def _replay(self, messages: list[Message]) -> list[Message]:
+        """Re-apply, without outputs, the messages below their partition's committed offset
+        (after a restore from an older snapshot); return the others."""
+        old: list[Message] = []
+        new: list[Message] = []
+        for m in messages:
+            tp = (str(m.topic()), int(m.partition() or 0))
+            until = self.replay_until.get(tp)
+            (old if until is not None and int(m.offset() or 0) < until else new).append(m)
+        if old:
+            result = self.pipeline.process(old)
+            for tp, offset in result.offsets.items():
+                if tp in self.positions:
+                    self.positions[tp] = offset
+                    self.dirty.add(tp)
+                if offset >= self.replay_until.get(tp, offset + 1):
+                    del self.replay_until[tp]
+            log.info("re-applied %d message(s) whose outputs were delivered before a restart", len(old))
+        for m in new:
+            self.replay_until.pop((str(m.topic()), int(m.partition() or 0)), None)
+        return new
 
     def _register(self, result: BatchResult) -> None:
         """Put the batch's new versions and audit events in the registry, then carry out the
@@ -264,6 +290,14 @@ class Service:
                 )
         self.registry.record(*result.audit)
         for rb in result.rollbacks:
+            if self.pipeline.serving(rb.device_id, rb.sensor) != rb.version:
+                log.info(
+                    "%s/%s: rollback of v%d superseded by a newer version",
+                    rb.device_id,
+                    rb.sensor,
+                    rb.version,
+                )
+                continue
             self._switch(
                 rb.device_id, rb.sensor, None, f"rule {rb.rule} fired (alert {rb.alert_id})", rb.rule
             )
@@ -288,10 +322,11 @@ class Service:
             )
 
     def _follow_registry(self) -> None:
-        """Apply promotions and rollbacks made with the ``telemon registry`` command."""
+        """Apply promotions and rollbacks made with the ``telemon registry`` command (the
+        service's own are recorded by ``rule:<name>`` actors)."""
         events, self.audit_position = self.registry.events(self.audit_position)
         for e in events:
-            if e.kind in ("promoted", "rolled_back") and e.actor.startswith("cli"):
+            if e.kind in ("promoted", "rolled_back") and not e.actor.startswith("rule:"):
                 self._publish_event(e)
                 self._switch(e.device_id, e.sensor, e, e.reason, "")
 
@@ -365,25 +400,30 @@ class Service:
         return lags
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Load each partition's snapshot and start consuming where its state stopped. A partition
-        without one gets an empty snapshot at its starting position first, so a crash before its
-        first real snapshot restarts from there instead of from a commit the state never saw."""
+        """Load each partition's snapshot and start consuming where its state stopped. Between the
+        snapshot and the group's committed offset the outputs were delivered already: those
+        messages are re-applied to the state without outputs. A partition without a snapshot gets
+        an empty one at its starting position first, so a crash before its first real snapshot
+        restarts from there instead of from a commit the state never saw."""
+        committed = consumer.committed(
+            [TopicPartition(tp.topic, tp.partition) for tp in partitions],
+            timeout=self.settings.consume.delivery_timeout_s,
+        )
         restored = 0
-        fresh = []
-        for tp in partitions:
+        for tp, c in zip(partitions, committed, strict=True):
             key = (tp.topic, tp.partition)
             self.positions[key] = None
             snap = self._load_snapshot(tp.topic, tp.partition)
             if snap is None:
-                fresh.append(tp)
+                self._start_fresh(tp, c.offset)
                 continue
             self.pipeline.import_partition(snap.state)
             tp.offset = snap.next_offset
             if snap.next_offset >= 0:
                 self.restored_at[key] = snap.next_offset
+                if c.offset > snap.next_offset:
+                    self.replay_until[key] = c.offset
             restored += len(snap.state.devices.device_ids)
-        if fresh:
-            self._start_fresh(consumer, fresh)
         consumer.assign(partitions)
         self.health.assigned(len(self.positions))
         self.metrics.record_restored(restored)
@@ -394,15 +434,13 @@ class Service:
             restored,
         )
 
-    def _start_fresh(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Empty snapshots for partitions that have none, at the committed offset if the group has
-        one (state starts empty there), else at the ``auto_offset_reset`` end of the log."""
+    def _start_fresh(self, tp: TopicPartition, committed: int) -> None:
+        """An empty snapshot for a partition that has none, at the committed offset if the group
+        has one (state starts empty there), else at the ``auto_offset_reset`` end of the log."""
         start = OFFSET_BEGINNING if self.settings.kafka.auto_offset_reset == "earliest" else OFFSET_END
-        committed = consumer.committed(partitions, timeout=self.settings.consume.delivery_timeout_s)
+        tp.offset = committed if committed >= 0 else start
         empty = PartitionState(self.pipeline.store.export([]))
-        for tp, c in zip(partitions, committed, strict=True):
-            tp.offset = c.offset if c.offset >= 0 else start
-            self.snapshots.save(PartitionSnapshot(tp.topic, tp.partition, tp.offset, empty))
+        self.snapshots.save(PartitionSnapshot(tp.topic, tp.partition, tp.offset, empty))
 
     def _load_snapshot(self, topic: str, partition: int) -> PartitionSnapshot | None:
         try:
@@ -430,6 +468,7 @@ class Service:
         for topic, p in keys:
             self.positions.pop((topic, p), None)
             self.restored_at.pop((topic, p), None)
+            self.replay_until.pop((topic, p), None)
             self.dirty.discard((topic, p))
             self.pipeline.drop_partition(p)
         if self.positions:
@@ -532,9 +571,9 @@ class Service:
             self.tracker.errors = []
             self._produce(result)
         if not self._delivered(result):
-            if stop.is_set():
+            if stop.is_set():  # keep `pending`: the revocation then drops the state unsaved
                 log.error("stopping with undelivered outputs: their batch stays uncommitted")
-                self.pending = None
+                self.abandoned = True
             return
         self.pending = None
         self.metrics.record_degraded(False)

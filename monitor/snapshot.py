@@ -7,7 +7,8 @@ the offset of the next message to apply. The service writes one after its output
 and its offsets committed, on partition revocation and at shutdown; it reads it back when the
 partition is assigned and seeks there, so the state and the position always agree.
 
-File layout (``<dir>/<topic>/<partition>.snap``, written to a temporary file, fsynced, renamed)::
+File layout (``<state.snapshot_dir>/<group id>/<topic>/<partition>.snap``, written to a temporary
+file, fsynced, renamed)::
 
     b"TLMSNAP1"  header length (8 bytes, big-endian)  header (JSON)  HMAC (32 bytes)
     arrays (.npz, no pickles)  objects (pickle: models and ADWINs)

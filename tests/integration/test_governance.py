@@ -227,7 +227,7 @@ def test_a_worse_candidate_is_rejected(broker: EmbeddedBroker, tmp_path: Path) -
         assert reg.manifest(e.device_id, e.sensor, e.version).model.version == e.version  # kept, inspectable
 
 
-def _publish(settings: Settings, device: str, values: list[float]) -> dict[int, int]:
+def _publish(settings: Settings, device: str, values: list[float], start: int = 0) -> dict[int, int]:
     ensure_topics(settings.kafka, [settings.kafka.readings_topic])
     p = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
     offsets: dict[int, int] = {}
@@ -235,7 +235,7 @@ def _publish(settings: Settings, device: str, values: list[float]) -> dict[int, 
     def delivered(err: object, msg: Any) -> None:
         offsets[msg.partition()] = max(offsets.get(msg.partition(), -1), msg.offset())
 
-    for i, v in enumerate(values):
+    for i, v in enumerate(values, start):
         raw = encode_reading(device, "temperature", T0 + i * 1000, i, {"value": round(float(v), 3)})
         p.produce(
             settings.kafka.readings_topic,
@@ -272,3 +272,68 @@ def test_hysteresis_and_cooldown_keep_an_oscillating_signal_to_one_episode(
     records = [alerts.decode(m.value()) for m in read_topic(settings.kafka, settings.kafka.alerts_topic)]
     statuses = [a.status for a in records if a.rule == "noisy" and a.status != "pending"]
     assert statuses == ["firing", "resolved"]
+
+
+ROLLBACK_RULES = """
+rules:
+  - name: score_drift
+    scope: device
+    when: {all: [{signal: ks_drift, op: "==", value: 1}, {signal: psi_drift, op: "==", value: 1}]}
+    for: 2
+    cooldown_s: 60
+    actions: [alert, retrain]
+  - name: regression
+    scope: device
+    when: {signal: anomaly_rate, op: ">", value: 0.5}
+    actions: [alert, rollback]
+"""
+
+
+def _levels(*levels: float, n: int = 600, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    return [float(v) for level in levels for v in level + 0.1 * rng.standard_normal(n)]
+
+
+def _rollback_run(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(ROLLBACK_RULES)
+    # Small batches: a rollback is carried out after its batch, before a retrain can supersede it.
+    return monitor_settings(broker, tmp_path / "state", rules_file=str(rules), consume={"batch_size": 50})
+
+
+def test_rollback_action_serves_the_parent_again(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """20 -> 25 (retrained: v2 serves) -> 20 again: v2 raises alarms, the rule rolls back to v1."""
+    settings = _rollback_run(broker, tmp_path)
+    run_monitor(settings, _publish(settings, "dev-rb", _levels(20, 25, 20)))
+    reg = registry.open_registry(settings)
+    kinds = [(e.kind, e.version) for e in reg.history("dev-rb", "temperature") if e.kind != "rule_fired"]
+    assert ("promoted", 2) in kinds
+    assert kinds.index(("promoted", 2)) < kinds.index(("rolled_back", 1))
+    assert reg.serving("dev-rb", "temperature") == 1
+
+
+def test_a_tampered_rollback_target_is_refused_on_the_live_path(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """As above, but v1's artifact is tampered with between two runs of the service: the rollback
+    is refused with a recorded reason and v2 keeps serving (its state restored from snapshots) until
+    the drift rule's own retrain replaces it."""
+    settings = _rollback_run(broker, tmp_path)
+    values = _levels(20, 25, 20)
+    first = _publish(settings, "dev-rb", values[:1200])
+    run_monitor(settings, first)
+    reg = registry.open_registry(settings)
+    assert reg.serving("dev-rb", "temperature") == 2, [
+        (e.kind, e.version, e.reason[:60]) for e in reg.history("dev-rb", "temperature")
+    ]
+    artifact = reg.path("dev-rb", "temperature", 1) / "model.pkl"
+    artifact.write_bytes(artifact.read_bytes()[:-1] + b"\x00")
+    second = _publish(settings, "dev-rb", values[1200:], start=1200)
+    run_monitor(settings, second)
+    events = reg.history("dev-rb", "temperature")
+    refused = [e for e in events if e.kind == "rejected" and "rollback refused" in e.reason]
+    assert refused and "tampered" in refused[0].reason
+    assert refused[0].previous == 2  # v2 kept serving ...
+    assert not [e for e in events if e.kind == "rolled_back"]
+    later = [e for e in events[events.index(refused[0]) :] if e.kind == "promoted"]
+    assert all(e.previous == 2 for e in later[:1])  # ... until a retrain replaced it, if one did

@@ -1,4 +1,4 @@
-"""Tests for monitor.alerts and monitor.sinks: identity, schema, deduplication, storm control with
+"""Tests for monitor.alerts and monitor.sinks: identity, schema, storm control with
 hand-computed cases, the Alertmanager payload, and the sink against a loopback HTTP stub."""
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import monitor.alerts
 from monitor import sinks
 from monitor.alerts import (
     Alert,
-    Deduplicator,
     StormControl,
     alert_id,
     annotations_of,
@@ -116,54 +115,6 @@ def test_labels_and_annotations_for_alertmanager() -> None:
 
 def test_rfc3339_keeps_milliseconds() -> None:
     assert rfc3339(T0 + 1) == "2026-01-01T00:00:00.001Z"
-
-
-# --- deduplication -----------------------------------------------------------------------------------
-
-
-def test_dedupe_drops_repeats_within_and_across_batches() -> None:
-    d = Deduplicator()
-    a, b = _alert(device="a"), _alert(device="b")
-    first = d.fresh([a, a, b])
-    assert first == [a, b]
-    d.record(first)
-    assert d.fresh([a, b]) == []
-
-
-def test_dedupe_forgets_nothing_when_delivery_failed() -> None:
-    d = Deduplicator()
-    a = _alert()
-    assert d.fresh([a]) == [a]  # not recorded: the delivery failed
-    assert d.fresh([a]) == [a]
-
-
-def test_dedupe_lets_an_episode_only_move_forward() -> None:
-    d = Deduplicator()
-    pending, firing, resolved = (
-        _alert(s, ts=T0 + i) for i, s in enumerate(("pending", "firing", "resolved"))
-    )
-    d.record(d.fresh([pending]))
-    assert d.fresh([pending, firing]) == [firing]
-    d.record([firing])
-    assert d.fresh([pending, firing, resolved]) == [resolved]
-    d.record([resolved])
-    assert d.fresh([pending, firing, resolved]) == []  # stale records of a finished episode
-
-
-def test_dedupe_memory_is_bounded() -> None:
-    d = Deduplicator(max_open=2, max_resolved=1)
-    a, b, c = (_alert(device=x) for x in "abc")
-    d.record([a, b, c])
-    assert len(d) == 2
-    assert d.fresh([a, b, c]) == [a]  # the oldest open episode was forgotten
-    d.record([_alert("resolved", device="b"), _alert("resolved", device="c")])
-    assert len(d) == 1  # resolved episodes leave the open set; one resolved id is remembered
-    assert d.fresh([_alert("resolved", device="c")]) == []
-
-
-def test_dedupe_refuses_an_unknown_status() -> None:
-    with pytest.raises(ValueError, match="unknown alert status 'silenced'"):
-        Deduplicator().fresh([_alert("silenced")])
 
 
 # --- storm control -----------------------------------------------------------------------------------
