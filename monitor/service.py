@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -418,6 +419,7 @@ class Service:
                 self._start_fresh(tp, c.offset)
                 continue
             self.pipeline.import_partition(snap.state)
+            self._adopt(snap.state.episodes)
             tp.offset = snap.next_offset
             if snap.next_offset >= 0:
                 self.restored_at[key] = snap.next_offset
@@ -433,6 +435,34 @@ class Service:
             len(self.positions),
             restored,
         )
+
+    def _adopt(self, episodes: list[dict[str, Any]]) -> None:
+        """Keep restored firing alerts alive in Alertmanager (it resolves what is not re-posted)."""
+        if self.sink is None:
+            return
+        rules = {r.name: r for r in self.pipeline.engine.rules.rules}
+        firing = []
+        for e in episodes:
+            rule = rules.get(e["rule"])
+            if e["firing"] and rule is not None and "alert" in rule.actions:
+                device, sensor, start = e["device_id"], e["sensor"], e["started_at"]
+                firing.append(
+                    alerts.Alert(
+                        alert_id=alerts.alert_id(rule.name, device, sensor, start),
+                        rule=rule.name,
+                        status="firing",
+                        severity=rule.severity,
+                        scope=rule.scope,
+                        device_id=device,
+                        sensor=sensor,
+                        started_at=start,
+                        ts=start,
+                        signals={},
+                        actions=list(rule.actions),
+                        model_version=0,
+                    )
+                )
+        self.sink.adopt(firing)
 
     def _start_fresh(self, tp: TopicPartition, committed: int) -> None:
         """An empty snapshot for a partition that has none, at the committed offset if the group
