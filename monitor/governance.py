@@ -148,6 +148,7 @@ class Governor:
         return None
 
     def base_params(self, s: int) -> dict[str, float]:
+        """The configured model parameters of sensor ``s`` (what a new online model starts with)."""
         m = self.settings.model
         return {
             "fading": m.fading,

@@ -26,7 +26,7 @@ from monitor.governance import Governor
 from monitor.integrity import IntegrityChecker
 from monitor.registry import AuditEvent, EventKind, ModelVersion, code_version
 from monitor.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
-from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, SENSORS, Reading, Rejection
+from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, Reading, Rejection
 from monitor.settings import Settings
 from monitor.state import CHECKS, N_SENSORS, DeviceStates, Shapes, StateStore
 
@@ -333,7 +333,7 @@ class Pipeline:
         st = self.store
         m = st.models[slot][s]
         if m is None:
-            m = st.models[slot][s] = model.AdaptiveGaussian(len(f), **self._model_params(s))
+            m = st.models[slot][s] = model.AdaptiveGaussian(len(f), **self.governor.base_params(s))
         if m.n < self.settings.model.warmup:
             m.learn(f)
             return None
@@ -345,14 +345,6 @@ class Pipeline:
         if (not anomalous or self.settings.model.learn_anomalies) and not st.quarantined[slot]:
             m.learn(f)
         return d2
-
-    def _model_params(self, s: int) -> dict[str, float]:
-        m = self.settings.model
-        return {
-            "fading": m.fading,
-            "var_fading": m.var_fading,
-            "resolution": SENSORS[SENSOR_NAMES[s]].resolution,
-        }
 
     def _remember(self, slot: int, s: int, ts: int, f: Features, offset: int) -> None:
         """Keep the reading in the pair's retraining ring, with its Kafka offset."""

@@ -45,13 +45,26 @@ from monitor.metrics import Metrics
 from monitor.pipeline import BatchResult, DeadLetter, PartitionState, Pipeline
 from monitor.settings import Settings
 from monitor.sinks import AlertmanagerSink, SinkUnavailable
-from monitor.snapshot import PartitionSnapshot, SnapshotError, SnapshotStore
+from monitor.snapshot import PartitionSnapshot, SnapshotError, SnapshotStore, SnapshotWriter
 
 log = logging.getLogger(__name__)
 
 BatchHook = Callable[[BatchResult, "Totals"], None]
 _REBALANCE_ERRORS = frozenset(
     {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS}
+)
+# A commit that failed because the broker (the group coordinator) could not be reached.
+_UNREACHABLE_ERRORS = frozenset(
+    {
+        KafkaError._WAIT_COORD,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+    }
 )
 
 
@@ -111,55 +124,6 @@ def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:
         ("telemon.partition", str(m.partition()).encode()),
         ("telemon.offset", str(m.offset()).encode()),
     ]
-
-
-class SnapshotWriter:
-    """Writes encoded snapshots from a background thread so that the disk never stalls polling.
-    Only the latest pending snapshot of a partition is kept: an older one is obsolete."""
-
-    def __init__(self, store: SnapshotStore) -> None:
-        self.store = store
-        self._pending: dict[tuple[str, int], bytes] = {}
-        self._cond = threading.Condition()
-        self._busy = False
-        self._closed = False
-        self.errors = 0
-        self._thread = threading.Thread(target=self._run, name="telemon-snapshots", daemon=True)
-        self._thread.start()
-
-    def submit(self, topic: str, partition: int, data: bytes) -> None:
-        with self._cond:
-            self._pending[(topic, partition)] = data
-            self._cond.notify_all()
-
-    def drain(self) -> None:
-        """Wait until everything submitted is on disk."""
-        with self._cond:
-            self._cond.wait_for(lambda: not self._pending and not self._busy)
-
-    def close(self) -> None:
-        self.drain()
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._closed)
-                if not self._pending:
-                    return
-                (topic, partition), data = self._pending.popitem()
-                self._busy = True
-            try:
-                self.store.write(topic, partition, data)
-            except OSError as exc:
-                self.errors += 1
-                log.error("cannot write the snapshot of %s/%d: %s", topic, partition, exc)
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
 
 
 class Service:
@@ -624,13 +588,19 @@ class Service:
 
     def _commit(self, result: BatchResult) -> None:
         """Commit the batch's offsets. A commit refused because the group rebalanced is not fatal:
-        the partitions' new owner re-reads the batch from the last commit (at-least-once)."""
+        the partitions' new owner re-reads the batch from the last commit (at-least-once). Nor is
+        one that failed because the broker is unreachable: the next commit covers the batch, and
+        the partitions' snapshots, not the committed offsets, say where their state resumes."""
         if not result.offsets:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in result.offsets.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            if exc.args[0].code() not in _REBALANCE_ERRORS:
+            code = exc.args[0].code()
+            if code in _UNREACHABLE_ERRORS:
+                log.warning("commit failed, the broker is unreachable (%s); the next commit covers it", exc)
+                return
+            if code not in _REBALANCE_ERRORS:
                 raise
             log.warning("commit refused after a rebalance (%s); the batch will be re-delivered", exc)

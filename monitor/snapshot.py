@@ -25,9 +25,11 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import os
 import pickle
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ import numpy as np
 from monitor import safepickle
 from monitor.pipeline import PartitionState
 from monitor.state import N_SENSORS, DeviceStates
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"TLMSNAP1"
 FORMAT = 1
@@ -143,6 +147,55 @@ class SnapshotStore:
     def __iter__(self) -> Iterator[PartitionSnapshot]:
         for path in sorted(self.root.glob("*/*.snap")):
             yield decode(path.read_bytes(), self.key)
+
+
+class SnapshotWriter:
+    """Writes encoded snapshots from a background thread so that the disk never stalls polling.
+    Only the latest pending snapshot of a partition is kept: an older one is obsolete."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self.store = store
+        self._pending: dict[tuple[str, int], bytes] = {}
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name="telemon-snapshots", daemon=True)
+        self._thread.start()
+
+    def submit(self, topic: str, partition: int, data: bytes) -> None:
+        with self._cond:
+            self._pending[(topic, partition)] = data
+            self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until everything submitted is on disk."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending and not self._busy)
+
+    def close(self) -> None:
+        self.drain()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                (topic, partition), data = self._pending.popitem()
+                self._busy = True
+            try:
+                self.store.write(topic, partition, data)
+            except OSError as exc:
+                self.errors += 1
+                log.error("cannot write the snapshot of %s/%d: %s", topic, partition, exc)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
 
 
 def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot]) -> dict[str, str]:
