@@ -131,11 +131,13 @@ class GroupDrift:
         self.since_eval = [0] * N_SENSORS
         self.adwin_hits = [0] * N_SENSORS
         self.anomalies = [0] * N_SENSORS
+        self.score_sum = [0.0] * N_SENSORS
         self.adwins = [drift.ADWIN(delta=s.adwin_delta) for _ in SENSOR_NAMES]
 
     def push(self, s: int, score: float, anomalous: bool = False) -> bool:
         """Record one score of sensor ``s``; True when the sensor is due for an evaluation."""
         self.anomalies[s] += anomalous
+        self.score_sum[s] += score
         n = self.n[s]
         if _append(self.ref[s], self.cur[s], n, round(score * QUANTUM)):
             _freeze(self.ref[s], self.edges[s], self.frac[s])

@@ -357,8 +357,12 @@ class Pipeline:
 
     def _evaluate_pair(self, slot: int, s: int, result: BatchResult) -> None:
         st, name = self.store, SENSOR_NAMES[s]
+        scored = int(st.score_count[slot, s])
+        mean = float(st.score_sum[slot, s]) / scored if scored else None
         self.pairs.close_interval(slot, s)
         sig = self._pair_signals(slot, s)
+        if mean is not None:
+            sig["score_mean"] = mean
         result.drift[("adwin", "device", name)] += int(st.adwin_hits[slot, s])
         cmp = self.pairs.compare(slot, s)
         if cmp is not None:
@@ -418,6 +422,8 @@ class Pipeline:
             "adwin_detections": float(hits),
             "adwin_drift": float(hits > 0),
         }
+        if n:
+            sig["score_mean"] = group.score_sum[s] / n
         if scope == "fleet":
             sig["lag"] = float(self.lag)
         cmp = group.compare(s)
@@ -426,6 +432,7 @@ class Pipeline:
             if scope == "fleet":
                 result.fleet_stats[name] = (sig["ks_stat"], sig["psi"])
         group.since_eval[s] = group.adwin_hits[s] = group.anomalies[s] = 0
+        group.score_sum[s] = 0.0
         self._act(self.engine.evaluate([Evaluation(scope, key, name, sig, ts)]), result)
 
     def _act(self, transitions: list[Transition], result: BatchResult) -> None:

@@ -71,6 +71,7 @@ DRIFT_SIGNALS = frozenset(
         "readings",
         "anomalies",
         "anomaly_rate",
+        "score_mean",
         "adwin_detections",
         "adwin_drift",
         "ks_stat",

@@ -589,8 +589,8 @@ class Service:
     def _commit(self, result: BatchResult) -> None:
         """Commit the batch's offsets. A commit refused because the group rebalanced is not fatal:
         the partitions' new owner re-reads the batch from the last commit (at-least-once). Nor is
-        one that failed because the broker is unreachable: the next commit covers the batch, and
-        the partitions' snapshots, not the committed offsets, say where their state resumes."""
+        one that failed because the broker is unreachable (its outputs are delivered): the next
+        commit covers the batch, and a process that stops first resumes from its snapshots."""
         if not result.offsets:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in result.offsets.items()]

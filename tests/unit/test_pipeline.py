@@ -14,7 +14,7 @@ import pytest
 from monitor.alerts import Alert
 from monitor.pipeline import BatchResult, Message, Pipeline
 from monitor.registry import AuditEvent, ModelVersion
-from monitor.rules import load_rules
+from monitor.rules import load_rules, parse_rules
 from monitor.schema import SENSOR_INDEX, SENSORS, Reason, encode_reading
 from monitor.settings import load_settings
 
@@ -374,3 +374,37 @@ def test_alerts_do_not_depend_on_batch_size(batch: int) -> None:
     one_by_one = _alert_keys(_run(_pipeline(), msgs, batch=1))
     assert ("score_drift", "firing", "dev-0") in [k[:3] for k in one_by_one]
     assert _alert_keys(_run(_pipeline(), msgs, batch=batch)) == one_by_one
+
+
+# --- quarantine -----------------------------------------------------------------------------------
+
+QUARANTINE_RULES = """
+rules:
+  - name: unreliable
+    scope: device
+    when: {signal: anomaly_rate, op: ">", value: 0.5}
+    clear: {signal: anomaly_rate, op: "<", value: 0.1}
+    actions: [alert, quarantine]
+"""
+
+
+def test_quarantine_stops_learning_while_the_rule_fires() -> None:
+    """Two readings in three are spikes from 200 to 400: the device is quarantined, so even its
+    normal readings are not learned, until the spikes stop and the rule resolves."""
+    p = Pipeline(load_settings(None, drift=DRIFT, model=MODEL), parse_rules(QUARANTINE_RULES))
+    stream, rng, learned = Stream(), np.random.default_rng(5), []
+    for i in range(600):
+        spike = 200 <= i < 400 and i % 3 != 0
+        v = LEVEL + NOISE * rng.standard_normal() + (SHIFT if spike else 0.0)
+        result = p.process([stream.reading(0, i, v)])
+        m = p.store.models[p.store.slots["dev-0"]][TEMP]
+        learned.append(
+            (i, m.n if m is not None else 0, [e.action for e in result.audit if e.kind == "action"])
+        )
+    quarantined = next(i for i, _, actions in learned if "quarantine" in actions)
+    released = next(i for i, _, actions in learned if "release" in actions)
+    assert 200 < quarantined < released
+    during = {n for i, n, _ in learned if quarantined <= i < released}
+    assert len(during) == 1  # not one reading learned while quarantined ...
+    assert learned[-1][1] > learned[released][1]  # ... and learning resumes once released
+    assert p.store.quarantined[p.store.slots["dev-0"]] == 0
