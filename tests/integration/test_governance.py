@@ -337,3 +337,32 @@ def test_a_tampered_rollback_target_is_refused_on_the_live_path(
     assert not [e for e in events if e.kind == "rolled_back"]
     later = [e for e in events[events.index(refused[0]) :] if e.kind == "promoted"]
     assert all(e.previous == 2 for e in later[:1])  # ... until a retrain replaced it, if one did
+
+
+def test_storm_control_caps_a_fleet_wide_burst_with_one_summary(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Ten devices go bad at once: three firing alerts get through, then one alert_storm summary."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: bad\n    scope: device\n"
+        "    when: {signal: anomaly_rate, op: '>', value: 0.5}\n    actions: [alert]\n"
+    )
+    settings = monitor_settings(
+        broker,
+        tmp_path / "state",
+        rules_file=str(rules),
+        alerts={"storm_max_alerts": 3, "storm_window_s": 600},
+    )
+    offsets: dict[int, int] = {}
+    for d in range(10):
+        values = _levels(20, 40, n=150, seed=d)
+        for p, o in _publish(settings, f"dev-s{d}", values).items():
+            offsets[p] = max(offsets.get(p, -1), o)
+    run_monitor(settings, offsets)
+    records = [alerts.decode(m.value()) for m in read_topic(settings.kafka, settings.kafka.alerts_topic)]
+    firing = [a for a in records if a.rule == "bad" and a.status == "firing"]
+    (storm,) = [a for a in records if a.rule == alerts.STORM_RULE and a.status == "firing"]
+    assert len(firing) == 3
+    assert storm.signals["suppressed"] >= 1 and storm.severity == "critical"  # counted when it started
+    assert len({a.device_id for a in firing}) == 3  # the other seven were suppressed, not delivered
