@@ -251,13 +251,14 @@ def _publish(settings: Settings, device: str, values: list[float], start: int = 
 def test_hysteresis_and_cooldown_keep_an_oscillating_signal_to_one_episode(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    """The anomaly rate swings around 0.3 for 20 evaluations, then drops: one firing, one resolved."""
+    """The anomaly rate swings around 0.3 for 20 evaluations, then drops: one firing, one resolved
+    (and one quarantine, released when the episode resolves)."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(
         "rules:\n  - name: noisy\n    scope: device\n"
         "    when: {signal: anomaly_rate, op: '>', value: 0.3}\n"
         "    clear: {signal: anomaly_rate, op: '<', value: 0.05}\n"
-        "    cooldown_s: 600\n    actions: [alert]\n"
+        "    cooldown_s: 600\n    actions: [alert, quarantine]\n"
     )
     settings = monitor_settings(broker, tmp_path / "state", rules_file=str(rules))
     rng = np.random.default_rng(1)
@@ -272,6 +273,8 @@ def test_hysteresis_and_cooldown_keep_an_oscillating_signal_to_one_episode(
     records = [alerts.decode(m.value()) for m in read_topic(settings.kafka, settings.kafka.alerts_topic)]
     statuses = [a.status for a in records if a.rule == "noisy" and a.status != "pending"]
     assert statuses == ["firing", "resolved"]
+    actions = [e.action for e in _audit(settings) if e.kind == "action"]
+    assert actions == ["quarantine", "release"]  # the device learned nothing while it was noisy
 
 
 ROLLBACK_RULES = """
