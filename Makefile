@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint env evaluate clean
+.PHONY: demo test lint env evaluate chaos clean
 
 $(BIN)/telemon: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: env
 evaluate: env
 	$(BIN)/telemon evaluate scenario configs/scenarios/library.yaml configs/scenarios/clean.yaml
 	$(BIN)/telemon evaluate --config configs/nab.yaml nab
+
+# The chaos harness, long variants (several minutes; prints the figures): CHAOS_ARGS="--outage 30".
+chaos: env
+	scripts/chaos $(CHAOS_ARGS)
 
 lint: env
 	$(BIN)/ruff check .

@@ -22,11 +22,12 @@ Experiments:
 - ``kill``: kill -9 the monitor N times at random progress points;
 - ``replicas``: two replicas sharing a snapshot directory, with join / leave (SIGTERM) /
   kill -9 churn while the stream flows in;
-- ``broker``: the broker frozen (SIGSTOP) or stopped and restarted mid-stream: the service stays
-  live, reports degraded, resumes after recovery and, against its own oracle, loses nothing the
-  broker kept;
-- ``sink``: Alertmanager down when the planted drift fires: degraded, offsets held below the
-  undelivered alert, then delivered, committed to the end and equal to the oracle.
+- ``broker``: mid-stream, the broker frozen (SIGSTOP) or stopped and restarted (every
+  connection closed and refused for the outage, data kept: :class:`RelayedBroker`): the service
+  stays live, reports degraded, resumes after recovery and loses nothing;
+- ``sink``: Alertmanager down when the planted drift's alert fires: degraded, offsets held below
+  the undelivered alerts, then delivered, committed to the end and equal to the oracle (the
+  device-scope rules only: :func:`device_rules`).
 
 ``scripts/chaos`` runs the long variants and prints the figures; ``tests/integration/
 test_chaos.py`` runs short ones.
@@ -35,11 +36,14 @@ test_chaos.py`` runs short ones.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,31 +54,37 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+import yaml
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from monitor import snapshot
 from monitor.alerts import Alert
 from monitor.alerts import decode as decode_alert
-from monitor.broker import EmbeddedBroker, free_port
+from monitor.broker import EmbeddedBroker, free_port, tansu_binary
 from monitor.kafka import DeliveryTracker, ensure_topics, flush, produce, producer_config
 from monitor.settings import KafkaSettings
 from monitor.snapshot import SnapshotStore
 from producers.scenario import Scenario, load_scenario
-from producers.simulate import Message, SimulationReport, simulate, stream
+from producers.simulate import Message, simulate, stream
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT_KEY = b"chaos-harness-signing-key-0123456789abcdef"
 PLANTED = (3, "temperature")  # the planted drift: device index, sensor
+RESUME_LIMIT_S = 15.0
 _runs = itertools.count()
+_started: list[subprocess.Popen[str]] = []  # every monitor process, so that none outlives a failure
 
 Offsets = dict[int, int]  # partition -> next offset
+Proc = subprocess.Popen[str]
 
 
-def stream_settings(broker: EmbeddedBroker, name: str, partitions: int = 4) -> KafkaSettings:
+def stream_settings(bootstrap_servers: str, name: str, partitions: int = 4) -> KafkaSettings:
     return KafkaSettings(
-        bootstrap_servers=broker.bootstrap_servers,
+        bootstrap_servers=bootstrap_servers,
         readings_topic=f"{name}.readings",
         truth_topic=f"{name}.truth",
         partitions=partitions,
@@ -86,38 +96,30 @@ def scenario(devices: int, duration_s: int, seed: int = 7, prefix: str = "dev-")
     """The seeded stream: the demo fleet with an abrupt +6 degC shift planted on device 3's
     temperature half-way through (``prefix`` names the devices, so two streams can be told apart)."""
     device, sensor = PLANTED
-    events = [
-        {
-            "kind": "abrupt_shift",
-            "device": device,
-            "sensor": sensor,
-            "start_s": duration_s // 2,
-            "magnitude": 6.0,
-        }
-    ]
+    shift = {"kind": "abrupt_shift", "device": device, "sensor": sensor, "start_s": duration_s // 2}
     return load_scenario(
         ROOT / "configs/scenarios/demo.yaml",
         devices=devices,
         duration_s=duration_s,
         seed=seed,
-        events=events if devices > device else [],
+        events=[shift | {"magnitude": 6.0}] if devices > device else [],
         device_prefix=prefix,
     )
 
 
-def publish(kafka: KafkaSettings, devices: int, duration_s: int, seed: int = 7) -> SimulationReport:
-    return simulate(kafka, scenario(devices, duration_s, seed))
+def drift_start_ts(source: Scenario) -> int:
+    return source.start_ts + int(source.duration_s // 2) * 1000
 
 
-def ends(report: SimulationReport) -> Offsets:
-    """Partition -> the offset after its last message."""
-    return {p: o + 1 for p, o in report.last_offsets.items()}
+def joined(first: Offsets, second: Offsets) -> Offsets:
+    """The ends of a topic after two publications."""
+    return {p: max(first.get(p, 0), second.get(p, 0)) for p in first.keys() | second.keys()}
 
 
 class Feed:
-    """A scenario published again, message by message, to ``kafka.readings_topic``: with the
-    producer settings and order of :func:`producers.simulate.simulate`, every message lands on
-    the partition and offset it has in the original."""
+    """A scenario published, message by message, to ``kafka.readings_topic``: with the producer
+    settings and order of :func:`producers.simulate.simulate`, every message lands on the
+    partition and offset it has in any other publication of the scenario."""
 
     def __init__(self, kafka: KafkaSettings, source: Scenario) -> None:
         ensure_topics(kafka, [kafka.readings_topic])
@@ -126,35 +128,30 @@ class Feed:
         self._next: Message | None = next(self._messages, None)
         self._producer = Producer(producer_config(kafka))
         self._tracker = DeliveryTracker()
-        self.sent = 0
-
-    @property
-    def done(self) -> bool:
-        return self._next is None
 
     def send(self, until_ts: int | None = None, rate: float | None = None) -> Offsets:
         """Publish the messages up to event time ``until_ts`` (None: all), at most ``rate`` per
         second; wait for their acknowledgements and return the ends published so far."""
         began, sent = time.monotonic(), 0
+        topic = self.kafka.readings_topic
         while self._next is not None and (until_ts is None or self._next.ts <= until_ts):
             m = self._next
-            produce(
-                self._producer,
-                self._tracker,
-                self.kafka.readings_topic,
-                key=m.key,
-                value=m.value,
-                timestamp=m.ts,
-            )
+            produce(self._producer, self._tracker, topic, key=m.key, value=m.value, timestamp=m.ts)
             sent += 1
             self._next = next(self._messages, None)
             if rate is not None and sent % 200 == 0:
                 self._producer.poll(0)
                 time.sleep(max(0.0, began + sent / rate - time.monotonic()))
         flush(self._producer, self._tracker, 60)
-        self.sent += sent
-        topic = self.kafka.readings_topic
         return {p: o + 1 for (t, p), o in self._tracker.last_offsets.items() if t == topic}
+
+
+def publish(kafka: KafkaSettings, source: Scenario) -> Offsets:
+    """Publish the whole scenario (ground truth included) and return the topic's ends."""
+    return {p: o + 1 for p, o in simulate(kafka, source).last_offsets.items()}
+
+
+# --- monitor runs ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -166,7 +163,7 @@ class Run:
     name: str = field(default_factory=lambda: f"run{next(_runs)}")
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0  # the metrics port of the last process started
-    _alerts: list[tuple[str, str, str]] | None = None
+    _alerts: list[Alert] | None = None
 
     @property
     def kafka(self) -> KafkaSettings:
@@ -177,6 +174,7 @@ class Run:
                 "dead_letter_topic": f"{s.readings_topic}.{self.name}.dlq",
                 "alerts_topic": f"{s.readings_topic}.{self.name}.alerts",
                 "models_topic": f"{s.readings_topic}.{self.name}.models",
+                "audit_topic": f"{s.readings_topic}.{self.name}.audit",
             }
         )
 
@@ -188,7 +186,7 @@ class Run:
     def log(self) -> Path:
         return self.workdir / f"{self.name}.log"
 
-    def start(self) -> subprocess.Popen[str]:
+    def start(self) -> Proc:
         """``telemon run`` as a process (its output goes to :attr:`log`)."""
         environ = dict(os.environ) | self.env
         for key, value in self.kafka.model_dump(exclude_none=True).items():
@@ -203,9 +201,11 @@ class Run:
             "TELEMON_STATE__SNAPSHOT_INTERVAL_S": environ.get("TELEMON_STATE__SNAPSHOT_INTERVAL_S", "0.3"),
         }
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "monitor.cli", "run", "--config", str(ROOT / "configs/monitor.yaml")]
         with self.log.open("a") as log:
-            cmd = [sys.executable, "-m", "monitor.cli", "run", "--config", str(ROOT / "configs/monitor.yaml")]
-            return subprocess.Popen(cmd, env=environ, stdout=log, stderr=log, text=True, cwd=ROOT)
+            proc = subprocess.Popen(cmd, env=environ, stdout=log, stderr=log, text=True, cwd=ROOT)
+        _started.append(proc)
+        return proc
 
     def committed(self, partitions: list[int]) -> Offsets:
         k = self.kafka
@@ -234,17 +234,14 @@ class Run:
     def readiness(self) -> tuple[int, dict[str, Any]]:
         return probe(self.port, "/readyz")
 
-    def alerts(self) -> list[tuple[str, str, str]]:
-        """(alert_id, status, scope) of every record on the run's alerts topic (read once)."""
+    def alerts(self) -> list[Alert]:
+        """Every record on the run's alerts topic (read once)."""
         if self._alerts is None:
-            self._alerts = [(a.alert_id, a.status, a.scope) for a in self.alert_records()]
+            self._alerts = [decode_alert(v) for v in _read_all(self.kafka)]
         return self._alerts
 
-    def alert_records(self) -> list[Alert]:
-        return [decode_alert(v) for v in _read_all(self.kafka)]
-
     def snapshots(self) -> list[snapshot.PartitionSnapshot]:
-        return list(SnapshotStore(self.state_dir / "snapshots", SNAPSHOT_KEY))
+        return list(SnapshotStore(self.state_dir / "snapshots" / self.kafka.group_id, SNAPSHOT_KEY))
 
     def states(self) -> dict[str, str]:
         return snapshot.fingerprints(self.snapshots())
@@ -281,7 +278,7 @@ def probe(port: int, path: str) -> tuple[int, dict[str, Any]]:
         return 0, {}
 
 
-def stop(proc: subprocess.Popen[str], timeout: float = 60) -> int:
+def stop(proc: Proc, timeout: float = 60) -> int:
     proc.send_signal(signal.SIGTERM)
     try:
         return proc.wait(timeout)
@@ -290,18 +287,52 @@ def stop(proc: subprocess.Popen[str], timeout: float = 60) -> int:
         raise
 
 
-def kill(proc: subprocess.Popen[str]) -> None:
+def kill(proc: Proc) -> None:
     proc.kill()
     proc.wait()
 
 
-def finish(run: Run, procs: list[subprocess.Popen[str]], expected: Offsets, timeout: float) -> float:
+def reap() -> None:
+    """Kill the monitor processes still running: those an experiment that failed left behind."""
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            kill(proc)
+
+
+def finish(run: Run, procs: list[Proc], expected: Offsets, timeout: float) -> float:
     """Let the run commit everything, then stop it cleanly (its partitions are snapshotted)."""
     took = run.wait_committed(expected, timeout)
     for p in procs:
         if p.poll() is None and stop(p) != 0:
             raise RuntimeError(f"{run.name} exited with {p.returncode}: see {run.log}")
     return took
+
+
+def run_oracle(
+    stream: KafkaSettings,
+    workdir: Path,
+    expected: Offsets,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> Run:
+    """The fault-free run of ``stream`` (its alerts are read at once)."""
+    oracle = Run(stream, workdir, name=f"oracle-{stream.readings_topic}", env=env or {})
+    finish(oracle, [oracle.start()], expected, timeout)
+    oracle.alerts()
+    return oracle
+
+
+def _wait_progress(run: Run, expected: Offsets, target: float, proc: Proc) -> None:
+    """Wait until ``target`` of the stream is committed (or the run is done)."""
+    deadline = time.monotonic() + 120
+    while run.progress(expected) < target and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{run.name} died on its own: see {run.log}")
+        time.sleep(0.05)
+
+
+# --- comparison with the oracle ----------------------------------------------------------------
 
 
 @dataclass
@@ -320,7 +351,6 @@ class Comparison:
     alert_ids: int
     fleet_alerts: tuple[int, int]  # (oracle, faulty) fleet-scope records
     seconds: float
-    alerts_compared: bool = True
 
     @property
     def lost(self) -> int:
@@ -332,38 +362,27 @@ class Comparison:
 
     def lines(self) -> list[str]:
         equal = self.devices - len(self.devices_differing)
-        lines = [
+        differing = f" (differing: {', '.join(self.devices_differing[:5])})" if self.devices_differing else ""
+        return [
             f"{self.experiment}: {'PASS' if self.ok else 'FAIL'} ({self.faults} faults, {self.seconds:.1f}s)",
             f"  readings applied: oracle {self.oracle_applied}, faulty {self.applied}, lost {self.lost}",
-            f"  device states equal to the oracle's: {equal}/{self.devices}"
-            + (f" (differing: {', '.join(self.devices_differing[:5])})" if self.devices_differing else ""),
+            f"  device states equal to the oracle's: {equal}/{self.devices}{differing}",
+            f"  device-scope alert records: {self.alert_ids} unique in {self.alert_records} "
+            f"({self.alert_records - self.alert_ids} re-deliveries), missing {len(self.alerts_missing)}"
+            f"{_some(self.alerts_missing)}, extra {len(self.alerts_extra)}{_some(self.alerts_extra)}",
+            f"  fleet-scope alert records (order dependent, not compared): "
+            f"oracle {self.fleet_alerts[0]}, faulty {self.fleet_alerts[1]}",
         ]
-        if self.alerts_compared:
-            lines.append(
-                f"  device-scope alert records: {self.alert_ids} unique in {self.alert_records} "
-                f"({self.alert_records - self.alert_ids} re-deliveries), missing {len(self.alerts_missing)}"
-                f"{_some(self.alerts_missing)}, extra {len(self.alerts_extra)}{_some(self.alerts_extra)}"
-            )
-            lines.append(
-                f"  fleet-scope alert records (order dependent, not compared): oracle {self.fleet_alerts[0]}, "
-                f"faulty {self.fleet_alerts[1]}"
-            )
-        else:
-            lines.append("  alert records: not compared (the restarted in-memory broker dropped its topics)")
-        return lines
 
 
 def _some(items: set[str]) -> str:
     return f" {sorted(items)[:3]}" if items else ""
 
 
-def compare(
-    experiment: str, faults: int, oracle: Run, faulty: Run, seconds: float, alerts: bool = True
-) -> Comparison:
+def compare(experiment: str, faults: int, oracle: Run, faulty: Run, seconds: float) -> Comparison:
     want, got = oracle.states(), faulty.states()
-    oracle_alerts, faulty_alerts = (oracle.alerts(), faulty.alerts()) if alerts else ([], [])
-    want_ids = {(i, st) for i, st, scope in oracle_alerts if scope == "device"}
-    got_records = [(i, st) for i, st, scope in faulty_alerts if scope == "device"]
+    want_ids = {(a.alert_id, a.status) for a in oracle.alerts() if a.scope == "device"}
+    got_records = [(a.alert_id, a.status) for a in faulty.alerts() if a.scope == "device"]
     return Comparison(
         experiment=experiment,
         faults=faults,
@@ -376,29 +395,11 @@ def compare(
         alert_records=len(got_records),
         alert_ids=len(set(got_records)),
         fleet_alerts=(
-            sum(scope != "device" for *_, scope in oracle_alerts),
-            sum(scope != "device" for *_, scope in faulty_alerts),
+            sum(a.scope != "device" for a in oracle.alerts()),
+            sum(a.scope != "device" for a in faulty.alerts()),
         ),
         seconds=seconds,
-        alerts_compared=alerts,
     )
-
-
-def run_oracle(stream: KafkaSettings, workdir: Path, expected: Offsets, timeout: float = 180) -> Run:
-    """The fault-free run of ``stream``."""
-    oracle = Run(stream, workdir, name=f"oracle-{stream.readings_topic}")
-    proc = oracle.start()
-    finish(oracle, [proc], expected, timeout)
-    return oracle
-
-
-def _wait_progress(run: Run, expected: Offsets, target: float, proc: subprocess.Popen[str]) -> None:
-    """Wait until ``target`` of the stream is committed (or the run is done)."""
-    deadline = time.monotonic() + 120
-    while run.progress(expected) < target and time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{run.name} died on its own: see {run.log}")
-        time.sleep(0.05)
 
 
 # --- a. kill -9 -------------------------------------------------------------------------------
@@ -410,14 +411,12 @@ def kill_experiment(
     """kill -9 the monitor ``kills`` times, each at a random point of its progress."""
     began = time.monotonic()
     faulty = Run(stream, workdir, name="kill")
-    points = sorted(rng.uniform(0.05, 0.95) for _ in range(kills))
-    for point in points:
+    for point in sorted(rng.uniform(0.05, 0.95) for _ in range(kills)):
         proc = faulty.start()
         _wait_progress(faulty, expected, point, proc)
         time.sleep(rng.uniform(0, 0.3))  # not only right after a commit
         kill(proc)
-    proc = faulty.start()
-    finish(faulty, [proc], expected, timeout=180)
+    finish(faulty, [faulty.start()], expected, timeout=300)
     return compare("kill -9", kills, oracle, faulty, time.monotonic() - began)
 
 
@@ -439,24 +438,25 @@ def replica_experiment(
     (SIGTERM) or is killed (kill -9)."""
     began = time.monotonic()
     copy = stream.model_copy(update={"readings_topic": f"{stream.readings_topic}.replicas"})
-    feed = Feed(copy, source)
-    rate = sum(expected.values()) / feed_s
-    feeder = threading.Thread(target=feed.send, kwargs={"rate": rate}, daemon=True)
     faulty = Run(copy, workdir, name="replicas")
+    feed = Feed(faulty.stream, source)
+    feeder = threading.Thread(target=feed.send, kwargs={"rate": sum(expected.values()) / feed_s}, daemon=True)
     procs = [faulty.start()]
     feeder.start()
+    done: list[str] = []
     for _ in range(actions):
-        time.sleep(rng.uniform(0.3, 1.2 * feed_s / actions))
-        _churn(faulty, procs, rng)
+        time.sleep(rng.uniform(0.3, 1.7 * feed_s / actions))
+        done.append(_churn(faulty, procs, rng))
     feeder.join()
-    alive = [p for p in procs if p.poll() is None] or [faulty.start()]
     if feed.send() != expected:  # everything acknowledged: the copy's ends
         raise RuntimeError("the copy of the stream did not land at the original's offsets")
-    finish(faulty, alive, expected, timeout=180)
-    return compare("replica churn", actions, oracle, faulty, time.monotonic() - began)
+    alive = [p for p in procs if p.poll() is None] or [faulty.start()]
+    finish(faulty, alive, expected, timeout=300)
+    counts = ", ".join(f"{done.count(a)} {a}" for a in ("join", "leave", "kill"))
+    return compare(f"replica churn ({counts})", actions, oracle, faulty, time.monotonic() - began)
 
 
-def _churn(run: Run, procs: list[subprocess.Popen[str]], rng: random.Random) -> str:
+def _churn(run: Run, procs: list[Proc], rng: random.Random) -> str:
     """One membership change: a join while fewer than two replicas run, else a leave or a kill."""
     alive = [p for p in procs if p.poll() is None]
     if len(alive) < 2:
@@ -472,6 +472,136 @@ def _churn(run: Run, procs: list[subprocess.Popen[str]], rng: random.Random) -> 
 
 
 # --- c. broker outage --------------------------------------------------------------------------
+
+
+class Relay:
+    """A TCP relay on ``port`` to a broker on ``target``: :meth:`cut` closes every connection and
+    refuses new ones, which is what clients see of a stopped broker; :meth:`restore` accepts again."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.port, self.target = port, target
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def restore(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        listener.settimeout(0.1)
+        self._listener = listener
+        self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._thread.start()
+
+    def cut(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and self._thread is not None:
+            self._thread.join()
+            listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for s in sockets:
+            _close(s)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                _close(client)
+                continue
+            with self._lock:
+                self._sockets |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # cut, or closed by the other side
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        for s in (src, dst):
+            _close(s)
+            with self._lock:
+                self._sockets.discard(s)
+
+
+def _close(s: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
+    s.close()
+
+
+class RelayedBroker:
+    """The embedded broker (Tansu) behind a :class:`Relay`. It advertises the relay's address, so
+    every client connection goes through the relay, and cutting the relay stops the broker as
+    far as clients can tell while it keeps its topics, offsets and producer state: the restart
+    of a broker with storage, which the in-memory broker cannot do by itself (restarted, it
+    comes back empty and refuses the producer ids it handed out)."""
+
+    def __init__(self, log_file: Path) -> None:
+        self.log_file = log_file
+        self.port, self._inner = free_port(), free_port()
+        self.relay = Relay(self.port, self._inner)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "the broker is not running"
+        return self._proc.pid
+
+    def __enter__(self) -> RelayedBroker:
+        cmd = [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{self._inner}"]
+        cmd += ["--advertised-listener-url", f"tcp://{self.bootstrap_servers}"]
+        with self.log_file.open("ab") as out:
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        self.relay.restore()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                AdminClient({"bootstrap.servers": self.bootstrap_servers}).list_topics(timeout=2)
+                return self
+            except KafkaException:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    self.__exit__(None, None, None)
+                    raise
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.relay.cut()
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGCONT)  # in case it was left frozen
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+
+@dataclass
+class OutageBench:
+    """A relayed broker, two streams (the second from new devices, published after the outage)
+    and their fault-free oracle: shared by the outage experiments."""
+
+    broker: RelayedBroker
+    workdir: Path
+    first: Scenario
+    second: Scenario
+    oracle: Run
+
+
+def outage_bench(
+    broker: RelayedBroker, workdir: Path, devices: int = 4, duration_s: int = 120
+) -> OutageBench:
+    first, second = scenario(devices, duration_s, seed=1), scenario(devices, 30, seed=2, prefix="late-")
+    kafka = stream_settings(broker.bootstrap_servers, "outage")
+    expected = joined(Feed(kafka, first).send(), Feed(kafka, second).send())
+    return OutageBench(broker, workdir, first, second, run_oracle(kafka, workdir, expected))
 
 
 @dataclass
@@ -492,7 +622,7 @@ class Outage:
         return (
             self.live_throughout
             and self.degraded_after_s is not None
-            and self.resumed_s <= 15
+            and self.resumed_s <= RESUME_LIMIT_S
             and self.exit_code == 0
             and self.comparison.ok
         )
@@ -500,67 +630,46 @@ class Outage:
     def lines(self) -> list[str]:
         degraded = "never" if self.degraded_after_s is None else f"{self.degraded_after_s:.1f}s in"
         return [
-            f"broker {self.kind} for {self.outage_s:.0f}s: {'PASS' if self.ok else 'FAIL'}",
+            f"broker {self.kind} for {self.outage_s:.0f}s mid-stream: {'PASS' if self.ok else 'FAIL'}",
             f"  /healthz 200 throughout: {self.live_throughout}; /readyz degraded: {degraded}; "
-            f"resumed {self.resumed_s:.1f}s after recovery (limit 15s), caught up in {self.caught_up_s:.1f}s; "
-            f"exit code {self.exit_code}",
+            f"exit code on SIGTERM: {self.exit_code}",
+            f"  resumed {self.resumed_s:.1f}s after recovery (limit {RESUME_LIMIT_S:.0f}s); "
+            f"caught up {self.caught_up_s:.1f}s after recovery",
             *self.comparison.lines()[1:],
         ]
 
 
-def broker_experiment(
-    workdir: Path, kind: str, outage_s: float, devices: int = 4, duration_s: int = 120
-) -> Outage:
-    """On a broker of its own: the monitor consumes a stream; a third of the way through, the
-    broker is frozen (``sigstop``) or stopped (``restart``: it comes back empty, as the embedded
-    broker keeps nothing, so the stream is published again as a broker with storage would have
-    kept it) for ``outage_s``; after recovery new devices publish. Compared with an oracle that
-    read the same two streams without an outage."""
+def broker_experiment(bench: OutageBench, kind: str, outage_s: float) -> Outage:
+    """The monitor consumes the first stream; a third of the way through, the broker is frozen
+    (``sigstop``) or stopped (``restart``: the relay is cut) for ``outage_s``; after recovery
+    the second stream is published. Compared with the bench's oracle.
+
+    A commit in flight when the broker goes away holds the loop until the broker answers or the
+    session times out, so readiness may only see a stalled loop, after a quarter of the liveness
+    timeout: the run's liveness timeout is 2.5 x the outage (at least 8 s), so readiness fails at
+    about 0.6 x the outage and liveness holds through it."""
     began = time.monotonic()
-    with EmbeddedBroker(log_file=workdir / f"broker-{kind}.log") as broker:
-        name = f"outage{next(_runs)}"
-        first, second = scenario(devices, duration_s, seed=1), scenario(devices, 30, seed=2, prefix="late-")
-        oracle = _outage_oracle(stream_settings(broker, f"{name}-oracle"), workdir, first, second)
-        faulty = Run(stream_settings(broker, name), workdir, name=f"outage-{kind}")
-        feed = Feed(faulty.stream, first)
-        ahead = feed.send()
-        proc = faulty.start()
-        _wait_progress(faulty, ahead, 0.3, proc)
-        before = faulty.committed(list(ahead))
-        fault_at = time.monotonic()
-        live, degraded_at = _outage(broker, faulty, proc, kind, outage_s)
-        recovered = time.monotonic()
-        if kind == "restart":  # what a broker with storage would have kept: topics and stream
-            k = faulty.kafka
-            ensure_topics(k, [k.dead_letter_topic, k.alerts_topic, k.models_topic])
-            if Feed(faulty.stream, first).send() != ahead:
-                raise RuntimeError("the stream published again did not land at its former offsets")
-            before = {p: -1001 for p in before}  # the empty broker has no committed offsets either
-        expected = joined(ahead, Feed(faulty.stream, second).send())
-        resumed = _wait_advance(faulty, before, timeout=60) - recovered
-        caught_up = time.monotonic() - recovered + faulty.wait_committed(expected, timeout=120)
-        code = stop(proc)
-        comparison = compare(
-            f"broker {kind}", 1, oracle, faulty, time.monotonic() - began, alerts=kind != "restart"
-        )
+    liveness = max(8.0, 2.5 * outage_s)
+    env = {"TELEMON_METRICS__LIVENESS_TIMEOUT_S": str(liveness)}
+    kafka = stream_settings(bench.broker.bootstrap_servers, f"outage-{kind}")
+    faulty = Run(kafka, bench.workdir, name=f"outage-{kind}", env=env)
+    ahead = Feed(faulty.stream, bench.first).send()
+    proc = faulty.start()
+    _wait_progress(faulty, ahead, 0.3, proc)
+    fault_at = time.monotonic()
+    live, degraded_at = _outage(bench.broker, faulty, proc, kind, outage_s)
+    recovered = time.monotonic()
+    expected = joined(ahead, Feed(faulty.stream, bench.second).send())
+    resumed = _wait_advance(faulty, faulty.committed(list(expected)), expected, timeout=60) - recovered
+    caught_up = faulty.wait_committed(expected, timeout=120) + time.monotonic() - recovered
+    code = stop(proc)
+    comparison = compare(f"broker {kind}", 1, bench.oracle, faulty, time.monotonic() - began)
     degraded = None if degraded_at is None else degraded_at - fault_at
     return Outage(kind, outage_s, live, degraded, resumed, caught_up, code, comparison)
 
 
-def joined(first: Offsets, second: Offsets) -> Offsets:
-    """The ends of a topic after two publications."""
-    return {p: max(first.get(p, 0), second.get(p, 0)) for p in first.keys() | second.keys()}
-
-
-def _outage_oracle(kafka: KafkaSettings, workdir: Path, first: Scenario, second: Scenario) -> Run:
-    expected = joined(Feed(kafka, first).send(), Feed(kafka, second).send())
-    oracle = run_oracle(kafka, workdir, expected)
-    oracle.alerts()  # read now: a restart of the broker drops the topic
-    return oracle
-
-
 def _outage(
-    broker: EmbeddedBroker, run: Run, proc: subprocess.Popen[str], kind: str, outage_s: float
+    broker: RelayedBroker, run: Run, proc: Proc, kind: str, outage_s: float
 ) -> tuple[bool, float | None]:
     """Take the broker down for ``outage_s``, probing the monitor; return (live at every probe,
     when /readyz first reported degraded)."""
@@ -569,7 +678,7 @@ def _outage(
     if kind == "sigstop":
         os.kill(pid, signal.SIGSTOP)
     else:
-        broker.stop()
+        broker.relay.cut()
     end = time.monotonic() + outage_s
     try:
         while time.monotonic() < end:
@@ -582,25 +691,273 @@ def _outage(
         if kind == "sigstop":
             os.kill(pid, signal.SIGCONT)
         else:
-            broker.start()
+            broker.relay.restore()
     return live, degraded_at
 
 
-def _wait_advance(run: Run, before: Offsets, timeout: float) -> float:
-    """The monotonic time at which the group's committed offsets first moved past ``before``."""
+def _wait_advance(run: Run, before: Offsets, expected: Offsets, timeout: float) -> float:
+    """The monotonic time at which the group's committed offsets first moved past ``before``
+    (or reached ``expected``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            now = run.committed(list(before))
-        except Exception:  # the broker may still be coming back
-            now = before
-        if any(now[p] > before[p] for p in before):
+        now = run.committed(list(before))
+        if now == expected or any(now[p] > before[p] for p in before):
             return time.monotonic()
         time.sleep(0.1)
     raise TimeoutError(f"{run.name}: no commit within {timeout}s of the broker's recovery: see {run.log}")
 
 
+# --- d. alert sink unavailable -----------------------------------------------------------------
+
+
+ALERTMANAGER_CONFIG = "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n"
+
+
+@dataclass
+class Alertmanager:
+    """A real Alertmanager on a fixed loopback port, so that it can be stopped and started again
+    at the address the monitor was given."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> Alertmanager:
+        binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+        if binary is None:
+            raise RuntimeError("Alertmanager not found on PATH: apt-get install prometheus-alertmanager")
+        config = self.workdir / "alertmanager.yml"
+        config.write_text(ALERTMANAGER_CONFIG, encoding="utf-8")
+        args = [f"--config.file={config}", f"--storage.path={self.workdir / 'alertmanager'}"]
+        args += [
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ]
+        with (self.workdir / "alertmanager.log").open("ab") as out:
+            self.proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Alertmanager did not become ready: see {self.workdir}/alertmanager.log")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(15)
+            self.proc = None
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                return int(r.status) == 200
+        except OSError:
+            return False
+
+    def active(self) -> set[str]:
+        """The alert ids Alertmanager holds as active."""
+        with urllib.request.urlopen(f"{self.url}/api/v2/alerts", timeout=5) as r:
+            listed: list[dict[str, Any]] = json.loads(r.read())
+        return {a["labels"].get("alert_id", "") for a in listed}
+
+
+def device_rules(workdir: Path) -> Path:
+    """The shipped rules without the fleet-scope ones: a fleet evaluation pools the partitions in
+    the order batches happen to interleave them, so its records come at different points of
+    different runs and would decide which batch an outage holds back."""
+    shipped = yaml.safe_load((ROOT / "configs/rules.yaml").read_text(encoding="utf-8"))
+    path = workdir / "rules-device-scope.yaml"
+    rules = [r for r in shipped["rules"] if r.get("scope") == "device"]
+    path.write_text(yaml.safe_dump(shipped | {"rules": rules}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@dataclass
+class SinkOutage:
+    """Alertmanager down when the planted drift's alert fires, and what the monitor did."""
+
+    down_s: float
+    degraded_after_s: float | None  # from the alert's reading arriving to /readyz reporting degraded
+    planted_held: bool  # the planted alert's batch was processed (on Kafka) and held uncommitted
+    held: dict[str, tuple[int, int]]  # undelivered alert record -> (its reading's offset, max committed)
+    delivered_s: float  # from Alertmanager's return to the service ready again
+    caught_up_s: float
+    in_alertmanager: tuple[int, int]  # (still-firing alert ids active in Alertmanager, expected)
+    exit_code: int
+    comparison: Comparison
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.degraded_after_s is not None
+            and self.planted_held
+            and all(committed <= offset for offset, committed in self.held.values())
+            and self.in_alertmanager[0] == self.in_alertmanager[1]
+            and self.exit_code == 0
+            and self.comparison.ok
+        )
+
+    def lines(self) -> list[str]:
+        degraded = "never" if self.degraded_after_s is None else f"after {self.degraded_after_s:.1f}s"
+        margin = min((o - c for o, c in self.held.values()), default=0)
+        return [
+            f"alert sink down for {self.down_s:.0f}s: {'PASS' if self.ok else 'FAIL'}",
+            f"  /readyz degraded {degraded}; the planted drift's alert processed and held back: "
+            f"{self.planted_held}",
+            f"  {len(self.held)} undelivered alert record(s); committed offsets stayed at or below their "
+            f"readings (closest: {margin} below)",
+            f"  delivered {self.delivered_s:.1f}s after Alertmanager returned, caught up "
+            f"{self.caught_up_s:.1f}s after; firing alerts active in Alertmanager: "
+            f"{self.in_alertmanager[0]}/{self.in_alertmanager[1]}; exit code on SIGTERM: {self.exit_code}",
+            *self.comparison.lines()[1:],
+        ]
+
+
+def sink_experiment(
+    bootstrap_servers: str, workdir: Path, down_s: float, devices: int = 4, duration_s: int = 120
+) -> SinkOutage:
+    """The monitor delivers alerts to Alertmanager as well as Kafka. A copy of a stream flows in
+    up to just before the reading on which the planted drift's alert fires (in the oracle); then
+    Alertmanager stops and the rest flows in. For ``down_s`` after the monitor turns degraded the
+    committed offsets must stay at or below the reading of every alert record not delivered;
+    then Alertmanager comes back on the same port. Device-scope rules only (:func:`device_rules`)."""
+    began = time.monotonic()
+    rules = {"TELEMON_RULES_FILE": str(device_rules(workdir))}
+    source = scenario(devices, duration_s, seed=3)
+    stream = stream_settings(bootstrap_servers, f"sink{next(_runs)}")
+    expected = publish(stream, source)
+    oracle = run_oracle(stream, workdir, expected, env=rules)
+    planted = _planted_alert(oracle, source)
+    undelivered = [a for a in oracle.alerts() if a.status != "pending" and a.ts >= planted.ts]
+    readings = locate(stream, expected, {(a.device_id, a.sensor, a.ts) for a in undelivered})
+    am = Alertmanager(workdir).start()
+    try:
+        env = rules | {"TELEMON_ALERTS__ALERTMANAGER_URL": am.url, "TELEMON_ALERTS__TIMEOUT_S": "1"}
+        copy = stream.model_copy(update={"readings_topic": f"{stream.readings_topic}.sink"})
+        faulty = Run(copy, workdir, name="sink", env=env)
+        feed = Feed(faulty.stream, source)
+        proc = faulty.start()
+        faulty.wait_committed(feed.send(until_ts=planted.ts - 1), timeout=120)
+        am.stop()
+        arrived = time.monotonic()
+        feed.send()
+        degraded_at = _wait_degraded(faulty, timeout=60)
+        committed = _hold(faulty, expected, down_s)
+        held = planted.alert_id in {decode_alert(v).alert_id for v in _read_all(faulty.kafka)}
+        am.start()
+        back = time.monotonic()
+        delivered = _wait_ready(faulty, timeout=60) - back
+        caught_up = faulty.wait_committed(expected, timeout=120) + time.monotonic() - back
+        firing = {a.alert_id for a in undelivered if _last_status(oracle, a.alert_id) == "firing"}
+        in_am = len(firing & am.active())
+        code = stop(proc)
+    finally:
+        am.stop()
+    comparison = compare("alert sink down", 1, oracle, faulty, time.monotonic() - began)
+    return SinkOutage(
+        down_s,
+        None if degraded_at is None else degraded_at - arrived,
+        held,
+        _held_back(undelivered, readings, committed),
+        delivered,
+        caught_up,
+        (in_am, len(firing)),
+        code,
+        comparison,
+    )
+
+
+def _planted_alert(oracle: Run, source: Scenario) -> Alert:
+    device, sensor = source.device_ids()[PLANTED[0]], PLANTED[1]
+    for a in oracle.alerts():
+        if (a.device_id, a.sensor, a.status) == (device, sensor, "firing") and a.ts >= drift_start_ts(source):
+            return a
+    raise RuntimeError(f"the oracle raised no alert on {device}/{sensor} after the planted drift")
+
+
+def _held_back(
+    undelivered: list[Alert], readings: dict[tuple[str, str, int], tuple[int, int]], committed: Offsets
+) -> dict[str, tuple[int, int]]:
+    """Alert record -> (the offset of its reading, the highest offset committed while it was held)."""
+    held = {}
+    for a in undelivered:
+        partition, offset = readings[(a.device_id, a.sensor, a.ts)]
+        held[f"{a.rule}/{a.device_id}/{a.sensor}/{a.status}"] = (offset, committed[partition])
+    return held
+
+
+def locate(
+    kafka: KafkaSettings, expected: Offsets, wanted: set[tuple[str, str, int]]
+) -> dict[tuple[str, str, int], tuple[int, int]]:
+    """(device, sensor, ts) -> (partition, offset) of those readings on the readings topic."""
+    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"{kafka.readings_topic}.locate"})
+    found: dict[tuple[str, str, int], tuple[int, int]] = {}
+    keys = {(d, ts) for d, _, ts in wanted}
+    try:
+        c.assign([TopicPartition(kafka.readings_topic, p, 0) for p in expected])
+        unread = {p for p, end in expected.items() if end > 0}
+        while unread and len(found) < len(wanted):
+            for m in c.consume(1000, 1.0):
+                p, o = int(m.partition() or 0), int(m.offset() or 0)
+                if o + 1 >= expected[p]:
+                    unread.discard(p)
+                device, ts = (m.key() or b"").decode(), m.timestamp()[1]
+                if m.error() is None and (device, ts) in keys:
+                    sensor = json.loads(m.value() or b"{}").get("sensor")
+                    if (device, sensor, ts) in wanted:
+                        found[(device, sensor, ts)] = (p, o)
+    finally:
+        c.close()
+    if len(found) < len(wanted):
+        raise RuntimeError(f"readings of alerts not found on {kafka.readings_topic}: {wanted - found.keys()}")
+    return found
+
+
+def _last_status(oracle: Run, alert_id: str) -> str:
+    return [a.status for a in oracle.alerts() if a.alert_id == alert_id][-1]
+
+
+def _wait_degraded(run: Run, timeout: float) -> float | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = run.readiness()
+        if status == 503 and body.get("degraded"):
+            return time.monotonic()
+        time.sleep(0.1)
+    return None
+
+
+def _wait_ready(run: Run, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while run.readiness()[0] != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run.name} not ready {timeout}s after the outage: see {run.log}")
+        time.sleep(0.1)
+    return time.monotonic()
+
+
+def _hold(run: Run, expected: Offsets, seconds: float) -> Offsets:
+    """The highest committed offsets seen over ``seconds``."""
+    highest = {p: -1 for p in expected}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for p, o in run.committed(list(expected)).items():
+            highest[p] = max(highest[p], o)
+        time.sleep(0.2)
+    return highest
+
+
 # --- entry point -------------------------------------------------------------------------------
+
+Result = Comparison | Outage | SinkOutage
+EXPERIMENTS = ("kill", "replicas", "broker", "sink")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -611,42 +968,85 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=40, help="simulated devices (default %(default)s)")
     parser.add_argument("--duration", type=int, default=600, help="simulated seconds (default %(default)s)")
     parser.add_argument("--kills", type=int, default=10, help="kill -9 count (default %(default)s)")
-    parser.add_argument("--churn", type=int, default=8, help="replica join/leave/kill actions")
-    parser.add_argument("--outage", type=float, default=30.0, help="broker outage seconds")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--only", choices=["kill", "replicas", "broker", "sink"], action="append")
+    parser.add_argument(
+        "--churn", type=int, default=8, help="replica join/leave/kill actions (default %(default)s)"
+    )
+    parser.add_argument(
+        "--feed", type=float, default=60.0, help="seconds the stream flows in during the churn"
+    )
+    parser.add_argument("--outage", type=float, default=30.0, help="broker and alert sink outage seconds")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the fault points")
+    parser.add_argument("--only", choices=EXPERIMENTS, action="append", help="run only these (repeatable)")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, snapshots)")
     args = parser.parse_args(argv)
-    only = set(args.only or ["kill", "replicas", "broker", "sink"])
-    rng = random.Random(args.seed)
-    ok = True
-    with tempfile.TemporaryDirectory(prefix="telemon-chaos-") as tmp, EmbeddedBroker() as broker:
-        workdir = Path(tmp)
-        stream = stream_settings(broker, "chaos")
-        source = scenario(args.devices, args.duration)
-        report = simulate(stream, source)
-        expected = ends(report)
-        print(
-            f"stream: {report.readings_sent} readings, {report.malformed_sent} malformed, "
-            f"{args.devices} devices"
-        )
-        oracle = run_oracle(stream, workdir, expected)
-        experiments: list[Callable[[], Comparison | Outage]] = []
-        if "kill" in only:
-            experiments.append(lambda: kill_experiment(stream, workdir, oracle, expected, args.kills, rng))
-        if "replicas" in only:
-            experiments.append(
-                lambda: replica_experiment(stream, workdir, oracle, source, expected, args.churn, rng)
-            )
-        if "broker" in only:
-            experiments += [
-                lambda: broker_experiment(workdir, "sigstop", args.outage),
-                lambda: broker_experiment(workdir, "restart", args.outage),
-            ]
-        for experiment in experiments:
+    only = set(args.only or EXPERIMENTS)
+    workdir = Path(tempfile.mkdtemp(prefix="telemon-chaos-"))
+    try:
+        ok = _run_all(args, only, workdir)
+    finally:
+        reap()
+        if args.keep:
+            print(f"working directory: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if ok else 1
+
+
+def _run_all(args: argparse.Namespace, only: set[str], workdir: Path) -> bool:
+    began, failed = time.monotonic(), 0
+    with (
+        EmbeddedBroker(log_file=workdir / "broker.log") as broker,
+        RelayedBroker(workdir / "relayed.log") as relayed,
+    ):
+        plan = _stream_experiments(args, only, workdir, broker.bootstrap_servers)
+        plan += _outage_experiments(args, only, workdir, broker.bootstrap_servers, relayed)
+        for experiment in plan:
             result = experiment()
             print("\n".join(result.lines()), flush=True)
-            ok &= result.ok
-    return 0 if ok else 1
+            failed += not result.ok
+    passed = len(plan) - failed
+    print(f"chaos: {passed}/{len(plan)} experiments passed in {time.monotonic() - began:.0f}s")
+    return failed == 0
+
+
+def _stream_experiments(
+    args: argparse.Namespace, only: set[str], workdir: Path, bootstrap_servers: str
+) -> list[Callable[[], Result]]:
+    """kill -9 and replica churn over one stream of ``--devices`` x ``--duration`` and its oracle."""
+    if not only & {"kill", "replicas"}:
+        return []
+    rng = random.Random(args.seed)
+    stream = stream_settings(bootstrap_servers, "chaos")
+    source = scenario(args.devices, args.duration)
+    expected = publish(stream, source)
+    print(f"stream: {sum(expected.values())} messages, {args.devices} devices, {args.duration} s simulated")
+    oracle = run_oracle(stream, workdir, expected)
+    plan: list[Callable[[], Result]] = []
+    if "kill" in only:
+        plan.append(lambda: kill_experiment(stream, workdir, oracle, expected, args.kills, rng))
+    if "replicas" in only:
+        plan.append(
+            lambda: replica_experiment(stream, workdir, oracle, source, expected, args.churn, rng, args.feed)
+        )
+    return plan
+
+
+def _outage_experiments(
+    args: argparse.Namespace, only: set[str], workdir: Path, bootstrap_servers: str, relayed: RelayedBroker
+) -> list[Callable[[], Result]]:
+    """Broker and alert sink outages of ``--outage`` seconds, on streams of 8 devices x 4 minutes."""
+    plan: list[Callable[[], Result]] = []
+    if "broker" in only:
+        bench = outage_bench(relayed, workdir, devices=8, duration_s=240)
+        plan += [
+            lambda: broker_experiment(bench, "sigstop", args.outage),
+            lambda: broker_experiment(bench, "restart", args.outage),
+        ]
+    if "sink" in only:
+        plan.append(
+            lambda: sink_experiment(bootstrap_servers, workdir, args.outage, devices=8, duration_s=240)
+        )
+    return plan
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
-"""Service pieces that need no broker: restored firing alerts are kept alive in Alertmanager."""
+"""Service pieces that need no broker: restored firing alerts are kept alive in Alertmanager; a
+commit that fails on an unreachable broker or a rebalance does not stop the service."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
 from monitor import alerts
 from monitor.metrics import Metrics
-from monitor.pipeline import Pipeline
+from monitor.pipeline import BatchResult, Pipeline
 from monitor.rules import load_rules
 from monitor.service import Service
 from monitor.settings import load_settings
@@ -36,3 +40,39 @@ def test_restored_firing_episodes_are_adopted_by_the_alertmanager_sink(tmp_path:
     assert firing.alert_id == alerts.alert_id("score_drift", "dev-1", "humidity", 1000)
     assert (firing.status, firing.severity, firing.started_at) == ("firing", "warning", 1000)
     service.consumer.close()
+
+
+class _RefusingConsumer:
+    """Stands in for the consumer: every commit fails with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def commit(self, **_: object) -> None:
+        raise KafkaException(KafkaError(self.code, "Commit failed"))
+
+
+@pytest.mark.parametrize(
+    ("code", "fatal"),
+    [
+        (KafkaError._WAIT_COORD, False),  # the broker went away mid-commit
+        (KafkaError.COORDINATOR_NOT_AVAILABLE, False),
+        (KafkaError.UNKNOWN_MEMBER_ID, False),  # a rebalance
+        (KafkaError.GROUP_AUTHORIZATION_FAILED, True),
+    ],
+)
+def test_a_commit_failing_on_an_unreachable_broker_or_a_rebalance_is_not_fatal(
+    tmp_path: Path, code: int, fatal: bool
+) -> None:
+    settings = load_settings(
+        None, kafka={"bootstrap_servers": "127.0.0.1:1"}, state_dir=str(tmp_path), rules_file=str(RULES)
+    )
+    service = Service(settings, Pipeline(settings, load_rules(RULES)), Metrics(CollectorRegistry()))
+    service.consumer.close()
+    service.consumer = cast(Consumer, _RefusingConsumer(code))
+    result = BatchResult(offsets={("t.readings", 0): 42})
+    if fatal:
+        with pytest.raises(KafkaException):
+            service._commit(result)
+    else:
+        service._commit(result)

@@ -1,0 +1,107 @@
+"""Chaos, short variants (``scripts/chaos`` runs the long ones): the monitor killed, churned, cut
+off from its broker and from Alertmanager, always compared with a fault-free run of the same
+seeded stream (the oracle, one per stream, shared through module fixtures).
+
+Each test asserts the invariants one by one; a failure message carries the experiment's figures.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from monitor.broker import EmbeddedBroker
+from monitor.settings import KafkaSettings
+from producers.scenario import Scenario
+from tests import chaos_harness as chaos
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Stream:
+    kafka: KafkaSettings
+    source: Scenario
+    expected: chaos.Offsets
+    oracle: chaos.Run
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def stream(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Stream:
+    """6 devices, 4 simulated minutes (40k readings, a planted drift), and their oracle."""
+    workdir = tmp_path_factory.mktemp("chaos")
+    kafka = chaos.stream_settings(broker.bootstrap_servers, "ci-chaos")
+    source = chaos.scenario(devices=6, duration_s=240)
+    expected = chaos.publish(kafka, source)
+    return Stream(kafka, source, expected, chaos.run_oracle(kafka, workdir, expected), workdir)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[chaos.OutageBench]:
+    """A broker of its own (the outages must not touch the session's), two streams, their oracle."""
+    workdir = tmp_path_factory.mktemp("outage")
+    with chaos.RelayedBroker(workdir / "broker.log") as broker:
+        yield chaos.outage_bench(broker, workdir, devices=4, duration_s=120)
+
+
+@pytest.fixture(autouse=True)
+def _reap() -> Iterator[None]:
+    """A failed experiment leaves no monitor process behind."""
+    yield
+    chaos.reap()
+
+
+def assert_like_oracle(c: chaos.Comparison, report: str) -> None:
+    assert c.lost == 0, f"{c.lost} readings lost\n{report}"
+    assert not c.devices_differing, f"device states differ from the oracle's\n{report}"
+    assert not c.alerts_missing, f"alert records missing\n{report}"
+    assert not c.alerts_extra, f"alert records the oracle does not have\n{report}"
+
+
+def test_kill_9_three_times_loses_nothing(stream: Stream) -> None:
+    c = chaos.kill_experiment(
+        stream.kafka, stream.workdir, stream.oracle, stream.expected, kills=3, rng=random.Random(1)
+    )
+    assert_like_oracle(c, "\n".join(c.lines()))
+
+
+def test_replicas_joining_leaving_and_killed_lose_nothing(stream: Stream) -> None:
+    c = chaos.replica_experiment(
+        stream.kafka,
+        stream.workdir,
+        stream.oracle,
+        stream.source,
+        stream.expected,
+        actions=4,
+        rng=random.Random(2),
+        feed_s=12,
+    )
+    assert_like_oracle(c, "\n".join(c.lines()))
+
+
+@pytest.mark.parametrize("kind", ["sigstop", "restart"])
+def test_broker_outage_degrades_then_resumes_and_loses_nothing(bench: chaos.OutageBench, kind: str) -> None:
+    o = chaos.broker_experiment(bench, kind, outage_s=8)
+    report = "\n".join(o.lines())
+    assert o.live_throughout, f"/healthz failed or the process died during the outage\n{report}"
+    assert o.degraded_after_s is not None, f"/readyz never reported degraded\n{report}"
+    # Resuming within chaos.RESUME_LIMIT_S is a timing figure: scripts/chaos checks and prints it.
+    assert o.exit_code == 0, f"SIGTERM after the outage did not exit 0\n{report}"
+    assert_like_oracle(o.comparison, report)
+
+
+def test_alert_sink_down_holds_offsets_then_delivers(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    s = chaos.sink_experiment(broker.bootstrap_servers, tmp_path, down_s=3)
+    report = "\n".join(s.lines())
+    assert s.degraded_after_s is not None, f"/readyz never reported degraded\n{report}"
+    assert s.planted_held, f"the planted drift's alert was not the one held back\n{report}"
+    past = [alert for alert, (offset, committed) in s.held.items() if committed > offset]
+    assert s.held and not past, f"committed past undelivered alert records {past}\n{report}"
+    assert s.in_alertmanager[0] == s.in_alertmanager[1], f"alerts missing in Alertmanager\n{report}"
+    assert s.exit_code == 0, f"SIGTERM after the outage did not exit 0\n{report}"
+    assert_like_oracle(s.comparison, report)
