@@ -147,12 +147,11 @@ class Service:
         self.positions: dict[tuple[str, int], int | None] = {}  # assigned partition -> next offset
         self.restored_at: dict[tuple[str, int], int] = {}  # snapshot offsets, until the first message
         self.replay_until: dict[tuple[str, int], int] = {}  # committed offsets ahead of snapshots
-        self.dirty: set[tuple[str, int]] = set()  # partitions changed since their last snapshot
+        self.dirty: dict[tuple[str, int], float] = {}  # partition -> first change since its snapshot
         self.pending: BatchResult | None = None  # a processed batch whose outputs are not delivered
         self.in_kafka = False  # the pending batch's outputs are all acknowledged by Kafka
         self.abandoned = False  # stopping while `pending` could not be delivered
         self.rewind: dict[tuple[str, int], int] = {}  # offsets consumed (and dropped) while paused
-        self.last_snapshot = time.monotonic()
         k = settings.kafka
         self.consumer = Consumer(kafka.consumer_config(k, error_cb=self._on_error))
         self.producer = Producer(kafka.producer_config(k, **{"linger.ms": 2}))
@@ -189,8 +188,10 @@ class Service:
                     result = self._batch(messages)
                     if result is not None and on_batch is not None:
                         on_batch(result, self.totals)
-                elif self.health.broker_error is not None:
-                    self._probe_broker()
+                else:
+                    self._snapshot_due()
+                    if self.health.broker_error is not None:
+                        self._probe_broker()
         finally:
             self.health.stopped = True
             self.consumer.close()  # revokes the assignment: snapshots every partition
@@ -235,7 +236,7 @@ class Service:
             for tp, offset in result.offsets.items():
                 if tp in self.positions:
                     self.positions[tp] = offset
-                    self.dirty.add(tp)
+                    self.dirty.setdefault(tp, time.monotonic())
                 if offset >= self.replay_until.get(tp, offset + 1):
                     del self.replay_until[tp]
             log.info("re-applied %d message(s) whose outputs were delivered before a restart", len(old))
@@ -314,20 +315,27 @@ class Service:
         for tp, offset in result.offsets.items():
             if tp in self.positions:
                 self.positions[tp] = offset
-                self.dirty.add(tp)
+                self.dirty.setdefault(tp, time.monotonic())
         for a in result.alerts:
             log.info("alert %s %s %s/%s", a.status, a.rule, a.device_id, a.sensor)
+        self._snapshot_due()
+
+    def _snapshot_due(self) -> None:
+        """Snapshot a partition changed ``state.snapshot_interval_s`` ago or more: one per call
+        (the longest due), after each batch and each idle poll, which spreads the cost; every due
+        partition if the interval is 0."""
         interval = self.settings.state.snapshot_interval_s
-        if time.monotonic() - self.last_snapshot >= interval:
-            self._snapshot(sorted(self.dirty))
+        now = time.monotonic()
+        due = [tp for tp, since in self.dirty.items() if now - since >= interval]
+        if due:
+            self._snapshot(due if interval == 0 else [min(due, key=self.dirty.__getitem__)])
 
     def _snapshot(self, partitions: list[tuple[str, int]], wait: bool = False) -> None:
         """Encode the state of ``partitions`` now (consistent with the committed offsets) and let
         the writer thread put it on disk (``wait``: before returning)."""
-        self.last_snapshot = time.monotonic()
         for topic, p in partitions:
             position = self.positions.get((topic, p))
-            self.dirty.discard((topic, p))
+            self.dirty.pop((topic, p), None)
             if position is None:
                 continue  # nothing applied since the assignment: the snapshot on disk is current
             snap = PartitionSnapshot(topic, p, position, self.pipeline.export_partition(p))
@@ -463,7 +471,7 @@ class Service:
             self.positions.pop((topic, p), None)
             self.restored_at.pop((topic, p), None)
             self.replay_until.pop((topic, p), None)
-            self.dirty.discard((topic, p))
+            self.dirty.pop((topic, p), None)
             self.pipeline.drop_partition(p)
         if self.positions:
             self.health.assigned(len(self.positions))

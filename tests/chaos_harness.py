@@ -301,8 +301,18 @@ def reap() -> None:
 
 
 def finish(run: Run, procs: list[Proc], expected: Offsets, timeout: float) -> float:
-    """Let the run commit everything, then stop it cleanly (its partitions are snapshotted)."""
+    """Let the run commit everything and its state catch up with it, then stop it cleanly.
+
+    Committed offsets alone do not say the state is complete: a replica killed right after its
+    last commit leaves a partition whose snapshot is older, until a survivor is assigned the
+    partition and re-applies the rest. So the run is done once every partition's snapshot is at
+    the end of the stream too."""
     took = run.wait_committed(expected, timeout)
+    deadline = time.monotonic() + timeout
+    while {snap.partition: snap.next_offset for snap in run.snapshots()} != expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run.name}: the partition snapshots did not reach {expected} in {timeout}s")
+        time.sleep(0.2)
     for p in procs:
         if p.poll() is None and stop(p) != 0:
             raise RuntimeError(f"{run.name} exited with {p.returncode}: see {run.log}")

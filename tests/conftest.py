@@ -63,6 +63,7 @@ def unique_kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:
         alerts_topic=f"t{n}.alerts",
         truth_topic=f"t{n}.truth",
         models_topic=f"t{n}.models",
+        audit_topic=f"t{n}.audit",
         partitions=4,
         session_timeout_ms=3000,
     )
