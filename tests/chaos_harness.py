@@ -208,13 +208,7 @@ class Run:
         return proc
 
     def committed(self, partitions: list[int]) -> Offsets:
-        k = self.kafka
-        c = Consumer({"bootstrap.servers": k.bootstrap_servers, "group.id": k.group_id})
-        try:
-            tps = c.committed([TopicPartition(k.readings_topic, p) for p in partitions], timeout=10)
-        finally:
-            c.close()
-        return {tp.partition: tp.offset for tp in tps}
+        return committed(self.kafka, partitions)
 
     def wait_committed(self, expected: Offsets, timeout: float) -> float:
         """Seconds until the group committed ``expected`` (partition -> next offset)."""
@@ -298,6 +292,16 @@ def reap() -> None:
         proc = _started.pop()
         if proc.poll() is None:
             kill(proc)
+
+
+def committed(k: KafkaSettings, partitions: list[int]) -> Offsets:
+    """The group's committed offsets of ``partitions`` of the readings topic (-1001: none)."""
+    c = Consumer({"bootstrap.servers": k.bootstrap_servers, "group.id": k.group_id})
+    try:
+        tps = c.committed([TopicPartition(k.readings_topic, p) for p in partitions], timeout=10)
+    finally:
+        c.close()
+    return {tp.partition: tp.offset for tp in tps}
 
 
 def finish(run: Run, procs: list[Proc], expected: Offsets, timeout: float) -> float:

@@ -7,24 +7,15 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from monitor.broker import free_port
 from monitor.settings import KafkaSettings
 from producers.scenario import load_scenario
 from producers.simulate import simulate
+from tests.chaos_harness import committed
 from tests.conftest import telemon_process
 
 pytestmark = pytest.mark.integration
-
-
-def committed(kafka: KafkaSettings, partitions: list[int]) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": kafka.group_id})
-    try:
-        tps = c.committed([TopicPartition(kafka.readings_topic, p) for p in partitions], timeout=10)
-    finally:
-        c.close()
-    return {tp.partition: tp.offset for tp in tps}
 
 
 def test_run_commits_and_exits_zero_on_sigterm(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
