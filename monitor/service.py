@@ -8,12 +8,11 @@ whose outputs were not delivered: while a delivery fails the service is *degrade
 fails), pauses its partitions, keeps polling so it stays in the group, and retries until the
 outputs are delivered, then resumes where it stopped.
 
-State follows partitions: on assignment a partition's snapshot is loaded and consumption starts
-at the snapshot's offset (so the state and the position agree); on revocation the state is
-snapshotted and dropped; on loss (the group moved on without us) it is dropped unsaved. Each
-device also remembers the offset of its last applied reading, so a re-delivered reading is never
-applied twice. A stop request (SIGTERM/SIGINT) takes effect between batches: the current batch
-is finished, delivered and committed, and every partition snapshotted.
+State follows partitions (:mod:`monitor.partitions`): restored on assignment, snapshotted on
+revocation, dropped unsaved on loss. Each device also remembers the offset of its last applied
+reading, so a re-delivered reading is never applied twice. A stop request (SIGTERM/SIGINT) takes
+effect between batches: the current batch is finished, delivered and committed, and every
+partition snapshotted.
 
 The loop also keeps :class:`~monitor.health.Health` current (loop ticks, group membership, broker
 reachability, delivery) and hands the metrics their per-batch numbers, consumer lag included.
@@ -26,11 +25,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -39,13 +35,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from monitor import alerts, kafka, registry, snapshot
+from monitor import alerts, kafka, registry
 from monitor.health import Health, HttpEndpoint
 from monitor.metrics import Metrics
+from monitor.partitions import Partitions
 from monitor.pipeline import BatchResult, DeadLetter, PartitionState, Pipeline
 from monitor.settings import Settings
 from monitor.sinks import AlertmanagerSink, SinkUnavailable
-from monitor.snapshot import PartitionSnapshot, SnapshotError, SnapshotStore, SnapshotWriter
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +140,6 @@ class Service:
         self.endpoint = endpoint
         self.registry = registry.open_registry(settings)
         self.totals = Totals()
-        self.positions: dict[tuple[str, int], int | None] = {}  # assigned partition -> next offset
-        self.restored_at: dict[tuple[str, int], int] = {}  # snapshot offsets, until the first message
-        self.replay_until: dict[tuple[str, int], int] = {}  # committed offsets ahead of snapshots
-        self.dirty: dict[tuple[str, int], float] = {}  # partition -> first change since its snapshot
         self.pending: BatchResult | None = None  # a processed batch whose outputs are not delivered
         self.in_kafka = False  # the pending batch's outputs are all acknowledged by Kafka
         self.abandoned = False  # stopping while `pending` could not be delivered
@@ -162,9 +154,7 @@ class Service:
             if a.alertmanager_url
             else None
         )
-        root = settings.state.snapshot_dir or settings.state_dir / "snapshots"
-        self.snapshots = SnapshotStore(root / k.group_id, self.registry.key)  # state belongs to a group
-        self.writer = SnapshotWriter(self.snapshots)
+        self.partitions = Partitions(settings, pipeline, metrics, self.registry.key)
         audit = self.registry.audit_path
         self.audit_position = audit.stat().st_size if audit.exists() else 0  # follow new commands
 
@@ -189,13 +179,13 @@ class Service:
                     if result is not None and on_batch is not None:
                         on_batch(result, self.totals)
                 else:
-                    self._snapshot_due()
+                    self.partitions.snapshot_due()
                     if self.health.broker_error is not None:
                         self._probe_broker()
         finally:
             self.health.stopped = True
             self.consumer.close()  # revokes the assignment: snapshots every partition
-            self.writer.close()
+            self.partitions.writer.close()
             self.pipeline.trainer.close()
             self.producer.flush(self.settings.consume.delivery_timeout_s)
         return self.totals
@@ -207,11 +197,11 @@ class Service:
             err = m.error()
             if err is None:
                 good.append(m)
-                self._check_restart(m)
+                self.partitions.check_restart(m)
             else:
                 log.warning("consumer error: %s", err)
-        if self.replay_until:
-            good = self._replay(good)
+        if self.partitions.replay_until:
+            good = self.partitions.replay(good)
         result = self.pipeline.process(good)
         self.totals.add(result, len(good))
         self._produce(result)
@@ -221,28 +211,6 @@ class Service:
         self._checkpoint(result)
         self._record(result, time.perf_counter() - t0)
         return result
-
-    def _replay(self, messages: list[Message]) -> list[Message]:
-        """Re-apply, without outputs, the messages below their partition's committed offset
-        (after a restore from an older snapshot); return the others."""
-        old: list[Message] = []
-        new: list[Message] = []
-        for m in messages:
-            tp = (str(m.topic()), int(m.partition() or 0))
-            until = self.replay_until.get(tp)
-            (old if until is not None and int(m.offset() or 0) < until else new).append(m)
-        if old:
-            result = self.pipeline.process(old)
-            for tp, offset in result.offsets.items():
-                if tp in self.positions:
-                    self.positions[tp] = offset
-                    self.dirty.setdefault(tp, time.monotonic())
-                if offset >= self.replay_until.get(tp, offset + 1):
-                    del self.replay_until[tp]
-            log.info("re-applied %d message(s) whose outputs were delivered before a restart", len(old))
-        for m in new:
-            self.replay_until.pop((str(m.topic()), int(m.partition() or 0)), None)
-        return new
 
     def _register(self, result: BatchResult) -> None:
         """Put the batch's new versions and audit events in the registry, then carry out the
@@ -296,54 +264,16 @@ class Service:
                 self._publish_event(e)
                 self._switch(e.device_id, e.sensor, e, e.reason, "")
 
-    def _check_restart(self, m: Message) -> None:
-        """A partition whose first message is below its snapshot's offset was recreated (its log
-        restarted): its devices must accept the new, lower offsets."""
-        tp = (str(m.topic()), int(m.partition() or 0))
-        expected = self.restored_at.pop(tp, None)
-        offset = m.offset()
-        if expected is not None and offset is not None and offset < expected:
-            log.warning("%s/%d restarted at offset %d below its snapshot's %d", *tp, offset, expected)
-            self.pipeline.restart_offsets(tp[1])
-
     def _checkpoint(self, result: BatchResult) -> None:
         """After delivery: registry, commit, then (when due) the partitions' snapshots."""
         self._register(result)
         self._commit(result)
         self.health.broker_error = None  # the broker acknowledged the outputs and the commit
         self.health.delivery_error = None
-        for tp, offset in result.offsets.items():
-            if tp in self.positions:
-                self.positions[tp] = offset
-                self.dirty.setdefault(tp, time.monotonic())
+        self.partitions.applied(result.offsets)
         for a in result.alerts:
             log.info("alert %s %s %s/%s", a.status, a.rule, a.device_id, a.sensor)
-        self._snapshot_due()
-
-    def _snapshot_due(self) -> None:
-        """Snapshot a partition changed ``state.snapshot_interval_s`` ago or more: one per call
-        (the longest due), after each batch and each idle poll, which spreads the cost; every due
-        partition if the interval is 0."""
-        interval = self.settings.state.snapshot_interval_s
-        now = time.monotonic()
-        due = [tp for tp, since in self.dirty.items() if now - since >= interval]
-        if due:
-            self._snapshot(due if interval == 0 else [min(due, key=self.dirty.__getitem__)])
-
-    def _snapshot(self, partitions: list[tuple[str, int]], wait: bool = False) -> None:
-        """Encode the state of ``partitions`` now (consistent with the committed offsets) and let
-        the writer thread put it on disk (``wait``: before returning)."""
-        for topic, p in partitions:
-            position = self.positions.get((topic, p))
-            self.dirty.pop((topic, p), None)
-            if position is None:
-                continue  # nothing applied since the assignment: the snapshot on disk is current
-            snap = PartitionSnapshot(topic, p, position, self.pipeline.export_partition(p))
-            data = snapshot.encode(snap, self.snapshots.key)
-            self.writer.submit(topic, p, data)
-            self.metrics.record_snapshot(len(data))
-        if wait:
-            self.writer.drain()
+        self.partitions.snapshot_due()
 
     def _record(self, result: BatchResult, seconds: float) -> None:
         """The batch's metrics: counts, latencies, state size, model versions, firing rules, lag."""
@@ -353,14 +283,14 @@ class Service:
         m.record_state(n, st.array_bytes_per_device() * n, (st.raw_n[: st.used] > 0).sum(axis=0))
         m.record_firing(self.pipeline.engine.firing_by_rule())
         lags = self._lags()
-        m.record_consumer(lags, len(self.positions))
+        m.record_consumer(lags, len(self.partitions))
         self.pipeline.lag = sum(lags.values())
 
     def _lags(self) -> dict[tuple[str, int], int]:
         """Lag per assigned partition from the service's own positions and the high watermark
         librdkafka cached from its last fetch response (no broker round trip)."""
         lags: dict[tuple[str, int], int] = {}
-        for (topic, p), position in self.positions.items():
+        for (topic, p), position in self.partitions.positions.items():
             if position is None:
                 continue
             try:
@@ -373,48 +303,26 @@ class Service:
         return lags
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Load each partition's snapshot and start consuming where its state stopped. Between the
-        snapshot and the group's committed offset the outputs were delivered already: those
-        messages are re-applied to the state without outputs. A partition without a snapshot gets
-        an empty one at its starting position first, so a crash before its first real snapshot
-        restarts from there instead of from a commit the state never saw."""
-        committed = consumer.committed(
-            [TopicPartition(tp.topic, tp.partition) for tp in partitions],
-            timeout=self.settings.consume.delivery_timeout_s,
-        )
-        restored = 0
-        for tp, c in zip(partitions, committed, strict=True):
-            key = (tp.topic, tp.partition)
-            self.positions[key] = None
-            snap = self._load_snapshot(tp.topic, tp.partition)
-            if snap is None:
-                self._start_fresh(tp, c.offset)
-                continue
-            self.pipeline.import_partition(snap.state)
-            self._adopt(snap.state.episodes)
-            tp.offset = snap.next_offset
-            if snap.next_offset >= 0:
-                self.restored_at[key] = snap.next_offset
-                if c.offset > snap.next_offset:
-                    self.replay_until[key] = c.offset
-            restored += len(snap.state.devices.device_ids)
+        """Restore the partitions' state and start each where its state stopped
+        (:meth:`Partitions.assign`)."""
+        restored = self.partitions.assign(consumer, partitions, self._adopt)
         consumer.assign(partitions)
-        self.health.assigned(len(self.positions))
+        self.health.assigned(len(self.partitions))
         self.metrics.record_restored(restored)
         log.info(
             "assigned %d partition(s), %d in all; %d device state(s) restored",
             len(partitions),
-            len(self.positions),
+            len(self.partitions),
             restored,
         )
 
-    def _adopt(self, episodes: list[dict[str, Any]]) -> None:
+    def _adopt(self, state: PartitionState) -> None:
         """Keep restored firing alerts alive in Alertmanager (it resolves what is not re-posted)."""
         if self.sink is None:
             return
         rules = {r.name: r for r in self.pipeline.engine.rules.rules}
         firing = []
-        for e in episodes:
+        for e in state.episodes:
             rule = rules.get(e["rule"])
             if e["firing"] and rule is not None and "alert" in rule.actions:
                 device, sensor, start = e["device_id"], e["sensor"], e["started_at"]
@@ -436,48 +344,24 @@ class Service:
                 )
         self.sink.adopt(firing)
 
-    def _start_fresh(self, tp: TopicPartition, committed: int) -> None:
-        """An empty snapshot for a partition that has none, at the committed offset if the group
-        has one (state starts empty there), else at the ``auto_offset_reset`` end of the log."""
-        start = OFFSET_BEGINNING if self.settings.kafka.auto_offset_reset == "earliest" else OFFSET_END
-        tp.offset = committed if committed >= 0 else start
-        empty = PartitionState(self.pipeline.store.export([]))
-        self.snapshots.save(PartitionSnapshot(tp.topic, tp.partition, tp.offset, empty))
-
-    def _load_snapshot(self, topic: str, partition: int) -> PartitionSnapshot | None:
-        try:
-            return self.snapshots.load(topic, partition)
-        except (SnapshotError, OSError) as exc:
-            log.error("ignoring the snapshot of %s/%d (%s): its state is rebuilt", topic, partition, exc)
-            self.metrics.record_snapshot_error()
-            return None
-
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Snapshot the revoked partitions (unless outputs are still undelivered: then their state
         is ahead of what may be committed, and the next owner re-applies from the last snapshot)."""
-        keys = [(tp.topic, tp.partition) for tp in partitions]
-        if self.pending is None:
-            self._snapshot([k for k in keys if k in self.positions], wait=True)
-        self._release(keys)
+        self._release([(tp.topic, tp.partition) for tp in partitions], save=self.pending is None)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """The group reassigned these partitions without us: drop their state, write nothing."""
         log.warning("lost %d partition(s) to the group; their state is dropped", len(partitions))
         self.health.lost()
-        self._release([(tp.topic, tp.partition) for tp in partitions])
+        self._release([(tp.topic, tp.partition) for tp in partitions], save=False)
 
-    def _release(self, keys: list[tuple[str, int]]) -> None:
-        for topic, p in keys:
-            self.positions.pop((topic, p), None)
-            self.restored_at.pop((topic, p), None)
-            self.replay_until.pop((topic, p), None)
-            self.dirty.pop((topic, p), None)
-            self.pipeline.drop_partition(p)
-        if self.positions:
-            self.health.assigned(len(self.positions))
+    def _release(self, keys: list[tuple[str, int]], save: bool) -> None:
+        self.partitions.release(keys, save)
+        if len(self.partitions):
+            self.health.assigned(len(self.partitions))
         else:
             self.health.revoked()
-        self.metrics.record_consumer({}, len(self.positions))
+        self.metrics.record_consumer({}, len(self.partitions))
 
     def _on_error(self, err: KafkaError) -> None:
         """librdkafka's client-level errors (served by ``consume``); it retries by itself. A lost

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor import alerts
 from monitor.metrics import Metrics
-from monitor.pipeline import BatchResult, Pipeline
+from monitor.pipeline import BatchResult, PartitionState, Pipeline
 from monitor.rules import load_rules
 from monitor.service import Service
 from monitor.settings import load_settings
@@ -34,7 +34,7 @@ def test_restored_firing_episodes_are_adopted_by_the_alertmanager_sink(tmp_path:
         episode | {"streak": 3, "started_at": 1000, "pending": False, "firing": True, "quiet_until": 0},
         episode | {"sensor": "pressure", "streak": 1, "started_at": 2000, "pending": True, "firing": False},
     ]
-    service._adopt(episodes)
+    service._adopt(PartitionState(service.pipeline.store.export([]), episodes))
     assert service.sink is not None
     (firing,) = service.sink.firing
     assert firing.alert_id == alerts.alert_id("score_drift", "dev-1", "humidity", 1000)
