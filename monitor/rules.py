@@ -562,19 +562,13 @@ class RuleEngine:
     # --- state snapshots --------------------------------------------------------------------------
 
     def export(self, device_ids: Collection[str]) -> list[dict[str, Any]]:
-        """The device-scope episode states of these devices, as JSON-serialisable records."""
+        """The device-scope episode states of these devices, as JSON-serialisable records (fleet
+        and cohort episodes belong to no partition: they are per replica and rebuild)."""
         ids = set(device_ids)
-        return self._export(lambda rule, device: rule.scope == "device" and device in ids)
-
-    def export_all(self) -> list[dict[str, Any]]:
-        """The episode states of every fleet- and cohort-scope key (the state no device owns)."""
-        return self._export(lambda rule, _device: rule.scope != "device")
-
-    def _export(self, keep: Callable[[Rule, str], bool]) -> list[dict[str, Any]]:
         out = []
         for key in sorted(self._episodes):
             rule, ep = self._by_name[key[0]], self._episodes[key]
-            if keep(rule, key[1]):
+            if rule.scope == "device" and key[1] in ids:
                 state = EpisodeState(
                     rule=rule.name,
                     scope=rule.scope,

@@ -222,9 +222,6 @@ class StateStore:
         self.score_count[slot, s] = 0
         self.adwins[slot][s] = None
 
-    def array_names(self) -> list[str]:
-        return list(self._arrays)
-
     def array_bytes_per_device(self) -> int:
         return sum(a.nbytes for a in self._arrays.values()) // self.capacity
 
