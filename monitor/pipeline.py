@@ -187,11 +187,12 @@ class Pipeline:
         slot = st.slot(r.device_id, msg.partition() or 0)
         s = SENSOR_INDEX[r.sensor]
         result.valid[s] += 1
-        if not self._fresh(slot, msg, result) or not self.integrity.check_seq(slot, s, r):
+        offset, kafka_ts = msg.offset(), msg.timestamp()[1]
+        if not self._fresh(slot, offset, kafka_ts, result) or not self.integrity.check_seq(slot, s, r):
             return
         f = features(r)
-        self.integrity.check_values(slot, s, r.ts, f, msg.timestamp()[1])
-        self._remember(slot, s, r.ts, f, msg.offset() or 0)
+        self.integrity.check_values(slot, s, r.ts, f, kafka_ts)
+        self._remember(slot, s, r.ts, f, offset or 0)
         if self.governor.waiting:
             self.governor.on_reading(slot, s, r.ts, result)
         st.since_eval[slot, s] += 1
@@ -199,11 +200,10 @@ class Pipeline:
         if st.since_eval[slot, s] >= self.settings.drift.check_every:
             self._evaluate_pair(slot, s, result)
 
-    def _fresh(self, slot: int, msg: Message, result: BatchResult) -> bool:
+    def _fresh(self, slot: int, offset: int | None, kafka_ts: int, result: BatchResult) -> bool:
         """Note the device's Kafka time and offset; False for a reading it applied already
         (re-delivered after a crash or a rebalance)."""
         st = self.store
-        offset, kafka_ts = msg.offset(), msg.timestamp()[1]
         if kafka_ts > 0:
             st.last_seen[slot] = kafka_ts
             self.clock_ms = max(self.clock_ms, kafka_ts)
