@@ -136,15 +136,13 @@ class DelaySummary:
 
 
 @dataclass(frozen=True)
-class WindowOutcome:
-    """One event's window ``[event.start_ts, window_end]`` and what fell in it."""
+class ChangeOutcome:
+    """One labelled change: the detections in its search interval and the first one's delay."""
 
     event: LabelledEvent
-    window_end: int
     n_detections: int
     first_detection_ts: int | None
     delay_ms: int | None
-    delay_readings: int | None
 
     @property
     def detected(self) -> bool:
@@ -153,13 +151,22 @@ class WindowOutcome:
     def to_dict(self) -> JsonDict:
         return {
             "event": self.event.to_dict(),
-            "window_end": self.window_end,
             "detected": self.detected,
             "n_detections": self.n_detections,
             "first_detection_ts": self.first_detection_ts,
             "delay_ms": self.delay_ms,
-            "delay_readings": self.delay_readings,
         }
+
+
+@dataclass(frozen=True)
+class WindowOutcome(ChangeOutcome):
+    """One event's window ``[event.start_ts, window_end]`` and what fell in it."""
+
+    window_end: int
+    delay_readings: int | None
+
+    def to_dict(self) -> JsonDict:
+        return super().to_dict() | {"window_end": self.window_end, "delay_readings": self.delay_readings}
 
 
 @dataclass(frozen=True)
@@ -219,29 +226,6 @@ class AnomalyQuality:
             "false_alarms_per_device_day": self.false_alarms_per_device_day,
             "by_kind": {kind: q.to_dict() for kind, q in self.by_kind.items()},
             "windows": [w.to_dict() for w in self.windows],
-        }
-
-
-@dataclass(frozen=True)
-class ChangeOutcome:
-    """One labelled change: the detections in its search interval and the first one's delay."""
-
-    event: LabelledEvent
-    n_detections: int
-    first_detection_ts: int | None
-    delay_ms: int | None
-
-    @property
-    def detected(self) -> bool:
-        return self.n_detections > 0
-
-    def to_dict(self) -> JsonDict:
-        return {
-            "event": self.event.to_dict(),
-            "detected": self.detected,
-            "n_detections": self.n_detections,
-            "first_detection_ts": self.first_detection_ts,
-            "delay_ms": self.delay_ms,
         }
 
 
