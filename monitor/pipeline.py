@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor import alerts, model, schema, training
+from monitor import alerts, model, novelty, schema, training
 from monitor.cohorts import load_cohorts
 from monitor.drift import Comparison, GroupDrift, PairDrift
 from monitor.features import Features, features
@@ -70,7 +70,8 @@ class Rollback:
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """One applied reading, its score and squared distance (``None`` while the model warms up)."""
+    """One applied reading: its score and squared distance (``None`` while the model warms up),
+    and its novelty level (``None`` while the novelty stage is off)."""
 
     device_id: str
     sensor: str
@@ -78,6 +79,7 @@ class Scored:
     score: float | None
     distance: float | None
     anomalous: bool
+    level: float | None = None
 
 
 @dataclass
@@ -117,7 +119,8 @@ class Pipeline:
         self.settings = settings
         self.trace = trace
         d, m = settings.drift, settings.model
-        shapes = Shapes(d.reference_size, d.window_size, d.psi_bins, m.retrain_window)
+        size = novelty.state_size(settings.novelty)
+        shapes = Shapes(d.reference_size, d.window_size, d.psi_bins, m.retrain_window, size)
         self.store = StateStore(shapes, d.adwin_delta)
         self.integrity = IntegrityChecker(self.store, settings.integrity)
         self.pairs = PairDrift(self.store, d)
@@ -131,6 +134,7 @@ class Pipeline:
         a = settings.alerts
         self.storm = alerts.StormControl(a.storm_max_alerts, a.storm_window_s)
         self.thresholds = {k: model.distance_threshold(m.anomaly_threshold, k) for k in (1, 3)}
+        self.novelty = novelty.Novelty(settings.novelty) if settings.novelty.enabled else None
         self.clock_ms = 0  # the latest Kafka message timestamp seen: the eviction clock
         self._next_sweep = 0
         config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
@@ -220,12 +224,19 @@ class Pipeline:
     ) -> None:
         """Score the reading (learning from it), then feed the score to every detector."""
         st = self.store
-        anomalies = int(st.anomalies[slot, s])
-        d2 = self._distance(slot, s, f, result)
+        d2 = self._distance(slot, s, f)
         score = None if d2 is None else model.score(d2, len(f))
-        anomalous = bool(st.anomalies[slot, s] > anomalies)
+        level = None
+        if self.novelty is None:
+            anomalous = d2 is not None and d2 > self.thresholds[len(f)]
+        else:
+            level = self.novelty.update(st.novelty[slot, s], r.ts, f, not st.quarantined[slot])
+            anomalous = level >= self.settings.novelty.threshold
+        if anomalous:
+            st.anomalies[slot, s] += 1
+            result.anomalies[s] += 1
         if self.trace:
-            result.trace.append(Scored(r.device_id, r.sensor, r.ts, score, d2, anomalous))
+            result.trace.append(Scored(r.device_id, r.sensor, r.ts, score, d2, anomalous, level))
         if score is None:
             return
         scores[s].append(score)
@@ -328,8 +339,8 @@ class Pipeline:
         for slot in self.store.in_partition(partition):
             self.store.last_offset[slot] = -1
 
-    def _distance(self, slot: int, s: int, f: Features, result: BatchResult) -> float | None:
-        """The pair model's distance (None while it warms up); learn unless anomalous."""
+    def _distance(self, slot: int, s: int, f: Features) -> float | None:
+        """The pair model's distance (None while it warms up); learn unless over the threshold."""
         st = self.store
         m = st.models[slot][s]
         if m is None:
@@ -338,11 +349,8 @@ class Pipeline:
             m.learn(f)
             return None
         d2 = m.distance(f)
-        anomalous = d2 > self.thresholds[len(f)]
-        if anomalous:
-            st.anomalies[slot, s] += 1
-            result.anomalies[s] += 1
-        if (not anomalous or self.settings.model.learn_anomalies) and not st.quarantined[slot]:
+        usual = d2 <= self.thresholds[len(f)]
+        if (usual or self.settings.model.learn_anomalies) and not st.quarantined[slot]:
             m.learn(f)
         return d2
 

@@ -175,6 +175,27 @@ class ModelSettings(_Section):
     retrain_window: int = Field(32, ge=16, le=1024)
 
 
+class NoveltySettings(_Section):
+    """The novelty stage (:mod:`monitor.novelty`): range, daily profile, likelihood, refractory."""
+
+    enabled: bool = Field(False, description="score every reading's novelty; its level decides anomalies")
+    threshold: float = Field(
+        0.25, gt=0, le=1, description="level at or over which a reading is anomalous (0.5 up: new ground)"
+    )
+    warmup: int = Field(50, ge=1, description="readings of a pair before range and profile residuals count")
+    fading: float = Field(0.05, gt=0, le=1, description="weight of a reading in its hour's profile mean")
+    var_fading: float = Field(0.005, gt=0, le=1, description="weight of a reading in the residual variance")
+    z_scale: float = Field(4.0, gt=0, description="residual (in standard deviations) that scores raw 1")
+    average: int = Field(20, ge=1, le=500, description="readings in the recent mean raw score")
+    learning: int = Field(
+        300, ge=1, description="readings before the likelihood learns a baseline; it scores after twice this"
+    )
+    likelihood_memory: float = Field(
+        3000, ge=1, description="readings of memory of the recent mean's mean and variance"
+    )
+    refractory: int = Field(30, ge=0, description="readings after a level in which only a higher one reports")
+
+
 class DriftSettings(_Section):
     reference_size: int = Field(96, ge=32, le=4096)
     window_size: int = Field(96, ge=32, le=4096)
@@ -401,6 +422,7 @@ class Settings(BaseSettings):
     consume: ConsumeSettings = ConsumeSettings()
     integrity: IntegritySettings = IntegritySettings()
     model: ModelSettings = ModelSettings()
+    novelty: NoveltySettings = NoveltySettings()
     drift: DriftSettings = DriftSettings()
     metrics: MetricsSettings = MetricsSettings()
     alerts: AlertsSettings = AlertsSettings()

@@ -3,8 +3,8 @@
 A device gets a *slot* the first time it is seen. Everything the monitor keeps about a
 (device, sensor) pair lives at ``[slot, sensor_index]`` in fixed-size numpy arrays (score
 windows, the frozen reference, PSI bins, the recent raw readings for retraining and their Kafka
-offsets, integrity counters), plus two small River objects (the model and an ADWIN). Arrays grow by
-doubling; released slots (evicted devices, revoked partitions) are reused first.
+offsets, integrity counters, the novelty stage's state), plus two small River objects (the model
+and an ADWIN). Arrays grow by doubling; released slots (evicted devices, revoked partitions) are reused first.
 :meth:`StateStore.array_bytes_per_device` reports the footprint; the README's budget table comes
 from it. :meth:`StateStore.export` and :meth:`StateStore.load` move the devices of a partition in
 and out (snapshots).
@@ -34,6 +34,7 @@ class Shapes:
     window: int
     psi_bins: int
     retrain_window: int
+    novelty: int = 0  # floats of novelty-stage state per pair (0: the stage is off)
 
 
 class StateStore:
@@ -80,6 +81,7 @@ class StateStore:
             "cur": ((*p, s.window), np.uint16, 0),
             "edges": ((*p, s.psi_bins - 1), np.float64, 0),
             "ref_frac": ((*p, s.psi_bins), np.float32, 0),
+            "novelty": ((*p, s.novelty), np.float64, 0),
         }
         old = self._arrays
         self._arrays = {}
@@ -117,6 +119,7 @@ class StateStore:
     cur: NDArray[np.uint16]
     edges: NDArray[np.float64]  # float64: a score on an edge must bin the same way every time
     ref_frac: NDArray[np.float32]
+    novelty: NDArray[np.float64]  # the novelty stage's per-pair state (monitor.novelty)
 
     @property
     def capacity(self) -> int:

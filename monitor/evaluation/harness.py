@@ -140,15 +140,20 @@ def surprise(distance: np.ndarray, k: int) -> np.ndarray:
 
 
 def nab_scores(settings: Settings, rules: RuleSet, files: Sequence[nab.CorpusFile]) -> list[np.ndarray]:
-    """Per NAB file, the surprise of every row under the live model (0 while it warms up)."""
+    """Per NAB file, every row's anomaly score under the live pipeline: its novelty level when the
+    novelty stage is on, else the surprise of the model's distance (0 while warming up)."""
     series = [
         Series(f.key, (f.timestamps.astype("datetime64[ms]").astype(np.int64)).tolist(), f.values.tolist())
         for f in files
     ]
     replay = replay_series(settings, rules, series, NAB_SENSOR)
     by_device: defaultdict[str, list[float]] = defaultdict(list)
+    novelty = settings.novelty.enabled
     for s in replay.trace:
-        by_device[s.device_id].append(0.0 if s.distance is None else s.distance)
+        value = s.level if novelty else s.distance
+        by_device[s.device_id].append(0.0 if value is None else value)
+    if novelty:
+        return [np.asarray(by_device[device_id(f.key)]) for f in files]
     k = n_features(NAB_SENSOR)
     return [surprise(np.asarray(by_device[device_id(f.key)]), k) for f in files]
 

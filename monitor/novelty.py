@@ -1,0 +1,164 @@
+"""The novelty stage: how unusual a reading is given its own pair's history, as one level in [0, 1].
+
+The per-pair model (:mod:`monitor.model`) answers "is this reading far from the recent level?",
+which suits stationary sensor noise. Metrics such as CPU load, request counts or prices need more
+context: a daily rhythm, noise that comes in bursts, and level shifts that are normal once and
+anomalous when they break new ground. The novelty stage adds that context with four steps, all
+online and in a fixed-size state vector per pair (:func:`state_size` floats):
+
+1. **Range**: a reading outside the range of every earlier reading of the pair is new ground. Its
+   level is ``0.5 + excess / range`` (at most 1), the top band.
+2. **Daily profile**: an exponentially weighted mean per UTC hour of day predicts the reading; the
+   residual over its own weighted standard deviation is ``z``, and ``raw = min(1, |z| / z_scale)``.
+   Series without a daily rhythm get a flat profile: the residual is then the distance to the level.
+3. **Likelihood** (after Numenta's anomaly likelihood): the mean of ``raw`` over the last
+   ``average`` readings is compared with the weighted mean and variance of that mean over a long
+   memory. Its two-sided Gaussian tail probability ``p`` says how unusual the *recent* readings are
+   for this pair; only the first reading of a run with ``p < 1e-5`` keeps its ``p`` (the rest of the
+   run counts as ``1e-3``), so one episode gives one sharp peak. The level is
+   ``LIKELIHOOD_BAND * -log10(p) / 10`` (below 0.5: new ground always ranks higher).
+4. **Refractory**: a level not above the highest level of the previous ``refractory`` readings is
+   reported as 0, so an episode is reported once, when it is first seen, and again only if it gets
+   worse.
+
+>>> from monitor.settings import NoveltySettings
+>>> n = Novelty(NoveltySettings(learning=20, average=5))
+>>> state = n.new_state()
+>>> hour = 3_600_000
+>>> levels = [n.update(state, i * hour, (10.0 + i % 2,)) for i in range(60)]
+>>> max(levels[2:]) < 0.5  # the two values alternate: nothing new once both are seen
+True
+>>> n.update(state, 60 * hour, (12.0,))  # 1 above the range [10, 11]: new ground
+1.0
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from monitor.features import Features
+from monitor.settings import NoveltySettings
+
+#: Levels of the likelihood step are scaled into [0, LIKELIHOOD_BAND]; new ground is [0.5, 1].
+LIKELIHOOD_BAND: Final = 0.49
+#: A tail probability below RED starts an episode; later readings of the episode count as YELLOW.
+RED: Final = 1e-5
+YELLOW: Final = 1e-3
+#: The likelihood's mean and variance floors (a near-constant raw score would make any blip red).
+MEAN_FLOOR: Final = 0.03
+VAR_FLOOR: Final = 0.0003
+HOURS: Final = 24
+_HOUR_MS: Final = 3_600_000
+_K: Final = 3  # feature slots: every sensor has 1 or 3 features
+
+# State layout: scalars, then per-feature blocks, then the profile and the ring of raw scores.
+_N, _NL, _RING_SUM, _LIK_MEAN, _LIK_VAR, _WAS_RED, _PEAK, _PEAK_AGE = range(8)
+_LO = 8
+_HI = _LO + _K
+_LEVEL = _HI + _K
+_VAR = _LEVEL + _K
+_PROFILE = _VAR + _K  # HOURS x _K means
+_COUNT = _PROFILE + HOURS * _K  # HOURS counts
+_RING = _COUNT + HOURS
+
+
+def state_size(settings: NoveltySettings) -> int:
+    """Floats of state per (device, sensor) pair (0 when the stage is off)."""
+    return _RING + settings.average if settings.enabled else 0
+
+
+class Novelty:
+    """The stage's parameters and its update rule; the state lives in the caller's arrays."""
+
+    def __init__(self, settings: NoveltySettings) -> None:
+        self.settings = settings
+        self.size = _RING + settings.average
+
+    def new_state(self) -> NDArray[np.float64]:
+        """An empty pair state (what the state store's slab holds for a new pair)."""
+        return np.zeros(self.size)
+
+    def update(self, state: NDArray[np.float64], ts: int, f: Features, learn: bool = True) -> float:
+        """The level of reading ``f`` at ``ts`` (ms); learns it into ``state`` unless ``learn`` is
+        False (a quarantined device: its baselines stay, the likelihood keeps counting)."""
+        v = state.tolist()
+        n = int(v[_N])
+        level = _range_level(v, f, n, self.settings.warmup)
+        hour = (ts // _HOUR_MS) % HOURS
+        raw = self._raw(v, f, hour, n, learn)
+        lik = LIKELIHOOD_BAND * self._likelihood(v, raw, n)
+        v[_N] = n + 1
+        state[:] = v
+        return self._refractory(state, level if level > 0.0 else lik)
+
+    def _raw(self, v: list[float], f: Features, hour: int, n: int, learn: bool) -> float:
+        """The daily-profile residual score in [0, 1] (learning the profile and the noise level)."""
+        cfg = self.settings
+        z2 = 0.0
+        b = max(cfg.var_fading, 1.0 / (n + 1))
+        count = v[_COUNT + hour]
+        for i, x in enumerate(f):
+            p = _PROFILE + hour * _K + i
+            residual = x - (v[p] if count > 0 else v[_LEVEL + i])
+            var = v[_VAR + i]
+            if n >= cfg.warmup and var > 0.0:
+                z2 += residual * residual / var
+            if learn:
+                v[_VAR + i] = (1.0 - b) * (var + b * residual * residual)
+                v[_LEVEL + i] += max(cfg.fading, 1.0 / (n + 1)) * (x - v[_LEVEL + i])
+                v[p] += max(cfg.fading, 1.0 / (count + 1)) * (x - v[p])
+        if learn:
+            v[_COUNT + hour] = count + 1
+        return min(1.0, math.sqrt(z2 / len(f)) / cfg.z_scale)
+
+    def _likelihood(self, v: list[float], raw: float, n: int) -> float:
+        """``-log10`` of the tail probability of the recent mean raw score, / 10, in [0, 1]."""
+        cfg = self.settings
+        j = _RING + n % cfg.average
+        v[_RING_SUM] += raw - v[j]
+        v[j] = raw
+        recent = v[_RING_SUM] / min(n + 1, cfg.average)
+        if n < cfg.learning:
+            return 0.0
+        nl = v[_NL] + 1.0
+        v[_NL] = nl
+        a = max(1.0 / cfg.likelihood_memory, 1.0 / nl)
+        d = recent - v[_LIK_MEAN]
+        v[_LIK_MEAN] += a * d
+        v[_LIK_VAR] = (1.0 - a) * (v[_LIK_VAR] + a * d * d)
+        if n < 2 * cfg.learning:
+            return 0.0
+        mean = max(v[_LIK_MEAN], MEAN_FLOOR)
+        sd = math.sqrt(max(v[_LIK_VAR], VAR_FLOOR))
+        tail = 0.5 * math.erfc(abs(recent - mean) / (sd * math.sqrt(2.0)))
+        reported = YELLOW if tail <= RED and v[_WAS_RED] else tail
+        v[_WAS_RED] = float(tail <= RED)
+        return min(1.0, -math.log10(max(reported, 1e-10)) / 10.0)
+
+    def _refractory(self, state: NDArray[np.float64], level: float) -> float:
+        """0 for a level not above the highest of the last ``refractory`` readings."""
+        peak, age = float(state[_PEAK]), float(state[_PEAK_AGE]) + 1.0
+        if age > self.settings.refractory:
+            peak = -1.0
+        out = level if level > peak else 0.0
+        if level >= peak:
+            peak, age = level, 0.0
+        state[_PEAK], state[_PEAK_AGE] = peak, age
+        return out
+
+
+def _range_level(v: list[float], f: Features, n: int, warmup: int) -> float:
+    """``0.5 + excess / range`` for a reading outside every earlier one's range (else 0; also
+    during warm-up), then widen the range to include it."""
+    excess = 0.0
+    for i, x in enumerate(f):
+        lo, hi = (v[_LO + i], v[_HI + i]) if n else (x, x)
+        width = hi - lo
+        if width > 0.0:
+            excess = max(excess, (x - hi) / width, (lo - x) / width)
+        v[_LO + i], v[_HI + i] = min(lo, x), max(hi, x)
+    return min(1.0, 0.5 + excess) if excess > 0.0 and n >= warmup else 0.0
