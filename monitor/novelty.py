@@ -132,9 +132,7 @@ class Novelty:
         v[_LIK_VAR] = (1.0 - a) * (v[_LIK_VAR] + a * d * d)
         if n < 2 * cfg.learning:
             return 0.0
-        mean = max(v[_LIK_MEAN], MEAN_FLOOR)
-        sd = math.sqrt(max(v[_LIK_VAR], VAR_FLOOR))
-        tail = 0.5 * math.erfc(abs(recent - mean) / (sd * math.sqrt(2.0)))
+        tail = tail_probability(recent, v[_LIK_MEAN], v[_LIK_VAR])
         reported = YELLOW if tail <= RED and v[_WAS_RED] else tail
         v[_WAS_RED] = float(tail <= RED)
         return min(1.0, -math.log10(max(reported, 1e-10)) / 10.0)
@@ -149,6 +147,12 @@ class Novelty:
             peak, age = level, 0.0
         state[_PEAK], state[_PEAK_AGE] = peak, age
         return out
+
+
+def tail_probability(x: float, mean: float, var: float) -> float:
+    """Two-sided Gaussian tail probability of ``x`` (mean and variance floored)."""
+    sd = math.sqrt(max(var, VAR_FLOOR))
+    return 0.5 * math.erfc(abs(x - max(mean, MEAN_FLOOR)) / (sd * math.sqrt(2.0)))
 
 
 def _range_level(v: list[float], f: Features, n: int, warmup: int) -> float:

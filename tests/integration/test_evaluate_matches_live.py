@@ -20,7 +20,8 @@ from producers.simulate import simulate, stream
 pytestmark = pytest.mark.integration
 
 
-def test_replay_equals_live_service(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("novelty", [False, True], ids=["model", "novelty"])
+def test_replay_equals_live_service(kafka_settings: KafkaSettings, tmp_path: Path, novelty: bool) -> None:
     # One partition: the broker then delivers the stream in the order the simulator produced it.
     kafka = kafka_settings.model_copy(update={"partitions": 1})
     settings = load_settings(
@@ -29,6 +30,7 @@ def test_replay_equals_live_service(kafka_settings: KafkaSettings, tmp_path: Pat
         metrics={"enabled": False},
         state_dir=str(tmp_path),
         consume={"batch_size": 777},  # live batches differ from the replay's anyway
+        novelty={"enabled": novelty, "learning": 100},
     )
     rules = load_rules(Path("configs/rules.yaml"))
     scenario = load_scenario(Path("configs/scenarios/library.yaml"), duration_s=700)
@@ -62,3 +64,6 @@ def test_replay_equals_live_service(kafka_settings: KafkaSettings, tmp_path: Pat
     assert offline.trace == live_trace
     assert offline.alerts == live_alerts
     assert any(a.rule == "score_drift" for a in live_alerts)
+    if novelty:  # the novelty levels decide the anomalies, live and offline alike
+        assert all(s.level is not None for s in live_trace)
+        assert any(s.anomalous for s in live_trace)

@@ -1,0 +1,138 @@
+"""The novelty stage: hand-computed levels for each of its steps, and its place in the pipeline."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.evaluation import harness
+from monitor.evaluation.replay import ReplayMessage, Series, replay_series
+from monitor.novelty import LIKELIHOOD_BAND, Novelty, state_size, tail_probability
+from monitor.pipeline import Pipeline
+from monitor.rules import load_rules
+from monitor.schema import Reading
+from monitor.settings import NoveltySettings, Settings, load_settings
+
+HOUR = 3_600_000
+NO_LIKELIHOOD = {"learning": 10**6}  # the likelihood never scores: levels are range levels only
+
+
+def levels(settings: NoveltySettings, values: list[float], step_ms: int = HOUR) -> list[float]:
+    n = Novelty(settings)
+    state = n.new_state()
+    return [n.update(state, i * step_ms, (v,)) for i, v in enumerate(values)]
+
+
+def test_new_ground_scores_half_plus_the_excess_over_the_range() -> None:
+    cfg = NoveltySettings(warmup=2, refractory=0, **NO_LIKELIHOOD)
+    # range [0, 10] -> 15: 0.5 + 5/10 = 1.0; [0, 15] -> 12: inside; -> 16: 0.5 + 1/15; -> -3: 0.5 + 3/16
+    out = levels(cfg, [0.0, 10.0, 15.0, 12.0, 16.0, -3.0])
+    assert out == pytest.approx([0.0, 0.0, 1.0, 0.0, 0.5 + 1 / 15, 0.5 + 3 / 16])
+
+
+def test_excess_is_capped_at_one() -> None:
+    cfg = NoveltySettings(warmup=2, refractory=0, **NO_LIKELIHOOD)
+    assert levels(cfg, [0.0, 1.0, 100.0])[-1] == 1.0
+
+
+def test_new_ground_during_warmup_is_learned_not_reported() -> None:
+    cfg = NoveltySettings(warmup=4, refractory=0, **NO_LIKELIHOOD)
+    out = levels(cfg, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    assert out == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.5 + 1 / 3, 0.5 + 1 / 4])
+
+
+def test_refractory_reports_an_episode_once_unless_it_gets_worse() -> None:
+    cfg = NoveltySettings(warmup=2, refractory=3, **NO_LIKELIHOOD)
+    # 12 over [0, 10]: 0.7; 13 over [0, 12]: 0.583 < 0.7 within 3 readings: 0; three readings later
+    # 14 over [0, 13]: 0.577 is reported again; 30 over [0, 14]: 1.0 > 0.577 at once.
+    out = levels(cfg, [0.0, 10.0, 12.0, 13.0, 5.0, 5.0, 5.0, 14.0, 30.0])
+    assert out == pytest.approx([0, 0, 0.7, 0, 0, 0, 0, 0.5 + 1 / 13, 1.0])
+
+
+def test_tail_probability_by_hand() -> None:
+    # mean 0.5, variance 0.01 (sd 0.1): x = 0.7 is 2 sd away, both sides alike
+    assert tail_probability(0.7, 0.5, 0.01) == pytest.approx(0.5 * math.erfc(2 / math.sqrt(2)))
+    assert tail_probability(0.3, 0.5, 0.01) == pytest.approx(tail_probability(0.7, 0.5, 0.01))
+    # floors: mean 0.03, variance 0.0003 (a near-constant raw score must not make every blip red)
+    assert tail_probability(0.05, 0.0, 0.0) == pytest.approx(0.5 * math.erfc(0.02 / math.sqrt(0.0006)))
+
+
+def test_a_learned_daily_rhythm_is_not_novel() -> None:
+    day = [10.0 + 5.0 * math.sin(2 * math.pi * h / 24) for h in range(24)]
+    out = levels(NoveltySettings(learning=100, average=5), day * 40)
+    assert max(out[24 * 10 :]) < 0.05
+
+
+def test_a_burst_off_the_daily_profile_peaks_at_its_start() -> None:
+    rng = np.random.default_rng(7)
+    day = np.array([10.0 + 5.0 * math.sin(2 * math.pi * h / 24) for h in range(24)])
+    values = np.tile(day, 40) + rng.normal(0, 0.2, 24 * 40)
+    start = 24 * 35
+    values[:2] = [4.0, 16.0]  # the range covers the noise from the start: no new ground
+    values[start : start + 12] = day[:12][::-1]  # inside the range, at the wrong hours
+    cfg = NoveltySettings(learning=200, average=5, refractory=24)
+    out = np.asarray(levels(cfg, values.tolist()))
+    peak = int(np.argmax(out))
+    assert start <= peak < start + 5  # within the averaging window of the burst's start
+    others = np.delete(out, np.s_[start : start + 24])
+    assert out[peak] > others.max() + 0.1  # the noise's own levels stay well below the burst's
+    assert out.max() <= LIKELIHOOD_BAND  # in range: the likelihood band, below new ground
+
+
+def test_only_the_first_reading_of_a_red_episode_keeps_its_level() -> None:
+    values = [0.0 if h % 2 == 0 else 10.0 for h in range(400)]  # the hour-of-day profile is exact
+    values[350:356] = [10.0 - v for v in values[350:356]]  # swapped: far off the profile, in range
+    cfg = NoveltySettings(learning=50, average=1, refractory=0, warmup=5)
+    out = levels(cfg, values)
+    yellow = LIKELIHOOD_BAND * 3 / 10  # a tail probability of 1e-3
+    assert out[350] == LIKELIHOOD_BAND  # red: a tail probability under 1e-5 (1e-10 at most)
+    assert out[351:356] == pytest.approx([yellow] * 5)
+    assert max(out[100:350]) < yellow
+
+
+def test_state_size_is_zero_when_off() -> None:
+    assert state_size(NoveltySettings()) == 0
+    assert state_size(NoveltySettings(enabled=True, average=20)) == Novelty(NoveltySettings(average=20)).size
+
+
+def _nab_like_settings() -> Settings:
+    return load_settings(Path("configs/nab.yaml"), novelty={"learning": 40}, metrics={"enabled": False})
+
+
+def test_pipeline_traces_levels_and_counts_anomalies_by_level() -> None:
+    settings = _nab_like_settings()
+    rules = load_rules(Path("configs/nab-rules.yaml"))
+    values = [10.0 + (i % 5) for i in range(300)] + [100.0] + [10.0] * 20
+    stamps = [i * 300_000 for i in range(len(values))]
+    replay = replay_series(settings, rules, [Series("s", stamps, values)], harness.NAB_SENSOR)
+    trace = replay.trace
+    assert all(s.level is not None for s in trace)
+    spike = trace[300]
+    assert spike.level == 1.0 and spike.anomalous
+    assert sum(s.anomalous for s in trace) == sum(
+        s.level is not None and s.level >= settings.novelty.threshold for s in trace
+    )
+
+
+def test_novelty_state_survives_a_partition_snapshot() -> None:
+    settings = _nab_like_settings()
+    rules = load_rules(Path("configs/nab-rules.yaml"))
+    stamps = [i * 300_000 for i in range(200)]
+    items = [
+        (
+            Reading("s", harness.NAB_SENSOR, ts, i, {"value": 10.0 + i % 7}, "", 1),
+            ReplayMessage(b"s", None, ts, i),
+        )
+        for i, ts in enumerate(stamps)
+    ]
+    whole = Pipeline(settings, rules, trace=True).process_readings(items).trace
+    first = Pipeline(settings, rules, trace=True)
+    head = first.process_readings(items[:120]).trace
+    second = Pipeline(settings, rules, trace=True)
+    second.import_partition(first.export_partition(0))
+    tail = second.process_readings(items[120:]).trace
+    assert [s.level for s in head + tail] == [s.level for s in whole]
+    assert any(s.level for s in tail)
