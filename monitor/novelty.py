@@ -6,17 +6,20 @@ context: a daily rhythm, noise that comes in bursts, and level shifts that are n
 anomalous when they break new ground. The novelty stage adds that context with four steps, all
 online and in a fixed-size state vector per pair (:func:`state_size` floats):
 
-1. **Range**: a reading outside the range of every earlier reading of the pair is new ground. Its
-   level is ``0.5 + excess / range`` (at most 1), the top band.
+1. **New ground**: a reading outside the range of every earlier reading of the pair, by more than
+   ``range_tolerance`` of the range, scores ``0.5 + excess / range`` (at most 1): the top band.
 2. **Daily profile**: an exponentially weighted mean per UTC hour of day predicts the reading; the
    residual over its own weighted standard deviation is ``z``, and ``raw = min(1, |z| / z_scale)``.
    Series without a daily rhythm get a flat profile: the residual is then the distance to the level.
+   A residual outside the range of every earlier residual (by more than ``residual_tolerance`` of
+   it, from ``residual_warmup`` readings on) is *residual new ground*: it scores
+   ``residual_weight * (0.5 + excess / range)``, a reading in range at an unusual place.
 3. **Likelihood** (after Numenta's anomaly likelihood): the mean of ``raw`` over the last
    ``average`` readings is compared with the weighted mean and variance of that mean over a long
    memory. Its two-sided Gaussian tail probability ``p`` says how unusual the *recent* readings are
    for this pair; only the first reading of a run with ``p < 1e-5`` keeps its ``p`` (the rest of the
-   run counts as ``1e-3``), so one episode gives one sharp peak. The level is
-   ``LIKELIHOOD_BAND * -log10(p) / 10`` (below 0.5: new ground always ranks higher).
+   run counts as ``1e-3``), so one episode gives one sharp peak. When neither kind of new ground
+   applies, the level is ``LIKELIHOOD_BAND * -log10(p) / 10`` (below 0.5: new ground ranks higher).
 4. **Refractory**: a level not above the highest level of the previous ``refractory`` readings is
    reported as 0, so an episode is reported once, when it is first seen, and again only if it gets
    worse.
@@ -57,9 +60,9 @@ _K: Final = 3  # feature slots: every sensor has 1 or 3 features
 
 # State layout: scalars, then per-feature blocks, then the profile and the ring of raw scores.
 _N, _NL, _RING_SUM, _LIK_MEAN, _LIK_VAR, _WAS_RED, _PEAK, _PEAK_AGE = range(8)
-_LO = 8
-_HI = _LO + _K
-_LEVEL = _HI + _K
+_LO = 8  # lows, then highs: the range of the readings
+_RLO = _LO + 2 * _K  # lows, then highs: the range of the profile residuals
+_LEVEL = _RLO + 2 * _K
 _VAR = _LEVEL + _K
 _PROFILE = _VAR + _K  # HOURS x _K means
 _COUNT = _PROFILE + HOURS * _K  # HOURS counts
@@ -85,25 +88,32 @@ class Novelty:
     def update(self, state: NDArray[np.float64], ts: int, f: Features, learn: bool = True) -> float:
         """The level of reading ``f`` at ``ts`` (ms); learns it into ``state`` unless ``learn`` is
         False (a quarantined device: its baselines stay, the likelihood keeps counting)."""
+        cfg = self.settings
         v = state.tolist()
         n = int(v[_N])
-        level = _range_level(v, f, n, self.settings.warmup)
-        hour = (ts // _HOUR_MS) % HOURS
-        raw = self._raw(v, f, hour, n, learn)
+        level = _new_ground(v, _LO, f, n == 0, cfg.range_tolerance, n >= cfg.warmup)
+        raw, residuals = self._profile(v, f, (ts // _HOUR_MS) % HOURS, n, learn)
+        if n >= cfg.warmup:
+            report = n >= cfg.residual_warmup
+            ground = _new_ground(v, _RLO, residuals, n == cfg.warmup, cfg.residual_tolerance, report)
+            level = level or cfg.residual_weight * ground
         lik = LIKELIHOOD_BAND * self._likelihood(v, raw, n)
         v[_N] = n + 1
         state[:] = v
         return self._refractory(state, level if level > 0.0 else lik)
 
-    def _raw(self, v: list[float], f: Features, hour: int, n: int, learn: bool) -> float:
-        """The daily-profile residual score in [0, 1] (learning the profile and the noise level)."""
+    def _profile(self, v: list[float], f: Features, hour: int, n: int, learn: bool) -> tuple[float, Features]:
+        """The daily-profile residuals and their raw score in [0, 1]; learns the profile and the
+        noise level."""
         cfg = self.settings
         z2 = 0.0
         b = max(cfg.var_fading, 1.0 / (n + 1))
         count = v[_COUNT + hour]
+        residuals = []
         for i, x in enumerate(f):
             p = _PROFILE + hour * _K + i
             residual = x - (v[p] if count > 0 else v[_LEVEL + i])
+            residuals.append(residual)
             var = v[_VAR + i]
             if n >= cfg.warmup and var > 0.0:
                 z2 += residual * residual / var
@@ -113,7 +123,7 @@ class Novelty:
                 v[p] += max(cfg.fading, 1.0 / (count + 1)) * (x - v[p])
         if learn:
             v[_COUNT + hour] = count + 1
-        return min(1.0, math.sqrt(z2 / len(f)) / cfg.z_scale)
+        return min(1.0, math.sqrt(z2 / len(f)) / cfg.z_scale), tuple(residuals)
 
     def _likelihood(self, v: list[float], raw: float, n: int) -> float:
         """``-log10`` of the tail probability of the recent mean raw score, / 10, in [0, 1]."""
@@ -155,14 +165,15 @@ def tail_probability(x: float, mean: float, var: float) -> float:
     return 0.5 * math.erfc(abs(x - max(mean, MEAN_FLOOR)) / (sd * math.sqrt(2.0)))
 
 
-def _range_level(v: list[float], f: Features, n: int, warmup: int) -> float:
-    """``0.5 + excess / range`` for a reading outside every earlier one's range (else 0; also
-    during warm-up), then widen the range to include it."""
+def _new_ground(v: list[float], lo: int, x: Features, first: bool, tolerance: float, report: bool) -> float:
+    """``0.5 + excess / range`` (at most 1) for values ``x`` outside the range kept at
+    ``v[lo:lo + 3]`` (lows) and ``v[lo + 3:lo + 6]`` (highs) by more than ``tolerance * range``,
+    else 0 (also while not ``report``); then widen the range to include them (``first``: start it)."""
     excess = 0.0
-    for i, x in enumerate(f):
-        lo, hi = (v[_LO + i], v[_HI + i]) if n else (x, x)
-        width = hi - lo
+    for i, xi in enumerate(x):
+        low, high = (xi, xi) if first else (v[lo + i], v[lo + _K + i])
+        width = high - low
         if width > 0.0:
-            excess = max(excess, (x - hi) / width, (lo - x) / width)
-        v[_LO + i], v[_HI + i] = min(lo, x), max(hi, x)
-    return min(1.0, 0.5 + excess) if excess > 0.0 and n >= warmup else 0.0
+            excess = max(excess, (xi - high) / width, (low - xi) / width)
+        v[lo + i], v[lo + _K + i] = min(low, xi), max(high, xi)
+    return min(1.0, 0.5 + excess) if report and excess > tolerance else 0.0

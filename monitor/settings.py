@@ -183,9 +183,21 @@ class NoveltySettings(_Section):
         0.25, gt=0, le=1, description="level at or over which a reading is anomalous (0.5 up: new ground)"
     )
     warmup: int = Field(50, ge=1, description="readings of a pair before range and profile residuals count")
+    range_tolerance: float = Field(
+        0.005, ge=0, description="new ground must pass the range by more than this fraction of it"
+    )
+    residual_weight: float = Field(
+        0.45, ge=0, le=0.98, description="level of residual new ground, x (0.5 + excess / range)"
+    )
+    residual_tolerance: float = Field(
+        0.1, ge=0, description="residual new ground must pass the residuals' range by this fraction of it"
+    )
+    residual_warmup: int = Field(
+        500, ge=1, description="readings of a pair before residual new ground counts"
+    )
     fading: float = Field(0.05, gt=0, le=1, description="weight of a reading in its hour's profile mean")
     var_fading: float = Field(0.005, gt=0, le=1, description="weight of a reading in the residual variance")
-    z_scale: float = Field(4.0, gt=0, description="residual (in standard deviations) that scores raw 1")
+    z_scale: float = Field(6.0, gt=0, description="residual (in standard deviations) that scores raw 1")
     average: int = Field(20, ge=1, le=500, description="readings in the recent mean raw score")
     learning: int = Field(
         300, ge=1, description="readings before the likelihood learns a baseline; it scores after twice this"

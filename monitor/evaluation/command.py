@@ -78,9 +78,10 @@ def _nab(settings: Settings, rules: RuleSet, root: Path, out: Path) -> int:
 
     report: dict[str, Any] = harness.evaluate_nab(settings, rules, root, out / "nab")
     write_json(out / "nab.json", report)
+    published = ("Numenta HTM", "ARTime")
     rows = [
-        (name, r["score"], nab.PUBLISHED.get("Numenta HTM", {}).get(name), r["threshold"])
+        (name, f"{r['score']:.1f}", *(nab.PUBLISHED.get(p, {}).get(name) for p in published), r["threshold"])
         for name, r in report["profiles"].items()
     ]
-    print(table(("NAB profile", "telemon", "Numenta HTM", "threshold"), rows))
+    print(table(("NAB profile", "telemon", *published, "threshold"), rows))
     return 0

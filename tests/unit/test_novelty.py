@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import monitor.novelty
 from monitor.evaluation import harness
 from monitor.evaluation.replay import ReplayMessage, Series, replay_series
 from monitor.novelty import LIKELIHOOD_BAND, Novelty, state_size, tail_probability
@@ -50,6 +52,30 @@ def test_refractory_reports_an_episode_once_unless_it_gets_worse() -> None:
     # 14 over [0, 13]: 0.577 is reported again; 30 over [0, 14]: 1.0 > 0.577 at once.
     out = levels(cfg, [0.0, 10.0, 12.0, 13.0, 5.0, 5.0, 5.0, 14.0, 30.0])
     assert out == pytest.approx([0, 0, 0.7, 0, 0, 0, 0, 0.5 + 1 / 13, 1.0])
+
+
+def test_new_ground_within_the_range_tolerance_is_not_reported() -> None:
+    cfg = NoveltySettings(warmup=2, refractory=0, range_tolerance=0.1, **NO_LIKELIHOOD)
+    # [0, 10] -> 10.5: excess 0.05 <= 0.1, learned but not reported; [0, 10.5] -> 12: 1.5/10.5 > 0.1
+    assert levels(cfg, [0.0, 10.0, 10.5, 12.0]) == pytest.approx([0, 0, 0, 0.5 + 1.5 / 10.5])
+
+
+def test_a_residual_outside_the_residuals_range_scores_in_the_lower_band() -> None:
+    # One hour of day: the profile is one mean, moving half way to each reading. Alternating 0 and
+    # 10 take it to 0, 5, 2.5, ... then between 10/3 and 20/3: the residuals span [-20/3, 7.5] (7.5:
+    # the 10 after 2.5). Three 9s take it from 20/3 to 8.708, and a 0 (inside the range [0, 10])
+    # then has a residual of -8.708, past the residuals' range by (8.708 - 20/3) / (7.5 + 20/3).
+    cfg = NoveltySettings(warmup=2, residual_warmup=40, refractory=0, fading=0.5, **NO_LIKELIHOOD)
+    values = [0.0, 10.0] * 30 + [9.0, 9.0, 9.0, 0.0]
+    n = Novelty(cfg)
+    state = n.new_state()
+    out = [n.update(state, i, (v,)) for i, v in enumerate(values)]
+    assert max(out[:-1]) == 0.0
+    profile = 20 / 3
+    for _ in range(3):
+        profile += 0.5 * (9.0 - profile)
+    excess = (profile - 20 / 3) / (7.5 + 20 / 3)
+    assert out[-1] == pytest.approx(0.45 * (0.5 + excess))
 
 
 def test_tail_probability_by_hand() -> None:
@@ -136,3 +162,9 @@ def test_novelty_state_survives_a_partition_snapshot() -> None:
     tail = second.process_readings(items[120:]).trace
     assert [s.level for s in head + tail] == [s.level for s in whole]
     assert any(s.level for s in tail)
+
+
+def test_doctests_pass() -> None:
+    result = doctest.testmod(monitor.novelty)
+    assert result.attempted >= 5
+    assert result.failed == 0
