@@ -138,6 +138,7 @@ def test_pipeline_traces_levels_and_counts_anomalies_by_level() -> None:
     assert all(s.level is not None for s in trace)
     spike = trace[300]
     assert spike.level == 1.0 and spike.anomalous
+    assert [a.rule for a in replay.alerts if a.status == "firing"] == ["novel_reading"]
     assert sum(s.anomalous for s in trace) == sum(
         s.level is not None and s.level >= settings.novelty.threshold for s in trace
     )
