@@ -71,7 +71,7 @@ _RING = _COUNT + HOURS
 
 def state_size(settings: NoveltySettings) -> int:
     """Floats of state per (device, sensor) pair (0 when the stage is off)."""
-    return _RING + settings.average if settings.enabled else 0
+    return Novelty(settings).size if settings.enabled else 0
 
 
 class Novelty:
@@ -87,7 +87,8 @@ class Novelty:
 
     def update(self, state: NDArray[np.float64], ts: int, f: Features, learn: bool = True) -> float:
         """The level of reading ``f`` at ``ts`` (ms); learns it into ``state`` unless ``learn`` is
-        False (a quarantined device: its baselines stay, the likelihood keeps counting)."""
+        False (a quarantined device: its profile and noise level stay; the ranges and the likelihood
+        go on)."""
         cfg = self.settings
         v = state.tolist()
         n = int(v[_N])

@@ -28,7 +28,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     kinds = ev.add_subparsers(dest="input", required=True, metavar="INPUT")
     sc = kinds.add_parser("scenario", help="simulator scenarios: every planted event is a label")
     sc.add_argument("files", type=Path, nargs="+", metavar="FILE")
-    nb = kinds.add_parser("nab", help="the Numenta Anomaly Benchmark corpus, scored as NAB defines it")
+    nb = kinds.add_parser(
+        "nab",
+        help="the Numenta Anomaly Benchmark corpus, scored as NAB defines it",
+        description="Score every NAB file reading by reading and the corpus as NAB v1.0 does. A row's "
+        "anomaly_score is its novelty level with the novelty stage on (--config configs/nab.yaml), "
+        "else the surprise of the model's distance. Writes NAB results CSVs under --out/nab.",
+    )
     nb.add_argument("--root", type=Path, default=DEFAULT_NAB, help="NAB folder (default: %(default)s)")
     cs = kinds.add_parser("csv", help="a CSV with a timestamp column, value columns and a 0/1 label column")
     cs.add_argument("file", type=Path)
