@@ -99,9 +99,10 @@ class Novelty:
             ground = _new_ground(v, _RLO, residuals, n == cfg.warmup, cfg.residual_tolerance, report)
             level = level or cfg.residual_weight * ground
         lik = LIKELIHOOD_BAND * self._likelihood(v, raw, n)
+        out = self._refractory(v, level if level > 0.0 else lik)
         v[_N] = n + 1
         state[:] = v
-        return self._refractory(state, level if level > 0.0 else lik)
+        return out
 
     def _profile(self, v: list[float], f: Features, hour: int, n: int, learn: bool) -> tuple[float, Features]:
         """The daily-profile residuals and their raw score in [0, 1]; learns the profile and the
@@ -148,15 +149,15 @@ class Novelty:
         v[_WAS_RED] = float(tail <= RED)
         return min(1.0, -math.log10(max(reported, 1e-10)) / 10.0)
 
-    def _refractory(self, state: NDArray[np.float64], level: float) -> float:
+    def _refractory(self, v: list[float], level: float) -> float:
         """0 for a level not above the highest of the last ``refractory`` readings."""
-        peak, age = float(state[_PEAK]), float(state[_PEAK_AGE]) + 1.0
+        peak, age = v[_PEAK], v[_PEAK_AGE] + 1.0
         if age > self.settings.refractory:
             peak = -1.0
         out = level if level > peak else 0.0
         if level >= peak:
             peak, age = level, 0.0
-        state[_PEAK], state[_PEAK_AGE] = peak, age
+        v[_PEAK], v[_PEAK_AGE] = peak, age
         return out
 
 

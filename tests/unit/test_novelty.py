@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import monitor.novelty
+from monitor import snapshot
 from monitor.evaluation import harness
 from monitor.evaluation.replay import ReplayMessage, Series, replay_series
 from monitor.novelty import LIKELIHOOD_BAND, Novelty, state_size, tail_probability
@@ -19,6 +20,7 @@ from monitor.schema import Reading
 from monitor.settings import NoveltySettings, Settings, load_settings
 
 HOUR = 3_600_000
+KEY = b"k" * 32
 NO_LIKELIHOOD = {"learning": 10**6}  # the likelihood never scores: levels are range levels only
 
 
@@ -121,7 +123,8 @@ def test_only_the_first_reading_of_a_red_episode_keeps_its_level() -> None:
 
 def test_state_size_is_zero_when_off() -> None:
     assert state_size(NoveltySettings()) == 0
-    assert state_size(NoveltySettings(enabled=True, average=20)) == Novelty(NoveltySettings(average=20)).size
+    # 8 scalars, two ranges (2 x 2 x 3), level and variance (2 x 3), 24 x 3 profile means, 24 counts
+    assert state_size(NoveltySettings(enabled=True, average=20)) == 8 + 12 + 6 + 72 + 24 + 20
 
 
 def _nab_like_settings() -> Settings:
@@ -159,7 +162,9 @@ def test_novelty_state_survives_a_partition_snapshot() -> None:
     first = Pipeline(settings, rules, trace=True)
     head = first.process_readings(items[:120]).trace
     second = Pipeline(settings, rules, trace=True)
-    second.import_partition(first.export_partition(0))
+    snap = snapshot.PartitionSnapshot("t", 0, 120, first.export_partition(0))
+    restored = snapshot.decode(snapshot.encode(snap, KEY), KEY)  # signed, as written to disk
+    second.import_partition(restored.state)
     tail = second.process_readings(items[120:]).trace
     assert [s.level for s in head + tail] == [s.level for s in whole]
     assert any(s.level for s in tail)
