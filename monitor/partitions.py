@@ -86,8 +86,13 @@ class Partitions:
         self.store.save(PartitionSnapshot(tp.topic, tp.partition, tp.offset, empty))
 
     def _load(self, topic: str, partition: int) -> PartitionSnapshot | None:
+        """The partition's snapshot, or None if it has none or one this process cannot use."""
         try:
-            return self.store.load(topic, partition)
+            snap = self.store.load(topic, partition)
+            why = None if snap is None else self.pipeline.store.mismatch(snap.state.devices)
+            if why is not None:
+                raise SnapshotError(f"taken with other settings: {why}")
+            return snap
         except (SnapshotError, OSError) as exc:
             log.error("ignoring the snapshot of %s/%d (%s): its state is rebuilt", topic, partition, exc)
             self.metrics.record_snapshot_error()

@@ -190,6 +190,15 @@ class StateStore:
             },
         )
 
+    def mismatch(self, states: DeviceStates) -> str | None:
+        """Why ``states`` cannot be loaded here (an array kept with another per-device shape, as
+        after a change of ``drift`` window sizes or of the novelty stage), or None."""
+        for name, arr in self._arrays.items():
+            theirs = states.arrays.get(name)
+            if theirs is not None and theirs.shape[1:] != arr.shape[1:]:
+                return f"{name} has per-device shape {theirs.shape[1:]}, this configuration {arr.shape[1:]}"
+        return None
+
     def load(self, states: DeviceStates) -> list[int]:
         """Install exported devices (replacing any state they have here); returns their slots."""
         stale = [self.slots[d] for d in states.device_ids if d in self.slots]

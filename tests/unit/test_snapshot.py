@@ -188,3 +188,30 @@ def test_export_copies_arrays() -> None:
     before = states.arrays["raw_n"].copy()
     _run(p, _gaussian_stream(70, devices=2)[120:], batch=60)
     assert np.array_equal(states.arrays["raw_n"], before)
+
+
+def test_a_snapshot_taken_with_other_state_shapes_is_ignored_not_fatal(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from monitor.metrics import Metrics
+    from monitor.partitions import Partitions
+
+    def partitions(novelty: bool) -> Partitions:
+        settings = load_settings(
+            None, drift=DRIFT, model=MODEL, state_dir=str(tmp_path), novelty={"enabled": novelty}
+        )
+        pipeline = Pipeline(settings, load_rules(RULES))
+        return Partitions(settings, pipeline, Metrics(CollectorRegistry()), KEY)
+
+    before = partitions(novelty=False)
+    _run(before.pipeline, _gaussian_stream(40, devices=2))
+    before.store.save(_snapshots(before.pipeline, {0: 80})[0])
+    snap = before._load(TOPIC, 0)
+    assert snap is not None and snap.state.devices.device_ids
+
+    after = partitions(novelty=True)  # the novelty stage turned on: its state slab is new
+    assert after.pipeline.store.mismatch(snap.state.devices) == (
+        "novelty has per-device shape (6, 0), this configuration (6, 142)"
+    )
+    assert after._load(TOPIC, 0) is None  # rebuilt from the committed offset, as a corrupt one
+    assert after.metrics.registry.get_sample_value("telemon_snapshot_errors_total") == 1
