@@ -3,7 +3,7 @@
 The per-pair model (:mod:`monitor.model`) answers "is this reading far from the recent level?",
 which suits stationary sensor noise. Metrics such as CPU load, request counts or prices need more
 context: a daily rhythm, noise that comes in bursts, and level shifts that are normal once and
-anomalous when they break new ground. The novelty stage adds that context with four steps, all
+anomalous when they break new ground. The novelty stage adds that context with five steps, all
 online and in a fixed-size state vector per pair (:func:`state_size` floats):
 
 1. **New ground**: a reading outside the range of every earlier reading of the pair, by more than
@@ -20,7 +20,12 @@ online and in a fixed-size state vector per pair (:func:`state_size` floats):
    for this pair; only the first reading of a run with ``p < 1e-5`` keeps its ``p`` (the rest of the
    run counts as ``1e-3``), so one episode gives one sharp peak. When neither kind of new ground
    applies, the level is ``LIKELIHOOD_BAND * -log10(p) / 10`` (below 0.5: new ground ranks higher).
-4. **Refractory**: a level not above the highest level of the previous ``refractory`` readings is
+4. **Regime change**: a one-sided CUSUM of the residuals' size, ``|z|`` against their slow mean
+   and variance (memory ``1/regime_fading``), accumulates ``|z| - 0.8 - regime_slack``; past
+   ``regime_threshold`` it alarms at ``regime_level`` and learns the new regime afresh for
+   ``regime_relearn`` readings, so a slow change of level or noise, which the fast noise level of
+   step 3 absorbs, alarms once. The level is the larger of this and steps 1-3.
+5. **Refractory**: a level not above the highest level of the previous ``refractory`` readings is
    reported as 0, so an episode is reported once, when it is first seen, and again only if it gets
    worse.
 
@@ -54,15 +59,19 @@ YELLOW: Final = 1e-3
 #: The likelihood's mean and variance floors (a near-constant raw score would make any blip red).
 MEAN_FLOOR: Final = 0.03
 VAR_FLOOR: Final = 0.0003
+#: The mean |z| of a standard normal variable (0.8) and the clip of one residual's |z| in the CUSUM.
+MEAN_ABS_Z: Final = 0.8
+REGIME_CLIP: Final = 5.0
 HOURS: Final = 24
 _HOUR_MS: Final = 3_600_000
 _K: Final = 3  # feature slots: every sensor has 1 or 3 features
 
 # State layout: scalars, then per-feature blocks, then the profile and the ring of raw scores.
-_N, _NL, _RING_SUM, _LIK_MEAN, _LIK_VAR, _WAS_RED, _PEAK, _PEAK_AGE = range(8)
-_LO = 8  # lows, then highs: the range of the readings
+_N, _NL, _RING_SUM, _LIK_MEAN, _LIK_VAR, _WAS_RED, _PEAK, _PEAK_AGE, _CUSUM, _SINCE, _QUIET = range(11)
+_LO = 11  # lows, then highs: the range of the readings
 _RLO = _LO + 2 * _K  # lows, then highs: the range of the profile residuals
-_LEVEL = _RLO + 2 * _K
+_RMEAN = _RLO + 2 * _K  # the residuals' slow mean, then their slow variance (regime change)
+_LEVEL = _RMEAN + 2 * _K
 _VAR = _LEVEL + _K
 _PROFILE = _VAR + _K  # HOURS x _K means
 _COUNT = _PROFILE + HOURS * _K  # HOURS counts
@@ -99,7 +108,8 @@ class Novelty:
             ground = _new_ground(v, _RLO, residuals, n == cfg.warmup, cfg.residual_tolerance, report)
             level = level or cfg.residual_weight * ground
         lik = LIKELIHOOD_BAND * self._likelihood(v, raw, n)
-        out = self._refractory(v, level if level > 0.0 else lik)
+        regime = self._regime(v, residuals)
+        out = self._refractory(v, max(level if level > 0.0 else lik, regime))
         v[_N] = n + 1
         state[:] = v
         return out
@@ -148,6 +158,33 @@ class Novelty:
         reported = YELLOW if tail <= RED and v[_WAS_RED] else tail
         v[_WAS_RED] = float(tail <= RED)
         return min(1.0, -math.log10(max(reported, 1e-10)) / 10.0)
+
+    def _regime(self, v: list[float], residuals: Features) -> float:
+        """``regime_level`` when the CUSUM of the residuals' size (standardised by their slow mean
+        and variance) passes ``regime_threshold``, else 0; after an alarm the slow statistics are
+        learned anew from the current residual for ``regime_relearn`` readings."""
+        cfg = self.settings
+        since = v[_SINCE] + 1.0
+        quiet = v[_QUIET] or cfg.regime_warmup
+        out = 0.0
+        k = len(residuals)
+        if since > quiet and all(v[_RMEAN + _K + i] > 0.0 for i in range(k)):
+            size = 0.0
+            for i, r in enumerate(residuals):
+                z = (r - v[_RMEAN + i]) / math.sqrt(v[_RMEAN + _K + i])
+                size += min(abs(z), REGIME_CLIP)
+            v[_CUSUM] = max(0.0, v[_CUSUM] + size / k - MEAN_ABS_Z - cfg.regime_slack)
+            if v[_CUSUM] > cfg.regime_threshold:
+                out, v[_CUSUM], since, v[_QUIET] = cfg.regime_level, 0.0, 1.0, cfg.regime_relearn
+                for i, r in enumerate(residuals):
+                    v[_RMEAN + i] = r
+        v[_SINCE] = since
+        a = max(cfg.regime_fading, 1.0 / since)
+        for i, r in enumerate(residuals):
+            d = r - v[_RMEAN + i]
+            v[_RMEAN + i] += a * d
+            v[_RMEAN + _K + i] = (1.0 - a) * (v[_RMEAN + _K + i] + a * d * d)
+        return out
 
     def _refractory(self, v: list[float], level: float) -> float:
         """0 for a level not above the highest of the last ``refractory`` readings."""

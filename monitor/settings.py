@@ -205,6 +205,14 @@ class NoveltySettings(_Section):
     likelihood_memory: float = Field(
         3000, ge=1, description="readings of memory of the recent mean's mean and variance"
     )
+    regime_fading: float = Field(
+        0.0003, gt=0, le=1, description="weight of a residual in the regime detector's slow mean and variance"
+    )
+    regime_slack: float = Field(0.8, ge=0, description="CUSUM slack over the mean |z| of normal residuals")
+    regime_threshold: float = Field(20.0, gt=0, description="CUSUM sum at which a regime change alarms")
+    regime_level: float = Field(0.3, ge=0, le=1, description="level of a regime-change alarm")
+    regime_warmup: int = Field(500, ge=1, description="readings before the regime detector runs")
+    regime_relearn: int = Field(300, ge=1, description="readings it relearns the new regime after an alarm")
     refractory: int = Field(30, ge=0, description="readings after a level in which only a higher one reports")
 
 

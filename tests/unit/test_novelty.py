@@ -80,6 +80,25 @@ def test_a_residual_outside_the_residuals_range_scores_in_the_lower_band() -> No
     assert out[-1] == pytest.approx(0.45 * (0.5 + excess))
 
 
+def test_a_variance_increase_inside_the_range_alarms_once_as_a_regime_change() -> None:
+    rng = np.random.default_rng(11)
+    values = rng.normal(0, 1, 4000)
+    values[2000:] *= 3.0  # the noise triples
+    # Only the regime detector reports: no new ground of either kind, no likelihood.
+    cfg = NoveltySettings(range_tolerance=100, residual_warmup=10**6, refractory=0, **NO_LIKELIHOOD)
+    out = np.asarray(levels(cfg, values.tolist(), step_ms=1))
+    alarms = np.flatnonzero(out > 0)
+    assert out[alarms].tolist() == [cfg.regime_level]  # one alarm: the new regime is then learned
+    # The CUSUM grows by about 3 x 0.8 - (0.8 + 0.8) = 0.8 a reading: ~25 readings to pass 20.
+    assert 2010 <= alarms[0] < 2060
+
+
+def test_no_regime_alarm_on_stationary_noise() -> None:
+    values = np.random.default_rng(12).normal(0, 1, 6000)
+    cfg = NoveltySettings(range_tolerance=100, residual_warmup=10**6, refractory=0, **NO_LIKELIHOOD)
+    assert max(levels(cfg, values.tolist(), step_ms=1)) == 0.0
+
+
 def test_tail_probability_by_hand() -> None:
     # mean 0.5, variance 0.01 (sd 0.1): x = 0.7 is 2 sd away, both sides alike
     assert tail_probability(0.7, 0.5, 0.01) == pytest.approx(0.5 * math.erfc(2 / math.sqrt(2)))
@@ -123,8 +142,9 @@ def test_only_the_first_reading_of_a_red_episode_keeps_its_level() -> None:
 
 def test_state_size_is_zero_when_off() -> None:
     assert state_size(NoveltySettings()) == 0
-    # 8 scalars, two ranges (2 x 2 x 3), level and variance (2 x 3), 24 x 3 profile means, 24 counts
-    assert state_size(NoveltySettings(enabled=True, average=20)) == 8 + 12 + 6 + 72 + 24 + 20
+    # 11 scalars, two ranges (2 x 2 x 3), slow residual mean and variance, level and variance
+    # (2 x 2 x 3), 24 x 3 profile means, 24 counts, the ring of 20 raw scores
+    assert state_size(NoveltySettings(enabled=True, average=20)) == 11 + 12 + 12 + 72 + 24 + 20
 
 
 def _nab_like_settings() -> Settings:
