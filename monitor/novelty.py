@@ -3,7 +3,7 @@
 The per-pair model (:mod:`monitor.model`) answers "is this reading far from the recent level?",
 which suits stationary sensor noise. Metrics such as CPU load, request counts or prices need more
 context: a daily rhythm, noise that comes in bursts, and level shifts that are normal once and
-anomalous when they break new ground. The novelty stage adds that context with five steps, all
+anomalous when they break new ground. The novelty stage adds that context with six steps, all
 online and in a fixed-size state vector per pair (:func:`state_size` floats):
 
 1. **New ground**: a reading outside the range of every earlier reading of the pair, by more than
@@ -24,8 +24,11 @@ online and in a fixed-size state vector per pair (:func:`state_size` floats):
    and variance (memory ``1/regime_fading``), accumulates ``|z| - 0.8 - regime_slack``; past
    ``regime_threshold`` it alarms at ``regime_level`` and learns the new regime afresh for
    ``regime_relearn`` readings, so a slow change of level or noise, which the fast noise level of
-   step 3 absorbs, alarms once. The level is the larger of this and steps 1-3.
-5. **Refractory**: a level not above the highest level of the previous ``refractory`` readings is
+   step 3 absorbs, alarms once. The level is the larger of this, step 5 and steps 1-3.
+5. **Record flatline**: a run of exactly repeated readings that reaches ``flat_min`` readings and
+   is longer than every earlier run of the pair (a stuck or dead source) scores ``flat_level``
+   once per run.
+6. **Refractory**: a level not above the highest level of the previous ``refractory`` readings is
    reported as 0, so an episode is reported once, when it is first seen, and again only if it gets
    worse.
 
@@ -67,8 +70,10 @@ _HOUR_MS: Final = 3_600_000
 _K: Final = 3  # feature slots: every sensor has 1 or 3 features
 
 # State layout: scalars, then per-feature blocks, then the profile and the ring of raw scores.
-_N, _NL, _RING_SUM, _LIK_MEAN, _LIK_VAR, _WAS_RED, _PEAK, _PEAK_AGE, _CUSUM, _SINCE, _QUIET = range(11)
-_LO = 11  # lows, then highs: the range of the readings
+(_N, _NL, _RING_SUM, _LIK_MEAN, _LIK_VAR, _WAS_RED, _PEAK, _PEAK_AGE) = range(8)
+(_CUSUM, _SINCE, _QUIET, _RUN, _LONGEST, _FLAGGED) = range(8, 14)
+_PREV = 14  # the previous reading's features (flatlines)
+_LO = _PREV + _K  # lows, then highs: the range of the readings
 _RLO = _LO + 2 * _K  # lows, then highs: the range of the profile residuals
 _RMEAN = _RLO + 2 * _K  # the residuals' slow mean, then their slow variance (regime change)
 _LEVEL = _RMEAN + 2 * _K
@@ -109,7 +114,8 @@ class Novelty:
             level = level or cfg.residual_weight * ground
         lik = LIKELIHOOD_BAND * self._likelihood(v, raw, n)
         regime = self._regime(v, residuals)
-        out = self._refractory(v, max(level if level > 0.0 else lik, regime))
+        flat = self._flatline(v, f, n)
+        out = self._refractory(v, max(level if level > 0.0 else lik, regime, flat))
         v[_N] = n + 1
         state[:] = v
         return out
@@ -184,6 +190,22 @@ class Novelty:
             d = r - v[_RMEAN + i]
             v[_RMEAN + i] += a * d
             v[_RMEAN + _K + i] = (1.0 - a) * (v[_RMEAN + _K + i] + a * d * d)
+        return out
+
+    def _flatline(self, v: list[float], f: Features, n: int) -> float:
+        """``flat_level`` once per run of exactly repeated readings, when the run reaches
+        ``flat_min`` readings and is longer than every earlier run of the pair, else 0."""
+        cfg = self.settings
+        out = 0.0
+        if n and all(x == v[_PREV + i] for i, x in enumerate(f)):
+            v[_RUN] += 1.0
+            if not v[_FLAGGED] and n >= cfg.flat_warmup and v[_RUN] >= cfg.flat_min and v[_RUN] > v[_LONGEST]:
+                out, v[_FLAGGED] = cfg.flat_level, 1.0
+        else:
+            v[_LONGEST] = max(v[_LONGEST], v[_RUN])
+            v[_RUN] = v[_FLAGGED] = 0.0
+        for i, x in enumerate(f):
+            v[_PREV + i] = x
         return out
 
     def _refractory(self, v: list[float], level: float) -> float:

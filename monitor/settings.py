@@ -197,7 +197,7 @@ class NoveltySettings(_Section):
     )
     fading: float = Field(0.05, gt=0, le=1, description="weight of a reading in its hour's profile mean")
     var_fading: float = Field(0.005, gt=0, le=1, description="weight of a reading in the residual variance")
-    z_scale: float = Field(6.0, gt=0, description="residual (in standard deviations) that scores raw 1")
+    z_scale: float = Field(8.0, gt=0, description="residual (in standard deviations) that scores raw 1")
     average: int = Field(20, ge=1, le=500, description="readings in the recent mean raw score")
     learning: int = Field(
         300, ge=1, description="readings before the likelihood learns a baseline; it scores after twice this"
@@ -213,6 +213,11 @@ class NoveltySettings(_Section):
     regime_level: float = Field(0.3, ge=0, le=1, description="level of a regime-change alarm")
     regime_warmup: int = Field(500, ge=1, description="readings before the regime detector runs")
     regime_relearn: int = Field(300, ge=1, description="readings it relearns the new regime after an alarm")
+    flat_min: int = Field(
+        100, ge=2, description="readings of one repeated value that may alarm as a flatline"
+    )
+    flat_warmup: int = Field(200, ge=1, description="readings of a pair before flatlines alarm")
+    flat_level: float = Field(0.3, ge=0, le=1, description="level of a record flatline")
     refractory: int = Field(30, ge=0, description="readings after a level in which only a higher one reports")
 
 

@@ -99,6 +99,29 @@ def test_no_regime_alarm_on_stationary_noise() -> None:
     assert max(levels(cfg, values.tolist(), step_ms=1)) == 0.0
 
 
+FLAT_ONLY = {"range_tolerance": 100, "residual_warmup": 10**6, "regime_warmup": 10**6, **NO_LIKELIHOOD}
+
+
+def test_a_flatline_longer_than_every_earlier_run_alarms_once() -> None:
+    cfg = NoveltySettings(flat_min=5, flat_warmup=1, refractory=0, **FLAT_ONLY)
+    # runs of 3, 7 (5 repeats: the 6th reading of the run alarms), 4, and 9 (its 8th reading:
+    # 7 repeats beat the record of 6)
+    values = [1.0] * 3 + [2.0] * 7 + [3.0] * 4 + [4.0] * 9
+    out = levels(cfg, values)
+    alarms = [i for i, level in enumerate(out) if level]
+    assert alarms == [3 + 5, 3 + 7 + 4 + 7]
+    assert {out[i] for i in alarms} == {cfg.flat_level}
+
+
+def test_a_flatline_during_warmup_sets_the_record_without_alarming() -> None:
+    cfg = NoveltySettings(flat_min=3, flat_warmup=20, refractory=0, **FLAT_ONLY)
+    values = [0.0] * 10 + [1.0, 2.0] * 10 + [5.0] * 9 + [6.0] * 12
+    out = levels(cfg, values)
+    # the run of 10 zeros (9 repeats) is the record; the 5s (8 repeats) do not beat it, the 6s do
+    # at their 11th reading
+    assert [i for i, level in enumerate(out) if level] == [10 + 20 + 9 + 10]
+
+
 def test_tail_probability_by_hand() -> None:
     # mean 0.5, variance 0.01 (sd 0.1): x = 0.7 is 2 sd away, both sides alike
     assert tail_probability(0.7, 0.5, 0.01) == pytest.approx(0.5 * math.erfc(2 / math.sqrt(2)))
@@ -142,9 +165,9 @@ def test_only_the_first_reading_of_a_red_episode_keeps_its_level() -> None:
 
 def test_state_size_is_zero_when_off() -> None:
     assert state_size(NoveltySettings()) == 0
-    # 11 scalars, two ranges (2 x 2 x 3), slow residual mean and variance, level and variance
-    # (2 x 2 x 3), 24 x 3 profile means, 24 counts, the ring of 20 raw scores
-    assert state_size(NoveltySettings(enabled=True, average=20)) == 11 + 12 + 12 + 72 + 24 + 20
+    # 14 scalars, the previous reading (3), two ranges (2 x 2 x 3), slow residual mean and
+    # variance, level and variance (2 x 2 x 3), 24 x 3 profile means, 24 counts, 20 raw scores
+    assert state_size(NoveltySettings(enabled=True, average=20)) == 14 + 3 + 12 + 12 + 72 + 24 + 20
 
 
 def _nab_like_settings() -> Settings:

@@ -211,7 +211,7 @@ def test_a_snapshot_taken_with_other_state_shapes_is_ignored_not_fatal(tmp_path:
 
     after = partitions(novelty=True)  # the novelty stage turned on: its state slab is new
     assert after.pipeline.store.mismatch(snap.state.devices) == (
-        "novelty has per-device shape (6, 0), this configuration (6, 151)"
+        "novelty has per-device shape (6, 0), this configuration (6, 157)"
     )
     assert after._load(TOPIC, 0) is None  # rebuilt from the committed offset, as a corrupt one
     assert after.metrics.registry.get_sample_value("telemon_snapshot_errors_total") == 1
