@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from monitor import yamlfile
 from monitor.schema import DEVICE_ID_PATTERN
 
 Cohorts = dict[str, dict[str, str]]
+#: A fleet's labels: 64 MiB is about a million devices with two labels each.
+MAX_COHORTS_BYTES = 64 << 20
 _ADAPTER: TypeAdapter[Cohorts] = TypeAdapter(Cohorts)
 
 
@@ -32,10 +34,12 @@ def load_cohorts(path: Path | None) -> Cohorts:
     if path is None:
         return {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yamlfile.load(path, MAX_COHORTS_BYTES) or {}
         cohorts = _ADAPTER.validate_python(data)
-    except (OSError, yaml.YAMLError) as exc:
-        raise CohortsError(f"{path}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise CohortsError(f"{path}: {exc.strerror}") from None
+    except yamlfile.YamlError as exc:
+        raise CohortsError(str(exc)) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

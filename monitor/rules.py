@@ -42,7 +42,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, cast
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -58,6 +57,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
+from monitor import yamlfile
 from monitor.schema import SENSOR_NAMES
 
 Scope = Literal["device", "fleet", "cohort"]
@@ -329,21 +329,31 @@ class RulesError(ValueError):
 def load_rules(path: Path) -> RuleSet:
     """Read and validate a rules file; :class:`RulesError` lists every problem with its line."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RulesError(f"{path}: {exc}") from exc
-    return parse_rules(text, str(path))
+        doc = yamlfile.read(path)
+    except FileNotFoundError as exc:
+        raise RulesError(f"{path}: {exc.strerror}") from None
+    except yamlfile.YamlError as exc:
+        raise RulesError(str(exc)) from None
+    return _validated(doc)
 
 
 def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
     """Validate rules from YAML text; ``source`` names it in error messages."""
-    doc = _YamlDocument.parse(text, source)
+    try:
+        return _validated(yamlfile.YamlDocument.parse(text, source))
+    except yamlfile.YamlError as exc:
+        raise RulesError(str(exc)) from None
+
+
+def _validated(doc: yamlfile.YamlDocument) -> RuleSet:
     problems = list(doc.duplicates)
     rules = None
     try:
         rules = RuleSet.model_validate(doc.data)
     except ValidationError as exc:
-        problems += [doc.locate(e["loc"], _message(e)) for e in exc.errors()]
+        for e in exc.errors():
+            loc = [p for p in e["loc"] if p not in _NODE_TAGS]
+            problems.append(doc.position(loc, _message(e)))
     if problems or rules is None:
         raise RulesError("\n".join(line for _, _, line in sorted(problems)))
     return rules
@@ -353,83 +363,6 @@ def _message(error: ErrorDetails) -> str:
     if error["type"] == "value_error":  # raised by a field validator: the text without pydantic's prefix
         return str(error.get("ctx", {}).get("error", error["msg"]))
     return error["msg"]
-
-
-@dataclass
-class _YamlDocument:
-    """A YAML document read with the safe loader, plus the position of every key and list item.
-
-    Positions come from the composed node tree (yaml.SafeLoader marks); the data is constructed
-    from the same tree, exactly as ``yaml.safe_load`` would. Duplicate keys, which YAML forbids
-    but PyYAML silently collapses, are reported as problems.
-    """
-
-    source: str
-    data: object = None
-    root: yaml.Mark | None = None
-    marks: dict[tuple[str, ...], yaml.Mark] = field(default_factory=dict)
-    duplicates: list[tuple[int, int, str]] = field(default_factory=list)
-
-    @classmethod
-    def parse(cls, text: str, source: str) -> _YamlDocument:
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            doc = cls(source)
-            if node is not None:
-                doc.data, doc.root = loader.construct_document(node), node.start_mark
-                doc._index(node, (), set())
-            return doc
-        except yaml.MarkedYAMLError as exc:
-            raise RulesError(_yaml_error(source, exc)) from exc
-        except yaml.YAMLError as exc:
-            raise RulesError(f"{source}: invalid YAML: {exc}") from exc
-        finally:
-            loader.dispose()
-
-    def _index(self, node: yaml.Node, path: tuple[str, ...], active: set[int]) -> None:
-        if id(node) in active:  # a recursive alias: its positions are already indexed
-            return
-        active.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            self._index_mapping(node, path, active)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self.marks[(*path, str(i))] = item.start_mark
-                self._index(item, (*path, str(i)), active)
-        active.discard(id(node))
-
-    def _index_mapping(self, node: yaml.MappingNode, path: tuple[str, ...], active: set[int]) -> None:
-        first: dict[str, yaml.Mark] = {}
-        for key_node, value_node in node.value:
-            key = (*path, str(key_node.value))
-            seen = first.setdefault(key[-1], key_node.start_mark)
-            if seen is not key_node.start_mark:
-                problem = f"duplicate key (first at line {seen.line + 1})"
-                self.duplicates.append(self._at(key_node.start_mark, key, problem))
-            self.marks[key] = key_node.start_mark
-            self._index(value_node, key, active)
-
-    def locate(self, loc: Loc, message: str) -> tuple[int, int, str]:
-        """The problem at a validation location, placed at the nearest key or item that exists."""
-        path = tuple(str(p) for p in loc if p not in _NODE_TAGS)
-        known = (self.marks[path[:n]] for n in range(len(path), 0, -1) if path[:n] in self.marks)
-        mark = next(known, self.root)
-        return self._at(mark, path, message)
-
-    def _at(self, mark: yaml.Mark | None, path: tuple[str, ...], message: str) -> tuple[int, int, str]:
-        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        return line, col, f"{self.source}:{line}:{col}: {'.'.join(path) or '(top level)'}: {message}"
-
-
-def _yaml_error(source: str, exc: yaml.MarkedYAMLError) -> str:
-    mark = exc.problem_mark or exc.context_mark
-    where = f"{mark.line + 1}:{mark.column + 1}:" if mark is not None else ""
-    context = exc.context or ""
-    if context and exc.context_mark is not None and exc.problem_mark is not None:
-        context += f" at line {exc.context_mark.line + 1}"
-    detail = f" ({context})" if context and exc.problem else ""
-    return f"{source}:{where} invalid YAML: {exc.problem or context}{detail}"
 
 
 # --- the engine -----------------------------------------------------------------------------------

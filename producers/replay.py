@@ -33,9 +33,9 @@ from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from monitor import yamlfile
 from monitor.schema import DEVICE_ID_PATTERN, SENSORS
 from producers.publisher import Sample, SampleSink
 
@@ -114,13 +114,16 @@ class ReplayMapping(_Frozen):
 
 
 def load_mapping(path: Path) -> ReplayMapping:
-    """Read and validate a mapping file (``yaml.safe_load``); :class:`ReplayError` names the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"mapping file not found: {path}")
+    """Read and validate a mapping file (:func:`monitor.yamlfile.load`); :class:`ReplayError`
+    names the file."""
     try:
-        return ReplayMapping.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (ValidationError, yaml.YAMLError) as exc:
-        raise ReplayError(f"{path}: {exc}") from exc
+        return ReplayMapping.model_validate(yamlfile.load(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"mapping file not found: {path}") from None
+    except yamlfile.YamlError as exc:
+        raise ReplayError(str(exc)) from None
+    except ValidationError as exc:
+        raise ReplayError(f"{path}: {exc}") from None
 
 
 def _zone(name: str) -> tzinfo:

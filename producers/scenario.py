@@ -1,6 +1,6 @@
 """Scenario files: what the fleet simulator runs, validated, frozen, and its ground truth.
 
-A scenario is YAML (read with ``yaml.safe_load`` only)::
+A scenario is YAML (read with :func:`monitor.yamlfile.load`: the safe loader, bounded)::
 
     seed: 7
     devices: 20
@@ -24,9 +24,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypedDict, cast
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from monitor import yamlfile
 from monitor.schema import DEVICE_ID_PATTERN, SENSORS
 
 #: 2026-01-01T00:00:00Z: the default first timestamp, fixed so that a seed fixes the stream.
@@ -371,13 +371,11 @@ def load_scenario(path: Path, **overrides: Any) -> Scenario:
     The scenario's ``name`` defaults to the file name without its extension.
     """
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read scenario file: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: not valid YAML: {exc}") from exc
+        data = yamlfile.load(path)
+    except FileNotFoundError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario file: {exc.strerror}") from None
+    except yamlfile.YamlError as exc:
+        raise ScenarioError(str(exc)) from None
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: the top level must be a mapping of scenario keys")
     data = {"name": path.stem} | data | overrides

@@ -297,7 +297,7 @@ def test_bad_scenario_names_file_and_key(tmp_path: Path, data: dict[str, Any], n
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [("seed: [1\n", "not valid YAML"), ("- 1\n- 2\n", "top level must be a mapping"), ("", "top level")],
+    [("seed: [1\n", "invalid YAML"), ("- 1\n- 2\n", "top level must be a mapping"), ("", "top level")],
 )
 def test_unreadable_scenario_files(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "bad.yaml"
@@ -315,5 +315,5 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     path = tmp_path / "evil.yaml"
     path.write_text("seed: !!python/object/apply:os.getcwd []\ndevices: 1\nduration_s: 1\n", encoding="utf-8")
-    with pytest.raises(ScenarioError, match="not valid YAML"):
+    with pytest.raises(ScenarioError, match="invalid YAML"):
         load_scenario(path)
