@@ -82,6 +82,27 @@ class Scored:
     level: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """A wave of forgotten devices: ``idle`` ones of a partition whose clock passed their last
+    message by ``state.evict_idle_s``, or the longest-silent ones over the device cap."""
+
+    reason: str  # "idle" or "capacity"
+    devices: int
+    partition: int | None  # idle: the partition whose clock decided
+    clock_ms: int  # idle: that partition's clock; capacity: the cap
+
+
+@dataclass(frozen=True, slots=True)
+class Stray:
+    """A device read from another partition than the one its state belongs to (a producer that
+    does not key by device id, or a forged record)."""
+
+    device_id: str
+    home: int  # the partition its state belongs to (where it was first read)
+    partition: int
+
+
 @dataclass
 class BatchResult:
     """Everything one batch produced; the service delivers it before committing offsets."""
@@ -102,6 +123,10 @@ class BatchResult:
     retrains_skipped: Counter[str] = field(default_factory=Counter)  # sensor -> too few readings
     replayed: int = 0  # readings at or before their device's last applied offset: not applied again
     evicted: Counter[str] = field(default_factory=Counter)  # reason ("idle", "capacity") -> devices
+    evictions: list[Eviction] = field(default_factory=list)  # the waves behind `evicted`
+    strays: int = 0  # readings of a device on another partition than the one holding its state
+    new_strays: list[Stray] = field(default_factory=list)  # devices seen astray for the first time
+    kafka_ts_ignored: int = 0  # Kafka timestamps missing or further ahead than consume.max_future_ms
     trace: list[Scored] = field(default_factory=list)  # every applied reading, if tracing
 
     @property
@@ -135,8 +160,13 @@ class Pipeline:
         self.storm = alerts.StormControl(a.storm_max_alerts, a.storm_window_s)
         self.thresholds = {k: model.distance_threshold(m.anomaly_threshold, k) for k in (1, 3)}
         self.novelty = novelty.Novelty(settings.novelty) if settings.novelty.enabled else None
-        self.clock_ms = 0  # the latest Kafka message timestamp seen: the eviction clock
-        self._next_sweep = 0
+        self.max_devices = device_cap(settings, self.store)
+        self.store.limit = self.max_devices
+        self.clocks: dict[int, PartitionClock] = {}  # the idle-eviction clock of each partition
+        self._latest_ts: int | None = None  # the latest plausible Kafka timestamp of this batch
+        self._foreign: dict[tuple[int, int], int] = {}  # (slot, partition) -> last offset, astray
+        self._astray: set[str] = set()  # devices reported astray once already
+        self._tick = 0  # readings applied: orders the devices for capacity eviction
         config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
         self.trainer = training.make_trainer(settings.retrain, background)
         self.governor = Governor(
@@ -147,14 +177,15 @@ class Pipeline:
         """Run every message through every stage, in order. Each (device, sensor) pair is evaluated
         right after every ``check_every``-th reading, so results do not depend on the batch size."""
         c = self.settings.consume
-        max_bytes = c.max_message_bytes
+        max_bytes, require_key = c.max_message_bytes, c.require_key
         latest = int(time.time() * 1000) + c.max_future_ms if c.max_future_ms else None
+        self._latest_ts = latest
         result = BatchResult()
 
         def decoded() -> Iterator[tuple[Reading, Message]]:
             for msg in messages:
                 self._track_offset(result, msg)
-                r = schema.decode(msg.value(), msg.key(), max_bytes, latest)
+                r = schema.decode(msg.value(), msg.key(), max_bytes, latest, require_key)
                 if isinstance(r, Rejection):
                     result.dead_letters.append(DeadLetter(msg, r))
                 else:
@@ -188,11 +219,17 @@ class Pipeline:
 
     def _apply(self, r: Reading, msg: Message, scores: list[list[float]], result: BatchResult) -> None:
         st = self.store
-        slot = st.slot(r.device_id, msg.partition() or 0)
+        partition = msg.partition() or 0
+        slot = st.slots.get(r.device_id)
+        if slot is None:
+            slot = self._admit(r.device_id, partition, result)
         s = SENSOR_INDEX[r.sensor]
         result.valid[s] += 1
         offset, kafka_ts = msg.offset(), msg.timestamp()[1]
-        if not self._fresh(slot, offset, kafka_ts, result) or not self.integrity.check_seq(slot, s, r):
+        self._tick += 1
+        st.touched[slot] = self._tick
+        fresh = self._fresh(slot, partition, offset, kafka_ts, result)
+        if not fresh or not self.integrity.check_seq(slot, s, r):
             return
         f = features(r)
         self.integrity.check_values(slot, s, r.ts, f, kafka_ts)
@@ -204,20 +241,61 @@ class Pipeline:
         if st.since_eval[slot, s] >= self.settings.drift.check_every:
             self._evaluate_pair(slot, s, result)
 
-    def _fresh(self, slot: int, offset: int | None, kafka_ts: int, result: BatchResult) -> bool:
+    def _fresh(
+        self, slot: int, partition: int, offset: int | None, kafka_ts: int, result: BatchResult
+    ) -> bool:
         """Note the device's Kafka time and offset; False for a reading it applied already
-        (re-delivered after a crash or a rebalance)."""
+        (re-delivered after a crash or a rebalance). Offsets are compared within a partition
+        only: a reading of the device on another partition is applied, and counted."""
         st = self.store
-        if kafka_ts > 0:
-            st.last_seen[slot] = kafka_ts
-            self.clock_ms = max(self.clock_ms, kafka_ts)
+        clock = self.clocks.get(partition)
+        if clock is None:
+            clock = self.clocks[partition] = PartitionClock()
+        if kafka_ts > 0 and (self._latest_ts is None or kafka_ts <= self._latest_ts):
+            clock.recent.append(kafka_ts)
+            st.last_seen[slot] = max(int(st.last_seen[slot]), kafka_ts)
+        else:  # missing, or further ahead than any real clock: it dates nothing
+            result.kafka_ts_ignored += 1
+            st.last_seen[slot] = max(int(st.last_seen[slot]), clock.watermark)
         if offset is None:
             return True
+        if partition != st.partition[slot]:
+            return self._fresh_astray(slot, partition, offset, result)
         if offset <= st.last_offset[slot]:
             result.replayed += 1
             return False
         st.last_offset[slot] = offset
         return True
+
+    def _fresh_astray(self, slot: int, partition: int, offset: int, result: BatchResult) -> bool:
+        st, key = self.store, (slot, partition)
+        result.strays += 1
+        device = st.device_ids[slot]
+        if device not in self._astray:
+            self._astray.add(device)
+            result.new_strays.append(Stray(device, int(st.partition[slot]), partition))
+        if offset <= self._foreign.get(key, -1):
+            result.replayed += 1
+            return False
+        self._foreign[key] = offset
+        return True
+
+    def _admit(self, device_id: str, partition: int, result: BatchResult) -> int:
+        """A slot for a device seen for the first time; at the device cap, the devices whose
+        readings this process applied least recently (a hundredth of the cap, at least one) are
+        forgotten first."""
+        st = self.store
+        if len(st) >= self.max_devices:
+            self._forget_least_recent(len(st) - self.max_devices + max(1, self.max_devices // 100), result)
+        slot = st.slot(device_id, partition)
+        st.last_seen[slot] = self.clocks[partition].watermark if partition in self.clocks else 0
+        return slot
+
+    def _forget_least_recent(self, n: int, result: BatchResult) -> None:
+        st = self.store
+        live = st.live()
+        oldest = live[np.argsort(st.touched[live], kind="stable")[:n]].tolist()
+        self._forget(oldest, result, Eviction("capacity", len(oldest), None, self.max_devices))
 
     def _score(
         self, slot: int, s: int, r: Reading, f: Features, scores: list[list[float]], result: BatchResult
@@ -264,24 +342,26 @@ class Pipeline:
         return groups
 
     def _evict(self, result: BatchResult) -> None:
-        """Forget devices silent for ``state.evict_idle_s`` (Kafka time), then the longest-silent
-        ones while more than ``state.max_devices`` have state."""
-        st, cfg = self.store, self.settings.state
-        idle_ms = int(cfg.evict_idle_s * 1000)
-        if idle_ms and self.clock_ms >= self._next_sweep:  # a sweep every tenth of the idle time
-            self._next_sweep = self.clock_ms + max(idle_ms // 10, 1000)
+        """Advance each partition's clock, then forget the devices of a partition whose clock has
+        passed their last message by ``state.evict_idle_s`` (a sweep every tenth of that time),
+        and the longest-silent devices over the cap (restored snapshots may bring more)."""
+        st, idle_ms = self.store, int(self.settings.state.evict_idle_s * 1000)
+        if len(st) > self.max_devices:
+            self._forget_least_recent(len(st) - self.max_devices, result)
+        for p, clock in self.clocks.items():
+            if not clock.advance() or not idle_ms or clock.watermark < clock.next_sweep:
+                continue
+            clock.next_sweep = clock.watermark + max(idle_ms // 10, 1000)
             live = st.live()
-            self._forget(live[st.last_seen[live] < self.clock_ms - idle_ms].tolist(), "idle", result)
-        excess = len(st) - cfg.max_devices
-        if excess > 0:
-            live = st.live()
-            oldest = live[np.argsort(st.last_seen[live], kind="stable")[:excess]]
-            self._forget(oldest.tolist(), "capacity", result)
+            mine = live[st.partition[live] == p]
+            idle = mine[st.last_seen[mine] < clock.watermark - idle_ms].tolist()
+            self._forget(idle, result, Eviction("idle", len(idle), p, clock.watermark))
 
-    def _forget(self, slots: list[int], reason: str, result: BatchResult) -> None:
+    def _forget(self, slots: list[int], result: BatchResult, wave: Eviction) -> None:
         if slots:
             self._release(slots)
-            result.evicted[reason] += len(slots)
+            result.evicted[wave.reason] += len(slots)
+            result.evictions.append(wave)
 
     def _release(self, slots: list[int]) -> None:
         """Forget everything about the devices in ``slots``."""
@@ -290,6 +370,10 @@ class Pipeline:
         self.governor.forget(set(devices))
         for d in devices:
             self._device_groups.pop(d, None)
+            self._astray.discard(d)
+        gone = set(slots)
+        for key in [k for k in self._foreign if k[0] in gone]:
+            del self._foreign[key]
         self.store.release(slots)
 
     def export_partition(self, partition: int) -> PartitionState:
@@ -304,7 +388,8 @@ class Pipeline:
         ids = state.devices.device_ids
         self.engine.forget(ids)
         self.governor.forget(set(ids))
-        self.store.load(state.devices)
+        slots = self.store.load(state.devices)
+        self.store.touched[slots] = self._tick  # restored now: as recent as the last reading
         self.engine.restore(state.episodes)
         self.governor.restore(state.governance)
 
@@ -338,6 +423,8 @@ class Pipeline:
         topic): accept its offsets again."""
         for slot in self.store.in_partition(partition):
             self.store.last_offset[slot] = -1
+        for key in [k for k in self._foreign if k[1] == partition]:
+            del self._foreign[key]
 
     def _distance(self, slot: int, s: int, f: Features) -> float | None:
         """The pair model's distance (None while it warms up); learn unless over the threshold."""
@@ -497,3 +584,34 @@ class Pipeline:
             signals=alert.signals,
             event_ts=ev.ts,
         )
+
+
+#: Kafka timestamps per partition whose median moves the partition's clock.
+CLOCK_WINDOW = 15
+
+
+@dataclass
+class PartitionClock:
+    """A partition's idle-eviction clock: the median of its latest :data:`CLOCK_WINDOW` plausible
+    Kafka timestamps, never moving back. One record (or seven) cannot move it, however far ahead
+    its timestamp: eight of the fifteen would have to agree."""
+
+    watermark: int = 0
+    next_sweep: int = 0
+    recent: list[int] = field(default_factory=list)  # since the last advance, in arrival order
+
+    def advance(self) -> bool:
+        """Take in the recent timestamps; True once the clock has a full window behind it."""
+        if len(self.recent) < CLOCK_WINDOW:
+            return self.watermark > 0
+        del self.recent[:-CLOCK_WINDOW]
+        self.watermark = max(self.watermark, int(np.median(self.recent)))
+        return True
+
+
+def device_cap(settings: Settings, store: StateStore) -> int:
+    """The most devices kept: ``state.memory_budget_mb`` over the size of one device's state
+    (:meth:`StateStore.bytes_per_device`), or ``state.max_devices`` if that is lower."""
+    cfg = settings.state
+    budget = int(cfg.memory_budget_mb * 2**20) // store.bytes_per_device()
+    return max(1, min(budget, cfg.max_devices or budget))

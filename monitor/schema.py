@@ -88,6 +88,8 @@ class Reason(StrEnum):
     NON_FINITE = "non_finite"
     OUT_OF_RANGE = "out_of_range"
     BAD_TIMESTAMP = "bad_timestamp"
+    MISSING_KEY = "missing_key"
+    TOO_LARGE = "too_large"  # only as a dead letter's reason: the record was truncated to fit
 
 
 class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -140,12 +142,16 @@ def decode(
     key: bytes | None,
     max_bytes: int = MAX_MESSAGE_BYTES,
     latest_ts: int | None = None,
+    require_key: bool = False,
 ) -> Reading | Rejection:
     """Decode and strictly validate one message value; the key must equal its device_id.
 
     ``latest_ts`` (epoch ms), when given, is the latest acceptable ``ts``: readings from further in
-    the future are rejected as ``bad_timestamp``.
+    the future are rejected as ``bad_timestamp``. With ``require_key`` a message without a key is
+    rejected as ``missing_key``.
     """
+    if key is None and require_key:
+        return Rejection(Reason.MISSING_KEY, "message has no key (readings are keyed by device_id)")
     if value is None:
         return Rejection(Reason.INVALID_JSON, "message has no value")
     if len(value) > max_bytes:

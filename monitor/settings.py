@@ -7,13 +7,29 @@ down; nothing else reads the environment.
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from monitor import packaged, yamlfile
+
+log = logging.getLogger(__name__)
 
 
 class _Section(BaseModel):
@@ -34,6 +50,28 @@ class KafkaSettings(_Section):
     #: Properties that load a shared library or run a shell command.
     CODE_LOADING_KEYS: ClassVar[frozenset[str]] = frozenset(
         {"sasl.kerberos.kinit.cmd", "plugin.library.paths", "ssl.engine.location", "ssl.providers"}
+    )
+    #: Properties with a setting of their own: overriding them from ``extra`` would go unnoticed
+    #: (``security.protocol: SASL_PLAINTEXT`` under ``security_protocol: SASL_SSL`` sends the
+    #: password in clear), so only ``allow_insecure_tls`` lets ``extra`` set them.
+    OVERRIDE_KEYS: ClassVar[dict[str, str]] = {
+        "bootstrap.servers": "bootstrap_servers",
+        "metadata.broker.list": "bootstrap_servers",
+        "security.protocol": "security_protocol",
+        "sasl.mechanism": "sasl_mechanism",
+        "sasl.mechanisms": "sasl_mechanism",
+        "ssl.ca.location": "ssl_ca_location",
+        "group.id": "group_id",
+    }
+    #: Properties telemon's delivery guarantees depend on: never taken from ``extra``.
+    GUARANTEE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "enable.idempotence",
+            "acks",
+            "request.required.acks",
+        }
     )
     #: Substituted into the default ``sasl.kerberos.kinit.cmd`` shell command.
     SHELL_VALUE_KEYS: ClassVar[frozenset[str]] = frozenset(
@@ -82,14 +120,15 @@ class KafkaSettings(_Section):
     ssl_ca_location: str | None = None
     allow_insecure_tls: bool = Field(
         False,
-        description="accept extra properties that switch off checking the broker's certificate "
-        "(enable.ssl.certificate.verification: false, ssl.endpoint.identification.algorithm: none); "
-        "test clusters only",
+        description="the insecure opt-in: accept extra properties that switch off checking the broker's "
+        "certificate (enable.ssl.certificate.verification: false, ssl.endpoint.identification.algorithm: "
+        "none) or override security_protocol, bootstrap_servers, sasl_mechanism, ssl_ca_location or "
+        "group_id; test clusters only",
     )
     extra: dict[str, str | int | float | bool | SecretStr] = Field(
         default_factory=dict,
-        description="further librdkafka properties, passed through (code-loading ones refused, "
-        "credentials kept secret)",
+        description="further librdkafka properties, passed through (code-loading ones, callbacks and "
+        "the delivery-guarantee ones refused, credentials kept secret)",
     )
 
     @classmethod
@@ -114,6 +153,14 @@ class KafkaSettings(_Section):
         refused = sorted(cls.CODE_LOADING_KEYS & set(extra))
         if refused:
             raise ValueError(f"kafka.extra may not set {refused}: these load or run code")
+        callbacks = sorted(k for k in extra if isinstance(k, str) and (k.endswith("_cb") or k in _PY_KEYS))
+        if callbacks:
+            raise ValueError(f"kafka.extra may not set {callbacks}: callbacks are telemon's own")
+        guarantees = sorted(cls.GUARANTEE_KEYS & set(extra))
+        if guarantees:
+            raise ValueError(
+                f"kafka.extra may not set {guarantees}: telemon's at-least-once delivery depends on them"
+            )
         for key in sorted(cls.SHELL_VALUE_KEYS & set(extra)):
             if not cls.SHELL_SAFE.fullmatch(str(extra[key])):
                 raise ValueError(
@@ -139,15 +186,32 @@ class KafkaSettings(_Section):
             return SecretStr(str(value))
         return value
 
+    def override_keys(self) -> list[str]:
+        """The ``extra`` properties that override a setting of this section."""
+        return sorted(set(self.OVERRIDE_KEYS) & set(self.extra))
+
     @model_validator(mode="after")
     def _certificates_checked(self) -> KafkaSettings:
+        if self.allow_insecure_tls:
+            return self
         weakened = self.insecure_tls_keys()
-        if weakened and not self.allow_insecure_tls:
+        if weakened:
             raise ValueError(
                 f"kafka.extra {weakened} switch off checking the broker's certificate; set "
                 "kafka.allow_insecure_tls: true to accept that (test clusters only)"
             )
+        overrides = self.override_keys()
+        if overrides:
+            own = ", ".join(f"{k} -> kafka.{self.OVERRIDE_KEYS[k]}" for k in overrides)
+            raise ValueError(
+                f"kafka.extra may not override settings of their own ({own}): set those instead, or "
+                "kafka.allow_insecure_tls: true to accept the override (test clusters only)"
+            )
         return self
+
+
+#: librdkafka properties that only the Python client understands (callables, a logger).
+_PY_KEYS = frozenset({"on_delivery", "on_commit", "logger"})
 
 
 class ConsumeSettings(_Section):
@@ -155,9 +219,29 @@ class ConsumeSettings(_Section):
     poll_timeout_s: float = Field(0.5, gt=0)
     max_message_bytes: int = Field(4096, ge=256)
     max_future_ms: int = Field(
-        86_400_000, ge=0, description="readings further ahead of the wall clock are rejected (0: off)"
+        86_400_000,
+        ge=0,
+        description="readings whose ts is further ahead of the wall clock are rejected; Kafka timestamps "
+        "further ahead are ignored (0: off)",
+    )
+    require_key: bool = Field(
+        True,
+        description="dead-letter messages without a key (missing_key); false: accept them, the device id "
+        "taken from the payload",
+    )
+    dead_letter_max_bytes: int = Field(
+        512 * 1024,
+        ge=4096,
+        le=16 << 20,
+        description="largest key + value dead-lettered whole; a larger record is dead-lettered truncated "
+        "to its first bytes (reason too_large, its size and SHA-256 in headers)",
     )
     delivery_timeout_s: float = Field(30.0, gt=0)
+    shutdown_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="after SIGTERM/SIGINT, the process exits within this many seconds, stuck or not",
+    )
 
 
 class IntegritySettings(_Section):
@@ -246,8 +330,13 @@ class StateSettings(_Section):
     evict_idle_s: float = Field(
         86_400.0, ge=0, description="forget devices silent this long in Kafka time (0: never)"
     )
-    max_devices: int = Field(
-        1_000_000, ge=1, description="state cap: over it, the devices silent longest are forgotten"
+    memory_budget_mb: float = Field(
+        1024.0,
+        gt=0,
+        description="memory for device state; the device cap is this over the measured size of one device",
+    )
+    max_devices: int | None = Field(
+        None, ge=1, description="a lower device cap than the memory budget's (null: the budget's)"
     )
 
 
@@ -454,7 +543,10 @@ class Settings(BaseSettings):
     retrain: RetrainSettings = RetrainSettings()
     state: StateSettings = StateSettings()
     registry: RegistrySettings = RegistrySettings()
-    rules_file: Path = Path("configs/rules.yaml")
+    rules_file: Path = Field(
+        default_factory=lambda: packaged.config("rules.yaml"),
+        description="governance rules (default: the packaged configs/rules.yaml)",
+    )
     cohorts_file: Path | None = Field(
         None, description="YAML mapping device id -> labels (firmware, site, ...) for cohort-scope rules"
     )
@@ -474,17 +566,170 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
+class ConfigError(ValueError):
+    """Settings that cannot be used: one line per problem, naming the file, line and column (or the
+    environment variable) it comes from."""
+
+
+#: Environment variables of the settings: ``TELEMON_<SECTION>__<KEY>`` or ``TELEMON_<KEY>``.
+ENV_PREFIX = "TELEMON_"
+#: Variables of that prefix that are not settings: the MQTT bridge's password, compose's partitions.
+OTHER_VARIABLES = frozenset({"TELEMON_MQTT_PASSWORD", "TELEMON_PARTITIONS"})
+
+
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings from an optional YAML file, overrides, then the environment on top."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: the top level must be a mapping of sections")
-        data = loaded or {}
-    return Settings(**_merge(data, overrides))
+    """Build the settings from an optional YAML file, overrides, then the environment on top.
+
+    Relative paths in the file are relative to the file's folder. Raises
+    :class:`FileNotFoundError` for a missing file and :class:`ConfigError` for anything wrong
+    in the file, the overrides or the ``TELEMON_*`` environment.
+    """
+    env = os.environ
+    doc = _read_config(path) if path is not None else None
+    data = {} if doc is None or path is None else _relative_paths(doc.data or {}, path.parent.resolve())
+    for problem in _unknown_variables(env):
+        log.warning("%s", problem)
+    try:
+        return Settings(**_merge(data, overrides))
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(exc, doc, env))) from None
+
+
+def _read_config(path: Path) -> yamlfile.YamlDocument:
+    try:
+        doc = yamlfile.read(path).check_duplicates()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except yamlfile.YamlError as exc:
+        raise ConfigError(str(exc)) from None
+    if doc.data is not None and not isinstance(doc.data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return doc
+
+
+def _path_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """The dotted keys of every path setting (``rules_file``, ``state.snapshot_dir``, ...)."""
+    for name, info in model.model_fields.items():
+        kinds = set(get_args(info.annotation)) | {info.annotation}
+        if Path in kinds:
+            yield (*prefix, name)
+        for kind in kinds:
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                yield from _path_fields(kind, (*prefix, name))
+
+
+def _relative_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` with each relative path setting joined to ``folder`` (the config file's)."""
+    out = dict(data)
+    for key in _path_fields(Settings):
+        parent = out
+        for part in key[:-1]:
+            if not isinstance(parent.get(part), dict):
+                break
+            parent[part] = parent = dict(parent[part])
+        else:
+            value = parent.get(key[-1])
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                parent[key[-1]] = str(folder / value)
+    return out
+
+
+def _unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A ``TELEMON_*`` variable that names no setting is a typo (or a stale one): say which."""
+    known = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields}
+    problems = []
+    for var in sorted(env):
+        name = var.upper()
+        if not name.startswith(ENV_PREFIX) or name.split("__")[0] in known:
+            continue
+        if name in OTHER_VARIABLES:
+            continue
+        hint = _did_you_mean(name, known, sections=True)
+        problems.append(f"environment variable {var} names no setting{hint}: ignored")
+    return problems
+
+
+def _did_you_mean(name: str, known: Iterable[str], sections: bool = False) -> str:
+    candidates = sorted(known)
+    if sections:  # TELEMON_KAFKA_BOOTSTRAP_SERVERS: a section joined with one underscore
+        for section in Settings.model_fields:
+            head = f"{ENV_PREFIX}{section}_".upper()
+            if name.startswith(head) and not name.startswith(head + "_"):
+                return f" (did you mean {head}_{name[len(head) :]}?)"
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _describe(exc: ValidationError, doc: yamlfile.YamlDocument | None, env: Mapping[str, str]) -> list[str]:
+    """One line per validation error, at the file position or environment variable it comes from."""
+    variables = {k.upper(): k for k in env if k.upper().startswith(ENV_PREFIX)}
+    lines: list[tuple[int, int, str]] = []
+    for loc, message in _problems(exc):
+        var = next(
+            (variables[n] for i in range(len(loc), 0, -1) if (n := _env_name(loc[:i])) in variables), None
+        )
+        if var is not None:
+            lines.append((0, 0, f"environment variable {var}: {'.'.join(loc)}: {message}"))
+        elif doc is not None and any(doc.has(loc[:i]) for i in range(len(loc), 0, -1)):
+            lines.append(doc.position(loc, message))
+        else:
+            lines.append((0, 0, f"{'.'.join(loc) or 'settings'}: {message}"))
+    return [line for _, _, line in sorted(lines)]
+
+
+#: The members of a union in an error location (``kafka.extra.x.bool``): not keys.
+_UNION_MEMBER = re.compile(r"str|int|float|bool|.*\[.*")
+#: A validator's message that names its key first: ``metrics.tls_key_file: cannot read ...``.
+_NAMED = re.compile(r"([a-z_]+(?:\.[\w.-]+)*):? ")
+
+
+def _problems(exc: ValidationError) -> Iterator[tuple[tuple[str, ...], str]]:
+    """``(key path, message)`` per problem: a value no member of a union accepts is one problem,
+    and a validator's message that names a key is placed at that key."""
+    by_loc: dict[tuple[str, ...], list[str]] = {}
+    for e in exc.errors(include_url=False):
+        loc = tuple(str(p) for p in e["loc"])
+        while loc and _UNION_MEMBER.fullmatch(loc[-1]) and len(loc) > 1:
+            loc = loc[:-1]
+        message = _message(e, loc)
+        named = _NAMED.match(message) if e["type"] == "value_error" else None
+        if named and tuple(named.group(1).split("."))[: len(loc)] == loc:
+            loc, message = tuple(named.group(1).split(".")), message[named.end() :]
+        by_loc.setdefault(loc, []).append(message)
+    for loc, messages in by_loc.items():
+        kinds = [m.removeprefix("Input should be a valid ") for m in messages]
+        if len(messages) > 1 and all(m.startswith("Input should be a valid ") for m in messages):
+            yield loc, f"Input should be a valid {', '.join(sorted(set(kinds))[:-1])} or {sorted(set(kinds))[-1]}"
+        else:
+            yield from ((loc, m) for m in dict.fromkeys(messages))
+
+
+def _env_name(loc: tuple[str, ...]) -> str:
+    return (ENV_PREFIX + "__".join(loc)).upper()
+
+
+def _message(error: ErrorDetails, loc: tuple[str, ...]) -> str:
+    if error["type"] == "extra_forbidden":
+        known = _section_keys(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key{hint}; known: {', '.join(sorted(known))}" if known else "unknown key"
+    if error["type"] == "value_error":  # raised by a validator: the text without pydantic's prefix
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    return error["msg"]
+
+
+def _section_keys(loc: tuple[str, ...]) -> set[str]:
+    """The keys the settings accept at ``loc`` (empty where free-form, e.g. ``kafka.extra``)."""
+    model: Any = Settings
+    for part in loc:
+        info = (
+            model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        )
+        if info is None:
+            return set()
+        model = info.annotation
+    return set(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else set()
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

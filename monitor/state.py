@@ -26,6 +26,12 @@ N_SENSORS = len(SENSOR_NAMES)
 #: The per-device data-integrity checks, in the order of the ``integrity`` counters.
 CHECKS = ("stuck_at", "gap", "duplicate", "out_of_order", "clock_skew")
 N_CHECKS = len(CHECKS)
+#: Memory a device takes beyond its slab rows: its models and ADWINs (which grow slowly with the
+#: length of their windows), its id and the index entries. ``bench/state_memory.py`` measures it:
+#: 3 KB after one reading per sensor, 11 KB after 400, 13 KB after 1,500; this leaves headroom.
+OBJECT_BYTES_PER_DEVICE = 16 * 1024
+#: Arrays that mean something in this process only: never exported (snapshots, fingerprints).
+LOCAL_ARRAYS = frozenset({"touched"})
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,12 @@ class Shapes:
 class StateStore:
     """Slot allocation plus the per-pair arrays every stage reads and writes."""
 
-    def __init__(self, shapes: Shapes, adwin_delta: float, capacity: int = 64) -> None:
+    def __init__(
+        self, shapes: Shapes, adwin_delta: float, capacity: int = 64, limit: int | None = None
+    ) -> None:
         self.shapes = shapes
         self.adwin_delta = adwin_delta
+        self.limit = limit  # the slabs never grow past this many slots (None: no bound)
         self.slots: dict[str, int] = {}
         self.device_ids: list[str] = []
         self.models: list[list[AdaptiveGaussian | None]] = []
@@ -59,6 +68,7 @@ class StateStore:
             "last_seq": ((cap,), np.int64, -1),
             "last_offset": ((cap,), np.int64, -1),  # Kafka offset of the last applied reading
             "last_seen": ((cap,), np.int64, 0),  # Kafka timestamp (ms) of the device's last message
+            "touched": ((cap,), np.int64, 0),  # when this process last applied a reading of it
             "partition": ((cap,), np.int32, -1),
             "quarantined": ((cap,), np.int8, 0),  # 1: the device's models do not learn
             "latest_version": (p, np.int32, 1),  # highest version number given to the pair
@@ -97,6 +107,7 @@ class StateStore:
     last_seq: NDArray[np.int64]
     last_offset: NDArray[np.int64]
     last_seen: NDArray[np.int64]
+    touched: NDArray[np.int64]  # a counter of readings, not a time: the capacity eviction's order
     partition: NDArray[np.int32]
     quarantined: NDArray[np.int8]
     latest_version: NDArray[np.int32]
@@ -145,7 +156,9 @@ class StateStore:
         else:
             slot = len(self.device_ids)
             if slot == self.capacity:
-                self._alloc(2 * self.capacity)
+                grown = 2 * self.capacity
+                # Only a restore may take the store past its limit (the pipeline evicts after it).
+                self._alloc(grown if self.limit is None or slot >= self.limit else min(grown, self.limit))
             self.device_ids.append(device_id)
             self.models.append([None] * N_SENSORS)
             self.adwins.append([None] * N_SENSORS)
@@ -179,7 +192,7 @@ class StateStore:
         idx = np.asarray(slots, np.intp)
         return DeviceStates(
             device_ids=[self.device_ids[i] for i in slots],
-            arrays={name: arr[idx].copy() for name, arr in self._arrays.items()},
+            arrays={name: arr[idx].copy() for name, arr in self._arrays.items() if name not in LOCAL_ARRAYS},
             models=[list(self.models[i]) for i in slots],
             adwins=[list(self.adwins[i]) for i in slots],
             versions={
@@ -236,6 +249,10 @@ class StateStore:
 
     def array_bytes_per_device(self) -> int:
         return sum(a.nbytes for a in self._arrays.values()) // self.capacity
+
+    def bytes_per_device(self) -> int:
+        """The memory one device takes: its slab rows and :data:`OBJECT_BYTES_PER_DEVICE`."""
+        return self.array_bytes_per_device() + OBJECT_BYTES_PER_DEVICE
 
 
 @dataclass

@@ -68,7 +68,7 @@ def _without(field: str) -> bytes:
 
 
 def _reason(value: bytes | None, key: bytes | None = KEY) -> Reason:
-    r = decode(value, key)
+    r = decode(value, key, require_key=True)
     assert isinstance(r, Rejection), f"accepted: {r!r}"
     assert r.detail, "a rejection carries a human-readable detail"
     return r.reason
@@ -164,6 +164,8 @@ CASES: list[Case] = [
     Case("bad-device-id-leading-dash", _msg(device_id="-dev"), b"-dev", Reason.BAD_DEVICE_ID),
     Case("key-mismatch", _msg(), b"dev-0002", Reason.KEY_MISMATCH),
     Case("key-mismatch-empty-key", _msg(), b"", Reason.KEY_MISMATCH),
+    Case("missing-key", _msg(), None, Reason.MISSING_KEY),
+    Case("missing-key-tombstone", None, None, Reason.MISSING_KEY),
     Case("unsupported-version-2", _msg(schema_version=2), KEY, Reason.UNSUPPORTED_VERSION),
     Case("unsupported-version-0", _msg(schema_version=0), KEY, Reason.UNSUPPORTED_VERSION),
     Case("unknown-sensor", _msg(sensor="thermocouple"), KEY, Reason.UNKNOWN_SENSOR),
@@ -197,7 +199,13 @@ def test_crafted_message_is_rejected_with_its_reason(case: Case) -> None:
 
 
 def test_crafted_cases_cover_every_reason() -> None:
-    assert {c.reason for c in CASES} == set(Reason)
+    # too_large is the dead-letter reason of a record truncated to fit the dead-letter topic.
+    assert {c.reason for c in CASES} == set(Reason) - {Reason.TOO_LARGE}
+
+
+def test_a_message_without_key_is_accepted_unless_keys_are_required() -> None:
+    assert isinstance(decode(_msg(), None), Reading)
+    assert _reason(_msg(), None) is Reason.MISSING_KEY
 
 
 def test_reading_too_far_in_the_future_is_rejected() -> None:

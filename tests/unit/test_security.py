@@ -33,7 +33,7 @@ from monitor.metrics import Metrics
 from monitor.pipeline import Pipeline
 from monitor.rules import load_rules
 from monitor.service import Service
-from monitor.settings import KafkaSettings, MetricsSettings, Settings, load_settings
+from monitor.settings import ConfigError, KafkaSettings, MetricsSettings, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-Qv7!hunter2"
@@ -150,7 +150,7 @@ def test_tls_files_go_together(tls_files: tuple[Path, Path], given: str) -> None
 
 def test_missing_tls_file_is_named(tls_files: tuple[Path, Path], tmp_path: Path) -> None:
     missing = tmp_path / "absent.key"
-    with pytest.raises(ValidationError, match=r"tls_key_file: cannot read .*absent\.key: No such file"):
+    with pytest.raises(ConfigError, match=r"tls_key_file: cannot read .*absent\.key: No such file"):
         load_settings(
             _yaml(tmp_path, f"metrics:\n  tls_cert_file: {tls_files[0]}\n  tls_key_file: {missing}\n")
         )
@@ -269,7 +269,7 @@ def test_keeping_certificate_checks_needs_no_opt_in(key: str, value: str | bool)
 
 def test_insecure_tls_refusal_from_a_config_file(tmp_path: Path) -> None:
     path = _yaml(tmp_path, "kafka:\n  extra:\n    enable.ssl.certificate.verification: false\n")
-    with pytest.raises(ValidationError, match="allow_insecure_tls"):
+    with pytest.raises(ConfigError, match="allow_insecure_tls"):
         load_settings(path)
     text = "kafka:\n  allow_insecure_tls: true\n  extra:\n    enable.ssl.certificate.verification: false\n"
     assert load_settings(_yaml(tmp_path, text)).kafka.allow_insecure_tls
@@ -349,7 +349,7 @@ def test_validation_errors_do_not_echo_secrets(kafka_section: dict[str, Any]) ->
 def test_validation_errors_from_the_environment_do_not_echo_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TELEMON_KAFKA__SASL_PASSWORD", PASSWORD)
     monkeypatch.setenv("TELEMON_KAFKA__EXTRA", json.dumps({"sasl.oauthbearer.config": PASSWORD, "x": [1]}))
-    with pytest.raises(ValidationError) as exc:
+    with pytest.raises(ConfigError) as exc:
         load_settings()
     _assert_hidden(str(exc.value), [PASSWORD])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,22 +112,37 @@ def test_dropping_a_partition_frees_its_slots_for_reuse() -> None:
     assert p.store.raw_n[slot].sum() == 10  # fresh state, not the dropped one
 
 
-def test_idle_devices_are_evicted_in_kafka_time() -> None:
+def _one_partition(messages: list[FakeMessage]) -> list[FakeMessage]:
+    """The messages on partition 0, offsets renumbered."""
+    return [replace(m, partition_=0, offset_=i) for i, m in enumerate(messages)]
+
+
+def test_idle_devices_are_evicted_in_their_partitions_kafka_time() -> None:
     p = _pipeline(evict_idle_s=30)
-    stream = _gaussian_stream(100, devices=2)  # one reading per second per device
-    quiet = [m for m in stream if m.key_ == b"dev-0" or m.ts < stream[0].ts + 20_000]
+    stream = _one_partition(_gaussian_stream(100, devices=2))  # one reading per second per device
+    quiet = _one_partition([m for m in stream if m.key_ == b"dev-0" or m.ts < stream[0].ts + 20_000])
     results = _run(p, quiet, batch=10)
     assert sum(r.evicted["idle"] for r in results) == 1
+    assert [(w.reason, w.devices, w.partition) for r in results for w in r.evictions] == [("idle", 1, 0)]
     assert list(p.store.slots) == ["dev-0"]
 
 
-def test_state_is_capped_by_evicting_the_longest_silent() -> None:
+def test_a_silent_partition_does_not_age_the_devices_of_another() -> None:
+    p = _pipeline(evict_idle_s=30)
+    stream = _gaussian_stream(100, devices=2)  # dev-0 on partition 0, dev-1 on partition 1
+    quiet = [m for m in stream if m.key_ == b"dev-0" or m.ts < stream[0].ts + 20_000]
+    assert sum(r.evicted["idle"] for r in _run(p, quiet, batch=10)) == 0
+    assert sorted(p.store.slots) == ["dev-0", "dev-1"]
+
+
+def test_state_is_capped_by_evicting_the_least_recently_read() -> None:
     p = _pipeline(max_devices=3)
     stream = _gaussian_stream(5, devices=5)
-    late = [m for m in stream if m.key_ in (b"dev-1", b"dev-4")] + stream[-1:]  # dev-4 seen last
-    result = p.process(stream[:10] + late)
-    assert result.evicted["capacity"] == 2
-    assert {"dev-1", "dev-4"} <= set(p.store.slots) and len(p.store) == 3
+    again = next(m for m in stream[5:] if m.key_ == b"dev-1")
+    result = p.process([*stream[:5], again])  # dev-3 evicts dev-0, dev-4 dev-1, dev-1 then dev-2
+    assert result.evicted["capacity"] == 3
+    assert sorted(p.store.slots) == ["dev-1", "dev-3", "dev-4"]
+    assert [(w.reason, w.devices) for w in result.evictions] == [("capacity", 1)] * 3
 
 
 def _one_snapshot() -> PartitionSnapshot:
