@@ -178,10 +178,12 @@ class DeliveryTracker:
 
 
 def produce(producer: Producer, tracker: DeliveryTracker, topic: str, **kwargs: Any) -> None:
-    """Produce one message, serving delivery callbacks while the local queue is full."""
+    """Produce one message, serving delivery callbacks while the local queue is full. Its
+    delivery report goes to ``tracker`` (or to an ``on_delivery`` callback that informs it)."""
+    kwargs.setdefault("on_delivery", tracker.on_delivery)
     while True:
         try:
-            producer.produce(topic, on_delivery=tracker.on_delivery, **kwargs)
+            producer.produce(topic, **kwargs)
             tracker.pending += 1
             return
         except BufferError:

@@ -178,6 +178,26 @@ class Metrics:
             "Re-delivered readings skipped because their device had already applied them.",
             registry=r,
         )
+        self.strays = Counter(
+            "telemon_readings_astray",
+            "Readings of a device on another partition than the one holding its state (applied).",
+            registry=r,
+        )
+        self.kafka_ts_ignored = Counter(
+            "telemon_kafka_timestamps_ignored",
+            "Kafka timestamps missing or further ahead than consume.max_future_ms: they date nothing.",
+            registry=r,
+        )
+        self.dead_letters_failed = Counter(
+            "telemon_dead_letters_failed",
+            "Rejected records Kafka refused to take as dead letters even truncated (logged with offsets).",
+            registry=r,
+        )
+        self.device_cap = Gauge(
+            "telemon_device_cap",
+            "Most devices kept: state.memory_budget_mb over one device's size, or state.max_devices.",
+            registry=r,
+        )
         self.snapshots = Counter("telemon_snapshots", "Partition snapshots taken.", registry=r)
         self.snapshot_bytes = Counter(
             "telemon_snapshot_bytes", "Bytes of partition snapshots taken.", registry=r
@@ -235,14 +255,22 @@ class Metrics:
         for a in result.alerts:
             self.alerts.labels(a.rule, a.severity, a.status).inc()
         self._record_retrains(result)
-        for reason, n in result.evicted.items():
-            self.evicted.labels(reason).inc(n)
-        if result.replayed:
-            self.replayed.inc(result.replayed)
+        self._record_state_events(result)
         self.batch_seconds.observe(seconds)
         if result.event_ts.size:
             now_ms = (time.time() if now is None else now) * 1000.0
             self.event_lag.observe(np.maximum(now_ms - result.event_ts, 0.0) / 1000.0)
+
+    def _record_state_events(self, result: BatchResult) -> None:
+        for reason, n in result.evicted.items():
+            self.evicted.labels(reason).inc(n)
+        for counter, n in (
+            (self.replayed, result.replayed),
+            (self.strays, result.strays),
+            (self.kafka_ts_ignored, result.kafka_ts_ignored),
+        ):
+            if n:
+                counter.inc(n)
 
     def _record_sensors(self, result: BatchResult, integrity: NDArray[np.int64]) -> None:
         for i in range(N_SENSORS):
@@ -281,6 +309,13 @@ class Metrics:
             self.models.labels(name).set(n)
             self.version_max.labels(name).set(int(self._max_version[s]) if n else 0)
             self.version_mean.labels(name).set(1 + self._retrained[s] / n if n else 0)
+
+    def record_dead_letters_failed(self, n: int) -> None:
+        if n:
+            self.dead_letters_failed.inc(n)
+
+    def record_device_cap(self, devices: int) -> None:
+        self.device_cap.set(devices)
 
     def record_snapshot(self, bytes_: int) -> None:
         self.snapshots.inc()

@@ -19,6 +19,7 @@ never an exception: the caller routes it to the dead-letter topic.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -189,25 +190,26 @@ def validate(r: Reading, key: bytes | None, latest_ts: int | None = None) -> Rea
     return _check_values(r.values, spec) or r
 
 
-# A key token: a quoted name followed by a colon. String values cannot contain an unescaped quote,
-# so this only ever matches keys. JSON parsers keep the last of duplicate keys silently.
-_KEY_TOKEN: Final = re.compile(rb'"([A-Za-z_]{1,16})"\s*:')
-
-
 def _duplicate_key(value: bytes, n_keys: int) -> Rejection | None:
-    """A message whose JSON repeats a key is ambiguous (which value counts?): reject it.
+    """A message whose JSON repeats a key is ambiguous (which value counts?): reject it. Keys are
+    compared decoded: ``"v\\u0061lue"`` is ``"value"``.
 
-    Fast path: with no escaped quotes, as many ``":`` as keys and two quotes per key and per
-    string value (``device_id``, ``sensor``, ``unit``), no key can be repeated.
+    Fast path: with no backslash, as many ``":`` as keys and two quotes per key and per string
+    value (``device_id``, ``sensor``, ``unit``), no key can be repeated. Otherwise the message
+    (valid JSON: it decoded) is parsed again, keeping every key of every object.
     """
-    if value.count(b'":') == n_keys and value.count(b'"') == 2 * (n_keys + 3) and b'\\"' not in value:
+    if b"\\" not in value and value.count(b'":') == n_keys and value.count(b'"') == 2 * (n_keys + 3):
         return None
-    seen: set[bytes] = set()
-    for m in _KEY_TOKEN.finditer(value):
-        name = m.group(1)
-        if name in seen:
-            return Rejection(Reason.DUPLICATE_KEY, f"key {name.decode()!r} appears more than once")
-        seen.add(name)
+    repeated: list[str] = []
+
+    def check(pairs: list[tuple[str, object]]) -> None:
+        names = [k for k, _ in pairs]
+        if len(set(names)) < len(names):
+            repeated.append(next(k for i, k in enumerate(names) if k in names[:i]))
+
+    json.loads(value, object_pairs_hook=check)
+    if repeated:
+        return Rejection(Reason.DUPLICATE_KEY, f"key {repeated[0][:64]!r} appears more than once")
     return None
 
 

@@ -36,10 +36,11 @@ from confluent_kafka import (
 )
 
 from monitor import alerts, kafka, registry
+from monitor.deadletters import DeadLetterProducer
 from monitor.health import Health, HttpEndpoint
 from monitor.metrics import Metrics
 from monitor.partitions import Partitions
-from monitor.pipeline import BatchResult, DeadLetter, PartitionState, Pipeline
+from monitor.pipeline import BatchResult, PartitionState, Pipeline
 from monitor.settings import Settings
 from monitor.sinks import AlertmanagerSink, SinkUnavailable
 
@@ -111,17 +112,6 @@ def partition_lag(high: int, next_offset: int | None) -> int | None:
     return max(high - next_offset, 0)
 
 
-def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:
-    m = d.message
-    return [
-        ("telemon.reason", d.rejection.reason.value.encode()),
-        ("telemon.detail", d.rejection.detail.encode("utf-8", "replace")[:512]),
-        ("telemon.topic", str(m.topic()).encode()),
-        ("telemon.partition", str(m.partition()).encode()),
-        ("telemon.offset", str(m.offset()).encode()),
-    ]
-
-
 class Service:
     """``endpoint``, if given, is the HTTP endpoint serving ``health`` (the service does not own it)."""
 
@@ -144,10 +134,14 @@ class Service:
         self.in_kafka = False  # the pending batch's outputs are all acknowledged by Kafka
         self.abandoned = False  # stopping while `pending` could not be delivered
         self.rewind: dict[tuple[str, int], int] = {}  # offsets consumed (and dropped) while paused
-        k = settings.kafka
+        k, c = settings.kafka, settings.consume
         self.consumer = Consumer(kafka.consumer_config(k, error_cb=self._on_error))
-        self.producer = Producer(kafka.producer_config(k, **{"linger.ms": 2}))
+        largest = max(1_000_000, c.dead_letter_max_bytes + 65_536)  # a dead letter and its headers
+        self.producer = Producer(kafka.producer_config(k, **{"linger.ms": 2, "message.max.bytes": largest}))
         self.tracker = kafka.DeliveryTracker()
+        self.dead_letters = DeadLetterProducer(
+            self.producer, self.tracker, k.dead_letter_topic, c.dead_letter_max_bytes
+        )
         a = settings.alerts
         self.sink = (
             AlertmanagerSink(a.alertmanager_url, a.timeout_s, a.resend_interval_s)
@@ -157,6 +151,15 @@ class Service:
         self.partitions = Partitions(settings, pipeline, metrics, self.registry.key)
         audit = self.registry.audit_path
         self.audit_position = audit.stat().st_size if audit.exists() else 0  # follow new commands
+        self._ts_warned = False  # the first ignored Kafka timestamp is logged, the rest counted
+        metrics.record_device_cap(pipeline.max_devices)
+        log.info(
+            "state: at most %d devices (state.memory_budget_mb %g over %d bytes per device%s)",
+            pipeline.max_devices,
+            settings.state.memory_budget_mb,
+            pipeline.store.bytes_per_device(),
+            f", state.max_devices {settings.state.max_devices}" if settings.state.max_devices else "",
+        )
 
     def run(self, stop: threading.Event, on_batch: BatchHook | None = None) -> Totals:
         """Consume until ``stop`` is set; always finishes, delivers and commits the current batch."""
@@ -278,13 +281,50 @@ class Service:
     def _record(self, result: BatchResult, seconds: float) -> None:
         """The batch's metrics: counts, latencies, state size, model versions, firing rules, lag."""
         m, st = self.metrics, self.pipeline.store
+        self._log_anomalies(result)
         m.record_batch(result, self.pipeline.integrity.take_events(), seconds)
+        m.record_dead_letters_failed(self.dead_letters.take_failed())
         n = len(st)
         m.record_state(n, st.array_bytes_per_device() * n, (st.raw_n[: st.used] > 0).sum(axis=0))
         m.record_firing(self.pipeline.engine.firing_by_rule())
         lags = self._lags()
         m.record_consumer(lags, len(self.partitions))
         self.pipeline.lag = sum(lags.values())
+
+    def _log_anomalies(self, result: BatchResult) -> None:
+        """What an operator must hear about: eviction waves, devices read astray, ignored
+        Kafka timestamps."""
+        for w in result.evictions:
+            if w.reason == "idle":
+                since = w.clock_ms - int(self.settings.state.evict_idle_s * 1000)
+                log.info(
+                    "evicted %d idle device(s) of partition %d: silent since before %s (Kafka time)",
+                    w.devices,
+                    w.partition,
+                    _iso(since),
+                )
+            else:
+                log.warning(
+                    "evicted %d device(s) read least recently: at the cap of %d devices "
+                    "(state.memory_budget_mb / state.max_devices)",
+                    w.devices,
+                    w.clock_ms,
+                )
+        for stray in result.new_strays:
+            log.warning(
+                "device %s read from partition %d, its state is on partition %d: its producer does not "
+                "key by device id, or a record was forged (applied, counted; logged once per device)",
+                stray.device_id,
+                stray.partition,
+                stray.home,
+            )
+        if result.kafka_ts_ignored and not self._ts_warned:
+            self._ts_warned = True
+            log.warning(
+                "%d message(s) with a Kafka timestamp missing or more than consume.max_future_ms ahead: "
+                "ignored for device idle times (counted in telemon_kafka_timestamps_ignored_total)",
+                result.kafka_ts_ignored,
+            )
 
     def _lags(self) -> dict[tuple[str, int], int]:
         """Lag per assigned partition from the service's own positions and the high watermark
@@ -385,15 +425,7 @@ class Service:
     def _produce(self, result: BatchResult) -> None:
         """Produce the batch's outputs: dead letters, alerts, model versions."""
         k, p, t = self.settings.kafka, self.producer, self.tracker
-        for d in result.dead_letters:
-            kafka.produce(
-                p,
-                t,
-                k.dead_letter_topic,
-                key=d.message.key(),
-                value=d.message.value(),
-                headers=dead_letter_headers(d),
-            )
+        self.dead_letters.produce(result.dead_letters)
         for a in result.alerts:
             kafka.produce(p, t, k.alerts_topic, key=a.key, value=alerts.encode(a))
         for v in result.versions:
@@ -417,7 +449,10 @@ class Service:
         nothing of the batch may be committed yet."""
         try:
             if not self.in_kafka:
-                kafka.flush(self.producer, self.tracker, self.settings.consume.delivery_timeout_s)
+                timeout = self.settings.consume.delivery_timeout_s
+                kafka.flush(self.producer, self.tracker, timeout)
+                if self.dead_letters.retry_refused():  # the broker refused some for their size
+                    kafka.flush(self.producer, self.tracker, timeout)
                 self.in_kafka = True
             if self.sink is not None:
                 self.sink.send(result.alerts)
@@ -496,3 +531,7 @@ class Service:
             if code not in _REBALANCE_ERRORS:
                 raise
             log.warning("commit refused after a rebalance (%s); the batch will be re-delivered", exc)
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))

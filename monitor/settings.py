@@ -699,7 +699,10 @@ def _problems(exc: ValidationError) -> Iterator[tuple[tuple[str, ...], str]]:
     for loc, messages in by_loc.items():
         kinds = [m.removeprefix("Input should be a valid ") for m in messages]
         if len(messages) > 1 and all(m.startswith("Input should be a valid ") for m in messages):
-            yield loc, f"Input should be a valid {', '.join(sorted(set(kinds))[:-1])} or {sorted(set(kinds))[-1]}"
+            yield (
+                loc,
+                f"Input should be a valid {', '.join(sorted(set(kinds))[:-1])} or {sorted(set(kinds))[-1]}",
+            )
         else:
             yield from ((loc, m) for m in dict.fromkeys(messages))
 

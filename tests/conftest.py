@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.broker import EmbeddedBroker, free_port
 from monitor.settings import KafkaSettings
@@ -51,6 +53,40 @@ def telemon_process(kafka: KafkaSettings, *args: str, **env: str) -> subprocess.
             environ[f"TELEMON_KAFKA__{key.upper()}"] = str(value)
     cmd = [sys.executable, "-m", "monitor.cli", *args]
     return subprocess.Popen(cmd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_topic(kafka: KafkaSettings, topic: str, idle_s: float = 3.0) -> list[Message]:
+    """Every message of ``topic`` (no consumer group: assigned partitions from the beginning)."""
+    c = Consumer(
+        {"bootstrap.servers": kafka.bootstrap_servers, "group.id": "reader", "enable.auto.commit": False}
+    )
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(kafka.partitions)])
+    out: list[Message] = []
+    try:
+        while batch := c.consume(1000, idle_s):
+            out.extend(m for m in batch if m.error() is None)
+    finally:
+        c.close()
+    return out
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
+    """The samples of a live ``/metrics``, by name and sorted labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
 
 
 def unique_kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:

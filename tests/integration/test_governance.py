@@ -28,8 +28,7 @@ from monitor.service import Totals
 from monitor.settings import Settings, load_settings
 from producers.scenario import load_scenario
 from producers.simulate import simulate
-from tests.conftest import AlertmanagerProcess, start_alertmanager, unique_kafka_settings
-from tests.integration.test_monitor_e2e import read_topic
+from tests.conftest import AlertmanagerProcess, read_topic, start_alertmanager, unique_kafka_settings
 
 pytestmark = pytest.mark.integration
 

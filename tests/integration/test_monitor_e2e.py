@@ -9,17 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from monitor import alerts, registry
 from monitor.app import build_service
 from monitor.broker import EmbeddedBroker, free_port
 from monitor.service import Totals
-from monitor.settings import KafkaSettings, Settings, load_settings
+from monitor.settings import Settings, load_settings
 from producers.scenario import load_scenario
 from producers.simulate import SimulationReport, simulate
-from tests.conftest import unique_kafka_settings
+from tests.conftest import read_topic, unique_kafka_settings
 
 pytestmark = pytest.mark.integration
 
@@ -41,21 +41,6 @@ class Run:
     report: SimulationReport
     totals: Totals
     metrics_text: str
-
-
-def read_topic(kafka: KafkaSettings, topic: str, idle_s: float = 3.0) -> list[Message]:
-    """Every message of ``topic`` (no consumer group: assigned partitions from the beginning)."""
-    c = Consumer(
-        {"bootstrap.servers": kafka.bootstrap_servers, "group.id": "reader", "enable.auto.commit": False}
-    )
-    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(kafka.partitions)])
-    out: list[Message] = []
-    try:
-        while batch := c.consume(1000, idle_s):
-            out.extend(m for m in batch if m.error() is None)
-    finally:
-        c.close()
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,9 @@ def test_env_override_wins_over_keyword_overrides(monkeypatch: pytest.MonkeyPatc
 
 def test_env_values_are_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TELEMON_DRIFT__CHECK_EVERY", "0")
-    with pytest.raises(ConfigError, match="^environment variable TELEMON_DRIFT__CHECK_EVERY: drift.check_every: "):
+    with pytest.raises(
+        ConfigError, match=r"^environment variable TELEMON_DRIFT__CHECK_EVERY: drift.check_every: "
+    ):
         load_settings()
 
 
