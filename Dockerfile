@@ -9,10 +9,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The package only (pyproject.toml names README.md as its readme).
+# The package only (pyproject.toml names README.md as its readme; monitor/configs, the packaged
+# default configs, links to configs/).
 COPY pyproject.toml README.md /tmp/telemon/
 COPY monitor /tmp/telemon/monitor
 COPY producers /tmp/telemon/producers
+COPY configs /tmp/telemon/configs
 RUN pip install /tmp/telemon && rm -rf /tmp/telemon
 
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /app --shell /usr/sbin/nologin telemon \

@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both create the environment
-# (.venv, with the embedded broker and the test tools) on first use.
+# (.venv, with the embedded broker and the test tools) on first use; `make test` also installs and
+# starts what the tests need (scripts/test-services: Mosquitto, Prometheus, Alertmanager, ...).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,6 +8,7 @@ BIN    := $(VENV)/bin
 .PHONY: demo test lint env evaluate chaos clean
 
 $(BIN)/telemon: pyproject.toml
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/apt-install python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -24,7 +26,7 @@ evaluate: env
 
 # The chaos harness, long variants (several minutes; prints the figures): CHAOS_ARGS="--outage 30".
 chaos: env
-	scripts/chaos $(CHAOS_ARGS)
+	scripts/test-services scripts/chaos $(CHAOS_ARGS)
 
 lint: env
 	$(BIN)/ruff check .
@@ -32,7 +34,7 @@ lint: env
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest
+	scripts/test-services $(BIN)/pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .telemon evaluation

@@ -12,7 +12,7 @@ from monitor.metrics import Metrics
 from monitor.pipeline import Pipeline
 from monitor.rules import load_rules
 from monitor.service import Service
-from monitor.settings import Settings
+from monitor.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,14 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     if settings.metrics.enabled:
         m = settings.metrics
         tls = None if m.tls_files is None else server_tls_context(*m.tls_files)
-        endpoint = HttpEndpoint(m.host, m.port, make_app(registry, health), tls)
+        try:
+            endpoint = HttpEndpoint(m.host, m.port, make_app(registry, health), tls)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics: cannot listen on {m.host}:{m.port} ({exc.strerror or exc}): another process "
+                "(another telemon?) has the port; set metrics.port (TELEMON_METRICS__PORT; 0: any free "
+                "port) or metrics.enabled: false"
+            ) from None
         url = f"{endpoint.scheme}://{m.host}:{endpoint.port}"
         log.info("metrics on %s/metrics (probes: /healthz, /readyz)", url)
     return Service(settings, Pipeline(settings, rules, background=True), metrics, health, endpoint)

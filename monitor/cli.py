@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from monitor import registry_cli
+from monitor import packaged, registry_cli
 from monitor.cliargs import add_config_options, settings_from_args, stop_on_signals
 from monitor.evaluation import command as evaluation
 from producers import cli as producers_cli
@@ -60,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--scenario",
         type=Path,
-        default=Path("configs/scenarios/demo.yaml"),
+        default=packaged.config("scenarios/demo.yaml"),
         metavar="FILE",
-        help="scenario YAML (default: %(default)s)",
+        help="scenario YAML (default: the packaged configs/scenarios/demo.yaml)",
     )
     demo.add_argument(
         "--config",
@@ -125,8 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitor.app import build_service
 
     settings = settings_from_args(args)
+    stop = stop_on_signals("finishing the current batch", settings.consume.shutdown_timeout_s)
     service = build_service(settings)
-    totals = service.run(stop_on_signals("finishing the current batch"))
+    totals = service.run(stop)
     log.info(
         "stopped after %d messages (%d quarantined, %d alerts)",
         totals.messages,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -28,14 +29,31 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), **overrides)
 
 
-def stop_on_signals(doing: str) -> threading.Event:
-    """An event set by SIGINT or SIGTERM; ``doing`` tells the log what happens next."""
+def stop_on_signals(doing: str, timeout_s: float = 60.0) -> threading.Event:
+    """An event set by SIGINT or SIGTERM; ``doing`` tells the log what happens next.
+
+    The process is gone within ``timeout_s`` of the first signal however stuck it is (a frozen
+    broker, a file that blocks), and at once on a second signal: exit code 1, since what was not
+    snapshotted is re-read from Kafka at the next start.
+    """
     stop = threading.Event()
 
     def handler(signum: int, _frame: object) -> None:
-        log.info("received %s: %s", signal.Signals(signum).name, doing)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            _exit_now(f"received {name} again")
+        log.info("received %s: %s (exiting within %gs)", name, doing, timeout_s)
         stop.set()
+        watchdog = threading.Timer(timeout_s, _exit_now, [f"still running {timeout_s:g}s after {name}"])
+        watchdog.daemon = True
+        watchdog.start()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
+
+
+def _exit_now(why: str) -> None:
+    log.error("%s: exiting now, unfinished work is re-read from Kafka at the next start", why)
+    logging.shutdown()
+    os._exit(1)

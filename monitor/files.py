@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 #: Bounds for the files people write: a monitor config, a rules file, a scenario, a mapping.
 MAX_CONFIG_BYTES = 1 << 20
@@ -46,8 +47,9 @@ def check_regular(path: Path, mode: int) -> None:
     raise UnsafeFileError(f"{path}: not a regular file ({kind})")
 
 
-def read_bytes(path: Path, max_bytes: int | None) -> bytes:
-    """The content of the regular file at ``path`` (at most ``max_bytes``; ``None``: no bound).
+def read_bytes(path: Path, max_bytes: int | None, offset: int = 0) -> bytes:
+    """The content of the regular file at ``path`` from byte ``offset`` on (at most
+    ``max_bytes``; ``None``: no bound).
 
     Raises :class:`FileNotFoundError` and the other ``OSError`` of opening it, and
     :class:`UnsafeFileError` for anything but a regular file or a file over the bound.
@@ -56,9 +58,10 @@ def read_bytes(path: Path, max_bytes: int | None) -> bytes:
     try:
         st = os.fstat(fd)
         check_regular(path, st.st_mode)
-        if max_bytes is not None and st.st_size > max_bytes:
+        if max_bytes is not None and st.st_size - offset > max_bytes:
             raise UnsafeFileError(f"{path}: {st.st_size:,} bytes, over the limit of {max_bytes:,}")
-        limit = st.st_size + 1 if max_bytes is None else max_bytes + 1
+        os.lseek(fd, offset, os.SEEK_SET)
+        limit = max(st.st_size - offset, 0) + 1 if max_bytes is None else max_bytes + 1
         chunks, size = [], 0
         while chunk := os.read(fd, max(limit - size, 1 << 16)):
             chunks.append(chunk)
@@ -68,6 +71,17 @@ def read_bytes(path: Path, max_bytes: int | None) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def open_append(path: Path) -> BinaryIO:
+    """``path`` opened for appending (created 0600 if missing), refused unless a regular file."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    try:
+        check_regular(path, os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab")
 
 
 def read_text(path: Path, max_bytes: int | None = MAX_CONFIG_BYTES) -> str:

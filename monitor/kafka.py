@@ -9,6 +9,8 @@ stores those texts (its OAUTHBEARER config parser, for one, quotes the config it
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -28,6 +30,39 @@ REDACTED = "[redacted]"
 _MIN_REDACTED_PART = 4
 
 ErrorCallback = Callable[[KafkaError], None]
+#: How long the first metadata request may take before "cannot reach Kafka" (the broker answers
+#: in milliseconds when it is up).
+CONNECT_TIMEOUT_S = 5.0
+
+
+class _RateLimited(logging.Filter):
+    """librdkafka retries a lost connection every few hundred milliseconds and logs each attempt:
+    a line is let through once per ``interval_s`` per kind of message (its text without the
+    numbers), with the count of the lines held back since."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}  # kind -> (last let through, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = re.sub(r"\d+", "#", str(record.msg))[:200]
+        now = time.monotonic()
+        last, held = self._last.get(kind, (float("-inf"), 0))
+        if now - last < self.interval_s:
+            self._last[kind] = (last, held + 1)
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[kind] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it in the last {now - last:.0f}s)"
+        return True
+
+
+#: librdkafka's own log lines, as Python log records (rate-limited), not raw lines on stderr.
+LIBRDKAFKA_LOG = logging.getLogger("monitor.librdkafka")
+LIBRDKAFKA_LOG.addFilter(_RateLimited())
 
 
 class KafkaUnavailable(RuntimeError):
@@ -39,6 +74,7 @@ def client_config(s: KafkaSettings) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": s.bootstrap_servers,
         "security.protocol": s.security_protocol,
+        "logger": LIBRDKAFKA_LOG,
     }
     if s.sasl_mechanism:
         conf["sasl.mechanism"] = s.sasl_mechanism
@@ -53,6 +89,8 @@ def client_config(s: KafkaSettings) -> dict[str, Any]:
     insecure = s.insecure_tls_keys()
     if insecure:
         log.warning("broker certificate checks are off (%s, kafka.allow_insecure_tls)", ", ".join(insecure))
+    for key in s.override_keys():
+        log.warning("kafka.extra overrides %s (kafka.allow_insecure_tls)", key)
     return conf
 
 
@@ -137,13 +175,18 @@ def consumer_config(s: KafkaSettings, **overrides: Any) -> dict[str, Any]:
 
 
 def ensure_topics(s: KafkaSettings, names: Iterable[str], timeout: float = 15.0) -> None:
-    """Create the topics that do not exist yet (idempotent)."""
+    """Create the topics that do not exist yet (idempotent). Raises :class:`KafkaUnavailable`
+    if the brokers do not answer within :data:`CONNECT_TIMEOUT_S`."""
     admin = AdminClient(client_config(s))
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        existing = set(admin.list_topics(timeout=CONNECT_TIMEOUT_S).topics)
     except KafkaException as exc:
-        reason = redact(str(exc), secret_values(s))
-        raise KafkaUnavailable(f"cannot reach Kafka at {s.bootstrap_servers}: {reason}") from None
+        err = exc.args[0]
+        reason = redact(err.str() if isinstance(err, KafkaError) else str(exc), secret_values(s))
+        raise KafkaUnavailable(
+            f"cannot reach Kafka at {s.bootstrap_servers} within {CONNECT_TIMEOUT_S:g}s ({reason}); "
+            "check kafka.bootstrap_servers (TELEMON_KAFKA__BOOTSTRAP_SERVERS or --bootstrap)"
+        ) from None
     wanted = [NewTopic(n, num_partitions=s.partitions, replication_factor=1) for n in names]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:

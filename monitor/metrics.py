@@ -205,6 +205,11 @@ class Metrics:
         self.snapshot_errors = Counter(
             "telemon_snapshot_errors", "Snapshots that could not be loaded (state rebuilt).", registry=r
         )
+        self.stale_snapshots = Counter(
+            "telemon_snapshots_stale",
+            "Signed snapshots older than the last one written (restored; their partition re-read).",
+            registry=r,
+        )
         self.restored = Counter(
             "telemon_devices_restored", "Device states restored from snapshots on assignment.", registry=r
         )
@@ -323,6 +328,9 @@ class Metrics:
 
     def record_snapshot_error(self) -> None:
         self.snapshot_errors.inc()
+
+    def record_stale_snapshot(self) -> None:
+        self.stale_snapshots.inc()
 
     def record_restored(self, devices: int) -> None:
         self.restored.inc(devices)

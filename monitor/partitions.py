@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
-from monitor import snapshot
+from monitor.alerts import rfc3339
 from monitor.metrics import Metrics
 from monitor.pipeline import PartitionState, Pipeline
 from monitor.settings import Settings
@@ -38,12 +38,14 @@ class Partitions:
         self.pipeline = pipeline
         self.metrics = metrics
         root = settings.state.snapshot_dir or settings.state_dir / "snapshots"
-        self.store = SnapshotStore(root / settings.kafka.group_id, key)  # state belongs to a group
+        group = settings.kafka.group_id
+        self.store = SnapshotStore(root / group, key, group)  # state belongs to a group
         self.writer = SnapshotWriter(self.store)
         self.positions: dict[Key, int | None] = {}  # owned partition -> next offset (None: none yet)
         self.restored_at: dict[Key, int] = {}  # snapshot offsets, until the first message
         self.replay_until: dict[Key, int] = {}  # committed offsets ahead of snapshots
         self.dirty: dict[Key, float] = {}  # partition -> first change since its snapshot
+        self.unsettled: set[Key] = set()  # restored partitions whose versions are not yet checked
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -68,6 +70,7 @@ class Partitions:
                 self._start_fresh(tp, c.offset)
                 continue
             self.pipeline.import_partition(snap.state)
+            self.unsettled.add(key)
             on_restore(snap.state)
             tp.offset = snap.next_offset
             if snap.next_offset >= 0:
@@ -92,6 +95,20 @@ class Partitions:
             why = None if snap is None else self.pipeline.store.mismatch(snap.state.devices)
             if why is not None:
                 raise SnapshotError(f"taken with other settings: {why}")
+            if snap is not None and snap.older_than is not None:
+                newer = snap.older_than
+                log.error(
+                    "the snapshot of %s/%d is older than the last one written (offset %d, %s; the last: "
+                    "offset %d, %s): restored, and its partition re-read from offset %d",
+                    topic,
+                    partition,
+                    snap.next_offset,
+                    rfc3339(snap.created_ms),
+                    newer.next_offset,
+                    rfc3339(newer.created_ms),
+                    snap.next_offset,
+                )
+                self.metrics.record_stale_snapshot()
             return snap
         except (SnapshotError, OSError) as exc:
             log.error("ignoring the snapshot of %s/%d (%s): its state is rebuilt", topic, partition, exc)
@@ -107,7 +124,15 @@ class Partitions:
             self.restored_at.pop(key, None)
             self.replay_until.pop(key, None)
             self.dirty.pop(key, None)
+            self.unsettled.discard(key)
             self.pipeline.drop_partition(key[1])
+
+    def settled(self) -> list[Key]:
+        """Restored partitions now re-read up to their committed offset (each returned once): the
+        state has seen everything the registry's audit trail may say of their devices."""
+        done = sorted(k for k in self.unsettled if k not in self.replay_until)
+        self.unsettled.difference_update(done)
+        return done
 
     def check_restart(self, m: Message) -> None:
         """A partition whose first message is below its snapshot's offset was recreated (its log
@@ -164,7 +189,7 @@ class Partitions:
             if position is None:
                 continue  # nothing applied since the assignment: the snapshot on disk is current
             snap = PartitionSnapshot(topic, p, position, self.pipeline.export_partition(p))
-            data = snapshot.encode(snap, self.store.key)
+            data = self.store.encode(snap)
             self.writer.submit(topic, p, data)
             self.metrics.record_snapshot(len(data))
         if wait:

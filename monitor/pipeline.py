@@ -404,6 +404,17 @@ class Pipeline:
         slot = self.store.slots.get(device_id)
         return None if slot is None else self.store.version(slot, SENSOR_INDEX[sensor])
 
+    def serving_pairs(self, partition: int) -> list[tuple[str, str, int, int]]:
+        """``(device, sensor, version, ts of its last reading)`` of every pair with a model among
+        the devices of ``partition``."""
+        st = self.store
+        return [
+            (st.device_ids[slot], SENSOR_NAMES[s], st.version(slot, s), int(st.last_ts[slot, s]))
+            for slot in st.in_partition(partition)
+            for s in range(N_SENSORS)
+            if st.models[slot][s] is not None
+        ]
+
     def install(self, device_id: str, sensor: str, m: model.AdaptiveGaussian, version: int) -> bool:
         """Serve ``m`` as ``version`` of a pair this process owns (a rollback, a manual
         promotion); False if the device has no state here."""

@@ -6,7 +6,6 @@ configuration it came from, and what triggered it. :class:`ModelRegistry` stores
 its model and an HMAC-SHA256 signature, and appends every lifecycle event to an audit log, under
 one directory (``registry.dir``, default ``<state_dir>/registry``)::
 
-    signing.key                      the generated key, only when none is configured (0600)
     audit.jsonl                      append-only: one AuditEvent per line
     models/<device>/<sensor>/v<N>/
         manifest.json                a Manifest: the ModelVersion, the artifact's SHA-256 and class
@@ -44,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import msgspec
 
 import monitor
-from monitor import safepickle, signing
+from monitor import files, safepickle, signing
 from monitor.schema import DEVICE_ID_PATTERN, SENSOR_NAMES
 from monitor.settings import Settings
 
@@ -210,9 +209,14 @@ def registry_dir(settings: Settings) -> Path:
 
 
 def signing_key(settings: Settings, *, create: bool = True) -> bytes:
-    """The configured signing key (see :mod:`monitor.signing`); its embedded default lives in
-    the registry directory. Raises :class:`signing.SigningKeyError`."""
-    return signing.load_key(settings.registry, registry_dir(settings) / KEY_FILE, create=create)
+    """The configured signing key (see :mod:`monitor.signing`); the generated one lives in the
+    state folder (``<state_dir>/signing.key``; earlier versions kept it in the registry
+    directory, where it is still found). Raises :class:`signing.SigningKeyError`."""
+    generated = settings.state_dir / KEY_FILE
+    earlier = registry_dir(settings) / KEY_FILE
+    if not generated.exists() and earlier.is_file():
+        generated = earlier
+    return signing.load_key(settings.registry, generated, create=create)
 
 
 def open_registry(settings: Settings, *, create_key: bool = True) -> ModelRegistry:
@@ -341,10 +345,10 @@ class ModelRegistry:
 
     def _check_signature(self, ref: VersionRef, manifest: bytes, path: Path) -> None:
         try:
-            sig = msgspec.json.decode(path.read_bytes(), type=Signature)
+            sig = msgspec.json.decode(files.read_bytes(path, files.MAX_KEY_BYTES), type=Signature)
         except FileNotFoundError:
             raise ArtifactError(f"{ref} is unsigned (no {SIGNATURE} file): refusing to load it") from None
-        except msgspec.MsgspecError as exc:
+        except (msgspec.MsgspecError, OSError) as exc:
             raise ArtifactError(f"{ref}: unreadable {SIGNATURE} file: {exc}") from exc
         mine = signing.key_id(self.key)
         if sig.algorithm != "hmac-sha256":
@@ -367,7 +371,7 @@ class ModelRegistry:
             encode_event(e if e.wall_ts else msgspec.structs.replace(e, wall_ts=now)) + b"\n" for e in events
         )
         self.root.mkdir(parents=True, exist_ok=True)
-        with self.audit_path.open("ab") as f:
+        with files.open_append(self.audit_path) as f:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
@@ -376,9 +380,7 @@ class ModelRegistry:
         """Complete events after byte position ``since`` of the audit log, and the position to
         pass next time: a running service tails what the command line appends cheaply."""
         try:
-            with self.audit_path.open("rb") as f:
-                f.seek(since)
-                data = f.read()
+            data = files.read_bytes(self.audit_path, None, since)
         except FileNotFoundError:
             return [], since
         end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
@@ -461,7 +463,7 @@ class ModelRegistry:
     def _exclusive(self) -> Iterator[None]:
         """Serialise promotions and rollbacks across processes (read serving, verify, append)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("a") as f:
+        with files.open_append(self.root / ".lock") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -520,11 +522,17 @@ def _manifest_bytes(version: ModelVersion, model: AdaptiveGaussian, artifact: by
     return msgspec.json.format(_ENCODER.encode(manifest), indent=2) + b"\n"
 
 
+#: The largest manifest or model artifact loaded (a model pickles to a few kilobytes).
+MAX_ENTRY_BYTES = 64 << 20
+
+
 def _read(path: Path, ref: VersionRef) -> bytes:
     try:
-        return path.read_bytes()
+        return files.read_bytes(path, MAX_ENTRY_BYTES)
     except FileNotFoundError:
         raise ArtifactError(f"{ref}: {path.name} is missing") from None
+    except OSError as exc:
+        raise ArtifactError(f"{ref}: {exc}") from None
 
 
 def _write_dir(final: Path, files: dict[str, bytes]) -> bool:

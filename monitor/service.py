@@ -205,6 +205,7 @@ class Service:
                 log.warning("consumer error: %s", err)
         if self.partitions.replay_until:
             good = self.partitions.replay(good)
+            self._settle()
         result = self.pipeline.process(good)
         self.totals.add(result, len(good))
         self._produce(result)
@@ -249,14 +250,44 @@ class Service:
             if event is None:
                 event = self.registry.rollback(device_id, sensor, reason=reason, actor=f"rule:{rule}")
                 self._publish_event(event)
-            model = self.registry.load(device_id, sensor, event.version)
         except registry.RegistryError as exc:
             log.error("%s/%s keeps its current model: %s", device_id, sensor, exc)
             return
-        if self.pipeline.install(device_id, sensor, model, event.version):
-            log.info(
-                "%s/%s now serves v%d (%s by %s)", device_id, sensor, event.version, event.kind, event.actor
-            )
+        self._serve(device_id, sensor, event.version, f"{event.kind} by {event.actor}")
+
+    def _serve(self, device_id: str, sensor: str, version: int, why: str) -> None:
+        """Serve a registered version of a pair, verified first (refused: the current one stays)."""
+        try:
+            model = self.registry.load(device_id, sensor, version)
+        except registry.RegistryError as exc:
+            log.error("%s/%s keeps its current model: %s", device_id, sensor, exc)
+            return
+        if self.pipeline.install(device_id, sensor, model, version):
+            log.info("%s/%s now serves v%d (%s)", device_id, sensor, version, why)
+
+    def _settle(self) -> None:
+        """Restored partitions, once re-read up to their committed offset, serve the versions the
+        registry's audit trail says serve. A snapshot older than the trail (a backup copied back,
+        or taken before a ``telemon registry promote``) would otherwise serve stale models. A
+        rule's decision later in the stream than the pair's last reading is left to the stream,
+        which makes it again."""
+        for _topic, p in self.partitions.settled():
+            for device, sensor, version, last_ts in self.pipeline.serving_pairs(p):
+                event = self.registry.serving_event(device, sensor)
+                if event is None or (event.actor.startswith("rule:") and event.event_ts > last_ts):
+                    continue
+                target = event.previous if event.kind == "rejected" else event.version
+                if target != version:
+                    log.warning(
+                        "%s/%s: the restored state served v%d, the audit trail says v%d (%s by %s)",
+                        device,
+                        sensor,
+                        version,
+                        target,
+                        event.kind,
+                        event.actor,
+                    )
+                    self._serve(device, sensor, target, "as the audit trail says")
 
     def _follow_registry(self) -> None:
         """Apply promotions and rollbacks made with the ``telemon registry`` command (the
@@ -301,7 +332,7 @@ class Service:
                     "evicted %d idle device(s) of partition %d: silent since before %s (Kafka time)",
                     w.devices,
                     w.partition,
-                    _iso(since),
+                    alerts.rfc3339(since),
                 )
             else:
                 log.warning(
@@ -346,6 +377,7 @@ class Service:
         """Restore the partitions' state and start each where its state stopped
         (:meth:`Partitions.assign`)."""
         restored = self.partitions.assign(consumer, partitions, self._adopt)
+        self._settle()
         consumer.assign(partitions)
         self.health.assigned(len(self.partitions))
         self.metrics.record_restored(restored)
@@ -531,7 +563,3 @@ class Service:
             if code not in _REBALANCE_ERRORS:
                 raise
             log.warning("commit refused after a rebalance (%s); the batch will be re-delivered", exc)
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))

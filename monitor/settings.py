@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from monitor import packaged, yamlfile
+from monitor import files, packaged, yamlfile
 
 log = logging.getLogger(__name__)
 
@@ -469,10 +469,12 @@ class MetricsSettings(_Section):
 
     @staticmethod
     def _check_readable(name: str, path: Path) -> None:
-        """Opens the file and reads nothing: the message names the path, never the content."""
+        """Reads the file (a regular one: a FIFO would block) without showing it: the message names
+        the path, never the content."""
         try:
-            with path.open("rb"):
-                pass
+            files.read_bytes(path, files.MAX_CONFIG_BYTES)
+        except files.UnsafeFileError as exc:
+            raise ValueError(f"metrics.{name}: cannot read {exc}") from None
         except OSError as exc:
             raise ValueError(f"metrics.{name}: cannot read {path}: {exc.strerror or exc}") from None
 
@@ -486,7 +488,9 @@ class RegistrySettings(_Section):
     )
     signing_key_file: Path | None = Field(None, description="file holding the key (instead of signing_key)")
     generate_key: bool = Field(
-        True, description="no key configured: generate one into <dir>/signing.key (false: refuse)"
+        True,
+        description="no key configured: generate one into <state_dir>/signing.key, reused by every start "
+        "(false, for production: refuse to start)",
     )
 
     @model_validator(mode="after")

@@ -6,11 +6,12 @@ Where the key comes from (``registry`` settings section), first match wins:
    bytes;
 2. ``registry.signing_key_file``: the file's bytes, without trailing whitespace (so
    ``openssl rand -hex 32 > key`` works);
-3. the embedded default, for demos and development: ``<registry dir>/signing.key``, generated once
-   (64 random hex characters, mode 0600) and reused, with a warning, since a key stored next to the
-   files it protects only detects accidents and careless edits, not an attacker who can write there.
-   ``registry.generate_key: false`` turns this off: without a configured key the monitor then
-   refuses to start.
+3. the embedded default, for demos and development: ``<state_dir>/signing.key``, generated once
+   (64 random hex characters, mode 0600) and reused by every later start, so that a plain restart
+   restores the snapshots it signed; with a warning, since a key stored next to the files it
+   protects only detects accidents and careless edits, not an attacker who can write there.
+   ``registry.generate_key: false`` (production) turns this off: without a configured key the
+   monitor then refuses to start.
 
 A key shorter than :data:`MIN_KEY_BYTES` is refused, and so is an unreadable key file: both are
 configuration errors (:class:`SigningKeyError`, a ``ValueError``).
@@ -26,6 +27,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from monitor import files
 from monitor.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -69,10 +71,10 @@ def check_key(key: bytes, source: str) -> bytes:
 
 def _read_key_file(path: Path) -> bytes:
     try:
-        key = path.read_bytes().rstrip()
+        key = files.read_bytes(path, files.MAX_KEY_BYTES).rstrip()
         mode = path.stat().st_mode
     except OSError as exc:
-        raise SigningKeyError(f"cannot read the signing key file {path}: {exc.strerror}") from exc
+        raise SigningKeyError(f"cannot read the signing key file {path}: {exc.strerror or exc}") from exc
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("signing key file %s is accessible to other users (mode %o)", path, mode & 0o777)
     return check_key(key, str(path))

@@ -13,10 +13,17 @@ file, fsynced, renamed)::
     b"TLMSNAP1"  header length (8 bytes, big-endian)  header (JSON)  HMAC (32 bytes)
     arrays (.npz, no pickles)  objects (pickle: models and ADWINs)
 
-The header records the topic, partition, next offset, device ids, model versions, rule episodes
-and the byte lengths of the two parts; the HMAC-SHA256 covers the header and both parts. Loading
-verifies the HMAC first and unpickles the objects with :mod:`monitor.safepickle` (model and
-ADWIN classes only).
+The header records the consumer group, topic, partition, next offset, creation time, device ids,
+model versions, rule episodes and the byte lengths of the two parts; the HMAC-SHA256 covers the
+header and both parts. Loading checks that the file is a regular one, verifies the HMAC, then that
+the snapshot is the one of the group, topic and partition it is loaded for (a snapshot copied over
+another partition's is refused), and unpickles the objects with :mod:`monitor.safepickle` (model
+and ADWIN classes only).
+
+Next to each snapshot, ``<partition>.head`` (signed JSON) records the last snapshot written: its
+next offset, creation time and SHA-256. A signed snapshot older than that one (a backup copied
+back, or a replayed file) loads (its partition is re-read from its offset), but is reported:
+:attr:`PartitionSnapshot.older_than` names the newer one.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor import safepickle
+from monitor import files, safepickle, signing
 from monitor.pipeline import PartitionState
 from monitor.state import N_SENSORS, DeviceStates
 
@@ -59,6 +66,17 @@ class PartitionSnapshot:
     next_offset: int  # the first message the state has not seen
     state: PartitionState
     created_ms: int = 0
+    group: str = ""  # the consumer group whose state it is
+    older_than: Head | None = None  # set by SnapshotStore.load: the newer snapshot last written
+
+
+@dataclass(frozen=True)
+class Head:
+    """What ``<partition>.head`` records of the last snapshot written."""
+
+    next_offset: int
+    created_ms: int
+    sha256: str
 
 
 def encode(snap: PartitionSnapshot, key: bytes) -> bytes:
@@ -69,6 +87,8 @@ def encode(snap: PartitionSnapshot, key: bytes) -> bytes:
     body = arrays.getvalue() + objects
     header = {
         "format": FORMAT,
+        "group": snap.group,
+        "key_id": signing.key_id(key),
         "topic": snap.topic,
         "partition": snap.partition,
         "next_offset": snap.next_offset,
@@ -93,7 +113,7 @@ def decode(data: bytes, key: bytes) -> PartitionSnapshot:
     (n,) = struct.unpack(">Q", data[len(MAGIC) : start])
     raw, mac, body = data[start : start + n], data[start + n : start + n + 32], data[start + n + 32 :]
     if not hmac.compare_digest(hmac.new(key, raw + body, hashlib.sha256).digest(), mac):
-        raise SnapshotError("snapshot signature mismatch (tampered, truncated, or another signing key)")
+        raise SnapshotError(f"snapshot signature mismatch ({_why_unverified(raw, key)})")
     header = json.loads(raw)
     if header.get("format") != FORMAT:
         raise SnapshotError(f"unsupported snapshot format {header.get('format')!r}")
@@ -108,45 +128,113 @@ def decode(data: bytes, key: bytes) -> PartitionSnapshot:
     devices = DeviceStates(list(header["device_ids"]), arrays, models, adwins, versions)
     state = PartitionState(devices, list(header["rules"]), list(header["governance"]))
     topic, partition, offset = header["topic"], int(header["partition"]), int(header["next_offset"])
-    return PartitionSnapshot(topic, partition, offset, state, int(header["created_ms"]))
+    created, group = int(header["created_ms"]), str(header.get("group", ""))
+    return PartitionSnapshot(topic, partition, offset, state, created, group)
+
+
+def _why_unverified(raw: bytes, key: bytes) -> str:
+    """Another key's signature, when the header says so (it is not trusted for anything else)."""
+    try:
+        theirs = json.loads(raw).get("key_id")
+    except (ValueError, AttributeError):
+        theirs = None
+    mine = signing.key_id(key)
+    if isinstance(theirs, str) and theirs != mine:
+        return f"signed with another key: key id {theirs[:16]}, the configured key's is {mine}"
+    return "tampered or truncated"
+
+
+def _header(data: bytes) -> dict[str, Any]:
+    """The header of snapshot bytes this process just encoded (not verified)."""
+    (n,) = struct.unpack(">Q", data[len(MAGIC) : len(MAGIC) + 8])
+    header: dict[str, Any] = json.loads(data[len(MAGIC) + 8 : len(MAGIC) + 8 + n])
+    return header
 
 
 class SnapshotStore:
     """Snapshot files under one directory (shared by the replicas of a group so that a partition's
-    state follows it to its next owner)."""
+    state follows it to its next owner). ``group`` is the consumer group the snapshots belong to."""
 
-    def __init__(self, root: Path, key: bytes) -> None:
+    def __init__(self, root: Path, key: bytes, group: str = "") -> None:
         self.root = root
         self.key = key
+        self.group = group
 
     def path(self, topic: str, partition: int) -> Path:
         return self.root / topic / f"{partition}.snap"
 
+    def encode(self, snap: PartitionSnapshot) -> bytes:
+        """``snap``'s bytes, as this store's group's."""
+        snap.group = self.group
+        return encode(snap, self.key)
+
     def save(self, snap: PartitionSnapshot) -> None:
-        self.write(snap.topic, snap.partition, encode(snap, self.key))
+        self.write(snap.topic, snap.partition, self.encode(snap))
 
     def write(self, topic: str, partition: int, data: bytes) -> None:
-        """Replace the partition's snapshot atomically (temporary file, fsync, rename)."""
+        """Replace the partition's snapshot atomically (temporary file, fsync, rename), then its
+        head."""
         path = self.path(topic, partition)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        _replace(path, data)
+        header = _header(data)
+        head = {
+            "next_offset": header["next_offset"],
+            "created_ms": header["created_ms"],
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        raw = json.dumps(head, sort_keys=True).encode()
+        _replace(path.with_suffix(".head"), raw + b"\n" + signing.sign(self.key, raw).encode() + b"\n")
 
     def load(self, topic: str, partition: int) -> PartitionSnapshot | None:
-        """The partition's snapshot, or None if there is none. Raises :class:`SnapshotError`."""
+        """The partition's snapshot, or None if there is none. Raises :class:`SnapshotError`
+        (or ``OSError``) for one that is not a verified snapshot of this group, topic and
+        partition."""
+        path = self.path(topic, partition)
         try:
-            data = self.path(topic, partition).read_bytes()
+            data = files.read_bytes(path, None)
         except FileNotFoundError:
             return None
-        return decode(data, self.key)
+        snap = decode(data, self.key)
+        # A snapshot written before groups were recorded has none: its topic and partition must fit.
+        if (snap.topic, snap.partition) != (topic, partition) or snap.group not in ("", self.group):
+            raise SnapshotError(
+                f"it is the snapshot of group {snap.group!r}, topic {snap.topic!r}, partition "
+                f"{snap.partition}, not of {self.group!r}, {topic!r}, {partition} (copied over it?)"
+            )
+        head = self._head(path)
+        newer = head is not None and head.sha256 != hashlib.sha256(data).hexdigest()
+        if newer and head and (snap.next_offset, snap.created_ms) < (head.next_offset, head.created_ms):
+            snap.older_than = head
+        return snap
+
+    def _head(self, path: Path) -> Head | None:
+        """The signed record of the last snapshot written at ``path`` (None: none, or unusable)."""
+        try:
+            raw, mac = files.read_bytes(path.with_suffix(".head"), 4096).rstrip(b"\n").split(b"\n")
+            if not signing.verify(self.key, raw, mac.decode("ascii", "replace")):
+                log.warning("%s: the head record does not verify: ignored", path.with_suffix(".head"))
+                return None
+            h = json.loads(raw)
+            return Head(int(h["next_offset"]), int(h["created_ms"]), str(h["sha256"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: unreadable head record (%s): ignored", path.with_suffix(".head"), exc)
+            return None
 
     def __iter__(self) -> Iterator[PartitionSnapshot]:
         for path in sorted(self.root.glob("*/*.snap")):
-            yield decode(path.read_bytes(), self.key)
+            yield decode(files.read_bytes(path, None), self.key)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 class SnapshotWriter:

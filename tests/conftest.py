@@ -55,6 +55,14 @@ def telemon_process(kafka: KafkaSettings, *args: str, **env: str) -> subprocess.
     return subprocess.Popen(cmd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def tool(name: str) -> str:
+    """The path of a command the tests need; a missing one fails the test, never skips it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found on PATH: `make test` installs it (scripts/test-services)")
+    return path
+
+
 def read_topic(kafka: KafkaSettings, topic: str, idle_s: float = 3.0) -> list[Message]:
     """Every message of ``topic`` (no consumer group: assigned partitions from the beginning)."""
     c = Consumer(
@@ -138,12 +146,7 @@ def start_alertmanager(
     workdir: Path, timeout_s: float = 20.0, config_text: str = ALERTMANAGER_CONFIG
 ) -> AlertmanagerProcess:
     """Start Alertmanager in ``workdir`` and wait for ``/-/ready``; fail (never skip) without it."""
-    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if binary is None:
-        pytest.fail(
-            "Alertmanager not found on PATH: apt-get install prometheus-alertmanager "
-            "(CI installs it with .ci/setup.d/observability.sh)"
-        )
+    binary = tool("prometheus-alertmanager")
     config = workdir / "alertmanager.yml"
     config.write_text(config_text, encoding="utf-8")
     port, log = free_port(), workdir / "alertmanager.log"

@@ -1,7 +1,7 @@
 """The sources against real brokers: IIO sampling and replay into Kafka, the MQTT bridge via Mosquitto.
 
-Mosquitto: ``127.0.0.1:1883``, or ``TEST_MQTT_BROKER=host:port`` (set by ``.ci/setup.d/mosquitto.sh``
-when it had to start one elsewhere). Every test uses its own MQTT topics and client ids and drops the
+Mosquitto: ``127.0.0.1:1883``, or ``TEST_MQTT_BROKER=host:port`` (set by
+``scripts/test-services.d/mosquitto.sh`` when it had to start one elsewhere). Every test uses its own MQTT topics and client ids and drops the
 persistent sessions it created.
 """
 
@@ -198,7 +198,10 @@ def mqtt_broker() -> tuple[str, int]:
     try:
         socket.create_connection((host, int(port)), timeout=2).close()
     except OSError as exc:
-        pytest.fail(f"no MQTT broker at {host}:{port} ({exc}): run .ci/setup.d/mosquitto.sh")
+        pytest.fail(
+            f"no MQTT broker at {host}:{port} ({exc}): run the tests with scripts/test-services "
+            "(make test does)"
+        )
     return host, int(port)
 
 

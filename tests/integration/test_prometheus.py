@@ -9,7 +9,6 @@ are loaded unchanged.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -31,19 +30,12 @@ from monitor.service import Service
 from monitor.settings import Settings, load_settings
 from producers.scenario import load_scenario
 from producers.simulate import SimulationReport, simulate
-from tests.conftest import unique_kafka_settings
+from tests.conftest import tool, unique_kafka_settings
 
-PROMETHEUS = shutil.which("prometheus")
-PROMTOOL = shutil.which("promtool")
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "configs" / "prometheus"
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        PROMETHEUS is None, reason="prometheus not installed (CI: .ci/setup.d/observability.sh)"
-    ),
-]
+pytestmark = pytest.mark.integration
 
 SCENARIO = {
     "seed": 5,
@@ -155,7 +147,6 @@ def prometheus_config(target: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def prometheus(monitor: Monitor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    assert PROMETHEUS is not None
     tmp = tmp_path_factory.mktemp("prometheus")
     config = tmp / "prometheus.yml"
     config.write_text(yaml.safe_dump(prometheus_config(f"127.0.0.1:{monitor.settings.metrics.port}")))
@@ -164,7 +155,7 @@ def prometheus(monitor: Monitor, tmp_path_factory: pytest.TempPathFactory) -> It
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
-                PROMETHEUS,
+                tool("prometheus"),
                 f"--config.file={config}",
                 f"--storage.tsdb.path={tmp / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
@@ -248,9 +239,7 @@ def test_live_metrics_pass_promtool_and_carry_no_device_id(
     status, text = http_get(f"{monitor.url}/metrics")
     assert status == 200
     assert "dev-" not in text
-    if PROMTOOL is None:
-        pytest.skip("promtool not installed")
-    check = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True)
+    check = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
     assert (check.returncode, check.stdout + check.stderr) == (0, "")
 
 

@@ -3,7 +3,8 @@ Alertmanager, Grafana provisioning, the metrics catalog in the README, Dockerfil
 
 Every PromQL expression (Prometheus rules, dashboard panels, Grafana alert rules) must parse
 (``promtool``) and may only name metrics and labels a fresh :class:`Metrics` really exports.
-Tools that are absent locally skip their checks; CI installs them (.ci/setup.d/observability.sh).
+The tools (promtool, amtool, docker-compose) are installed by `make test` (scripts/test-services); a
+missing one fails its test.
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ from __future__ import annotations
 import functools
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -27,20 +26,16 @@ from monitor.pipeline import BatchResult
 from monitor.rules import load_rules
 from monitor.schema import SENSOR_INDEX
 from monitor.state import N_CHECKS, N_SENSORS
+from tests.conftest import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 PROMETHEUS = CONFIGS / "prometheus"
 GRAFANA = CONFIGS / "grafana"
-PROMTOOL = shutil.which("promtool")
-AMTOOL = shutil.which("amtool")
-DOCKER_COMPOSE = shutil.which("docker-compose")
 SEVERITIES = {"info", "warning", "critical"}
 #: Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
 PROMETHEUS_DS = "telemon-prometheus"
-
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (CI installs it)")
 
 
 def run(*cmd: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -130,11 +125,10 @@ def assert_uses_exported(expr: str) -> None:
 
 def assert_promql_parses(exprs: list[str], tmp_path: Path) -> None:
     """promtool parses expressions inside rule files: wrap each one as a recording rule."""
-    assert PROMTOOL is not None
     rules = [{"record": f"check_expr_{i}", "expr": grafana_to_promql(e)} for i, e in enumerate(exprs)]
     path = tmp_path / "exprs.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "exprs", "rules": rules}]}))
-    check = run(PROMTOOL, "check", "rules", str(path))
+    check = run(tool("promtool"), "check", "rules", str(path))
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -199,10 +193,8 @@ def test_readme_catalog_labels_match() -> None:
             assert sample_labels == labels, name
 
 
-@needs_promtool
 def test_exposition_passes_promtool_check_metrics() -> None:
-    assert PROMTOOL is not None
-    check = run(PROMTOOL, "check", "metrics", stdin=generate_latest(recorded_registry()).decode())
+    check = run(tool("promtool"), "check", "metrics", stdin=generate_latest(recorded_registry()).decode())
     assert (check.returncode, check.stdout + check.stderr) == (0, "")
 
 
@@ -218,27 +210,21 @@ def prometheus_rules() -> list[dict[str, Any]]:
     ]
 
 
-@needs_promtool
 def test_promtool_check_config() -> None:
-    assert PROMTOOL is not None
-    check = run(PROMTOOL, "check", "config", str(PROMETHEUS / "prometheus.yml"))
+    check = run(tool("promtool"), "check", "config", str(PROMETHEUS / "prometheus.yml"))
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS" in check.stdout
 
 
-@needs_promtool
 def test_promtool_check_rules() -> None:
-    assert PROMTOOL is not None
-    check = run(PROMTOOL, "check", "rules", *map(str, sorted((PROMETHEUS / "rules").glob("*.yml"))))
+    check = run(tool("promtool"), "check", "rules", *map(str, sorted((PROMETHEUS / "rules").glob("*.yml"))))
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-@needs_promtool
 def test_promtool_test_rules() -> None:
-    assert PROMTOOL is not None
     tests = sorted((PROMETHEUS / "tests").glob("*.yml"))
     assert tests
-    check = run(PROMTOOL, "test", "rules", *map(str, tests))
+    check = run(tool("promtool"), "test", "rules", *map(str, tests))
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -285,10 +271,8 @@ def test_rules_use_exported_metrics_and_known_severities() -> None:
 # ------------------------------------------------------------------------ Alertmanager
 
 
-@pytest.mark.skipif(AMTOOL is None, reason="amtool not installed (CI installs it)")
 def test_amtool_check_config() -> None:
-    assert AMTOOL is not None
-    check = run(AMTOOL, "check-config", str(CONFIGS / "alertmanager" / "alertmanager.yml"))
+    check = run(tool("amtool"), "check-config", str(CONFIGS / "alertmanager" / "alertmanager.yml"))
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -380,8 +364,6 @@ def test_dashboard_queries_use_exported_metrics_and_parse(tmp_path: Path) -> Non
     metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["query"]["query"]).groups()  # type: ignore[union-attr]
     assert metric in exported()[0]
     assert label in exported()[1]
-    if PROMTOOL is None:
-        pytest.skip("promtool not installed: metric names checked, PromQL not parsed")
     assert_promql_parses(exprs, tmp_path)
 
 
@@ -412,8 +394,6 @@ def test_grafana_alert_queries_use_exported_metrics_and_parse(tmp_path: Path) ->
     assert exprs
     for expr in exprs:
         assert_uses_exported(expr)
-    if PROMTOOL is None:
-        pytest.skip("promtool not installed: metric names checked, PromQL not parsed")
     assert_promql_parses(exprs, tmp_path)
 
 
@@ -425,10 +405,8 @@ def compose() -> dict[str, Any]:
     return data
 
 
-@pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose not installed (CI installs it)")
 def test_docker_compose_config_validates() -> None:
-    assert DOCKER_COMPOSE is not None
-    check = run(DOCKER_COMPOSE, "--file", "compose.yaml", "config", "--quiet")
+    check = run(tool("docker-compose"), "--file", "compose.yaml", "config", "--quiet")
     assert check.returncode == 0, check.stdout + check.stderr
 
 

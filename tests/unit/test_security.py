@@ -157,7 +157,7 @@ def test_missing_tls_file_is_named(tls_files: tuple[Path, Path], tmp_path: Path)
 
 
 def test_unreadable_tls_file_is_named(tls_files: tuple[Path, Path], tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match=r"tls_cert_file: cannot read .*: Is a directory"):
+    with pytest.raises(ValidationError, match=r"tls_cert_file: cannot read .*: not a regular file \(a dir"):
         MetricsSettings(tls_cert_file=tmp_path, tls_key_file=tls_files[1])
 
 

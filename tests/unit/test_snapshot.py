@@ -160,7 +160,50 @@ def test_store_round_trip_and_atomic_replace(tmp_path: Path) -> None:
     loaded = store.load(TOPIC, 0)
     assert loaded is not None and loaded.next_offset == snap.next_offset
     assert snapshot.fingerprints([loaded]) == snapshot.fingerprints([snap])
-    assert [p.name for p in (tmp_path / TOPIC).iterdir()] == ["0.snap"]
+    assert sorted(p.name for p in (tmp_path / TOPIC).iterdir()) == ["0.head", "0.snap"]  # no leftovers
+
+
+def test_a_snapshot_copied_over_another_partitions_is_refused(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, KEY, "g1")
+    snap = _one_snapshot()
+    store.save(snap)
+    store.path(TOPIC, 2).write_bytes(store.path(TOPIC, 0).read_bytes())
+    with pytest.raises(SnapshotError, match=r"snapshot of group 'g1', topic '.*', partition 0, not of .*, 2"):
+        store.load(TOPIC, 2)
+
+
+def test_a_snapshot_of_another_group_is_refused(tmp_path: Path) -> None:
+    SnapshotStore(tmp_path, KEY, "g1").save(_one_snapshot())
+    with pytest.raises(SnapshotError, match="group 'g1'"):
+        SnapshotStore(tmp_path, KEY, "g2").load(TOPIC, 0)
+
+
+def test_an_older_snapshot_than_the_last_written_is_reported(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, KEY, "g1")
+    snap = _one_snapshot()
+    store.save(snap)
+    older = store.path(TOPIC, 0).read_bytes()
+    snap.next_offset += 10
+    store.save(snap)
+    assert store.load(TOPIC, 0).older_than is None  # type: ignore[union-attr]
+    store.path(TOPIC, 0).write_bytes(older)  # a backup copied back
+    loaded = store.load(TOPIC, 0)
+    assert loaded is not None and loaded.older_than is not None
+    assert loaded.older_than.next_offset == loaded.next_offset + 10
+
+
+def test_a_snapshot_signed_with_another_key_says_so(tmp_path: Path) -> None:
+    SnapshotStore(tmp_path, KEY).save(_one_snapshot())
+    with pytest.raises(SnapshotError, match="signed with another key: key id"):
+        SnapshotStore(tmp_path, b"y" * 32).load(TOPIC, 0)
+
+
+def test_a_fifo_at_a_snapshot_path_is_refused_at_once(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, KEY)
+    store.path(TOPIC, 0).parent.mkdir(parents=True)
+    os.mkfifo(store.path(TOPIC, 0))
+    with pytest.raises(OSError, match="not a regular file"):
+        store.load(TOPIC, 0)
 
 
 @pytest.mark.parametrize("where", ["header", "mac", "arrays", "objects"])

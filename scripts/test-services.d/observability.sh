@@ -1,6 +1,6 @@
 # Prometheus (prometheus, promtool), Alertmanager (prometheus-alertmanager, amtool) and
 # docker-compose (v1: validates compose.yaml without an engine) for the observability tests.
-# Sourced by .ci/run, which defines apt_install. Idempotent: installs only what is missing, so it
+# Sourced by scripts/test-services, which defines apt_install. Idempotent: installs only what is missing, so it
 # costs nothing on a machine that has them. No recommends: they would pull a container engine.
 _observability_missing=()
 command -v prometheus >/dev/null || _observability_missing+=(prometheus)

@@ -1,5 +1,5 @@
 # Mosquitto (MQTT broker) for the MQTT bridge's integration tests (tests/integration/test_producers.py).
-# Sourced by .ci/run, which defines apt_install. Idempotent and quick: an MQTT broker already
+# Sourced by scripts/test-services, which defines apt_install. Idempotent and quick: an MQTT broker already
 # listening on 127.0.0.1:1883 is used as it is. Otherwise mosquitto is installed if missing and
 # started with the packaged config; if that does not give a listener on 1883 within 3 s, it is
 # started on a free port with a temporary config, and TEST_MQTT_BROKER=127.0.0.1:PORT tells the tests.
