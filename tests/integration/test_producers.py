@@ -1,8 +1,8 @@
 """The sources against real brokers: IIO sampling and replay into Kafka, the MQTT bridge via Mosquitto.
 
 Mosquitto: ``127.0.0.1:1883``, or ``TEST_MQTT_BROKER=host:port`` (set by
-``scripts/test-services.d/mosquitto.sh`` when it had to start one elsewhere). Every test uses its own MQTT topics and client ids and drops the
-persistent sessions it created.
+``scripts/test-services.d/mosquitto.sh`` when it had to start one elsewhere). Every test uses its
+own MQTT topics and client ids and drops the persistent sessions it created.
 """
 
 from __future__ import annotations
