@@ -18,12 +18,15 @@ Both probes answer with a small JSON document explaining the verdict. The servic
 state (:class:`Health`) from its loop; the HTTP threads only read it.
 
 The endpoint serves HTTPS when given an :class:`ssl.SSLContext` (:func:`server_tls_context`). The
-TLS handshake runs in the connection's own thread, and a silent connection times out, so a slow
-or broken client cannot hold up the probes.
+TLS handshake runs in the connection's own thread. Connections are bounded: at most
+:data:`MAX_CONNECTIONS` at a time (more are closed at once, unread), and each is cut
+:data:`REQUEST_DEADLINE_S` after it was accepted, however slowly its client trickles bytes, so
+neither a slow or broken client nor a flood of idle connections can hold threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -43,7 +46,11 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 log = logging.getLogger(__name__)
 
 #: Seconds a connection may stay silent (handshake, request) before it is dropped.
-CONNECTION_TIMEOUT_S = 10.0
+CONNECTION_TIMEOUT_S = 5.0
+#: Seconds a connection may last in all (a scrape or a probe takes milliseconds).
+REQUEST_DEADLINE_S = 10.0
+#: Connections served at once; more are closed unread.
+MAX_CONNECTIONS = 64
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -171,6 +178,29 @@ def _no_passphrase() -> str:
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    block_on_close = False
+    refused = 0  # connections closed unread: MAX_CONNECTIONS were open
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that goes away, stalls or fails the TLS handshake is routine: one debug line."""
@@ -189,9 +219,21 @@ class _QuietHandler(WSGIRequestHandler):
     timeout = CONNECTION_TIMEOUT_S
 
     def setup(self) -> None:
+        self._deadline = threading.Timer(REQUEST_DEADLINE_S, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
         super().setup()
         if isinstance(self.connection, ssl.SSLSocket):
             self.connection.do_handshake()  # here, in this connection's thread
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
+
+    def _cut(self) -> None:
+        """The deadline passed: end the connection, which ends a read blocked on it."""
+        with contextlib.suppress(OSError):  # already closed
+            self.request.shutdown(socket.SHUT_RDWR)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Probes and scrapes arrive every few seconds: no access log."""

@@ -5,20 +5,25 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.broker import EmbeddedBroker, free_port
+from monitor.kafka import ensure_topics
+from monitor.schema import encode_reading
 from monitor.settings import KafkaSettings
+from tests.chaos_harness import committed
 
 _counter = itertools.count()
 
@@ -95,6 +100,84 @@ def scrape(port: int) -> Samples:
 def total(samples: Samples, name: str, **labels: str) -> float:
     """The sum of ``name``'s samples whose labels include ``labels``."""
     return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+
+@dataclass
+class Readings:
+    """Writes valid temperature readings of ``dev-00`` .. ``dev-NN`` to the readings topic, device
+    ``i`` on partition ``i % partitions`` (explicitly: no partitioner involved), one a second
+    over the last hour, and keeps count of what it sent."""
+
+    kafka: KafkaSettings
+    devices: int
+    partitions: int
+    valid: int = 0  # valid readings sent
+    ends: dict[int, int] = field(default_factory=dict)  # partition -> next offset
+    now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def __post_init__(self) -> None:
+        ensure_topics(self.kafka, [self.kafka.readings_topic])
+        conf = {"bootstrap.servers": self.kafka.bootstrap_servers, "message.max.bytes": 20_000_000}
+        self.producer = Producer(conf)
+        self.seq = [0] * self.devices
+        self.rng = np.random.default_rng(3)
+
+    def send(self, value: bytes | None, key: bytes | None, partition: int, timestamp: int = 0) -> None:
+        """Any message, at its partition's next offset (``timestamp``: its Kafka timestamp)."""
+        extra = {"timestamp": timestamp} if timestamp else {}
+        self.producer.produce(self.kafka.readings_topic, value, key, partition, **extra)
+        self.ends[partition] = self.ends.get(partition, 0) + 1
+
+    def reading(self, d: int) -> bytes:
+        """Device ``d``'s next reading (not sent)."""
+        self.seq[d] += 1
+        ts = self.now_ms - 3_600_000 + self.seq[d] * 1000
+        value = {"value": round(21.0 + 0.2 * float(self.rng.standard_normal()), 3)}
+        return encode_reading(f"dev-{d:02d}", "temperature", ts, self.seq[d], value)
+
+    def valid_reading(self, d: int, partition: int | None = None, timestamp: int = 0) -> None:
+        where = d % self.partitions if partition is None else partition
+        self.send(self.reading(d), f"dev-{d:02d}".encode(), where, timestamp)
+        self.valid += 1
+
+    def round(self, readings: int) -> None:
+        """``readings`` readings of every device, interleaved."""
+        for _ in range(readings):
+            for d in range(self.devices):
+                self.valid_reading(d)
+
+    def flush(self) -> None:
+        assert self.producer.flush(30) == 0
+
+
+@dataclass
+class Finished:
+    """A `telemon run` process that consumed a stream: what it exported, said and returned."""
+
+    samples: Samples  # /metrics once every message was committed (empty if it died first)
+    alive: bool  # still running then
+    returncode: int  # after SIGTERM
+    stderr: str
+
+
+def run_monitor(
+    kafka: KafkaSettings, ends: dict[int, int], *args: str, timeout: float = 90, **env: str
+) -> Finished:
+    """``telemon run ARGS`` until the group committed ``ends`` (partition -> next offset), then
+    SIGTERM."""
+    port = free_port()
+    proc = telemon_process(kafka, "run", *args, TELEMON_METRICS__PORT=str(port), **env)
+    try:
+        deadline = time.monotonic() + timeout
+        while committed(kafka, list(ends)) != ends and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+        alive = proc.poll() is None
+        samples = scrape(port) if alive else {}
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return Finished(samples, alive, proc.returncode, stderr)
 
 
 def unique_kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:

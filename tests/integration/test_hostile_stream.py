@@ -7,21 +7,15 @@ device, and dead-letters, counts and logs each bad record.
 from __future__ import annotations
 
 import hashlib
-import signal
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import pytest
-from confluent_kafka import Message, Producer
+from confluent_kafka import Message
 
-from monitor.broker import EmbeddedBroker, free_port
-from monitor.kafka import ensure_topics
-from monitor.schema import encode_reading
+from monitor.broker import EmbeddedBroker
 from monitor.settings import KafkaSettings
 from tests.chaos_harness import committed
-from tests.conftest import Samples, read_topic, scrape, telemon_process, total, unique_kafka_settings
+from tests.conftest import Finished, Readings, read_topic, run_monitor, total, unique_kafka_settings
 
 pytestmark = pytest.mark.integration
 
@@ -30,53 +24,14 @@ PARTITIONS = 4  # device i lives on partition i % 4
 DAY_MS = 86_400_000
 
 
-@dataclass
-class Stream:
-    """The crafted stream: what was sent and what the monitor must make of it."""
-
-    kafka: KafkaSettings
-    producer: Producer
-    now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
-    seq: list[int] = field(default_factory=lambda: [0] * DEVICES)
-    valid: int = 0
-    ends: dict[int, int] = field(default_factory=dict)  # partition -> next offset
-    poison: dict[str, bytes] = field(default_factory=dict)  # device -> oversized value
-    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(3))
-
-    def send(self, value: bytes | None, key: bytes | None, partition: int, timestamp: int = 0) -> None:
-        extra = {"timestamp": timestamp} if timestamp else {}
-        self.producer.produce(self.kafka.readings_topic, value, key, partition, **extra)
-        self.ends[partition] = self.ends.get(partition, 0) + 1
-
-    def reading(self, d: int) -> bytes:
-        self.seq[d] += 1
-        ts = self.now_ms - 3_600_000 + self.seq[d] * 1000  # the last hour, one reading a second
-        value = {"value": round(21.0 + 0.2 * float(self.rng.standard_normal()), 3)}
-        return encode_reading(f"dev-{d:02d}", "temperature", ts, self.seq[d], value)
-
-    def valid_reading(self, d: int, partition: int | None = None, timestamp: int = 0) -> None:
-        self.send(
-            self.reading(d),
-            f"dev-{d:02d}".encode(),
-            d % PARTITIONS if partition is None else partition,
-            timestamp,
-        )
-        self.valid += 1
-
-    def round(self, readings: int) -> None:
-        for _ in range(readings):
-            for d in range(DEVICES):
-                self.valid_reading(d)
-
-
-def craft(kafka: KafkaSettings) -> Stream:
-    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "message.max.bytes": 20_000_000})
-    s = Stream(kafka, producer)
+def craft(kafka: KafkaSettings) -> tuple[Readings, dict[str, bytes]]:
+    """The stream, and the oversized values it holds by device."""
+    s, poison = Readings(kafka, DEVICES, PARTITIONS), {}
     s.round(30)
     for _ in range(300):  # dev-01 pushes partition 1's offsets far past partition 0's
         s.valid_reading(1)
     for d, size in ((0, 1 << 20), (1, 10 << 20)):  # too large for the dead-letter topic as they are
-        s.poison[f"dev-{d:02d}"] = value = b'{"device_id": "' + b"x" * size + b'"}'
+        poison[f"dev-{d:02d}"] = value = b'{"device_id": "' + b"x" * size + b'"}'
         s.send(value, f"dev-{d:02d}".encode(), d % PARTITIONS)
     s.valid_reading(2, timestamp=s.now_ms + 3 * DAY_MS)  # beyond consume.max_future_ms: ignored
     s.valid_reading(3, timestamp=s.now_ms + DAY_MS // 2)  # within it, and far past evict_idle_s
@@ -85,75 +40,54 @@ def craft(kafka: KafkaSettings) -> Stream:
     s.send(s.reading(7).replace(b'{"value":', b'{"v\\u0061lue":1.0,"value":'), b"dev-07", 3)
     s.send(s.reading(8).replace(b'{"device_id":', b'{"dev\\u0069ce_id":"dev-09","device_id":'), b"dev-08", 0)
     s.round(30)  # dev-04's readings on partition 0 now have offsets below the stray's
-    producer.flush(30)
-    return s
+    s.flush()
+    return s, poison
 
 
 @dataclass
 class Outcome:
-    stream: Stream
-    samples: Samples
-    alive: bool
-    returncode: int
-    stderr: str
+    stream: Readings
+    poison: dict[str, bytes]
+    run: Finished
     dead_letters: list[Message]
 
 
 @pytest.fixture(scope="module")
-def outcome(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+def outcome(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     kafka = unique_kafka_settings(broker)
-    ensure_topics(kafka, [kafka.readings_topic])
-    stream = craft(kafka)
-    port = free_port()
-    proc = telemon_process(
-        kafka,
-        "run",
-        TELEMON_METRICS__PORT=str(port),
-        TELEMON_STATE_DIR=str(tmp_path_factory.mktemp("state")),
-        TELEMON_STATE__EVICT_IDLE_S="3600",
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while committed(kafka, list(stream.ends)) != stream.ends and time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        alive = proc.poll() is None
-        samples = scrape(port) if alive else {}
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    yield Outcome(stream, samples, alive, proc.returncode, stderr, read_topic(kafka, kafka.dead_letter_topic))
+    stream, poison = craft(kafka)
+    state = str(tmp_path_factory.mktemp("state"))
+    run = run_monitor(kafka, stream.ends, TELEMON_STATE_DIR=state, TELEMON_STATE__EVICT_IDLE_S="3600")
+    return Outcome(stream, poison, run, read_topic(kafka, kafka.dead_letter_topic))
 
 
 def test_the_service_stays_up_and_commits_everything(outcome: Outcome) -> None:
-    assert outcome.alive, outcome.stderr[-3000:]
-    assert outcome.returncode == 0, outcome.stderr[-3000:]
+    assert outcome.run.alive, outcome.run.stderr[-3000:]
+    assert outcome.run.returncode == 0, outcome.run.stderr[-3000:]
     assert committed(outcome.stream.kafka, list(outcome.stream.ends)) == outcome.stream.ends
 
 
 def test_every_valid_reading_is_applied_once(outcome: Outcome) -> None:
-    s = outcome.samples
+    s = outcome.run.samples
     assert total(s, "telemon_readings_total") == outcome.stream.valid
     assert total(s, "telemon_readings_replayed_total") == 0
     assert total(s, "telemon_integrity_events_total", check="duplicate") == 0
 
 
 def test_forged_kafka_timestamps_evict_nothing(outcome: Outcome) -> None:
-    s = outcome.samples
+    s = outcome.run.samples
     assert total(s, "telemon_devices") == DEVICES
     assert total(s, "telemon_devices_evicted_total") == 0
     assert total(s, "telemon_kafka_timestamps_ignored_total") == 1  # the one three days ahead
 
 
 def test_a_reading_on_the_wrong_partition_is_applied_counted_and_logged_once(outcome: Outcome) -> None:
-    assert total(outcome.samples, "telemon_readings_astray_total") == 1
-    assert outcome.stderr.count("device dev-04 read from partition 1, its state is on partition 0") == 1
+    assert total(outcome.run.samples, "telemon_readings_astray_total") == 1
+    assert outcome.run.stderr.count("device dev-04 read from partition 1, its state is on partition 0") == 1
 
 
 def test_bad_records_are_dead_lettered_with_their_reasons(outcome: Outcome) -> None:
-    s = outcome.samples
+    s = outcome.run.samples
     assert total(s, "telemon_messages_quarantined_total", reason="oversize") == 2
     assert total(s, "telemon_messages_quarantined_total", reason="missing_key") == 1
     assert total(s, "telemon_messages_quarantined_total", reason="duplicate_key") == 2
@@ -166,7 +100,7 @@ def test_records_too_large_to_dead_letter_are_truncated_with_size_and_digest(out
     assert len(large) == 2
     for m in large:
         h = dict(m.headers() or [])
-        original = outcome.stream.poison[(m.key() or b"").decode()]
+        original = outcome.poison[(m.key() or b"").decode()]
         assert h["telemon.original_reason"] == b"oversize"
         assert int(h["telemon.original_bytes"]) == len(original)
         assert h["telemon.sha256"].decode() == hashlib.sha256(original).hexdigest()
