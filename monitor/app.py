@@ -10,6 +10,7 @@ from monitor import kafka
 from monitor.health import Health, HttpEndpoint, make_app, server_tls_context
 from monitor.metrics import Metrics
 from monitor.pipeline import Pipeline
+from monitor.registry import signing_key
 from monitor.rules import load_rules
 from monitor.service import Service
 from monitor.settings import ConfigError, Settings
@@ -24,7 +25,10 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     at once: liveness holds from the start, readiness once the consumer has joined its group.
     """
     logging.getLogger("monitor").setLevel(settings.log_level)
+    # Every file first (rules, cohorts, the signing key): a mistake there is reported before Kafka.
     rules = load_rules(settings.rules_file)
+    pipeline = Pipeline(settings, rules, background=True)
+    signing_key(settings)
     k = settings.kafka
     outputs = [k.dead_letter_topic, k.alerts_topic, k.models_topic, k.audit_topic]
     kafka.ensure_topics(k, [k.readings_topic, *outputs])
@@ -45,4 +49,4 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
             ) from None
         url = f"{endpoint.scheme}://{m.host}:{endpoint.port}"
         log.info("metrics on %s/metrics (probes: /healthz, /readyz)", url)
-    return Service(settings, Pipeline(settings, rules, background=True), metrics, health, endpoint)
+    return Service(settings, pipeline, metrics, health, endpoint)

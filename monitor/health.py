@@ -179,6 +179,7 @@ def _no_passphrase() -> str:
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # the listen backlog: a burst of connects is accepted, not retried
     refused = 0  # connections closed unread: MAX_CONNECTIONS were open
 
     def server_activate(self) -> None:

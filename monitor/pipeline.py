@@ -90,7 +90,7 @@ class Eviction:
     reason: str  # "idle" or "capacity"
     devices: int
     partition: int | None  # idle: the partition whose clock decided
-    clock_ms: int  # idle: that partition's clock; capacity: the cap
+    clock_ms: int  # idle: that partition's clock (0 for capacity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +295,7 @@ class Pipeline:
         st = self.store
         live = st.live()
         oldest = live[np.argsort(st.touched[live], kind="stable")[:n]].tolist()
-        self._forget(oldest, result, Eviction("capacity", len(oldest), None, self.max_devices))
+        self._forget(oldest, result, Eviction("capacity", len(oldest), None, 0))
 
     def _score(
         self, slot: int, s: int, r: Reading, f: Features, scores: list[list[float]], result: BatchResult

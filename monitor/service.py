@@ -334,13 +334,15 @@ class Service:
                     w.partition,
                     alerts.rfc3339(since),
                 )
-            else:
-                log.warning(
-                    "evicted %d device(s) read least recently: at the cap of %d devices "
-                    "(state.memory_budget_mb / state.max_devices)",
-                    w.devices,
-                    w.clock_ms,
-                )
+        waves = [w for w in result.evictions if w.reason == "capacity"]
+        if waves:
+            log.warning(
+                "evicted %d device(s) read least recently, in %d wave(s): at the cap of %d devices "
+                "(state.memory_budget_mb / state.max_devices)",
+                sum(w.devices for w in waves),
+                len(waves),
+                self.pipeline.max_devices,
+            )
         for stray in result.new_strays:
             log.warning(
                 "device %s read from partition %d, its state is on partition %d: its producer does not "

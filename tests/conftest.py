@@ -160,6 +160,17 @@ class Finished:
     stderr: str
 
 
+def wait_committed(
+    kafka: KafkaSettings, ends: dict[int, int], proc: subprocess.Popen[str], timeout: float = 90
+) -> None:
+    """Until the group committed ``ends`` (partition -> next offset); fails if ``proc`` dies."""
+    deadline = time.monotonic() + timeout
+    while committed(kafka, list(ends)) != ends:
+        assert proc.poll() is None, "the monitor exited"
+        assert time.monotonic() < deadline, f"not committed within {timeout}s"
+        time.sleep(0.3)
+
+
 def run_monitor(
     kafka: KafkaSettings, ends: dict[int, int], *args: str, timeout: float = 90, **env: str
 ) -> Finished:

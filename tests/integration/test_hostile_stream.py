@@ -7,15 +7,27 @@ device, and dead-letters, counts and logs each bad record.
 from __future__ import annotations
 
 import hashlib
+import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Message
 
-from monitor.broker import EmbeddedBroker
+from monitor.broker import EmbeddedBroker, free_port
 from monitor.settings import KafkaSettings
 from tests.chaos_harness import committed
-from tests.conftest import Finished, Readings, read_topic, run_monitor, total, unique_kafka_settings
+from tests.conftest import (
+    Finished,
+    Readings,
+    read_topic,
+    run_monitor,
+    scrape,
+    telemon_process,
+    total,
+    unique_kafka_settings,
+    wait_committed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -108,3 +120,40 @@ def test_records_too_large_to_dead_letter_are_truncated_with_size_and_digest(out
         assert 0 < len(value) <= 512 * 1024 and original.startswith(value)
         assert h["telemon.topic"].decode() == outcome.stream.kafka.readings_topic
         assert int(h["telemon.offset"]) >= 0
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+def test_a_flood_of_new_device_ids_stays_within_the_memory_budget(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    kafka, budget_mb, flood = unique_kafka_settings(broker), 16, 30_000
+    stream = Readings(kafka, 8, PARTITIONS)
+    stream.round(10)
+    stream.flush()
+    port = free_port()
+    env = {"TELEMON_STATE_DIR": str(tmp_path), "TELEMON_STATE__MEMORY_BUDGET_MB": str(budget_mb)}
+    proc = telemon_process(kafka, "run", TELEMON_METRICS__PORT=str(port), **env)
+    try:
+        wait_committed(kafka, stream.ends, proc)
+        before = _rss_mb(proc.pid)
+        for i in range(flood):  # one reading each from 30,000 devices never seen before
+            device = f"flood-{i:05d}"
+            stream.send(
+                stream.reading(0).replace(b'"dev-00"', f'"{device}"'.encode()), device.encode(), i % 4
+            )
+        stream.flush()
+        wait_committed(kafka, stream.ends, proc)
+        grown = _rss_mb(proc.pid) - before
+        samples = scrape(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    cap = total(samples, "telemon_device_cap")
+    assert 0 < cap < flood / 10
+    assert total(samples, "telemon_devices") <= cap
+    assert total(samples, "telemon_devices_evicted_total", reason="capacity") >= flood + 8 - cap
+    assert grown < budget_mb + 48, f"resident memory grew by {grown:.0f} MB for a {budget_mb} MB budget"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -11,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from monitor import health as health_module
 from monitor.health import Health, HttpEndpoint, make_app
 from monitor.metrics import Metrics
 
@@ -160,3 +164,31 @@ def test_degraded_after_losing_the_group_until_assigned_again(health: Health) ->
     assert "group coordinator" in detail["broker_error"]
     health.assigned(2)
     assert health.readiness()[0]
+
+
+def _threads() -> int:
+    return threading.active_count()
+
+
+def test_trickling_connections_are_bounded_and_cut(
+    endpoint: HttpEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health_module, "REQUEST_DEADLINE_S", 1.5)
+    before = _threads()
+    clients = []
+    for _ in range(health_module.MAX_CONNECTIONS + 36):  # more than the endpoint serves at once
+        s = socket.create_connection(("127.0.0.1", endpoint.port), timeout=5)
+        s.sendall(b"GET /metr")  # and never the rest of the request line
+        clients.append(s)
+    time.sleep(0.5)
+    assert _threads() - before <= 2 * health_module.MAX_CONNECTIONS  # a handler and a deadline each
+    for s in clients[:10]:
+        s.sendall(b"i")  # a byte now and then does not keep a connection alive
+    time.sleep(2.0)
+    for s in clients:  # every connection was closed by the endpoint: past its deadline, or refused
+        s.settimeout(2)
+        assert s.recv(100) == b""
+        s.close()
+    assert _get(endpoint, "/healthz")[0] == 200  # and it serves again
+    time.sleep(0.2)
+    assert _threads() - before <= 2
