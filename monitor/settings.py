@@ -32,6 +32,10 @@ from monitor import files, packaged, yamlfile
 log = logging.getLogger(__name__)
 
 
+#: Kafka's legal topic names (also required of the group id: both name snapshot folders).
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -130,6 +134,25 @@ class KafkaSettings(_Section):
         description="further librdkafka properties, passed through (code-loading ones, callbacks and "
         "the delivery-guarantee ones refused, credentials kept secret)",
     )
+
+    @field_validator(
+        "group_id",
+        "readings_topic",
+        "dead_letter_topic",
+        "alerts_topic",
+        "truth_topic",
+        "models_topic",
+        "audit_topic",
+    )
+    @classmethod
+    def _path_safe_name(cls, name: str) -> str:
+        """Kafka's own rule for topic names, applied to the group id too: both name folders of the
+        snapshots, so neither may be ``..`` or hold a ``/``."""
+        if not TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+            raise ValueError(
+                f"{name[:64]!r}: use 1 to 249 letters, digits, '.', '_' or '-' (not '.' or '..')"
+            )
+        return name
 
     @classmethod
     def is_secret(cls, key: str) -> bool:

@@ -188,3 +188,12 @@ def test_relative_paths_in_a_config_are_relative_to_its_folder(tmp_path: Path) -
     s = load_settings(path)
     assert s.rules_file == tmp_path.resolve() / "conf" / "my-rules.yaml"
     assert s.state_dir == tmp_path.resolve() / "conf" / "state"
+
+
+@pytest.mark.parametrize("key", ["group_id", "readings_topic", "audit_topic"])
+@pytest.mark.parametrize("name", ["..", "../../etc", "a/b", "", "x" * 250])
+def test_names_that_become_folders_cannot_leave_the_state_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, name: str
+) -> None:
+    path = _write(tmp_path / "monitor.yaml", f"kafka:\n  {key}: '{name}'\n")
+    _refused(capsys, ["run", "--config", str(path)], 2, f"kafka.{key}: ")

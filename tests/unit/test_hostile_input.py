@@ -7,13 +7,15 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor import deadletters
 from monitor.evaluation.replay import ReplayMessage
-from monitor.pipeline import Pipeline
+from monitor.pipeline import DeadLetter, Pipeline
 from monitor.rules import load_rules
-from monitor.schema import SENSORS, Reason, encode_reading
+from monitor.schema import SENSORS, Reason, Rejection, encode_reading
 from monitor.settings import load_settings
 
 T0 = 1_767_225_600_000
@@ -48,7 +50,7 @@ def _obj(**fields: str) -> bytes:
     return ("{" + ", ".join(f'"{k}": {v}' for k, v in base.items()) + "}").encode()
 
 
-HOSTILE: list[tuple[str, bytes | None, bytes, Reason]] = [
+HOSTILE: list[tuple[str, bytes | None, bytes | None, Reason]] = [
     ("invalid utf-8", b"\xff\xfe\xfd", b"dev-9", Reason.INVALID_JSON),
     ("truncated json", VALID[:20], b"dev-9", Reason.INVALID_JSON),
     ("empty", b"", b"dev-9", Reason.INVALID_JSON),
@@ -80,6 +82,25 @@ HOSTILE: list[tuple[str, bytes | None, bytes, Reason]] = [
     ("missing field", _obj().replace(b', "unit": "degC"', b""), b"dev-9", Reason.MISSING_FIELD),
     ("extra field", _obj(firmware='"1.0"'), b"dev-9", Reason.EXTRA_FIELD),
     ("out of range", _obj(values='{"value": 500.0}'), b"dev-9", Reason.OUT_OF_RANGE),
+    # Keys compared decoded: an escaped name is the same key.
+    (
+        "escaped duplicate value key",
+        _obj(values='{"v\\u0061lue": 1.0, "value": 2.0}'),
+        b"dev-9",
+        Reason.DUPLICATE_KEY,
+    ),
+    (
+        "escaped duplicate device_id",
+        _obj(sensor='"temperature", "dev\\u0069ce_id": "dev-8"'),
+        b"dev-9",
+        Reason.DUPLICATE_KEY,
+    ),
+    ("1 MiB value", _obj(unit='"' + "x" * (1 << 20) + '"'), b"dev-9", Reason.OVERSIZE),
+    # Keys: none, not UTF-8, huge.
+    ("no key", _obj(), None, Reason.MISSING_KEY),
+    ("tombstone without key", None, None, Reason.MISSING_KEY),
+    ("invalid utf-8 key", _obj(), b"\xff\xfe", Reason.KEY_MISMATCH),
+    ("1 MiB key", _obj(), b"d" * (1 << 20), Reason.KEY_MISMATCH),
 ]
 
 
@@ -102,8 +123,8 @@ def test_hostile_corpus_mixed_into_valid_traffic() -> None:
     items: list[tuple[bytes | None, bytes | None]] = []
     for i, (key, value) in enumerate(valid):
         items.append((key, value))
-        if i % 15 == 0 and i // 15 < len(HOSTILE):
-            _, bad, bad_key, _ = HOSTILE[i // 15]
+        if i % 10 == 0 and i // 10 < len(HOSTILE):
+            _, bad, bad_key, _ = HOSTILE[i // 10]
             items.append((bad_key, bad))
     messages = [ReplayMessage(k, v, T0, off) for off, (k, v) in enumerate(items)]
     p = _pipeline()
@@ -127,3 +148,28 @@ def test_no_value_ever_puts_nan_or_inf_into_a_model(value: float, sensor: str) -
     ]
     p.process([ReplayMessage(b"dev-1", r, T0, i) for i, r in enumerate(raw)])
     assert _models_finite(p)
+
+
+@pytest.mark.parametrize(
+    "kafka_ts",
+    [0, -1, 1, T0 + 3 * 86_400_000 * 365, 2**62],  # none, negative, 1970, years ahead, absurd
+)
+def test_hostile_kafka_timestamps_date_nothing(kafka_ts: int) -> None:
+    p = _pipeline()
+    valid = _valid_stream(400)
+    messages = [ReplayMessage(k, v, T0 + 1000 * (i // 4), i) for i, (k, v) in enumerate(valid)]
+    messages.insert(200, ReplayMessage(b"dev-1", valid[201][1], kafka_ts, 10_000))
+    results = [p.process(messages[i : i + 50]) for i in range(0, len(messages), 50)]
+    assert sum(r.evicted.total() for r in results) == 0
+    assert sorted(p.store.slots) == ["dev-0", "dev-1", "dev-2", "dev-3"]
+    ignored = sum(r.kafka_ts_ignored for r in results)
+    assert ignored == (1 if kafka_ts <= 0 or kafka_ts > T0 + 86_400_000 * 365 else 0)
+
+
+def test_dead_letter_headers_are_bounded_whatever_the_record() -> None:
+    hostile = ReplayMessage(b"k" * (1 << 20), _obj(sensor='"' + "\\u0007" * 2000 + '"'), T0, 7)
+    d = DeadLetter(hostile, Rejection(Reason.UNKNOWN_SENSOR, "x\x00" * 10_000))
+    record = deadletters.record(d, 4096)
+    assert len(record.key or b"") + len(record.value or b"") <= 4096
+    assert all(len(v) <= 512 for _, v in record.headers)
+    assert dict(record.headers)["telemon.reason"] == b"too_large"
