@@ -19,6 +19,7 @@ from monitor.pipeline import Pipeline
 from monitor.rules import load_rules
 from monitor.schema import SENSORS, encode_reading
 from monitor.settings import load_settings
+from monitor.state import OBJECT_BYTES_PER_DEVICE
 
 START = 1_767_225_600_000
 
@@ -61,6 +62,11 @@ def main() -> None:
     print(f"devices: {len(st)}  readings per pair: {args.readings}")
     print(f"slab arrays: {st.array_bytes_per_device():,} bytes/device (capacity {st.capacity})")
     print(f"resident growth after the first batch: {grown / len(st):,.0f} bytes/device (models, ADWINs, ...)")
+    print(
+        f"the memory budget counts {st.bytes_per_device():,} bytes/device (slab arrays + "
+        f"{OBJECT_BYTES_PER_DEVICE:,} for the objects): {pipeline.max_devices:,} devices in "
+        f"state.memory_budget_mb {settings.state.memory_budget_mb:g}"
+    )
     print(f"process resident memory: {rss() / 1e6:,.1f} MB")
 
 

@@ -287,9 +287,7 @@ class Pipeline:
         st = self.store
         if len(st) >= self.max_devices:
             self._forget_least_recent(len(st) - self.max_devices + max(1, self.max_devices // 100), result)
-        slot = st.slot(device_id, partition)
-        st.last_seen[slot] = self.clocks[partition].watermark if partition in self.clocks else 0
-        return slot
+        return st.slot(device_id, partition)
 
     def _forget_least_recent(self, n: int, result: BatchResult) -> None:
         st = self.store

@@ -197,3 +197,28 @@ def test_names_that_become_folders_cannot_leave_the_state_folder(
 ) -> None:
     path = _write(tmp_path / "monitor.yaml", f"kafka:\n  {key}: '{name}'\n")
     _refused(capsys, ["run", "--config", str(path)], 2, f"kafka.{key}: ")
+
+
+def test_an_unreachable_broker_is_named_within_seconds(capsys: pytest.CaptureFixture[str]) -> None:
+    err = _refused(
+        capsys, ["run", "--bootstrap", "127.0.0.1:1"], 1, "cannot reach Kafka at 127.0.0.1:1 within 5s"
+    )
+    assert len(err.splitlines()) == 1  # not hundreds of librdkafka lines
+
+
+def test_librdkafka_lines_of_one_kind_pass_once_a_minute_with_a_count() -> None:
+    import logging
+
+    from monitor.kafka import _RateLimited
+
+    limit, passed = _RateLimited(interval_s=60), []
+    for port in range(10):
+        record = logging.LogRecord(
+            "librdkafka", logging.ERROR, "", 0, f"Connect to 127.0.0.1:{port} failed", (), None
+        )
+        if limit.filter(record):
+            passed.append(record.msg)
+    assert passed == ["Connect to 127.0.0.1:0 failed"]
+    limit.interval_s = 0
+    record = logging.LogRecord("librdkafka", logging.ERROR, "", 0, "Connect to 127.0.0.1:9 failed", (), None)
+    assert limit.filter(record) and "(9 more like it in the last" in str(record.msg)
