@@ -169,7 +169,7 @@ class Metrics:
         self.state_bytes = Gauge("telemon_state_bytes", "Bytes of per-device state arrays.", registry=r)
         self.evicted = Counter(
             "telemon_devices_evicted",
-            "Devices whose state was forgotten: silent too long (idle) or over state.max_devices.",
+            "Devices whose state was forgotten: silent too long (idle) or at the device cap (capacity).",
             ["reason"],
             registry=r,
         )
