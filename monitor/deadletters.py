@@ -108,6 +108,9 @@ class DeadLetterProducer:
     failed: int = 0  # dead letters given up since the last call to take_failed()
 
     def produce(self, dead_letters: Iterable[DeadLetter]) -> None:
+        """Produce a batch's dead letters (again, after an outage: what was refused before is
+        produced again too)."""
+        self.refused = []
         for d in dead_letters:
             self._produce(d, record(d, self.max_bytes))
 

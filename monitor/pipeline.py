@@ -85,7 +85,7 @@ class Scored:
 @dataclass(frozen=True, slots=True)
 class Eviction:
     """A wave of forgotten devices: ``idle`` ones of a partition whose clock passed their last
-    message by ``state.evict_idle_s``, or the longest-silent ones over the device cap."""
+    message by ``state.evict_idle_s``, or, at the device cap, the ones read least recently."""
 
     reason: str  # "idle" or "capacity"
     devices: int
@@ -205,6 +205,8 @@ class Pipeline:
         for r, msg in readings:
             event_ts.append(r.ts)
             self._apply(r, msg, scores, result)
+        for clock in self.clocks.values():
+            clock.advance()
         result.scores = {s: np.asarray(v) for s, v in enumerate(scores) if v}
         result.event_ts = np.asarray(event_ts, np.int64)
         now = max(event_ts) if event_ts else None
@@ -340,14 +342,14 @@ class Pipeline:
         return groups
 
     def _evict(self, result: BatchResult) -> None:
-        """Advance each partition's clock, then forget the devices of a partition whose clock has
-        passed their last message by ``state.evict_idle_s`` (a sweep every tenth of that time),
-        and the longest-silent devices over the cap (restored snapshots may bring more)."""
+        """Forget the devices of a partition whose clock has passed their last message by
+        ``state.evict_idle_s`` (a sweep every tenth of that time), and the devices read least
+        recently over the cap (restored snapshots may bring more)."""
         st, idle_ms = self.store, int(self.settings.state.evict_idle_s * 1000)
         if len(st) > self.max_devices:
             self._forget_least_recent(len(st) - self.max_devices, result)
         for p, clock in self.clocks.items():
-            if not clock.advance() or not idle_ms or clock.watermark < clock.next_sweep:
+            if not idle_ms or not clock.watermark or clock.watermark < clock.next_sweep:
                 continue
             clock.next_sweep = clock.watermark + max(idle_ms // 10, 1000)
             live = st.live()
@@ -609,13 +611,11 @@ class PartitionClock:
     next_sweep: int = 0
     recent: list[int] = field(default_factory=list)  # since the last advance, in arrival order
 
-    def advance(self) -> bool:
-        """Take in the recent timestamps; True once the clock has a full window behind it."""
-        if len(self.recent) < CLOCK_WINDOW:
-            return self.watermark > 0
-        del self.recent[:-CLOCK_WINDOW]
-        self.watermark = max(self.watermark, int(np.median(self.recent)))
-        return True
+    def advance(self) -> None:
+        """Take in the recent timestamps (the clock starts once it has a full window)."""
+        if len(self.recent) >= CLOCK_WINDOW:
+            del self.recent[:-CLOCK_WINDOW]
+            self.watermark = max(self.watermark, int(np.median(self.recent)))
 
 
 def device_cap(settings: Settings, store: StateStore) -> int:

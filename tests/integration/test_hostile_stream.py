@@ -12,9 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import Message, Producer
 
+from monitor import deadletters
 from monitor.broker import EmbeddedBroker, free_port
+from monitor.deadletters import DeadLetterProducer
+from monitor.evaluation.replay import ReplayMessage
+from monitor.kafka import DeliveryTracker, ensure_topics, flush
+from monitor.pipeline import DeadLetter
+from monitor.schema import Reason, Rejection
 from monitor.settings import KafkaSettings
 from tests.chaos_harness import committed
 from tests.conftest import (
@@ -157,3 +163,25 @@ def test_a_flood_of_new_device_ids_stays_within_the_memory_budget(
     assert total(samples, "telemon_devices") <= cap
     assert total(samples, "telemon_devices_evicted_total", reason="capacity") >= flood + 8 - cap
     assert grown < budget_mb + 48, f"resident memory grew by {grown:.0f} MB for a {budget_mb} MB budget"
+
+
+def _dead_letter(size: int, key: bytes = b"dev-00") -> DeadLetter:
+    message = ReplayMessage(key, b"x" * size, 0, 7)
+    return DeadLetter(message, Rejection(Reason.OVERSIZE, f"{size} bytes"))
+
+
+@pytest.mark.parametrize(("max_message_bytes", "delivered", "failed"), [(8192, 1, 0), (1000, 0, 1)])
+def test_a_dead_letter_the_producer_refuses_is_cut_again_or_given_up(
+    kafka_settings: KafkaSettings, max_message_bytes: int, delivered: int, failed: int
+) -> None:
+    ensure_topics(kafka_settings, [kafka_settings.dead_letter_topic])
+    conf = {"bootstrap.servers": kafka_settings.bootstrap_servers, "message.max.bytes": max_message_bytes}
+    tracker = DeliveryTracker()
+    dlq = DeadLetterProducer(Producer(conf), tracker, kafka_settings.dead_letter_topic, 65_536)
+    dlq.produce([_dead_letter(30_000, b"k" * 900)])  # fits the dead-letter limit, not the producer
+    flush(dlq.producer, tracker, 10)
+    assert (tracker.delivered, dlq.take_failed()) == (delivered, failed)
+    if delivered:
+        (m,) = read_topic(kafka_settings, kafka_settings.dead_letter_topic)
+        assert dict(m.headers() or [])["telemon.reason"] == b"too_large"
+        assert len(m.value() or b"") + len(m.key() or b"") <= deadletters.MIN_KEPT_BYTES
