@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the monitor as a consumer-group member until SIGTERM",
         description="Consume kafka.readings_topic in batches, score, detect drift, apply the rules; "
         "publish dead letters, alerts and model versions; commit offsets after delivery. "
-        "SIGTERM/SIGINT finish the current batch, commit and exit 0.",
+        "SIGTERM/SIGINT finish the current batch, commit and exit 0; the process is gone within "
+        "consume.shutdown_timeout_s of the signal whatever happens (exit 1 if it had to be forced), "
+        "at once on a second signal. Config errors name FILE:LINE:COLUMN or the TELEMON_* variable "
+        "(exit 2); an unreachable broker is reported within 5 s (exit 1).",
     )
     add_config_options(run)
 

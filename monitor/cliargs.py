@@ -17,7 +17,11 @@ log = logging.getLogger("monitor")
 def add_config_options(p: argparse.ArgumentParser) -> None:
     """``--config FILE`` and ``--bootstrap HOST:PORT``."""
     p.add_argument(
-        "--config", type=Path, metavar="FILE", help="monitor YAML config (default: built-in defaults)"
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="monitor YAML config; relative paths in it are relative to its folder (default: the "
+        "built-in defaults and the packaged rules)",
     )
     p.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
 

@@ -16,6 +16,7 @@ monitor.files.UnsafeFileError: ...fifo: not a regular file (a FIFO)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -75,6 +76,8 @@ def read_bytes(path: Path, max_bytes: int | None, offset: int = 0) -> bytes:
 
 def open_append(path: Path) -> BinaryIO:
     """``path`` opened for appending (created 0600 if missing), refused unless a regular file."""
+    with contextlib.suppress(FileNotFoundError):  # a FIFO without a reader would not even open
+        check_regular(path, os.stat(path).st_mode)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     try:
         check_regular(path, os.fstat(fd).st_mode)

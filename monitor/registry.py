@@ -238,6 +238,7 @@ class ModelRegistry:
         self.audit_path = root / AUDIT_FILE
         self._position = 0  # of the audit log, read up to here into _serving
         self._serving: dict[tuple[str, str], AuditEvent] = {}
+        self._unreadable = False  # the audit log could not be read: said once until it can again
 
     # --- versions ---------------------------------------------------------------------------------
 
@@ -363,18 +364,23 @@ class ModelRegistry:
     # --- audit log and serving versions -----------------------------------------------------------
 
     def record(self, *events: AuditEvent) -> None:
-        """Append events to the audit log (one write, fsynced), stamping their wall-clock time."""
+        """Append events to the audit log (one write, fsynced), stamping their wall-clock time.
+        Raises :class:`RegistryError` if the log cannot be written (nor is: a FIFO there is
+        refused, not waited on)."""
         if not events:
             return
         now = _now_ms()
         lines = b"".join(
             encode_event(e if e.wall_ts else msgspec.structs.replace(e, wall_ts=now)) + b"\n" for e in events
         )
-        self.root.mkdir(parents=True, exist_ok=True)
-        with files.open_append(self.audit_path) as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with files.open_append(self.audit_path) as f:
+                f.write(lines)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise RegistryError(f"cannot append to the audit log: {exc}") from None
 
     def events(self, since: int = 0) -> tuple[list[AuditEvent], int]:
         """Complete events after byte position ``since`` of the audit log, and the position to
@@ -383,6 +389,12 @@ class ModelRegistry:
             data = files.read_bytes(self.audit_path, None, since)
         except FileNotFoundError:
             return [], since
+        except OSError as exc:
+            if not self._unreadable:
+                log.error("cannot read the audit log (%s): registry commands are not followed", exc)
+            self._unreadable = True
+            return [], since
+        self._unreadable = False
         end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
         return list(self._decode_lines(data[:end], since)), since + end
 

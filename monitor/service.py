@@ -226,7 +226,10 @@ class Service:
                 log.error(
                     "cannot register %s/%s v%d: %s", version.device_id, version.sensor, version.version, exc
                 )
-        self.registry.record(*result.audit)
+        try:
+            self.registry.record(*result.audit)
+        except registry.RegistryError as exc:  # they are on the audit topic already
+            log.error("%d audit event(s) not in the registry's trail: %s", len(result.audit), exc)
         for rb in result.rollbacks:
             if self.pipeline.serving(rb.device_id, rb.sensor) != rb.version:
                 log.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -39,3 +40,19 @@ def test_run_commits_and_exits_zero_on_sigterm(kafka_settings: KafkaSettings, tm
         proc.kill()
     assert proc.returncode == 0, stderr
     assert "received SIGTERM" in stderr
+
+
+def test_a_metrics_port_in_use_is_a_clean_start_up_error(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = telemon_process(
+            kafka_settings, "run", TELEMON_METRICS__PORT=str(port), TELEMON_STATE_DIR=str(tmp_path)
+        )
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr
+    assert f"metrics: cannot listen on 127.0.0.1:{port} (Address already in use)" in stderr
+    assert "Traceback" not in stderr

@@ -595,3 +595,43 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert all(action in out for action in ("list", "show", "diff", "lineage", "promote", "rollback"))
+
+
+# --- files that are not regular files --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "model.pkl", "signature"])
+def test_a_fifo_in_a_version_directory_is_refused_at_once(reg: ModelRegistry, name: str) -> None:
+    _add(reg, 2, 1)
+    path = _vdir(reg, 2) / name
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        reg.load(DEV, SENSOR, 2)
+
+
+def test_a_fifo_as_the_audit_log_is_refused_not_waited_on(
+    reg: ModelRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg.root.mkdir(parents=True)
+    os.mkfifo(reg.audit_path)
+    with pytest.raises(RegistryError, match="not a regular file"):
+        reg.record(AuditEvent(kind="action", device_id=DEV, sensor=SENSOR))
+    assert reg.events() == ([], 0)
+    assert reg.events() == ([], 0)
+    assert caplog.text.count("cannot read the audit log") == 1  # said once
+
+
+def test_generated_key_lives_in_the_state_folder(tmp_path: Path) -> None:
+    settings = load_settings(None, state_dir=str(tmp_path))
+    key = open_registry(settings).key
+    assert (tmp_path / "signing.key").read_bytes().rstrip() == key
+    assert (tmp_path / "signing.key").stat().st_mode & 0o777 == 0o600
+    assert open_registry(settings).key == key  # and is the one every later start uses
+
+
+def test_a_key_generated_by_an_earlier_version_in_the_registry_is_still_found(tmp_path: Path) -> None:
+    earlier = tmp_path / "registry" / "signing.key"
+    earlier.parent.mkdir()
+    earlier.write_text("e" * 64 + "\n")
+    assert open_registry(load_settings(None, state_dir=str(tmp_path))).key == b"e" * 64
