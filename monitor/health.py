@@ -223,9 +223,17 @@ class _QuietHandler(WSGIRequestHandler):
         self._deadline = threading.Timer(REQUEST_DEADLINE_S, self._cut)
         self._deadline.daemon = True
         self._deadline.start()
-        super().setup()
-        if isinstance(self.connection, ssl.SSLSocket):
-            self.connection.do_handshake()  # here, in this connection's thread
+        try:
+            super().setup()
+            if isinstance(self.connection, ssl.SSLSocket):
+                self.connection.do_handshake()  # here, in this connection's thread
+        except BaseException:  # finish() will not run: release the files that hold the socket
+            self._deadline.cancel()
+            for f in (getattr(self, "wfile", None), getattr(self, "rfile", None)):
+                if f is not None:
+                    with contextlib.suppress(OSError):
+                        f.close()
+            raise
 
     def finish(self) -> None:
         self._deadline.cancel()
