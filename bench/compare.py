@@ -1,0 +1,387 @@
+"""telemon against a naive per-record River pipeline and the consume + decode floor, in one run.
+
+    .venv/bin/python bench/compare.py                      # 100 and 10,000 devices, 3 rounds
+    .venv/bin/python bench/compare.py --fleets 100:60 --rounds 1
+
+An embedded broker is started, and for each fleet (``DEVICES:SIMULATED_SECONDS``) the seeded
+simulator pre-produces one stream (6 sensors per device, a planted drift). Three contenders then
+consume that same stream from the beginning, each as a fresh consumer group, interleaved over
+``--rounds`` rounds:
+
+- ``floor``: consume in batches and decode every batch with one typed msgspec call (what no
+  monitor can beat);
+- ``naive``: the per-record pipeline a River user would write (``bench/naive.py``): pydantic per
+  message, a MinMax + HalfSpaceTrees model per device, an ADWIN per (device, sensor), KS and PSI
+  every 32 scores, a labelled Prometheus counter per reading, a commit per batch. Its
+  HalfSpaceTrees take ~1.2 MB a device, so it runs only for fleets up to ``--naive-max-devices``;
+- ``telemon``: ``telemon run`` as a process, its CPU time read from ``/proc`` between joining the
+  group and committing the last offset, its resident memory per device then.
+
+CPU per reading is the median over the rounds. Then, on the first fleet, telemon is fed a live
+stream paced at half of its measured maximum rate (the wall-clock rate at which it worked off the
+pre-produced stream, broker and all on the same cores), with spikes planted to raise alerts: produce ->
+score is read off ``telemon_event_lag_seconds`` (p99 interpolated within its buckets, as
+``histogram_quantile`` does), produce -> alert from each alert record's Kafka timestamp minus the
+event time of the reading that completed its evaluation. The last line sums it up::
+
+    ratio_vs_naive=X ratio_vs_floor=Y p99_score_ms=Z p99_alert_ms=W rss_kb_per_device=V
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from bench.naive import NaivePipeline
+from monitor import packaged
+from monitor.alerts import decode as decode_alert
+from monitor.broker import EmbeddedBroker, free_port
+from monitor.kafka import ensure_topics
+from monitor.schema import SENSORS, Reading, encode_reading
+from monitor.settings import KafkaSettings
+from producers.scenario import load_scenario
+from producers.simulate import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 5000
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Stream:
+    kafka: KafkaSettings
+    devices: int
+    messages: int
+    ends: dict[int, int]  # partition -> next offset
+
+
+def produce_stream(bootstrap: str, devices: int, seconds: float, partitions: int) -> Stream:
+    name = f"cmp-{devices}-{os.getpid()}"
+    kafka = KafkaSettings(
+        bootstrap_servers=bootstrap,
+        readings_topic=f"{name}.readings",
+        truth_topic=f"{name}.truth",
+        partitions=partitions,
+        session_timeout_ms=3000,
+    )
+    drift = {
+        "kind": "abrupt_shift",
+        "device": 1,
+        "sensor": "temperature",
+        "start_s": seconds / 2,
+        "magnitude": 5.0,
+    }
+    scenario = load_scenario(
+        packaged.config("scenarios/demo.yaml"),
+        devices=devices,
+        duration_s=seconds,
+        malformed=0,
+        events=[drift],
+    )
+    report = simulate(kafka, scenario)
+    ends = {p: o + 1 for p, o in report.last_offsets.items()}
+    return Stream(kafka, devices, report.readings_sent, ends)
+
+
+def _consumer(stream: Stream, group: str) -> Consumer:
+    c = Consumer(
+        {
+            "bootstrap.servers": stream.kafka.bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "fetch.queue.backoff.ms": 5,
+            "queued.max.messages.kbytes": 65536,
+        }
+    )
+    c.assign([TopicPartition(stream.kafka.readings_topic, p, OFFSET_BEGINNING) for p in stream.ends])
+    return c
+
+
+def _consume_all(stream: Stream, group: str, handle: Callable[[list[bytes]], None], commit: bool) -> float:
+    """CPU seconds of this process to consume the whole stream through ``handle``."""
+    c = _consumer(stream, group)
+    seen, began = 0, time.process_time()
+    try:
+        while seen < stream.messages:
+            batch = [m for m in c.consume(BATCH, 0.2) if m.error() is None]
+            if batch:
+                handle([m.value() or b"" for m in batch])
+                seen += len(batch)
+                if commit:
+                    c.commit(asynchronous=False)
+        return time.process_time() - began
+    finally:
+        c.close()
+
+
+_BATCH_DECODER = msgspec.json.Decoder(list[Reading])
+
+
+def run_floor(stream: Stream, round_: int) -> float:
+    def decode(values: list[bytes]) -> None:
+        _BATCH_DECODER.decode(b"[" + b",".join(values) + b"]")
+
+    return _consume_all(stream, f"floor-{round_}", decode, commit=False)
+
+
+def run_naive(stream: Stream, round_: int) -> float:
+    pipeline = NaivePipeline()
+    return _consume_all(stream, f"naive-{round_}", pipeline.process, commit=True)
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return int(resp.status) == 200
+    except OSError:
+        return False
+
+
+def _committed(stream: Stream, group: str) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": stream.kafka.bootstrap_servers, "group.id": group})
+    try:
+        tps = [TopicPartition(stream.kafka.readings_topic, p) for p in stream.ends]
+        return {tp.partition: tp.offset for tp in c.committed(tps, timeout=10)}
+    finally:
+        c.close()
+
+
+@dataclass
+class Telemon:
+    proc: subprocess.Popen[bytes]
+    port: int
+    state: tempfile.TemporaryDirectory[str]
+    group: str
+    alerts_topic: str
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.state.cleanup()
+
+
+def start_telemon(stream: Stream, name: str) -> Telemon:
+    state, port = tempfile.TemporaryDirectory(prefix="telemon-cmp-"), free_port()
+    k = stream.kafka
+    env = dict(os.environ) | {
+        "TELEMON_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
+        "TELEMON_KAFKA__READINGS_TOPIC": k.readings_topic,
+        "TELEMON_KAFKA__GROUP_ID": name,
+        "TELEMON_KAFKA__SESSION_TIMEOUT_MS": "3000",
+        "TELEMON_KAFKA__PARTITIONS": str(k.partitions),
+        "TELEMON_METRICS__PORT": str(port),
+        "TELEMON_STATE_DIR": state.name,
+        "TELEMON_STATE__MEMORY_BUDGET_MB": "8192",
+        "TELEMON_LOG_LEVEL": "WARNING",
+    }
+    for topic in ("dead_letter", "alerts", "models", "audit"):
+        env[f"TELEMON_KAFKA__{topic.upper()}_TOPIC"] = f"{name}.{topic}"
+    cmd = [sys.executable, "-m", "monitor.cli", "run", "--config", str(ROOT / "configs/monitor.yaml")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t = Telemon(proc, port, state, name, f"{name}.alerts")
+    deadline = time.monotonic() + 120
+    while not _http_ok(f"http://127.0.0.1:{port}/readyz"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            t.stop()
+            raise RuntimeError("telemon run did not become ready")
+        time.sleep(0.05)
+    return t
+
+
+@dataclass(frozen=True)
+class ServiceRun:
+    cpu_s: float  # from joining the group to the last commit
+    wall_s: float
+    kb_per_device: float  # resident memory grown over that time, per device
+
+
+def run_telemon(stream: Stream, round_: int) -> ServiceRun:
+    t = start_telemon(stream, f"telemon-{stream.devices}-{round_}-{os.getpid()}")
+    try:
+        cpu0, rss0, began = _proc_cpu_s(t.proc.pid), _rss_kb(t.proc.pid), time.monotonic()
+        while _committed(stream, t.group) != stream.ends:
+            if t.proc.poll() is not None:
+                raise RuntimeError("telemon run exited")
+            time.sleep(0.05)
+        wall = time.monotonic() - began
+        kb = (_rss_kb(t.proc.pid) - rss0) / stream.devices
+        return ServiceRun(_proc_cpu_s(t.proc.pid) - cpu0, wall, kb)
+    finally:
+        t.stop()
+
+
+# --- latency at half of the maximum rate ---------------------------------------------------------
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """``histogram_quantile``: ``buckets`` are (upper bound, cumulative count), +Inf last."""
+    total = buckets[-1][1]
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = upper, count
+    return lower
+
+
+def _lag_buckets(port: int) -> list[tuple[float, float]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = []
+    for line in text.splitlines():
+        if line.startswith("telemon_event_lag_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            out.append((float(le), float(line.rsplit(" ", 1)[1])))
+    return out
+
+
+def paced_latency(stream: Stream, rate: float, seconds: float) -> tuple[float, float, int]:
+    """(p99 produce -> score ms, p99 produce -> alert ms, alerts) for a live stream at ``rate``."""
+    k = stream.kafka
+    live = KafkaSettings(
+        bootstrap_servers=k.bootstrap_servers,
+        readings_topic=f"{k.readings_topic}.live",
+        partitions=k.partitions,
+    )
+    ensure_topics(live, [live.readings_topic])
+    t = start_telemon(Stream(live, stream.devices, 0, {}), f"latency-{os.getpid()}")
+    try:
+        sent = _pace(live, stream.devices, rate, seconds)
+        time.sleep(3)
+        buckets = _lag_buckets(t.port)
+    finally:
+        t.stop()
+    delays = _alert_delays(live, t.alerts_topic)
+    score = 1000 * _quantile(buckets, 0.99) if buckets and buckets[-1][1] else float("nan")
+    alert = float(np.percentile(delays, 99)) if delays else float("nan")
+    print(f"  paced {sent:,} readings at {rate:,.0f}/s for {seconds:g} s: {len(delays)} alert record(s)")
+    return score, alert, len(delays)
+
+
+def _pace(k: KafkaSettings, devices: int, rate: float, seconds: float) -> int:
+    """Readings of ``devices`` x 6 sensors with ts = now, at ``rate``; from a third of the way on,
+    every tenth device's accelerometer jumps far out of its range of noise (anomaly alerts)."""
+    p = Producer({"bootstrap.servers": k.bootstrap_servers, "linger.ms": 1})
+    rng = np.random.default_rng(0)
+    sensors, seq, sent, began = list(SENSORS.values()), [0] * devices, 0, time.monotonic()
+    while (elapsed := time.monotonic() - began) < seconds:
+        due = int(elapsed * rate)
+        while sent < due:
+            d, spec = (sent // len(sensors)) % devices, sensors[sent % len(sensors)]
+            mid = 0.0 if spec.is_vector else (spec.low + spec.high) / 2
+            spike = 40.0 if spec.name == "accelerometer" and d % 10 == 0 and elapsed > seconds / 3 else 0.0
+            values = {key: float(mid + spike + rng.normal(0, 0.1)) for key in spec.keys}
+            seq[d] += 1
+            device = f"live-{d:05d}"
+            p.produce(
+                k.readings_topic,
+                encode_reading(device, spec.name, int(time.time() * 1000), seq[d], values),
+                device.encode(),
+            )
+            sent += 1
+        p.poll(0)
+        time.sleep(0.001)
+    p.flush(30)
+    return sent
+
+
+def _alert_delays(k: KafkaSettings, topic: str) -> list[float]:
+    c = Consumer({"bootstrap.servers": k.bootstrap_servers, "group.id": f"lat-{os.getpid()}"})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(k.partitions)])
+    out = []
+    try:
+        while batch := c.consume(1000, 3.0):
+            for m in batch:
+                if m.error() is None:
+                    a = decode_alert(m.value() or b"")
+                    out.append(float(m.timestamp()[1] - a.ts))
+    finally:
+        c.close()
+    return out
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fleets", nargs="+", default=["100:60", "10000:3"], metavar="DEVICES:SECONDS")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--naive-max-devices", type=int, default=1000)
+    ap.add_argument("--latency-seconds", type=float, default=30.0, help="paced run (0: skip)")
+    args = ap.parse_args(argv)
+    fleets = [tuple(map(float, f.split(":"))) for f in args.fleets]
+    rows: dict[tuple[int, str], list[float]] = {}
+    rss: dict[int, list[float]] = {}
+    rates: dict[int, list[float]] = {}  # readings/s of telemon working off the pre-produced stream
+    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rounds} round(s), embedded broker")
+    with EmbeddedBroker() as broker:
+        streams = [produce_stream(broker.bootstrap_servers, int(d), s, args.partitions) for d, s in fleets]
+        for s in streams:
+            print(f"  stream: {s.devices:,} devices, {s.messages:,} readings on {len(s.ends)} partitions")
+        for r in range(args.rounds):
+            for s in streams:
+                rows.setdefault((s.devices, "floor"), []).append(run_floor(s, r) / s.messages)
+                if s.devices <= args.naive_max_devices:
+                    rows.setdefault((s.devices, "naive"), []).append(run_naive(s, r) / s.messages)
+                run = run_telemon(s, r)
+                rows.setdefault((s.devices, "telemon"), []).append(run.cpu_s / s.messages)
+                rss.setdefault(s.devices, []).append(run.kb_per_device)
+                rates.setdefault(s.devices, []).append(s.messages / run.wall_s)
+        print("\n| devices | pipeline | CPU per reading | readings/s (one core) |")
+        print("| --- | --- | --- | --- |")
+        median = {key: statistics.median(v) for key, v in rows.items()}
+        for (devices, name), cpu in sorted(median.items()):
+            print(f"| {devices:,} | {name} | {cpu * 1e6:,.1f} us | {1 / cpu:,.0f} |")
+        for devices, kbs in sorted(rss.items()):
+            kb, rate = statistics.median(kbs), statistics.median(rates[devices])
+            print(f"| {devices:,} | telemon resident memory | {kb:,.1f} KB per device | |")
+            print(f"| {devices:,} | telemon working off the backlog (wall clock) | | {rate:,.0f} |")
+        first = streams[0]
+        tele = median[(first.devices, "telemon")]
+        score = alert = float("nan")
+        if args.latency_seconds > 0:
+            half = 0.5 * statistics.median(rates[first.devices])
+            score, alert, _ = paced_latency(first, half, args.latency_seconds)
+    naive = median.get((first.devices, "naive"), float("nan"))
+    largest = max(rss)
+    print(
+        f"ratio_vs_naive={naive / tele:.2f} ratio_vs_floor={median[(first.devices, 'floor')] / tele:.3f} "
+        f"p99_score_ms={score:.0f} p99_alert_ms={alert:.0f} "
+        f"rss_kb_per_device={statistics.median(rss[largest]):.1f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
