@@ -54,12 +54,9 @@ class Record:
 
 def record(d: DeadLetter, max_bytes: int) -> Record:
     """The dead letter of ``d``: whole if its key and value fit ``max_bytes``, else truncated."""
-    m = d.message
-    key, value = m.key(), m.value()
-    headers = _headers(d)
-    size = len(key or b"") + len(value or b"")
-    if size <= max_bytes:
-        return Record(key, value, headers)
+    key, value = d.message.key(), d.message.value()
+    if len(key or b"") + len(value or b"") <= max_bytes:
+        return Record(key, value, _headers(d))
     return truncated(d, max_bytes)
 
 

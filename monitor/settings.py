@@ -11,7 +11,7 @@ import difflib
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
@@ -611,9 +611,10 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     :class:`FileNotFoundError` for a missing file and :class:`ConfigError` for anything wrong
     in the file, the overrides or the ``TELEMON_*`` environment.
     """
-    env = os.environ
-    doc = _read_config(path) if path is not None else None
-    data = {} if doc is None or path is None else _relative_paths(doc.data or {}, path.parent.resolve())
+    env, doc, data = os.environ, None, {}
+    if path is not None:
+        doc = _read_config(path)
+        data = _relative_paths(doc.data or {}, path.parent.resolve())
     for problem in _unknown_variables(env):
         log.warning("%s", problem)
     try:
@@ -664,26 +665,23 @@ def _relative_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
 def _unknown_variables(env: Mapping[str, str]) -> list[str]:
     """A ``TELEMON_*`` variable that names no setting is a typo (or a stale one): say which."""
     known = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields}
-    problems = []
-    for var in sorted(env):
-        name = var.upper()
-        if not name.startswith(ENV_PREFIX) or name.split("__")[0] in known:
-            continue
-        if name in OTHER_VARIABLES:
-            continue
-        hint = _did_you_mean(name, known, sections=True)
-        problems.append(f"environment variable {var} names no setting{hint}: ignored")
-    return problems
+    return [
+        f"environment variable {var} names no setting{_meant(var.upper(), known)}: ignored"
+        for var in sorted(env)
+        if var.upper().startswith(ENV_PREFIX)
+        and var.upper().split("__")[0] not in known
+        and var.upper() not in OTHER_VARIABLES
+    ]
 
 
-def _did_you_mean(name: str, known: Iterable[str], sections: bool = False) -> str:
-    candidates = sorted(known)
-    if sections:  # TELEMON_KAFKA_BOOTSTRAP_SERVERS: a section joined with one underscore
-        for section in Settings.model_fields:
-            head = f"{ENV_PREFIX}{section}_".upper()
-            if name.startswith(head) and not name.startswith(head + "_"):
-                return f" (did you mean {head}_{name[len(head) :]}?)"
-    close = difflib.get_close_matches(name, candidates, n=1)
+def _meant(name: str, known: set[str]) -> str:
+    """The variable probably meant: a section joined with one underscore instead of two
+    (``TELEMON_KAFKA_BOOTSTRAP_SERVERS``), else the closest top-level one."""
+    for section in Settings.model_fields:
+        head = f"{ENV_PREFIX}{section}_".upper()
+        if name.startswith(head) and not name.startswith(head + "_"):
+            return f" (did you mean {head}_{name[len(head) :]}?)"
+    close = difflib.get_close_matches(name, sorted(known), n=1)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
