@@ -51,6 +51,8 @@ def main() -> None:
     pipeline = Pipeline(settings, load_rules(Path("configs/rules.yaml")))
     rng = np.random.default_rng(0)
     seq = [0] * args.devices
+    gc.collect()
+    empty = rss()
     pipeline.process(batch(args.devices, 0, rng, seq))
     gc.collect()
     before = rss()
@@ -62,6 +64,11 @@ def main() -> None:
     print(f"devices: {len(st)}  readings per pair: {args.readings}")
     print(f"slab arrays: {st.array_bytes_per_device():,} bytes/device (capacity {st.capacity})")
     print(f"resident growth after the first batch: {grown / len(st):,.0f} bytes/device (models, ADWINs, ...)")
+    total = (rss() - empty) / len(st)
+    print(
+        f"resident growth from an empty pipeline: {total:,.0f} bytes/device, "
+        f"{total - st.array_bytes_per_device():,.0f} beyond the slab arrays"
+    )
     print(
         f"the memory budget counts {st.bytes_per_device():,} bytes/device (slab arrays + "
         f"{OBJECT_BYTES_PER_DEVICE:,} for the objects): {pipeline.max_devices:,} devices in "

@@ -27,8 +27,9 @@ N_SENSORS = len(SENSOR_NAMES)
 CHECKS = ("stuck_at", "gap", "duplicate", "out_of_order", "clock_skew")
 N_CHECKS = len(CHECKS)
 #: Memory a device takes beyond its slab rows: its models and ADWINs (which grow slowly with the
-#: length of their windows), its id and the index entries. ``bench/state_memory.py`` measures it:
-#: 3 KB after one reading per sensor, 11 KB after 400, 13 KB after 1,500; this leaves headroom.
+#: length of their windows), its id and the index entries. ``bench/state_memory.py --devices 1024
+#: --readings N`` measures it (resident growth beyond the slab arrays): 7.5 KB for N = 1, 12.1 KB
+#: for 300, 13.3 KB for 1,500; this leaves headroom.
 OBJECT_BYTES_PER_DEVICE = 16 * 1024
 #: Arrays that mean something in this process only: never exported (snapshots, fingerprints).
 LOCAL_ARRAYS = frozenset({"touched"})

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from monitor.broker import EmbeddedBroker, free_port
+from tests.chaos_harness import probe
 
 pytestmark = pytest.mark.integration
 
@@ -71,19 +72,20 @@ def test_demo_runs_from_an_empty_folder(installed: Path, tmp_path: Path) -> None
 
 def test_run_starts_with_the_packaged_defaults(installed: Path, tmp_path: Path) -> None:
     with EmbeddedBroker() as broker:
+        port = free_port()
         env = _clean_env() | {
             "TELEMON_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "TELEMON_KAFKA__SESSION_TIMEOUT_MS": "3000",
-            "TELEMON_METRICS__PORT": str(free_port()),
+            "TELEMON_METRICS__PORT": str(port),
         }
         proc = subprocess.Popen(
             [str(installed / "telemon"), "run"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
         )
         try:
             deadline = time.monotonic() + 60
-            while not (tmp_path / ".telemon" / "signing.key").exists() and time.monotonic() < deadline:
+            while probe(port, "/readyz")[0] != 200:  # in its consumer group
+                assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.2)
-            time.sleep(1)
             proc.send_signal(signal.SIGTERM)
             _, stderr = proc.communicate(timeout=60)
         finally:

@@ -170,7 +170,7 @@ def test_sigterm_ends_the_process_in_time_even_with_its_broker_frozen(tmp_path: 
         finally:
             os.kill(pid, signal.SIGCONT)
             proc.kill()
-    assert proc.returncode in (0, 1), stderr
-    if proc.returncode == 1:
-        assert "still running 4s after SIGTERM: exiting now" in stderr
-    assert took < 15, f"{took:.1f}s"
+    # Closing the consumer waits on the frozen broker: the watchdog ends the process instead.
+    assert proc.returncode == 1, stderr
+    assert "still running 4s after SIGTERM: exiting now" in stderr
+    assert took < 15, f"{took:.1f}s"  # the 4 s bound plus slack, against librdkafka's 60 s waits

