@@ -47,10 +47,10 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from bench.naive import NaivePipeline
-from monitor import packaged
-from monitor.alerts import decode as decode_alert
-from monitor.broker import EmbeddedBroker, free_port
-from monitor.kafka import ensure_topics
+from monitor.cli.broker import EmbeddedBroker, free_port
+from monitor.common import packaged
+from monitor.govern.alerts import decode as decode_alert
+from monitor.ingest.kafka import ensure_topics
 from monitor.schema import SENSORS, Reading, encode_reading
 from monitor.settings import KafkaSettings
 from producers.scenario import load_scenario
@@ -203,7 +203,7 @@ def start_telemon(stream: Stream, name: str) -> Telemon:
     }
     for topic in ("dead_letter", "alerts", "models", "audit"):
         env[f"TELEMON_KAFKA__{topic.upper()}_TOPIC"] = f"{name}.{topic}"
-    cmd = [sys.executable, "-m", "monitor.cli", "run", "--config", str(ROOT / "configs/monitor.yaml")]
+    cmd = [sys.executable, "-m", "monitor.cli.main", "run", "--config", str(ROOT / "configs/monitor.yaml")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t = Telemon(proc, port, state, name, f"{name}.alerts")
     deadline = time.monotonic() + 120

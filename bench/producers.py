@@ -30,7 +30,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 if __package__ in (None, ""):  # run as a script: this file would shadow the producers package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from monitor.broker import EmbeddedBroker
+from monitor import errors
+from monitor.cli.broker import EmbeddedBroker
 from monitor.schema import encode_reading
 from monitor.settings import KafkaSettings
 from producers import iio, mqtt_bridge, replay
@@ -165,7 +166,7 @@ def main() -> None:
         bench_replay(bootstrap)
         try:
             bench_bridge(bootstrap, args.mqtt, args.bridge_messages)
-        except mqtt_bridge.MqttUnavailable as exc:
+        except errors.MqttUnavailable as exc:
             print(f"bridge: skipped, {exc}")
 
 

@@ -12,11 +12,11 @@ import time
 import numpy as np
 
 from bench.state_memory import batch
-from monitor import snapshot
+from monitor.govern.rules import load_rules
 from monitor.pipeline import Pipeline
-from monitor.rules import load_rules
 from monitor.settings import load_settings
-from monitor.snapshot import PartitionSnapshot
+from monitor.state import snapshot
+from monitor.state.snapshot import PartitionSnapshot
 
 KEY = b"k" * 32
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from bench.state_memory import rss
 from monitor.evaluation.replay import ReplayMessage
+from monitor.govern.rules import load_rules
 from monitor.pipeline import Pipeline
-from monitor.rules import load_rules
 from monitor.schema import SENSORS, encode_reading
 from monitor.settings import load_settings
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from monitor.evaluation.replay import ReplayMessage
+from monitor.govern.rules import load_rules
 from monitor.pipeline import Pipeline
-from monitor.rules import load_rules
 from monitor.schema import SENSORS, encode_reading
 from monitor.settings import load_settings
-from monitor.state import OBJECT_BYTES_PER_DEVICE
+from monitor.state.store import OBJECT_BYTES_PER_DEVICE
 
 START = 1_767_225_600_000
 

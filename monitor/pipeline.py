@@ -2,7 +2,7 @@
 
 :class:`Pipeline` holds all monitoring state and turns a batch of Kafka messages into a
 :class:`BatchResult` (dead letters, alerts, model versions, counts). It does no I/O: the live
-service (:mod:`monitor.service`) delivers the results and commits offsets, and an offline replay
+service (:mod:`monitor.serve.service`) delivers the results and commits offsets, and an offline replay
 feeds the very same code with recorded messages.
 """
 
@@ -13,94 +13,24 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor import alerts, model, novelty, schema, training
-from monitor.cohorts import load_cohorts
-from monitor.drift import Comparison, GroupDrift, PairDrift
-from monitor.features import Features, features
-from monitor.governance import Governor
-from monitor.integrity import IntegrityChecker
-from monitor.registry import AuditEvent, EventKind, ModelVersion, code_version
-from monitor.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
+from monitor import schema
+from monitor.detect import model, novelty
+from monitor.detect.cohorts import load_cohorts
+from monitor.detect.drift import Comparison, GroupDrift, PairDrift
+from monitor.govern import alerts, training
+from monitor.govern.governor import Governor
+from monitor.govern.registry import AuditEvent, EventKind, ModelVersion, code_version
+from monitor.govern.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
+from monitor.ingest.features import Features, features
+from monitor.ingest.integrity import IntegrityChecker
+from monitor.records import DeadLetter, Eviction, Message, Rollback, Scored, Stray
 from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, Reading, Rejection
 from monitor.settings import Settings
-from monitor.state import CHECKS, N_SENSORS, DeviceStates, Shapes, StateStore
-
-
-class Message(Protocol):
-    """What the pipeline needs of a Kafka message (``confluent_kafka.Message`` fits)."""
-
-    def value(self) -> bytes | None: ...
-    def key(self) -> bytes | None: ...
-    def topic(self) -> str | None: ...
-    def partition(self) -> int | None: ...
-    def offset(self) -> int | None: ...
-    def timestamp(self) -> tuple[int, int]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    message: Message
-    rejection: Rejection
-
-
-@dataclass
-class PartitionState:
-    """Everything the pipeline keeps about the devices of one partition (what a snapshot holds)."""
-
-    devices: DeviceStates
-    episodes: list[dict[str, Any]] = field(default_factory=list)  # their rule episodes
-    governance: list[dict[str, Any]] = field(default_factory=list)  # their retrains in progress
-
-
-@dataclass(frozen=True, slots=True)
-class Rollback:
-    """A rule asked to serve a pair's previous version again (the service loads it, verified)."""
-
-    device_id: str
-    sensor: str
-    rule: str
-    alert_id: str
-    version: int  # serving when the rule fired: a later promotion supersedes the request
-
-
-@dataclass(frozen=True, slots=True)
-class Scored:
-    """One applied reading: its score and squared distance (``None`` while the model warms up),
-    and its novelty level (``None`` while the novelty stage is off)."""
-
-    device_id: str
-    sensor: str
-    ts: int
-    score: float | None
-    distance: float | None
-    anomalous: bool
-    level: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Eviction:
-    """A wave of forgotten devices: ``idle`` ones of a partition whose clock passed their last
-    message by ``state.evict_idle_s``, or, at the device cap, the ones read least recently."""
-
-    reason: str  # "idle" or "capacity"
-    devices: int
-    partition: int | None  # idle: the partition whose clock decided
-    clock_ms: int  # idle: that partition's clock (0 for capacity)
-
-
-@dataclass(frozen=True, slots=True)
-class Stray:
-    """A device read from another partition than the one its state belongs to (a producer that
-    does not key by device id, or a forged record)."""
-
-    device_id: str
-    home: int  # the partition its state belongs to (where it was first read)
-    partition: int
+from monitor.state.store import CHECKS, N_SENSORS, PartitionState, Shapes, StateStore
 
 
 @dataclass
@@ -136,10 +66,11 @@ class BatchResult:
 
 class Pipeline:
     """All monitoring state and stages. ``trace=True`` also returns every applied reading's score
-    (offline evaluation; the live service leaves it off)."""
+    (offline evaluation; the live service leaves it off). Retrains go to ``trainer``: inline by
+    default (offline evaluation, the same results), a background worker in the service."""
 
     def __init__(
-        self, settings: Settings, rules: RuleSet, trace: bool = False, background: bool = False
+        self, settings: Settings, rules: RuleSet, trace: bool = False, trainer: training.Trainer | None = None
     ) -> None:
         self.settings = settings
         self.trace = trace
@@ -168,7 +99,7 @@ class Pipeline:
         self._astray: set[str] = set()  # devices reported astray once already
         self._tick = 0  # readings applied: orders the devices for capacity eviction
         config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
-        self.trainer = training.make_trainer(settings.retrain, background)
+        self.trainer = training.InlineTrainer(settings.retrain) if trainer is None else trainer
         self.governor = Governor(
             settings, self.store, self.trainer, self.engine.is_firing, code_version(), config_hash
         )
@@ -393,6 +324,10 @@ class Pipeline:
         self.engine.restore(state.episodes)
         self.governor.restore(state.governance)
 
+    def firing_alerts(self, state: PartitionState) -> list[alerts.Alert]:
+        """The alerts still firing among a restored partition's rule episodes."""
+        return alerts.restored(state.episodes, self.engine.rule)
+
     def drop_partition(self, partition: int) -> int:
         """Forget the devices of a partition this process no longer owns; returns how many."""
         slots = self.store.in_partition(partition)
@@ -440,7 +375,7 @@ class Pipeline:
     def _distance(self, slot: int, s: int, f: Features) -> float | None:
         """The pair model's distance (None while it warms up); learn unless over the threshold."""
         st = self.store
-        m = st.models[slot][s]
+        m: model.AdaptiveGaussian | None = st.models[slot][s]
         if m is None:
             m = st.models[slot][s] = model.AdaptiveGaussian(len(f), **self.governor.base_params(s))
         if m.n < self.settings.model.warmup:

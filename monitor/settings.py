@@ -27,7 +27,9 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from monitor import files, packaged, yamlfile
+from monitor import errors
+from monitor.common import files, packaged, yamlfile
+from monitor.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +285,7 @@ class ModelSettings(_Section):
 
 
 class NoveltySettings(_Section):
-    """The novelty stage (:mod:`monitor.novelty`): range, daily profile, likelihood, refractory."""
+    """The novelty stage (:mod:`monitor.detect.novelty`): range, daily profile, likelihood, refractory."""
 
     enabled: bool = Field(False, description="score every reading's novelty; its level decides anomalies")
     threshold: float = Field(
@@ -496,14 +498,14 @@ class MetricsSettings(_Section):
         the path, never the content."""
         try:
             files.read_bytes(path, files.MAX_CONFIG_BYTES)
-        except files.UnsafeFileError as exc:
+        except errors.UnsafeFileError as exc:
             raise ValueError(f"metrics.{name}: cannot read {exc}") from None
         except OSError as exc:
             raise ValueError(f"metrics.{name}: cannot read {path}: {exc.strerror or exc}") from None
 
 
 class RegistrySettings(_Section):
-    """The model registry: signed model artifacts and the audit trail (see ``monitor.registry``)."""
+    """The model registry: signed model artifacts and the audit trail (see ``monitor.govern.registry``)."""
 
     dir: Path | None = Field(None, description="registry directory (default: state_dir/registry)")
     signing_key: SecretStr | None = Field(
@@ -593,11 +595,6 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
-class ConfigError(ValueError):
-    """Settings that cannot be used: one line per problem, naming the file, line and column (or the
-    environment variable) it comes from."""
-
-
 #: Environment variables of the settings: ``TELEMON_<SECTION>__<KEY>`` or ``TELEMON_<KEY>``.
 ENV_PREFIX = "TELEMON_"
 #: Variables of that prefix that are not settings: the MQTT bridge's password, compose's partitions.
@@ -628,7 +625,7 @@ def _read_config(path: Path) -> yamlfile.YamlDocument:
         doc = yamlfile.read(path).check_duplicates()
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
-    except yamlfile.YamlError as exc:
+    except errors.YamlError as exc:
         raise ConfigError(str(exc)) from None
     if doc.data is not None and not isinstance(doc.data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")

@@ -15,7 +15,7 @@ import os
 import socket
 from pathlib import Path
 
-from monitor.cliargs import add_config_options, settings_from_args, stop_on_signals
+from monitor.cli.args import add_config_options, settings_from_args, stop_on_signals
 from monitor.schema import DEVICE_ID_PATTERN
 from producers import iio, mqtt_bridge, replay
 from producers.publisher import Publisher, ReadingPublisher

@@ -42,6 +42,7 @@ from confluent_kafka import KafkaError, Message
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from monitor.errors import MqttUnavailable
 from monitor.schema import MAX_MESSAGE_BYTES, Reading, Reason, Rejection, decode
 from monitor.settings import KafkaSettings
 from producers.publisher import Publisher
@@ -50,10 +51,6 @@ log = logging.getLogger(__name__)
 
 MAX_DLQ_BYTES: Final = 65_536
 QOS: Final = 1
-
-
-class MqttUnavailable(RuntimeError):
-    """The MQTT broker could not be reached or refused the connection or subscription."""
 
 
 @dataclass(frozen=True, slots=True)

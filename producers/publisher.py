@@ -1,9 +1,9 @@
 """The Kafka side of every source: validated readings, keyed by device id, with delivery checks.
 
-:class:`Publisher` wraps one ``confluent_kafka.Producer`` (``monitor.kafka.producer_config``:
+:class:`Publisher` wraps one ``confluent_kafka.Producer`` (``monitor.ingest.kafka.producer_config``:
 idempotent, ``acks=all``, lz4, ``linger.ms`` batching). Messages are produced without waiting;
 every :data:`CHECK_EVERY` messages it serves delivery reports and raises
-:class:`~monitor.kafka.KafkaUnavailable` on the first failed delivery, and :meth:`Publisher.close`
+:class:`~monitor.errors.KafkaUnavailable` on the first failed delivery, and :meth:`Publisher.close`
 (also on leaving a ``with`` block, normally or through an exception) waits until everything
 produced is acknowledged or raises. Nothing is lost silently: a source either ends with every
 message acknowledged or with an error.
@@ -33,7 +33,8 @@ from typing import Any, Final, Protocol, Self
 import msgspec
 from confluent_kafka import KafkaError, Message, Producer
 
-from monitor.kafka import KafkaUnavailable, ensure_topics, producer_config
+from monitor.errors import KafkaUnavailable
+from monitor.ingest.kafka import ensure_topics, producer_config
 from monitor.schema import SCHEMA_VERSION, SENSORS, Reading, Rejection, validate
 from monitor.settings import KafkaSettings
 

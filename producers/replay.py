@@ -35,7 +35,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from monitor import yamlfile
+from monitor import errors
+from monitor.common import yamlfile
+from monitor.errors import ReplayError
 from monitor.schema import DEVICE_ID_PATTERN, SENSORS
 from producers.publisher import Sample, SampleSink
 
@@ -44,10 +46,6 @@ log = logging.getLogger(__name__)
 LOGGED_PROBLEMS: Final = 10
 SensorName = Literal["accelerometer", "gyroscope", "magnetometer", "humidity", "pressure", "temperature"]
 Row = Mapping[str, Any]
-
-
-class ReplayError(ValueError):
-    """A mapping or log that cannot be replayed; the message names the file (and line)."""
 
 
 class _Frozen(BaseModel):
@@ -114,13 +112,13 @@ class ReplayMapping(_Frozen):
 
 
 def load_mapping(path: Path) -> ReplayMapping:
-    """Read and validate a mapping file (:func:`monitor.yamlfile.load`); :class:`ReplayError`
+    """Read and validate a mapping file (:func:`monitor.common.yamlfile.load`); :class:`ReplayError`
     names the file."""
     try:
         return ReplayMapping.model_validate(yamlfile.load(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"mapping file not found: {path}") from None
-    except yamlfile.YamlError as exc:
+    except errors.YamlError as exc:
         raise ReplayError(str(exc)) from None
     except ValidationError as exc:
         raise ReplayError(f"{path}: {exc}") from None

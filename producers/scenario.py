@@ -1,6 +1,6 @@
 """Scenario files: what the fleet simulator runs, validated, frozen, and its ground truth.
 
-A scenario is YAML (read with :func:`monitor.yamlfile.load`: the safe loader, bounded)::
+A scenario is YAML (read with :func:`monitor.common.yamlfile.load`: the safe loader, bounded)::
 
     seed: 7
     devices: 20
@@ -26,7 +26,9 @@ from typing import Annotated, Any, Final, Literal, TypedDict, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from monitor import yamlfile
+from monitor import errors
+from monitor.common import yamlfile
+from monitor.errors import ScenarioError
 from monitor.schema import DEVICE_ID_PATTERN, SENSORS
 
 #: 2026-01-01T00:00:00Z: the default first timestamp, fixed so that a seed fixes the stream.
@@ -39,10 +41,6 @@ MAX_RATE_HZ: Final = 1000.0
 
 SensorName = Literal["accelerometer", "gyroscope", "magnetometer", "humidity", "pressure", "temperature"]
 Axis = Literal["x", "y", "z"]
-
-
-class ScenarioError(ValueError):
-    """A scenario file that cannot be used; the message names the file and the offending key."""
 
 
 class _Frozen(BaseModel):
@@ -374,7 +372,7 @@ def load_scenario(path: Path, **overrides: Any) -> Scenario:
         data = yamlfile.load(path)
     except FileNotFoundError as exc:
         raise ScenarioError(f"{path}: cannot read scenario file: {exc.strerror}") from None
-    except yamlfile.YamlError as exc:
+    except errors.YamlError as exc:
         raise ScenarioError(str(exc)) from None
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: the top level must be a mapping of scenario keys")

@@ -27,9 +27,9 @@ import msgspec
 import numpy as np
 from confluent_kafka import Producer
 
-from monitor.kafka import (
+from monitor.errors import KafkaUnavailable
+from monitor.ingest.kafka import (
     DeliveryTracker,
-    KafkaUnavailable,
     ensure_topics,
     flush,
     produce,

@@ -7,7 +7,7 @@ snapshots every partition; the comparison then reads both snapshot directories a
 
 - readings applied (lost = oracle - faulty, from the per-pair reading counts);
 - per-device state: equal digests of everything kept about the device
-  (:func:`monitor.snapshot.fingerprints`);
+  (:func:`monitor.state.snapshot.fingerprints`);
 - device-scope alert records: equal sets of (alert id, status) (fleet-scope alerts pool the
   partitions in the order batches happen to interleave them, so they are reported, not compared).
 
@@ -61,13 +61,13 @@ import yaml
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from monitor import snapshot
-from monitor.alerts import Alert
-from monitor.alerts import decode as decode_alert
-from monitor.broker import EmbeddedBroker, free_port, tansu_binary
-from monitor.kafka import DeliveryTracker, ensure_topics, flush, produce, producer_config
+from monitor.cli.broker import EmbeddedBroker, free_port, tansu_binary
+from monitor.govern.alerts import Alert
+from monitor.govern.alerts import decode as decode_alert
+from monitor.ingest.kafka import DeliveryTracker, ensure_topics, flush, produce, producer_config
 from monitor.settings import KafkaSettings
-from monitor.snapshot import SnapshotStore
+from monitor.state import snapshot
+from monitor.state.snapshot import SnapshotStore
 from producers.scenario import Scenario, load_scenario
 from producers.simulate import Message, simulate, stream
 
@@ -201,7 +201,14 @@ class Run:
             "TELEMON_STATE__SNAPSHOT_INTERVAL_S": environ.get("TELEMON_STATE__SNAPSHOT_INTERVAL_S", "0.3"),
         }
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "monitor.cli", "run", "--config", str(ROOT / "configs/monitor.yaml")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "monitor.cli.main",
+            "run",
+            "--config",
+            str(ROOT / "configs/monitor.yaml"),
+        ]
         with self.log.open("a") as log:
             proc = subprocess.Popen(cmd, env=environ, stdout=log, stderr=log, text=True, cwd=ROOT)
         _started.append(proc)

@@ -19,8 +19,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.broker import EmbeddedBroker, free_port
-from monitor.kafka import ensure_topics
+from monitor.cli.broker import EmbeddedBroker, free_port
+from monitor.ingest.kafka import ensure_topics
 from monitor.schema import encode_reading
 from monitor.settings import KafkaSettings
 from tests.chaos_harness import committed
@@ -56,7 +56,7 @@ def telemon_process(kafka: KafkaSettings, *args: str, **env: str) -> subprocess.
     for key, value in kafka.model_dump(exclude_none=True).items():
         if isinstance(value, str | int):
             environ[f"TELEMON_KAFKA__{key.upper()}"] = str(value)
-    cmd = [sys.executable, "-m", "monitor.cli", *args]
+    cmd = [sys.executable, "-m", "monitor.cli.main", *args]
     return subprocess.Popen(cmd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from monitor.rules import load_rules
+from monitor.govern.rules import load_rules
 from monitor.settings import load_settings
 
 if TYPE_CHECKING:
-    from monitor.rules import RuleSet
+    from monitor.govern.rules import RuleSet
     from monitor.settings import Settings
 
 DEFAULT_NAB = Path("../shared/data/nab")

@@ -22,13 +22,13 @@ from typing import Any, Final
 import numpy as np
 from scipy.stats import chi2
 
-from monitor.alerts import Alert
 from monitor.evaluation import nab
 from monitor.evaluation.quality import Detection, Key, LabelledEvent, anomaly_quality, drift_quality
 from monitor.evaluation.replay import Replay, Series, device_id, replay_messages, replay_series
-from monitor.features import n_features
-from monitor.pipeline import Scored
-from monitor.rules import RuleSet
+from monitor.govern.alerts import Alert
+from monitor.govern.rules import RuleSet
+from monitor.ingest.features import n_features
+from monitor.records import Scored
 from monitor.settings import Settings
 from producers.scenario import Scenario, truth_records
 from producers.simulate import stream

@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from monitor.alerts import Alert
-from monitor.pipeline import BatchResult, Pipeline, Scored
-from monitor.registry import ModelVersion
-from monitor.rules import RuleSet
+from monitor.errors import LabelledInputError as InputError
+from monitor.govern.alerts import Alert
+from monitor.govern.registry import ModelVersion
+from monitor.govern.rules import RuleSet
+from monitor.pipeline import BatchResult, Pipeline
+from monitor.records import Scored
 from monitor.schema import Reading
 from monitor.settings import Settings
 
@@ -144,10 +146,6 @@ def parse_time(text: str) -> int:
             dt = dt.replace(tzinfo=UTC)
         return int(dt.timestamp() * 1000)
     return int(number if number > 1e11 else number * 1000)
-
-
-class InputError(ValueError):
-    """A labelled input that cannot be read; the message names the file, row and column."""
 
 
 def read_csv(path: Path, timestamp: str, values: Sequence[str], label: str | None) -> list[Series]:

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from monitor.alerts import Alert, alert_id, annotations_of, labels_of
-from monitor.sinks import VALIDITY_FACTOR, AlertmanagerSink, SinkUnavailable
+from monitor.errors import SinkUnavailable
+from monitor.govern.alerts import Alert, alert_id, annotations_of, labels_of
+from monitor.serve.sinks import VALIDITY_FACTOR, AlertmanagerSink
 from tests.conftest import AlertmanagerProcess, start_alertmanager
 
 pytestmark = pytest.mark.integration

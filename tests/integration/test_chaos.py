@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.broker import EmbeddedBroker
+from monitor.cli.broker import EmbeddedBroker
 from monitor.settings import KafkaSettings
 from producers.scenario import Scenario
 from tests import chaos_harness as chaos

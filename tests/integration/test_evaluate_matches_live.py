@@ -9,10 +9,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from monitor.evaluation.replay import replay_messages
-from monitor.metrics import Metrics
-from monitor.pipeline import BatchResult, Pipeline, Scored
-from monitor.rules import load_rules
-from monitor.service import Service, Totals
+from monitor.govern.rules import load_rules
+from monitor.pipeline import BatchResult, Pipeline
+from monitor.records import Scored
+from monitor.serve.metrics import Metrics
+from monitor.serve.service import Service, Totals
 from monitor.settings import KafkaSettings, load_settings
 from producers.scenario import load_scenario
 from producers.simulate import simulate, stream

@@ -17,14 +17,15 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
-from monitor import alerts, registry
-from monitor.app import build_service
-from monitor.broker import EmbeddedBroker, free_port
-from monitor.cli import main as telemon
-from monitor.kafka import ensure_topics
-from monitor.registry import ModelRegistry, decode_event
+from monitor import errors
+from monitor.cli.broker import EmbeddedBroker, free_port
+from monitor.cli.main import main as telemon
+from monitor.govern import alerts, registry
+from monitor.govern.registry import ModelRegistry, decode_event
+from monitor.ingest.kafka import ensure_topics
 from monitor.schema import encode_reading
-from monitor.service import Totals
+from monitor.serve.app import build_service
+from monitor.serve.service import Totals
 from monitor.settings import Settings, load_settings
 from producers.scenario import load_scenario
 from producers.simulate import simulate
@@ -191,7 +192,7 @@ def test_tampered_artifact_is_refused_and_the_current_model_keeps_serving(drift:
     data = bytearray(artifact.read_bytes())
     data[-5] ^= 0x01
     artifact.write_bytes(bytes(data))
-    with pytest.raises(registry.ArtifactError):
+    with pytest.raises(errors.ArtifactError):
         reg.rollback(*PAIR, reason="test", actor="cli:test")
     assert reg.serving(*PAIR) == 2
     assert reg.events()[0][-1].kind == "rejected"

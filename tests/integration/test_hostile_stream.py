@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Message, Producer
 
-from monitor import deadletters
-from monitor.broker import EmbeddedBroker, free_port
-from monitor.deadletters import DeadLetterProducer
+from monitor.cli.broker import EmbeddedBroker, free_port
 from monitor.evaluation.replay import ReplayMessage
-from monitor.kafka import DeliveryTracker, ensure_topics, flush
-from monitor.pipeline import DeadLetter
+from monitor.ingest.kafka import DeliveryTracker, ensure_topics, flush
+from monitor.records import DeadLetter
 from monitor.schema import Reason, Rejection
+from monitor.serve import deadletters
+from monitor.serve.deadletters import DeadLetterProducer
 from monitor.settings import KafkaSettings
 from tests.chaos_harness import committed
 from tests.conftest import (

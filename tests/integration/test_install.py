@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.broker import EmbeddedBroker, free_port
+from monitor.cli.broker import EmbeddedBroker, free_port
 from tests.chaos_harness import probe
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,11 @@ def test_help_and_packaged_rules(installed: Path, tmp_path: Path) -> None:
     done = subprocess.run([telemon, "--help"], cwd=tmp_path, capture_output=True, text=True, env=_clean_env())
     assert done.returncode == 0 and "telemon demo" in done.stdout
     where = subprocess.run(
-        [str(installed / "python"), "-c", "import monitor.packaged as p; print(p.config('rules.yaml'))"],
+        [
+            str(installed / "python"),
+            "-c",
+            "import monitor.common.packaged as p; print(p.config('rules.yaml'))",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

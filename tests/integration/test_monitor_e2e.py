@@ -12,10 +12,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from monitor import alerts, registry
-from monitor.app import build_service
-from monitor.broker import EmbeddedBroker, free_port
-from monitor.service import Totals
+from monitor.cli.broker import EmbeddedBroker, free_port
+from monitor.govern import alerts, registry
+from monitor.serve.app import build_service
+from monitor.serve.service import Totals
 from monitor.settings import Settings, load_settings
 from producers.scenario import load_scenario
 from producers.simulate import SimulationReport, simulate

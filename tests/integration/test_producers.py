@@ -23,9 +23,10 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 
-from monitor import cli
-from monitor.broker import free_port
-from monitor.kafka import KafkaUnavailable
+from monitor import errors
+from monitor.cli.broker import free_port
+from monitor.cli.main import main as cli
+from monitor.errors import KafkaUnavailable
 from monitor.schema import Reading, Reason, Rejection, decode, encode_reading
 from monitor.settings import KafkaSettings
 from producers import iio, mqtt_bridge, replay
@@ -361,7 +362,7 @@ def _redelivered(broker: tuple[str, int], client_id: str, wait_s: float = 0.5) -
 
 def test_an_unreachable_mqtt_broker_is_a_clear_error(kafka_settings: KafkaSettings) -> None:
     options = MqttOptions(port=free_port(), client_id=unique("bridge"))
-    with pytest.raises(mqtt_bridge.MqttUnavailable, match=r"cannot reach the MQTT broker at 127\.0\.0\.1"):
+    with pytest.raises(errors.MqttUnavailable, match=r"cannot reach the MQTT broker at 127\.0\.0\.1"):
         mqtt_bridge.run_bridge(kafka_settings, options, threading.Event())
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.broker import free_port
+from monitor.cli.broker import free_port
 from monitor.settings import KafkaSettings
 from producers.scenario import load_scenario
 from producers.simulate import simulate

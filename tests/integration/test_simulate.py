@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from monitor.kafka import client_config
+from monitor.ingest.kafka import client_config
 from monitor.settings import KafkaSettings
 from producers.scenario import Scenario, truth_records
 from producers.simulate import PROGRESS_EVERY, iter_messages, simulate

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from monitor.broker import EmbeddedBroker, free_port
-from monitor.model import AdaptiveGaussian
-from monitor.registry import ModelVersion, TrainingData, open_registry
+from monitor.cli.broker import EmbeddedBroker, free_port
+from monitor.detect.model import AdaptiveGaussian
+from monitor.govern.registry import ModelVersion, TrainingData, open_registry
 from monitor.settings import KafkaSettings, load_settings
-from monitor.snapshot import SnapshotStore
+from monitor.state.snapshot import SnapshotStore
 from tests.conftest import Finished, Readings, run_monitor, telemon_process, total, unique_kafka_settings
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def _register_v2(state: Path) -> None:
         "dev-01", "temperature", 2, 1, data, {}, model.params(), "", "", "0+test", "test", 2
     )
     registry.register(version, model)
-    promote = [sys.executable, "-m", "monitor.cli", "registry", "promote", "dev-01", "temperature", "2"]
+    promote = [sys.executable, "-m", "monitor.cli.main", "registry", "promote", "dev-01", "temperature", "2"]
     env = dict(os.environ, TELEMON_STATE_DIR=str(state))
     done = subprocess.run(
         [*promote, "--reason", "validated offline"], env=env, capture_output=True, text=True

@@ -1,4 +1,4 @@
-"""Tests for monitor.drift: window filling, quantisation, per-pair and fleet drift windows."""
+"""Tests for monitor.detect.drift: window filling, quantisation, per-pair and fleet drift windows."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy.typing as npt
 import pytest
 from numpy.testing import assert_array_equal
 
-from monitor import stats
-from monitor.drift import QUANTUM, Comparison, GroupDrift, PairDrift, _append, dequantise
+from monitor.detect import stats
+from monitor.detect.drift import QUANTUM, Comparison, GroupDrift, PairDrift, _append, dequantise
 from monitor.settings import DriftSettings
-from monitor.state import N_SENSORS, Shapes, StateStore
+from monitor.state.store import N_SENSORS, Shapes, StateStore
 
 IntArray = npt.NDArray[np.int64]
 U16 = npt.NDArray[np.uint16]

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from scipy.stats import chi2
 
-from monitor.cli import main
+from monitor.cli.main import main
+from monitor.errors import LabelledInputError as InputError
 from monitor.evaluation.harness import label_windows, surprise
-from monitor.evaluation.replay import InputError, Series, parse_time, read_csv
+from monitor.evaluation.replay import Series, parse_time, read_csv
 
 NAB = Path(__file__).resolve().parents[3] / "shared" / "data" / "nab"
 T0 = 1_767_225_600_000

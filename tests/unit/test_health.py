@@ -1,4 +1,4 @@
-"""Tests for monitor.health: probe verdicts, and the endpoint serving them next to /metrics."""
+"""Tests for monitor.serve.health: probe verdicts, and the endpoint serving them next to /metrics."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor import health as health_module
-from monitor.health import Health, HttpEndpoint, make_app
-from monitor.metrics import Metrics
+from monitor.serve import health as health_module
+from monitor.serve.health import Health, HttpEndpoint, make_app
+from monitor.serve.metrics import Metrics
 
 
 class Clock:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor import yamlfile
-from monitor.cli import main
+from monitor.cli.main import main
+from monitor.common import yamlfile
 
 LEVELS = 9
 
@@ -168,7 +168,7 @@ def test_extra_kafka_properties_that_would_weaken_it_are_refused(
 
 
 def test_the_insecure_opt_in_accepts_an_override(tmp_path: Path) -> None:
-    from monitor.kafka import client_config
+    from monitor.ingest.kafka import client_config
     from monitor.settings import load_settings
 
     path = _write(
@@ -208,7 +208,7 @@ def test_an_unreachable_broker_is_named_after_the_connect_timeout(capsys: pytest
 def test_librdkafka_lines_of_one_kind_pass_once_a_minute_with_a_count() -> None:
     import logging
 
-    from monitor.kafka import _RateLimited
+    from monitor.ingest.kafka import _RateLimited
 
     limit, passed = _RateLimited(interval_s=60), []
     for port in range(10):

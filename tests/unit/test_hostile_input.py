@@ -11,11 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor import deadletters
 from monitor.evaluation.replay import ReplayMessage
-from monitor.pipeline import DeadLetter, Pipeline
-from monitor.rules import load_rules
+from monitor.govern.rules import load_rules
+from monitor.pipeline import Pipeline
+from monitor.records import DeadLetter
 from monitor.schema import SENSORS, Reason, Rejection, encode_reading
+from monitor.serve import deadletters
 from monitor.settings import load_settings
 
 T0 = 1_767_225_600_000

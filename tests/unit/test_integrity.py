@@ -1,4 +1,4 @@
-"""Tests for monitor.integrity: duplicate, out-of-order, gap, stuck-at and clock-skew checks."""
+"""Tests for monitor.ingest.integrity: duplicate, out-of-order, gap, stuck-at and clock-skew checks."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from monitor.features import features
-from monitor.integrity import CLOCK_SKEW, DUPLICATE, GAP, OUT_OF_ORDER, STUCK, IntegrityChecker
+from monitor.ingest.features import features
+from monitor.ingest.integrity import CLOCK_SKEW, DUPLICATE, GAP, OUT_OF_ORDER, STUCK, IntegrityChecker
 from monitor.schema import SENSOR_INDEX, SENSORS, Reading
 from monitor.settings import IntegritySettings, Settings
-from monitor.state import CHECKS, N_SENSORS, Shapes, StateStore
+from monitor.state.store import CHECKS, N_SENSORS, Shapes, StateStore
 
 T0 = 1_700_000_000_000
 TEMP = SENSOR_INDEX["temperature"]

@@ -1,4 +1,4 @@
-"""Tests for monitor.metrics: what one recorded batch does to the Prometheus samples."""
+"""Tests for monitor.serve.metrics: what one recorded batch does to the Prometheus samples."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import monitor
-from monitor.alerts import Alert
-from monitor.metrics import LAG_BUCKETS, SCORE_BUCKETS, BatchHistogram, Metrics
-from monitor.pipeline import BatchResult, DeadLetter
-from monitor.registry import AuditEvent, ModelVersion, TrainingData
-from monitor.rules import Evaluation, RuleEngine, RuleSet
+from monitor.govern.alerts import Alert
+from monitor.govern.registry import AuditEvent, ModelVersion, TrainingData
+from monitor.govern.rules import Evaluation, RuleEngine, RuleSet
+from monitor.pipeline import BatchResult
+from monitor.records import DeadLetter
 from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, Reason, Rejection
-from monitor.service import partition_lag
-from monitor.state import CHECKS, N_CHECKS, N_SENSORS
+from monitor.serve.metrics import LAG_BUCKETS, SCORE_BUCKETS, BatchHistogram, Metrics
+from monitor.serve.service import partition_lag
+from monitor.state.store import CHECKS, N_CHECKS, N_SENSORS
 
 DEVICE = "secret-device-4711"
 TEMP = SENSOR_INDEX["temperature"]
@@ -397,7 +398,7 @@ def test_rule_engine_counts_firing_episodes_per_rule() -> None:
 def test_service_doctests() -> None:
     import doctest
 
-    import monitor.service
+    import monitor.serve.service
 
-    result = doctest.testmod(monitor.service, raise_on_error=False)
+    result = doctest.testmod(monitor.serve.service, raise_on_error=False)
     assert (result.failed, result.attempted > 0) == (0, True)

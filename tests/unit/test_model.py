@@ -1,4 +1,4 @@
-"""Tests for monitor.model: exact running moments, chi-square scores, variance floor, calibration."""
+"""Tests for monitor.detect.model: exact running moments, chi-square scores, variance floor, calibration."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 from numpy.testing import assert_allclose
 
-from monitor.model import AdaptiveGaussian, distance_threshold, score, window_rows
+from monitor.detect.model import AdaptiveGaussian, distance_threshold, score, window_rows
 
 FloatArray = npt.NDArray[np.float64]
 #: So small that n * fading <= 1 for every test here: the weights are exactly 1/n.

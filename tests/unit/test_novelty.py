@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import monitor.novelty
-from monitor import snapshot
+from monitor.detect.novelty import LIKELIHOOD_BAND, Novelty, state_size, tail_probability
 from monitor.evaluation import harness
 from monitor.evaluation.replay import ReplayMessage, Series, replay_series
-from monitor.novelty import LIKELIHOOD_BAND, Novelty, state_size, tail_probability
+from monitor.govern.rules import load_rules
 from monitor.pipeline import Pipeline
-from monitor.rules import load_rules
 from monitor.schema import Reading
 from monitor.settings import NoveltySettings, Settings, load_settings
+from monitor.state import snapshot
 
 HOUR = 3_600_000
 KEY = b"k" * 32
@@ -211,9 +209,3 @@ def test_novelty_state_survives_a_partition_snapshot() -> None:
     tail = second.process_readings(items[120:]).trace
     assert [s.level for s in head + tail] == [s.level for s in whole]
     assert any(s.level for s in tail)
-
-
-def test_doctests_pass() -> None:
-    result = doctest.testmod(monitor.novelty)
-    assert result.attempted >= 5
-    assert result.failed == 0

@@ -21,11 +21,11 @@ import numpy as np
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitor.metrics import Metrics
+from monitor.govern.rules import load_rules
 from monitor.pipeline import BatchResult
-from monitor.rules import load_rules
 from monitor.schema import SENSOR_INDEX
-from monitor.state import N_CHECKS, N_SENSORS
+from monitor.serve.metrics import Metrics
+from monitor.state.store import N_CHECKS, N_SENSORS
 from tests.conftest import tool
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.alerts import Alert
-from monitor.pipeline import BatchResult, Message, Pipeline
-from monitor.registry import AuditEvent, ModelVersion
-from monitor.rules import load_rules, parse_rules
+from monitor.govern.alerts import Alert
+from monitor.govern.registry import AuditEvent, ModelVersion
+from monitor.govern.rules import load_rules, parse_rules
+from monitor.pipeline import BatchResult, Pipeline
+from monitor.records import Message
 from monitor.schema import SENSOR_INDEX, SENSORS, Reason, encode_reading
 from monitor.settings import load_settings
 

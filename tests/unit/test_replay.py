@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from monitor import errors
 from monitor.schema import SENSOR_NAMES
 from producers import replay
 from tests.unit.test_iio import MemorySink
@@ -123,7 +124,7 @@ def test_bad_rows_are_skipped_counted_and_located(tmp_path: Path, caplog: pytest
 
 def test_strict_stops_at_the_first_bad_row_with_file_and_line(tmp_path: Path) -> None:
     log, mapping = write(tmp_path, "log.csv", CSV)
-    with pytest.raises(replay.ReplayError, match=r"log\.csv:4: temperature skipped"):
+    with pytest.raises(errors.ReplayError, match=r"log\.csv:4: temperature skipped"):
         run(log, mapping, strict=True)
 
 
@@ -176,14 +177,14 @@ def test_bad_mappings_are_rejected_naming_the_file(
     tmp_path: Path, change: dict[str, Any], message: str
 ) -> None:
     _, mapping = write(tmp_path, "log.csv", CSV, MAPPING | change)
-    with pytest.raises(replay.ReplayError, match=r"mapping\.yaml") as exc:
+    with pytest.raises(errors.ReplayError, match=r"mapping\.yaml") as exc:
         replay.load_mapping(mapping)
     assert message in str(exc.value)
 
 
 def test_a_mapped_column_missing_from_the_header_fails_before_publishing(tmp_path: Path) -> None:
     log, mapping = write(tmp_path, "log.csv", CSV.replace("temp_f", "tempF", 1))
-    with pytest.raises(replay.ReplayError, match=r"lacks the mapped columns \['temp_f'\]"):
+    with pytest.raises(errors.ReplayError, match=r"lacks the mapped columns \['temp_f'\]"):
         run(log, mapping)
 
 

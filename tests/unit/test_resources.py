@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from monitor.metrics import Metrics
+from monitor.govern.rules import load_rules
 from monitor.pipeline import Pipeline
-from monitor.rules import load_rules
+from monitor.serve.metrics import Metrics
 from monitor.settings import load_settings
 from tests.unit.test_pipeline import DRIFT, MODEL, RULES, _gaussian_stream, _run
 

@@ -1,4 +1,4 @@
-"""Tests for monitor.rules: loading and validating rule files (with the line of every problem), and
+"""Tests for monitor.govern.rules: loading and validating rule files (with the line of every problem), and
 the episode lifecycle of the engine (pending, firing, resolved; for, clear, cooldown; snapshots)."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from monitor.cli import main
-from monitor.rules import Evaluation, RuleEngine, RulesError, RuleSet, Transition, load_rules
+from monitor.cli.main import main
+from monitor.errors import RulesError
+from monitor.govern.rules import Evaluation, RuleEngine, RuleSet, Transition, load_rules
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RULES_YAML = CONFIGS / "rules.yaml"
@@ -734,6 +735,6 @@ def test_restore_refuses_a_malformed_record() -> None:
 def test_docstring_example() -> None:
     import doctest
 
-    import monitor.rules
+    import monitor.govern.rules
 
-    assert doctest.testmod(monitor.rules, raise_on_error=False).failed == 0
+    assert doctest.testmod(monitor.govern.rules, raise_on_error=False).failed == 0

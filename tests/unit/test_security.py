@@ -26,14 +26,16 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr, ValidationError
 
-from monitor import kafka
-from monitor.health import Health, HttpEndpoint, make_app, server_tls_context
-from monitor.kafka import FORBIDDEN_KEYS, client_config, consumer_config, redact
-from monitor.metrics import Metrics
+from monitor import errors
+from monitor.errors import ConfigError
+from monitor.govern.rules import load_rules
+from monitor.ingest import kafka
+from monitor.ingest.kafka import FORBIDDEN_KEYS, client_config, consumer_config, redact
 from monitor.pipeline import Pipeline
-from monitor.rules import load_rules
-from monitor.service import Service
-from monitor.settings import ConfigError, KafkaSettings, MetricsSettings, Settings, load_settings
+from monitor.serve.health import Health, HttpEndpoint, make_app, server_tls_context
+from monitor.serve.metrics import Metrics
+from monitor.serve.service import Service
+from monitor.settings import KafkaSettings, MetricsSettings, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-Qv7!hunter2"
@@ -249,7 +251,7 @@ def test_disabling_certificate_checks_needs_the_explicit_opt_in(
     key: str, value: str | int | bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     s = KafkaSettings(security_protocol="SSL", allow_insecure_tls=True, extra={key: value})
-    with caplog.at_level(logging.WARNING, logger="monitor.kafka"):
+    with caplog.at_level(logging.WARNING, logger="monitor.ingest.kafka"):
         conf = client_config(s)
     assert conf[key.strip().lower()] == value
     assert "broker certificate checks are off" in caplog.text
@@ -433,7 +435,7 @@ def test_kafka_unavailable_messages_hide_secrets(monkeypatch: pytest.MonkeyPatch
             raise KafkaException(KafkaError(KafkaError._TRANSPORT, f"echo {self.conf['sasl.password']}"))
 
     monkeypatch.setattr(kafka, "AdminClient", Admin)
-    with pytest.raises(kafka.KafkaUnavailable) as exc:
+    with pytest.raises(errors.KafkaUnavailable) as exc:
         kafka.ensure_topics(KafkaSettings(sasl_password=SecretStr(PASSWORD)), ["t"])
     assert "echo [redacted]" in str(exc.value)
     assert exc.value.__cause__ is None and exc.value.__suppress_context__
@@ -451,7 +453,7 @@ UNSAFE = {
     "shelve.open",
 }
 # The one module allowed to unpickle: it restricts what may be loaded.
-ALLOWED = {ROOT / "monitor" / "safepickle.py"}
+ALLOWED = {ROOT / "monitor" / "common" / "safepickle.py"}
 
 
 def unsafe_uses(source: str) -> list[str]:

@@ -10,12 +10,13 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
-from monitor import alerts
-from monitor.metrics import Metrics
-from monitor.pipeline import BatchResult, PartitionState, Pipeline
-from monitor.rules import load_rules
-from monitor.service import Service
+from monitor.govern import alerts
+from monitor.govern.rules import load_rules
+from monitor.pipeline import BatchResult, Pipeline
+from monitor.serve.metrics import Metrics
+from monitor.serve.service import Service
 from monitor.settings import load_settings
+from monitor.state.store import PartitionState
 from tests.unit.test_pipeline import RULES
 
 

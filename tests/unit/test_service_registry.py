@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.cli import main as telemon
-from monitor.metrics import Metrics
+from monitor.cli.main import main as telemon
+from monitor.govern.rules import load_rules
 from monitor.pipeline import Pipeline
-from monitor.rules import load_rules
 from monitor.schema import SENSOR_INDEX, encode_reading
-from monitor.service import Service
+from monitor.serve.metrics import Metrics
+from monitor.serve.service import Service
 from monitor.settings import load_settings
 from tests.unit.test_pipeline import RULES, T0, FakeMessage
 from tests.unit.test_registry import DEV, SENSOR, _add

@@ -1,4 +1,4 @@
-"""Tests for monitor.settings and monitor.kafka.client_config: defaults, file, environment, secrets."""
+"""Tests for monitor.settings and monitor.ingest.kafka.client_config: defaults, file, environment, secrets."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from monitor import packaged
-from monitor.kafka import FORBIDDEN_KEYS, LIBRDKAFKA_LOG, client_config
-from monitor.settings import ConfigError, KafkaSettings, Settings, load_settings
+from monitor.common import packaged
+from monitor.errors import ConfigError
+from monitor.ingest.kafka import FORBIDDEN_KEYS, LIBRDKAFKA_LOG, client_config
+from monitor.settings import KafkaSettings, Settings, load_settings
 
 MONITOR_YAML = Path(__file__).resolve().parents[2] / "configs" / "monitor.yaml"
 PASSWORD = "hunter2-Zq8!"

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor import snapshot
+from monitor.errors import SnapshotError
+from monitor.govern.rules import load_rules
 from monitor.pipeline import BatchResult, Pipeline
-from monitor.rules import load_rules
 from monitor.settings import load_settings
-from monitor.snapshot import PartitionSnapshot, SnapshotError, SnapshotStore
+from monitor.state import snapshot
+from monitor.state.snapshot import PartitionSnapshot, SnapshotStore
 from tests.unit.test_pipeline import DRIFT, MODEL, RULES, TOPIC, FakeMessage, _gaussian_stream, _run
 
 KEY = b"k" * 32
@@ -252,8 +253,8 @@ def test_export_copies_arrays() -> None:
 def test_a_snapshot_taken_with_other_state_shapes_is_ignored_not_fatal(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry
 
-    from monitor.metrics import Metrics
-    from monitor.partitions import Partitions
+    from monitor.serve.metrics import Metrics
+    from monitor.serve.partitions import Partitions
 
     def partitions(novelty: bool) -> Partitions:
         settings = load_settings(

@@ -1,4 +1,4 @@
-"""Tests for monitor.stats: scipy as the KS oracle, hand arithmetic for PSI, errors, doctests."""
+"""Tests for monitor.detect.stats: scipy as the KS oracle, hand arithmetic for PSI, errors, doctests."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-import monitor.stats
-from monitor.stats import bin_fractions, ks_2samp_batch, psi, psi_edges
+import monitor.detect.stats
+from monitor.detect.stats import bin_fractions, ks_2samp_batch, psi, psi_edges
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -264,6 +264,6 @@ def test_bins_must_be_an_integer() -> None:
 
 
 def test_doctests_pass() -> None:
-    result = doctest.testmod(monitor.stats, optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(monitor.detect.stats, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 10
     assert result.failed == 0

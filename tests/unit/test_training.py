@@ -1,9 +1,8 @@
-"""Tests for monitor.training: metrics by hand, injection, search, promotion and rejection, workers."""
+"""Tests for monitor.govern.training: metrics by hand, injection, search, promotion and rejection, workers."""
 
 from __future__ import annotations
 
 import copy
-import doctest
 import itertools
 import re
 import threading
@@ -14,11 +13,10 @@ import pytest
 from numpy.testing import assert_array_equal
 from pydantic import ValidationError
 
-import monitor.training
-from monitor.model import AdaptiveGaussian, distance_threshold, score
-from monitor.registry import TrainingData
-from monitor.settings import LogUniform, RetrainSettings, Settings, load_settings
-from monitor.training import (
+import monitor.govern.training
+from monitor.detect.model import AdaptiveGaussian, distance_threshold, score
+from monitor.govern.registry import TrainingData
+from monitor.govern.training import (
     InlineTrainer,
     Shadow,
     Space,
@@ -36,6 +34,7 @@ from monitor.training import (
     split_point,
     step,
 )
+from monitor.settings import LogUniform, RetrainSettings, Settings, load_settings
 
 BASE = {"fading": 0.05, "var_fading": 0.005, "resolution": 0.01}
 THRESHOLD = 0.9999
@@ -366,7 +365,7 @@ def test_candidate_with_excess_alarms_is_rejected() -> None:
 
 def test_failed_training_is_never_promoted() -> None:
     result = TrainingResult(job=_job(_normal(20.0, 32, 2), _serving_model(20.0)), error="ValueError: boom")
-    assert decide(result, None, 0.02) == monitor.training.Decision(
+    assert decide(result, None, 0.02) == monitor.govern.training.Decision(
         False, "training failed: ValueError: boom", {}
     )
 
@@ -391,14 +390,14 @@ def test_shadow_holds_exactly_its_readings() -> None:
 
 def test_worker_runs_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
     release, started = threading.Event(), threading.Event()
-    real = monitor.training.run_job
+    real = monitor.govern.training.run_job
 
     def held(job: TrainingJob, settings: RetrainSettings) -> TrainingResult:
         started.set()
         release.wait(PATIENCE_S)
         return real(job, settings)
 
-    monkeypatch.setattr(monitor.training, "run_job", held)
+    monkeypatch.setattr(monitor.govern.training, "run_job", held)
     worker = TrainingWorker(RetrainSettings())
     try:
         worker.submit(_job(_normal(28.0, 32, 2), _serving_model(20.0)))  # returns while the job runs
@@ -500,7 +499,3 @@ def test_retrain_settings_from_yaml_with_a_range(tmp_path: Path) -> None:
 def test_retrain_settings_reject_bad_values(values: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         RetrainSettings.model_validate(values)
-
-
-def test_module_doctests() -> None:
-    assert doctest.testmod(monitor.training, raise_on_error=False).failed == 0

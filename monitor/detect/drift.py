@@ -1,0 +1,156 @@
+"""Drift detection on the anomaly-score stream: KS, PSI and ADWIN, per pair and per sensor over a
+group of devices (the fleet, a cohort).
+
+Windows, per (device, sensor) pair and per sensor across the fleet:
+
+- **reference**: the first ``reference_size`` scores the pair's model produces after its warm-up
+  (after a retrain: the first ones of the new model). Frozen when full; the PSI bin edges are the
+  reference's quantiles, frozen at the same moment, and the reference bin fractions with them.
+- **current**: a ring of the latest ``window_size`` scores after the reference.
+
+Scores enter the windows one by one, in stream order, so a pair is evaluated after exactly every
+``check_every`` readings whatever the batch size. KS and PSI (:mod:`monitor.detect.stats`) compare current
+with reference only at evaluations. ADWIN sees every score fleet-wide, and the mean score of each
+evaluation interval per pair (see :meth:`PairDrift.close_interval`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from river import drift
+
+from monitor.detect import stats
+from monitor.schema import SENSOR_NAMES
+from monitor.settings import DriftSettings
+from monitor.state.store import N_SENSORS, StateStore
+
+FloatArray = NDArray[np.float64]
+ScoreArray = NDArray[np.uint16]
+#: Scores are kept quantised to 16 bits (resolution 1.5e-5) to halve the window memory.
+QUANTUM = 65535.0
+
+
+def dequantise(q: ScoreArray) -> FloatArray:
+    out: FloatArray = q.astype(np.float64) / QUANTUM
+    return out
+
+
+def _append(ref: ScoreArray, cur: ScoreArray, n: int, q: int) -> bool:
+    """Append one quantised score to a (reference, current ring) pair of rows that already holds
+    ``n`` scores; True when this score completes the reference."""
+    r = len(ref)
+    if n < r:
+        ref[n] = q
+        return n + 1 == r
+    cur[(n - r) % len(cur)] = q
+    return False
+
+
+def _freeze(ref: ScoreArray, edges: FloatArray, frac: NDArray[np.float32]) -> None:
+    """Freeze the PSI bins of one full reference row: its quantiles and its fractions."""
+    r = dequantise(ref[None, :])
+    e = stats.psi_edges(r, len(edges) + 1)
+    edges[:] = e[0]
+    frac[:] = stats.bin_fractions(e, r)[0]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """KS and PSI of current against reference for a set of rows."""
+
+    ks_stat: FloatArray
+    ks_pvalue: FloatArray
+    psi: FloatArray
+
+
+def compare(ref: ScoreArray, cur: ScoreArray, edges: FloatArray, frac: NDArray[np.float32]) -> Comparison:
+    r64, c64 = dequantise(ref), dequantise(cur)
+    d, p = stats.ks_2samp_batch(r64, c64)
+    cur_frac = stats.bin_fractions(edges, c64)
+    return Comparison(d, p, stats.psi(frac.astype(np.float64), cur_frac))
+
+
+class PairDrift:
+    """Reference/current windows and ADWIN for every (device, sensor) pair, in the state store."""
+
+    def __init__(self, store: StateStore, settings: DriftSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def push(self, slot: int, s: int, score: float) -> None:
+        """Record one score of a pair in its windows and its interval sums."""
+        st = self.store
+        n = int(st.n_scored[slot, s])
+        if _append(st.ref[slot, s], st.cur[slot, s], n, round(score * QUANTUM)):
+            _freeze(st.ref[slot, s], st.edges[slot, s], st.ref_frac[slot, s])
+        st.n_scored[slot, s] = n + 1
+        st.score_sum[slot, s] += score
+        st.score_count[slot, s] += 1
+
+    def close_interval(self, slot: int, s: int) -> None:
+        """Feed the pair's ADWIN the mean score of the interval since its last evaluation.
+
+        ADWIN per pair sees interval means, not single scores: a River ADWIN holds ~2 KB of
+        buckets after a few thousand updates, which per score would break the per-device budget;
+        interval means are also closer to Gaussian, which ADWIN's bound assumes.
+        """
+        st = self.store
+        n = int(st.score_count[slot, s])
+        if n:
+            a = st.adwin(slot, s)
+            a.update(float(st.score_sum[slot, s]) / n)
+            if a.drift_detected:
+                st.adwin_hits[slot, s] += 1
+        st.score_sum[slot, s] = 0.0
+        st.score_count[slot, s] = 0
+
+    def compare(self, slot: int, s: int) -> Comparison | None:
+        """KS and PSI of the pair, once its reference is frozen and its current window full."""
+        st, cfg = self.store, self.settings
+        if st.n_scored[slot, s] < cfg.reference_size + cfg.window_size:
+            return None
+        return compare(
+            st.ref[slot, s][None], st.cur[slot, s][None], st.edges[slot, s][None], st.ref_frac[slot, s][None]
+        )
+
+
+class GroupDrift:
+    """The same windows per sensor over the pooled scores of a group of devices (the whole fleet,
+    or a cohort), ADWIN on every score, and the group's anomaly count."""
+
+    def __init__(self, settings: DriftSettings) -> None:
+        self.settings = s = settings
+        self.ref = np.zeros((N_SENSORS, s.fleet_reference_size), np.uint16)
+        self.cur = np.zeros((N_SENSORS, s.fleet_window_size), np.uint16)
+        self.edges = np.zeros((N_SENSORS, s.psi_bins - 1), np.float64)
+        self.frac = np.zeros((N_SENSORS, s.psi_bins), np.float32)
+        self.n = [0] * N_SENSORS
+        self.since_eval = [0] * N_SENSORS
+        self.adwin_hits = [0] * N_SENSORS
+        self.anomalies = [0] * N_SENSORS
+        self.score_sum = [0.0] * N_SENSORS
+        self.adwins = [drift.ADWIN(delta=s.adwin_delta) for _ in SENSOR_NAMES]
+
+    def push(self, s: int, score: float, anomalous: bool = False) -> bool:
+        """Record one score of sensor ``s``; True when the sensor is due for an evaluation."""
+        self.anomalies[s] += anomalous
+        self.score_sum[s] += score
+        n = self.n[s]
+        if _append(self.ref[s], self.cur[s], n, round(score * QUANTUM)):
+            _freeze(self.ref[s], self.edges[s], self.frac[s])
+        self.n[s] = n + 1
+        a = self.adwins[s]
+        a.update(score)
+        if a.drift_detected:
+            self.adwin_hits[s] += 1
+        self.since_eval[s] += 1
+        return self.since_eval[s] >= self.settings.fleet_check_every
+
+    def compare(self, s: int) -> Comparison | None:
+        cfg = self.settings
+        if self.n[s] < cfg.fleet_reference_size + cfg.fleet_window_size:
+            return None
+        return compare(self.ref[s][None], self.cur[s][None], self.edges[s][None], self.frac[s][None])

@@ -1,0 +1,54 @@
+"""The composition root: settings -> pipeline, metrics, the HTTP endpoint and the Kafka service."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry
+
+from monitor.errors import ConfigError
+from monitor.govern import training
+from monitor.govern.registry import signing_key
+from monitor.govern.rules import load_rules
+from monitor.ingest import kafka
+from monitor.pipeline import Pipeline
+from monitor.serve.health import Health, HttpEndpoint, make_app, server_tls_context
+from monitor.serve.metrics import Metrics
+from monitor.serve.service import Service
+from monitor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_service(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
+    """Everything the monitor needs, wired once; topics are created if missing.
+
+    With ``metrics.enabled`` the endpoint (``/metrics``, ``/healthz``, ``/readyz``) starts serving
+    at once: liveness holds from the start, readiness once the consumer has joined its group.
+    """
+    logging.getLogger("monitor").setLevel(settings.log_level)
+    # Every file first (rules, cohorts, the signing key): a mistake there is reported before Kafka.
+    rules = load_rules(settings.rules_file)
+    pipeline = Pipeline(settings, rules, trainer=training.TrainingWorker(settings.retrain))
+    signing_key(settings)
+    k = settings.kafka
+    outputs = [k.dead_letter_topic, k.alerts_topic, k.models_topic, k.audit_topic]
+    kafka.ensure_topics(k, [k.readings_topic, *outputs])
+    registry = CollectorRegistry() if registry is None else registry
+    metrics = Metrics(registry, {r.name: r.severity for r in rules.rules})
+    health = Health(settings.metrics.liveness_timeout_s)
+    endpoint = None
+    if settings.metrics.enabled:
+        m = settings.metrics
+        tls = None if m.tls_files is None else server_tls_context(*m.tls_files)
+        try:
+            endpoint = HttpEndpoint(m.host, m.port, make_app(registry, health), tls)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics: cannot listen on {m.host}:{m.port} ({exc.strerror or exc}): another process "
+                "(another telemon?) has the port; set metrics.port (TELEMON_METRICS__PORT; 0: any free "
+                "port) or metrics.enabled: false"
+            ) from None
+        url = f"{endpoint.scheme}://{m.host}:{endpoint.port}"
+        log.info("metrics on %s/metrics (probes: /healthz, /readyz)", url)
+    return Service(settings, pipeline, metrics, health, endpoint)

@@ -1,0 +1,354 @@
+"""Every Prometheus metric telemon exports, declared here and only here (the README's catalog).
+
+The registry is injected (tests build a fresh ``CollectorRegistry``). Domain code never touches
+``prometheus_client``: the service calls the ``record_*`` hooks once per batch, never per reading.
+Label values come from small fixed sets (sensor kinds, rejection reasons, checks, detectors,
+scopes, rule names, severities, partitions of the readings topic); never device ids. Children of
+the fixed sets are created up front, so a counter is 0 before its first event and ``increase()``
+sees that first event.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+import monitor
+from monitor.pipeline import BatchResult
+from monitor.schema import SENSOR_NAMES, Reason
+from monitor.state.store import CHECKS, N_SENSORS
+
+SCORE_BUCKETS = (0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0)
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: Event-time lag (now - reading ts): sub-second for a live fleet, hours for a replayed backlog.
+LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+DETECTORS = ("ks", "psi", "adwin")
+SCOPES = ("device", "fleet", "cohort")
+STATUSES = ("pending", "firing", "resolved")
+RETRAIN_OUTCOMES = ("promoted", "rejected", "skipped")
+EVICTION_REASONS = ("idle", "capacity")
+
+
+class BatchHistogram(Collector):
+    """A histogram, one child per value of at most one label, fed a numpy array per batch.
+
+    ``observe`` costs one ``searchsorted`` and one ``bincount`` per batch instead of a Python
+    call per reading.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        label: str = "",
+        values: Sequence[str] = (),
+    ) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.values = tuple(values) if label else ("",)
+        self.edges = np.asarray(buckets, np.float64)
+        self.counts = np.zeros((len(self.values), len(buckets) + 1), np.int64)  # last: above every edge
+        self.sums = np.zeros(len(self.values))
+        self._lock = threading.Lock()  # scrapes run on the HTTP threads
+
+    def observe(self, values: NDArray[np.float64], child: int = 0) -> None:
+        if values.size == 0:
+            return
+        n = np.bincount(np.searchsorted(self.edges, values, side="left"), minlength=len(self.edges) + 1)
+        with self._lock:
+            self.counts[child] += n
+            self.sums[child] += float(values.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        fam = HistogramMetricFamily(self.name, self.documentation, labels=[self.label] if self.label else [])
+        with self._lock:
+            cumulative, sums = np.cumsum(self.counts, axis=1), self.sums.copy()
+        for i, value in enumerate(self.values):
+            buckets = [(f"{e:g}", float(c)) for e, c in zip(self.edges, cumulative[i], strict=False)]
+            buckets.append(("+Inf", float(cumulative[i, -1])))
+            fam.add_metric([value] if self.label else [], buckets, float(sums[i]))
+        yield fam
+
+
+class Metrics:
+    """The metric catalog. ``rules`` maps rule names to severities (for the per-rule children)."""
+
+    def __init__(self, registry: CollectorRegistry, rules: Mapping[str, str] | None = None) -> None:
+        self.registry = r = registry
+        self.rules = dict(rules or {})
+        # Input: what arrived, what was valid, what was quarantined and why.
+        self.received = Counter(
+            "telemon_messages_received", "Messages consumed from the readings topic.", registry=r
+        )
+        self.readings = Counter("telemon_readings", "Valid readings received.", ["sensor"], registry=r)
+        self.quarantined = Counter(
+            "telemon_messages_quarantined", "Messages sent to the dead-letter topic.", ["reason"], registry=r
+        )
+        self.integrity = Counter(
+            "telemon_integrity_events", "Data-integrity check events.", ["sensor", "check"], registry=r
+        )
+        # Latency and the consumer.
+        self.batch_seconds = Histogram(
+            "telemon_batch_duration_seconds",
+            "Time to process and deliver one batch, commit included.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.event_lag = BatchHistogram(
+            "telemon_event_lag_seconds",
+            "Event-time latency of valid readings: processing time minus the reading's ts (>= 0).",
+            LAG_BUCKETS,
+        )
+        r.register(self.event_lag)
+        self.consumer_lag = Gauge(
+            "telemon_consumer_lag",
+            "Messages behind the partition's high watermark (next offset to consume to the end).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.partitions = Gauge(
+            "telemon_assigned_partitions", "Partitions assigned to this consumer.", registry=r
+        )
+        # Detection.
+        self.anomalies = Counter("telemon_anomalies", "Readings scored as anomalous.", ["sensor"], registry=r)
+        self.scores = BatchHistogram(
+            "telemon_anomaly_score",
+            "Anomaly score of scored readings (0..1).",
+            SCORE_BUCKETS,
+            "sensor",
+            SENSOR_NAMES,
+        )
+        r.register(self.scores)
+        self.drift = Counter(
+            "telemon_drift_detections",
+            "Drift detections by detector (ks, psi, adwin) and scope (device, fleet).",
+            ["detector", "scope", "sensor"],
+            registry=r,
+        )
+        self.fleet_ks = Gauge(
+            "telemon_fleet_ks_statistic", "Latest fleet KS statistic.", ["sensor"], registry=r
+        )
+        self.fleet_psi = Gauge("telemon_fleet_psi", "Latest fleet PSI.", ["sensor"], registry=r)
+        # Governance: alerts, retrains, model versions.
+        self.alerts = Counter(
+            "telemon_alerts", "Alert records published.", ["rule", "severity", "status"], registry=r
+        )
+        self.firing = Gauge(
+            "telemon_alerts_firing",
+            "Alert episodes firing now (one per rule and key).",
+            ["rule", "severity"],
+            registry=r,
+        )
+        self.retrains = Counter(
+            "telemon_retrains",
+            "Retrains a rule asked for, by outcome: promoted, rejected (the incumbent kept), skipped.",
+            ["sensor", "outcome"],
+            registry=r,
+        )
+        self.models = Gauge(
+            "telemon_models", "Models in memory (one per device and sensor).", ["sensor"], registry=r
+        )
+        self.version_max = Gauge(
+            "telemon_model_version_max",
+            "Highest model version of the sensor's models.",
+            ["sensor"],
+            registry=r,
+        )
+        self.version_mean = Gauge(
+            "telemon_model_version_mean", "Mean model version of the sensor's models.", ["sensor"], registry=r
+        )
+        # State and build.
+        self.devices = Gauge("telemon_devices", "Devices with state in this process.", registry=r)
+        self.state_bytes = Gauge("telemon_state_bytes", "Bytes of per-device state arrays.", registry=r)
+        self.evicted = Counter(
+            "telemon_devices_evicted",
+            "Devices whose state was forgotten: silent too long (idle) or at the device cap (capacity).",
+            ["reason"],
+            registry=r,
+        )
+        self.replayed = Counter(
+            "telemon_readings_replayed",
+            "Re-delivered readings skipped because their device had already applied them.",
+            registry=r,
+        )
+        self.strays = Counter(
+            "telemon_readings_astray",
+            "Readings of a device on another partition than the one holding its state (applied).",
+            registry=r,
+        )
+        self.kafka_ts_ignored = Counter(
+            "telemon_kafka_timestamps_ignored",
+            "Kafka timestamps missing or further ahead than consume.max_future_ms: they date nothing.",
+            registry=r,
+        )
+        self.dead_letters_failed = Counter(
+            "telemon_dead_letters_failed",
+            "Rejected records Kafka refused to take as dead letters even truncated (logged with offsets).",
+            registry=r,
+        )
+        self.device_cap = Gauge(
+            "telemon_device_cap",
+            "Most devices kept: state.memory_budget_mb over one device's size, or state.max_devices.",
+            registry=r,
+        )
+        self.snapshots = Counter("telemon_snapshots", "Partition snapshots taken.", registry=r)
+        self.snapshot_bytes = Counter(
+            "telemon_snapshot_bytes", "Bytes of partition snapshots taken.", registry=r
+        )
+        self.snapshot_errors = Counter(
+            "telemon_snapshot_errors", "Snapshots that could not be loaded (state rebuilt).", registry=r
+        )
+        self.stale_snapshots = Counter(
+            "telemon_snapshots_stale",
+            "Signed snapshots older than the last one written (restored; their partition re-read).",
+            registry=r,
+        )
+        self.restored = Counter(
+            "telemon_devices_restored", "Device states restored from snapshots on assignment.", registry=r
+        )
+        self.degraded = Gauge(
+            "telemon_degraded", "1 while outputs cannot be delivered (consumption paused).", registry=r
+        )
+        self.build = Gauge("telemon_build_info", "Build information.", ["version"], registry=r)
+        self.build.labels(monitor.__version__).set(1)
+        self._retrained = np.zeros(N_SENSORS, np.int64)  # retrains per sensor in this process
+        self._max_version = np.ones(N_SENSORS, np.int64)
+        self._lag_children: set[tuple[str, str]] = set()
+        self._precreate()
+
+    def _precreate(self) -> None:
+        """Children for every value of the fixed label sets (never per reading)."""
+        self._readings = [self.readings.labels(s) for s in SENSOR_NAMES]
+        self._anomalies = [self.anomalies.labels(s) for s in SENSOR_NAMES]
+        self._integrity = [[self.integrity.labels(s, c) for c in CHECKS] for s in SENSOR_NAMES]
+        for reason in Reason:
+            self.quarantined.labels(reason.value)
+        for why in EVICTION_REASONS:
+            self.evicted.labels(why)
+        for s in SENSOR_NAMES:
+            for outcome in RETRAIN_OUTCOMES:
+                self.retrains.labels(s, outcome)
+            for d in DETECTORS:
+                for scope in SCOPES:
+                    self.drift.labels(d, scope, s)
+        for rule, severity in self.rules.items():
+            self.firing.labels(rule, severity)
+            for status in STATUSES:
+                self.alerts.labels(rule, severity, status)
+
+    def record_batch(
+        self, result: BatchResult, integrity: NDArray[np.int64], seconds: float, now: float | None = None
+    ) -> None:
+        """One processed batch; ``now`` (epoch seconds, default the wall clock) dates the event lag."""
+        self.received.inc(int(result.valid.sum()) + len(result.dead_letters))
+        self._record_sensors(result, integrity)
+        for reason, n in result.rejected.items():
+            self.quarantined.labels(reason).inc(n)
+        for (detector, scope, sensor), n in result.drift.items():
+            if n:
+                self.drift.labels(detector, scope, sensor).inc(n)
+        for sensor, (ks, psi) in result.fleet_stats.items():
+            self.fleet_ks.labels(sensor).set(ks)
+            self.fleet_psi.labels(sensor).set(psi)
+        for a in result.alerts:
+            self.alerts.labels(a.rule, a.severity, a.status).inc()
+        self._record_retrains(result)
+        self._record_state_events(result)
+        self.batch_seconds.observe(seconds)
+        if result.event_ts.size:
+            now_ms = (time.time() if now is None else now) * 1000.0
+            self.event_lag.observe(np.maximum(now_ms - result.event_ts, 0.0) / 1000.0)
+
+    def _record_state_events(self, result: BatchResult) -> None:
+        for reason, n in result.evicted.items():
+            self.evicted.labels(reason).inc(n)
+        for counter, n in (
+            (self.replayed, result.replayed),
+            (self.strays, result.strays),
+            (self.kafka_ts_ignored, result.kafka_ts_ignored),
+        ):
+            if n:
+                counter.inc(n)
+
+    def _record_sensors(self, result: BatchResult, integrity: NDArray[np.int64]) -> None:
+        for i in range(N_SENSORS):
+            if result.valid[i]:
+                self._readings[i].inc(int(result.valid[i]))
+            if result.anomalies[i]:
+                self._anomalies[i].inc(int(result.anomalies[i]))
+            for c in np.flatnonzero(integrity[i]).tolist():
+                self._integrity[i][c].inc(int(integrity[i, c]))
+        for sensor, scores in result.scores.items():
+            self.scores.observe(scores, sensor)
+
+    def _record_retrains(self, result: BatchResult) -> None:
+        for e in result.audit:
+            if e.kind in ("promoted", "rejected"):
+                self.retrains.labels(e.sensor, e.kind).inc()
+            if e.kind == "promoted":
+                s = SENSOR_NAMES.index(e.sensor)
+                self._retrained[s] += e.version - e.previous  # the pair's serving version went up by this
+                self._max_version[s] = max(self._max_version[s], e.version)
+        for sensor, n in result.retrains_skipped.items():
+            self.retrains.labels(sensor, "skipped").inc(n)
+
+    def record_state(self, devices: int, bytes_: int, models: NDArray[np.int64] | None = None) -> None:
+        """State size; ``models`` = models per sensor (pairs seen), which also dates the versions.
+
+        Every model starts at version 1 and each retrain adds one, so the mean version of a
+        sensor's models is ``1 + retrains / models``.
+        """
+        self.devices.set(devices)
+        self.state_bytes.set(bytes_)
+        if models is None:
+            return
+        for s, name in enumerate(SENSOR_NAMES):
+            n = int(models[s])
+            self.models.labels(name).set(n)
+            self.version_max.labels(name).set(int(self._max_version[s]) if n else 0)
+            self.version_mean.labels(name).set(1 + self._retrained[s] / n if n else 0)
+
+    def record_dead_letters_failed(self, n: int) -> None:
+        if n:
+            self.dead_letters_failed.inc(n)
+
+    def record_device_cap(self, devices: int) -> None:
+        self.device_cap.set(devices)
+
+    def record_snapshot(self, bytes_: int) -> None:
+        self.snapshots.inc()
+        self.snapshot_bytes.inc(bytes_)
+
+    def record_snapshot_error(self) -> None:
+        self.snapshot_errors.inc()
+
+    def record_stale_snapshot(self) -> None:
+        self.stale_snapshots.inc()
+
+    def record_restored(self, devices: int) -> None:
+        self.restored.inc(devices)
+
+    def record_degraded(self, degraded: bool) -> None:
+        self.degraded.set(int(degraded))
+
+    def record_firing(self, firing: Mapping[str, int]) -> None:
+        """Episodes firing now per rule (from :meth:`RuleEngine.firing_by_rule`)."""
+        for rule, n in firing.items():
+            self.firing.labels(rule, self.rules.get(rule, "")).set(n)
+
+    def record_consumer(self, lags: Mapping[tuple[str, int], int], assigned: int) -> None:
+        """Consumer lag of the partitions with a known lag; children of the others are removed."""
+        self.partitions.set(assigned)
+        children = {(topic, str(p)): lag for (topic, p), lag in lags.items()}
+        for gone in self._lag_children - children.keys():
+            self.consumer_lag.remove(*gone)
+        for key, lag in children.items():
+            self.consumer_lag.labels(*key).set(lag)
+        self._lag_children = set(children)

@@ -1,0 +1,198 @@
+"""The partitions a replica owns, and their state on disk.
+
+State follows partitions: on assignment a partition's snapshot is loaded into the pipeline and
+consumption starts at the snapshot's offset, so the state and the position always agree. The
+messages between that offset and the group's committed offset had their outputs delivered before
+the commit: they are re-applied to the state without outputs. A partition without a snapshot
+gets an empty one at its starting position first, so a crash before its first real snapshot
+restarts from there instead of from a commit the state never saw.
+
+While owned, a partition changed by a batch is snapshotted ``state.snapshot_interval_s`` later
+(one partition per loop turn, encoded in the loop, written by a background thread). On
+revocation its state is snapshotted and dropped; on loss (the group moved on without us) it is
+dropped unsaved.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
+
+from monitor.errors import SnapshotError
+from monitor.govern.alerts import rfc3339
+from monitor.pipeline import Pipeline
+from monitor.serve.metrics import Metrics
+from monitor.settings import Settings
+from monitor.state.snapshot import PartitionSnapshot, SnapshotStore, SnapshotWriter
+from monitor.state.store import PartitionState
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]  # (topic, partition)
+
+
+class Partitions:
+    def __init__(self, settings: Settings, pipeline: Pipeline, metrics: Metrics, key: bytes) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.metrics = metrics
+        root = settings.state.snapshot_dir or settings.state_dir / "snapshots"
+        group = settings.kafka.group_id
+        self.store = SnapshotStore(root / group, key, group)  # state belongs to a group
+        self.writer = SnapshotWriter(self.store)
+        self.positions: dict[Key, int | None] = {}  # owned partition -> next offset (None: none yet)
+        self.restored_at: dict[Key, int] = {}  # snapshot offsets, until the first message
+        self.replay_until: dict[Key, int] = {}  # committed offsets ahead of snapshots
+        self.dirty: dict[Key, float] = {}  # partition -> first change since its snapshot
+        self.unsettled: set[Key] = set()  # restored partitions whose versions are not yet checked
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def assign(
+        self,
+        consumer: Consumer,
+        partitions: list[TopicPartition],
+        on_restore: Callable[[PartitionState], None],
+    ) -> int:
+        """Take over ``partitions`` (setting their start offsets); returns the devices restored."""
+        committed = consumer.committed(
+            [TopicPartition(tp.topic, tp.partition) for tp in partitions],
+            timeout=self.settings.consume.delivery_timeout_s,
+        )
+        restored = 0
+        for tp, c in zip(partitions, committed, strict=True):
+            key = (tp.topic, tp.partition)
+            self.positions[key] = None
+            snap = self._load(tp.topic, tp.partition)
+            if snap is None:
+                self._start_fresh(tp, c.offset)
+                continue
+            self.pipeline.import_partition(snap.state)
+            self.unsettled.add(key)
+            on_restore(snap.state)
+            tp.offset = snap.next_offset
+            if snap.next_offset >= 0:
+                self.restored_at[key] = snap.next_offset
+                if c.offset > snap.next_offset:
+                    self.replay_until[key] = c.offset
+            restored += len(snap.state.devices.device_ids)
+        return restored
+
+    def _start_fresh(self, tp: TopicPartition, committed: int) -> None:
+        """An empty snapshot for a partition that has none, at the committed offset if the group
+        has one (state starts empty there), else at the ``auto_offset_reset`` end of the log."""
+        start = OFFSET_BEGINNING if self.settings.kafka.auto_offset_reset == "earliest" else OFFSET_END
+        tp.offset = committed if committed >= 0 else start
+        empty = PartitionState(self.pipeline.store.export([]))
+        self.store.save(PartitionSnapshot(tp.topic, tp.partition, tp.offset, empty))
+
+    def _load(self, topic: str, partition: int) -> PartitionSnapshot | None:
+        """The partition's snapshot, or None if it has none or one this process cannot use."""
+        try:
+            snap = self.store.load(topic, partition)
+            why = None if snap is None else self.pipeline.store.mismatch(snap.state.devices)
+            if why is not None:
+                raise SnapshotError(f"taken with other settings: {why}")
+            if snap is not None and snap.older_than is not None:
+                newer = snap.older_than
+                log.error(
+                    "the snapshot of %s/%d is older than the last one written (offset %d, %s; the last: "
+                    "offset %d, %s): restored, and its partition re-read from offset %d",
+                    topic,
+                    partition,
+                    snap.next_offset,
+                    rfc3339(snap.created_ms),
+                    newer.next_offset,
+                    rfc3339(newer.created_ms),
+                    snap.next_offset,
+                )
+                self.metrics.record_stale_snapshot()
+            return snap
+        except (SnapshotError, OSError) as exc:
+            log.error("ignoring the snapshot of %s/%d (%s): its state is rebuilt", topic, partition, exc)
+            self.metrics.record_snapshot_error()
+            return None
+
+    def release(self, keys: list[Key], save: bool) -> None:
+        """Give partitions up: snapshot them first if ``save``, then forget their devices."""
+        if save:
+            self.snapshot([k for k in keys if k in self.positions], wait=True)
+        for key in keys:
+            self.positions.pop(key, None)
+            self.restored_at.pop(key, None)
+            self.replay_until.pop(key, None)
+            self.dirty.pop(key, None)
+            self.unsettled.discard(key)
+            self.pipeline.drop_partition(key[1])
+
+    def settled(self) -> list[Key]:
+        """Restored partitions now re-read up to their committed offset (each returned once): the
+        state has seen everything the registry's audit trail may say of their devices."""
+        done = sorted(k for k in self.unsettled if k not in self.replay_until)
+        self.unsettled.difference_update(done)
+        return done
+
+    def check_restart(self, m: Message) -> None:
+        """A partition whose first message is below its snapshot's offset was recreated (its log
+        restarted): its devices must accept the new, lower offsets."""
+        tp = (str(m.topic()), int(m.partition() or 0))
+        expected = self.restored_at.pop(tp, None)
+        offset = m.offset()
+        if expected is not None and offset is not None and offset < expected:
+            log.warning("%s/%d restarted at offset %d below its snapshot's %d", *tp, offset, expected)
+            self.pipeline.restart_offsets(tp[1])
+
+    def replay(self, messages: list[Message]) -> list[Message]:
+        """Re-apply, without outputs, the messages below their partition's committed offset
+        (after a restore from an older snapshot); return the others."""
+        old: list[Message] = []
+        new: list[Message] = []
+        for m in messages:
+            until = self.replay_until.get((str(m.topic()), int(m.partition() or 0)))
+            (old if until is not None and int(m.offset() or 0) < until else new).append(m)
+        if old:
+            offsets = self.pipeline.process(old).offsets
+            self.applied(offsets)
+            for tp, offset in offsets.items():
+                if offset >= self.replay_until.get(tp, offset + 1):
+                    del self.replay_until[tp]
+            log.info("re-applied %d message(s) whose outputs were delivered before a restart", len(old))
+        for m in new:
+            self.replay_until.pop((str(m.topic()), int(m.partition() or 0)), None)
+        return new
+
+    def applied(self, offsets: dict[Key, int]) -> None:
+        """The state now reflects every message before ``offsets`` (next offset per partition)."""
+        for tp, offset in offsets.items():
+            if tp in self.positions:
+                self.positions[tp] = offset
+                self.dirty.setdefault(tp, time.monotonic())
+
+    def snapshot_due(self) -> None:
+        """Snapshot a partition changed ``state.snapshot_interval_s`` ago or more: one per call
+        (the longest due), after each batch and each idle poll, which spreads the cost; every due
+        partition if the interval is 0."""
+        interval = self.settings.state.snapshot_interval_s
+        now = time.monotonic()
+        due = [tp for tp, since in self.dirty.items() if now - since >= interval]
+        if due:
+            self.snapshot(due if interval == 0 else [min(due, key=self.dirty.__getitem__)])
+
+    def snapshot(self, partitions: list[Key], wait: bool = False) -> None:
+        """Encode the state of ``partitions`` now (consistent with the committed offsets) and let
+        the writer thread put it on disk (``wait``: before returning)."""
+        for topic, p in partitions:
+            position = self.positions.get((topic, p))
+            self.dirty.pop((topic, p), None)
+            if position is None:
+                continue  # nothing applied since the assignment: the snapshot on disk is current
+            snap = PartitionSnapshot(topic, p, position, self.pipeline.export_partition(p))
+            data = self.store.encode(snap)
+            self.writer.submit(topic, p, data)
+            self.metrics.record_snapshot(len(data))
+        if wait:
+            self.writer.drain()

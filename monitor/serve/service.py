@@ -1,0 +1,552 @@
+"""The live service: a consumer-group member that runs the pipeline batch by batch.
+
+Per batch (a checkpoint): consume -> :meth:`Pipeline.process` -> produce dead letters, alerts and
+model versions -> wait for every delivery report -> append versions to the registry -> commit the
+batch's offsets -> snapshot the state of its partitions (at most every
+``state.snapshot_interval_s``; written by a background thread). Offsets never move past a batch
+whose outputs were not delivered: while a delivery fails the service is *degraded* (readiness
+fails), pauses its partitions, keeps polling so it stays in the group, and retries until the
+outputs are delivered, then resumes where it stopped.
+
+State follows partitions (:mod:`monitor.serve.partitions`): restored on assignment, snapshotted on
+revocation, dropped unsaved on loss. Each device also remembers the offset of its last applied
+reading, so a re-delivered reading is never applied twice. A stop request (SIGTERM/SIGINT) takes
+effect between batches: the current batch is finished, delivered and committed, and every
+partition snapshotted.
+
+The loop also keeps :class:`~monitor.serve.health.Health` current (loop ticks, group membership, broker
+reachability, delivery) and hands the metrics their per-batch numbers, consumer lag included.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from monitor import errors
+from monitor.errors import SinkUnavailable
+from monitor.govern import alerts, registry
+from monitor.ingest import kafka
+from monitor.pipeline import BatchResult, Pipeline
+from monitor.serve.deadletters import DeadLetterProducer
+from monitor.serve.health import Health, HttpEndpoint
+from monitor.serve.metrics import Metrics
+from monitor.serve.partitions import Partitions
+from monitor.serve.sinks import AlertmanagerSink
+from monitor.settings import Settings
+from monitor.state.store import PartitionState
+
+log = logging.getLogger(__name__)
+
+BatchHook = Callable[[BatchResult, "Totals"], None]
+_REBALANCE_ERRORS = frozenset(
+    {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS}
+)
+# A commit that failed because the broker (the group coordinator) could not be reached.
+_UNREACHABLE_ERRORS = frozenset(
+    {
+        KafkaError._WAIT_COORD,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+    }
+)
+
+
+@dataclass
+class Totals:
+    """Running totals for progress displays and the run summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    batches: int = 0
+    messages: int = 0
+    valid: int = 0
+    quarantined: int = 0
+    anomalies: int = 0
+    drift_detections: int = 0
+    alerts: list[alerts.Alert] = field(default_factory=list)
+    versions: list[registry.ModelVersion] = field(default_factory=list)
+    decisions: list[registry.AuditEvent] = field(default_factory=list)  # promotions and rejections
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per partition
+
+    def add(self, result: BatchResult, messages: int) -> None:
+        self.batches += 1
+        self.messages += messages
+        self.valid += int(result.valid.sum())
+        self.quarantined += len(result.dead_letters)
+        self.anomalies += int(result.anomalies.sum())
+        self.drift_detections += sum(result.drift.values())
+        self.alerts.extend(result.alerts)
+        self.versions.extend(result.versions)
+        self.decisions.extend(e for e in result.audit if e.kind in ("promoted", "rejected"))
+        self.positions.update(result.offsets)
+
+    @property
+    def rate(self) -> float:
+        return self.messages / max(time.monotonic() - self.started, 1e-9)
+
+
+def partition_lag(high: int, next_offset: int | None) -> int | None:
+    """Messages of a partition not consumed yet: the high watermark (last offset + 1) minus the next
+    offset to consume. ``None`` when either is unknown (nothing consumed yet, no fetch response:
+    librdkafka's negative logical offsets). Never negative: a cached high watermark older than the
+    position means caught up.
+
+    >>> partition_lag(120, 100), partition_lag(100, 100), partition_lag(90, 100), partition_lag(-1001, 5)
+    (20, 0, 0, None)
+    """
+    if next_offset is None or next_offset < 0 or high < 0:
+        return None
+    return max(high - next_offset, 0)
+
+
+class Service:
+    """``endpoint``, if given, is the HTTP endpoint serving ``health`` (the service does not own it)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        health: Health | None = None,
+        endpoint: HttpEndpoint | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.health = health or Health(settings.metrics.liveness_timeout_s)
+        self.endpoint = endpoint
+        self.registry = registry.open_registry(settings)
+        self.totals = Totals()
+        self.pending: BatchResult | None = None  # a processed batch whose outputs are not delivered
+        self.in_kafka = False  # the pending batch's outputs are all acknowledged by Kafka
+        self.abandoned = False  # stopping while `pending` could not be delivered
+        self.rewind: dict[tuple[str, int], int] = {}  # offsets consumed (and dropped) while paused
+        k, c = settings.kafka, settings.consume
+        self.consumer = Consumer(kafka.consumer_config(k, error_cb=self._on_error))
+        largest = max(1_000_000, c.dead_letter_max_bytes + 65_536)  # a dead letter and its headers
+        self.producer = Producer(kafka.producer_config(k, **{"linger.ms": 2, "message.max.bytes": largest}))
+        self.tracker = kafka.DeliveryTracker()
+        self.dead_letters = DeadLetterProducer(
+            self.producer, self.tracker, k.dead_letter_topic, c.dead_letter_max_bytes
+        )
+        a = settings.alerts
+        self.sink = (
+            AlertmanagerSink(a.alertmanager_url, a.timeout_s, a.resend_interval_s)
+            if a.alertmanager_url
+            else None
+        )
+        self.partitions = Partitions(settings, pipeline, metrics, self.registry.key)
+        audit = self.registry.audit_path
+        self.audit_position = audit.stat().st_size if audit.exists() else 0  # follow new commands
+        self._ts_warned = False  # the first ignored Kafka timestamp is logged, the rest counted
+        metrics.record_device_cap(pipeline.max_devices)
+        log.info(
+            "state: at most %d devices (state.memory_budget_mb %g over %d bytes per device%s)",
+            pipeline.max_devices,
+            settings.state.memory_budget_mb,
+            pipeline.store.bytes_per_device(),
+            f", state.max_devices {settings.state.max_devices}" if settings.state.max_devices else "",
+        )
+
+    def run(self, stop: threading.Event, on_batch: BatchHook | None = None) -> Totals:
+        """Consume until ``stop`` is set; always finishes, delivers and commits the current batch."""
+        k, c = self.settings.kafka, self.settings.consume
+        self.consumer.subscribe(
+            [k.readings_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        log.info("consuming %s as group %s from %s", k.readings_topic, k.group_id, k.bootstrap_servers)
+        try:
+            while not stop.is_set() or (self.pending is not None and not self.abandoned):
+                self.health.tick()
+                self._heartbeat()
+                self._follow_registry()
+                if self.pending is not None:
+                    self._retry(stop)
+                    continue
+                messages = self.consumer.consume(c.batch_size, c.poll_timeout_s)
+                if messages:
+                    result = self._batch(messages)
+                    if result is not None and on_batch is not None:
+                        on_batch(result, self.totals)
+                else:
+                    self.partitions.snapshot_due()
+                    if self.health.broker_error is not None:
+                        self._probe_broker()
+        finally:
+            self.health.stopped = True
+            self.consumer.close()  # revokes the assignment: snapshots every partition
+            self.partitions.writer.close()
+            self.pipeline.trainer.close()
+            self.producer.flush(self.settings.consume.delivery_timeout_s)
+        return self.totals
+
+    def _batch(self, messages: list[Message]) -> BatchResult | None:
+        t0 = time.perf_counter()
+        good = []
+        for m in messages:
+            err = m.error()
+            if err is None:
+                good.append(m)
+                self.partitions.check_restart(m)
+            else:
+                log.warning("consumer error: %s", err)
+        if self.partitions.replay_until:
+            good = self.partitions.replay(good)
+            self._settle()
+        result = self.pipeline.process(good)
+        self.totals.add(result, len(good))
+        self._produce(result)
+        if not self._delivered(result):
+            self._degrade(result)
+            return None
+        self._checkpoint(result)
+        self._record(result, time.perf_counter() - t0)
+        return result
+
+    def _register(self, result: BatchResult) -> None:
+        """Put the batch's new versions and audit events in the registry, then carry out the
+        rollbacks its rules asked for."""
+        for version, model in zip(result.versions, result.models, strict=True):
+            try:
+                self.registry.register(version, model)
+            except errors.RegistryError as exc:
+                log.error(
+                    "cannot register %s/%s v%d: %s", version.device_id, version.sensor, version.version, exc
+                )
+        try:
+            self.registry.record(*result.audit)
+        except errors.RegistryError as exc:  # they are on the audit topic already
+            log.error("%d audit event(s) not in the registry's trail: %s", len(result.audit), exc)
+        for rb in result.rollbacks:
+            if self.pipeline.serving(rb.device_id, rb.sensor) != rb.version:
+                log.info(
+                    "%s/%s: rollback of v%d superseded by a newer version",
+                    rb.device_id,
+                    rb.sensor,
+                    rb.version,
+                )
+                continue
+            self._switch(
+                rb.device_id, rb.sensor, None, f"rule {rb.rule} fired (alert {rb.alert_id})", rb.rule
+            )
+
+    def _switch(
+        self, device_id: str, sensor: str, event: registry.AuditEvent | None, reason: str, rule: str
+    ) -> None:
+        """Serve another version of a pair: the parent (a rule's rollback, ``event`` None) or the
+        one a ``telemon registry promote|rollback`` command recorded. The artifact is verified
+        first; a refused one leaves the current model serving (and a ``rejected`` event)."""
+        try:
+            if event is None:
+                event = self.registry.rollback(device_id, sensor, reason=reason, actor=f"rule:{rule}")
+                self._publish_event(event)
+        except errors.RegistryError as exc:
+            log.error("%s/%s keeps its current model: %s", device_id, sensor, exc)
+            return
+        self._serve(device_id, sensor, event.version, f"{event.kind} by {event.actor}")
+
+    def _serve(self, device_id: str, sensor: str, version: int, why: str) -> None:
+        """Serve a registered version of a pair, verified first (refused: the current one stays)."""
+        try:
+            model = self.registry.load(device_id, sensor, version)
+        except errors.RegistryError as exc:
+            log.error("%s/%s keeps its current model: %s", device_id, sensor, exc)
+            return
+        if self.pipeline.install(device_id, sensor, model, version):
+            log.info("%s/%s now serves v%d (%s)", device_id, sensor, version, why)
+
+    def _settle(self) -> None:
+        """Restored partitions, once re-read up to their committed offset, serve the versions the
+        registry's audit trail says serve. A snapshot older than the trail (a backup copied back,
+        or taken before a ``telemon registry promote``) would otherwise serve stale models. A
+        rule's decision later in the stream than the pair's last reading is left to the stream,
+        which makes it again."""
+        for _topic, p in self.partitions.settled():
+            for device, sensor, version, last_ts in self.pipeline.serving_pairs(p):
+                event = self.registry.serving_event(device, sensor)
+                if event is None or (event.actor.startswith("rule:") and event.event_ts > last_ts):
+                    continue
+                target = event.previous if event.kind == "rejected" else event.version
+                if target != version:
+                    log.warning(
+                        "%s/%s: the restored state served v%d, the audit trail says v%d (%s by %s)",
+                        device,
+                        sensor,
+                        version,
+                        target,
+                        event.kind,
+                        event.actor,
+                    )
+                    self._serve(device, sensor, target, "as the audit trail says")
+
+    def _follow_registry(self) -> None:
+        """Apply promotions and rollbacks made with the ``telemon registry`` command (the
+        service's own are recorded by ``rule:<name>`` actors)."""
+        events, self.audit_position = self.registry.events(self.audit_position)
+        for e in events:
+            if e.kind in ("promoted", "rolled_back") and not e.actor.startswith("rule:"):
+                self._publish_event(e)
+                self._switch(e.device_id, e.sensor, e, e.reason, "")
+
+    def _checkpoint(self, result: BatchResult) -> None:
+        """After delivery: registry, commit, then (when due) the partitions' snapshots."""
+        self._register(result)
+        self._commit(result)
+        self.health.broker_error = None  # the broker acknowledged the outputs and the commit
+        self.health.delivery_error = None
+        self.partitions.applied(result.offsets)
+        for a in result.alerts:
+            log.info("alert %s %s %s/%s", a.status, a.rule, a.device_id, a.sensor)
+        self.partitions.snapshot_due()
+
+    def _record(self, result: BatchResult, seconds: float) -> None:
+        """The batch's metrics: counts, latencies, state size, model versions, firing rules, lag."""
+        m, st = self.metrics, self.pipeline.store
+        self._log_anomalies(result)
+        m.record_batch(result, self.pipeline.integrity.take_events(), seconds)
+        m.record_dead_letters_failed(self.dead_letters.take_failed())
+        n = len(st)
+        m.record_state(n, st.array_bytes_per_device() * n, (st.raw_n[: st.used] > 0).sum(axis=0))
+        m.record_firing(self.pipeline.engine.firing_by_rule())
+        lags = self._lags()
+        m.record_consumer(lags, len(self.partitions))
+        self.pipeline.lag = sum(lags.values())
+
+    def _log_anomalies(self, result: BatchResult) -> None:
+        """What an operator must hear about: eviction waves, devices read astray, ignored
+        Kafka timestamps."""
+        for w in result.evictions:
+            if w.reason == "idle":
+                since = w.clock_ms - int(self.settings.state.evict_idle_s * 1000)
+                log.info(
+                    "evicted %d idle device(s) of partition %d: silent since before %s (Kafka time)",
+                    w.devices,
+                    w.partition,
+                    alerts.rfc3339(since),
+                )
+        waves = [w for w in result.evictions if w.reason == "capacity"]
+        if waves:
+            log.warning(
+                "evicted %d device(s) read least recently, in %d wave(s): at the cap of %d devices "
+                "(state.memory_budget_mb / state.max_devices)",
+                sum(w.devices for w in waves),
+                len(waves),
+                self.pipeline.max_devices,
+            )
+        for stray in result.new_strays:
+            log.warning(
+                "device %s read from partition %d, its state is on partition %d: its producer does not "
+                "key by device id, or a record was forged (applied, counted; logged once per device)",
+                stray.device_id,
+                stray.partition,
+                stray.home,
+            )
+        if result.kafka_ts_ignored and not self._ts_warned:
+            self._ts_warned = True
+            log.warning(
+                "%d message(s) with a Kafka timestamp missing or more than consume.max_future_ms ahead: "
+                "ignored for device idle times (counted in telemon_kafka_timestamps_ignored_total)",
+                result.kafka_ts_ignored,
+            )
+
+    def _lags(self) -> dict[tuple[str, int], int]:
+        """Lag per assigned partition from the service's own positions and the high watermark
+        librdkafka cached from its last fetch response (no broker round trip)."""
+        lags: dict[tuple[str, int], int] = {}
+        for (topic, p), position in self.partitions.positions.items():
+            if position is None:
+                continue
+            try:
+                watermarks = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+            except KafkaException:
+                continue
+            lag = partition_lag(watermarks[1], position) if watermarks else None
+            if lag is not None:
+                lags[(topic, p)] = lag
+        return lags
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Restore the partitions' state and start each where its state stopped
+        (:meth:`Partitions.assign`)."""
+        restored = self.partitions.assign(consumer, partitions, self._adopt)
+        self._settle()
+        consumer.assign(partitions)
+        self.health.assigned(len(self.partitions))
+        self.metrics.record_restored(restored)
+        log.info(
+            "assigned %d partition(s), %d in all; %d device state(s) restored",
+            len(partitions),
+            len(self.partitions),
+            restored,
+        )
+
+    def _adopt(self, state: PartitionState) -> None:
+        """Keep restored firing alerts alive in Alertmanager (it resolves what is not re-posted)."""
+        if self.sink is None:
+            return
+        self.sink.adopt(self.pipeline.firing_alerts(state))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Snapshot the revoked partitions (unless outputs are still undelivered: then their state
+        is ahead of what may be committed, and the next owner re-applies from the last snapshot)."""
+        self._release([(tp.topic, tp.partition) for tp in partitions], save=self.pending is None)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group reassigned these partitions without us: drop their state, write nothing."""
+        log.warning("lost %d partition(s) to the group; their state is dropped", len(partitions))
+        self.health.lost()
+        self._release([(tp.topic, tp.partition) for tp in partitions], save=False)
+
+    def _release(self, keys: list[tuple[str, int]], save: bool) -> None:
+        self.partitions.release(keys, save)
+        if len(self.partitions):
+            self.health.assigned(len(self.partitions))
+        else:
+            self.health.revoked()
+        self.metrics.record_consumer({}, len(self.partitions))
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's client-level errors (served by ``consume``); it retries by itself. A lost
+        connection is routine (librdkafka logs it too); losing every broker makes us unready."""
+        down = err.code() == KafkaError._ALL_BROKERS_DOWN or err.fatal()
+        if down:
+            self.health.broker_error = err.str()
+        transient = err.code() == KafkaError._TRANSPORT and not down
+        log.log(logging.DEBUG if transient else logging.WARNING, "kafka: %s", err.str())
+
+    def _probe_broker(self) -> None:
+        """While idle after "all brokers down": a metadata request tells whether they are back."""
+        try:
+            self.consumer.list_topics(
+                topic=self.settings.kafka.readings_topic, timeout=self.settings.consume.poll_timeout_s
+            )
+        except KafkaException:
+            return
+        self.health.broker_error = None
+
+    def _produce(self, result: BatchResult) -> None:
+        """Produce the batch's outputs: dead letters, alerts, model versions."""
+        k, p, t = self.settings.kafka, self.producer, self.tracker
+        self.dead_letters.produce(result.dead_letters)
+        for a in result.alerts:
+            kafka.produce(p, t, k.alerts_topic, key=a.key, value=alerts.encode(a))
+        for v in result.versions:
+            kafka.produce(p, t, k.models_topic, key=v.key, value=registry.encode(v))
+        for e in result.audit:
+            self._publish_event(e)
+
+    def _publish_event(self, e: registry.AuditEvent) -> None:
+        k = self.settings.kafka
+        kafka.produce(
+            self.producer,
+            self.tracker,
+            k.audit_topic,
+            key=e.device_id.encode(),
+            value=registry.encode_event(e),
+        )
+
+    def _delivered(self, result: BatchResult) -> bool:
+        """Wait for every acknowledgement of the produced outputs, then hand the alerts to
+        Alertmanager (if configured). A failure marks the service degraded and returns False:
+        nothing of the batch may be committed yet."""
+        try:
+            if not self.in_kafka:
+                timeout = self.settings.consume.delivery_timeout_s
+                kafka.flush(self.producer, self.tracker, timeout)
+                if self.dead_letters.retry_refused():  # the broker refused some for their size
+                    kafka.flush(self.producer, self.tracker, timeout)
+                self.in_kafka = True
+            if self.sink is not None:
+                self.sink.send(result.alerts)
+        except (errors.KafkaUnavailable, SinkUnavailable) as exc:
+            self.health.delivery_error = str(exc)
+            log.warning("outputs not delivered (%s): degraded, retrying", exc)
+            return False
+        self.in_kafka = False
+        return True
+
+    def _heartbeat(self) -> None:
+        """Keep Alertmanager's firing alerts alive (a failure is retried at the next turn)."""
+        if self.sink is None:
+            return
+        try:
+            self.sink.heartbeat()
+        except SinkUnavailable as exc:
+            log.warning("alertmanager heartbeat failed: %s", exc)
+
+    def _degrade(self, result: BatchResult) -> None:
+        """Hold the undelivered batch and pause every partition until it is delivered."""
+        self.pending = result
+        self.metrics.record_degraded(True)
+        self.consumer.pause(self.consumer.assignment())
+
+    def _retry(self, stop: threading.Event) -> None:
+        """One degraded-mode turn: stay in the group, then deliver what is still undelivered.
+        Failed messages are produced again (consumers dedupe alerts by ``alert_id``); messages
+        still queued in the producer are simply awaited."""
+        result = self.pending
+        assert result is not None
+        c = self.settings.consume
+        for m in self.consumer.consume(c.batch_size, c.poll_timeout_s):
+            if m.error() is None:  # paused partitions deliver nothing; were a message to slip
+                self._rewind(m)  # through, consumption restarts at it after the outage
+        if not self.in_kafka and self.tracker.pending == 0:  # nothing in flight: failed for good
+            self.tracker.errors = []
+            self._produce(result)
+        if not self._delivered(result):
+            if stop.is_set():  # keep `pending`: the revocation then drops the state unsaved
+                log.error("stopping with undelivered outputs: their batch stays uncommitted")
+                self.abandoned = True
+            return
+        self.pending = None
+        self.metrics.record_degraded(False)
+        log.info("outputs delivered after an outage: resuming")
+        self._checkpoint(result)
+        assigned = self.consumer.assignment()
+        self.consumer.resume(assigned)
+        for tp in assigned:
+            position = self.rewind.pop((tp.topic, tp.partition), None)
+            if position is not None:
+                tp.offset = position
+                self.consumer.seek(tp)
+
+    def _rewind(self, m: Message) -> None:
+        tp, offset = (str(m.topic()), int(m.partition() or 0)), m.offset()
+        if offset is not None:
+            self.rewind[tp] = min(offset, self.rewind.get(tp, offset))
+
+    def _commit(self, result: BatchResult) -> None:
+        """Commit the batch's offsets. A commit refused because the group rebalanced is not fatal:
+        the partitions' new owner re-reads the batch from the last commit (at-least-once). Nor is
+        one that failed because the broker is unreachable (its outputs are delivered): the next
+        commit covers the batch, and a process that stops first resumes from its snapshots."""
+        if not result.offsets:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in result.offsets.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            code = exc.args[0].code()
+            if code in _UNREACHABLE_ERRORS:
+                log.warning("commit failed, the broker is unreachable (%s); the next commit covers it", exc)
+                return
+            if code not in _REBALANCE_ERRORS:
+                raise
+            log.warning("commit refused after a rebalance (%s); the batch will be re-delivered", exc)

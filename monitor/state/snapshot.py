@@ -1,0 +1,311 @@
+"""Per-partition state snapshots: what lets a partition move between replicas, or survive a crash,
+with its state.
+
+A snapshot holds every device read from one partition of the readings topic (all its
+:class:`~monitor.state.store.StateStore` rows, models, ADWINs, model versions and rule episodes) and
+the offset of the next message to apply. The service writes one after its outputs are delivered
+and its offsets committed, on partition revocation and at shutdown; it reads it back when the
+partition is assigned and seeks there, so the state and the position always agree.
+
+File layout (``<state.snapshot_dir>/<group id>/<topic>/<partition>.snap``, written to a temporary
+file, fsynced, renamed)::
+
+    b"TLMSNAP1"  header length (8 bytes, big-endian)  header (JSON)  HMAC (32 bytes)
+    arrays (.npz, no pickles)  objects (pickle: models and ADWINs)
+
+The header records the consumer group, topic, partition, next offset, creation time, device ids,
+model versions, rule episodes and the byte lengths of the two parts; the HMAC-SHA256 covers the
+header and both parts. Loading checks that the file is a regular one, verifies the HMAC, then that
+the snapshot is the one of the group, topic and partition it is loaded for (a snapshot copied over
+another partition's is refused), and unpickles the objects with :mod:`monitor.common.safepickle` (model
+and ADWIN classes only).
+
+Next to each snapshot, ``<partition>.head`` (signed JSON) records the last snapshot written: its
+next offset, creation time and SHA-256. A signed snapshot older than that one (a backup copied
+back, or a replayed file) loads (its partition is re-read from its offset), but is reported:
+:attr:`PartitionSnapshot.older_than` names the newer one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import logging
+import os
+import pickle
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitor.common import files, safepickle
+
+from monitor.state import signing
+from monitor.state.store import N_SENSORS, DeviceStates, PartitionState
+from monitor.errors import SnapshotError
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"TLMSNAP1"
+FORMAT = 1
+
+
+@dataclass
+class PartitionSnapshot:
+    topic: str
+    partition: int
+    next_offset: int  # the first message the state has not seen
+    state: PartitionState
+    created_ms: int = 0
+    group: str = ""  # the consumer group whose state it is
+    older_than: Head | None = None  # set by SnapshotStore.load: the newer snapshot last written
+
+
+@dataclass(frozen=True)
+class Head:
+    """What ``<partition>.head`` records of the last snapshot written."""
+
+    next_offset: int
+    created_ms: int
+    sha256: str
+
+
+def encode(snap: PartitionSnapshot, key: bytes) -> bytes:
+    d = snap.state.devices
+    arrays = io.BytesIO()
+    np.savez(arrays, allow_pickle=False, **d.arrays)
+    objects = pickle.dumps((d.models, d.adwins), protocol=pickle.HIGHEST_PROTOCOL)
+    body = arrays.getvalue() + objects
+    header = {
+        "format": FORMAT,
+        "group": snap.group,
+        "key_id": signing.key_id(key),
+        "topic": snap.topic,
+        "partition": snap.partition,
+        "next_offset": snap.next_offset,
+        "created_ms": snap.created_ms or int(time.time() * 1000),
+        "device_ids": d.device_ids,
+        "versions": [[j, s, v] for (j, s), v in sorted(d.versions.items())],
+        "rules": snap.state.episodes,
+        "governance": snap.state.governance,
+        "arrays_bytes": len(arrays.getvalue()),
+        "objects_bytes": len(objects),
+    }
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    mac = hmac.new(key, raw + body, hashlib.sha256).digest()
+    return MAGIC + struct.pack(">Q", len(raw)) + raw + mac + body
+
+
+def decode(data: bytes, key: bytes) -> PartitionSnapshot:
+    """The snapshot in ``data``; raises :class:`SnapshotError` unless it is intact and signed."""
+    start = len(MAGIC) + 8
+    if not data.startswith(MAGIC) or len(data) < start:
+        raise SnapshotError("not a telemon snapshot (bad magic)")
+    (n,) = struct.unpack(">Q", data[len(MAGIC) : start])
+    raw, mac, body = data[start : start + n], data[start + n : start + n + 32], data[start + n + 32 :]
+    if not hmac.compare_digest(hmac.new(key, raw + body, hashlib.sha256).digest(), mac):
+        raise SnapshotError(f"snapshot signature mismatch ({_why_unverified(raw, key)})")
+    header = json.loads(raw)
+    if header.get("format") != FORMAT:
+        raise SnapshotError(f"unsupported snapshot format {header.get('format')!r}")
+    split = header["arrays_bytes"]
+    try:
+        with np.load(io.BytesIO(body[:split]), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        models, adwins = safepickle.loads(body[split:])
+    except (pickle.UnpicklingError, ValueError, EOFError) as exc:
+        raise SnapshotError(f"unreadable snapshot content: {exc}") from exc
+    versions = {(int(j), int(s)): int(v) for j, s, v in header["versions"]}
+    devices = DeviceStates(list(header["device_ids"]), arrays, models, adwins, versions)
+    state = PartitionState(devices, list(header["rules"]), list(header["governance"]))
+    topic, partition, offset = header["topic"], int(header["partition"]), int(header["next_offset"])
+    created, group = int(header["created_ms"]), str(header.get("group", ""))
+    return PartitionSnapshot(topic, partition, offset, state, created, group)
+
+
+def _why_unverified(raw: bytes, key: bytes) -> str:
+    """Another key's signature, when the header says so (it is not trusted for anything else)."""
+    try:
+        theirs = json.loads(raw).get("key_id")
+    except (ValueError, AttributeError):
+        theirs = None
+    mine = signing.key_id(key)
+    if isinstance(theirs, str) and theirs != mine:
+        return f"signed with another key: key id {theirs[:16]}, the configured key's is {mine}"
+    return "tampered or truncated"
+
+
+def _header(data: bytes) -> dict[str, Any]:
+    """The header of snapshot bytes this process just encoded (not verified)."""
+    (n,) = struct.unpack(">Q", data[len(MAGIC) : len(MAGIC) + 8])
+    header: dict[str, Any] = json.loads(data[len(MAGIC) + 8 : len(MAGIC) + 8 + n])
+    return header
+
+
+class SnapshotStore:
+    """Snapshot files under one directory (shared by the replicas of a group so that a partition's
+    state follows it to its next owner). ``group`` is the consumer group the snapshots belong to."""
+
+    def __init__(self, root: Path, key: bytes, group: str = "") -> None:
+        self.root = root
+        self.key = key
+        self.group = group
+
+    def path(self, topic: str, partition: int) -> Path:
+        return self.root / topic / f"{partition}.snap"
+
+    def encode(self, snap: PartitionSnapshot) -> bytes:
+        """``snap``'s bytes, as this store's group's."""
+        snap.group = self.group
+        return encode(snap, self.key)
+
+    def save(self, snap: PartitionSnapshot) -> None:
+        self.write(snap.topic, snap.partition, self.encode(snap))
+
+    def write(self, topic: str, partition: int, data: bytes) -> None:
+        """Replace the partition's snapshot atomically (temporary file, fsync, rename), then its
+        head."""
+        path = self.path(topic, partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _replace(path, data)
+        header = _header(data)
+        head = {
+            "next_offset": header["next_offset"],
+            "created_ms": header["created_ms"],
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        raw = json.dumps(head, sort_keys=True).encode()
+        _replace(path.with_suffix(".head"), raw + b"\n" + signing.sign(self.key, raw).encode() + b"\n")
+
+    def load(self, topic: str, partition: int) -> PartitionSnapshot | None:
+        """The partition's snapshot, or None if there is none. Raises :class:`SnapshotError`
+        (or ``OSError``) for one that is not a verified snapshot of this group, topic and
+        partition."""
+        path = self.path(topic, partition)
+        try:
+            data = files.read_bytes(path, None)
+        except FileNotFoundError:
+            return None
+        snap = decode(data, self.key)
+        # A snapshot written before groups were recorded has none: its topic and partition must fit.
+        if (snap.topic, snap.partition) != (topic, partition) or snap.group not in ("", self.group):
+            raise SnapshotError(
+                f"it is the snapshot of group {snap.group!r}, topic {snap.topic!r}, partition "
+                f"{snap.partition}, not of {self.group!r}, {topic!r}, {partition} (copied over it?)"
+            )
+        head = self._head(path)
+        newer = head is not None and head.sha256 != hashlib.sha256(data).hexdigest()
+        if newer and head and (snap.next_offset, snap.created_ms) < (head.next_offset, head.created_ms):
+            snap.older_than = head
+        return snap
+
+    def _head(self, path: Path) -> Head | None:
+        """The signed record of the last snapshot written at ``path`` (None: none, or unusable)."""
+        try:
+            raw, mac = files.read_bytes(path.with_suffix(".head"), 4096).rstrip(b"\n").split(b"\n")
+            if not signing.verify(self.key, raw, mac.decode("ascii", "replace")):
+                log.warning("%s: the head record does not verify: ignored", path.with_suffix(".head"))
+                return None
+            h = json.loads(raw)
+            return Head(int(h["next_offset"]), int(h["created_ms"]), str(h["sha256"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: unreadable head record (%s): ignored", path.with_suffix(".head"), exc)
+            return None
+
+    def __iter__(self) -> Iterator[PartitionSnapshot]:
+        for path in sorted(self.root.glob("*/*.snap")):
+            yield decode(files.read_bytes(path, None), self.key)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+class SnapshotWriter:
+    """Writes encoded snapshots from a background thread so that the disk never stalls polling.
+    Only the latest pending snapshot of a partition is kept: an older one is obsolete."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self.store = store
+        self._pending: dict[tuple[str, int], bytes] = {}
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name="telemon-snapshots", daemon=True)
+        self._thread.start()
+
+    def submit(self, topic: str, partition: int, data: bytes) -> None:
+        with self._cond:
+            self._pending[(topic, partition)] = data
+            self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until everything submitted is on disk."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending and not self._busy)
+
+    def close(self) -> None:
+        self.drain()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                (topic, partition), data = self._pending.popitem()
+                self._busy = True
+            try:
+                self.store.write(topic, partition, data)
+            except OSError as exc:
+                self.errors += 1
+                log.error("cannot write the snapshot of %s/%d: %s", topic, partition, exc)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot]) -> dict[str, str]:
+    """A digest of each device's whole state (arrays, models, ADWINs, versions, rule episodes,
+    retrains in progress): two runs that applied the same readings in the same order give equal
+    digests."""
+    out: dict[str, str] = {}
+    for snap in snapshots:
+        d = snap.state.devices
+        episodes: dict[str, list[dict[str, Any]]] = {}
+        for e in snap.state.episodes:
+            episodes.setdefault(str(e.get("device_id")), []).append(e)
+        for g in snap.state.governance:
+            episodes.setdefault(str(g["device"]), []).append(g)
+        for j, device in enumerate(d.device_ids):
+            h = hashlib.sha256()
+            for name in sorted(d.arrays):
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(d.arrays[name][j]).tobytes())
+            for s in range(N_SENSORS):
+                m, a = d.models[j][s], d.adwins[j][s]
+                h.update(b"-" if m is None else m._state.tobytes())
+                h.update(b"-" if a is None else pickle.dumps(a, protocol=4))
+                h.update(str(d.versions.get((j, s), 1)).encode())
+            h.update(json.dumps(sorted(episodes.get(device, []), key=json.dumps), sort_keys=True).encode())
+            out[device] = h.hexdigest()
+    return out
