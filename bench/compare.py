@@ -19,10 +19,12 @@ consume that same stream from the beginning, each as a fresh consumer group, int
 
 CPU per reading is the median over the rounds. Then, on the first fleet, telemon is fed a live
 stream paced at half of its measured maximum rate (the wall-clock rate at which it worked off the
-pre-produced stream, broker and all on the same cores), with spikes planted to raise alerts: produce ->
-score is read off ``telemon_event_lag_seconds`` (p99 interpolated within its buckets, as
-``histogram_quantile`` does), produce -> alert from each alert record's Kafka timestamp minus the
-event time of the reading that completed its evaluation. The last line sums it up::
+pre-produced stream, broker and all on the same cores), with spikes planted to raise alerts after
+a warm-up third (the group join, the models' warm-up): produce -> score is read off
+``telemon_event_lag_seconds`` for the readings scored after the warm-up (p99 interpolated within
+its buckets, as ``histogram_quantile`` does), produce -> alert from each alert record's Kafka
+timestamp minus the event time of the reading that completed its evaluation. The last line sums it
+up::
 
     ratio_vs_naive=X ratio_vs_floor=Y p99_score_ms=Z p99_alert_ms=W rss_kb_per_device=V
 """
@@ -265,7 +267,10 @@ def _lag_buckets(port: int) -> list[tuple[float, float]]:
 
 
 def paced_latency(stream: Stream, rate: float, seconds: float) -> tuple[float, float, int]:
-    """(p99 produce -> score ms, p99 produce -> alert ms, alerts) for a live stream at ``rate``."""
+    """(p99 produce -> score ms, p99 produce -> alert ms, alerts) for a live stream at ``rate``.
+
+    The first third of the run is warm-up (the group join, the models' warm-up): produce -> score
+    counts the readings scored after it, and the planted spikes (so the alerts) begin after it."""
     k = stream.kafka
     live = KafkaSettings(
         bootstrap_servers=k.bootstrap_servers,
@@ -275,43 +280,49 @@ def paced_latency(stream: Stream, rate: float, seconds: float) -> tuple[float, f
     ensure_topics(live, [live.readings_topic])
     t = start_telemon(Stream(live, stream.devices, 0, {}), f"latency-{os.getpid()}")
     try:
-        sent = _pace(live, stream.devices, rate, seconds)
+        pacer = Pacer(live, stream.devices, rate)
+        pacer.run(seconds / 3, spikes=False)
+        warm = _lag_buckets(t.port)
+        pacer.run(seconds * 2 / 3, spikes=True)
         time.sleep(3)
-        buckets = _lag_buckets(t.port)
+        steady = [(le, n - n0) for (le, n), (_, n0) in zip(_lag_buckets(t.port), warm, strict=True)]
     finally:
         t.stop()
     delays = _alert_delays(live, t.alerts_topic)
-    score = 1000 * _quantile(buckets, 0.99) if buckets and buckets[-1][1] else float("nan")
+    score = 1000 * _quantile(steady, 0.99) if steady and steady[-1][1] else float("nan")
     alert = float(np.percentile(delays, 99)) if delays else float("nan")
-    print(f"  paced {sent:,} readings at {rate:,.0f}/s for {seconds:g} s: {len(delays)} alert record(s)")
+    print(f"  paced {pacer.sent:,} readings at {rate:,.0f}/s for {seconds:g} s: {len(delays)} alert records")
     return score, alert, len(delays)
 
 
-def _pace(k: KafkaSettings, devices: int, rate: float, seconds: float) -> int:
-    """Readings of ``devices`` x 6 sensors with ts = now, at ``rate``; from a third of the way on,
-    every tenth device's accelerometer jumps far out of its range of noise (anomaly alerts)."""
-    p = Producer({"bootstrap.servers": k.bootstrap_servers, "linger.ms": 1})
-    rng = np.random.default_rng(0)
-    sensors, seq, sent, began = list(SENSORS.values()), [0] * devices, 0, time.monotonic()
-    while (elapsed := time.monotonic() - began) < seconds:
-        due = int(elapsed * rate)
-        while sent < due:
-            d, spec = (sent // len(sensors)) % devices, sensors[sent % len(sensors)]
-            mid = 0.0 if spec.is_vector else (spec.low + spec.high) / 2
-            spike = 40.0 if spec.name == "accelerometer" and d % 10 == 0 and elapsed > seconds / 3 else 0.0
-            values = {key: float(mid + spike + rng.normal(0, 0.1)) for key in spec.keys}
-            seq[d] += 1
-            device = f"live-{d:05d}"
-            p.produce(
-                k.readings_topic,
-                encode_reading(device, spec.name, int(time.time() * 1000), seq[d], values),
-                device.encode(),
-            )
-            sent += 1
-        p.poll(0)
-        time.sleep(0.001)
-    p.flush(30)
-    return sent
+class Pacer:
+    """Readings of ``devices`` x 6 sensors with ts = now, at ``rate``; with spikes, every tenth
+    device's accelerometer jumps far out of its range of noise (anomaly alerts)."""
+
+    def __init__(self, k: KafkaSettings, devices: int, rate: float) -> None:
+        self.topic, self.devices, self.rate = k.readings_topic, devices, rate
+        self.producer = Producer({"bootstrap.servers": k.bootstrap_servers, "linger.ms": 1})
+        self.rng = np.random.default_rng(0)
+        self.seq, self.sent = [0] * devices, 0
+
+    def run(self, seconds: float, spikes: bool) -> None:
+        sensors, began, start = list(SENSORS.values()), time.monotonic(), self.sent
+        while (elapsed := time.monotonic() - began) < seconds:
+            while self.sent < start + int(elapsed * self.rate):
+                d, spec = (self.sent // len(sensors)) % self.devices, sensors[self.sent % len(sensors)]
+                mid = 0.0 if spec.is_vector else (spec.low + spec.high) / 2
+                spike = 40.0 if spikes and spec.name == "accelerometer" and d % 10 == 0 else 0.0
+                values = {key: float(mid + spike + self.rng.normal(0, 0.1)) for key in spec.keys}
+                self.seq[d] += 1
+                device = f"live-{d:05d}"
+                ts = int(time.time() * 1000)
+                self.producer.produce(
+                    self.topic, encode_reading(device, spec.name, ts, self.seq[d], values), device.encode()
+                )
+                self.sent += 1
+            self.producer.poll(0)
+            time.sleep(0.001)
+        self.producer.flush(30)
 
 
 def _alert_delays(k: KafkaSettings, topic: str) -> list[float]:

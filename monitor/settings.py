@@ -240,8 +240,17 @@ _PY_KEYS = frozenset({"on_delivery", "on_commit", "logger"})
 
 
 class ConsumeSettings(_Section):
-    batch_size: int = Field(5000, ge=1, le=100_000)
-    poll_timeout_s: float = Field(0.5, gt=0)
+    batch_size: int = Field(5000, ge=1, le=100_000, description="a batch closes at this many messages")
+    max_batch_age_ms: int = Field(
+        100,
+        ge=1,
+        le=60_000,
+        description="... or this long after the consumer began to fill it, whichever comes first: the "
+        "most a reading waits for its batch (the broker's fetch wait is capped by it too)",
+    )
+    poll_timeout_s: float = Field(
+        0.5, gt=0, description="how long a poll waits while delivery is degraded, or a lost broker is probed"
+    )
     max_message_bytes: int = Field(4096, ge=256)
     max_future_ms: int = Field(
         86_400_000,

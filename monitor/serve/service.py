@@ -139,7 +139,9 @@ class Service:
         self.abandoned = False  # stopping while `pending` could not be delivered
         self.rewind: dict[tuple[str, int], int] = {}  # offsets consumed (and dropped) while paused
         k, c = settings.kafka, settings.consume
-        self.consumer = Consumer(kafka.consumer_config(k, error_cb=self._on_error))
+        # A batch closes at consume.max_batch_age_ms: the broker must answer a fetch by then too.
+        fetch_wait = {"fetch.wait.max.ms": min(500, c.max_batch_age_ms)}
+        self.consumer = Consumer(kafka.consumer_config(k, **fetch_wait, error_cb=self._on_error))
         largest = max(1_000_000, c.dead_letter_max_bytes + 65_536)  # a dead letter and its headers
         self.producer = Producer(kafka.producer_config(k, **{"linger.ms": 2, "message.max.bytes": largest}))
         self.tracker = kafka.DeliveryTracker()
@@ -180,7 +182,7 @@ class Service:
                 if self.pending is not None:
                     self._retry(stop)
                     continue
-                messages = self.consumer.consume(c.batch_size, c.poll_timeout_s)
+                messages = self.consumer.consume(c.batch_size, c.max_batch_age_ms / 1000)
                 if messages:
                     result = self._batch(messages)
                     if result is not None and on_batch is not None:
