@@ -24,8 +24,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 
 from monitor import errors
+from monitor.cli import main as cli
 from monitor.cli.broker import free_port
-from monitor.cli.main import main as cli
 from monitor.errors import KafkaUnavailable
 from monitor.schema import Reading, Reason, Rejection, decode, encode_reading
 from monitor.settings import KafkaSettings

@@ -194,7 +194,7 @@ def drifted(monitor: Monitor, prometheus: Prometheus) -> SimulationReport:
     wait_for(scraped, "the first successful scrape of the monitor")
     scenario = load_scenario(ROOT / "configs" / "scenarios" / "demo.yaml", **SCENARIO)
     report = simulate(monitor.settings.kafka, scenario)
-    positions = monitor.serve.service.totals.positions
+    positions = monitor.service.totals.positions
     topic = monitor.settings.kafka.readings_topic
 
     def consumed() -> bool:
@@ -244,7 +244,7 @@ def test_live_metrics_pass_promtool_and_carry_no_device_id(
 
 
 def test_live_metrics_count_the_scenario(monitor: Monitor, drifted: SimulationReport) -> None:
-    registry = monitor.serve.service.metrics.registry
+    registry = monitor.service.metrics.registry
 
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)
