@@ -21,16 +21,19 @@ from monitor import schema
 from monitor.detect import model, novelty
 from monitor.detect.cohorts import load_cohorts
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
+from monitor.detect.state import DetectState
 from monitor.govern import alerts, training
 from monitor.govern.governor import Governor
 from monitor.govern.registry import AuditEvent, EventKind, ModelVersion, code_version
 from monitor.govern.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
+from monitor.govern.state import GovernState
 from monitor.ingest.features import Features, features
 from monitor.ingest.integrity import IntegrityChecker
+from monitor.ingest.state import IngestState
 from monitor.records import DeadLetter, Eviction, Message, Rollback, Scored, Stray
 from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, Reading, Rejection
 from monitor.settings import Settings
-from monitor.state.store import CHECKS, N_SENSORS, PartitionState, Shapes, StateStore
+from monitor.state.store import CHECKS, N_SENSORS, PartitionState, StateStore
 
 
 @dataclass
@@ -75,11 +78,13 @@ class Pipeline:
         self.settings = settings
         self.trace = trace
         d, m = settings.drift, settings.model
-        size = novelty.state_size(settings.novelty)
-        shapes = Shapes(d.reference_size, d.window_size, d.psi_bins, m.retrain_window, size)
-        self.store = StateStore(shapes, d.adwin_delta)
-        self.integrity = IntegrityChecker(self.store, settings.integrity)
-        self.pairs = PairDrift(self.store, d)
+        # Each stage's state is a slab of the store; a stage writes its own, reads earlier ones.
+        self.store = StateStore()
+        self.ingest_state = self.store.add(IngestState())
+        self.detect_state = self.store.add(DetectState(d, novelty.state_size(settings.novelty)))
+        self.govern_state = self.store.add(GovernState(m.retrain_window))
+        self.integrity = IntegrityChecker(self.ingest_state, settings.integrity)
+        self.pairs = PairDrift(self.detect_state, d)
         self.fleet = GroupDrift(d)
         self.cohorts = load_cohorts(settings.cohorts_file)
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
@@ -101,7 +106,14 @@ class Pipeline:
         config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
         self.trainer = training.InlineTrainer(settings.retrain) if trainer is None else trainer
         self.governor = Governor(
-            settings, self.store, self.trainer, self.engine.is_firing, code_version(), config_hash
+            settings,
+            self.store,
+            self.detect_state,
+            self.govern_state,
+            self.trainer,
+            self.engine.is_firing,
+            code_version(),
+            config_hash,
         )
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
@@ -166,12 +178,12 @@ class Pipeline:
             return
         f = features(r)
         self.integrity.check_values(slot, s, r.ts, f, kafka_ts)
-        self._remember(slot, s, r.ts, f, offset or 0)
+        self.govern_state.remember(slot, s, r.ts, f, offset or 0)
         if self.governor.waiting:
             self.governor.on_reading(slot, s, r.ts, result)
-        st.since_eval[slot, s] += 1
+        self.detect_state.since_eval[slot, s] += 1
         self._score(slot, s, r, f, scores, result)
-        if st.since_eval[slot, s] >= self.settings.drift.check_every:
+        if self.detect_state.since_eval[slot, s] >= self.settings.drift.check_every:
             self._evaluate_pair(slot, s, result)
 
     def _fresh(
@@ -186,18 +198,18 @@ class Pipeline:
             clock = self.clocks[partition] = PartitionClock()
         if kafka_ts > 0 and (self._latest_ts is None or kafka_ts <= self._latest_ts):
             clock.recent.append(kafka_ts)
-            st.last_seen[slot] = max(int(st.last_seen[slot]), kafka_ts)
+            self.ingest_state.last_seen[slot] = max(int(self.ingest_state.last_seen[slot]), kafka_ts)
         else:  # missing, or further ahead than any real clock: it dates nothing
             result.kafka_ts_ignored += 1
-            st.last_seen[slot] = max(int(st.last_seen[slot]), clock.watermark)
+            self.ingest_state.last_seen[slot] = max(int(self.ingest_state.last_seen[slot]), clock.watermark)
         if offset is None:
             return True
         if partition != st.partition[slot]:
             return self._fresh_astray(slot, partition, offset, result)
-        if offset <= st.last_offset[slot]:
+        if offset <= self.ingest_state.last_offset[slot]:
             result.replayed += 1
             return False
-        st.last_offset[slot] = offset
+        self.ingest_state.last_offset[slot] = offset
         return True
 
     def _fresh_astray(self, slot: int, partition: int, offset: int, result: BatchResult) -> bool:
@@ -232,17 +244,18 @@ class Pipeline:
         self, slot: int, s: int, r: Reading, f: Features, scores: list[list[float]], result: BatchResult
     ) -> None:
         """Score the reading (learning from it), then feed the score to every detector."""
-        st = self.store
+        det = self.detect_state
         d2 = self._distance(slot, s, f)
         score = None if d2 is None else model.score(d2, len(f))
         level = None
         if self.novelty is None:
             anomalous = d2 is not None and d2 > self.thresholds[len(f)]
         else:
-            level = self.novelty.update(st.novelty[slot, s], r.ts, f, not st.quarantined[slot])
+            learn = not self.govern_state.quarantined[slot]
+            level = self.novelty.update(det.novelty[slot, s], r.ts, f, learn)
             anomalous = level >= self.settings.novelty.threshold
         if anomalous:
-            st.anomalies[slot, s] += 1
+            det.anomalies[slot, s] += 1
             result.anomalies[s] += 1
         if self.trace:
             result.trace.append(Scored(r.device_id, r.sensor, r.ts, score, d2, anomalous, level))
@@ -285,7 +298,7 @@ class Pipeline:
             clock.next_sweep = clock.watermark + max(idle_ms // 10, 1000)
             live = st.live()
             mine = live[st.partition[live] == p]
-            idle = mine[st.last_seen[mine] < clock.watermark - idle_ms].tolist()
+            idle = mine[self.ingest_state.last_seen[mine] < clock.watermark - idle_ms].tolist()
             self._forget(idle, result, Eviction("idle", len(idle), p, clock.watermark))
 
     def _forget(self, slots: list[int], result: BatchResult, wave: Eviction) -> None:
@@ -337,17 +350,17 @@ class Pipeline:
     def serving(self, device_id: str, sensor: str) -> int | None:
         """The version serving a pair this process owns (None: the device has no state here)."""
         slot = self.store.slots.get(device_id)
-        return None if slot is None else self.store.version(slot, SENSOR_INDEX[sensor])
+        return None if slot is None else self.govern_state.version(slot, SENSOR_INDEX[sensor])
 
     def serving_pairs(self, partition: int) -> list[tuple[str, str, int, int]]:
         """``(device, sensor, version, ts of its last reading)`` of every pair with a model among
         the devices of ``partition``."""
-        st = self.store
+        st, ing, gov = self.store, self.ingest_state, self.govern_state
         return [
-            (st.device_ids[slot], SENSOR_NAMES[s], st.version(slot, s), int(st.last_ts[slot, s]))
+            (st.device_ids[slot], SENSOR_NAMES[s], gov.version(slot, s), int(ing.last_ts[slot, s]))
             for slot in st.in_partition(partition)
             for s in range(N_SENSORS)
-            if st.models[slot][s] is not None
+            if self.detect_state.models[slot][s] is not None
         ]
 
     def install(self, device_id: str, sensor: str, m: model.AdaptiveGaussian, version: int) -> bool:
@@ -357,74 +370,66 @@ class Pipeline:
         if slot is None:
             return False
         s = SENSOR_INDEX[sensor]
-        st = self.store
-        st.models[slot][s] = m
-        st.versions[(slot, s)] = version
-        st.latest_version[slot, s] = max(int(st.latest_version[slot, s]), version)
-        st.reset_detectors(slot, s)
+        det, gov = self.detect_state, self.govern_state
+        det.models[slot][s] = m
+        gov.versions[(slot, s)] = version
+        gov.latest_version[slot, s] = max(int(gov.latest_version[slot, s]), version)
+        det.reset_detectors(slot, s)
         return True
 
     def restart_offsets(self, partition: int) -> None:
         """The partition's log restarted below the devices' last applied offsets (a recreated
         topic): accept its offsets again."""
         for slot in self.store.in_partition(partition):
-            self.store.last_offset[slot] = -1
+            self.ingest_state.last_offset[slot] = -1
         for key in [k for k in self._foreign if k[1] == partition]:
             del self._foreign[key]
 
     def _distance(self, slot: int, s: int, f: Features) -> float | None:
         """The pair model's distance (None while it warms up); learn unless over the threshold."""
-        st = self.store
-        m: model.AdaptiveGaussian | None = st.models[slot][s]
+        det = self.detect_state
+        m: model.AdaptiveGaussian | None = det.models[slot][s]
         if m is None:
-            m = st.models[slot][s] = model.AdaptiveGaussian(len(f), **self.governor.base_params(s))
+            m = det.models[slot][s] = model.AdaptiveGaussian(len(f), **self.governor.base_params(s))
         if m.n < self.settings.model.warmup:
             m.learn(f)
             return None
         d2 = m.distance(f)
         usual = d2 <= self.thresholds[len(f)]
-        if (usual or self.settings.model.learn_anomalies) and not st.quarantined[slot]:
+        if (usual or self.settings.model.learn_anomalies) and not self.govern_state.quarantined[slot]:
             m.learn(f)
         return d2
 
-    def _remember(self, slot: int, s: int, ts: int, f: Features, offset: int) -> None:
-        """Keep the reading in the pair's retraining ring, with its Kafka offset."""
-        st = self.store
-        i = int(st.raw_n[slot, s]) % st.shapes.retrain_window
-        st.raw[slot, s, i, : len(f)] = f
-        st.raw_off[slot, s, i] = offset
-        st.raw_ts[slot, s, i] = ts
-        st.raw_n[slot, s] += 1
-
     def _evaluate_pair(self, slot: int, s: int, result: BatchResult) -> None:
         st, name = self.store, SENSOR_NAMES[s]
-        scored = int(st.score_count[slot, s])
-        mean = float(st.score_sum[slot, s]) / scored if scored else None
+        scored = int(self.detect_state.score_count[slot, s])
+        mean = float(self.detect_state.score_sum[slot, s]) / scored if scored else None
         self.pairs.close_interval(slot, s)
         sig = self._pair_signals(slot, s)
         if mean is not None:
             sig["score_mean"] = mean
-        result.drift[("adwin", "device", name)] += int(st.adwin_hits[slot, s])
+        result.drift[("adwin", "device", name)] += int(self.detect_state.adwin_hits[slot, s])
         cmp = self.pairs.compare(slot, s)
         if cmp is not None:
             sig.update(self._drift_signals(cmp, "device", name, result))
-        self._reset_interval(slot, s)
-        ev = Evaluation("device", st.device_ids[slot], name, sig, int(st.last_ts[slot, s]))
+        self.detect_state.reset_interval(slot, s)
+        self.ingest_state.reset_interval(slot, s)
+        ev = Evaluation("device", st.device_ids[slot], name, sig, int(self.ingest_state.last_ts[slot, s]))
         self._act(self.engine.evaluate([ev]), result)
 
     def _pair_signals(self, slot: int, s: int) -> dict[str, float]:
-        st = self.store
-        n = int(st.since_eval[slot, s])
-        hits = int(st.adwin_hits[slot, s])
+        det = self.detect_state
+        n = int(det.since_eval[slot, s])
+        hits = int(det.adwin_hits[slot, s])
         sig = {
             "readings": float(n),
-            "anomalies": float(st.anomalies[slot, s]),
-            "anomaly_rate": float(st.anomalies[slot, s]) / n if n else 0.0,
+            "anomalies": float(det.anomalies[slot, s]),
+            "anomaly_rate": float(det.anomalies[slot, s]) / n if n else 0.0,
             "adwin_detections": float(hits),
             "adwin_drift": float(hits > 0),
         }
         for c, name in enumerate(CHECKS):
-            sig[name] = float(st.integrity[slot, s, c])
+            sig[name] = float(self.ingest_state.integrity[slot, s, c])
         return sig
 
     def _drift_signals(
@@ -441,13 +446,6 @@ class Pipeline:
             "psi": psi,
             "psi_drift": float(psi > d.psi_threshold),
         }
-
-    def _reset_interval(self, slot: int, s: int) -> None:
-        st = self.store
-        st.since_eval[slot, s] = 0
-        st.anomalies[slot, s] = 0
-        st.adwin_hits[slot, s] = 0
-        st.integrity[slot, s] = 0
 
     def _evaluate_group(
         self, scope: Scope, key: str, group: GroupDrift, s: int, ts: int, result: BatchResult
@@ -482,7 +480,7 @@ class Pipeline:
             ev = t.evaluation
             slot = self.store.slots.get(ev.device_id, -1) if ev.scope == "device" else -1
             s = SENSOR_INDEX[ev.sensor]
-            version = self.store.version(slot, s) if slot >= 0 else 0
+            version = self.govern_state.version(slot, s) if slot >= 0 else 0
             alert = alerts.from_transition(t, version)
             if "alert" in t.rule.actions:
                 result.alerts.append(alert)
@@ -503,7 +501,7 @@ class Pipeline:
                 result.retrains_skipped[t.evaluation.sensor] += 1
                 result.audit.append(self._audit("action", t, alert, version, "retrain", f"skipped: {why}"))
         if "quarantine" in actions:
-            self.store.quarantined[slot] = int(firing)
+            self.govern_state.quarantined[slot] = int(firing)
             what = "quarantine" if firing else "release"
             why = "its models stop learning, scoring goes on" if firing else "the rule resolved"
             result.audit.append(self._audit("action", t, alert, version, what, why))

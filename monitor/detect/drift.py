@@ -23,9 +23,10 @@ from numpy.typing import NDArray
 from river import drift
 
 from monitor.detect import stats
+from monitor.detect.state import DetectState
 from monitor.schema import SENSOR_NAMES
 from monitor.settings import DriftSettings
-from monitor.state.store import N_SENSORS, StateStore
+from monitor.state.store import N_SENSORS
 
 FloatArray = NDArray[np.float64]
 ScoreArray = NDArray[np.uint16]
@@ -74,15 +75,15 @@ def compare(ref: ScoreArray, cur: ScoreArray, edges: FloatArray, frac: NDArray[n
 
 
 class PairDrift:
-    """Reference/current windows and ADWIN for every (device, sensor) pair, in the state store."""
+    """Reference/current windows and ADWIN for every (device, sensor) pair, in the detect state."""
 
-    def __init__(self, store: StateStore, settings: DriftSettings) -> None:
-        self.store = store
+    def __init__(self, state: DetectState, settings: DriftSettings) -> None:
+        self.state = state
         self.settings = settings
 
     def push(self, slot: int, s: int, score: float) -> None:
         """Record one score of a pair in its windows and its interval sums."""
-        st = self.store
+        st = self.state
         n = int(st.n_scored[slot, s])
         if _append(st.ref[slot, s], st.cur[slot, s], n, round(score * QUANTUM)):
             _freeze(st.ref[slot, s], st.edges[slot, s], st.ref_frac[slot, s])
@@ -97,7 +98,7 @@ class PairDrift:
         buckets after a few thousand updates, which per score would break the per-device budget;
         interval means are also closer to Gaussian, which ADWIN's bound assumes.
         """
-        st = self.store
+        st = self.state
         n = int(st.score_count[slot, s])
         if n:
             a = st.adwin(slot, s)
@@ -109,7 +110,7 @@ class PairDrift:
 
     def compare(self, slot: int, s: int) -> Comparison | None:
         """KS and PSI of the pair, once its reference is frozen and its current window full."""
-        st, cfg = self.store, self.settings
+        st, cfg = self.state, self.settings
         if st.n_scored[slot, s] < cfg.reference_size + cfg.window_size:
             return None
         return compare(

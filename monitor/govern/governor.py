@@ -32,8 +32,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from monitor.detect import model
+from monitor.detect.state import DetectState
 from monitor.govern import training
 from monitor.govern.registry import AuditEvent, ModelVersion, TrainingData
+from monitor.govern.state import GovernState
 from monitor.ingest.features import Features, n_features
 from monitor.schema import SENSOR_NAMES, SENSORS
 from monitor.settings import Settings
@@ -64,6 +66,8 @@ class Governor:
         self,
         settings: Settings,
         store: StateStore,
+        detect: DetectState,
+        state: GovernState,
         trainer: training.Trainer,
         firing: Callable[[str, str, str], bool],
         code: str,
@@ -71,6 +75,8 @@ class Governor:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.detect = detect  # the serving models (read; replaced by a promotion)
+        self.state = state
         self.trainer = trainer
         self.code_version, self.config_hash = code, config
         self.due: dict[Key, tuple[int, training.TrainingJob]] = {}  # reading count when due, job
@@ -101,21 +107,21 @@ class Governor:
             return "a retrain of this pair is already running"
         self.retry.pop(key, None)
         self.attempts[key] = attempt
-        w = st.shapes.retrain_window
-        count = int(min(st.raw_n[slot, s], w))
+        w = self.state.retrain_window
+        count = int(min(self.state.raw_n[slot, s], w))
         if count < MIN_RETRAIN_ROWS:
             return f"only {count} recent readings (at least {MIN_RETRAIN_ROWS} needed)"
-        idx = (int(st.raw_n[slot, s]) - count + np.arange(count)) % w
-        incumbent = st.models[slot][s]
+        idx = (int(self.state.raw_n[slot, s]) - count + np.arange(count)) % w
+        incumbent = self.detect.models[slot][s]
         assert incumbent is not None  # a pair that fired has scored, so it has a model
-        version = st.version(slot, s)
+        version = self.state.version(slot, s)
         m = self.settings.model
         job = training.TrainingJob(
             device_id=key[0],
             sensor=sensor,
-            rows=st.raw[slot, s, idx, : n_features(sensor)].astype(np.float64),
-            offsets=st.raw_off[slot, s, idx],
-            timestamps=st.raw_ts[slot, s, idx],
+            rows=self.state.raw[slot, s, idx, : n_features(sensor)].astype(np.float64),
+            offsets=self.state.raw_off[slot, s, idx],
+            timestamps=self.state.raw_ts[slot, s, idx],
             topic=self.settings.kafka.readings_topic,
             partition=int(st.partition[slot]),
             incumbent=incumbent,
@@ -124,13 +130,13 @@ class Governor:
             anomaly_threshold=m.anomaly_threshold,
             learn_anomalies=m.learn_anomalies,
             seed=training.job_seed(
-                self.settings.retrain.seed, key[0], sensor, int(st.latest_version[slot, s])
+                self.settings.retrain.seed, key[0], sensor, int(self.state.latest_version[slot, s])
             ),
             trigger_rule=rule,
             trigger_alert_id=alert_id,
         )
         self.trainer.submit(job)
-        self.due[key] = (int(st.raw_n[slot, s]) + self.settings.drift.check_every, job)
+        self.due[key] = (int(self.state.raw_n[slot, s]) + self.settings.drift.check_every, job)
         out.audit.append(
             AuditEvent(
                 kind="action",
@@ -163,13 +169,13 @@ class Governor:
         """After each applied reading of a pair: take a due result, or retry after a rejection."""
         key = (self.store.device_ids[slot], SENSOR_NAMES[s])
         retry = self.retry.get(key)
-        if retry is not None and self.store.raw_n[slot, s] >= retry[0]:
+        if retry is not None and self.state.raw_n[slot, s] >= retry[0]:
             del self.retry[key]
             if self.firing(retry[1], *key):
                 self.retrain(slot, s, retry[1], retry[2], ts, out, self.attempts.get(key, 1) + 1)
             return
         pending = self.due.get(key)
-        if pending is None or self.store.raw_n[slot, s] < pending[0]:
+        if pending is None or self.state.raw_n[slot, s] < pending[0]:
             return
         del self.due[key]
         result = self._collect(pending[1])
@@ -200,7 +206,7 @@ class Governor:
         sh = self.shadows.get(key)
         if sh is None:
             return
-        learn = self.settings.model.learn_anomalies and not self.store.quarantined[slot]
+        learn = self.settings.model.learn_anomalies and not self.state.quarantined[slot]
         d2 = training.step(sh.candidate, f, self.thresholds[len(f)], learn)
         sh.shadow.push(score, model.score(d2, len(f)))
         if sh.shadow.done:
@@ -219,8 +225,8 @@ class Governor:
         ts: int,
         out: Output,
     ) -> None:
-        st, job = self.store, result.job
-        serving = st.version(slot, s)
+        job = result.job
+        serving = self.state.version(slot, s)
         if job.incumbent_version != serving:
             decision = training.Decision(
                 False, f"stale: v{serving} replaced v{job.incumbent_version} meanwhile", {}
@@ -229,18 +235,18 @@ class Governor:
             out.audit.append(self._event("rejected", job, serving, serving, decision.reason, ts))
             self._maybe_retry(slot, s, job, promoted=False)
             return
-        if st.latest_version[slot, s] == 1:  # the online model becomes a version one can roll back to
+        if self.state.latest_version[slot, s] == 1:  # the online model becomes a version one can roll back to
             self._register(job, 1, 0, job.incumbent, None, {}, ts, out)
-        number = int(st.latest_version[slot, s]) + 1
-        st.latest_version[slot, s] = number
+        number = int(self.state.latest_version[slot, s]) + 1
+        self.state.latest_version[slot, s] = number
         metrics = decision.metrics | {"duration_s": result.duration_s}
         self._register(job, number, serving, candidate, result, metrics, ts, out)
         kind = "promoted" if decision.promote else "rejected"
         out.audit.append(self._event(kind, job, number, serving, decision.reason, ts))
         if decision.promote:
-            st.models[slot][s] = copy.deepcopy(candidate)
-            st.versions[(slot, s)] = number
-            st.reset_detectors(slot, s)
+            self.detect.models[slot][s] = copy.deepcopy(candidate)
+            self.state.versions[(slot, s)] = number
+            self.detect.reset_detectors(slot, s)
         self._maybe_retry(slot, s, job, decision.promote)
 
     def _maybe_retry(self, slot: int, s: int, job: training.TrainingJob, promoted: bool) -> None:
@@ -252,7 +258,7 @@ class Governor:
             return
         if self.firing(job.trigger_rule, *key):
             self.attempts[key] = attempts
-            due = int(self.store.raw_n[slot, s]) + 1  # on the pair's newest readings
+            due = int(self.state.raw_n[slot, s]) + 1  # on the pair's newest readings
             self.retry[key] = (due, job.trigger_rule, job.trigger_alert_id)
 
     def _register(

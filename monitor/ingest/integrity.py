@@ -17,17 +17,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor.ingest.features import Features
+from monitor.ingest.state import IngestState
 from monitor.schema import Reading
 from monitor.settings import IntegritySettings
-from monitor.state.store import CHECKS, N_SENSORS, StateStore
+from monitor.state.store import CHECKS, N_SENSORS
 
 STUCK, GAP, DUPLICATE, OUT_OF_ORDER, CLOCK_SKEW = range(len(CHECKS))
 _INTERVAL_WEIGHT = 0.05
 
 
 class IntegrityChecker:
-    def __init__(self, store: StateStore, settings: IntegritySettings) -> None:
-        self.store = store
+    def __init__(self, state: IngestState, settings: IntegritySettings) -> None:
+        self.state = state
         self.settings = settings
         self.events = np.zeros((N_SENSORS, len(CHECKS)), np.int64)  # since take_events()
 
@@ -37,12 +38,12 @@ class IntegrityChecker:
         return events
 
     def _flag(self, slot: int, s: int, check: int) -> None:
-        self.store.integrity[slot, s, check] += 1
+        self.state.integrity[slot, s, check] += 1
         self.events[s, check] += 1
 
     def check_seq(self, slot: int, s: int, r: Reading) -> bool:
         """Track the device's sequence number; False if the reading was already applied."""
-        st = self.store
+        st = self.state
         last = int(st.last_seq[slot])
         if r.seq == last:
             self._flag(slot, s, DUPLICATE)
@@ -54,7 +55,7 @@ class IntegrityChecker:
 
     def check_values(self, slot: int, s: int, ts: int, f: Features, kafka_ts: int) -> None:
         """Gap, stuck-at and clock-skew checks for an applied reading (``f``: its features)."""
-        st, cfg = self.store, self.settings
+        st, cfg = self.state, self.settings
         last_ts = int(st.last_ts[slot, s])
         if last_ts:
             self._check_gap(slot, s, ts - last_ts)
@@ -71,7 +72,7 @@ class IntegrityChecker:
             self._flag(slot, s, CLOCK_SKEW)
 
     def _check_gap(self, slot: int, s: int, dt: int) -> None:
-        st = self.store
+        st = self.state
         usual = float(st.interval[slot, s])
         if usual > 0 and dt > self.settings.gap_factor * usual:
             self._flag(slot, s, GAP)

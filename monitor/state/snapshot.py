@@ -1,9 +1,8 @@
 """Per-partition state snapshots: what lets a partition move between replicas, or survive a crash,
 with its state.
 
-A snapshot holds every device read from one partition of the readings topic (all its
-:class:`~monitor.state.store.StateStore` rows, models, ADWINs, model versions and rule episodes) and
-the offset of the next message to apply. The service writes one after its outputs are delivered
+A snapshot holds every device read from one partition of the readings topic (its rows of every
+stage's slab, models, ADWINs, model versions and rule episodes) and the offset of the next message to apply. The service writes one after its outputs are delivered
 and its offsets committed, on partition revocation and at shutdown; it reads it back when the
 partition is assigned and seeks there, so the state and the position always agree.
 

@@ -9,8 +9,9 @@ from numpy.testing import assert_array_equal
 
 from monitor.detect import stats
 from monitor.detect.drift import QUANTUM, Comparison, GroupDrift, PairDrift, _append, dequantise
+from monitor.detect.state import DetectState
 from monitor.settings import DriftSettings
-from monitor.state.store import N_SENSORS, Shapes, StateStore
+from monitor.state.store import N_SENSORS, StateStore
 
 IntArray = npt.NDArray[np.int64]
 U16 = npt.NDArray[np.uint16]
@@ -61,9 +62,10 @@ def test_quantise_preserves_order() -> None:
 REF, WIN = 256, 256
 
 
-def _pair_drift(psi_bins: int = 10) -> tuple[PairDrift, StateStore]:
+def _pair_drift(psi_bins: int = 10) -> tuple[PairDrift, DetectState]:
+    """Windows of the detect state; its slot 0 (and 1) are the store's first devices."""
     settings = DriftSettings(reference_size=REF, window_size=WIN, psi_bins=psi_bins)
-    store = StateStore(Shapes(REF, WIN, psi_bins, 16), settings.adwin_delta)
+    store = StateStore().add(DetectState(settings))
     return PairDrift(store, settings), store
 
 
@@ -80,7 +82,7 @@ def _push(drift: PairDrift, slot: int, s: int, scores: npt.NDArray[np.float64]) 
 
 def test_pair_becomes_comparable_after_reference_and_window() -> None:
     drift, store = _pair_drift()
-    slot = store.slot("dev-1", 0)
+    slot = 0
     rng = np.random.default_rng(3)
     _push(drift, slot, 2, rng.random(REF + WIN - 1))
     assert drift.compare(slot, 2) is None
@@ -91,8 +93,8 @@ def test_pair_becomes_comparable_after_reference_and_window() -> None:
 
 
 def test_identical_windows_give_no_drift() -> None:
-    drift, store = _pair_drift()
-    slot = store.slot("dev-1", 0)
+    drift, _ = _pair_drift()
+    slot = 0
     scores = np.random.default_rng(4).random(REF)
     _push(drift, slot, 0, scores)
     _push(drift, slot, 0, scores)  # the current window is the reference, value for value
@@ -104,8 +106,7 @@ def test_identical_windows_give_no_drift() -> None:
 
 def test_psi_is_zero_when_the_window_equals_a_reference_with_ties() -> None:
     settings = DriftSettings(reference_size=128, window_size=128)
-    store = StateStore(Shapes(128, 128, 10, 16), settings.adwin_delta)
-    drift, slot = PairDrift(store, settings), store.slot("dev-1", 0)
+    drift, slot = PairDrift(StateStore().add(DetectState(settings)), settings), 0
     tie = 30000 / QUANTUM  # an exact quantisation level that float32 rounds down
     assert float(np.float32(tie)) < tie
     ref = np.random.default_rng(0).random(128)
@@ -117,8 +118,8 @@ def test_psi_is_zero_when_the_window_equals_a_reference_with_ties() -> None:
 
 
 def test_same_distribution_gives_high_p_value_and_small_psi() -> None:
-    drift, store = _pair_drift()
-    slot = store.slot("dev-1", 0)
+    drift, _ = _pair_drift()
+    slot = 0
     _push(drift, slot, 0, np.random.default_rng(5).random(REF + WIN))
     cmp = _compare(drift, slot, 0)
     assert cmp.ks_pvalue[0] > 0.01
@@ -126,8 +127,8 @@ def test_same_distribution_gives_high_p_value_and_small_psi() -> None:
 
 
 def test_shifted_scores_give_ks_and_psi_drift() -> None:
-    drift, store = _pair_drift()
-    slot = store.slot("dev-1", 0)
+    drift, _ = _pair_drift()
+    slot = 0
     rng = np.random.default_rng(6)
     _push(drift, slot, 0, rng.random(REF))
     _push(drift, slot, 0, 0.99 + 0.01 * rng.random(WIN))  # a persistent change: scores pile up near 1
@@ -137,8 +138,8 @@ def test_shifted_scores_give_ks_and_psi_drift() -> None:
 
 
 def test_interleaved_pairs_keep_separate_windows() -> None:
-    drift, store = _pair_drift()
-    a, b = store.slot("dev-a", 0), store.slot("dev-b", 1)
+    drift, _ = _pair_drift()
+    a, b = 0, 1
     rng = np.random.default_rng(7)
     for x, y in zip(rng.random(REF), rng.random(REF), strict=True):
         drift.push(a, 4, float(x))
@@ -154,7 +155,7 @@ def test_interleaved_pairs_keep_separate_windows() -> None:
 
 def test_psi_edges_are_frozen_at_reference_time() -> None:
     drift, store = _pair_drift()
-    slot = store.slot("dev-1", 0)
+    slot = 0
     ref = np.random.default_rng(8).random(REF)
     _push(drift, slot, 1, ref[:-1])
     assert not store.edges[slot, 1].any()  # not frozen before the reference is full
@@ -174,7 +175,7 @@ def test_psi_edges_are_frozen_at_reference_time() -> None:
 
 def test_reset_detectors_starts_a_new_reference() -> None:
     drift, store = _pair_drift()
-    slot = store.slot("dev-1", 0)
+    slot = 0
     rng = np.random.default_rng(10)
     _push(drift, slot, 0, rng.random(REF + WIN))
     old_edges = store.edges[slot, 0].copy()
@@ -188,7 +189,7 @@ def test_reset_detectors_starts_a_new_reference() -> None:
 
 def test_close_interval_feeds_the_interval_mean_to_adwin_and_resets_the_sums() -> None:
     drift, store = _pair_drift()
-    slot = store.slot("dev-1", 0)
+    slot = 0
     drift.close_interval(slot, 0)
     assert store.adwins[slot][0] is None  # an interval without scores feeds nothing
     _push(drift, slot, 0, np.array([0.1, 0.2, 0.6]))
@@ -203,7 +204,7 @@ def test_close_interval_feeds_the_interval_mean_to_adwin_and_resets_the_sums() -
 
 def test_adwin_counts_a_change_in_the_interval_means() -> None:
     drift, store = _pair_drift()
-    slot = store.slot("dev-1", 0)
+    slot = 0
     rng = np.random.default_rng(11)
     for _ in range(200):
         _push(drift, slot, 0, 0.5 * rng.random(16))

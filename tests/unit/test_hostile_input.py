@@ -112,7 +112,7 @@ def _pipeline() -> Pipeline:
 
 
 def _models_finite(p: Pipeline) -> bool:
-    for models in p.store.models:
+    for models in p.detect_state.models:
         for m in models:
             if m is not None and not all(math.isfinite(v) for v in m.params()["mean"] + m.params()["var"]):
                 return False

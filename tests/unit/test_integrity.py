@@ -10,9 +10,10 @@ import pytest
 
 from monitor.ingest.features import features
 from monitor.ingest.integrity import CLOCK_SKEW, DUPLICATE, GAP, OUT_OF_ORDER, STUCK, IntegrityChecker
+from monitor.ingest.state import IngestState
 from monitor.schema import SENSOR_INDEX, SENSORS, Reading
 from monitor.settings import IntegritySettings, Settings
-from monitor.state.store import CHECKS, N_SENSORS, Shapes, StateStore
+from monitor.state.store import CHECKS, N_SENSORS, StateStore
 
 T0 = 1_700_000_000_000
 TEMP = SENSOR_INDEX["temperature"]
@@ -22,7 +23,7 @@ ACCEL = SENSOR_INDEX["accelerometer"]
 class Pair:
     """One (device, sensor) pair fed through a checker the way ``Pipeline._apply`` does."""
 
-    def __init__(self, checker: IntegrityChecker, device: str = "dev-1", sensor: str = "temperature") -> None:
+    def __init__(self, checker: StoreChecker, device: str = "dev-1", sensor: str = "temperature") -> None:
         self.checker = checker
         self.sensor = sensor
         self.s = SENSOR_INDEX[sensor]
@@ -49,15 +50,20 @@ class Pair:
         return True
 
     def count(self, check: int) -> int:
-        return int(self.checker.store.integrity[self.slot, self.s, check])
+        return int(self.checker.state.integrity[self.slot, self.s, check])
 
 
-def _checker(**settings: int | float) -> IntegrityChecker:
-    """A store and checker built like ``Pipeline.__init__`` does."""
-    s = Settings(integrity=IntegritySettings(**settings))  # type: ignore[arg-type]
-    d, m = s.drift, s.model
-    store = StateStore(Shapes(d.reference_size, d.window_size, d.psi_bins, m.retrain_window), d.adwin_delta)
-    return IntegrityChecker(store, s.integrity)
+class StoreChecker(IntegrityChecker):
+    """A checker of a store's ingest slab, built like ``Pipeline.__init__`` does; the store gives
+    each device its slot."""
+
+    def __init__(self, settings: IntegritySettings) -> None:
+        self.store = StateStore()
+        super().__init__(self.store.add(IngestState()), settings)
+
+
+def _checker(**settings: int | float) -> StoreChecker:
+    return StoreChecker(Settings(integrity=IntegritySettings(**settings)).integrity)  # type: ignore[arg-type]
 
 
 def _counts(pair: Pair) -> dict[str, int]:
@@ -96,7 +102,7 @@ def test_duplicate_seq_returns_false_and_counts() -> None:
     assert not pair.feed(5, T0, 20.0)
     assert not pair.feed(5, T0 + 1000, 21.0)  # same seq, whatever the content
     assert pair.count(DUPLICATE) == 2
-    assert int(pair.checker.store.last_seq[pair.slot]) == 5
+    assert int(pair.checker.state.last_seq[pair.slot]) == 5
 
 
 def test_duplicate_is_not_applied_to_the_value_checks() -> None:
@@ -104,7 +110,7 @@ def test_duplicate_is_not_applied_to_the_value_checks() -> None:
     pair.feed(1, T0, 20.0)
     pair.feed(1, T0, 20.0)  # would be stuck_at with stuck_run=2 if applied
     assert pair.count(STUCK) == 0
-    assert int(pair.checker.store.last_ts[pair.slot, pair.s]) == T0
+    assert int(pair.checker.state.last_ts[pair.slot, pair.s]) == T0
 
 
 def test_seq_is_per_device_across_sensors() -> None:
@@ -123,7 +129,7 @@ def test_out_of_order_counts_and_is_applied() -> None:
     pair.feed(10, T0, 20.0)
     assert pair.feed(7, T0 + 1000, 20.1)  # late message (or reboot): applied, but counted
     assert pair.count(OUT_OF_ORDER) == 1
-    assert int(pair.checker.store.last_seq[pair.slot]) == 7
+    assert int(pair.checker.state.last_seq[pair.slot]) == 7
     assert pair.feed(8, T0 + 2000, 20.2)
     assert pair.count(OUT_OF_ORDER) == 1
 
@@ -135,16 +141,16 @@ def test_gap_counted_when_interval_exceeds_gap_factor_times_usual() -> None:
         pair.feed(i, ts, _noise(i))
         ts += 1000
     assert pair.count(GAP) == 0
-    assert float(pair.checker.store.interval[pair.slot, pair.s]) == 1000.0
+    assert float(pair.checker.state.interval[pair.slot, pair.s]) == 1000.0
     ts += 5000 - 1000  # exactly 5 x the usual interval: not a gap
     pair.feed(10, ts, 20.0)
     assert pair.count(GAP) == 0
-    usual = float(pair.checker.store.interval[pair.slot, pair.s])
+    usual = float(pair.checker.state.interval[pair.slot, pair.s])
     assert usual == pytest.approx(1000 + 0.05 * 4000)
     ts += int(5 * usual) + 1
     pair.feed(11, ts, 20.1)
     assert pair.count(GAP) == 1
-    assert float(pair.checker.store.interval[pair.slot, pair.s]) == usual  # a gap does not teach the interval
+    assert float(pair.checker.state.interval[pair.slot, pair.s]) == usual  # a gap does not teach the interval
 
 
 def test_no_gap_check_before_an_interval_is_known() -> None:

@@ -188,7 +188,7 @@ def test_clean_gaussian_stream_yields_no_alerts() -> None:
     assert [v for r in results for v in r.versions] == []
     assert sum(int(r.valid.sum()) for r in results) == len(msgs)
     assert sum(len(r.dead_letters) for r in results) == 0
-    assert all(int(p.store.n_scored[p.store.slots[f"dev-{d}"], TEMP]) > 0 for d in range(3))
+    assert all(int(p.detect_state.n_scored[p.store.slots[f"dev-{d}"], TEMP]) > 0 for d in range(3))
 
 
 @dataclass
@@ -276,11 +276,11 @@ def test_retrained_baseline_is_finite_and_at_the_new_level(shifted: Shifted) -> 
 
 
 def test_retrained_model_serves_the_pair(shifted: Shifted) -> None:
-    st = shifted.pipeline.store
-    slot = st.slots["dev-1"]
-    assert st.version(slot, TEMP) == 2
-    assert st.version(st.slots["dev-0"], TEMP) == 1
-    m = st.models[slot][TEMP]
+    p = shifted.pipeline
+    slot = p.store.slots["dev-1"]
+    assert p.govern_state.version(slot, TEMP) == 2
+    assert p.govern_state.version(p.store.slots["dev-0"], TEMP) == 1
+    m = p.detect_state.models[slot][TEMP]
     assert m is not None
     assert m.params()["mean"][0] == pytest.approx(LEVEL + SHIFT, abs=4 * NOISE)
 
@@ -293,7 +293,10 @@ def test_scores_are_normal_again_after_the_retrain(shifted: Shifted) -> None:
     assert all(a.model_version == 2 for a in _alerts(after) if a.device_id == "dev-1")
     slot = shifted.pipeline.store.slots["dev-1"]
     # The pair went through a whole new reference and window, and compared clean.
-    assert int(shifted.pipeline.store.n_scored[slot, TEMP]) >= DRIFT["reference_size"] + DRIFT["window_size"]
+    assert (
+        int(shifted.pipeline.detect_state.n_scored[slot, TEMP])
+        >= DRIFT["reference_size"] + DRIFT["window_size"]
+    )
 
 
 def test_other_devices_are_untouched_by_the_shift(shifted: Shifted) -> None:
@@ -309,16 +312,15 @@ def test_duplicate_seq_is_not_applied_twice() -> None:
     stream = Stream()
     msgs = [stream.reading(0, i, LEVEL + 0.1 * (i % 5)) for i in range(60)]
     p.process(msgs)
-    st = p.store
-    slot = st.slots["dev-0"]
-    model = st.models[slot][TEMP]
+    slot, gov = p.store.slots["dev-0"], p.govern_state
+    model = p.detect_state.models[slot][TEMP]
     assert model is not None
-    n, params, raw_n = model.n, model.params(), int(st.raw_n[slot, TEMP])
+    n, params, raw_n = model.n, model.params(), int(gov.raw_n[slot, TEMP])
     replay = stream.message(msgs[-1].payload, b"dev-0", 0, msgs[-1].ts)  # same seq, new offset
     result = p.process([replay])
-    assert (model.n, model.params(), int(st.raw_n[slot, TEMP])) == (n, params, raw_n)
+    assert (model.n, model.params(), int(gov.raw_n[slot, TEMP])) == (n, params, raw_n)
     assert result.dead_letters == []
-    assert int(st.integrity[slot, TEMP, 2]) == 1  # "duplicate"
+    assert int(p.ingest_state.integrity[slot, TEMP, 2]) == 1  # "duplicate"
     assert result.offsets == {(TOPIC, 0): replay.offset_ + 1}
 
 
@@ -331,7 +333,7 @@ def test_online_model_uses_configured_var_fading_and_sensor_resolution() -> None
     msgs = [stream.reading(0, i, 21.0) for i in range(60)]  # a constant reading: variance 0
     msgs.append(stream.reading(0, 60, 21.0 + SENSORS["temperature"].resolution))  # one resolution step
     result = p.process(msgs)
-    m = p.store.models[0][TEMP]
+    m = p.detect_state.models[0][TEMP]
     assert m is not None
     assert (m.var_fading, m.resolution) == (p.settings.model.var_fading, SENSORS["temperature"].resolution)
     assert int(result.anomalies[TEMP]) == 0  # one step = one floored std, d2 = 1 (actual: d2 = 100)
@@ -398,7 +400,7 @@ def test_quarantine_stops_learning_while_the_rule_fires() -> None:
         spike = 200 <= i < 400 and i % 3 != 0
         v = LEVEL + NOISE * rng.standard_normal() + (SHIFT if spike else 0.0)
         result = p.process([stream.reading(0, i, v)])
-        m = p.store.models[p.store.slots["dev-0"]][TEMP]
+        m = p.detect_state.models[p.store.slots["dev-0"]][TEMP]
         learned.append(
             (i, m.n if m is not None else 0, [e.action for e in result.audit if e.kind == "action"])
         )
@@ -408,4 +410,4 @@ def test_quarantine_stops_learning_while_the_rule_fires() -> None:
     during = {n for i, n, _ in learned if quarantined <= i < released}
     assert len(during) == 1  # not one reading learned while quarantined ...
     assert learned[-1][1] > learned[released][1]  # ... and learning resumes once released
-    assert p.store.quarantined[p.store.slots["dev-0"]] == 0
+    assert p.govern_state.quarantined[p.store.slots["dev-0"]] == 0

@@ -629,3 +629,11 @@ def test_a_key_generated_by_an_earlier_version_in_the_registry_is_still_found(tm
     earlier.parent.mkdir()
     earlier.write_text("e" * 64 + "\n")
     assert open_registry(load_settings(None, state_dir=str(tmp_path))).key == b"e" * 64
+
+
+def test_a_model_pickled_before_the_package_moved_still_loads() -> None:
+    m = AdaptiveGaussian.fit([(1.0,), (2.0,), (3.0,)])
+    old = pickle.dumps(m, protocol=2).replace(b"cmonitor.detect.model\n", b"cmonitor.model\n")
+    assert b"cmonitor.model\n" in old
+    loaded = safepickle.loads(old)
+    assert isinstance(loaded, AdaptiveGaussian) and loaded.dump() == m.dump()

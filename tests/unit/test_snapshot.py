@@ -85,7 +85,7 @@ def test_redelivered_readings_are_skipped_not_flagged_as_duplicates() -> None:
     again = p.process(stream[60:120])
     assert again.replayed == 60
     assert again.valid.sum() == 60  # still valid readings, counted as received
-    assert not p.store.integrity.any()
+    assert not p.ingest_state.integrity.any()
     assert p.integrity.take_events()[:, 2].sum() == 0  # no "duplicate" events
 
 
@@ -110,7 +110,7 @@ def test_dropping_a_partition_frees_its_slots_for_reuse() -> None:
     _run(p, _gaussian_stream(10, devices=4), batch=100)  # dev-0 and dev-2 come back
     assert p.store.used == before and len(p.store) == 4
     slot = p.store.slots["dev-0"]
-    assert p.store.raw_n[slot].sum() == 10  # fresh state, not the dropped one
+    assert p.govern_state.raw_n[slot].sum() == 10  # fresh state, not the dropped one
 
 
 def _one_partition(messages: list[FakeMessage]) -> list[FakeMessage]:

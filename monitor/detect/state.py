@@ -1,0 +1,91 @@
+"""The detect stage's per-pair state: score windows, PSI bins, interval counts, novelty state, and
+the pair's model and ADWIN."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+from river import drift
+
+from monitor.settings import DriftSettings
+from monitor.state.store import N_SENSORS, Columns, DeviceStates, Model, Slab
+
+
+class DetectState(Slab):
+    """Arrays per pair, plus two small River-API objects per pair (the model and an ADWIN)."""
+
+    n_scored: NDArray[np.int64]
+    since_eval: NDArray[np.int32]
+    anomalies: NDArray[np.int32]
+    adwin_hits: NDArray[np.int32]
+    score_sum: NDArray[np.float32]
+    score_count: NDArray[np.int32]
+    ref: NDArray[np.uint16]  # scores quantised to 1/65535 (see drift.quantise)
+    cur: NDArray[np.uint16]
+    edges: NDArray[np.float64]  # float64: a score on an edge must bin the same way every time
+    ref_frac: NDArray[np.float32]
+    novelty: NDArray[np.float64]  # the novelty stage's per-pair state (monitor.detect.novelty)
+
+    def __init__(self, settings: DriftSettings, novelty_size: int = 0) -> None:
+        self.settings = settings
+        self.novelty_size = novelty_size  # floats of novelty-stage state per pair (0: the stage is off)
+        self.models: list[list[Model | None]] = []
+        self.adwins: list[list[drift.ADWIN | None]] = []
+        super().__init__()
+
+    def columns(self) -> Columns:
+        d, p = self.settings, (N_SENSORS,)
+        return {
+            "n_scored": (p, np.int64, 0),
+            "since_eval": (p, np.int32, 0),
+            "anomalies": (p, np.int32, 0),
+            "adwin_hits": (p, np.int32, 0),
+            "score_sum": (p, np.float32, 0),
+            "score_count": (p, np.int32, 0),
+            "ref": ((*p, d.reference_size), np.uint16, 0),
+            "cur": ((*p, d.window_size), np.uint16, 0),
+            "edges": ((*p, d.psi_bins - 1), np.float64, 0),
+            "ref_frac": ((*p, d.psi_bins), np.float32, 0),
+            "novelty": ((*p, self.novelty_size), np.float64, 0),
+        }
+
+    def grow(self, capacity: int) -> None:
+        super().grow(capacity)
+        while len(self.models) < capacity:
+            self.models.append([None] * N_SENSORS)
+            self.adwins.append([None] * N_SENSORS)
+
+    def clear_objects(self, slot: int) -> None:
+        self.models[slot] = [None] * N_SENSORS
+        self.adwins[slot] = [None] * N_SENSORS
+
+    def export_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
+        states.models = [list(self.models[i]) for i in slots]
+        states.adwins = [list(self.adwins[i]) for i in slots]
+
+    def load_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
+        for j, slot in enumerate(slots):
+            self.models[slot] = list(states.models[j])
+            self.adwins[slot] = list(states.adwins[j])
+
+    def adwin(self, slot: int, s: int) -> drift.ADWIN:
+        a = self.adwins[slot][s]
+        if a is None:
+            a = self.adwins[slot][s] = drift.ADWIN(delta=self.settings.adwin_delta)
+        return a
+
+    def reset_interval(self, slot: int, s: int) -> None:
+        """A new evaluation interval: its counts start again."""
+        self.since_eval[slot, s] = 0
+        self.anomalies[slot, s] = 0
+        self.adwin_hits[slot, s] = 0
+
+    def reset_detectors(self, slot: int, s: int) -> None:
+        """Forget the score history of a pair: a new model starts a new reference."""
+        self.reset_interval(slot, s)
+        self.n_scored[slot, s] = 0
+        self.score_sum[slot, s] = 0
+        self.score_count[slot, s] = 0
+        self.adwins[slot][s] = None
