@@ -13,12 +13,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor import schema
-from monitor.detect import model, novelty
+from monitor import kernel, schema
+from monitor.detect import kernels, model, novelty
 from monitor.detect.cohorts import load_cohorts
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.state import DetectState
@@ -67,6 +68,65 @@ class BatchResult:
         return Counter(d.rejection.reason.value for d in self.dead_letters)
 
 
+@dataclass
+class Columns:
+    """A batch's readings as arrays, in stream order, and the kernel's per-reading outputs."""
+
+    dev: NDArray[np.int64]  # index into ``devices``
+    sensor: NDArray[np.int64]
+    k: NDArray[np.int64]  # features
+    ts: NDArray[np.int64]
+    seq: NDArray[np.int64]
+    offset: NDArray[np.int64]
+    has_offset: NDArray[np.bool_]
+    partition: NDArray[np.int64]
+    kafka_ts: NDArray[np.int64]
+    plausible: NDArray[np.bool_]  # the Kafka timestamp dates the device
+    vals: NDArray[np.float64]  # features, zero-padded to 3
+    watermark: NDArray[np.int64]  # its partition's clock
+    status: NDArray[np.int8]  # outputs: kernel.SKIPPED, WARMING, SCORED, COMPLETED
+    score: NDArray[np.float64]
+    d2: NDArray[np.float64]
+    anomalous: NDArray[np.bool_]
+    devices: list[str] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, n: int) -> Columns:
+        def i64() -> NDArray[np.int64]:
+            return np.zeros(n, np.int64)
+
+        def flags() -> NDArray[np.bool_]:
+            return np.zeros(n, np.bool_)
+
+        return cls(
+            dev=i64(), sensor=i64(), k=i64(), ts=i64(), seq=i64(), offset=i64(), has_offset=flags(),
+            partition=i64(), kafka_ts=i64(), plausible=flags(), vals=np.zeros((n, 3)), watermark=i64(),
+            status=np.zeros(n, np.int8), score=np.zeros(n), d2=np.zeros(n), anomalous=flags(),
+        )  # fmt: skip
+
+    def set(self, i: int, dev: int, s: int, r: Reading, f: Features) -> None:
+        self.dev[i], self.sensor[i], self.k[i], self.ts[i], self.seq[i] = dev, s, len(f), r.ts, r.seq
+        self.vals[i, : len(f)] = f
+
+    def where(
+        self, i: int, partition: int, offset: int | None, kafka_ts: int, plausible: bool, wm: int
+    ) -> None:
+        self.partition[i], self.kafka_ts[i], self.plausible[i], self.watermark[i] = (
+            partition, kafka_ts, plausible, wm
+        )  # fmt: skip
+        if offset is not None:
+            self.offset[i], self.has_offset[i] = offset, True
+
+    def readings(self) -> tuple[NDArray[Any], ...]:
+        return (
+            self.dev, self.sensor, self.k, self.ts, self.seq, self.offset, self.has_offset,
+            self.partition, self.kafka_ts, self.plausible, self.vals, self.watermark,
+        )  # fmt: skip
+
+    def outputs(self) -> tuple[NDArray[Any], ...]:
+        return self.status, self.score, self.d2, self.anomalous
+
+
 class Pipeline:
     """All monitoring state and stages. ``trace=True`` also returns every applied reading's score
     (offline evaluation; the live service leaves it off). Retrains go to ``trainer``: inline by
@@ -103,6 +163,8 @@ class Pipeline:
         self._foreign: dict[tuple[int, int], int] = {}  # (slot, partition) -> last offset, astray
         self._astray: set[str] = set()  # devices reported astray once already
         self._tick = 0  # readings applied: orders the devices for capacity eviction
+        self._released = 0  # waves of forgotten devices (slots that changed hands)
+        self._busy: tuple[frozenset[tuple[str, str]], NDArray[np.int8]] | None = None
         config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
         self.trainer = training.InlineTrainer(settings.retrain) if trainer is None else trainer
         self.governor = Governor(
@@ -115,6 +177,9 @@ class Pipeline:
             code_version(),
             config_hash,
         )
+        # A new pair model's (fading, var_fading, resolution), per sensor.
+        base = [self.governor.base_params(s) for s in range(N_SENSORS)]
+        self._base_params = np.array([[b["fading"], b["var_fading"], b["resolution"]] for b in base])
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
         """Run every message through every stage, in order. Each (device, sensor) pair is evaluated
@@ -143,18 +208,142 @@ class Pipeline:
     ) -> BatchResult:
         """The stages after decoding, for readings that are already validated (or replayed)."""
         result = BatchResult() if result is None else result
+        batch = list(readings)
         scores: list[list[float]] = [[] for _ in SENSOR_NAMES]
-        event_ts: list[int] = []
-        for r, msg in readings:
-            event_ts.append(r.ts)
-            self._apply(r, msg, scores, result)
+        cols = self._columns(batch, result)
+        if self.novelty is None:
+            self._run_kernel(batch, cols, scores, result)
+        else:  # the novelty stage runs in Python, reading by reading
+            for (r, msg), plausible in zip(batch, cols.plausible.tolist(), strict=True):
+                self._apply(r, msg, plausible, scores, result)
         for clock in self.clocks.values():
             clock.advance()
         result.scores = {s: np.asarray(v) for s, v in enumerate(scores) if v}
-        result.event_ts = np.asarray(event_ts, np.int64)
-        now = max(event_ts) if event_ts else None
+        result.event_ts = cols.ts
+        now = int(cols.ts.max()) if len(batch) else None
         result.alerts = self.storm.admit(result.alerts, now)
         return result
+
+    def _columns(self, batch: Sequence[tuple[Reading, Message]], result: BatchResult) -> Columns:
+        """The batch as arrays, in stream order; every plausible Kafka timestamp goes to its
+        partition's clock (one that is missing, or further ahead than any real clock, dates
+        nothing)."""
+        n, latest = len(batch), self._latest_ts
+        cols = Columns.empty(n)
+        devices: dict[str, int] = {}
+        for i, (r, msg) in enumerate(batch):
+            partition, offset, kafka_ts = msg.partition() or 0, msg.offset(), msg.timestamp()[1]
+            clock = self.clocks.get(partition)
+            if clock is None:
+                clock = self.clocks[partition] = PartitionClock()
+            plausible = kafka_ts > 0 and (latest is None or kafka_ts <= latest)
+            if plausible:
+                clock.recent.append(kafka_ts)
+            f = features(r)
+            cols.set(i, devices.setdefault(r.device_id, len(devices)), SENSOR_INDEX[r.sensor], r, f)
+            cols.where(i, partition, offset, kafka_ts, plausible, clock.watermark)
+        cols.devices = list(devices)
+        result.kafka_ts_ignored += n - int(cols.plausible.sum())
+        return cols
+
+    def _run_kernel(
+        self,
+        batch: Sequence[tuple[Reading, Message]],
+        cols: Columns,
+        scores: list[list[float]],
+        result: BatchResult,
+    ) -> None:
+        """Apply the batch with the compiled loop (:mod:`monitor.kernel`), stopping for each pair
+        evaluation and for each reading only the Python path applies."""
+        n, i = len(batch), 0
+        replayed = np.zeros(1, np.int64)
+        out = (result.valid, result.anomalies, replayed, *cols.outputs())
+        slot_of = self._slots_of(cols.devices)
+        while i < n:
+            stop, why = kernel.run(
+                i, cols.readings(), slot_of, self._kernel_config(i), self._kernel_state(), out
+            )
+            self._tick += stop - i
+            self._after_kernel(batch, cols, i, stop, scores, result)
+            if why == kernel.EVALUATE:
+                self._evaluate_pair(int(slot_of[cols.dev[stop - 1]]), int(cols.sensor[stop - 1]), result)
+                i = stop
+            elif why == kernel.PYTHON:
+                released = self._released
+                r, msg = batch[stop]
+                self._apply(r, msg, bool(cols.plausible[stop]), scores, result)
+                if self._released != released:  # devices were forgotten: their slots changed hands
+                    slot_of = self._slots_of(cols.devices)
+                else:
+                    slot_of[cols.dev[stop]] = self.store.slots.get(r.device_id, -1)
+                i = stop + 1
+            else:
+                break
+        result.replayed += int(replayed[0])
+
+    def _slots_of(self, devices: list[str]) -> NDArray[np.int64]:
+        return np.array([self.store.slots.get(d, -1) for d in devices], np.int64)
+
+    def _kernel_config(self, start: int) -> tuple[Any, ...]:
+        i, m, d = self.settings.integrity, self.settings.model, self.settings.drift
+        return (
+            i.gap_factor, i.stuck_run, i.max_clock_skew_ms, m.warmup, self.thresholds[1],
+            self.thresholds[3], m.learn_anomalies, d.check_every, self._tick - start,
+        )  # fmt: skip
+
+    def _kernel_state(self) -> tuple[Any, ...]:
+        """The slabs' arrays the kernel reads and writes (taken anew: a slab may have grown)."""
+        ing, det, gov = self.ingest_state, self.detect_state, self.govern_state
+        return (
+            self.store.partition, self.store.touched, ing.last_seq, ing.last_offset, ing.last_seen,
+            ing.last_ts, ing.interval, ing.stuck_run, ing.integrity, ing.last_vals,
+            self.integrity.events, gov.quarantined, gov.raw_n, gov.raw, gov.raw_off, gov.raw_ts,
+            det.model, det.model_params, self._base_params, det.n_scored, det.since_eval,
+            det.anomalies, det.score_sum, det.score_count, det.ref, det.cur, self._python_pairs(),
+        )  # fmt: skip
+
+    def _python_pairs(self) -> NDArray[np.int8]:
+        """1 for the pairs whose readings the Python path applies: a retrain or shadow under way."""
+        busy = self.governor.busy_pairs()
+        cached = self._busy
+        if cached is None or cached[0] != busy or len(cached[1]) != self.store.capacity:
+            flags = np.zeros((self.store.capacity, N_SENSORS), np.int8)
+            for device, sensor in busy:
+                slot = self.store.slots.get(device)
+                if slot is not None:
+                    flags[slot, SENSOR_INDEX[sensor]] = 1
+            cached = self._busy = (busy, flags)
+        return cached[1]
+
+    def _after_kernel(
+        self,
+        batch: Sequence[tuple[Reading, Message]],
+        cols: Columns,
+        start: int,
+        stop: int,
+        scores: list[list[float]],
+        result: BatchResult,
+    ) -> None:
+        """What the kernel leaves to Python for the readings it applied: completed references,
+        trace records, and the pooled (fleet, cohort) detectors, in stream order."""
+        status = cols.status
+        for i in np.flatnonzero(status[start:stop]).tolist():
+            i += start
+            r, state = batch[i][0], int(status[i])
+            s = int(cols.sensor[i])
+            if state == kernel.WARMING:
+                if self.trace:
+                    result.trace.append(Scored(r.device_id, r.sensor, r.ts, None, None, False, None))
+                continue
+            score, anomalous = float(cols.score[i]), bool(cols.anomalous[i])
+            if self.trace:
+                result.trace.append(Scored(r.device_id, r.sensor, r.ts, score, float(cols.d2[i]), anomalous))
+            if state == kernel.COMPLETED:
+                self.pairs.freeze(int(self.store.slots[r.device_id]), s)
+            scores[s].append(score)
+            for scope, key, group in self._groups(r.device_id):
+                if group.push(s, score, anomalous):
+                    self._evaluate_group(scope, key, group, s, r.ts, result)
 
     @staticmethod
     def _track_offset(result: BatchResult, msg: Message) -> None:
@@ -162,7 +351,10 @@ class Pipeline:
         if topic is not None and part is not None and off is not None:
             result.offsets[(topic, part)] = off + 1
 
-    def _apply(self, r: Reading, msg: Message, scores: list[list[float]], result: BatchResult) -> None:
+    def _apply(
+        self, r: Reading, msg: Message, plausible: bool, scores: list[list[float]], result: BatchResult
+    ) -> None:
+        """One reading through every stage, in Python."""
         st = self.store
         partition = msg.partition() or 0
         slot = st.slots.get(r.device_id)
@@ -173,7 +365,7 @@ class Pipeline:
         offset, kafka_ts = msg.offset(), msg.timestamp()[1]
         self._tick += 1
         st.touched[slot] = self._tick
-        fresh = self._fresh(slot, partition, offset, kafka_ts, result)
+        fresh = self._fresh(slot, partition, offset, kafka_ts if plausible else 0, result)
         if not fresh or not self.integrity.check_seq(slot, s, r):
             return
         f = features(r)
@@ -189,19 +381,13 @@ class Pipeline:
     def _fresh(
         self, slot: int, partition: int, offset: int | None, kafka_ts: int, result: BatchResult
     ) -> bool:
-        """Note the device's Kafka time and offset; False for a reading it applied already
-        (re-delivered after a crash or a rebalance). Offsets are compared within a partition
-        only: a reading of the device on another partition is applied, and counted."""
-        st = self.store
-        clock = self.clocks.get(partition)
-        if clock is None:
-            clock = self.clocks[partition] = PartitionClock()
-        if kafka_ts > 0 and (self._latest_ts is None or kafka_ts <= self._latest_ts):
-            clock.recent.append(kafka_ts)
-            self.ingest_state.last_seen[slot] = max(int(self.ingest_state.last_seen[slot]), kafka_ts)
-        else:  # missing, or further ahead than any real clock: it dates nothing
-            result.kafka_ts_ignored += 1
-            self.ingest_state.last_seen[slot] = max(int(self.ingest_state.last_seen[slot]), clock.watermark)
+        """Note the device's Kafka time (``kafka_ts`` 0: none plausible, its partition's clock
+        then) and offset; False for a reading it applied already (re-delivered after a crash or a
+        rebalance). Offsets are compared within a partition only: a reading of the device on
+        another partition is applied, and counted."""
+        st, ing = self.store, self.ingest_state
+        seen = kafka_ts or self.clocks[partition].watermark
+        ing.last_seen[slot] = max(int(ing.last_seen[slot]), seen)
         if offset is None:
             return True
         if partition != st.partition[slot]:
@@ -309,6 +495,7 @@ class Pipeline:
 
     def _release(self, slots: list[int]) -> None:
         """Forget everything about the devices in ``slots``."""
+        self._released += 1
         devices = [self.store.device_ids[i] for i in slots]
         self.engine.forget(devices)
         self.governor.forget(set(devices))
@@ -360,7 +547,7 @@ class Pipeline:
             (st.device_ids[slot], SENSOR_NAMES[s], gov.version(slot, s), int(ing.last_ts[slot, s]))
             for slot in st.in_partition(partition)
             for s in range(N_SENSORS)
-            if self.detect_state.models[slot][s] is not None
+            if self.detect_state.has_model(slot, s)
         ]
 
     def install(self, device_id: str, sensor: str, m: model.AdaptiveGaussian, version: int) -> bool:
@@ -371,7 +558,7 @@ class Pipeline:
             return False
         s = SENSOR_INDEX[sensor]
         det, gov = self.detect_state, self.govern_state
-        det.models[slot][s] = m
+        det.set_model(slot, s, m)
         gov.versions[(slot, s)] = version
         gov.latest_version[slot, s] = max(int(gov.latest_version[slot, s]), version)
         det.reset_detectors(slot, s)
@@ -387,17 +574,18 @@ class Pipeline:
 
     def _distance(self, slot: int, s: int, f: Features) -> float | None:
         """The pair model's distance (None while it warms up); learn unless over the threshold."""
-        det = self.detect_state
-        m: model.AdaptiveGaussian | None = det.models[slot][s]
-        if m is None:
-            m = det.models[slot][s] = model.AdaptiveGaussian(len(f), **self.governor.base_params(s))
-        if m.n < self.settings.model.warmup:
-            m.learn(f)
+        det, k = self.detect_state, len(f)
+        row, par = det.model[slot, s], det.model_params[slot, s]
+        if not par[0]:
+            base = self.governor.base_params(s)
+            par[:] = (k, base["fading"], base["var_fading"], base["resolution"])
+        if row[0] < self.settings.model.warmup:
+            kernels.learn(row, k, par[1], par[2], f)
             return None
-        d2 = m.distance(f)
-        usual = d2 <= self.thresholds[len(f)]
+        d2: float = kernels.distance(row, k, par[3], f)
+        usual = d2 <= self.thresholds[k]
         if (usual or self.settings.model.learn_anomalies) and not self.govern_state.quarantined[slot]:
-            m.learn(f)
+            kernels.learn(row, k, par[1], par[2], f)
         return d2
 
     def _evaluate_pair(self, slot: int, s: int, result: BatchResult) -> None:

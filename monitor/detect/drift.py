@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from river import drift
 
-from monitor.detect import stats
+from monitor.detect import kernels, stats
 from monitor.detect.state import DetectState
 from monitor.schema import SENSOR_NAMES
 from monitor.settings import DriftSettings
@@ -32,6 +32,8 @@ FloatArray = NDArray[np.float64]
 ScoreArray = NDArray[np.uint16]
 #: Scores are kept quantised to 16 bits (resolution 1.5e-5) to halve the window memory.
 QUANTUM = 65535.0
+#: Bin fractions below this count as this in PSI (:func:`monitor.detect.stats.psi`'s default).
+PSI_FLOOR = 1e-4
 
 
 def dequantise(q: ScoreArray) -> FloatArray:
@@ -68,10 +70,12 @@ class Comparison:
 
 
 def compare(ref: ScoreArray, cur: ScoreArray, edges: FloatArray, frac: NDArray[np.float32]) -> Comparison:
-    r64, c64 = dequantise(ref), dequantise(cur)
-    d, p = stats.ks_2samp_batch(r64, c64)
-    cur_frac = stats.bin_fractions(edges, c64)
-    return Comparison(d, p, stats.psi(frac.astype(np.float64), cur_frac))
+    """KS and PSI of a current window against its reference, compiled (:mod:`monitor.detect.kernels`:
+    equal to the last bit to :mod:`monitor.detect.stats` on the dequantised scores)."""
+    d = kernels.ks_statistic(ref, cur)
+    p = stats.ks_pvalue(d, len(ref), len(cur))
+    value = kernels.psi(cur, edges, frac, QUANTUM, PSI_FLOOR)
+    return Comparison(np.array([d]), np.array([p]), np.array([value]))
 
 
 class PairDrift:
@@ -86,10 +90,15 @@ class PairDrift:
         st = self.state
         n = int(st.n_scored[slot, s])
         if _append(st.ref[slot, s], st.cur[slot, s], n, round(score * QUANTUM)):
-            _freeze(st.ref[slot, s], st.edges[slot, s], st.ref_frac[slot, s])
+            self.freeze(slot, s)
         st.n_scored[slot, s] = n + 1
         st.score_sum[slot, s] += score
         st.score_count[slot, s] += 1
+
+    def freeze(self, slot: int, s: int) -> None:
+        """Freeze the PSI bins of the pair's reference, now full."""
+        st = self.state
+        _freeze(st.ref[slot, s], st.edges[slot, s], st.ref_frac[slot, s])
 
     def close_interval(self, slot: int, s: int) -> None:
         """Feed the pair's ADWIN the mean score of the interval since its last evaluation.
@@ -113,9 +122,7 @@ class PairDrift:
         st, cfg = self.state, self.settings
         if st.n_scored[slot, s] < cfg.reference_size + cfg.window_size:
             return None
-        return compare(
-            st.ref[slot, s][None], st.cur[slot, s][None], st.edges[slot, s][None], st.ref_frac[slot, s][None]
-        )
+        return compare(st.ref[slot, s], st.cur[slot, s], st.edges[slot, s], st.ref_frac[slot, s])
 
 
 class GroupDrift:
@@ -154,4 +161,4 @@ class GroupDrift:
         cfg = self.settings
         if self.n[s] < cfg.fleet_reference_size + cfg.fleet_window_size:
             return None
-        return compare(self.ref[s][None], self.cur[s][None], self.edges[s][None], self.frac[s][None])
+        return compare(self.ref[s], self.cur[s], self.edges[s], self.frac[s])

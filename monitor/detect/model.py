@@ -84,8 +84,20 @@ class AdaptiveGaussian(AnomalyDetector):
         d2 = 0.0
         for i, x in enumerate(f):
             var = s[1 + k + i]
-            d2 += (x - s[1 + i]) ** 2 / (var if var > floor else floor)
+            d = x - s[1 + i]
+            d2 += d * d / (var if var > floor else floor)
         return d2
+
+    def state(self) -> list[float]:
+        """``[n, means..., variances...]``: the whole learned state."""
+        return list(self._state)
+
+    def set_state(self, state: Sequence[float]) -> None:
+        if len(state) != len(self._state):
+            raise ValueError(
+                f"a {self.n_features}-feature model has {len(self._state)} state values, not {len(state)}"
+            )
+        self._state = array("d", state)
 
     def learn_one(self, x: dict[Hashable, Any]) -> None:
         self.learn(from_values(cast("dict[str, float]", x)))
@@ -111,12 +123,7 @@ class AdaptiveGaussian(AnomalyDetector):
             float(data["var_fading"]),
             float(data["resolution"]),
         )
-        state = [float(x) for x in data["state"]]
-        if len(state) != len(m._state):
-            raise ValueError(
-                f"a {m.n_features}-feature model has {len(m._state)} state values, not {len(state)}"
-            )
-        m._state = array("d", state)
+        m.set_state([float(x) for x in data["state"]])
         return m
 
     def params(self) -> dict[str, list[float]]:

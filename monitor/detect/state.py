@@ -1,5 +1,12 @@
-"""The detect stage's per-pair state: score windows, PSI bins, interval counts, novelty state, and
-the pair's model and ADWIN."""
+"""The detect stage's per-pair state: the pair's model, score windows, PSI bins, interval counts,
+novelty state, and the pair's ADWIN.
+
+The model of a pair is two rows of the slab, so that the batch kernel updates it in place:
+``model`` = ``[n, mean x 3, var x 3]`` (scalar sensors use the first of each three) and
+``model_params`` = ``[k, fading, var_fading, resolution]`` (``k`` = 0: no model yet).
+:meth:`DetectState.model` and :meth:`DetectState.set_model` convert from and to the River-API
+:class:`~monitor.detect.model.AdaptiveGaussian` that training, shadowing and the registry use.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +16,16 @@ import numpy as np
 from numpy.typing import NDArray
 from river import drift
 
+from monitor.detect.model import AdaptiveGaussian
 from monitor.settings import DriftSettings
-from monitor.state.store import N_SENSORS, Columns, DeviceStates, Model, Slab
+from monitor.state.store import N_SENSORS, Columns, DeviceStates, Slab
 
 
 class DetectState(Slab):
-    """Arrays per pair, plus two small River-API objects per pair (the model and an ADWIN)."""
+    """Arrays per pair, plus a River ADWIN per pair."""
 
+    model: NDArray[np.float64]
+    model_params: NDArray[np.float64]
     n_scored: NDArray[np.int64]
     since_eval: NDArray[np.int32]
     anomalies: NDArray[np.int32]
@@ -31,13 +41,14 @@ class DetectState(Slab):
     def __init__(self, settings: DriftSettings, novelty_size: int = 0) -> None:
         self.settings = settings
         self.novelty_size = novelty_size  # floats of novelty-stage state per pair (0: the stage is off)
-        self.models: list[list[Model | None]] = []
         self.adwins: list[list[drift.ADWIN | None]] = []
         super().__init__()
 
     def columns(self) -> Columns:
         d, p = self.settings, (N_SENSORS,)
         return {
+            "model": ((*p, 7), np.float64, 0),
+            "model_params": ((*p, 4), np.float64, 0),
             "n_scored": (p, np.int64, 0),
             "since_eval": (p, np.int32, 0),
             "anomalies": (p, np.int32, 0),
@@ -53,22 +64,44 @@ class DetectState(Slab):
 
     def grow(self, capacity: int) -> None:
         super().grow(capacity)
-        while len(self.models) < capacity:
-            self.models.append([None] * N_SENSORS)
+        while len(self.adwins) < capacity:
             self.adwins.append([None] * N_SENSORS)
 
     def clear_objects(self, slot: int) -> None:
-        self.models[slot] = [None] * N_SENSORS
         self.adwins[slot] = [None] * N_SENSORS
 
     def export_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
-        states.models = [list(self.models[i]) for i in slots]
         states.adwins = [list(self.adwins[i]) for i in slots]
 
     def load_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
         for j, slot in enumerate(slots):
-            self.models[slot] = list(states.models[j])
             self.adwins[slot] = list(states.adwins[j])
+            for s, m in enumerate(states.models[j] if states.models else ()):
+                if m is not None:  # a snapshot from before models were slab rows
+                    self.set_model(slot, s, m)
+
+    def has_model(self, slot: int, s: int) -> bool:
+        return bool(self.model_params[slot, s, 0])
+
+    def model_of(self, slot: int, s: int) -> AdaptiveGaussian | None:
+        """A copy of the pair's model (None before its first reading)."""
+        k, fading, var_fading, resolution = self.model_params[slot, s].tolist()
+        if not k:
+            return None
+        row, k = self.model[slot, s], int(k)
+        m = AdaptiveGaussian(k, fading, var_fading, resolution)
+        m.set_state([float(row[0]), *row[1 : 1 + k].tolist(), *row[4 : 4 + k].tolist()])
+        return m
+
+    def set_model(self, slot: int, s: int, m: AdaptiveGaussian) -> None:
+        """Serve (a copy of) ``m`` for the pair."""
+        k, state = m.n_features, m.state()
+        self.model_params[slot, s] = (k, m.fading, m.var_fading, m.resolution)
+        row = self.model[slot, s]
+        row[:] = 0
+        row[0] = state[0]
+        row[1 : 1 + k] = state[1 : 1 + k]
+        row[4 : 4 + k] = state[1 + k : 1 + 2 * k]
 
     def adwin(self, slot: int, s: int) -> drift.ADWIN:
         a = self.adwins[slot][s]

@@ -106,16 +106,26 @@ def _ks_pvalue(stat: FloatArray, n: int, m: int) -> FloatArray:
     ``kstwo.sf`` is a per-element Python loop inside scipy, so it is evaluated once per distinct
     statistic (D only takes multiples of 1/lcm(n, m)), memoised, and broadcast back.
     """
+    effective_n = _effective_n(n, m)
+    distinct, inverse = np.unique(stat, return_inverse=True)
+    if distinct.size == 0:
+        return np.zeros(0, dtype=np.float64)
+    pvalues = np.array([_kstwo_sf(float(d), effective_n) for d in distinct])
+    out: FloatArray = pvalues[inverse.reshape(-1)]
+    return out
+
+
+def ks_pvalue(stat: float, n: int, m: int) -> float:
+    """The p-value of one statistic (what :func:`ks_2samp_batch` gives its row)."""
+    return _kstwo_sf(stat, _effective_n(n, m))
+
+
+def _effective_n(n: int, m: int) -> int:
     big, small = sorted([float(n), float(m)], reverse=True)
     effective_n = np.round(big * small / (big + small))
     if effective_n < 1:  # only n = m = 1: scipy warns and returns NaN
         raise ValueError("KS needs more than one value in ref or cur (n = m = 1 has no p-value)")
-    distinct, inverse = np.unique(stat, return_inverse=True)
-    if distinct.size == 0:
-        return np.zeros(0, dtype=np.float64)
-    pvalues = np.array([_kstwo_sf(float(d), int(effective_n)) for d in distinct])
-    out: FloatArray = pvalues[inverse.reshape(-1)]
-    return out
+    return int(effective_n)
 
 
 @functools.lru_cache(maxsize=65536)

@@ -90,6 +90,10 @@ class Governor:
     def busy(self, key: Key) -> bool:
         return key in self.due or key in self.shadows
 
+    def busy_pairs(self) -> frozenset[Key]:
+        """The pairs with a retrain due, a retry, or a shadow under way."""
+        return frozenset((*self.due, *self.retry, *self.shadows))
+
     @property
     def waiting(self) -> bool:
         """Some pair has a job whose result is due, or a retry, at one of its next readings."""
@@ -112,7 +116,7 @@ class Governor:
         if count < MIN_RETRAIN_ROWS:
             return f"only {count} recent readings (at least {MIN_RETRAIN_ROWS} needed)"
         idx = (int(self.state.raw_n[slot, s]) - count + np.arange(count)) % w
-        incumbent = self.detect.models[slot][s]
+        incumbent = self.detect.model_of(slot, s)
         assert incumbent is not None  # a pair that fired has scored, so it has a model
         version = self.state.version(slot, s)
         m = self.settings.model
@@ -244,7 +248,7 @@ class Governor:
         kind = "promoted" if decision.promote else "rejected"
         out.audit.append(self._event(kind, job, number, serving, decision.reason, ts))
         if decision.promote:
-            self.detect.models[slot][s] = copy.deepcopy(candidate)
+            self.detect.set_model(slot, s, candidate)
             self.state.versions[(slot, s)] = number
             self.detect.reset_detectors(slot, s)
         self._maybe_retry(slot, s, job, decision.promote)

@@ -23,7 +23,7 @@ from monitor.settings import IntegritySettings
 from monitor.state.store import CHECKS, N_SENSORS
 
 STUCK, GAP, DUPLICATE, OUT_OF_ORDER, CLOCK_SKEW = range(len(CHECKS))
-_INTERVAL_WEIGHT = 0.05
+INTERVAL_WEIGHT = 0.05
 
 
 class IntegrityChecker:
@@ -78,4 +78,4 @@ class IntegrityChecker:
             self._flag(slot, s, GAP)
             return  # a gap does not teach the usual interval
         if dt > 0:
-            st.interval[slot, s] = dt if usual == 0 else usual + _INTERVAL_WEIGHT * (dt - usual)
+            st.interval[slot, s] = dt if usual == 0 else usual + INTERVAL_WEIGHT * (dt - usual)

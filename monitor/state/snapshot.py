@@ -301,7 +301,7 @@ def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(d.arrays[name][j]).tobytes())
             for s in range(N_SENSORS):
-                m, a = d.models[j][s], d.adwins[j][s]
+                m, a = d.models[j][s] if d.models else None, d.adwins[j][s]
                 h.update(b"-" if m is None else m._state.tobytes())
                 h.update(b"-" if a is None else pickle.dumps(a, protocol=4))
                 h.update(str(d.versions.get((j, s), 1)).encode())

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "monitor.detect": 5,
     "monitor.govern": 6,
     "monitor.pipeline": 7,
+    "monitor.kernel": 7,
     "monitor.serve": 8,
     "producers": 9,
     "monitor.cli": 10,

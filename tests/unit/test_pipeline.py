@@ -280,7 +280,7 @@ def test_retrained_model_serves_the_pair(shifted: Shifted) -> None:
     slot = p.store.slots["dev-1"]
     assert p.govern_state.version(slot, TEMP) == 2
     assert p.govern_state.version(p.store.slots["dev-0"], TEMP) == 1
-    m = p.detect_state.models[slot][TEMP]
+    m = p.detect_state.model_of(slot, TEMP)
     assert m is not None
     assert m.params()["mean"][0] == pytest.approx(LEVEL + SHIFT, abs=4 * NOISE)
 
@@ -313,12 +313,13 @@ def test_duplicate_seq_is_not_applied_twice() -> None:
     msgs = [stream.reading(0, i, LEVEL + 0.1 * (i % 5)) for i in range(60)]
     p.process(msgs)
     slot, gov = p.store.slots["dev-0"], p.govern_state
-    model = p.detect_state.models[slot][TEMP]
-    assert model is not None
-    n, params, raw_n = model.n, model.params(), int(gov.raw_n[slot, TEMP])
+    before = p.detect_state.model_of(slot, TEMP)
+    assert before is not None
+    raw_n = int(gov.raw_n[slot, TEMP])
     replay = stream.message(msgs[-1].payload, b"dev-0", 0, msgs[-1].ts)  # same seq, new offset
     result = p.process([replay])
-    assert (model.n, model.params(), int(gov.raw_n[slot, TEMP])) == (n, params, raw_n)
+    after = p.detect_state.model_of(slot, TEMP)
+    assert after is not None and after.dump() == before.dump() and int(gov.raw_n[slot, TEMP]) == raw_n
     assert result.dead_letters == []
     assert int(p.ingest_state.integrity[slot, TEMP, 2]) == 1  # "duplicate"
     assert result.offsets == {(TOPIC, 0): replay.offset_ + 1}
@@ -333,7 +334,7 @@ def test_online_model_uses_configured_var_fading_and_sensor_resolution() -> None
     msgs = [stream.reading(0, i, 21.0) for i in range(60)]  # a constant reading: variance 0
     msgs.append(stream.reading(0, 60, 21.0 + SENSORS["temperature"].resolution))  # one resolution step
     result = p.process(msgs)
-    m = p.detect_state.models[0][TEMP]
+    m = p.detect_state.model_of(0, TEMP)
     assert m is not None
     assert (m.var_fading, m.resolution) == (p.settings.model.var_fading, SENSORS["temperature"].resolution)
     assert int(result.anomalies[TEMP]) == 0  # one step = one floored std, d2 = 1 (actual: d2 = 100)
@@ -400,7 +401,7 @@ def test_quarantine_stops_learning_while_the_rule_fires() -> None:
         spike = 200 <= i < 400 and i % 3 != 0
         v = LEVEL + NOISE * rng.standard_normal() + (SHIFT if spike else 0.0)
         result = p.process([stream.reading(0, i, v)])
-        m = p.detect_state.models[p.store.slots["dev-0"]][TEMP]
+        m = p.detect_state.model_of(p.store.slots["dev-0"], TEMP)
         learned.append(
             (i, m.n if m is not None else 0, [e.action for e in result.audit if e.kind == "action"])
         )

@@ -44,7 +44,7 @@ def test_a_promotion_from_the_command_line_is_applied(service: Service) -> None:
     service._follow_registry()
     assert service.pipeline.serving(DEV, SENSOR) == 2
     slot = service.pipeline.store.slots[DEV]
-    model = service.pipeline.detect_state.models[slot][SENSOR_INDEX[SENSOR]]
+    model = service.pipeline.detect_state.model_of(slot, SENSOR_INDEX[SENSOR])
     assert model is not None and model.params() == service.registry.load(DEV, SENSOR, 2).params()
 
 

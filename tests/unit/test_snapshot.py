@@ -229,7 +229,7 @@ def test_signed_snapshot_with_a_malicious_pickle_is_still_refused() -> None:
             return (os.system, ("echo pwned",))
 
     snap = _one_snapshot()
-    snap.state.devices.models[0][0] = Evil()  # type: ignore[call-overload]
+    snap.state.devices.adwins[0][0] = Evil()
     with pytest.raises(SnapshotError, match=r"refusing to unpickle (posix|os)\.system"):
         snapshot.decode(snapshot.encode(snap, KEY), KEY)
 
