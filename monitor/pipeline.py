@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor import kernel, schema
-from monitor.detect import kernels, model, novelty
+from monitor.detect import drift, kernels, model, novelty
 from monitor.detect.cohorts import load_cohorts
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.state import DetectState
@@ -91,31 +91,17 @@ class Columns:
     devices: list[str] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, n: int) -> Columns:
-        def i64() -> NDArray[np.int64]:
-            return np.zeros(n, np.int64)
-
-        def flags() -> NDArray[np.bool_]:
-            return np.zeros(n, np.bool_)
-
+    def of(cls, rows: Sequence[tuple[int, ...]], vals: Sequence[Features]) -> Columns:
+        """From one ``(dev, sensor, k, ts, seq, offset, has_offset, partition, kafka_ts,
+        plausible, watermark)`` row per reading, and its features padded to 3."""
+        n = len(rows)
+        c = np.array(rows, np.int64).reshape(n, 11).T.copy()  # contiguous columns
         return cls(
-            dev=i64(), sensor=i64(), k=i64(), ts=i64(), seq=i64(), offset=i64(), has_offset=flags(),
-            partition=i64(), kafka_ts=i64(), plausible=flags(), vals=np.zeros((n, 3)), watermark=i64(),
-            status=np.zeros(n, np.int8), score=np.zeros(n), d2=np.zeros(n), anomalous=flags(),
+            dev=c[0], sensor=c[1], k=c[2], ts=c[3], seq=c[4], offset=c[5], has_offset=c[6] != 0,
+            partition=c[7], kafka_ts=c[8], plausible=c[9] != 0, watermark=c[10],
+            vals=np.array(vals, np.float64).reshape(n, 3), status=np.zeros(n, np.int8),
+            score=np.zeros(n), d2=np.zeros(n), anomalous=np.zeros(n, np.bool_),
         )  # fmt: skip
-
-    def set(self, i: int, dev: int, s: int, r: Reading, f: Features) -> None:
-        self.dev[i], self.sensor[i], self.k[i], self.ts[i], self.seq[i] = dev, s, len(f), r.ts, r.seq
-        self.vals[i, : len(f)] = f
-
-    def where(
-        self, i: int, partition: int, offset: int | None, kafka_ts: int, plausible: bool, wm: int
-    ) -> None:
-        self.partition[i], self.kafka_ts[i], self.plausible[i], self.watermark[i] = (
-            partition, kafka_ts, plausible, wm
-        )  # fmt: skip
-        if offset is not None:
-            self.offset[i], self.has_offset[i] = offset, True
 
     def readings(self) -> tuple[NDArray[Any], ...]:
         return (
@@ -130,13 +116,21 @@ class Columns:
 class Pipeline:
     """All monitoring state and stages. ``trace=True`` also returns every applied reading's score
     (offline evaluation; the live service leaves it off). Retrains go to ``trainer``: inline by
-    default (offline evaluation, the same results), a background worker in the service."""
+    default (offline evaluation, the same results), a background worker in the service. Readings
+    go through the compiled loop (:mod:`monitor.kernel`) unless ``compiled`` is False or the
+    novelty stage is on."""
 
     def __init__(
-        self, settings: Settings, rules: RuleSet, trace: bool = False, trainer: training.Trainer | None = None
+        self,
+        settings: Settings,
+        rules: RuleSet,
+        trace: bool = False,
+        trainer: training.Trainer | None = None,
+        compiled: bool = True,
     ) -> None:
         self.settings = settings
         self.trace = trace
+        self.compiled = compiled  # False: every reading in Python (the reference the kernel is held to)
         d, m = settings.drift, settings.model
         # Each stage's state is a slab of the store; a stage writes its own, reads earlier ones.
         self.store = StateStore()
@@ -180,6 +174,26 @@ class Pipeline:
         # A new pair model's (fading, var_fading, resolution), per sensor.
         base = [self.governor.base_params(s) for s in range(N_SENSORS)]
         self._base_params = np.array([[b["fading"], b["var_fading"], b["resolution"]] for b in base])
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Load the compiled kernels (compiled and cached on disk the first time) before the first
+        batch, which would otherwise wait for them."""
+        empty = Columns.of([], [])
+        out = (np.zeros(N_SENSORS, np.int64), np.zeros(N_SENSORS, np.int64), np.zeros(1, np.int64))
+        kernel.run(
+            0,
+            empty.readings(),
+            np.zeros(0, np.int64),
+            self._kernel_config(0),
+            self._kernel_state(),
+            (*out, *empty.outputs()),
+        )
+        det, row = self.detect_state, np.zeros(7)
+        drift.compare(det.ref[0, 0], det.cur[0, 0], det.edges[0, 0], det.ref_frac[0, 0])
+        for f in ((0.0,), (0.0, 0.0, 0.0)):
+            kernels.learn(row, len(f), 0.5, 0.5, f)
+            kernels.distance(row, len(f), 1.0, f)
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
         """Run every message through every stage, in order. Each (device, sensor) pair is evaluated
@@ -211,7 +225,7 @@ class Pipeline:
         batch = list(readings)
         scores: list[list[float]] = [[] for _ in SENSOR_NAMES]
         cols = self._columns(batch, result)
-        if self.novelty is None:
+        if self.compiled and self.novelty is None:
             self._run_kernel(batch, cols, scores, result)
         else:  # the novelty stage runs in Python, reading by reading
             for (r, msg), plausible in zip(batch, cols.plausible.tolist(), strict=True):
@@ -228,10 +242,10 @@ class Pipeline:
         """The batch as arrays, in stream order; every plausible Kafka timestamp goes to its
         partition's clock (one that is missing, or further ahead than any real clock, dates
         nothing)."""
-        n, latest = len(batch), self._latest_ts
-        cols = Columns.empty(n)
+        latest = self._latest_ts
         devices: dict[str, int] = {}
-        for i, (r, msg) in enumerate(batch):
+        rows, vals = [], []
+        for r, msg in batch:
             partition, offset, kafka_ts = msg.partition() or 0, msg.offset(), msg.timestamp()[1]
             clock = self.clocks.get(partition)
             if clock is None:
@@ -239,11 +253,16 @@ class Pipeline:
             plausible = kafka_ts > 0 and (latest is None or kafka_ts <= latest)
             if plausible:
                 clock.recent.append(kafka_ts)
-            f = features(r)
-            cols.set(i, devices.setdefault(r.device_id, len(devices)), SENSOR_INDEX[r.sensor], r, f)
-            cols.where(i, partition, offset, kafka_ts, plausible, clock.watermark)
+            f, dev = features(r), devices.setdefault(r.device_id, len(devices))
+            off = -1 if offset is None else offset
+            rows.append(
+                (dev, SENSOR_INDEX[r.sensor], len(f), r.ts, r.seq, off, offset is not None,
+                 partition, kafka_ts, plausible, clock.watermark)
+            )  # fmt: skip
+            vals.append(f if len(f) == 3 else (f[0], 0.0, 0.0))
+        cols = Columns.of(rows, vals)
         cols.devices = list(devices)
-        result.kafka_ts_ignored += n - int(cols.plausible.sum())
+        result.kafka_ts_ignored += len(batch) - int(cols.plausible.sum())
         return cols
 
     def _run_kernel(
