@@ -1,22 +1,26 @@
-"""What a partition snapshot costs: export + encode time (in the consume loop) and size per device,
-and decode + import time (on assignment).
+"""What a partition snapshot costs: the copy taken in the consume loop, the encoding and writing
+done by the writer thread, the size per device, decode + import time (on assignment), and the
+consume loop's batch times with and without a snapshot being written meanwhile.
 
-    .venv/bin/python -m bench.snapshots --devices 2000
+    .venv/bin/python -m bench.snapshots --devices 10000
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from bench.state_memory import batch
+from monitor.evaluation.replay import ReplayMessage
 from monitor.govern.rules import load_rules
 from monitor.pipeline import Pipeline
 from monitor.settings import load_settings
 from monitor.state import snapshot
-from monitor.state.snapshot import PartitionSnapshot
+from monitor.state.snapshot import PartitionSnapshot, SnapshotStore, SnapshotWriter
 
 KEY = b"k" * 32
 
@@ -24,23 +28,62 @@ KEY = b"k" * 32
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=2000)
-    parser.add_argument("--readings", type=int, default=300, help="readings per device and sensor")
+    parser.add_argument("--readings", type=int, default=60, help="readings per device and sensor first")
+    parser.add_argument("--batches", type=int, default=200, help="batches timed in each phase")
+    parser.add_argument("--batch-size", type=int, default=5000)
     args = parser.parse_args()
     settings = load_settings(None)
     pipeline = Pipeline(settings, load_rules(settings.rules_file))
     rng, seq = np.random.default_rng(0), [0] * args.devices
     for step in range(args.readings):
         pipeline.process(batch(args.devices, step, rng, seq))
+    n = len(pipeline.store)
+
     t0 = time.perf_counter()
-    data = snapshot.encode(PartitionSnapshot("t", 0, 1, pipeline.export_partition(0)), KEY)
+    snap = PartitionSnapshot("t", 0, 1, pipeline.export_partition(0))
+    objects = snapshot.pickle_objects(snap.state.devices)
     t1 = time.perf_counter()
+    data = snapshot.encode(snap, KEY, objects)
+    t2 = time.perf_counter()
     restored = Pipeline(settings, load_rules(settings.rules_file))
     restored.import_partition(snapshot.decode(data, KEY).state)
-    t2 = time.perf_counter()
-    n = len(pipeline.store)
+    t3 = time.perf_counter()
     print(f"{n} devices: snapshot {len(data) / n / 1024:.1f} KB/device, {len(data) / 2**20:.1f} MB")
-    print(f"export+encode {(t1 - t0) * 1000:.0f} ms ({(t1 - t0) / n * 1e6:.0f} us/device)")
-    print(f"decode+import {(t2 - t1) * 1000:.0f} ms ({(t2 - t1) / n * 1e6:.0f} us/device)")
+    print(f"in the loop: export {(t1 - t0) * 1000:.0f} ms ({(t1 - t0) / n * 1e6:.1f} us/device)")
+    print(f"writer thread: encode+sign {(t2 - t1) * 1000:.0f} ms ({(t2 - t1) / n * 1e6:.1f} us/device)")
+    print(f"on assignment: decode+import {(t3 - t2) * 1000:.0f} ms ({(t3 - t2) / n * 1e6:.1f} us/device)")
+
+    # The loop's batch times, first alone, then with the partition snapshotted as soon as the
+    # writer has finished the previous one (far more often than state.snapshot_interval_s would).
+    step = args.readings
+    pending: list[ReplayMessage] = []
+
+    def next_batch() -> list[ReplayMessage]:
+        nonlocal step, pending
+        while len(pending) < args.batch_size:
+            pending += batch(args.devices, step, rng, seq)
+            step += 1
+        out, pending = pending[: args.batch_size], pending[args.batch_size :]
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = SnapshotWriter(SnapshotStore(Path(tmp), KEY))
+        for label, snapshots in (("no snapshot", False), ("snapshotting", True)):
+            times, taken = [], 0
+            for _ in range(args.batches):
+                msgs = next_batch()
+                start = time.perf_counter()
+                pipeline.process(msgs)
+                if snapshots and writer.idle():
+                    writer.submit(PartitionSnapshot("t", 0, step, pipeline.export_partition(0)))
+                    taken += 1
+                times.append(time.perf_counter() - start)
+            ms = np.array(times) * 1000
+            print(
+                f"loop, {label}: batch p50 {np.percentile(ms, 50):.1f} ms p99 {np.percentile(ms, 99):.1f} ms "
+                f"max {ms.max():.1f} ms ({taken} snapshots of {n} devices written meanwhile)"
+            )
+        writer.close()
 
 
 if __name__ == "__main__":

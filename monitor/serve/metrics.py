@@ -202,6 +202,11 @@ class Metrics:
         self.snapshot_bytes = Counter(
             "telemon_snapshot_bytes", "Bytes of partition snapshots taken.", registry=r
         )
+        self.snapshot_write_errors = Counter(
+            "telemon_snapshot_write_errors",
+            "Snapshots that could not be written (the previous one stays; the log says why).",
+            registry=r,
+        )
         self.snapshot_errors = Counter(
             "telemon_snapshot_errors", "Snapshots that could not be loaded (state rebuilt).", registry=r
         )
@@ -322,7 +327,11 @@ class Metrics:
     def record_device_cap(self, devices: int) -> None:
         self.device_cap.set(devices)
 
-    def record_snapshot(self, bytes_: int) -> None:
+    def record_snapshot(self, bytes_: int | None) -> None:
+        """A snapshot written (its size), or one that could not be (None; the writer logs why)."""
+        if bytes_ is None:
+            self.snapshot_write_errors.inc()
+            return
         self.snapshots.inc()
         self.snapshot_bytes.inc(bytes_)
 

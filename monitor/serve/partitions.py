@@ -8,7 +8,7 @@ gets an empty one at its starting position first, so a crash before its first re
 restarts from there instead of from a commit the state never saw.
 
 While owned, a partition changed by a batch is snapshotted ``state.snapshot_interval_s`` later
-(one partition per loop turn, encoded in the loop, written by a background thread). On
+(one partition per loop turn, copied in the loop, encoded and written by a background thread). On
 revocation its state is snapshotted and dropped; on loss (the group moved on without us) it is
 dropped unsaved.
 """
@@ -42,7 +42,7 @@ class Partitions:
         root = settings.state.snapshot_dir or settings.state_dir / "snapshots"
         group = settings.kafka.group_id
         self.store = SnapshotStore(root / group, key, group)  # state belongs to a group
-        self.writer = SnapshotWriter(self.store)
+        self.writer = SnapshotWriter(self.store, metrics.record_snapshot)
         self.positions: dict[Key, int | None] = {}  # owned partition -> next offset (None: none yet)
         self.restored_at: dict[Key, int] = {}  # snapshot offsets, until the first message
         self.replay_until: dict[Key, int] = {}  # committed offsets ahead of snapshots
@@ -183,16 +183,13 @@ class Partitions:
             self.snapshot(due if interval == 0 else [min(due, key=self.dirty.__getitem__)])
 
     def snapshot(self, partitions: list[Key], wait: bool = False) -> None:
-        """Encode the state of ``partitions`` now (consistent with the committed offsets) and let
-        the writer thread put it on disk (``wait``: before returning)."""
+        """Copy the state of ``partitions`` now (consistent with the committed offsets) and let
+        the writer thread encode it and put it on disk (``wait``: before returning)."""
         for topic, p in partitions:
             position = self.positions.get((topic, p))
             self.dirty.pop((topic, p), None)
             if position is None:
                 continue  # nothing applied since the assignment: the snapshot on disk is current
-            snap = PartitionSnapshot(topic, p, position, self.pipeline.export_partition(p))
-            data = self.store.encode(snap)
-            self.writer.submit(topic, p, data)
-            self.metrics.record_snapshot(len(data))
+            self.writer.submit(PartitionSnapshot(topic, p, position, self.pipeline.export_partition(p)))
         if wait:
             self.writer.drain()

@@ -2,9 +2,10 @@
 with its state.
 
 A snapshot holds every device read from one partition of the readings topic (its rows of every
-stage's slab, models, ADWINs, model versions and rule episodes) and the offset of the next message to apply. The service writes one after its outputs are delivered
-and its offsets committed, on partition revocation and at shutdown; it reads it back when the
-partition is assigned and seeks there, so the state and the position always agree.
+stage's slab, models, ADWINs, model versions and rule episodes) and the offset of the next message
+to apply. The service writes one after its outputs are delivered and its offsets committed, on
+partition revocation and at shutdown; it reads it back when the partition is assigned and seeks
+there, so the state and the position always agree.
 
 File layout (``<state.snapshot_dir>/<group id>/<topic>/<partition>.snap``, written to a temporary
 file, fsynced, renamed)::
@@ -37,7 +38,7 @@ import pickle
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,9 @@ from typing import Any
 import numpy as np
 
 from monitor.common import files, safepickle
-
+from monitor.errors import SnapshotError
 from monitor.state import signing
 from monitor.state.store import N_SENSORS, DeviceStates, PartitionState
-from monitor.errors import SnapshotError
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,14 @@ class Head:
     sha256: str
 
 
-def encode(snap: PartitionSnapshot, key: bytes) -> bytes:
+def encode(snap: PartitionSnapshot, key: bytes, objects: bytes | None = None) -> bytes:
+    """The snapshot's bytes, signed with ``key``. ``objects``: its Python objects already pickled
+    (:func:`pickle_objects`, by the thread that owns them), when another thread encodes."""
     d = snap.state.devices
     arrays = io.BytesIO()
     np.savez(arrays, allow_pickle=False, **d.arrays)
-    objects = pickle.dumps((d.models, d.adwins), protocol=pickle.HIGHEST_PROTOCOL)
+    if objects is None:
+        objects = pickle_objects(d)
     body = arrays.getvalue() + objects
     header = {
         "format": FORMAT,
@@ -100,6 +103,12 @@ def encode(snap: PartitionSnapshot, key: bytes) -> bytes:
     raw = json.dumps(header, separators=(",", ":")).encode()
     mac = hmac.new(key, raw + body, hashlib.sha256).digest()
     return MAGIC + struct.pack(">Q", len(raw)) + raw + mac + body
+
+
+def pickle_objects(d: DeviceStates) -> bytes:
+    """The part of a snapshot that holds Python objects (models and ADWINs), which the consume
+    loop goes on changing: pickled before the rest is encoded elsewhere."""
+    return pickle.dumps((d.models, d.adwins), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def decode(data: bytes, key: bytes) -> PartitionSnapshot:
@@ -235,12 +244,15 @@ def _replace(path: Path, data: bytes) -> None:
 
 
 class SnapshotWriter:
-    """Writes encoded snapshots from a background thread so that the disk never stalls polling.
-    Only the latest pending snapshot of a partition is kept: an older one is obsolete."""
+    """Encodes, signs and writes snapshots from a background thread, so that neither the encoding
+    nor the disk stalls polling: the loop only copies the state (:meth:`submit`). Only the latest
+    pending snapshot of a partition is kept: an older one is obsolete. ``done`` is called from the
+    thread with each snapshot's size in bytes, or None when it could not be written."""
 
-    def __init__(self, store: SnapshotStore) -> None:
+    def __init__(self, store: SnapshotStore, done: Callable[[int | None], None] | None = None) -> None:
         self.store = store
-        self._pending: dict[tuple[str, int], bytes] = {}
+        self.done = done
+        self._pending: dict[tuple[str, int], tuple[PartitionSnapshot, bytes]] = {}
         self._cond = threading.Condition()
         self._busy = False
         self._closed = False
@@ -248,10 +260,17 @@ class SnapshotWriter:
         self._thread = threading.Thread(target=self._run, name="telemon-snapshots", daemon=True)
         self._thread.start()
 
-    def submit(self, topic: str, partition: int, data: bytes) -> None:
+    def submit(self, snap: PartitionSnapshot) -> None:
+        """Queue ``snap`` (its arrays are copies; its Python objects are pickled here)."""
+        objects = pickle_objects(snap.state.devices)
         with self._cond:
-            self._pending[(topic, partition)] = data
+            self._pending[(snap.topic, snap.partition)] = (snap, objects)
             self._cond.notify_all()
+
+    def idle(self) -> bool:
+        """Nothing is waiting to be written."""
+        with self._cond:
+            return not self._pending and not self._busy
 
     def drain(self) -> None:
         """Wait until everything submitted is on disk."""
@@ -271,13 +290,19 @@ class SnapshotWriter:
                 self._cond.wait_for(lambda: self._pending or self._closed)
                 if not self._pending:
                     return
-                (topic, partition), data = self._pending.popitem()
+                _, (snap, objects) = self._pending.popitem()
                 self._busy = True
+            size: int | None = None
             try:
-                self.store.write(topic, partition, data)
+                snap.group = self.store.group
+                data = encode(snap, self.store.key, objects)
+                self.store.write(snap.topic, snap.partition, data)
+                size = len(data)
             except OSError as exc:
                 self.errors += 1
-                log.error("cannot write the snapshot of %s/%d: %s", topic, partition, exc)
+                log.error("cannot write the snapshot of %s/%d: %s", snap.topic, snap.partition, exc)
+            if self.done is not None:
+                self.done(size)
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()

@@ -80,7 +80,7 @@ class Slab:
 
     def export(self, slots: Sequence[int]) -> dict[str, NDArray[np.generic]]:
         idx = np.asarray(slots, np.intp)
-        return {name: arr[idx].copy() for name, arr in self.arrays.items() if name not in self.local}
+        return {name: arr[idx] for name, arr in self.arrays.items() if name not in self.local}  # copies
 
     def export_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
         """Add the slots' Python objects to ``states`` (none by default)."""

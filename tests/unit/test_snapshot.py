@@ -275,3 +275,25 @@ def test_a_snapshot_taken_with_other_state_shapes_is_ignored_not_fatal(tmp_path:
     )
     assert after._load(TOPIC, 0) is None  # rebuilt from the committed offset, as a corrupt one
     assert after.metrics.registry.get_sample_value("telemon_snapshot_errors_total") == 1
+
+
+def test_the_writer_encodes_the_state_as_it_was_when_submitted(tmp_path: Path) -> None:
+    from monitor.state.snapshot import SnapshotWriter
+
+    p = _pipeline()
+    results = _run(p, _gaussian_stream(60, devices=2), batch=60)
+    expected = snapshot.fingerprints(_snapshots(p, _next_offsets(results)))
+    sizes: list[int | None] = []
+    store = SnapshotStore(tmp_path, KEY, "g")
+    writer = SnapshotWriter(store, sizes.append)
+    for snap in _snapshots(p, _next_offsets(results)):
+        writer.submit(snap)
+    _run(p, _gaussian_stream(70, devices=2)[120:], batch=60)  # the loop goes on meanwhile
+    writer.drain()
+    assert snapshot.fingerprints(store) == expected
+    assert sorted(sizes) == sorted((tmp_path / TOPIC / f"{i}.snap").stat().st_size for i in (0, 1))
+
+    (tmp_path / "blocked").write_text("")  # a file where the topic's folder would go
+    writer.submit(replace(_snapshots(p, {0: 1})[0], topic="blocked"))
+    writer.close()  # the failure is reported, not raised
+    assert sizes[2:] == [None] and writer.errors == 1
