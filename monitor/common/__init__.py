@@ -1,1 +1,2 @@
-"""."""
+"""Helpers every stage shares: bounded file reads, safe YAML with line numbers, packaged configs,
+restricted unpickling."""

@@ -28,8 +28,8 @@ import stat
 from pathlib import Path
 
 from monitor.common import files
-from monitor.settings import RegistrySettings
 from monitor.errors import SigningKeyError
+from monitor.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
 

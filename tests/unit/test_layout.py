@@ -26,6 +26,8 @@ LAYERS: dict[str, int] = {
     "monitor.ingest": 4,
     "monitor.detect": 5,
     "monitor.govern": 6,
+    "monitor.govern.rules": 6,
+    "monitor.govern.training": 6,
     "monitor.pipeline": 7,
     "monitor.kernel": 7,
     "monitor.serve": 8,

@@ -730,11 +730,3 @@ def test_restore_skips_states_of_rules_that_are_gone_or_changed_scope() -> None:
 def test_restore_refuses_a_malformed_record() -> None:
     with pytest.raises(ValueError, match="streak"):
         _engine(*SNAP_RULES).restore([{"rule": "slow", "scope": "device", "device_id": "a"}])
-
-
-def test_docstring_example() -> None:
-    import doctest
-
-    import monitor.govern.rules
-
-    assert doctest.testmod(monitor.govern.rules, raise_on_error=False).failed == 0

@@ -13,10 +13,11 @@ import pytest
 from numpy.testing import assert_array_equal
 from pydantic import ValidationError
 
-import monitor.govern.training
+import monitor.govern.training.worker
 from monitor.detect.model import AdaptiveGaussian, distance_threshold, score
 from monitor.govern.registry import TrainingData
 from monitor.govern.training import (
+    Decision,
     InlineTrainer,
     Shadow,
     Space,
@@ -365,9 +366,7 @@ def test_candidate_with_excess_alarms_is_rejected() -> None:
 
 def test_failed_training_is_never_promoted() -> None:
     result = TrainingResult(job=_job(_normal(20.0, 32, 2), _serving_model(20.0)), error="ValueError: boom")
-    assert decide(result, None, 0.02) == monitor.govern.training.Decision(
-        False, "training failed: ValueError: boom", {}
-    )
+    assert decide(result, None, 0.02) == Decision(False, "training failed: ValueError: boom", {})
 
 
 def test_shadow_holds_exactly_its_readings() -> None:
@@ -390,14 +389,14 @@ def test_shadow_holds_exactly_its_readings() -> None:
 
 def test_worker_runs_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
     release, started = threading.Event(), threading.Event()
-    real = monitor.govern.training.run_job
+    real = monitor.govern.training.worker.run_job
 
     def held(job: TrainingJob, settings: RetrainSettings) -> TrainingResult:
         started.set()
         release.wait(PATIENCE_S)
         return real(job, settings)
 
-    monkeypatch.setattr(monitor.govern.training, "run_job", held)
+    monkeypatch.setattr(monitor.govern.training.worker, "run_job", held)
     worker = TrainingWorker(RetrainSettings())
     try:
         worker.submit(_job(_normal(28.0, 32, 2), _serving_model(20.0)))  # returns while the job runs

@@ -1,0 +1,53 @@
+"""Reading a rules file: YAML in, a validated :class:`RuleSet` out, or a :class:`RulesError` that
+lists every problem with its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from monitor import errors
+from monitor.common import yamlfile
+from monitor.errors import RulesError
+from monitor.govern.rules.model import _NODE_TAGS, RuleSet
+
+
+def load_rules(path: Path) -> RuleSet:
+    """Read and validate a rules file; :class:`RulesError` lists every problem with its line."""
+    try:
+        doc = yamlfile.read(path)
+    except FileNotFoundError as exc:
+        raise RulesError(f"{path}: {exc.strerror}") from None
+    except errors.YamlError as exc:
+        raise RulesError(str(exc)) from None
+    return _validated(doc)
+
+
+def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
+    """Validate rules from YAML text; ``source`` names it in error messages."""
+    try:
+        return _validated(yamlfile.YamlDocument.parse(text, source))
+    except errors.YamlError as exc:
+        raise RulesError(str(exc)) from None
+
+
+def _validated(doc: yamlfile.YamlDocument) -> RuleSet:
+    problems = list(doc.duplicates)
+    rules = None
+    try:
+        rules = RuleSet.model_validate(doc.data)
+    except ValidationError as exc:
+        for e in exc.errors():
+            loc = [p for p in e["loc"] if p not in _NODE_TAGS]
+            problems.append(doc.position(loc, _message(e)))
+    if problems or rules is None:
+        raise RulesError("\n".join(line for _, _, line in sorted(problems)))
+    return rules
+
+
+def _message(error: ErrorDetails) -> str:
+    if error["type"] == "value_error":  # raised by a field validator: the text without pydantic's prefix
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    return error["msg"]
