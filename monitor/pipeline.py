@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +28,11 @@ from monitor.govern.governor import Governor
 from monitor.govern.registry import AuditEvent, EventKind, ModelVersion, code_version
 from monitor.govern.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
 from monitor.govern.state import GovernState
-from monitor.ingest.features import Features, features
+from monitor.ingest.features import Features
 from monitor.ingest.integrity import IntegrityChecker
 from monitor.ingest.state import IngestState
 from monitor.records import DeadLetter, Eviction, Message, Rollback, Scored, Stray
-from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, Reading, Rejection
+from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, ReadingLike, Rejection
 from monitor.settings import Settings
 from monitor.state.store import CHECKS, N_SENSORS, PartitionState, StateStore
 
@@ -84,24 +84,17 @@ class Columns:
     plausible: NDArray[np.bool_]  # the Kafka timestamp dates the device
     vals: NDArray[np.float64]  # features, zero-padded to 3
     watermark: NDArray[np.int64]  # its partition's clock
-    status: NDArray[np.int8]  # outputs: kernel.SKIPPED, WARMING, SCORED, COMPLETED
-    score: NDArray[np.float64]
-    d2: NDArray[np.float64]
-    anomalous: NDArray[np.bool_]
-    devices: list[str] = field(default_factory=list)
+    devices: list[str]  # the batch's device ids, in order of first reading
+    # The kernel's outputs per reading: kernel.SKIPPED, WARMING, SCORED or COMPLETED, and the score.
+    status: NDArray[np.int8] = field(init=False)
+    score: NDArray[np.float64] = field(init=False)
+    d2: NDArray[np.float64] = field(init=False)
+    anomalous: NDArray[np.bool_] = field(init=False)
 
-    @classmethod
-    def of(cls, rows: Sequence[tuple[int, ...]], vals: Sequence[Features]) -> Columns:
-        """From one ``(dev, sensor, k, ts, seq, offset, has_offset, partition, kafka_ts,
-        plausible, watermark)`` row per reading, and its features padded to 3."""
-        n = len(rows)
-        c = np.array(rows, np.int64).reshape(n, 11).T.copy()  # contiguous columns
-        return cls(
-            dev=c[0], sensor=c[1], k=c[2], ts=c[3], seq=c[4], offset=c[5], has_offset=c[6] != 0,
-            partition=c[7], kafka_ts=c[8], plausible=c[9] != 0, watermark=c[10],
-            vals=np.array(vals, np.float64).reshape(n, 3), status=np.zeros(n, np.int8),
-            score=np.zeros(n), d2=np.zeros(n), anomalous=np.zeros(n, np.bool_),
-        )  # fmt: skip
+    def __post_init__(self) -> None:
+        n = len(self.ts)
+        self.status, self.score, self.d2 = np.zeros(n, np.int8), np.zeros(n), np.zeros(n)
+        self.anomalous = np.zeros(n, np.bool_)
 
     def readings(self) -> tuple[NDArray[Any], ...]:
         return (
@@ -179,7 +172,7 @@ class Pipeline:
     def _warm_up(self) -> None:
         """Load the compiled kernels (compiled and cached on disk the first time) before the first
         batch, which would otherwise wait for them."""
-        empty = Columns.of([], [])
+        empty = self._columns([], BatchResult())
         out = (np.zeros(N_SENSORS, np.int64), np.zeros(N_SENSORS, np.int64), np.zeros(1, np.int64))
         kernel.run(
             0,
@@ -203,22 +196,26 @@ class Pipeline:
         latest = int(time.time() * 1000) + c.max_future_ms if c.max_future_ms else None
         self._latest_ts = latest
         result = BatchResult()
-
-        def decoded() -> Iterator[tuple[Reading, Message]]:
-            for msg in messages:
-                self._track_offset(result, msg)
-                r = schema.decode(msg.value(), msg.key(), max_bytes, latest, require_key)
-                if isinstance(r, Rejection):
-                    result.dead_letters.append(DeadLetter(msg, r))
-                else:
-                    yield r, msg
-
-        self.process_readings(decoded(), result)
+        decoded = schema.decode_batch(
+            [m.value() for m in messages], [m.key() for m in messages], max_bytes, latest, require_key
+        )
+        batch: list[tuple[ReadingLike, Message]] = []
+        for msg, r in zip(messages, decoded, strict=True):
+            if isinstance(r, Rejection):
+                result.dead_letters.append(DeadLetter(msg, r))
+            else:
+                batch.append((r, msg))
+        # Offsets per partition: the last message of each (a partition's messages come in order).
+        last = {(m.topic(), m.partition()): m.offset() for m in messages}
+        result.offsets = {
+            (t, p): o + 1 for (t, p), o in last.items() if t is not None and p is not None and o is not None
+        }
+        self.process_readings(batch, result)
         self._evict(result)
         return result
 
     def process_readings(
-        self, readings: Iterable[tuple[Reading, Message]], result: BatchResult | None = None
+        self, readings: Iterable[tuple[ReadingLike, Message]], result: BatchResult | None = None
     ) -> BatchResult:
         """The stages after decoding, for readings that are already validated (or replayed)."""
         result = BatchResult() if result is None else result
@@ -238,36 +235,44 @@ class Pipeline:
         result.alerts = self.storm.admit(result.alerts, now)
         return result
 
-    def _columns(self, batch: Sequence[tuple[Reading, Message]], result: BatchResult) -> Columns:
+    def _columns(self, batch: Sequence[tuple[ReadingLike, Message]], result: BatchResult) -> Columns:
         """The batch as arrays, in stream order; every plausible Kafka timestamp goes to its
         partition's clock (one that is missing, or further ahead than any real clock, dates
         nothing)."""
-        latest = self._latest_ts
+        n = len(batch)
+        readings, msgs = [r for r, _ in batch], [m for _, m in batch]
         devices: dict[str, int] = {}
-        rows, vals = [], []
-        for r, msg in batch:
-            partition, offset, kafka_ts = msg.partition() or 0, msg.offset(), msg.timestamp()[1]
-            clock = self.clocks.get(partition)
-            if clock is None:
-                clock = self.clocks[partition] = PartitionClock()
-            plausible = kafka_ts > 0 and (latest is None or kafka_ts <= latest)
-            if plausible:
-                clock.recent.append(kafka_ts)
-            f, dev = features(r), devices.setdefault(r.device_id, len(devices))
-            off = -1 if offset is None else offset
-            rows.append(
-                (dev, SENSOR_INDEX[r.sensor], len(f), r.ts, r.seq, off, offset is not None,
-                 partition, kafka_ts, plausible, clock.watermark)
-            )  # fmt: skip
-            vals.append(f if len(f) == 3 else (f[0], 0.0, 0.0))
-        cols = Columns.of(rows, vals)
-        cols.devices = list(devices)
-        result.kafka_ts_ignored += len(batch) - int(cols.plausible.sum())
-        return cols
+        dev = [devices.setdefault(r.device_id, len(devices)) for r in readings]
+        feats = [r.features() for r in readings]
+        offsets = [m.offset() for m in msgs]
+        partition = np.array([m.partition() or 0 for m in msgs], np.int64)
+        kafka_ts = np.array([m.timestamp()[1] for m in msgs], np.int64)
+        plausible = kafka_ts > 0
+        if self._latest_ts is not None:
+            plausible &= kafka_ts <= self._latest_ts
+        watermark = np.zeros(n, np.int64)
+        for p in np.unique(partition).tolist():
+            clock = self.clocks.get(p) or self.clocks.setdefault(p, PartitionClock())
+            here = partition == p
+            clock.recent.extend(kafka_ts[here & plausible].tolist())
+            watermark[here] = clock.watermark
+        result.kafka_ts_ignored += n - int(plausible.sum())
+
+        def ints(values: list[int]) -> NDArray[np.int64]:
+            return np.array(values, np.int64)
+
+        return Columns(
+            dev=ints(dev), sensor=ints([SENSOR_INDEX[r.sensor] for r in readings]),
+            k=ints([len(f) for f in feats]), ts=ints([r.ts for r in readings]),
+            seq=ints([r.seq for r in readings]), offset=ints([-1 if o is None else o for o in offsets]),
+            has_offset=np.array([o is not None for o in offsets], np.bool_), partition=partition,
+            kafka_ts=kafka_ts, plausible=plausible, watermark=watermark, devices=list(devices),
+            vals=np.array([f if len(f) == 3 else (f[0], 0.0, 0.0) for f in feats], np.float64).reshape(n, 3),
+        )  # fmt: skip
 
     def _run_kernel(
         self,
-        batch: Sequence[tuple[Reading, Message]],
+        batch: Sequence[tuple[ReadingLike, Message]],
         cols: Columns,
         scores: list[list[float]],
         result: BatchResult,
@@ -336,7 +341,7 @@ class Pipeline:
 
     def _after_kernel(
         self,
-        batch: Sequence[tuple[Reading, Message]],
+        batch: Sequence[tuple[ReadingLike, Message]],
         cols: Columns,
         start: int,
         stop: int,
@@ -364,14 +369,8 @@ class Pipeline:
                 if group.push(s, score, anomalous):
                     self._evaluate_group(scope, key, group, s, r.ts, result)
 
-    @staticmethod
-    def _track_offset(result: BatchResult, msg: Message) -> None:
-        topic, part, off = msg.topic(), msg.partition(), msg.offset()
-        if topic is not None and part is not None and off is not None:
-            result.offsets[(topic, part)] = off + 1
-
     def _apply(
-        self, r: Reading, msg: Message, plausible: bool, scores: list[list[float]], result: BatchResult
+        self, r: ReadingLike, msg: Message, plausible: bool, scores: list[list[float]], result: BatchResult
     ) -> None:
         """One reading through every stage, in Python."""
         st = self.store
@@ -387,7 +386,7 @@ class Pipeline:
         fresh = self._fresh(slot, partition, offset, kafka_ts if plausible else 0, result)
         if not fresh or not self.integrity.check_seq(slot, s, r):
             return
-        f = features(r)
+        f = r.features()
         self.integrity.check_values(slot, s, r.ts, f, kafka_ts)
         self.govern_state.remember(slot, s, r.ts, f, offset or 0)
         if self.governor.waiting:
@@ -446,7 +445,7 @@ class Pipeline:
         self._forget(oldest, result, Eviction("capacity", len(oldest), None, 0))
 
     def _score(
-        self, slot: int, s: int, r: Reading, f: Features, scores: list[list[float]], result: BatchResult
+        self, slot: int, s: int, r: ReadingLike, f: Features, scores: list[list[float]], result: BatchResult
     ) -> None:
         """Score the reading (learning from it), then feed the score to every detector."""
         det = self.detect_state

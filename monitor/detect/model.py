@@ -38,7 +38,8 @@ from numpy.typing import NDArray
 from river.base import AnomalyDetector
 from scipy import special
 
-from monitor.ingest.features import Features, from_values
+from monitor.ingest.features import Features
+from monitor.schema import features_of
 
 
 class AdaptiveGaussian(AnomalyDetector):
@@ -100,10 +101,10 @@ class AdaptiveGaussian(AnomalyDetector):
         self._state = array("d", state)
 
     def learn_one(self, x: dict[Hashable, Any]) -> None:
-        self.learn(from_values(cast("dict[str, float]", x)))
+        self.learn(features_of(cast("dict[str, float]", x)))
 
     def score_one(self, x: dict[Hashable, Any]) -> float:
-        return score(self.distance(from_values(cast("dict[str, float]", x))), self.n_features)
+        return score(self.distance(features_of(cast("dict[str, float]", x))), self.n_features)
 
     def dump(self) -> dict[str, Any]:
         """The whole model as plain JSON values (exact: floats round-trip through JSON)."""

@@ -5,27 +5,20 @@ magnitude is deliberately not a separate feature: it is a function of the axes (
 magnitude already moves them), and near zero (gyroscope) it is far from Gaussian, which would
 break the calibrated chi-square score of :mod:`monitor.detect.model`.
 
+A reading gives them with ``features()`` (:class:`monitor.schema.Reading`, or the typed readings a
+batch decodes to):
+
 >>> from monitor.schema import Reading
->>> features(Reading("d", "accelerometer", 0, 0, {"x": 3.0, "y": 0.0, "z": 4.0}, "m/s^2", 1))
+>>> Reading("d", "accelerometer", 0, 0, {"x": 3.0, "y": 0.0, "z": 4.0}, "m/s^2", 1).features()
 (3.0, 0.0, 4.0)
 """
 
 from __future__ import annotations
 
-from monitor.schema import SENSORS, Reading
+from monitor.schema import SENSORS
 
 Features = tuple[float, ...]
 
 
 def n_features(sensor: str) -> int:
     return len(SENSORS[sensor].keys)
-
-
-def features(r: Reading) -> Features:
-    return from_values(r.values)
-
-
-def from_values(v: dict[str, float]) -> Features:
-    if "value" in v:
-        return (v["value"],)
-    return (v["x"], v["y"], v["z"])

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from monitor.ingest.features import Features
 from monitor.ingest.state import IngestState
-from monitor.schema import Reading
+from monitor.schema import ReadingLike
 from monitor.settings import IntegritySettings
 from monitor.state.store import CHECKS, N_SENSORS
 
@@ -41,7 +41,7 @@ class IntegrityChecker:
         self.state.integrity[slot, s, check] += 1
         self.events[s, check] += 1
 
-    def check_seq(self, slot: int, s: int, r: Reading) -> bool:
+    def check_seq(self, slot: int, s: int, r: ReadingLike) -> bool:
         """Track the device's sequence number; False if the reading was already applied."""
         st = self.state
         last = int(st.last_seq[slot])

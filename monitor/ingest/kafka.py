@@ -166,7 +166,8 @@ def consumer_config(s: KafkaSettings, **overrides: Any) -> dict[str, Any]:
         "max.poll.interval.ms": s.max_poll_interval_ms,
         # The default (1000 ms) stalls a busy consumer; batches need the queue refilled at once.
         "fetch.queue.backoff.ms": 5,
-        "queued.max.messages.kbytes": 65536,
+        # A few dozen batches ahead, not 64 MB: the prefetch queue is resident memory.
+        "queued.max.messages.kbytes": 16384,
     }
     return _with_overrides(s, conf, overrides)
 

@@ -8,7 +8,6 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from monitor.ingest.features import features
 from monitor.ingest.integrity import CLOCK_SKEW, DUPLICATE, GAP, OUT_OF_ORDER, STUCK, IntegrityChecker
 from monitor.ingest.state import IngestState
 from monitor.schema import SENSOR_INDEX, SENSORS, Reading
@@ -46,7 +45,7 @@ class Pair:
         )
         if not self.checker.check_seq(self.slot, self.s, r):
             return False
-        self.checker.check_values(self.slot, self.s, ts, features(r), ts if kafka_ts is None else kafka_ts)
+        self.checker.check_values(self.slot, self.s, ts, r.features(), ts if kafka_ts is None else kafka_ts)
         return True
 
     def count(self, check: int) -> int:
