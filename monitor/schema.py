@@ -141,7 +141,9 @@ class TypedReading(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_
     each in its range, with the kind's unit and the schema version; ``ts`` and ``seq`` in range."""
 
     sensor: ClassVar[str]
-    n_keys: ClassVar[int]  # every key of such a message, its values' keys included
+    #: Quotes in such a message without a backslash: two per key and per string value
+    #: (device_id, sensor, unit). More keys would mean more quotes: the count finds a repeated key.
+    n_quotes: ClassVar[int]
     device_id: str
     ts: Annotated[int, msgspec.Meta(ge=_TS_LOW, le=_TS_HIGH)]
     seq: Annotated[int, msgspec.Meta(ge=0, le=_SEQ_HIGH)]
@@ -167,7 +169,7 @@ def _typed(spec: SensorSpec) -> type[TypedReading]:
         ("unit", Literal[spec.unit]),
         ("schema_version", Literal[SCHEMA_VERSION]),
     ]
-    namespace = {"sensor": spec.name, "n_keys": _TOP_KEYS + len(spec.keys)}
+    namespace = {"sensor": spec.name, "n_quotes": 2 * (_TOP_KEYS + len(spec.keys) + 3)}
     cls = msgspec.defstruct(
         f"{spec.name}_reading", fields, bases=(TypedReading,), tag=spec.name, namespace=namespace
     )
@@ -240,36 +242,67 @@ def decode_batch(
     fast = [
         i
         for i, v in enumerate(values)
-        if v is not None
-        and len(v) <= max_bytes
-        and b"\\" not in v
-        and (keys[i] is not None or not require_key)
+        if v is not None and len(v) <= max_bytes and (keys[i] or not require_key)
     ]
-    typed = _decode_typed([cast("bytes", values[i]) for i in fast])
+    raw = [cast("bytes", values[i]) for i in fast]
+    joined = b"[" + b",".join(raw) + b"]"
+    typed = _decode_typed(raw, joined)
+    fast_keys = [keys[i] for i in fast]
+    if not _all_pass(typed, joined, fast_keys, latest_ts):  # find the messages that do not
+        typed = [
+            r if r is not None and _passes(r, v, k, latest_ts) else None
+            for r, v, k in zip(typed, raw, fast_keys, strict=True)
+        ]
     out: list[ReadingLike | Rejection | None] = [None] * len(values)
     for i, r in zip(fast, typed, strict=True):
-        v, k = cast("bytes", values[i]), keys[i]
-        if (
-            r is not None
-            and v.count(b'":') == r.n_keys
-            and v.count(b'"') == 2 * (r.n_keys + 3)  # no repeated key (see _duplicate_key)
-            and (k is None or k == r.device_id.encode())
-            and _valid_device_id(r.device_id)
-            and (latest_ts is None or r.ts <= latest_ts)
-        ):
-            out[i] = r
+        out[i] = r
     return [
         decode(values[i], keys[i], max_bytes, latest_ts, require_key) if r is None else r
         for i, r in enumerate(out)
     ]
 
 
-def _decode_typed(values: list[bytes]) -> list[TypedReading | None]:
-    """The typed reading of each value, or None for one that does not decode to one."""
+def _passes(r: TypedReading, value: bytes, key: bytes | None, latest_ts: int | None) -> bool:
+    """The checks of :func:`decode` that typing does not make: no repeated key (without a
+    backslash, a message has ``n_quotes`` quotes, more if a key repeats: see
+    :func:`_duplicate_key`), the key, the device id's pattern, the future bound."""
+    return (
+        b"\\" not in value
+        and value.count(b'"') == r.n_quotes
+        and (key is None or key == r.device_id.encode())
+        and _valid_device_id(r.device_id)
+        and (latest_ts is None or r.ts <= latest_ts)
+    )
+
+
+def _all_pass(
+    typed: list[TypedReading | None], joined: bytes, keys: list[bytes | None], latest_ts: int | None
+) -> bool:
+    """:func:`_passes` for every message at once, from the batch as a whole: no backslash in it,
+    as many quotes as the messages' ``n_quotes`` together (each has at least its own, so each has
+    exactly its own), every device id of the pattern (so none holds a NUL) and the keys, joined by
+    NULs, equal to the device ids joined so."""
+    if None in typed or b"\\" in joined:
+        return False
+    readings = cast("list[TypedReading]", typed)
+    ids = [r.device_id for r in readings]
+    return (
+        joined.count(b'"') == sum(r.n_quotes for r in readings)
+        and all(map(_valid_device_id, set(ids)))
+        and None not in keys
+        and b"\0".join(cast("list[bytes]", keys)) == "\0".join(ids).encode()
+        and (latest_ts is None or not readings or max(r.ts for r in readings) <= latest_ts)
+    )
+
+
+def _decode_typed(values: list[bytes], joined: bytes | None = None) -> list[TypedReading | None]:
+    """The typed reading of each value, or None for one that does not decode to one (``joined``:
+    the values as a JSON array, if already built)."""
     try:
         if len(values) == 1:
             return [_ONE_TYPED.decode(values[0])]
-        typed: list[TypedReading | None] = _BATCH_TYPED.decode(b"[" + b",".join(values) + b"]")
+        joined = b"[" + b",".join(values) + b"]" if joined is None else joined
+        typed: list[TypedReading | None] = _BATCH_TYPED.decode(joined)
         if len(typed) == len(values):
             return typed
         # More elements than messages: one held several values, which the halves will isolate.

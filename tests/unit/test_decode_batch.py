@@ -95,6 +95,26 @@ def test_any_batch_decodes_as_its_messages_alone(values: list[bytes], key: bytes
     _same_as_alone([(v, key) for v in values])
 
 
+_DEV1 = _readings().map(lambda r: encode_reading("dev-1", r.sensor, r.ts, r.seq, r.values))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            _DEV1 | _MUTATED_UTF8,
+            st.sampled_from([None, b"dev-1", b"dev-1\0", b"", b"dev-\x001", b"dev-2"]),
+        ),
+        max_size=8,
+    ),
+    st.sampled_from([{}, {"require_key": True}, {"latest_ts": 2_000_000_000_000}]),
+)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_batch_wide_checks_agree_with_each_message_alone(
+    messages: list[tuple[bytes, bytes | None]], kw: dict[str, object]
+) -> None:
+    _same_as_alone(messages, **kw)
+
+
 @given(_readings())
 @settings(max_examples=100)
 def test_a_typed_reading_carries_what_the_reading_does(r: Reading) -> None:
