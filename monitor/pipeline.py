@@ -348,26 +348,70 @@ class Pipeline:
         scores: list[list[float]],
         result: BatchResult,
     ) -> None:
-        """What the kernel leaves to Python for the readings it applied: completed references,
-        trace records, and the pooled (fleet, cohort) detectors, in stream order."""
-        status = cols.status
-        for i in np.flatnonzero(status[start:stop]).tolist():
-            i += start
-            r, state = batch[i][0], int(status[i])
-            s = int(cols.sensor[i])
-            if state == kernel.WARMING:
-                if self.trace:
+        """What the kernel leaves to Python for the readings it applied: trace records, completed
+        references, and the pooled (fleet, cohort) detectors, evaluated in stream order."""
+        at = np.flatnonzero(cols.status[start:stop]) + start
+        if not len(at):
+            return
+        status = cols.status[at]
+        if self.trace:
+            for i, state in zip(at.tolist(), status.tolist(), strict=True):
+                r = batch[i][0]
+                if state == kernel.WARMING:
                     result.trace.append(Scored(r.device_id, r.sensor, r.ts, None, None, False, None))
-                continue
-            score, anomalous = float(cols.score[i]), bool(cols.anomalous[i])
-            if self.trace:
-                result.trace.append(Scored(r.device_id, r.sensor, r.ts, score, float(cols.d2[i]), anomalous))
-            if state == kernel.COMPLETED:
-                self.pairs.freeze(int(self.store.slots[r.device_id]), s)
-            scores[s].append(score)
-            for scope, key, group in self._groups(r.device_id):
-                if group.push(s, score, anomalous):
-                    self._evaluate_group(scope, key, group, s, r.ts, result)
+                else:
+                    score, d2 = float(cols.score[i]), float(cols.d2[i])
+                    result.trace.append(
+                        Scored(r.device_id, r.sensor, r.ts, score, d2, bool(cols.anomalous[i]))
+                    )
+        for i in at[status == kernel.COMPLETED].tolist():
+            slot = self.store.slots[cols.devices[cols.dev[i]]]
+            self.pairs.freeze(int(slot), int(cols.sensor[i]))
+        scored = at[status != kernel.WARMING]
+        sensor, score, anomalous = cols.sensor[scored], cols.score[scored], cols.anomalous[scored]
+        for s in np.unique(sensor).tolist():
+            scores[s].extend(score[sensor == s].tolist())
+        self._push_groups(cols, scored, sensor, score, anomalous, result)
+
+    def _push_groups(
+        self,
+        cols: Columns,
+        scored: NDArray[np.intp],
+        sensor: NDArray[np.int64],
+        score: NDArray[np.float64],
+        anomalous: NDArray[np.bool_],
+        result: BatchResult,
+    ) -> None:
+        """Push the scores to the pooled detectors their devices feed, each (group, sensor) in
+        stream order, and evaluate every (group, sensor) where it is due, all of them in stream
+        order (a reading due in several groups: the fleet first, then its cohorts by label)."""
+        members: dict[int, tuple[int, Scope, str, GroupDrift, list[int]]] = {}
+        for d, device_id in enumerate(cols.devices):
+            for rank, (scope, key, group) in enumerate(self._groups(device_id)):
+                members.setdefault(id(group), (rank, scope, key, group, []))[4].append(d)
+        runs: list[tuple[int, Scope, str, GroupDrift, int, NDArray[np.intp]]] = []
+        for rank, scope, key, group, devs in members.values():
+            mine = np.flatnonzero(np.isin(cols.dev[scored], devs)) if len(devs) < len(cols.devices) else None
+            for s in range(N_SENSORS):
+                pick = np.flatnonzero(sensor == s) if mine is None else mine[sensor[mine] == s]
+                if len(pick):
+                    runs.append((rank, scope, key, group, s, pick))
+        # Due points: (stream position, rank) of every evaluation, with what it needs pushed first.
+        events: list[tuple[int, int, int, int]] = []  # (position, rank, run, scores up to it)
+        every = self.settings.drift.fleet_check_every
+        for r, (rank, _, _, group, s, pick) in enumerate(runs):
+            for j in range(group.due_in(s) - 1, len(pick), every):
+                events.append((int(scored[pick[j]]), rank, r, j + 1))
+        pushed = [0] * len(runs)
+        for position, _, r, upto in sorted(events):
+            _, scope, key, group, s, pick = runs[r]
+            chunk = pick[pushed[r] : upto]
+            group.push_many(s, score[chunk], anomalous[chunk])
+            pushed[r] = upto
+            self._evaluate_group(scope, key, group, s, int(cols.ts[position]), result)
+        for r, (_, _, _, group, s, pick) in enumerate(runs):
+            chunk = pick[pushed[r] :]
+            group.push_many(s, score[chunk], anomalous[chunk])
 
     def _apply(
         self, r: ReadingLike, msg: Message, plausible: bool, scores: list[list[float]], result: BatchResult

@@ -157,6 +157,38 @@ class GroupDrift:
         self.since_eval[s] += 1
         return self.since_eval[s] >= self.settings.fleet_check_every
 
+    def push_many(self, s: int, scores: FloatArray, anomalous: NDArray[np.bool_]) -> None:
+        """:meth:`push` of each score in turn, with the same state after (the caller evaluates
+        the sensor where :meth:`due_in` says it is due)."""
+        m = len(scores)
+        if not m:
+            return
+        self.anomalies[s] += int(anomalous.sum())
+        q = np.round(scores * QUANTUM).astype(np.uint16)
+        ref, cur, n = self.ref[s], self.cur[s], self.n[s]
+        r = len(ref)
+        fill = min(m, max(0, r - n))
+        ref[n : n + fill] = q[:fill]
+        if n < r <= n + m:
+            _freeze(ref, self.edges[s], self.frac[s])
+        rest = q[fill:][-len(cur) :]  # only the last ring's worth survives
+        if len(rest):
+            first = n + fill + (m - fill - len(rest))  # the stream position of rest[0]
+            cur[(first - r + np.arange(len(rest))) % len(cur)] = rest
+        self.n[s] = n + m
+        a, total, hits = self.adwins[s], self.score_sum[s], 0
+        for x in scores.tolist():
+            total += x
+            a.update(x)
+            hits += a.drift_detected
+        self.score_sum[s] = total
+        self.adwin_hits[s] += hits
+        self.since_eval[s] += m
+
+    def due_in(self, s: int) -> int:
+        """How many more scores of sensor ``s`` make it due for an evaluation (at least 1)."""
+        return max(1, self.settings.fleet_check_every - self.since_eval[s])
+
     def compare(self, s: int) -> Comparison | None:
         cfg = self.settings
         if self.n[s] < cfg.fleet_reference_size + cfg.fleet_window_size:
