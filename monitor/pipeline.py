@@ -8,10 +8,11 @@ feeds the very same code with recorded messages.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,20 +280,25 @@ class Pipeline:
     ) -> None:
         """Apply the batch with the compiled loop (:mod:`monitor.kernel`), stopping for each pair
         evaluation and for each reading only the Python path applies."""
-        n, i = len(batch), 0
+        n, i, pending = len(batch), 0, 0
         replayed = np.zeros(1, np.int64)
         out = (result.valid, result.anomalies, replayed, *cols.outputs())
         slot_of = self._slots_of(cols.devices)
+        # The pooled detectors take the kernel's scores once, before a reading the Python path
+        # applies and at the end; their outputs go in stream order among the pair evaluations'.
+        marks = Marks(result)
         while i < n:
             stop, why = kernel.run(
                 i, cols.readings(), slot_of, self._kernel_config(i), self._kernel_state(), out
             )
             self._tick += stop - i
-            self._after_kernel(batch, cols, i, stop, scores, result)
+            self._freeze_completed(cols, i, stop)
             if why == kernel.EVALUATE:
+                marks.add(stop - 1)
                 self._evaluate_pair(int(slot_of[cols.dev[stop - 1]]), int(cols.sensor[stop - 1]), result)
                 i = stop
             elif why == kernel.PYTHON:
+                self._after_kernel(batch, cols, pending, stop, scores, result, marks)
                 released = self._released
                 r, msg = batch[stop]
                 self._apply(r, msg, bool(cols.plausible[stop]), scores, result)
@@ -300,10 +306,17 @@ class Pipeline:
                     slot_of = self._slots_of(cols.devices)
                 else:
                     slot_of[cols.dev[stop]] = self.store.slots.get(r.device_id, -1)
-                i = stop + 1
+                i = pending = stop + 1
+                marks = Marks(result)
             else:
                 break
+        self._after_kernel(batch, cols, pending, n, scores, result, marks)
         result.replayed += int(replayed[0])
+
+    def _freeze_completed(self, cols: Columns, start: int, stop: int) -> None:
+        """Freeze the references the kernel completed (before the pairs' next evaluation)."""
+        for i in (np.flatnonzero(cols.status[start:stop] == kernel.COMPLETED) + start).tolist():
+            self.pairs.freeze(int(self.store.slots[cols.devices[cols.dev[i]]]), int(cols.sensor[i]))
 
     def _slots_of(self, devices: list[str]) -> NDArray[np.int64]:
         return np.array([self.store.slots.get(d, -1) for d in devices], np.int64)
@@ -347,9 +360,10 @@ class Pipeline:
         stop: int,
         scores: list[list[float]],
         result: BatchResult,
+        marks: Marks,
     ) -> None:
-        """What the kernel leaves to Python for the readings it applied: trace records, completed
-        references, and the pooled (fleet, cohort) detectors, evaluated in stream order."""
+        """What the kernel leaves to Python for the readings it applied from ``start`` to
+        ``stop``: trace records, the scores, and the pooled (fleet, cohort) detectors."""
         at = np.flatnonzero(cols.status[start:stop]) + start
         if not len(at):
             return
@@ -364,14 +378,11 @@ class Pipeline:
                     result.trace.append(
                         Scored(r.device_id, r.sensor, r.ts, score, d2, bool(cols.anomalous[i]))
                     )
-        for i in at[status == kernel.COMPLETED].tolist():
-            slot = self.store.slots[cols.devices[cols.dev[i]]]
-            self.pairs.freeze(int(slot), int(cols.sensor[i]))
         scored = at[status != kernel.WARMING]
         sensor, score, anomalous = cols.sensor[scored], cols.score[scored], cols.anomalous[scored]
         for s in np.unique(sensor).tolist():
             scores[s].extend(score[sensor == s].tolist())
-        self._push_groups(cols, scored, sensor, score, anomalous, result)
+        self._push_groups(cols, scored, sensor, score, anomalous, result, marks)
 
     def _push_groups(
         self,
@@ -381,10 +392,12 @@ class Pipeline:
         score: NDArray[np.float64],
         anomalous: NDArray[np.bool_],
         result: BatchResult,
+        marks: Marks,
     ) -> None:
         """Push the scores to the pooled detectors their devices feed, each (group, sensor) in
         stream order, and evaluate every (group, sensor) where it is due, all of them in stream
-        order (a reading due in several groups: the fleet first, then its cohorts by label)."""
+        order (a reading due in several groups: the fleet first, then its cohorts by label); their
+        outputs go among those of the pair evaluations ``marks`` holds, in stream order."""
         members: dict[int, tuple[int, Scope, str, GroupDrift, list[int]]] = {}
         for d, device_id in enumerate(cols.devices):
             for rank, (scope, key, group) in enumerate(self._groups(device_id)):
@@ -408,7 +421,9 @@ class Pipeline:
             chunk = pick[pushed[r] : upto]
             group.push_many(s, score[chunk], anomalous[chunk])
             pushed[r] = upto
-            self._evaluate_group(scope, key, group, s, int(cols.ts[position]), result)
+            with marks.group(position):
+                self._evaluate_group(scope, key, group, s, int(cols.ts[position]), result)
+        marks.interleave()
         for r, (_, _, _, group, s, pick) in enumerate(runs):
             chunk = pick[pushed[r] :]
             group.push_many(s, score[chunk], anomalous[chunk])
@@ -782,6 +797,53 @@ class Pipeline:
 
 #: Kafka timestamps per partition whose median moves the partition's clock.
 CLOCK_WINDOW = 15
+
+
+class Marks:
+    """Where the outputs (alerts, audit records) of the evaluations since a point of a batch
+    start: the pairs' in stream order as they happen, then the pooled detectors' evaluated later
+    for the same readings; :meth:`interleave` puts the latter in stream order among the former (a
+    pooled evaluation before the pair evaluation of the same reading)."""
+
+    def __init__(self, result: BatchResult) -> None:
+        self.result = result
+        self.base = self._lengths()
+        self.pairs: list[tuple[int, tuple[int, int]]] = []  # (reading, where its outputs start)
+        self.groups: list[tuple[int, tuple[int, int], tuple[int, int]]] = []  # (reading, start, end)
+
+    def _lengths(self) -> tuple[int, int]:
+        return len(self.result.alerts), len(self.result.audit)
+
+    def add(self, reading: int) -> None:
+        """A pair evaluation at ``reading`` is about to write its outputs."""
+        self.pairs.append((reading, self._lengths()))
+
+    @contextlib.contextmanager
+    def group(self, reading: int) -> Iterator[None]:
+        """A pooled evaluation at ``reading`` writes its outputs within."""
+        start = self._lengths()
+        yield
+        self.groups.append((reading, start, self._lengths()))
+
+    def interleave(self) -> None:
+        if self.groups and self.pairs:
+            self._weave(self.result.alerts, 0)
+            self._weave(self.result.audit, 1)
+        self.pairs, self.groups = [], []
+        self.base = self._lengths()
+
+    def _weave(self, items: list[Any], which: int) -> None:
+        first = self.groups[0][1][which]  # the pooled outputs start after every pair's
+        bounds = [p[1][which] for p in self.pairs] + [first]
+        out, g = items[: self.base[which]], 0
+        for k, (reading, _) in enumerate(self.pairs):
+            while g < len(self.groups) and self.groups[g][0] <= reading:
+                out += items[self.groups[g][1][which] : self.groups[g][2][which]]
+                g += 1
+            out += items[bounds[k] : bounds[k + 1]]
+        for _, start, end in self.groups[g:]:
+            out += items[start[which] : end[which]]
+        items[:] = out
 
 
 @dataclass

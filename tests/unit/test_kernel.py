@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from monitor.evaluation.replay import ReplayMessage
-from monitor.govern.rules import load_rules
+from monitor.govern.rules import load_rules, parse_rules
 from monitor.pipeline import BatchResult, Pipeline
 from monitor.settings import load_settings
 from producers.scenario import load_scenario
@@ -99,6 +99,30 @@ def test_cohorts_and_every_action_agree_too(tmp_path: Path) -> None:
         for name in ("ref", "cur", "edges", "frac"):
             np.testing.assert_array_equal(getattr(kg, name), getattr(pg, name), err_msg=name)
     assert min(min(g.n) for g, _ in pairs) > 2500  # every group's windows filled and rolled
+
+
+TOGGLING = """
+rules:
+  - {name: fleet_toggle, scope: fleet, when: {signal: ks_stat, op: ">", value: 0.1}, for: 1}
+  - {name: cohort_toggle, scope: cohort, cohort: firmware, for: 1,
+     when: {signal: ks_stat, op: ">", value: 0.1}}
+  - {name: pair_toggle, scope: device, when: {signal: anomaly_rate, op: ">", value: 0}, for: 1}
+"""
+
+
+@pytest.mark.parametrize("batch", [97, 500])
+def test_pooled_alerts_come_in_stream_order_among_the_pairs(tmp_path: Path, batch: int) -> None:
+    """The pooled detectors are evaluated after the kernel's run, their alerts put back in order."""
+    cohorts = tmp_path / "cohorts.yaml"
+    cohorts.write_text("".join(f"dev-{i:04d}: {{firmware: '{1 + i % 2}.0'}}\n" for i in range(10)))
+    settings = load_settings(ROOT / "configs/monitor.yaml", cohorts_file=str(cohorts))
+    msgs, runs = _messages(), []
+    for compiled in (True, False):
+        p = Pipeline(settings, parse_rules(TOGGLING), compiled=compiled)
+        results = [p.process(msgs[i : i + batch]) for i in range(0, len(msgs), batch)]
+        runs.append([(a.rule, a.device_id, a.alert_id, a.status) for r in results for a in r.alerts])
+    assert runs[0] == runs[1]
+    assert {rule for rule, *_ in runs[0]} == {"fleet_toggle", "cohort_toggle", "pair_toggle"}
 
 
 def test_the_stream_exercises_every_path() -> None:
