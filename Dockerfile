@@ -16,6 +16,9 @@ COPY monitor /tmp/telemon/monitor
 COPY producers /tmp/telemon/producers
 COPY configs /tmp/telemon/configs
 RUN pip install /tmp/telemon && rm -rf /tmp/telemon
+# Compile the kernels once, into the package's __pycache__, so a container starts without compiling.
+RUN python -c "from monitor.govern.rules import load_rules; from monitor.pipeline import Pipeline; \
+from monitor.settings import load_settings; s = load_settings(None); Pipeline(s, load_rules(s.rules_file))"
 
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /app --shell /usr/sbin/nologin telemon \
     && install -d -o 10001 -g 10001 /var/lib/telemon

@@ -301,6 +301,9 @@ class SnapshotWriter:
             except OSError as exc:
                 self.errors += 1
                 log.error("cannot write the snapshot of %s/%d: %s", snap.topic, snap.partition, exc)
+            except Exception:  # never let the thread die: drain() would wait for it forever
+                self.errors += 1
+                log.exception("cannot encode the snapshot of %s/%d", snap.topic, snap.partition)
             if self.done is not None:
                 self.done(size)
             with self._cond:
