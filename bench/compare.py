@@ -297,16 +297,21 @@ def _floor_lags(bootstrap: str, topic: str, partitions: int, warm_s: float, stop
     out.put(float(np.percentile(lags, 99)) if lags else float("nan"))
 
 
-def floor_latency(stream: Stream, rate: float, seconds: float) -> float:
-    """p99 produce -> consume ms of the floor (consume + decode, nothing else) for a live stream
-    paced as for telemon, after the same fixed warm-up: what the broker and the client allow."""
-    k = stream.kafka
+def _live_topic(k: KafkaSettings, suffix: str) -> KafkaSettings:
+    """A new, empty readings topic beside the pre-produced stream's, for a paced run."""
     live = KafkaSettings(
         bootstrap_servers=k.bootstrap_servers,
-        readings_topic=f"{k.readings_topic}.floor",
+        readings_topic=f"{k.readings_topic}.{suffix}",
         partitions=k.partitions,
     )
     ensure_topics(live, [live.readings_topic])
+    return live
+
+
+def floor_latency(stream: Stream, rate: float, seconds: float) -> float:
+    """p99 produce -> consume ms of the floor (consume + decode, nothing else) for a live stream
+    paced as for telemon, after the same fixed warm-up: what the broker and the client allow."""
+    live = _live_topic(stream.kafka, "floor")
     ctx = multiprocessing.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
     args = (live.bootstrap_servers, live.readings_topic, live.partitions, seconds / 3, stop, out)
@@ -328,13 +333,7 @@ def paced_latency(stream: Stream, rate: float, seconds: float) -> tuple[float, f
     meanwhile): a third of the run, then on until a second of readings was scored within
     :data:`CAUGHT_UP_S` at the 99th percentile (at most ``seconds`` more). Produce -> score counts
     the readings scored after it, and the planted spikes (so the alerts) begin after it."""
-    k = stream.kafka
-    live = KafkaSettings(
-        bootstrap_servers=k.bootstrap_servers,
-        readings_topic=f"{k.readings_topic}.live",
-        partitions=k.partitions,
-    )
-    ensure_topics(live, [live.readings_topic])
+    live = _live_topic(stream.kafka, "live")
     t = start_telemon(Stream(live, stream.devices, 0, {}), f"latency-{os.getpid()}")
     try:
         pacer = Pacer(live, stream.devices, rate)

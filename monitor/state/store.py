@@ -29,10 +29,10 @@ N_SENSORS = len(SENSOR_NAMES)
 #: The per-device data-integrity checks, in the order of the ``integrity`` counters.
 CHECKS = ("stuck_at", "gap", "duplicate", "out_of_order", "clock_skew")
 N_CHECKS = len(CHECKS)
-#: Memory a device takes beyond its slab rows: its models and ADWINs (which grow slowly with the
-#: length of their windows), its id and the index entries. ``bench/state_memory.py --devices 1024
-#: --readings N`` measures it (resident growth beyond the slab arrays): 7.0 KB for N = 1, 12.1 KB
-#: for 300, 13.3 KB for 1,500; this leaves headroom.
+#: Memory a device takes beyond its slab rows: its ADWINs (which grow slowly with the length of
+#: their windows), its id and the index entries. ``bench/state_memory.py --devices 1024
+#: --readings N`` measures it (resident growth beyond the slab arrays, the first batch's buffers
+#: included): 7.6 KB for N = 1, 14.3 KB for 300, 15.7 KB for 1,500.
 OBJECT_BYTES_PER_DEVICE = 16 * 1024
 #: A pair's model: the detect stage's object (:class:`monitor.detect.model.AdaptiveGaussian`); the
 #: store only keeps it.
