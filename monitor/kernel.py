@@ -47,7 +47,7 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
     The tuples hold the readings' columns, the settings, the slabs' arrays (numba takes arrays,
     not objects) and the outputs, in the order :meth:`monitor.pipeline.Pipeline` builds them."""
     dev, sensor, k, ts, seq, offset, has_offset, part, kafka_ts, plausible, vals, watermark = readings
-    gap_factor, stuck_n, max_skew, warmup, thr1, thr3, learn_anomalies, check_every, tick0 = config
+    gap_factor, stuck_n, max_skew, warmup, thresholds, learn_anomalies, check_every, tick0 = config
     (
         home,
         touched,
@@ -149,7 +149,7 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
             status[i] = WARMING
         else:
             d2 = distance(row, kk, par[3], f)
-            threshold = thr1 if kk == 1 else thr3
+            threshold = thresholds[kk]
             if (d2 <= threshold or learn_anomalies) and not quarantined[slot]:
                 learn(row, kk, par[1], par[2], f)
             sc = score(d2, kk)

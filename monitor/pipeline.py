@@ -24,6 +24,7 @@ from monitor.detect import drift, kernels, model, novelty
 from monitor.detect.cohorts import load_cohorts
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.state import DetectState
+from monitor.errors import RulesError
 from monitor.govern import alerts, training
 from monitor.govern.governor import Governor
 from monitor.govern.registry import AuditEvent, EventKind, ModelVersion, code_version
@@ -33,9 +34,12 @@ from monitor.ingest.features import Features
 from monitor.ingest.integrity import IntegrityChecker
 from monitor.ingest.state import IngestState
 from monitor.records import DeadLetter, Eviction, Message, Rollback, Scored, Stray
-from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, ReadingLike, Rejection
+from monitor.schema import MAX_AXES, SENSOR_NAMES, ReadingLike, Rejection
 from monitor.settings import Settings
-from monitor.state.store import CHECKS, N_SENSORS, PartitionState, StateStore
+from monitor.state.store import CHECKS, PartitionState, StateStore
+
+#: Zeros that pad a reading's features to ``MAX_AXES`` columns, by the number of features.
+_PAD = tuple((0.0,) * (MAX_AXES - k) for k in range(MAX_AXES + 1))
 
 
 @dataclass
@@ -48,8 +52,9 @@ class BatchResult:
     models: list[model.AdaptiveGaussian] = field(default_factory=list)  # of each version, as trained
     audit: list[AuditEvent] = field(default_factory=list)  # rule firings, actions, promotions
     rollbacks: list[Rollback] = field(default_factory=list)
-    valid: NDArray[np.int64] = field(default_factory=lambda: np.zeros(N_SENSORS, np.int64))
-    anomalies: NDArray[np.int64] = field(default_factory=lambda: np.zeros(N_SENSORS, np.int64))
+    # Per sensor of the catalog (by default the built-in kinds: Pipeline.new_result sizes them).
+    valid: NDArray[np.int64] = field(default_factory=lambda: np.zeros(len(SENSOR_NAMES), np.int64))
+    anomalies: NDArray[np.int64] = field(default_factory=lambda: np.zeros(len(SENSOR_NAMES), np.int64))
     scores: dict[int, NDArray[np.float64]] = field(default_factory=dict)  # sensor -> scores
     drift: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # detector, scope, sensor
     fleet_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # sensor -> (ks, psi)
@@ -126,14 +131,19 @@ class Pipeline:
         self.trace = trace
         self.compiled = compiled  # False: every reading in Python (the reference the kernel is held to)
         d, m = settings.drift, settings.model
+        self.catalog = catalog = settings.channels.catalog()
+        unknown = rules.unknown_sensors(catalog.names)
+        if unknown:
+            raise RulesError(f"{settings.rules_file}: " + "; ".join(unknown))
+        n = len(catalog)
         # Each stage's state is a slab of the store; a stage writes its own, reads earlier ones.
         self.store = StateStore()
-        self.ingest_state = self.store.add(IngestState())
-        self.detect_state = self.store.add(DetectState(d, novelty.state_size(settings.novelty)))
-        self.govern_state = self.store.add(GovernState(m.retrain_window))
+        self.ingest_state = self.store.add(IngestState(n))
+        self.detect_state = self.store.add(DetectState(n, d, novelty.state_size(settings.novelty)))
+        self.govern_state = self.store.add(GovernState(n, m.retrain_window))
         self.integrity = IntegrityChecker(self.ingest_state, settings.integrity)
         self.pairs = PairDrift(self.detect_state, d)
-        self.fleet = GroupDrift(d)
+        self.fleet = GroupDrift(n, d)
         self.cohorts = load_cohorts(settings.cohorts_file)
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
         self.cohort_groups: dict[str, GroupDrift] = {}
@@ -142,7 +152,8 @@ class Pipeline:
         self.engine = RuleEngine(rules)
         a = settings.alerts
         self.storm = alerts.StormControl(a.storm_max_alerts, a.storm_window_s)
-        self.thresholds = {k: model.distance_threshold(m.anomaly_threshold, k) for k in (1, 3)}
+        self.thresholds = model.distance_thresholds(m.anomaly_threshold)  # by number of features
+        self._thresholds = np.array(self.thresholds)
         self.novelty = novelty.Novelty(settings.novelty) if settings.novelty.enabled else None
         self.max_devices = device_cap(settings, self.store)
         self.store.limit = self.max_devices
@@ -166,15 +177,16 @@ class Pipeline:
             config_hash,
         )
         # A new pair model's (fading, var_fading, resolution), per sensor.
-        base = [self.governor.base_params(s) for s in range(N_SENSORS)]
+        base = [self.governor.base_params(s) for s in range(n)]
         self._base_params = np.array([[b["fading"], b["var_fading"], b["resolution"]] for b in base])
         self._warm_up()
 
     def _warm_up(self) -> None:
         """Load the compiled kernels (compiled and cached on disk the first time) before the first
         batch, which would otherwise wait for them."""
-        empty = self._columns([], BatchResult())
-        out = (np.zeros(N_SENSORS, np.int64), np.zeros(N_SENSORS, np.int64), np.zeros(1, np.int64))
+        result = self.new_result()
+        empty = self._columns([], result)
+        out = (result.valid, result.anomalies, np.zeros(1, np.int64))
         kernel.run(
             0,
             empty.readings(),
@@ -185,7 +197,7 @@ class Pipeline:
         )
         det, row = self.detect_state, np.zeros(7)
         drift.compare(det.ref[0, 0], det.cur[0, 0], det.edges[0, 0], det.ref_frac[0, 0])
-        for f in ((0.0,), (0.0, 0.0, 0.0)):
+        for f in ((0.0,), (0.0, 0.0), (0.0, 0.0, 0.0)):
             kernels.learn(row, len(f), 0.5, 0.5, f)
             kernels.distance(row, len(f), 1.0, f)
 
@@ -196,9 +208,14 @@ class Pipeline:
         max_bytes, require_key = c.max_message_bytes, c.require_key
         latest = int(time.time() * 1000) + c.max_future_ms if c.max_future_ms else None
         self._latest_ts = latest
-        result = BatchResult()
+        result = self.new_result()
         decoded = schema.decode_batch(
-            [m.value() for m in messages], [m.key() for m in messages], max_bytes, latest, require_key
+            [m.value() for m in messages],
+            [m.key() for m in messages],
+            max_bytes,
+            latest,
+            require_key,
+            self.catalog,
         )
         batch: list[tuple[ReadingLike, Message]] = []
         for msg, r in zip(messages, decoded, strict=True):
@@ -219,9 +236,9 @@ class Pipeline:
         self, readings: Iterable[tuple[ReadingLike, Message]], result: BatchResult | None = None
     ) -> BatchResult:
         """The stages after decoding, for readings that are already validated (or replayed)."""
-        result = BatchResult() if result is None else result
+        result = self.new_result() if result is None else result
         batch = list(readings)
-        scores: list[list[float]] = [[] for _ in SENSOR_NAMES]
+        scores: list[list[float]] = [[] for _ in self.catalog.names]
         cols = self._columns(batch, result)
         if self.compiled and self.novelty is None:
             self._run_kernel(batch, cols, scores, result)
@@ -235,6 +252,11 @@ class Pipeline:
         now = int(cols.ts.max()) if len(batch) else None
         result.alerts = self.storm.admit(result.alerts, now)
         return result
+
+    def new_result(self) -> BatchResult:
+        """An empty result with a count per sensor of the catalog."""
+        n = len(self.catalog)
+        return BatchResult(valid=np.zeros(n, np.int64), anomalies=np.zeros(n, np.int64))
 
     def _columns(self, batch: Sequence[tuple[ReadingLike, Message]], result: BatchResult) -> Columns:
         """The batch as arrays, in stream order; every plausible Kafka timestamp goes to its
@@ -262,13 +284,15 @@ class Pipeline:
         def ints(values: list[int]) -> NDArray[np.int64]:
             return np.array(values, np.int64)
 
+        index, pad = self.catalog.index, _PAD
+
         return Columns(
-            dev=ints(dev), sensor=ints([SENSOR_INDEX[r.sensor] for r in readings]),
+            dev=ints(dev), sensor=ints([index[r.sensor] for r in readings]),
             k=ints([len(f) for f in feats]), ts=ints([r.ts for r in readings]),
             seq=ints([r.seq for r in readings]), offset=ints([-1 if o is None else o for o in offsets]),
             has_offset=np.array([o is not None for o in offsets], np.bool_), partition=partition,
             kafka_ts=kafka_ts, plausible=plausible, watermark=watermark, devices=list(devices),
-            vals=np.array([f if len(f) == 3 else (f[0], 0.0, 0.0) for f in feats], np.float64).reshape(n, 3),
+            vals=np.array([f + pad[len(f)] for f in feats], np.float64).reshape(n, MAX_AXES),
         )  # fmt: skip
 
     def _run_kernel(
@@ -324,8 +348,8 @@ class Pipeline:
     def _kernel_config(self, start: int) -> tuple[Any, ...]:
         i, m, d = self.settings.integrity, self.settings.model, self.settings.drift
         return (
-            i.gap_factor, i.stuck_run, i.max_clock_skew_ms, m.warmup, self.thresholds[1],
-            self.thresholds[3], m.learn_anomalies, d.check_every, self._tick - start,
+            i.gap_factor, i.stuck_run, i.max_clock_skew_ms, m.warmup, self._thresholds,
+            m.learn_anomalies, d.check_every, self._tick - start,
         )  # fmt: skip
 
     def _kernel_state(self) -> tuple[Any, ...]:
@@ -344,11 +368,11 @@ class Pipeline:
         busy = self.governor.busy_pairs()
         cached = self._busy
         if cached is None or cached[0] != busy or len(cached[1]) != self.store.capacity:
-            flags = np.zeros((self.store.capacity, N_SENSORS), np.int8)
+            flags = np.zeros((self.store.capacity, len(self.catalog)), np.int8)
             for device, sensor in busy:
                 slot = self.store.slots.get(device)
                 if slot is not None:
-                    flags[slot, SENSOR_INDEX[sensor]] = 1
+                    flags[slot, self.catalog.index[sensor]] = 1
             cached = self._busy = (busy, flags)
         return cached[1]
 
@@ -405,7 +429,7 @@ class Pipeline:
         runs: list[tuple[int, Scope, str, GroupDrift, int, NDArray[np.intp]]] = []
         for rank, scope, key, group, devs in members.values():
             mine = np.flatnonzero(np.isin(cols.dev[scored], devs)) if len(devs) < len(cols.devices) else None
-            for s in range(N_SENSORS):
+            for s in range(len(self.catalog)):
                 pick = np.flatnonzero(sensor == s) if mine is None else mine[sensor[mine] == s]
                 if len(pick):
                     runs.append((rank, scope, key, group, s, pick))
@@ -437,7 +461,7 @@ class Pipeline:
         slot = st.slots.get(r.device_id)
         if slot is None:
             slot = self._admit(r.device_id, partition, result)
-        s = SENSOR_INDEX[r.sensor]
+        s = self.catalog.index[r.sensor]
         result.valid[s] += 1
         offset, kafka_ts = msg.offset(), msg.timestamp()[1]
         self._tick += 1
@@ -543,7 +567,7 @@ class Pipeline:
                 if label in labels:
                     key = f"{label}={labels[label]}"
                     if key not in self.cohort_groups:
-                        self.cohort_groups[key] = GroupDrift(self.settings.drift)
+                        self.cohort_groups[key] = GroupDrift(len(self.catalog), self.settings.drift)
                     groups.append(("cohort", key, self.cohort_groups[key]))
             self._device_groups[device_id] = groups
         return groups
@@ -589,7 +613,17 @@ class Pipeline:
         episodes and pending governance work."""
         states = self.store.export(self.store.in_partition(partition))
         ids = states.device_ids
-        return PartitionState(states, self.engine.export(ids), self.governor.export(ids))
+        return PartitionState(states, self.engine.export(ids), self.governor.export(ids), self.catalog.names)
+
+    def mismatch(self, state: PartitionState) -> str | None:
+        """Why ``state`` cannot be imported here (kept for other channels, or with arrays of
+        another shape), or None."""
+        if state.sensors != self.catalog.names:
+            return (
+                f"its sensors are {', '.join(state.sensors)}, this configuration's "
+                f"{', '.join(self.catalog.names)}"
+            )
+        return self.store.mismatch(state.devices)
 
     def import_partition(self, state: PartitionState) -> None:
         """Install a partition's devices (from a snapshot), replacing what is kept about them."""
@@ -613,27 +647,26 @@ class Pipeline:
 
     def serving(self, device_id: str, sensor: str) -> int | None:
         """The version serving a pair this process owns (None: the device has no state here)."""
-        slot = self.store.slots.get(device_id)
-        return None if slot is None else self.govern_state.version(slot, SENSOR_INDEX[sensor])
+        slot, s = self.store.slots.get(device_id), self.catalog.index.get(sensor)
+        return None if slot is None or s is None else self.govern_state.version(slot, s)
 
     def serving_pairs(self, partition: int) -> list[tuple[str, str, int, int]]:
         """``(device, sensor, version, ts of its last reading)`` of every pair with a model among
         the devices of ``partition``."""
         st, ing, gov = self.store, self.ingest_state, self.govern_state
         return [
-            (st.device_ids[slot], SENSOR_NAMES[s], gov.version(slot, s), int(ing.last_ts[slot, s]))
+            (st.device_ids[slot], self.catalog.names[s], gov.version(slot, s), int(ing.last_ts[slot, s]))
             for slot in st.in_partition(partition)
-            for s in range(N_SENSORS)
+            for s in range(len(self.catalog))
             if self.detect_state.has_model(slot, s)
         ]
 
     def install(self, device_id: str, sensor: str, m: model.AdaptiveGaussian, version: int) -> bool:
         """Serve ``m`` as ``version`` of a pair this process owns (a rollback, a manual
-        promotion); False if the device has no state here."""
-        slot = self.store.slots.get(device_id)
-        if slot is None:
+        promotion); False if the device has no state here, or the sensor is not monitored."""
+        slot, s = self.store.slots.get(device_id), self.catalog.index.get(sensor)
+        if slot is None or s is None:
             return False
-        s = SENSOR_INDEX[sensor]
         det, gov = self.detect_state, self.govern_state
         det.set_model(slot, s, m)
         gov.versions[(slot, s)] = version
@@ -666,7 +699,7 @@ class Pipeline:
         return d2
 
     def _evaluate_pair(self, slot: int, s: int, result: BatchResult) -> None:
-        st, name = self.store, SENSOR_NAMES[s]
+        st, name = self.store, self.catalog.names[s]
         scored = int(self.detect_state.score_count[slot, s])
         mean = float(self.detect_state.score_sum[slot, s]) / scored if scored else None
         self.pairs.close_interval(slot, s)
@@ -716,7 +749,7 @@ class Pipeline:
         self, scope: Scope, key: str, group: GroupDrift, s: int, ts: int, result: BatchResult
     ) -> None:
         """Evaluate a sensor over a group of devices (the fleet, or a cohort)."""
-        name = SENSOR_NAMES[s]
+        name = self.catalog.names[s]
         hits, n, anomalies = group.adwin_hits[s], group.since_eval[s], group.anomalies[s]
         result.drift[("adwin", scope, name)] += hits
         sig = {
@@ -744,7 +777,7 @@ class Pipeline:
         for t in transitions:
             ev = t.evaluation
             slot = self.store.slots.get(ev.device_id, -1) if ev.scope == "device" else -1
-            s = SENSOR_INDEX[ev.sensor]
+            s = self.catalog.index[ev.sensor]
             version = self.govern_state.version(slot, s) if slot >= 0 else 0
             alert = alerts.from_transition(t, version)
             if "alert" in t.rule.actions:

@@ -35,9 +35,16 @@ MAX_MESSAGE_BYTES: Final = 4096
 DEVICE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
+#: The most values a reading of one sensor may hold (the pair model's and the ring's width).
+MAX_AXES: Final = 3
+#: Names of sensors (channels) and of their value keys.
+NAME_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
 @dataclass(frozen=True, slots=True)
 class SensorSpec:
-    """What a sensor kind sends: its value keys, its unit, and the physically possible range."""
+    """What a sensor kind (a channel) sends: its value keys, its unit, and the physically possible
+    range."""
 
     name: str
     keys: tuple[str, ...]
@@ -45,31 +52,29 @@ class SensorSpec:
     low: float
     high: float
     rate_hz: float  # nominal sampling rate, used by the simulator and the gap check
-    resolution: float  # smallest meaningful change: floors the variance a model may learn
+    resolution: float  # smallest meaningful change: floors the noise a model may learn
 
     @property
     def is_vector(self) -> bool:
-        return len(self.keys) == 3
+        return len(self.keys) > 1
 
 
 VECTOR_KEYS: Final = ("x", "y", "z")
 SCALAR_KEYS: Final = ("value",)
 
-#: The six sensor kinds. Ranges are the full scale of common MEMS parts (LSM9DS1, HTS221,
+#: The six built-in sensor kinds. Ranges are the full scale of common MEMS parts (LSM9DS1, HTS221,
 #: LPS25H): anything outside cannot come from a working sensor and is rejected as out_of_range.
-SENSORS: Final[dict[str, SensorSpec]] = {
-    s.name: s
-    for s in (
-        SensorSpec("accelerometer", VECTOR_KEYS, "m/s^2", -156.9, 156.9, 10.0, 1e-3),  # +-16 g
-        SensorSpec("gyroscope", VECTOR_KEYS, "rad/s", -34.9, 34.9, 10.0, 1e-4),  # +-2000 dps
-        SensorSpec("magnetometer", VECTOR_KEYS, "uT", -1600.0, 1600.0, 5.0, 1e-2),  # +-16 gauss
-        SensorSpec("humidity", SCALAR_KEYS, "%RH", 0.0, 100.0, 1.0, 1e-2),
-        SensorSpec("pressure", SCALAR_KEYS, "hPa", 260.0, 1260.0, 1.0, 1e-2),
-        SensorSpec("temperature", SCALAR_KEYS, "degC", -40.0, 125.0, 1.0, 1e-2),
-    )
-}
+BUILTIN: Final = (
+    SensorSpec("accelerometer", VECTOR_KEYS, "m/s^2", -156.9, 156.9, 10.0, 1e-3),  # +-16 g
+    SensorSpec("gyroscope", VECTOR_KEYS, "rad/s", -34.9, 34.9, 10.0, 1e-4),  # +-2000 dps
+    SensorSpec("magnetometer", VECTOR_KEYS, "uT", -1600.0, 1600.0, 5.0, 1e-2),  # +-16 gauss
+    SensorSpec("humidity", SCALAR_KEYS, "%RH", 0.0, 100.0, 1.0, 1e-2),
+    SensorSpec("pressure", SCALAR_KEYS, "hPa", 260.0, 1260.0, 1.0, 1e-2),
+    SensorSpec("temperature", SCALAR_KEYS, "degC", -40.0, 125.0, 1.0, 1e-2),
+)
+#: The built-in kinds by name: what the simulator and the device producers send.
+SENSORS: Final[dict[str, SensorSpec]] = {s.name: s for s in BUILTIN}
 SENSOR_NAMES: Final = tuple(SENSORS)
-_KEY_SETS: Final = {name: frozenset(spec.keys) for name, spec in SENSORS.items()}
 SENSOR_INDEX: Final = {name: i for i, name in enumerate(SENSOR_NAMES)}
 
 
@@ -108,13 +113,21 @@ class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     schema_version: int
 
     def features(self) -> tuple[float, ...]:
-        """The values in the sensor's key order: ``(x, y, z)`` or ``(value,)``."""
-        return features_of(self.values)
+        """The values in the sensor's key order (:func:`validate` puts them so)."""
+        return tuple(self.values.values())
 
 
 def features_of(v: dict[str, float]) -> tuple[float, ...]:
-    """Values by key in the sensor's key order: ``(x, y, z)`` or ``(value,)``."""
-    return (v["value"],) if "value" in v else (v["x"], v["y"], v["z"])
+    """Values by key: ``(value,)``, ``(x, y, z)``, or, for other keys, in the dict's order.
+
+    >>> features_of({"z": 3.0, "x": 1.0, "y": 2.0})
+    (1.0, 2.0, 3.0)
+    """
+    if v.keys() == {"value"}:
+        return (v["value"],)
+    if v.keys() == {"x", "y", "z"}:
+        return (v["x"], v["y"], v["z"])
+    return tuple(v.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +163,7 @@ class TypedReading(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_
     values: Any
 
     def features(self) -> tuple[float, ...]:
-        """The values in the sensor's key order: ``(x, y, z)`` or ``(value,)``."""
+        """The values in the sensor's key order."""
         out: tuple[float, ...] = msgspec.structs.astuple(self.values)
         return out
 
@@ -176,15 +189,57 @@ def _typed(spec: SensorSpec) -> type[TypedReading]:
     return cast("type[TypedReading]", cls)
 
 
-_TYPED: Final = tuple(_typed(spec) for spec in SENSORS.values())
-_ONE_TYPED: Final = msgspec.json.Decoder(Union[_TYPED])  # noqa: UP007
-_BATCH_TYPED: Final = msgspec.json.Decoder(list[Union[_TYPED]])  # type: ignore[valid-type]  # noqa: UP007
+class Catalog:
+    """The sensors (channels) a deployment monitors, in index order: the six built-in kinds and the
+    channels its settings declare (:meth:`monitor.settings.Settings.catalog`). It decodes and
+    validates readings of them; a reading of any other sensor is rejected as ``unknown_sensor``.
+
+    >>> current = SensorSpec("current", ("value",), "A", 0.0, 100.0, 1.0, 1e-4)
+    >>> Catalog((*BUILTIN, current)).index["current"]
+    6
+    """
+
+    def __init__(self, specs: Sequence[SensorSpec]) -> None:
+        self.specs = tuple(specs)
+        self.by_name = {s.name: s for s in self.specs}
+        if len(self.by_name) != len(self.specs):
+            raise ValueError("sensor names must be unique")
+        self.names = tuple(self.by_name)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.key_sets = {s.name: frozenset(s.keys) for s in self.specs}
+        typed = tuple(_typed(spec) for spec in self.specs)
+        # With a single kind msgspec would accept a message without "sensor": the quote count of
+        # _passes (two quotes fewer for the key, two for the value) still finds it.
+        self.one_typed = msgspec.json.Decoder(Union[typed])  # noqa: UP007
+        self.batch_typed = msgspec.json.Decoder(list[Union[typed]])  # type: ignore[valid-type]  # noqa: UP007
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Catalog) and self.specs == other.specs
+
+    def __hash__(self) -> int:
+        return hash(self.specs)
+
+    def __repr__(self) -> str:
+        return f"Catalog({', '.join(self.names)})"
+
+
+#: The built-in kinds only: what a deployment that declares no channels monitors.
+DEFAULT_CATALOG: Final = Catalog(BUILTIN)
 
 
 def encode_reading(
-    device_id: str, sensor: str, ts: int, seq: int, values: dict[str, float], unit: str | None = None
+    device_id: str,
+    sensor: str,
+    ts: int,
+    seq: int,
+    values: dict[str, float],
+    unit: str | None = None,
+    catalog: Catalog = DEFAULT_CATALOG,
 ) -> bytes:
-    """Encode one reading in the wire format (unit defaults to the sensor's documented unit)."""
+    """Encode one reading in the wire format (unit defaults to the sensor's unit in ``catalog``)."""
     return _ENCODER.encode(
         Reading(
             device_id=device_id,
@@ -192,7 +247,7 @@ def encode_reading(
             ts=ts,
             seq=seq,
             values=values,
-            unit=SENSORS[sensor].unit if unit is None else unit,
+            unit=catalog.by_name[sensor].unit if unit is None else unit,
             schema_version=SCHEMA_VERSION,
         )
     )
@@ -204,12 +259,13 @@ def decode(
     max_bytes: int = MAX_MESSAGE_BYTES,
     latest_ts: int | None = None,
     require_key: bool = False,
+    catalog: Catalog = DEFAULT_CATALOG,
 ) -> Reading | Rejection:
     """Decode and strictly validate one message value; the key must equal its device_id.
 
     ``latest_ts`` (epoch ms), when given, is the latest acceptable ``ts``: readings from further in
     the future are rejected as ``bad_timestamp``. With ``require_key`` a message without a key is
-    rejected as ``missing_key``.
+    rejected as ``missing_key``. Sensors are those of ``catalog``.
     """
     if key is None and require_key:
         return Rejection(Reason.MISSING_KEY, "message has no key (readings are keyed by device_id)")
@@ -223,7 +279,7 @@ def decode(
         return _classify(str(exc))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return Rejection(Reason.INVALID_JSON, str(exc)[:200])
-    return _duplicate_key(value, 7 + len(reading.values)) or validate(reading, key, latest_ts)
+    return _duplicate_key(value, 7 + len(reading.values)) or validate(reading, key, latest_ts, catalog)
 
 
 def decode_batch(
@@ -232,6 +288,7 @@ def decode_batch(
     max_bytes: int = MAX_MESSAGE_BYTES,
     latest_ts: int | None = None,
     require_key: bool = False,
+    catalog: Catalog = DEFAULT_CATALOG,
 ) -> list[ReadingLike | Rejection]:
     """:func:`decode` of every message, with the same outcome (a reading with the same content, or
     the same rejection), in one msgspec call for the batch: the typed readings check keys, types,
@@ -246,7 +303,7 @@ def decode_batch(
     ]
     raw = [cast("bytes", values[i]) for i in fast]
     joined = b"[" + b",".join(raw) + b"]"
-    typed = _decode_typed(raw, joined)
+    typed = _decode_typed(catalog, raw, joined)
     fast_keys = [keys[i] for i in fast]
     if not _all_pass(typed, joined, fast_keys, latest_ts):  # find the messages that do not
         typed = [
@@ -257,7 +314,7 @@ def decode_batch(
     for i, r in zip(fast, typed, strict=True):
         out[i] = r
     return [
-        decode(values[i], keys[i], max_bytes, latest_ts, require_key) if r is None else r
+        decode(values[i], keys[i], max_bytes, latest_ts, require_key, catalog) if r is None else r
         for i, r in enumerate(out)
     ]
 
@@ -295,14 +352,16 @@ def _all_pass(
     )
 
 
-def _decode_typed(values: list[bytes], joined: bytes | None = None) -> list[TypedReading | None]:
+def _decode_typed(
+    catalog: Catalog, values: list[bytes], joined: bytes | None = None
+) -> list[TypedReading | None]:
     """The typed reading of each value, or None for one that does not decode to one (``joined``:
     the values as a JSON array, if already built)."""
     try:
         if len(values) == 1:
-            return [_ONE_TYPED.decode(values[0])]
+            return [catalog.one_typed.decode(values[0])]
         joined = b"[" + b",".join(values) + b"]" if joined is None else joined
-        typed: list[TypedReading | None] = _BATCH_TYPED.decode(joined)
+        typed: list[TypedReading | None] = catalog.batch_typed.decode(joined)
         if len(typed) == len(values):
             return typed
         # More elements than messages: one held several values, which the halves will isolate.
@@ -310,20 +369,26 @@ def _decode_typed(values: list[bytes], joined: bytes | None = None) -> list[Type
         if len(values) == 1:
             return [None]
     half = len(values) // 2
-    return _decode_typed(values[:half]) + _decode_typed(values[half:]) if values else []
+    return _decode_typed(catalog, values[:half]) + _decode_typed(catalog, values[half:]) if values else []
 
 
-def validate(r: Reading, key: bytes | None, latest_ts: int | None = None) -> Reading | Rejection:
-    """Check the semantic rules the JSON schema alone cannot express."""
+def validate(
+    r: Reading, key: bytes | None, latest_ts: int | None = None, catalog: Catalog = DEFAULT_CATALOG
+) -> Reading | Rejection:
+    """Check the semantic rules the JSON schema alone cannot express; the valid reading comes back
+    with its values in the sensor's key order."""
     if not _valid_device_id(r.device_id):
         return Rejection(Reason.BAD_DEVICE_ID, "device_id must match " + DEVICE_ID_PATTERN.pattern)
     if key is not None and key != r.device_id.encode():
         return Rejection(Reason.KEY_MISMATCH, "message key differs from device_id")
     if r.schema_version != SCHEMA_VERSION:
         return Rejection(Reason.UNSUPPORTED_VERSION, f"schema_version {r.schema_version}")
-    spec = SENSORS.get(r.sensor)
+    spec = catalog.by_name.get(r.sensor)
     if spec is None:
-        return Rejection(Reason.UNKNOWN_SENSOR, f"sensor {r.sensor[:64]!r}")
+        known = ", ".join(catalog.names)
+        return Rejection(
+            Reason.UNKNOWN_SENSOR, f"sensor {r.sensor[:64]!r} is not monitored here (known: {known})"[:400]
+        )
     if r.unit != spec.unit:
         return Rejection(Reason.WRONG_UNIT, f"{spec.name} expects {spec.unit!r}, got {r.unit[:32]!r}")
     if not _TS_LOW <= r.ts <= _TS_HIGH:
@@ -334,7 +399,13 @@ def validate(r: Reading, key: bytes | None, latest_ts: int | None = None) -> Rea
         )
     if not 0 <= r.seq <= _SEQ_HIGH:
         return Rejection(Reason.WRONG_TYPE, "seq must be a non-negative 64-bit integer")
-    return _check_values(r.values, spec) or r
+    return _check_values(r.values, spec, catalog.key_sets[spec.name]) or _in_key_order(r, spec)
+
+
+def _in_key_order(r: Reading, spec: SensorSpec) -> Reading:
+    if tuple(r.values) == spec.keys:
+        return r
+    return msgspec.structs.replace(r, values={k: r.values[k] for k in spec.keys})
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -365,8 +436,8 @@ def _duplicate_key(value: bytes, n_keys: int) -> Rejection | None:
     return None
 
 
-def _check_values(values: dict[str, float], spec: SensorSpec) -> Rejection | None:
-    if values.keys() != _KEY_SETS[spec.name]:
+def _check_values(values: dict[str, float], spec: SensorSpec, keys: frozenset[str]) -> Rejection | None:
+    if values.keys() != keys:
         return Rejection(Reason.BAD_VALUES, f"{spec.name} values need keys {list(spec.keys)}")
     for k, v in values.items():
         if spec.low <= v <= spec.high:  # the common case: finite (the bounds are) and in range

@@ -8,7 +8,9 @@ down; nothing else reads the environment.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -27,7 +29,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from monitor import errors
+from monitor import errors, schema
 from monitor.common import files, packaged, yamlfile
 from monitor.errors import ConfigError
 
@@ -352,6 +354,86 @@ class DriftSettings(_Section):
     adwin_delta: float = Field(0.002, gt=0, lt=1)
 
 
+class ChannelSettings(_Section):
+    """A channel a deployment declares: its readings are wire-format messages whose ``sensor`` is
+    the channel's name and whose ``values`` hold its axes. Every stage treats it like a built-in kind."""
+
+    name: str = Field(pattern=f"^{schema.NAME_PATTERN.pattern}$", description="the readings' sensor field")
+    unit: str = Field(
+        min_length=1, max_length=32, pattern=r'^[^"\\\x00-\x1f]+$', description="the readings' unit field"
+    )
+    low: float = Field(description="lowest value a working sensor can report (below: out_of_range)")
+    high: float = Field(description="highest value a working sensor can report")
+    resolution: float = Field(
+        gt=0,
+        description="smallest meaningful change: floors the noise a model learns (one quantisation step)",
+    )
+    axes: tuple[str, ...] = Field(
+        ("value",),
+        min_length=1,
+        max_length=schema.MAX_AXES,
+        description=f"the values' keys (1 to {schema.MAX_AXES}), scored together",
+    )
+    rate_hz: float = Field(1.0, gt=0, description="nominal sampling rate (the gap check's first estimate)")
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, axes: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [a for a in axes if not schema.NAME_PATTERN.fullmatch(a)]
+        if bad:
+            raise ValueError(f"axis name {bad[0]!r} must match {schema.NAME_PATTERN.pattern}")
+        if len(set(axes)) < len(axes):
+            raise ValueError("axis names must be unique")
+        return axes
+
+    @model_validator(mode="after")
+    def _range(self) -> ChannelSettings:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError(f"channel {self.name}: low < high, both finite (got {self.low}, {self.high})")
+        if self.resolution >= self.high - self.low:
+            raise ValueError(f"channel {self.name}: resolution {self.resolution} spans the whole range")
+        return self
+
+    def spec(self) -> schema.SensorSpec:
+        return schema.SensorSpec(
+            self.name, self.axes, self.unit, self.low, self.high, self.rate_hz, self.resolution
+        )
+
+
+class ChannelsSettings(_Section):
+    """What is monitored: the six built-in kinds and the channels declared here. Readings of any
+    other sensor are dead-lettered as ``unknown_sensor``."""
+
+    builtin: bool = Field(
+        True, description="monitor the six built-in kinds (accelerometer, ..., temperature)"
+    )
+    declare: tuple[ChannelSettings, ...] = Field(
+        (), description="channels besides the built-in kinds; one with a built-in name replaces that kind"
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> ChannelsSettings:
+        names = [c.name for c in self.declare]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"channels.declare: {', '.join(repeated)} declared more than once")
+        if not self.builtin and not self.declare:
+            raise ValueError("channels: nothing to monitor (builtin is false and no channel is declared)")
+        return self
+
+    def catalog(self) -> schema.Catalog:
+        """The sensors in index order: the built-in kinds (each replaced by a declared channel of
+        its name), then the other declared channels in their order."""
+        return _catalog(self)
+
+
+@functools.lru_cache(maxsize=8)
+def _catalog(channels: ChannelsSettings) -> schema.Catalog:
+    declared = {c.name: c.spec() for c in channels.declare}
+    builtin = [declared.pop(s.name, s) for s in schema.BUILTIN] if channels.builtin else []
+    return schema.Catalog([*builtin, *(s for s in declared.values())])
+
+
 class StateSettings(_Section):
     """Where per-partition state lives, how often it is saved, and how much of it is kept."""
 
@@ -571,6 +653,7 @@ class Settings(BaseSettings):
     )
 
     kafka: KafkaSettings = KafkaSettings()
+    channels: ChannelsSettings = ChannelsSettings()
     consume: ConsumeSettings = ConsumeSettings()
     integrity: IntegritySettings = IntegritySettings()
     model: ModelSettings = ModelSettings()

@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         "message; the exit code is 1 if any file has a problem.",
     )
     check.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    check.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="monitor config whose channels the rules may name (default: the built-in kinds)",
+    )
     return parser
 
 
@@ -176,11 +182,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_rules(args: argparse.Namespace) -> int:
     from monitor.errors import RulesError
     from monitor.govern.rules import load_rules
+    from monitor.settings import load_settings
 
+    sensors = load_settings(args.config).channels.catalog().names
     failed = 0
     for path in args.files:
         try:
-            rules = load_rules(path)
+            rules = load_rules(path, sensors)
         except RulesError as exc:
             print(exc, file=sys.stderr)
             failed += 1

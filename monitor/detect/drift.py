@@ -24,9 +24,7 @@ from river import drift
 
 from monitor.detect import kernels, stats
 from monitor.detect.state import DetectState
-from monitor.schema import SENSOR_NAMES
 from monitor.settings import DriftSettings
-from monitor.state.store import N_SENSORS
 
 FloatArray = NDArray[np.float64]
 ScoreArray = NDArray[np.uint16]
@@ -129,18 +127,18 @@ class GroupDrift:
     """The same windows per sensor over the pooled scores of a group of devices (the whole fleet,
     or a cohort), ADWIN on every score, and the group's anomaly count."""
 
-    def __init__(self, settings: DriftSettings) -> None:
+    def __init__(self, n_sensors: int, settings: DriftSettings) -> None:
         self.settings = s = settings
-        self.ref = np.zeros((N_SENSORS, s.fleet_reference_size), np.uint16)
-        self.cur = np.zeros((N_SENSORS, s.fleet_window_size), np.uint16)
-        self.edges = np.zeros((N_SENSORS, s.psi_bins - 1), np.float64)
-        self.frac = np.zeros((N_SENSORS, s.psi_bins), np.float32)
-        self.n = [0] * N_SENSORS
-        self.since_eval = [0] * N_SENSORS
-        self.adwin_hits = [0] * N_SENSORS
-        self.anomalies = [0] * N_SENSORS
-        self.score_sum = [0.0] * N_SENSORS
-        self.adwins = [drift.ADWIN(delta=s.adwin_delta) for _ in SENSOR_NAMES]
+        self.ref = np.zeros((n_sensors, s.fleet_reference_size), np.uint16)
+        self.cur = np.zeros((n_sensors, s.fleet_window_size), np.uint16)
+        self.edges = np.zeros((n_sensors, s.psi_bins - 1), np.float64)
+        self.frac = np.zeros((n_sensors, s.psi_bins), np.float32)
+        self.n = [0] * n_sensors
+        self.since_eval = [0] * n_sensors
+        self.adwin_hits = [0] * n_sensors
+        self.anomalies = [0] * n_sensors
+        self.score_sum = [0.0] * n_sensors
+        self.adwins = [drift.ADWIN(delta=s.adwin_delta) for _ in range(n_sensors)]
 
     def push(self, s: int, score: float, anomalous: bool = False) -> bool:
         """Record one score of sensor ``s``; True when the sensor is due for an evaluation."""

@@ -44,7 +44,9 @@ def distance(row: FloatRow, k: int, resolution: float, f: Values) -> float:
 
 @njit(cache=True)
 def score(d2: float, k: int) -> float:
-    """The chi-square CDF of ``d2`` for 1 or 3 features (:func:`monitor.detect.model.score`)."""
+    """The chi-square CDF of ``d2`` for 1 to 3 features (:func:`monitor.detect.model.score`)."""
+    if k == 2:
+        return -math.expm1(-d2 / 2.0)
     e = math.erf(math.sqrt(d2 / 2.0))
     if k == 1:
         return e

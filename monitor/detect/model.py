@@ -39,7 +39,7 @@ from river.base import AnomalyDetector
 from scipy import special
 
 from monitor.ingest.features import Features
-from monitor.schema import features_of
+from monitor.schema import MAX_AXES, features_of
 
 
 class AdaptiveGaussian(AnomalyDetector):
@@ -135,7 +135,9 @@ class AdaptiveGaussian(AnomalyDetector):
 
 def score(d2: float, k: int) -> float:
     """Anomaly score in [0, 1] of one distance: the chi-square CDF with ``k`` degrees of freedom
-    (closed forms for the 1 and 3 features of scalar and vector sensors)."""
+    (closed forms for 1, 2 and 3 features, the kernels' too)."""
+    if k == 2:
+        return -math.expm1(-d2 / 2.0)
     e = math.erf(math.sqrt(d2 / 2.0))
     if k == 1:
         return e
@@ -147,6 +149,12 @@ def score(d2: float, k: int) -> float:
 def distance_threshold(score_threshold: float, k: int) -> float:
     """The distance above which a reading scores over ``score_threshold`` (``k`` features)."""
     return float(special.gammaincinv(k / 2.0, score_threshold) * 2.0)
+
+
+def distance_thresholds(score_threshold: float) -> tuple[float, ...]:
+    """:func:`distance_threshold` for every number of features a reading can have (index ``k``;
+    index 0 unused)."""
+    return (math.inf, *(distance_threshold(score_threshold, k) for k in range(1, MAX_AXES + 1)))
 
 
 def window_rows(raw: NDArray[np.float32], n_features: int) -> Sequence[Features]:

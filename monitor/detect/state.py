@@ -18,7 +18,7 @@ from river import drift
 
 from monitor.detect.model import AdaptiveGaussian
 from monitor.settings import DriftSettings
-from monitor.state.store import N_SENSORS, Columns, DeviceStates, Slab
+from monitor.state.store import Columns, DeviceStates, Slab
 
 
 class DetectState(Slab):
@@ -38,14 +38,14 @@ class DetectState(Slab):
     ref_frac: NDArray[np.float32]
     novelty: NDArray[np.float64]  # the novelty stage's per-pair state (monitor.detect.novelty)
 
-    def __init__(self, settings: DriftSettings, novelty_size: int = 0) -> None:
+    def __init__(self, n_sensors: int, settings: DriftSettings, novelty_size: int = 0) -> None:
         self.settings = settings
         self.novelty_size = novelty_size  # floats of novelty-stage state per pair (0: the stage is off)
         self.adwins: list[list[drift.ADWIN | None]] = []
-        super().__init__()
+        super().__init__(n_sensors)
 
     def columns(self) -> Columns:
-        d, p = self.settings, (N_SENSORS,)
+        d, p = self.settings, (self.n_sensors,)
         return {
             "model": ((*p, 7), np.float64, 0),
             "model_params": ((*p, 4), np.float64, 0),
@@ -65,10 +65,10 @@ class DetectState(Slab):
     def grow(self, capacity: int) -> None:
         super().grow(capacity)
         while len(self.adwins) < capacity:
-            self.adwins.append([None] * N_SENSORS)
+            self.adwins.append([None] * self.n_sensors)
 
     def clear_objects(self, slot: int) -> None:
-        self.adwins[slot] = [None] * N_SENSORS
+        self.adwins[slot] = [None] * self.n_sensors
 
     def export_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
         states.adwins = [list(self.adwins[i]) for i in slots]

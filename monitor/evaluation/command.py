@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from monitor.evaluation.report import quality_tables, write_json
 
     settings = load_settings(args.config)
-    rules = load_rules(settings.rules_file)
+    rules = load_rules(settings.rules_file, settings.channels.catalog().names)
     out: Path = args.out
     if args.input == "scenario":
         return _scenarios(settings, rules, args.files, out)

@@ -27,7 +27,6 @@ from monitor.evaluation.quality import Detection, Key, LabelledEvent, anomaly_qu
 from monitor.evaluation.replay import Replay, Series, device_id, replay_messages, replay_series
 from monitor.govern.alerts import Alert
 from monitor.govern.rules import RuleSet
-from monitor.ingest.features import n_features
 from monitor.records import Scored
 from monitor.settings import Settings
 from producers.scenario import Scenario, truth_records
@@ -154,7 +153,7 @@ def nab_scores(settings: Settings, rules: RuleSet, files: Sequence[nab.CorpusFil
         by_device[s.device_id].append(0.0 if value is None else value)
     if novelty:
         return [np.asarray(by_device[device_id(f.key)]) for f in files]
-    k = n_features(NAB_SENSOR)
+    k = len(settings.channels.catalog().by_name[NAB_SENSOR].keys)
     return [surprise(np.asarray(by_device[device_id(f.key)]), k) for f in files]
 
 

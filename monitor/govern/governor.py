@@ -36,8 +36,7 @@ from monitor.detect.state import DetectState
 from monitor.govern import training
 from monitor.govern.registry import AuditEvent, ModelVersion, TrainingData
 from monitor.govern.state import GovernState
-from monitor.ingest.features import Features, n_features
-from monitor.schema import SENSOR_NAMES, SENSORS
+from monitor.ingest.features import Features
 from monitor.settings import Settings
 from monitor.state.store import StateStore
 
@@ -85,7 +84,8 @@ class Governor:
         self.retry: dict[Key, tuple[int, str, str]] = {}  # after a rejection: when, rule, alert id
         self.attempts: dict[Key, int] = {}  # retrains in the pair's current episode
         self.firing = firing  # (rule, device id, sensor) -> is its episode firing
-        self.thresholds = {k: model.distance_threshold(settings.model.anomaly_threshold, k) for k in (1, 3)}
+        self.thresholds = model.distance_thresholds(settings.model.anomaly_threshold)
+        self.catalog = settings.channels.catalog()
 
     def busy(self, key: Key) -> bool:
         return key in self.due or key in self.shadows
@@ -105,7 +105,8 @@ class Governor:
         self, slot: int, s: int, rule: str, alert_id: str, ts: int, out: Output, attempt: int = 1
     ) -> str | None:
         """Submit a retrain of the pair; returns why not, or None once submitted."""
-        st, sensor = self.store, SENSOR_NAMES[s]
+        st, spec = self.store, self.catalog.specs[s]
+        sensor = spec.name
         key = (st.device_ids[slot], sensor)
         if self.busy(key):
             return "a retrain of this pair is already running"
@@ -123,7 +124,7 @@ class Governor:
         job = training.TrainingJob(
             device_id=key[0],
             sensor=sensor,
-            rows=self.state.raw[slot, s, idx, : n_features(sensor)].astype(np.float64),
+            rows=self.state.raw[slot, s, idx, : len(spec.keys)].astype(np.float64),
             offsets=self.state.raw_off[slot, s, idx],
             timestamps=self.state.raw_ts[slot, s, idx],
             topic=self.settings.kafka.readings_topic,
@@ -164,14 +165,14 @@ class Governor:
         return {
             "fading": m.fading,
             "var_fading": m.var_fading,
-            "resolution": SENSORS[SENSOR_NAMES[s]].resolution,
+            "resolution": self.catalog.specs[s].resolution,
         }
 
     # --- 2. the result is due -------------------------------------------------------------------
 
     def on_reading(self, slot: int, s: int, ts: int, out: Output) -> None:
         """After each applied reading of a pair: take a due result, or retry after a rejection."""
-        key = (self.store.device_ids[slot], SENSOR_NAMES[s])
+        key = (self.store.device_ids[slot], self.catalog.names[s])
         retry = self.retry.get(key)
         if retry is not None and self.state.raw_n[slot, s] >= retry[0]:
             del self.retry[key]
@@ -206,7 +207,7 @@ class Governor:
 
     def on_score(self, slot: int, s: int, f: Features, score: float, ts: int, out: Output) -> None:
         """Score the reading with the pair's candidate under shadow, if any; decide when done."""
-        key = (self.store.device_ids[slot], SENSOR_NAMES[s])
+        key = (self.store.device_ids[slot], self.catalog.names[s])
         sh = self.shadows.get(key)
         if sh is None:
             return

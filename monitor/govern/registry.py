@@ -46,7 +46,7 @@ import monitor
 from monitor import errors
 from monitor.common import files, safepickle
 from monitor.errors import ArtifactError, RegistryError, UnknownVersionError
-from monitor.schema import DEVICE_ID_PATTERN, SENSOR_NAMES
+from monitor.schema import DEVICE_ID_PATTERN, NAME_PATTERN
 from monitor.settings import Settings
 from monitor.state import signing
 
@@ -478,8 +478,8 @@ def _check_names(device_id: str | None, sensor: str | None) -> None:
     """Device ids and sensors become path components: only valid ones (never ``..`` or ``*``)."""
     if device_id is not None and not DEVICE_ID_PATTERN.fullmatch(device_id):
         raise RegistryError(f"not a device id: {device_id!r} (must match {DEVICE_ID_PATTERN.pattern})")
-    if sensor is not None and sensor not in SENSOR_NAMES:
-        raise RegistryError(f"unknown sensor {sensor!r}; one of {', '.join(SENSOR_NAMES)}")
+    if sensor is not None and not NAME_PATTERN.fullmatch(sensor):
+        raise RegistryError(f"not a sensor name: {sensor!r} (must match {NAME_PATTERN.pattern})")
 
 
 def _event(kind: EventKind, ref: VersionRef, **fields: Any) -> AuditEvent:

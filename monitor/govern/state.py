@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.state.store import N_SENSORS, Columns, DeviceStates, Slab
+from monitor.schema import MAX_AXES
+from monitor.state.store import Columns, DeviceStates, Slab
 
 
 class GovernState(Slab):
@@ -21,18 +22,18 @@ class GovernState(Slab):
     raw_off: NDArray[np.int64]
     raw_ts: NDArray[np.int64]
 
-    def __init__(self, retrain_window: int) -> None:
+    def __init__(self, n_sensors: int, retrain_window: int) -> None:
         self.retrain_window = retrain_window
         self.versions: dict[tuple[int, int], int] = {}  # (slot, sensor) of pairs retrained at least once
-        super().__init__()
+        super().__init__(n_sensors)
 
     def columns(self) -> Columns:
-        p, w = (N_SENSORS,), self.retrain_window
+        p, w = (self.n_sensors,), self.retrain_window
         return {
             "quarantined": ((), np.int8, 0),
             "latest_version": (p, np.int32, 1),
             "raw_n": (p, np.int64, 0),
-            "raw": ((*p, w, 3), np.float32, 0),
+            "raw": ((*p, w, MAX_AXES), np.float32, 0),
             "raw_off": ((*p, w), np.int64, -1),
             "raw_ts": ((*p, w), np.int64, 0),
         }
@@ -50,14 +51,14 @@ class GovernState(Slab):
         self.raw_n[slot, s] += 1
 
     def clear_objects(self, slot: int) -> None:
-        for s in range(N_SENSORS):
+        for s in range(self.n_sensors):
             self.versions.pop((slot, s), None)
 
     def export_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
         states.versions = {
             (j, s): v
             for j, i in enumerate(slots)
-            for s in range(N_SENSORS)
+            for s in range(self.n_sensors)
             if (v := self.versions.get((i, s))) is not None
         }
 

@@ -1,6 +1,7 @@
 """Feature extraction: the numbers a model sees for one reading.
 
-Vector sensors give their three axes ``(x, y, z)``, scalar sensors ``(value,)``. The vector
+A reading's features are its values in its sensor's key order: ``(x, y, z)`` for the built-in
+vector sensors, ``(value,)`` for scalar ones, a declared channel's axes in their declared order. The vector
 magnitude is deliberately not a separate feature: it is a function of the axes (a change in
 magnitude already moves them), and near zero (gyroscope) it is far from Gaussian, which would
 break the calibrated chi-square score of :mod:`monitor.detect.model`.
@@ -15,10 +16,4 @@ batch decodes to):
 
 from __future__ import annotations
 
-from monitor.schema import SENSORS
-
 Features = tuple[float, ...]
-
-
-def n_features(sensor: str) -> int:
-    return len(SENSORS[sensor].keys)

@@ -20,7 +20,7 @@ from monitor.ingest.features import Features
 from monitor.ingest.state import IngestState
 from monitor.schema import ReadingLike
 from monitor.settings import IntegritySettings
-from monitor.state.store import CHECKS, N_SENSORS
+from monitor.state.store import CHECKS
 
 STUCK, GAP, DUPLICATE, OUT_OF_ORDER, CLOCK_SKEW = range(len(CHECKS))
 INTERVAL_WEIGHT = 0.05
@@ -30,7 +30,7 @@ class IntegrityChecker:
     def __init__(self, state: IngestState, settings: IntegritySettings) -> None:
         self.state = state
         self.settings = settings
-        self.events = np.zeros((N_SENSORS, len(CHECKS)), np.int64)  # since take_events()
+        self.events = np.zeros((state.n_sensors, len(CHECKS)), np.int64)  # since take_events()
 
     def take_events(self) -> NDArray[np.int64]:
         """Events per (sensor, check) since the last call (for metrics)."""

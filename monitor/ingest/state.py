@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.state.store import N_CHECKS, N_SENSORS, Columns, Slab
+from monitor.schema import MAX_AXES
+from monitor.state.store import N_CHECKS, Columns, Slab
 
 
 class IngestState(Slab):
@@ -23,7 +24,7 @@ class IngestState(Slab):
     last_vals: NDArray[np.float64]
 
     def columns(self) -> Columns:
-        p = (N_SENSORS,)
+        p = (self.n_sensors,)
         return {
             "last_seq": ((), np.int64, -1),
             "last_offset": ((), np.int64, -1),
@@ -32,7 +33,7 @@ class IngestState(Slab):
             "interval": (p, np.float32, 0),
             "stuck_run": (p, np.int32, 0),
             "integrity": ((*p, N_CHECKS), np.int32, 0),
-            "last_vals": ((*p, 3), np.float64, np.nan),
+            "last_vals": ((*p, MAX_AXES), np.float64, np.nan),
         }
 
     def reset_interval(self, slot: int, s: int) -> None:

@@ -28,14 +28,14 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     """
     logging.getLogger("monitor").setLevel(settings.log_level)
     # Every file first (rules, cohorts, the signing key): a mistake there is reported before Kafka.
-    rules = load_rules(settings.rules_file)
+    rules = load_rules(settings.rules_file, settings.channels.catalog().names)
     pipeline = Pipeline(settings, rules, trainer=training.TrainingWorker(settings.retrain))
     signing_key(settings)
     k = settings.kafka
     outputs = [k.dead_letter_topic, k.alerts_topic, k.models_topic, k.audit_topic]
     kafka.ensure_topics(k, [k.readings_topic, *outputs])
     registry = CollectorRegistry() if registry is None else registry
-    metrics = Metrics(registry, {r.name: r.severity for r in rules.rules})
+    metrics = Metrics(registry, {r.name: r.severity for r in rules.rules}, pipeline.catalog.names)
     health = Health(settings.metrics.liveness_timeout_s)
     endpoint = None
     if settings.metrics.enabled:

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 import monitor
 from monitor.pipeline import BatchResult
 from monitor.schema import SENSOR_NAMES, Reason
-from monitor.state.store import CHECKS, N_SENSORS
+from monitor.state.store import CHECKS
 
 SCORE_BUCKETS = (0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0)
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -80,9 +80,15 @@ class BatchHistogram(Collector):
 class Metrics:
     """The metric catalog. ``rules`` maps rule names to severities (for the per-rule children)."""
 
-    def __init__(self, registry: CollectorRegistry, rules: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        rules: Mapping[str, str] | None = None,
+        sensors: Sequence[str] = SENSOR_NAMES,
+    ) -> None:
         self.registry = r = registry
         self.rules = dict(rules or {})
+        self.sensors = tuple(sensors)  # the catalog's, in index order: the sensor label's values
         # Input: what arrived, what was valid, what was quarantined and why.
         self.received = Counter(
             "telemon_messages_received", "Messages consumed from the readings topic.", registry=r
@@ -123,7 +129,7 @@ class Metrics:
             "Anomaly score of scored readings (0..1).",
             SCORE_BUCKETS,
             "sensor",
-            SENSOR_NAMES,
+            self.sensors,
         )
         r.register(self.scores)
         self.drift = Counter(
@@ -223,21 +229,21 @@ class Metrics:
         )
         self.build = Gauge("telemon_build_info", "Build information.", ["version"], registry=r)
         self.build.labels(monitor.__version__).set(1)
-        self._retrained = np.zeros(N_SENSORS, np.int64)  # retrains per sensor in this process
-        self._max_version = np.ones(N_SENSORS, np.int64)
+        self._retrained = np.zeros(len(self.sensors), np.int64)  # retrains per sensor in this process
+        self._max_version = np.ones(len(self.sensors), np.int64)
         self._lag_children: set[tuple[str, str]] = set()
         self._precreate()
 
     def _precreate(self) -> None:
         """Children for every value of the fixed label sets (never per reading)."""
-        self._readings = [self.readings.labels(s) for s in SENSOR_NAMES]
-        self._anomalies = [self.anomalies.labels(s) for s in SENSOR_NAMES]
-        self._integrity = [[self.integrity.labels(s, c) for c in CHECKS] for s in SENSOR_NAMES]
+        self._readings = [self.readings.labels(s) for s in self.sensors]
+        self._anomalies = [self.anomalies.labels(s) for s in self.sensors]
+        self._integrity = [[self.integrity.labels(s, c) for c in CHECKS] for s in self.sensors]
         for reason in Reason:
             self.quarantined.labels(reason.value)
         for why in EVICTION_REASONS:
             self.evicted.labels(why)
-        for s in SENSOR_NAMES:
+        for s in self.sensors:
             for outcome in RETRAIN_OUTCOMES:
                 self.retrains.labels(s, outcome)
             for d in DETECTORS:
@@ -283,7 +289,7 @@ class Metrics:
                 counter.inc(n)
 
     def _record_sensors(self, result: BatchResult, integrity: NDArray[np.int64]) -> None:
-        for i in range(N_SENSORS):
+        for i in range(len(result.valid)):
             if result.valid[i]:
                 self._readings[i].inc(int(result.valid[i]))
             if result.anomalies[i]:
@@ -298,7 +304,7 @@ class Metrics:
             if e.kind in ("promoted", "rejected"):
                 self.retrains.labels(e.sensor, e.kind).inc()
             if e.kind == "promoted":
-                s = SENSOR_NAMES.index(e.sensor)
+                s = self.sensors.index(e.sensor)
                 self._retrained[s] += e.version - e.previous  # the pair's serving version went up by this
                 self._max_version[s] = max(self._max_version[s], e.version)
         for sensor, n in result.retrains_skipped.items():
@@ -314,7 +320,7 @@ class Metrics:
         self.state_bytes.set(bytes_)
         if models is None:
             return
-        for s, name in enumerate(SENSOR_NAMES):
+        for s, name in enumerate(self.sensors):
             n = int(models[s])
             self.models.labels(name).set(n)
             self.version_max.labels(name).set(int(self._max_version[s]) if n else 0)

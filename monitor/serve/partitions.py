@@ -94,7 +94,7 @@ class Partitions:
         """The partition's snapshot, or None if it has none or one this process cannot use."""
         try:
             snap = self.store.load(topic, partition)
-            why = None if snap is None else self.pipeline.store.mismatch(snap.state.devices)
+            why = None if snap is None else self.pipeline.mismatch(snap.state)
             if why is not None:
                 raise SnapshotError(f"taken with other settings: {why}")
             if snap is not None and snap.older_than is not None:

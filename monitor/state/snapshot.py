@@ -47,8 +47,9 @@ import numpy as np
 
 from monitor.common import files, safepickle
 from monitor.errors import SnapshotError
+from monitor.schema import SENSOR_NAMES
 from monitor.state import signing
-from monitor.state.store import N_SENSORS, DeviceStates, PartitionState
+from monitor.state.store import DeviceStates, PartitionState
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def encode(snap: PartitionSnapshot, key: bytes, objects: bytes | None = None) ->
         "versions": [[j, s, v] for (j, s), v in sorted(d.versions.items())],
         "rules": snap.state.episodes,
         "governance": snap.state.governance,
+        "sensors": list(snap.state.sensors),
         "arrays_bytes": len(arrays.getvalue()),
         "objects_bytes": len(objects),
     }
@@ -132,7 +134,8 @@ def decode(data: bytes, key: bytes) -> PartitionSnapshot:
         raise SnapshotError(f"unreadable snapshot content: {exc}") from exc
     versions = {(int(j), int(s)): int(v) for j, s, v in header["versions"]}
     devices = DeviceStates(list(header["device_ids"]), arrays, models, adwins, versions)
-    state = PartitionState(devices, list(header["rules"]), list(header["governance"]))
+    sensors = tuple(header.get("sensors", SENSOR_NAMES))  # before channels: the built-in kinds
+    state = PartitionState(devices, list(header["rules"]), list(header["governance"]), sensors)
     topic, partition, offset = header["topic"], int(header["partition"]), int(header["next_offset"])
     created, group = int(header["created_ms"]), str(header.get("group", ""))
     return PartitionSnapshot(topic, partition, offset, state, created, group)
@@ -328,7 +331,7 @@ def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot
             for name in sorted(d.arrays):
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(d.arrays[name][j]).tobytes())
-            for s in range(N_SENSORS):
+            for s in range(len(snap.state.sensors)):
                 m, a = d.models[j][s] if d.models else None, d.adwins[j][s]
                 h.update(b"-" if m is None else m._state.tobytes())
                 h.update(b"-" if a is None else pickle.dumps(a, protocol=4))

@@ -25,7 +25,6 @@ from numpy.typing import NDArray
 
 from monitor.schema import SENSOR_NAMES
 
-N_SENSORS = len(SENSOR_NAMES)
 #: The per-device data-integrity checks, in the order of the ``integrity`` counters.
 CHECKS = ("stuck_at", "gap", "duplicate", "out_of_order", "clock_skew")
 N_CHECKS = len(CHECKS)
@@ -45,14 +44,16 @@ Columns = dict[str, tuple[tuple[int, ...], type[np.generic], float]]
 class Slab:
     """One stage's per-slot arrays (row ``i`` belongs to slot ``i``), with their fill values.
 
-    A subclass declares its arrays in :meth:`columns` and, for Python objects kept per slot,
-    overrides :meth:`clear_objects`, :meth:`export_objects` and :meth:`load_objects`.
+    A subclass declares its arrays in :meth:`columns` (per pair: ``n_sensors`` wide, one per
+    sensor of the deployment's catalog) and, for Python objects kept per slot, overrides
+    :meth:`clear_objects`, :meth:`export_objects` and :meth:`load_objects`.
     """
 
     #: Arrays that mean something in this process only: never exported (snapshots, fingerprints).
     local: frozenset[str] = frozenset()
 
-    def __init__(self) -> None:
+    def __init__(self, n_sensors: int = 0) -> None:
+        self.n_sensors = n_sensors
         self.arrays: dict[str, NDArray[np.generic]] = {}
         self._fill: dict[str, float] = {}
 
@@ -246,3 +247,5 @@ class PartitionState:
     devices: DeviceStates
     episodes: list[dict[str, Any]] = field(default_factory=list)  # their rule episodes
     governance: list[dict[str, Any]] = field(default_factory=list)  # their retrains in progress
+    #: The sensors of the per-pair columns, in index order (the catalog the state was kept under).
+    sensors: tuple[str, ...] = SENSOR_NAMES

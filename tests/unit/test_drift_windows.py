@@ -10,8 +10,11 @@ from numpy.testing import assert_array_equal
 from monitor.detect import stats
 from monitor.detect.drift import QUANTUM, Comparison, GroupDrift, PairDrift, _append, dequantise
 from monitor.detect.state import DetectState
+from monitor.schema import SENSOR_NAMES
 from monitor.settings import DriftSettings
-from monitor.state.store import N_SENSORS, StateStore
+from monitor.state.store import StateStore
+
+N_SENSORS = len(SENSOR_NAMES)
 
 IntArray = npt.NDArray[np.int64]
 U16 = npt.NDArray[np.uint16]
@@ -65,7 +68,7 @@ REF, WIN = 256, 256
 def _pair_drift(psi_bins: int = 10) -> tuple[PairDrift, DetectState]:
     """Windows of the detect state; its slot 0 (and 1) are the store's first devices."""
     settings = DriftSettings(reference_size=REF, window_size=WIN, psi_bins=psi_bins)
-    store = StateStore().add(DetectState(settings))
+    store = StateStore().add(DetectState(N_SENSORS, settings))
     return PairDrift(store, settings), store
 
 
@@ -106,7 +109,7 @@ def test_identical_windows_give_no_drift() -> None:
 
 def test_psi_is_zero_when_the_window_equals_a_reference_with_ties() -> None:
     settings = DriftSettings(reference_size=128, window_size=128)
-    drift, slot = PairDrift(StateStore().add(DetectState(settings)), settings), 0
+    drift, slot = PairDrift(StateStore().add(DetectState(N_SENSORS, settings)), settings), 0
     tie = 30000 / QUANTUM  # an exact quantisation level that float32 rounds down
     assert float(np.float32(tie)) < tie
     ref = np.random.default_rng(0).random(128)
@@ -221,7 +224,9 @@ def test_adwin_counts_a_change_in_the_interval_means() -> None:
 
 
 def _fleet(every: int = 100) -> GroupDrift:
-    return GroupDrift(DriftSettings(fleet_reference_size=100, fleet_window_size=100, fleet_check_every=every))
+    return GroupDrift(
+        N_SENSORS, DriftSettings(fleet_reference_size=100, fleet_window_size=100, fleet_check_every=every)
+    )
 
 
 def test_fleet_due_after_check_every_scores_of_a_sensor() -> None:

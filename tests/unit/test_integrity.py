@@ -10,9 +10,11 @@ import pytest
 
 from monitor.ingest.integrity import CLOCK_SKEW, DUPLICATE, GAP, OUT_OF_ORDER, STUCK, IntegrityChecker
 from monitor.ingest.state import IngestState
-from monitor.schema import SENSOR_INDEX, SENSORS, Reading
+from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, SENSORS, Reading
 from monitor.settings import IntegritySettings, Settings
-from monitor.state.store import CHECKS, N_SENSORS, StateStore
+from monitor.state.store import CHECKS, StateStore
+
+N_SENSORS = len(SENSOR_NAMES)
 
 T0 = 1_700_000_000_000
 TEMP = SENSOR_INDEX["temperature"]
@@ -58,7 +60,7 @@ class StoreChecker(IntegrityChecker):
 
     def __init__(self, settings: IntegritySettings) -> None:
         self.store = StateStore()
-        super().__init__(self.store.add(IngestState()), settings)
+        super().__init__(self.store.add(IngestState(N_SENSORS)), settings)
 
 
 def _checker(**settings: int | float) -> StoreChecker:

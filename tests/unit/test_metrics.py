@@ -15,7 +15,9 @@ from monitor.records import DeadLetter
 from monitor.schema import SENSOR_INDEX, SENSOR_NAMES, Reason, Rejection
 from monitor.serve.metrics import LAG_BUCKETS, SCORE_BUCKETS, BatchHistogram, Metrics
 from monitor.serve.service import partition_lag
-from monitor.state.store import CHECKS, N_CHECKS, N_SENSORS
+from monitor.state.store import CHECKS, N_CHECKS
+
+N_SENSORS = len(SENSOR_NAMES)
 
 DEVICE = "secret-device-4711"
 TEMP = SENSOR_INDEX["temperature"]

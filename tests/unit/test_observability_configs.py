@@ -23,11 +23,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor.govern.rules import load_rules
 from monitor.pipeline import BatchResult
-from monitor.schema import SENSOR_INDEX
+from monitor.schema import SENSOR_INDEX, SENSOR_NAMES
 from monitor.serve.metrics import Metrics
-from monitor.state.store import N_CHECKS, N_SENSORS
+from monitor.state.store import N_CHECKS
+
 from tests.conftest import tool
 
+N_SENSORS = len(SENSOR_NAMES)
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 PROMETHEUS = CONFIGS / "prometheus"

@@ -235,8 +235,8 @@ def test_only_models_are_registered(reg: ModelRegistry) -> None:
 def test_names_are_validated(reg: ModelRegistry) -> None:
     with pytest.raises(RegistryError, match="not a device id"):
         reg.load("../../etc", SENSOR, 2)
-    with pytest.raises(RegistryError, match="unknown sensor"):
-        reg.load(DEV, "passwd", 2)
+    with pytest.raises(RegistryError, match="not a sensor name"):
+        reg.load(DEV, "../passwd", 2)
     with pytest.raises(RegistryError, match="not a device id"):
         reg.versions("*")
 

@@ -3,6 +3,7 @@ lists every problem with its line."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -12,32 +13,34 @@ from monitor import errors
 from monitor.common import yamlfile
 from monitor.errors import RulesError
 from monitor.govern.rules.model import _NODE_TAGS, RuleSet
+from monitor.schema import SENSOR_NAMES
 
 
-def load_rules(path: Path) -> RuleSet:
-    """Read and validate a rules file; :class:`RulesError` lists every problem with its line."""
+def load_rules(path: Path, sensors: Sequence[str] = SENSOR_NAMES) -> RuleSet:
+    """Read and validate a rules file; :class:`RulesError` lists every problem with its line.
+    ``sensors``: the names a rule may filter on (the deployment's catalog)."""
     try:
         doc = yamlfile.read(path)
     except FileNotFoundError as exc:
         raise RulesError(f"{path}: {exc.strerror}") from None
     except errors.YamlError as exc:
         raise RulesError(str(exc)) from None
-    return _validated(doc)
+    return _validated(doc, sensors)
 
 
-def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
+def parse_rules(text: str, source: str = "<rules>", sensors: Sequence[str] = SENSOR_NAMES) -> RuleSet:
     """Validate rules from YAML text; ``source`` names it in error messages."""
     try:
-        return _validated(yamlfile.YamlDocument.parse(text, source))
+        return _validated(yamlfile.YamlDocument.parse(text, source), sensors)
     except errors.YamlError as exc:
         raise RulesError(str(exc)) from None
 
 
-def _validated(doc: yamlfile.YamlDocument) -> RuleSet:
+def _validated(doc: yamlfile.YamlDocument, sensors: Sequence[str]) -> RuleSet:
     problems = list(doc.duplicates)
     rules = None
     try:
-        rules = RuleSet.model_validate(doc.data)
+        rules = RuleSet.model_validate(doc.data, context={"sensors": tuple(sensors)})
     except ValidationError as exc:
         for e in exc.errors():
             loc = [p for p in e["loc"] if p not in _NODE_TAGS]

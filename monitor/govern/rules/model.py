@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import operator
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Union, cast
@@ -174,9 +174,14 @@ def _parse_for(value: object) -> object:
     raise ValueError(f"{_FOR_HELP}, not {value!r}")
 
 
-def _known_sensor(name: str) -> str:
-    if name not in SENSOR_NAMES:
-        raise ValueError(f"unknown sensor {name!r}; known: {', '.join(SENSOR_NAMES)}")
+def _known_sensor(name: str, info: ValidationInfo) -> str:
+    """One of the sensors the rules are validated against (the context's ``sensors``: the
+    deployment's catalog; by default the built-in kinds)."""
+    known = (info.context or {}).get("sensors", SENSOR_NAMES)
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown sensor {name!r}{hint}; known: {', '.join(known)}")
     return name
 
 
@@ -286,6 +291,15 @@ class RuleSet(_Model):
                 problems.append((("rules", i, "name"), f"duplicate rule name {rule.name!r} (also rules.{j})"))
         _raise_if(problems)
         return self
+
+    def unknown_sensors(self, known: Sequence[str]) -> list[str]:
+        """A problem per sensor a rule names that is not in ``known`` (the catalog's names)."""
+        return [
+            f"rules.{i} ({rule.name}): sensor {name!r} is not monitored; known: {', '.join(known)}"
+            for i, rule in enumerate(self.rules)
+            for name in rule.sensors or ()
+            if name not in known
+        ]
 
 
 def _raise_if(problems: Iterable[Problem]) -> None:
