@@ -145,16 +145,18 @@ def cmd_iio(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    mapping = replay.load_mapping(args.mapping)
+    settings = settings_from_args(args)
+    catalog = settings.channels.catalog()
+    mapping = replay.load_mapping(args.mapping, catalog)
     if not args.file.is_file():
         raise FileNotFoundError(f"log file not found: {args.file}")
-    settings = settings_from_args(args)
     kafka = settings.kafka
     options = replay.ReplayOptions(speed=args.speed, strict=args.strict, limit=args.limit)
     stop = stop_on_signals("stopping, delivering what was sent")
     timeout = settings.consume.delivery_timeout_s
     with Publisher(kafka, flush_timeout_s=timeout, create_topics=[kafka.readings_topic]) as publisher:
-        report = replay.Replayer(mapping, ReadingPublisher(publisher), options).run(args.file, stop)
+        sink = ReadingPublisher(publisher, catalog=catalog)
+        report = replay.Replayer(mapping, sink, options).run(args.file, stop)
     print(report.summary())
     return 0
 
@@ -184,6 +186,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
         options,
         stop,
         max_bytes=settings.consume.max_message_bytes,
+        catalog=settings.channels.catalog(),
         flush_timeout_s=settings.consume.delivery_timeout_s,
     )
     print(report.summary())

@@ -43,7 +43,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from monitor.errors import MqttUnavailable
-from monitor.schema import MAX_MESSAGE_BYTES, Reading, Reason, Rejection, decode
+from monitor.schema import DEFAULT_CATALOG, MAX_MESSAGE_BYTES, Catalog, Reading, Reason, Rejection, decode
 from monitor.settings import KafkaSettings
 from producers.publisher import Publisher
 
@@ -90,11 +90,17 @@ class TopicLayout:
 
 
 def check(
-    payload: bytes, topic: str, layout: TopicLayout, max_bytes: int = MAX_MESSAGE_BYTES
+    payload: bytes,
+    topic: str,
+    layout: TopicLayout,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    catalog: Catalog = DEFAULT_CATALOG,
 ) -> Reading | Rejection:
-    """Validate one MQTT message: the wire format, and the topic's device and sensor."""
+    """Validate one MQTT message: the wire format (sensors of ``catalog``), and the topic's device
+    and sensor."""
     device, sensor = layout.parse(topic)
-    result = decode(payload, None if device is None else device.encode(), max_bytes)
+    key = None if device is None else device.encode()
+    result = decode(payload, key, max_bytes, catalog=catalog)
     if isinstance(result, Rejection):
         if result.reason is Reason.KEY_MISMATCH:
             return Rejection(Reason.KEY_MISMATCH, f"topic {topic[:128]!r} names device {device!r}")
@@ -169,12 +175,17 @@ class Bridge:
     """One MQTT client (paho network thread) feeding one Kafka publisher."""
 
     def __init__(
-        self, publisher: Publisher, options: MqttOptions, max_bytes: int = MAX_MESSAGE_BYTES
+        self,
+        publisher: Publisher,
+        options: MqttOptions,
+        max_bytes: int = MAX_MESSAGE_BYTES,
+        catalog: Catalog = DEFAULT_CATALOG,
     ) -> None:
         self.publisher = publisher
         self.options = options
         self.layout = TopicLayout(options.topic)
         self.max_bytes = max_bytes
+        self.catalog = catalog
         self.report = BridgeReport()
         self.failure: Exception | None = None  # set in paho's thread, raised by the main loop
         self.ready = threading.Event()  # set once the subscription is granted
@@ -244,7 +255,7 @@ class Bridge:
     def _forward(self, msg: mqtt.MQTTMessage) -> None:
         entry = self.acks.add(msg.mid) if msg.qos > 0 else None
         payload = bytes(msg.payload)
-        result = check(payload, msg.topic, self.layout, self.max_bytes)
+        result = check(payload, msg.topic, self.layout, self.max_bytes, self.catalog)
         kafka = self.publisher.kafka
 
         def delivered(err: KafkaError | None, _m: Message) -> None:
@@ -297,6 +308,7 @@ def run_bridge(
     stop: threading.Event,
     *,
     max_bytes: int = MAX_MESSAGE_BYTES,
+    catalog: Catalog = DEFAULT_CATALOG,
     flush_timeout_s: float = 30.0,
     create_topics: bool = True,
     on_ready: Callable[[Bridge], object] | None = None,
@@ -309,7 +321,7 @@ def run_bridge(
     """
     topics = [kafka.readings_topic, kafka.dead_letter_topic] if create_topics else []
     publisher = Publisher(kafka, flush_timeout_s=flush_timeout_s, create_topics=topics)
-    bridge = Bridge(publisher, options, max_bytes)
+    bridge = Bridge(publisher, options, max_bytes, catalog)
     bridge.connect()
     try:
         _serve(bridge, stop, on_ready)

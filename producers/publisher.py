@@ -35,7 +35,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from monitor.errors import KafkaUnavailable
 from monitor.ingest.kafka import ensure_topics, producer_config
-from monitor.schema import SCHEMA_VERSION, SENSORS, Reading, Rejection, validate
+from monitor.schema import DEFAULT_CATALOG, SCHEMA_VERSION, Catalog, Reading, Rejection, validate
 from monitor.settings import KafkaSettings
 
 #: Every this many produced messages: serve delivery reports and fail on the first error.
@@ -59,13 +59,14 @@ class Sample:
 class Sequencer:
     """Numbers, validates and encodes samples; ``seq`` counts each device's accepted messages."""
 
-    def __init__(self, start: int = 0) -> None:
+    def __init__(self, start: int = 0, catalog: Catalog = DEFAULT_CATALOG) -> None:
         self.start = start
+        self.catalog = catalog  # the sensors the monitor is configured for
         self._next: defaultdict[str, int] = defaultdict(lambda: self.start)
 
     def encode(self, sample: Sample) -> bytes | Rejection:
         """The wire bytes of ``sample``, or why the monitor would reject it (no number used)."""
-        spec = SENSORS.get(sample.sensor)
+        spec = self.catalog.by_name.get(sample.sensor)
         reading = Reading(
             device_id=sample.device_id,
             sensor=sample.sensor,
@@ -75,7 +76,7 @@ class Sequencer:
             unit=spec.unit if spec is not None else "",
             schema_version=SCHEMA_VERSION,
         )
-        checked = validate(reading, None)
+        checked = validate(reading, None, catalog=self.catalog)
         if isinstance(checked, Rejection):
             return checked
         self._next[sample.device_id] += 1
@@ -197,9 +198,9 @@ class SampleSink(Protocol):
 class ReadingPublisher:
     """Validated readings onto ``kafka.readings_topic``, keyed by device id (iio, replay)."""
 
-    def __init__(self, publisher: Publisher, seq_start: int = 0) -> None:
+    def __init__(self, publisher: Publisher, seq_start: int = 0, catalog: Catalog = DEFAULT_CATALOG) -> None:
         self.publisher = publisher
-        self.sequencer = Sequencer(seq_start)
+        self.sequencer = Sequencer(seq_start, catalog)
         self.topic = publisher.kafka.readings_topic
 
     def publish(self, sample: Sample) -> Rejection | None:

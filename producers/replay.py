@@ -33,18 +33,25 @@ from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from monitor import errors
 from monitor.common import yamlfile
 from monitor.errors import ReplayError
-from monitor.schema import DEVICE_ID_PATTERN, SENSORS
+from monitor.schema import DEFAULT_CATALOG, DEVICE_ID_PATTERN, Catalog
 from producers.publisher import Sample, SampleSink
 
 log = logging.getLogger(__name__)
 
 LOGGED_PROBLEMS: Final = 10
-SensorName = Literal["accelerometer", "gyroscope", "magnetometer", "humidity", "pressure", "temperature"]
 Row = Mapping[str, Any]
 
 
@@ -87,7 +94,9 @@ class DeviceMapping(_Frozen):
 
 
 class SensorMapping(_Frozen):
-    columns: dict[str, str] = Field(description="wire value key (x, y, z or value) -> column")
+    columns: dict[str, str] = Field(
+        description="wire value key (x, y, z, value, or a channel's axes) -> column"
+    )
     scale: float = 1.0
     offset: float = 0.0
 
@@ -97,13 +106,22 @@ class ReplayMapping(_Frozen):
     delimiter: str = Field(",", min_length=1, max_length=1)
     timestamp: TimestampMapping
     device: DeviceMapping
-    sensors: dict[SensorName, SensorMapping] = Field(min_length=1)
+    sensors: dict[str, SensorMapping] = Field(
+        min_length=1, description="sensor (a built-in kind or a declared channel) -> its columns"
+    )
 
     @model_validator(mode="after")
-    def _sensor_keys(self) -> ReplayMapping:
+    def _sensor_keys(self, info: ValidationInfo) -> ReplayMapping:
+        catalog: Catalog = (info.context or {}).get("catalog", DEFAULT_CATALOG)
         for name, m in self.sensors.items():
-            if set(m.columns) != set(SENSORS[name].keys):
-                raise ValueError(f"sensors.{name}.columns needs exactly the keys {list(SENSORS[name].keys)}")
+            spec = catalog.by_name.get(name)
+            if spec is None:
+                raise ValueError(
+                    f"sensors.{name}: not a sensor the monitor knows (known: {', '.join(catalog.names)}; "
+                    "declare a channel under channels.declare in the config given with --config)"
+                )
+            if set(m.columns) != set(spec.keys):
+                raise ValueError(f"sensors.{name}.columns needs exactly the keys {list(spec.keys)}")
         return self
 
     def columns(self) -> set[str]:
@@ -111,11 +129,11 @@ class ReplayMapping(_Frozen):
         return cols | ({self.device.column} if self.device.column else set())
 
 
-def load_mapping(path: Path) -> ReplayMapping:
-    """Read and validate a mapping file (:func:`monitor.common.yamlfile.load`); :class:`ReplayError`
-    names the file."""
+def load_mapping(path: Path, catalog: Catalog = DEFAULT_CATALOG) -> ReplayMapping:
+    """Read and validate a mapping file (:func:`monitor.common.yamlfile.load`) whose sensors are
+    those of ``catalog``; :class:`ReplayError` names the file."""
     try:
-        return ReplayMapping.model_validate(yamlfile.load(path))
+        return ReplayMapping.model_validate(yamlfile.load(path), context={"catalog": catalog})
     except FileNotFoundError:
         raise FileNotFoundError(f"mapping file not found: {path}") from None
     except errors.YamlError as exc:

@@ -41,7 +41,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cs.add_argument("--timestamp", default="timestamp", help="timestamp column (ISO-8601, s or ms)")
     cs.add_argument("--value", action="append", required=True, help="value column (repeatable)")
     cs.add_argument("--label", required=True, help="label column: 1 inside an anomaly, else 0")
-    cs.add_argument("--sensor", default="temperature", help="sensor kind the values are scored as")
+    cs.add_argument(
+        "--sensor",
+        default="temperature",
+        help="sensor the values are scored as: a single-value built-in kind or a channel the config declares",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -120,7 +120,21 @@ def device_id(name: str) -> str:
 
 
 def replay_series(settings: Settings, rules: RuleSet, series: Sequence[Series], sensor: str) -> Replay:
-    """Feed each series, as readings of ``sensor`` from one device, through one pipeline."""
+    """Feed each series, as readings of ``sensor`` (a single-value sensor of the settings'
+    catalog) from one device, through one pipeline."""
+    catalog = settings.channels.catalog()
+    spec = catalog.by_name.get(sensor)
+    if spec is None:
+        raise InputError(
+            f"sensor {sensor!r} is not monitored (known: {', '.join(catalog.names)}); declare it as "
+            "a channel under channels.declare in the config"
+        )
+    if spec.keys != ("value",):
+        single = ", ".join(s.name for s in catalog.specs if s.keys == ("value",))
+        raise InputError(
+            f"sensor {sensor!r} has the axes {', '.join(spec.keys)}: a series is one column, scored as "
+            f"a single-value sensor ({single})"
+        )
     pipeline = Pipeline(settings, rules, trace=True)
     out = Replay()
     for s in series:

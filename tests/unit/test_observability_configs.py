@@ -26,7 +26,6 @@ from monitor.pipeline import BatchResult
 from monitor.schema import SENSOR_INDEX, SENSOR_NAMES
 from monitor.serve.metrics import Metrics
 from monitor.state.store import N_CHECKS
-
 from tests.conftest import tool
 
 N_SENSORS = len(SENSOR_NAMES)
