@@ -36,24 +36,58 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "else the surprise of the model's distance. Writes NAB results CSVs under --out/nab.",
     )
     nb.add_argument("--root", type=Path, default=DEFAULT_NAB, help="NAB folder (default: %(default)s)")
-    cs = kinds.add_parser("csv", help="a CSV with a timestamp column, value columns and a 0/1 label column")
-    cs.add_argument("file", type=Path)
-    cs.add_argument("--timestamp", default="timestamp", help="timestamp column (ISO-8601, s or ms)")
-    cs.add_argument("--value", action="append", required=True, help="value column (repeatable)")
-    cs.add_argument("--label", required=True, help="label column: 1 inside an anomaly, else 0")
+    cs = kinds.add_parser(
+        "csv",
+        help="recorded files: value columns as sensors' axes or channels, an optional label column",
+        description="Replay delimited files (one device each; a reading per sensor per row, the files "
+        "merged in time order) through the pipeline. Writes --out/NAME.json (the quality report, device "
+        "level: any alert of a file's device detects) and, per file, --out/rows/STEM.csv with the "
+        "columns timestamp,label,anomaly_score,anomalous,alerting. A value column without =SENSOR is "
+        "read as the sensor of its name, else becomes a channel of its own (its resolution: the "
+        "smallest step between its first 1,000 distinct values).",
+    )
+    cs.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    cs.add_argument(
+        "--value",
+        action="append",
+        required=True,
+        metavar="COL[=SENSOR[.AXIS]]",
+        help="a value column, and the sensor (axis) it is (repeatable; e.g. ax=accelerometer.x)",
+    )
+    cs.add_argument(
+        "--timestamp", metavar="COL", help="timestamp column: ISO-8601, s or ms (default: timestamp)"
+    )
+    cs.add_argument(
+        "--period-s",
+        type=float,
+        metavar="S",
+        help="no timestamp column: row i is at 2020-01-01 + i * S seconds (index time)",
+    )
+    cs.add_argument("--label", metavar="COL", help="label column (optional)")
+    cs.add_argument(
+        "--label-kind",
+        choices=("anomaly", "onset", "change"),
+        default="anomaly",
+        help="anomaly: non-zero rows are anomaly windows; onset: each non-zero row starts a change; "
+        "change: a change wherever the label differs from the row before (default: %(default)s)",
+    )
+    cs.add_argument(
+        "--delimiter", default=",", metavar="C", help="field delimiter; 'tab' for tabs (default: ,)"
+    )
+    cs.add_argument(
+        "--columns",
+        metavar="A,B,...",
+        help="the column names of files without a header row (every row is data)",
+    )
     cs.add_argument(
         "--sensor",
-        default="temperature",
-        help="sensor the values are scored as: a single-value built-in kind or a channel the config declares",
+        help="the sensor of --value columns given without =SENSOR (a single-value built-in kind or a "
+        "declared channel)",
     )
+    cs.add_argument("--name", help="the report's name (default: the file's stem; 'csv' for several files)")
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: scipy and the simulator are not needed to print ``telemon --help``.
-    from monitor.evaluation import harness
-    from monitor.evaluation.replay import read_csv
-    from monitor.evaluation.report import quality_tables, write_json
-
     settings = load_settings(args.config)
     rules = load_rules(settings.rules_file, settings.channels.catalog().names)
     out: Path = args.out
@@ -61,11 +95,40 @@ def run(args: argparse.Namespace) -> int:
         return _scenarios(settings, rules, args.files, out)
     if args.input == "nab":
         return _nab(settings, rules, args.root, out)
-    report = harness.evaluate_series(
-        settings, rules, read_csv(args.file, args.timestamp, args.value, args.label), args.sensor
+    return _csv(settings, rules, args, out)
+
+
+def _csv(settings: Settings, rules: RuleSet, args: argparse.Namespace, out: Path) -> int:
+    # Imported here (as in the others): scipy and the simulator are not needed for ``--help``.
+    from monitor.errors import LabelledInputError
+    from monitor.evaluation.recordings import CsvFormat, ValueColumn, evaluate_recordings
+    from monitor.evaluation.report import quality_tables, write_json
+
+    if args.period_s is not None and args.timestamp is not None:
+        raise LabelledInputError("give --timestamp or --period-s, not both")
+    if args.period_s is not None and args.period_s <= 0:
+        raise LabelledInputError(f"--period-s must be > 0, not {args.period_s}")
+    columns = [ValueColumn.parse(v) for v in args.value]
+    if args.sensor is not None:
+        columns = [c if c.sensor else ValueColumn(c.column, args.sensor, c.axis) for c in columns]
+    fmt = CsvFormat(
+        timestamp=None if args.period_s is not None else args.timestamp or "timestamp",
+        period_ms=round(1000 * (args.period_s or 1.0)),
+        delimiter="\t" if args.delimiter in ("tab", "\\t") else args.delimiter,
+        names=tuple(args.columns.split(",")) if args.columns else None,
+        label=args.label,
+        label_kind=args.label_kind,
     )
-    write_json(out / f"{args.file.stem}.json", report)
-    print(quality_tables(report))
+    if len(fmt.delimiter) != 1:
+        raise LabelledInputError(f"--delimiter must be one character, not {args.delimiter!r}")
+    result = evaluate_recordings(settings, rules, args.files, fmt, columns)
+    name = args.name or (args.files[0].stem if len(args.files) == 1 else "csv")
+    write_json(out / f"{name}.json", result.report)
+    stems = [r.recording.path.stem for r in result.rows]
+    for r in result.rows:
+        stem = r.recording.path.stem if stems.count(r.recording.path.stem) == 1 else r.recording.device_id
+        r.write(out / "rows" / f"{stem}.csv")
+    print(quality_tables(result.report))
     return 0
 
 

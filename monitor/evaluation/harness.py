@@ -93,36 +93,6 @@ def evaluate_scenario(settings: Settings, rules: RuleSet, scenario: Scenario) ->
     return {"scenario": scenario.name, **quality_report(replay, events, rules)}
 
 
-def label_windows(series: Series) -> list[tuple[int, int]]:
-    """Runs of label 1 as [first ts, last ts] windows."""
-    if series.labels is None:
-        return []
-    out: list[tuple[int, int]] = []
-    start: int | None = None
-    for ts, label, prev_ts in zip(series.timestamps, series.labels, [0, *series.timestamps], strict=False):
-        if label and start is None:
-            start = ts
-        elif not label and start is not None:
-            out.append((start, prev_ts))
-            start = None
-    if start is not None:
-        out.append((start, series.timestamps[-1]))
-    return out
-
-
-def evaluate_series(
-    settings: Settings, rules: RuleSet, series: Sequence[Series], sensor: str
-) -> dict[str, Any]:
-    """Labelled CSV series: label runs are the windows, alerts are the detections."""
-    replay = replay_series(settings, rules, series, sensor)
-    events = [
-        LabelledEvent((device_id(s.name), sensor), "labelled", lo, hi)
-        for s in series
-        for lo, hi in label_windows(s)
-    ]
-    return {"series": [s.name for s in series], **quality_report(replay, events, rules)}
-
-
 NAB_SENSOR: Final = "temperature"  # NAB values are unitless: scored as one scalar sensor per file
 
 

@@ -2,20 +2,17 @@
 
 The replay builds the same :class:`~monitor.pipeline.Pipeline` the service runs (same settings,
 same rules) and feeds it messages in stream order. Simulated scenarios go in as the exact bytes
-the simulator publishes, so decoding and validation run too; labelled CSV series (NAB, or any
-CSV) go in as readings of one scalar sensor per series, because their values are in arbitrary
-units outside the wire format's physical ranges.
+the simulator publishes, so decoding and validation run too; labelled series (NAB files, and the
+recorded files of :mod:`monitor.evaluation.recordings`) go in as readings, because their values
+are in arbitrary units outside the wire format's physical ranges.
 """
 
 from __future__ import annotations
 
-import csv
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TypeVar
 
 from monitor.errors import LabelledInputError as InputError
 from monitor.govern.alerts import Alert
@@ -27,7 +24,6 @@ from monitor.schema import Reading
 from monitor.settings import Settings
 
 TOPIC = "replay"
-T = TypeVar("T")
 
 
 class ReplayMessage:
@@ -101,12 +97,11 @@ def replay_messages(
 
 @dataclass(frozen=True)
 class Series:
-    """One labelled univariate series (a NAB file, or a value column of a CSV)."""
+    """One labelled univariate series (a NAB file)."""
 
     name: str
     timestamps: Sequence[int]  # epoch ms
     values: Sequence[float]
-    labels: Sequence[int] | None = None  # 1 = anomalous row, if the input has a label column
 
 
 def device_id(name: str) -> str:
@@ -160,31 +155,3 @@ def parse_time(text: str) -> int:
             dt = dt.replace(tzinfo=UTC)
         return int(dt.timestamp() * 1000)
     return int(number if number > 1e11 else number * 1000)
-
-
-def read_csv(path: Path, timestamp: str, values: Sequence[str], label: str | None) -> list[Series]:
-    """One series per value column of a CSV with a timestamp column and an optional 0/1 label."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = {timestamp, *values, *([label] if label else [])} - set(reader.fieldnames or [])
-            if missing:
-                raise InputError(f"{path}: no column(s) {sorted(missing)}; columns are {reader.fieldnames}")
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: {exc}") from exc
-    if not rows:
-        raise InputError(f"{path}: no data rows")
-    ts = _column(path, rows, timestamp, parse_time)
-    labels = _column(path, rows, label, lambda t: int(float(t))) if label else None
-    return [Series(f"{path.stem}/{col}", ts, _column(path, rows, col, float), labels) for col in values]
-
-
-def _column(path: Path, rows: list[dict[str, str]], name: str, parse: Callable[[str], T]) -> list[T]:
-    out: list[T] = []
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
-        try:
-            out.append(parse(row[name]))
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{path}, line {line}, column {name!r}: {row[name]!r} ({exc})") from exc
-    return out

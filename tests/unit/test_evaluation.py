@@ -13,17 +13,12 @@ from scipy.stats import chi2
 
 from monitor.cli.main import main
 from monitor.errors import LabelledInputError as InputError
-from monitor.evaluation.harness import label_windows, surprise
-from monitor.evaluation.replay import Series, parse_time, read_csv
+from monitor.evaluation.harness import surprise
+from monitor.evaluation.recordings import CsvFormat, read_recording
+from monitor.evaluation.replay import parse_time
 
 NAB = Path(__file__).resolve().parents[3] / "shared" / "data" / "nab"
 T0 = 1_767_225_600_000
-
-
-def test_label_windows_are_runs_of_ones() -> None:
-    s = Series("s", [1, 2, 3, 4, 5, 6, 7], [0.0] * 7, [0, 1, 1, 0, 0, 1, 1])
-    assert label_windows(s) == [(2, 3), (6, 7)]
-    assert label_windows(Series("s", [1, 2], [0.0, 0.0], None)) == []
 
 
 @pytest.mark.parametrize(
@@ -47,17 +42,24 @@ def _write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
     return path
 
 
-def test_read_csv_names_the_missing_column(tmp_path: Path) -> None:
+def test_a_missing_column_is_named(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "x.csv", [{"timestamp": "1767225600", "v": 1.0}])
     with pytest.raises(InputError, match=r"no column\(s\) \['label'\]"):
-        read_csv(path, "timestamp", ["v"], "label")
+        read_recording(path, CsvFormat(label="label"), ["v"])
 
 
-def test_read_csv_names_the_line_and_column_of_a_bad_value(tmp_path: Path) -> None:
+def test_the_line_and_column_of_a_bad_value_are_named(tmp_path: Path) -> None:
     rows: list[dict[str, object]] = [{"timestamp": 1767225600 + i, "v": 1.0, "label": 0} for i in range(3)]
     rows[2]["v"] = "n/a"
     with pytest.raises(InputError, match=r"line 4, column 'v': 'n/a'"):
-        read_csv(_write_csv(tmp_path / "x.csv", rows), "timestamp", ["v"], "label")
+        read_recording(_write_csv(tmp_path / "x.csv", rows), CsvFormat(label="label"), ["v"])
+
+
+def test_a_row_with_too_few_fields_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("timestamp,v\n1767225600,1.0\n1767225601\n")
+    with pytest.raises(InputError, match="line 3: 1 fields, the header has 2"):
+        read_recording(path, CsvFormat(), ["v"])
 
 
 def test_surprise_is_the_scaled_tail_probability() -> None:
