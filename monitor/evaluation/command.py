@@ -77,8 +77,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cs.add_argument(
         "--columns",
         metavar="A,B,...",
-        help="the column names of files without a header row (every row is data)",
+        help="the column names, instead of those of the header row",
     )
+    cs.add_argument("--no-header", action="store_true", help="the first row is data, not column names")
     cs.add_argument(
         "--sensor",
         help="the sensor of --value columns given without =SENSOR (a single-value built-in kind or a "
@@ -116,6 +117,7 @@ def _csv(settings: Settings, rules: RuleSet, args: argparse.Namespace, out: Path
         period_ms=round(1000 * (args.period_s or 1.0)),
         delimiter="\t" if args.delimiter in ("tab", "\\t") else args.delimiter,
         names=tuple(args.columns.split(",")) if args.columns else None,
+        header=not args.no_header,
         label=args.label,
         label_kind=args.label_kind,
     )

@@ -77,7 +77,8 @@ class CsvFormat:
     timestamp: str | None = "timestamp"  # None: index time, row i at INDEX_EPOCH_MS + i * period_ms
     period_ms: int = 1000
     delimiter: str = ","
-    names: tuple[str, ...] | None = None  # the columns of files without a header row
+    names: tuple[str, ...] | None = None  # the column names (instead of the header row's)
+    header: bool = True  # the first row names the columns (replaced by ``names`` if given)
     label: str | None = None
     label_kind: LabelKind = "anomaly"
 
@@ -126,11 +127,14 @@ def read_recording(path: Path, fmt: CsvFormat, columns: Sequence[str]) -> Record
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.reader(f, delimiter=fmt.delimiter)
-            header = list(fmt.names) if fmt.names is not None else next(reader, [])
+            header = next(reader, []) if fmt.header else []
+            header = list(fmt.names) if fmt.names is not None else header
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: {exc}") from exc
-    first = 1 if fmt.names is None else 0  # the line number of rows[0], less one
+    if not header:
+        raise InputError(f"{path}: no column names (a file without a header row needs --columns)")
+    first = 1 if fmt.header else 0  # the line number of rows[0], less one
     wanted = [*columns, *([fmt.timestamp] if fmt.timestamp else []), *([fmt.label] if fmt.label else [])]
     missing = [c for c in wanted if c not in header]
     if missing:
@@ -140,7 +144,10 @@ def read_recording(path: Path, fmt: CsvFormat, columns: Sequence[str]) -> Record
     at = {name: i for i, name in enumerate(header)}
     for line, row in enumerate(rows, start=first + 1):
         if len(row) != len(header):
-            raise InputError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)}")
+            raise InputError(
+                f"{path}, line {line}: {len(row)} fields for {len(header)} columns ({', '.join(header)}); "
+                "name every field with --columns"
+            )
     if fmt.timestamp is None:
         ts = INDEX_EPOCH_MS + fmt.period_ms * np.arange(len(rows), dtype=np.int64)
         stamps = [str(i) for i in range(len(rows))]

@@ -91,14 +91,15 @@ def test_a_headerless_file_with_another_delimiter_and_index_time(tmp_path: Path)
     path = _machine(tmp_path / "raw.txt", 400, n=700, delimiter=";", header=False)
     out = tmp_path / "out"
     args = ["evaluate", "--out", str(out), "csv", str(path), "--delimiter", ";", "--period-s", "0.5"]
-    args += ["--columns", "t,p1,ax,ay,az,fault", "--value", "p1", "--label", "fault"]
+    args += ["--no-header", "--columns", "t,p1,ax,ay,az,fault", "--value", "p1", "--label", "fault"]
     assert main(args) == 0
     report = json.loads((out / "raw.json").read_text())
     assert report["anomaly"]["recall"] == 1.0
     with (out / "rows" / "raw.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["timestamp"] for r in rows[:3]] == ["0", "1", "2"] and len(rows) == 700
-    rec = read_recording(path, CsvFormat(None, 500, ";", ("t", "p1", "ax", "ay", "az", "fault")), ["p1"])
+    names = ("t", "p1", "ax", "ay", "az", "fault")
+    rec = read_recording(path, CsvFormat(None, 500, ";", names, header=False), ["p1"])
     assert rec.ts[1] - rec.ts[0] == 500 and rec.ts[0] == INDEX_EPOCH_MS
 
 
