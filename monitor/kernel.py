@@ -11,6 +11,9 @@ its score windows), and returns where it stopped and why:
   The pipeline applies it in Python and calls again at the next one;
 - :data:`END`: every reading is applied.
 
+Each applied reading then goes to its device's joint model (:func:`monitor.detect.joint.step`),
+which may close and score a frame.
+
 What a reading feeds into the pooled (fleet, cohort) detectors, its trace record and the freezing
 of a completed reference are left to the pipeline, from the per-reading outputs. The arithmetic is
 the Python path's, in the same order and with the same roundings, so the results of a stream do
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from monitor.detect import joint
 from monitor.detect.kernels import distance, learn, score
 from monitor.ingest.integrity import CLOCK_SKEW, DUPLICATE, GAP, INTERVAL_WEIGHT, OUT_OF_ORDER, STUCK
 
@@ -42,6 +46,8 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
     config: tuple[Any, ...],
     state: tuple[Any, ...],
     out: tuple[Any, ...],
+    joint_config: tuple[Any, ...],
+    joint_state: tuple[Any, ...],
 ) -> tuple[int, int]:
     """Apply readings from ``start`` until a stop (see the module docstring): ``(index, why)``.
     The tuples hold the readings' columns, the settings, the slabs' arrays (numba takes arrays,
@@ -77,7 +83,19 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
         cur,
         python_pairs,
     ) = state
-    valid, anomalies_out, replayed, status, out_score, out_d2, out_anom = out
+    (
+        valid,
+        anomalies_out,
+        replayed,
+        status,
+        out_score,
+        out_d2,
+        out_anom,
+        frame,
+        frame_d2,
+        frame_p,
+        frame_anom,
+    ) = out
     n_ref, n_cur, window = ref.shape[2], cur.shape[2], raw.shape[2]
     for i in range(start, len(dev)):
         slot, s = slot_of[dev[i]], sensor[i]
@@ -170,6 +188,10 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
             n_scored[slot, s] = nn + 1
             score_sum[slot, s] = score_sum[slot, s] + np.float32(sc)
             score_count[slot, s] += 1
+        # The device's joint model.
+        frame[i], frame_d2[i], frame_p[i], frame_anom[i] = joint.step(
+            slot, s, last_vals, quarantined, joint_config, joint_state
+        )
         if since_eval[slot, s] >= check_every:
             return i + 1, EVALUATE
     return len(dev), END

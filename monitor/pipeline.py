@@ -20,9 +20,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor import kernel, schema
-from monitor.detect import drift, kernels, model, novelty
+from monitor.detect import drift, joint, kernels, model, novelty
 from monitor.detect.cohorts import load_cohorts
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
+from monitor.detect.joint import JointState
 from monitor.detect.state import DetectState
 from monitor.errors import RulesError
 from monitor.govern import alerts, training
@@ -96,11 +97,19 @@ class Columns:
     score: NDArray[np.float64] = field(init=False)
     d2: NDArray[np.float64] = field(init=False)
     anomalous: NDArray[np.bool_] = field(init=False)
+    # ... and of the device's joint model: a frame's outcome (joint.NO_FRAME, WARMING, SCORED),
+    # T^2, dimensions, flag.
+    frame: NDArray[np.int8] = field(init=False)
+    frame_d2: NDArray[np.float64] = field(init=False)
+    frame_p: NDArray[np.int64] = field(init=False)
+    frame_anomalous: NDArray[np.bool_] = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.ts)
         self.status, self.score, self.d2 = np.zeros(n, np.int8), np.zeros(n), np.zeros(n)
         self.anomalous = np.zeros(n, np.bool_)
+        self.frame, self.frame_d2 = np.zeros(n, np.int8), np.zeros(n)
+        self.frame_p, self.frame_anomalous = np.zeros(n, np.int64), np.zeros(n, np.bool_)
 
     def readings(self) -> tuple[NDArray[Any], ...]:
         return (
@@ -109,7 +118,10 @@ class Columns:
         )  # fmt: skip
 
     def outputs(self) -> tuple[NDArray[Any], ...]:
-        return self.status, self.score, self.d2, self.anomalous
+        return (
+            self.status, self.score, self.d2, self.anomalous, self.frame, self.frame_d2, self.frame_p,
+            self.frame_anomalous,
+        )  # fmt: skip
 
 
 class Pipeline:
@@ -141,6 +153,8 @@ class Pipeline:
         self.ingest_state = self.store.add(IngestState(n))
         self.detect_state = self.store.add(DetectState(n, d, novelty.state_size(settings.novelty)))
         self.govern_state = self.store.add(GovernState(n, m.retrain_window))
+        self.joint_state = self.store.add(JointState(catalog))
+        self._joint = joint.config(settings.joint, catalog, m.anomaly_threshold, m.learn_anomalies)
         self.integrity = IntegrityChecker(self.ingest_state, settings.integrity)
         self.pairs = PairDrift(self.detect_state, d)
         self.fleet = GroupDrift(n, d)
@@ -194,7 +208,11 @@ class Pipeline:
             self._kernel_config(0),
             self._kernel_state(),
             (*out, *empty.outputs()),
+            self._joint,
+            self.joint_state.arrays_for_step(),
         )
+        self._joint_step(0, 0)  # slot 0 holds no device yet: cleared below
+        self.joint_state.clear(0)
         det, row = self.detect_state, np.zeros(7)
         drift.compare(det.ref[0, 0], det.cur[0, 0], det.edges[0, 0], det.ref_frac[0, 0])
         for f in ((0.0,), (0.0, 0.0), (0.0, 0.0, 0.0)):
@@ -313,7 +331,14 @@ class Pipeline:
         marks = Marks(result)
         while i < n:
             stop, why = kernel.run(
-                i, cols.readings(), slot_of, self._kernel_config(i), self._kernel_state(), out
+                i,
+                cols.readings(),
+                slot_of,
+                self._kernel_config(i),
+                self._kernel_state(),
+                out,
+                self._joint,
+                self.joint_state.arrays_for_step(),
             )
             self._tick += stop - i
             self._freeze_completed(cols, i, stop)
@@ -395,13 +420,17 @@ class Pipeline:
         if self.trace:
             for i, state in zip(at.tolist(), status.tolist(), strict=True):
                 r = batch[i][0]
+                frame = (
+                    int(cols.frame[i]),
+                    float(cols.frame_d2[i]),
+                    int(cols.frame_p[i]),
+                    bool(cols.frame_anomalous[i]),
+                )
                 if state == kernel.WARMING:
-                    result.trace.append(Scored(r.device_id, r.sensor, r.ts, None, None, False, None))
+                    result.trace.append(_scored(r, None, None, False, None, frame))
                 else:
                     score, d2 = float(cols.score[i]), float(cols.d2[i])
-                    result.trace.append(
-                        Scored(r.device_id, r.sensor, r.ts, score, d2, bool(cols.anomalous[i]))
-                    )
+                    result.trace.append(_scored(r, score, d2, bool(cols.anomalous[i]), None, frame))
         scored = at[status != kernel.WARMING]
         sensor, score, anomalous = cols.sensor[scored], cols.score[scored], cols.anomalous[scored]
         for s in np.unique(sensor).tolist():
@@ -475,7 +504,8 @@ class Pipeline:
         if self.governor.waiting:
             self.governor.on_reading(slot, s, r.ts, result)
         self.detect_state.since_eval[slot, s] += 1
-        self._score(slot, s, r, f, scores, result)
+        frame = self._joint_step(slot, s)
+        self._score(slot, s, r, f, scores, result, frame)
         if self.detect_state.since_eval[slot, s] >= self.settings.drift.check_every:
             self._evaluate_pair(slot, s, result)
 
@@ -527,8 +557,27 @@ class Pipeline:
         oldest = live[np.argsort(st.touched[live], kind="stable")[:n]].tolist()
         self._forget(oldest, result, Eviction("capacity", len(oldest), None, 0))
 
+    def _joint_step(self, slot: int, s: int) -> tuple[int, float, int, bool]:
+        """The reading (its values in the ingest state) through its device's joint model."""
+        ing = self.ingest_state
+        return joint.step(
+            slot,
+            s,
+            ing.last_vals,
+            self.govern_state.quarantined,
+            self._joint,
+            self.joint_state.arrays_for_step(),
+        )
+
     def _score(
-        self, slot: int, s: int, r: ReadingLike, f: Features, scores: list[list[float]], result: BatchResult
+        self,
+        slot: int,
+        s: int,
+        r: ReadingLike,
+        f: Features,
+        scores: list[list[float]],
+        result: BatchResult,
+        frame: tuple[int, float, int, bool],
     ) -> None:
         """Score the reading (learning from it), then feed the score to every detector."""
         det = self.detect_state
@@ -545,7 +594,7 @@ class Pipeline:
             det.anomalies[slot, s] += 1
             result.anomalies[s] += 1
         if self.trace:
-            result.trace.append(Scored(r.device_id, r.sensor, r.ts, score, d2, anomalous, level))
+            result.trace.append(_scored(r, score, d2, anomalous, level, frame))
         if score is None:
             return
         scores[s].append(score)
@@ -712,6 +761,7 @@ class Pipeline:
             sig.update(self._drift_signals(cmp, "device", name, result))
         self.detect_state.reset_interval(slot, s)
         self.ingest_state.reset_interval(slot, s)
+        self.joint_state.reset_interval(slot, s)
         ev = Evaluation("device", st.device_ids[slot], name, sig, int(self.ingest_state.last_ts[slot, s]))
         self._act(self.engine.evaluate([ev]), result)
 
@@ -728,6 +778,12 @@ class Pipeline:
         }
         for c, name in enumerate(CHECKS):
             sig[name] = float(self.ingest_state.integrity[slot, s, c])
+        js = self.joint_state
+        frames, flagged = int(js.joint_frames[slot, s]), int(js.joint_anomalies[slot, s])
+        sig["device_frames"] = float(frames)
+        sig["device_anomalies"] = float(flagged)
+        sig["device_anomaly_rate"] = flagged / frames if frames else 0.0
+        sig["device_score"] = float(js.joint_max[slot, s])
         return sig
 
     def _drift_signals(
@@ -830,6 +886,21 @@ class Pipeline:
 
 #: Kafka timestamps per partition whose median moves the partition's clock.
 CLOCK_WINDOW = 15
+
+
+def _scored(
+    r: ReadingLike,
+    score: float | None,
+    d2: float | None,
+    anomalous: bool,
+    level: float | None,
+    frame: tuple[int, float, int, bool],
+) -> Scored:
+    """The trace record of an applied reading (``frame``: what :func:`joint.step` returned)."""
+    outcome, t2, dims, flagged = frame
+    if outcome != joint.SCORED:
+        return Scored(r.device_id, r.sensor, r.ts, score, d2, anomalous, level)
+    return Scored(r.device_id, r.sensor, r.ts, score, d2, anomalous, level, t2, dims, flagged)
 
 
 class Marks:

@@ -51,6 +51,10 @@ class Scored:
     distance: float | None
     anomalous: bool
     level: float | None = None
+    #: The device's joint model, when this reading closed a scored frame: its T^2 and dimensions.
+    joint_distance: float | None = None
+    joint_dims: int = 0
+    joint_anomalous: bool = False
 
 
 @dataclass(frozen=True, slots=True)

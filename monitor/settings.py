@@ -341,6 +341,26 @@ class NoveltySettings(_Section):
     refractory: int = Field(30, ge=0, description="readings after a level in which only a higher one reports")
 
 
+class JointSettings(_Section):
+    """The device tier (:mod:`monitor.detect.joint`): per device, one model over all its channels
+    and axes together, scoring each frame (every channel reported once) by its Hotelling T^2."""
+
+    enabled: bool = Field(
+        True, description="keep a joint model per device (memory: see state.memory_budget_mb)"
+    )
+    warmup: int = Field(100, ge=2, description="frames learned before a device's joint model scores")
+    fading: float = Field(
+        0.005, gt=0, le=1, description="weight of a new frame in the mean and covariance (memory ~1/x frames)"
+    )
+    refresh: int = Field(16, ge=1, description="learned frames between refreshes of the inverse covariance")
+    ridge: float = Field(
+        0.01, ge=0, description="added to every variance, relative to it: keeps collinear channels invertible"
+    )
+    relearn_after: int = Field(
+        200, ge=0, description="consecutive flagged frames after which the model learns anew (0: never)"
+    )
+
+
 class DriftSettings(_Section):
     reference_size: int = Field(96, ge=32, le=4096)
     window_size: int = Field(96, ge=32, le=4096)
@@ -658,6 +678,7 @@ class Settings(BaseSettings):
     integrity: IntegritySettings = IntegritySettings()
     model: ModelSettings = ModelSettings()
     novelty: NoveltySettings = NoveltySettings()
+    joint: JointSettings = JointSettings()
     drift: DriftSettings = DriftSettings()
     metrics: MetricsSettings = MetricsSettings()
     alerts: AlertsSettings = AlertsSettings()

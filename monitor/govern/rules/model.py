@@ -50,8 +50,11 @@ DRIFT_SIGNALS = frozenset(
     }
 )
 INTEGRITY_SIGNALS = frozenset({"stuck_at", "gap", "duplicate", "out_of_order", "clock_skew"})
+#: The device tier's (monitor.detect.joint), per pair: frames it flagged mostly because of the pair's
+#: channel, their rate among the device's frames, and the largest frame score of the interval.
+JOINT_SIGNALS = frozenset({"device_frames", "device_anomalies", "device_anomaly_rate", "device_score"})
 SIGNALS: dict[str, frozenset[str]] = {
-    "device": DRIFT_SIGNALS | INTEGRITY_SIGNALS,
+    "device": DRIFT_SIGNALS | INTEGRITY_SIGNALS | JOINT_SIGNALS,
     "fleet": DRIFT_SIGNALS | {"lag"},  # lag: the consumer's lag, in messages
     "cohort": DRIFT_SIGNALS,
 }
