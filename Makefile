@@ -33,7 +33,10 @@ lint: env
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# numba invalidates a cached kernel when its own file changes, not when a function it calls does:
+# the tests compile every kernel from the sources at hand.
 test: lint
+	find monitor -name '*.nb[ci]' -delete
 	scripts/test-services $(BIN)/pytest
 
 clean:

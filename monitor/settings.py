@@ -354,7 +354,7 @@ class JointSettings(_Section):
     )
     refresh: int = Field(16, ge=1, description="learned frames between refreshes of the inverse covariance")
     ridge: float = Field(
-        0.01, ge=0, description="added to every variance, relative to it: keeps collinear channels invertible"
+        1e-4, ge=0, description="added to every variance, relative to it (besides its resolution squared)"
     )
     relearn_after: int = Field(
         200, ge=0, description="consecutive flagged frames after which the model learns anew (0: never)"

@@ -5,8 +5,8 @@ the relation between channels (a motor that draws more current for the same flow
 on its side whose axes still read plausible values) passes them. The joint model of a device
 keeps an exponentially weighted mean and full covariance of the vector of its channels' latest
 values, and scores each *frame* by its Hotelling distance ``T^2 = d' S^-1 d``, ``d`` the frame's
-deviation from the mean, ``S`` the covariance (ridge-regularised, and every variance floored at its
-channel's resolution). Under a Gaussian baseline ``T^2`` follows a chi-square law with as many
+deviation from the mean, ``S`` the covariance, every variance plus its channel's resolution squared
+(and a small ridge). Under a Gaussian baseline ``T^2`` follows a chi-square law with as many
 degrees of freedom as the model has dimensions, so its score ``chi2.cdf(T^2, p)`` means what a pair
 score means, and one threshold serves every device.
 
@@ -244,9 +244,10 @@ def _learn(
 def _refresh(
     slot: int, j_in: Any, keys: Any, offsets: Any, floors: Any, ridge: float, cov: Any, inv: Any
 ) -> None:
-    """The regularised inverse of the model's covariance: every variance floored at its
-    channel's resolution squared, plus ``ridge`` times itself (so collinear channels, e.g. three
-    temperatures of one board, do not make it singular)."""
+    """The regularised inverse of the model's covariance: every variance plus its channel's
+    resolution squared (a channel never predicts another better than to one quantisation step, so
+    collinear channels, e.g. three temperatures of one board, keep it invertible), and ``ridge``
+    times itself."""
     idx = np.zeros(len(floors), np.int64)
     p = 0
     for s in range(len(keys)):
@@ -258,8 +259,7 @@ def _refresh(
     for a in range(p):
         for b in range(p):
             sub[a, b] = cov[slot, idx[a], idx[b]]
-        v = max(sub[a, a], floors[idx[a]])
-        sub[a, a] = v * (1.0 + ridge)
+        sub[a, a] = sub[a, a] * (1.0 + ridge) + floors[idx[a]]
     out = np.linalg.inv(sub)
     inv[slot, :, :] = 0.0
     for a in range(p):

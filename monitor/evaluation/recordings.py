@@ -334,15 +334,29 @@ def _distinct_devices(recordings: list[Recording]) -> list[Recording]:
 
 def _scores(settings: Settings, trace: list[Scored]) -> NDArray[np.float64]:
     """Each reading's score: the surprise of its distance (NAB's per-row score, which unlike the
-    [0, 1] score does not round to 1 for every strong outlier), or its novelty level; 0 while
-    its model warms up."""
+    [0, 1] score does not round to 1 for every strong outlier), or of its device's joint model's
+    when the reading closed a frame, whichever is larger; or its novelty level; 0 while the models
+    warm up."""
     if settings.novelty.enabled:
         return np.array([0.0 if s.level is None else s.level for s in trace])
     catalog = settings.channels.catalog()
     k = np.array([len(catalog.by_name[s.sensor].keys) for s in trace], np.int64)
     d2 = np.array([np.nan if s.distance is None else s.distance for s in trace])
-    out = np.zeros(len(trace))
-    for n in np.unique(k).tolist():
+    return np.maximum(_surprise(d2, k), _joint_scores(trace))
+
+
+def _joint_scores(trace: list[Scored]) -> NDArray[np.float64]:
+    """The surprise of the device's joint model at each reading that closed one of its frames."""
+    dims = np.array([s.joint_dims for s in trace], np.int64)
+    t2 = np.array([np.nan if s.joint_distance is None else s.joint_distance for s in trace])
+    return _surprise(t2, dims)
+
+
+def _surprise(d2: NDArray[np.float64], k: NDArray[np.int64]) -> NDArray[np.float64]:
+    """:func:`~monitor.evaluation.harness.surprise` of each distance with its own degrees of
+    freedom (0 where the distance is NaN)."""
+    out = np.zeros(len(d2))
+    for n in np.unique(k[~np.isnan(d2)]).tolist():
         pick = (k == n) & ~np.isnan(d2)
         out[pick] = surprise(d2[pick], n)
     return out
@@ -362,7 +376,7 @@ def _rows(
     for (f, i), s, score in zip(fed, trace, _scores(settings, trace).tolist(), strict=True):
         row = out[f]
         row.score[i] = max(row.score[i], score)
-        row.anomalous[i] |= s.anomalous
+        row.anomalous[i] |= s.anomalous or s.joint_anomalous
     spans = _firing_spans(alerts)
     for row in out:
         for lo, hi in spans.get(row.recording.device_id, []):
