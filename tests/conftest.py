@@ -23,6 +23,7 @@ from monitor.cli.broker import EmbeddedBroker, free_port
 from monitor.ingest.kafka import ensure_topics
 from monitor.schema import encode_reading
 from monitor.settings import KafkaSettings
+from tests.apache_kafka import ApacheKafka
 from tests.chaos_harness import committed
 
 _counter = itertools.count()
@@ -37,15 +38,14 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    """One embedded Kafka-protocol broker on a free loopback port for the whole session."""
-    log_file = Path(tmp_path_factory.mktemp("broker")) / "tansu.log"
-    with EmbeddedBroker(log_file=log_file) as b:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
+    """One Apache Kafka (a single KRaft node) on free loopback ports for the whole session."""
+    with ApacheKafka(tmp_path_factory.mktemp("kafka")) as b:
         yield b
 
 
 @pytest.fixture
-def kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:
+def kafka_settings(broker: ApacheKafka) -> KafkaSettings:
     """Kafka settings on the session broker with topic and group names unique to this test."""
     return unique_kafka_settings(broker)
 
@@ -191,7 +191,7 @@ def run_monitor(
     return Finished(samples, alive, proc.returncode, stderr)
 
 
-def unique_kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:
+def unique_kafka_settings(broker: ApacheKafka | EmbeddedBroker) -> KafkaSettings:
     n = next(_counter)
     return KafkaSettings(
         bootstrap_servers=broker.bootstrap_servers,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli.broker import EmbeddedBroker
 from monitor.settings import KafkaSettings
 from producers.scenario import Scenario
 from tests import chaos_harness as chaos
+from tests.apache_kafka import ApacheKafka
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ class Stream:
 
 
 @pytest.fixture(scope="module")
-def stream(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Stream:
+def stream(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Stream:
     """6 devices, 4 simulated minutes (40k readings, a planted drift), and their oracle."""
     workdir = tmp_path_factory.mktemp("chaos")
     kafka = chaos.stream_settings(broker.bootstrap_servers, "ci-chaos")
@@ -95,7 +95,7 @@ def test_broker_outage_degrades_then_resumes_and_loses_nothing(bench: chaos.Outa
     assert_like_oracle(o.comparison, report)
 
 
-def test_alert_sink_down_holds_offsets_then_delivers(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_alert_sink_down_holds_offsets_then_delivers(broker: ApacheKafka, tmp_path: Path) -> None:
     s = chaos.sink_experiment(broker.bootstrap_servers, tmp_path, down_s=3)
     report = "\n".join(s.lines())
     assert s.degraded_after_s is not None, f"/readyz never reported degraded\n{report}"

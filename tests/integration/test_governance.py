@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 from monitor import errors
-from monitor.cli.broker import EmbeddedBroker, free_port
+from monitor.cli.broker import free_port
 from monitor.cli.main import main as telemon
 from monitor.govern import alerts, registry
 from monitor.govern.registry import ModelRegistry, decode_event
@@ -29,6 +29,7 @@ from monitor.serve.service import Totals
 from monitor.settings import Settings, load_settings
 from producers.scenario import load_scenario
 from producers.simulate import simulate
+from tests.apache_kafka import ApacheKafka
 from tests.conftest import AlertmanagerProcess, read_topic, start_alertmanager, unique_kafka_settings
 
 pytestmark = pytest.mark.integration
@@ -88,7 +89,7 @@ def run_monitor(settings: Settings, last_offsets: dict[int, int]) -> Totals:
             service.endpoint.close()
 
 
-def monitor_settings(broker: EmbeddedBroker, state: Path, **overrides: Any) -> Settings:
+def monitor_settings(broker: ApacheKafka, state: Path, **overrides: Any) -> Settings:
     kafka = unique_kafka_settings(broker)
     return load_settings(
         Path("configs/monitor.yaml"),
@@ -108,7 +109,7 @@ class Drift:
 
 @pytest.fixture(scope="module")
 def drift(
-    broker: EmbeddedBroker, alertmanager: AlertmanagerProcess, tmp_path_factory: pytest.TempPathFactory
+    broker: ApacheKafka, alertmanager: AlertmanagerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Drift:
     settings = monitor_settings(
         broker, tmp_path_factory.mktemp("state"), alerts={"alertmanager_url": alertmanager.url}
@@ -198,7 +199,7 @@ def test_tampered_artifact_is_refused_and_the_current_model_keeps_serving(drift:
     assert reg.events()[0][-1].kind == "rejected"
 
 
-def test_a_worse_candidate_is_rejected(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_a_worse_candidate_is_rejected(broker: ApacheKafka, tmp_path: Path) -> None:
     """A rule that retrains clean pairs: their candidates do not beat the incumbent by the margin."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(
@@ -249,7 +250,7 @@ def _publish(settings: Settings, device: str, values: list[float], start: int = 
 
 
 def test_hysteresis_and_cooldown_keep_an_oscillating_signal_to_one_episode(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: ApacheKafka, tmp_path: Path
 ) -> None:
     """The anomaly rate swings around 0.3 for 20 evaluations, then drops: one firing, one resolved
     (and one quarantine, released when the episode resolves)."""
@@ -297,14 +298,14 @@ def _levels(*levels: float, n: int = 600, seed: int = 0) -> list[float]:
     return [float(v) for level in levels for v in level + 0.1 * rng.standard_normal(n)]
 
 
-def _rollback_run(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+def _rollback_run(broker: ApacheKafka, tmp_path: Path) -> Settings:
     rules = tmp_path / "rules.yaml"
     rules.write_text(ROLLBACK_RULES)
     # Small batches: a rollback is carried out after its batch, before a retrain can supersede it.
     return monitor_settings(broker, tmp_path / "state", rules_file=str(rules), consume={"batch_size": 50})
 
 
-def test_rollback_action_serves_the_parent_again(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_rollback_action_serves_the_parent_again(broker: ApacheKafka, tmp_path: Path) -> None:
     """20 -> 25 (retrained: v2 serves) -> 20 again: v2 raises alarms, the rule rolls back to v1."""
     settings = _rollback_run(broker, tmp_path)
     run_monitor(settings, _publish(settings, "dev-rb", _levels(20, 25, 20)))
@@ -315,9 +316,7 @@ def test_rollback_action_serves_the_parent_again(broker: EmbeddedBroker, tmp_pat
     assert reg.serving("dev-rb", "temperature") == 1
 
 
-def test_a_tampered_rollback_target_is_refused_on_the_live_path(
-    broker: EmbeddedBroker, tmp_path: Path
-) -> None:
+def test_a_tampered_rollback_target_is_refused_on_the_live_path(broker: ApacheKafka, tmp_path: Path) -> None:
     """As above, but v1's artifact is tampered with between two runs of the service: the rollback
     is refused with a recorded reason and v2 keeps serving (its state restored from snapshots) until
     the drift rule's own retrain replaces it."""
@@ -342,9 +341,7 @@ def test_a_tampered_rollback_target_is_refused_on_the_live_path(
     assert all(e.previous == 2 for e in later[:1])  # ... until a retrain replaced it, if one did
 
 
-def test_storm_control_caps_a_fleet_wide_burst_with_one_summary(
-    broker: EmbeddedBroker, tmp_path: Path
-) -> None:
+def test_storm_control_caps_a_fleet_wide_burst_with_one_summary(broker: ApacheKafka, tmp_path: Path) -> None:
     """Ten devices go bad at once: three firing alerts get through, then one alert_storm summary."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(

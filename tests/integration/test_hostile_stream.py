@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Message, Producer
 
-from monitor.cli.broker import EmbeddedBroker, free_port
+from monitor.cli.broker import free_port
 from monitor.evaluation.replay import ReplayMessage
 from monitor.ingest.kafka import DeliveryTracker, ensure_topics, flush
 from monitor.records import DeadLetter
@@ -22,6 +22,7 @@ from monitor.schema import Reason, Rejection
 from monitor.serve import deadletters
 from monitor.serve.deadletters import DeadLetterProducer
 from monitor.settings import KafkaSettings
+from tests.apache_kafka import ApacheKafka
 from tests.chaos_harness import committed
 from tests.conftest import (
     Finished,
@@ -71,7 +72,7 @@ class Outcome:
 
 
 @pytest.fixture(scope="module")
-def outcome(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+def outcome(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     kafka = unique_kafka_settings(broker)
     stream, poison = craft(kafka)
     state = str(tmp_path_factory.mktemp("state"))
@@ -134,7 +135,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def test_a_flood_of_new_device_ids_stays_within_the_memory_budget(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: ApacheKafka, tmp_path: Path
 ) -> None:
     kafka, budget_mb, flood = unique_kafka_settings(broker), 16, 30_000
     stream = Readings(kafka, 8, PARTITIONS)

@@ -12,13 +12,14 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from monitor.cli.broker import EmbeddedBroker, free_port
+from monitor.cli.broker import free_port
 from monitor.govern import alerts, registry
 from monitor.serve.app import build_service
 from monitor.serve.service import Totals
 from monitor.settings import Settings, load_settings
 from producers.scenario import load_scenario
 from producers.simulate import SimulationReport, simulate
+from tests.apache_kafka import ApacheKafka
 from tests.conftest import read_topic, unique_kafka_settings
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,7 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def run(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+def run(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     kafka = unique_kafka_settings(broker)
     state = tmp_path_factory.mktemp("state")
     settings = load_settings(

@@ -24,12 +24,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from monitor.cli.broker import EmbeddedBroker, free_port
+from monitor.cli.broker import free_port
 from monitor.serve.app import build_service
 from monitor.serve.service import Service
 from monitor.settings import Settings, load_settings
 from producers.scenario import load_scenario
 from producers.simulate import SimulationReport, simulate
+from tests.apache_kafka import ApacheKafka
 from tests.conftest import tool, unique_kafka_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +106,7 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def monitor(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitor]:
+def monitor(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitor]:
     settings = load_settings(
         ROOT / "configs" / "monitor.yaml",
         kafka=unique_kafka_settings(broker).model_dump(mode="json"),

@@ -20,6 +20,7 @@ from monitor.detect.model import AdaptiveGaussian
 from monitor.govern.registry import ModelVersion, TrainingData, open_registry
 from monitor.settings import KafkaSettings, load_settings
 from monitor.state.snapshot import SnapshotStore
+from tests.apache_kafka import ApacheKafka
 from tests.conftest import Finished, Readings, run_monitor, telemon_process, total, unique_kafka_settings
 
 pytestmark = pytest.mark.integration
@@ -60,7 +61,7 @@ def _register_v2(state: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def restarts(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Restarts:
+def restarts(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Restarts:
     kafka = unique_kafka_settings(broker)
     state = tmp_path_factory.mktemp("state")
     env = {"TELEMON_STATE_DIR": str(state)}
