@@ -299,6 +299,17 @@ class _Publisher:
             self.progress(self.counts.readings + self.counts.malformed)
 
 
+def starting_now(scenario: Scenario, now_ms: int | None = None) -> Scenario:
+    """The scenario from the current second on, unless its file sets ``start_ts``. A paced stream
+    stamped with the default fixed start would lie months in the past, where a Kafka topic's time
+    retention (7 days by default) deletes it within minutes, and its event time would not be the
+    wall clock it is paced to."""
+    if "start_ts" in scenario.model_fields_set:
+        return scenario
+    now_ms = (time.time_ns() // 1_000_000_000) * 1000 if now_ms is None else now_ms
+    return scenario.model_copy(update={"start_ts": now_ms})
+
+
 def simulate(
     kafka: KafkaSettings,
     scenario: Scenario,
@@ -308,12 +319,15 @@ def simulate(
 ) -> SimulationReport:
     """Publish the scenario to ``kafka.readings_topic`` and its truth to ``kafka.truth_topic``.
 
-    ``realtime`` paces messages to the wall clock; otherwise they go as fast as the broker takes
-    them (their timestamps are event time either way). ``progress`` receives the number of
+    ``realtime`` paces messages to the wall clock, and the stream starts now unless the scenario
+    sets ``start_ts`` (:func:`starting_now`); otherwise they go as fast as the broker takes them
+    (their timestamps are event time either way). ``progress`` receives the number of
     readings-topic messages produced so far, every :data:`PROGRESS_EVERY` and at the end.
     Raises :class:`KafkaUnavailable` if the broker is unreachable or any delivery fails.
     """
     began = time.monotonic()
+    if realtime:
+        scenario = starting_now(scenario)
     ensure_topics(kafka, [kafka.readings_topic, kafka.truth_topic])
     producer = Producer(producer_config(kafka))
     publisher = _Publisher(producer, kafka, scenario, progress)

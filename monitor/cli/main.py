@@ -92,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         "truth of its events to kafka.truth_topic. Same seed, same stream.",
     )
     sim.add_argument("--scenario", type=Path, required=True, metavar="FILE", help="scenario YAML")
-    sim.add_argument("--realtime", action="store_true", help="pace to wall-clock time (default: fast)")
+    sim.add_argument(
+        "--realtime",
+        action="store_true",
+        help="pace to wall-clock time, the stream starting now unless the scenario sets start_ts "
+        "(default: as fast as the broker takes it, from the scenario's start_ts)",
+    )
     add_config_options(sim)
 
     broker = sub.add_parser(

@@ -18,6 +18,7 @@ from producers.scenario import (
     load_scenario,
     truth_records,
 )
+from producers.simulate import starting_now
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "configs" / "scenarios"
 EVENT_KINDS = {
@@ -317,3 +318,12 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     path.write_text("seed: !!python/object/apply:os.getcwd []\ndevices: 1\nduration_s: 1\n", encoding="utf-8")
     with pytest.raises(ScenarioError, match="invalid YAML"):
         load_scenario(path)
+
+
+def test_a_paced_stream_starts_now_unless_the_file_sets_its_start() -> None:
+    now = 1_796_400_000_000
+    paced = starting_now(load_scenario(SCENARIOS / "demo.yaml"), now)  # its start_ts unset
+    assert (paced.start_ts, paced.end_ts) == (now, now + round(paced.duration_s * 1000))
+    assert truth_records(paced)[0]["start_ts"] == now + 300_000  # the drift from minute 5
+    pinned = Scenario(seed=0, devices=1, duration_s=60, start_ts=DEFAULT_START_TS + 1000)
+    assert starting_now(pinned, now).start_ts == DEFAULT_START_TS + 1000
