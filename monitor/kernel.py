@@ -5,7 +5,8 @@ applies one in Python (re-delivery guard, integrity checks, the retraining ring,
 its score windows), and returns where it stopped and why:
 
 - :data:`EVALUATE`: the reading before the returned index completed its pair's evaluation
-  interval; the pipeline evaluates the pair (KS, PSI, rules, actions) and calls again;
+  interval, or made it urgent (it ended a data gap, or a run of ``urgent_streak`` anomalous
+  readings); the pipeline evaluates the pair (KS, PSI, rules, actions) and calls again;
 - :data:`PYTHON`: the reading at the returned index is not applied: its device is new, it was
   read on another partition than its state's, or its pair has a retrain or shadow under way.
   The pipeline applies it in Python and calls again at the next one;
@@ -53,7 +54,8 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
     The tuples hold the readings' columns, the settings, the slabs' arrays (numba takes arrays,
     not objects) and the outputs, in the order :meth:`monitor.pipeline.Pipeline` builds them."""
     dev, sensor, k, ts, seq, offset, has_offset, part, kafka_ts, plausible, vals, watermark = readings
-    gap_factor, stuck_n, max_skew, warmup, thresholds, learn_anomalies, check_every, tick0 = config
+    gap_factor, stuck_n, max_skew, warmup, thresholds, learn_anomalies, check_every, tick0 = config[:8]
+    urgent_streak, urgent_gap = config[8:]
     (
         home,
         touched,
@@ -77,6 +79,7 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
         n_scored,
         since_eval,
         anomalies,
+        streak,
         score_sum,
         score_count,
         ref,
@@ -124,6 +127,7 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
         last_seq[slot] = seq[i]
         f, kk = vals[i], k[i]
         # Gap, stuck-at and clock-skew checks.
+        urgent = False
         prev = last_ts[slot, s]
         if prev:
             dt = ts[i] - prev
@@ -131,6 +135,7 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
             if usual > 0 and dt > gap_factor * usual:
                 integrity[slot, s, GAP] += 1
                 events[s, GAP] += 1
+                urgent = urgent_gap
             elif dt > 0:
                 interval[slot, s] = dt if usual == 0 else usual + INTERVAL_WEIGHT * (dt - usual)
         last_ts[slot, s] = ts[i]
@@ -165,6 +170,7 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
         if row[0] < warmup:
             learn(row, kk, par[1], par[2], f)
             status[i] = WARMING
+            streak[slot, s] = 0
         else:
             d2 = distance(row, kk, par[3], f)
             threshold = thresholds[kk]
@@ -176,6 +182,11 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
                 out_anom[i] = True
                 anomalies[slot, s] += 1
                 anomalies_out[s] += 1
+                streak[slot, s] += 1
+                if streak[slot, s] == urgent_streak:
+                    urgent = True
+            else:
+                streak[slot, s] = 0
             # The score windows.
             nn = n_scored[slot, s]
             q = np.rint(sc * QUANTUM)
@@ -192,6 +203,6 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
         frame[i], frame_d2[i], frame_p[i], frame_anom[i] = joint.step(
             slot, s, last_vals, quarantined, joint_config, joint_state
         )
-        if since_eval[slot, s] >= check_every:
+        if since_eval[slot, s] >= check_every or urgent:
             return i + 1, EVALUATE
     return len(dev), END

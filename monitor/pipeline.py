@@ -32,7 +32,7 @@ from monitor.govern.registry import AuditEvent, EventKind, ModelVersion, code_ve
 from monitor.govern.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
 from monitor.govern.state import GovernState
 from monitor.ingest.features import Features
-from monitor.ingest.integrity import IntegrityChecker
+from monitor.ingest.integrity import GAP, IntegrityChecker
 from monitor.ingest.state import IngestState
 from monitor.records import DeadLetter, Eviction, Message, Rollback, Scored, Stray
 from monitor.schema import MAX_AXES, SENSOR_NAMES, ReadingLike, Rejection
@@ -162,6 +162,7 @@ class Pipeline:
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
         self.cohort_groups: dict[str, GroupDrift] = {}
         self._device_groups: dict[str, list[tuple[Scope, str, GroupDrift]]] = {}
+        self._group_sizes: Counter[str] = Counter()  # devices feeding each pooled group, by key
         self.lag = 0  # the consumer's lag (messages), set by the service: the fleet "lag" signal
         self.engine = RuleEngine(rules)
         a = settings.alerts
@@ -374,7 +375,7 @@ class Pipeline:
         i, m, d = self.settings.integrity, self.settings.model, self.settings.drift
         return (
             i.gap_factor, i.stuck_run, i.max_clock_skew_ms, m.warmup, self._thresholds,
-            m.learn_anomalies, d.check_every, self._tick - start,
+            m.learn_anomalies, d.check_every, self._tick - start, d.urgent_streak, d.urgent_gap,
         )  # fmt: skip
 
     def _kernel_state(self) -> tuple[Any, ...]:
@@ -385,7 +386,8 @@ class Pipeline:
             ing.last_ts, ing.interval, ing.stuck_run, ing.integrity, ing.last_vals,
             self.integrity.events, gov.quarantined, gov.raw_n, gov.raw, gov.raw_off, gov.raw_ts,
             det.model, det.model_params, self._base_params, det.n_scored, det.since_eval,
-            det.anomalies, det.score_sum, det.score_count, det.ref, det.cur, self._python_pairs(),
+            det.anomalies, det.streak, det.score_sum, det.score_count, det.ref, det.cur,
+            self._python_pairs(),
         )  # fmt: skip
 
     def _python_pairs(self) -> NDArray[np.int8]:
@@ -499,14 +501,16 @@ class Pipeline:
         if not fresh or not self.integrity.check_seq(slot, s, r):
             return
         f = r.features()
+        gaps = int(self.ingest_state.integrity[slot, s, GAP])
         self.integrity.check_values(slot, s, r.ts, f, kafka_ts)
+        urgent = self.settings.drift.urgent_gap and self.ingest_state.integrity[slot, s, GAP] != gaps
         self.govern_state.remember(slot, s, r.ts, f, offset or 0)
         if self.governor.waiting:
             self.governor.on_reading(slot, s, r.ts, result)
         self.detect_state.since_eval[slot, s] += 1
         frame = self._joint_step(slot, s)
-        self._score(slot, s, r, f, scores, result, frame)
-        if self.detect_state.since_eval[slot, s] >= self.settings.drift.check_every:
+        urgent |= self._score(slot, s, r, f, scores, result, frame)
+        if urgent or self.detect_state.since_eval[slot, s] >= self.settings.drift.check_every:
             self._evaluate_pair(slot, s, result)
 
     def _fresh(
@@ -578,8 +582,9 @@ class Pipeline:
         scores: list[list[float]],
         result: BatchResult,
         frame: tuple[int, float, int, bool],
-    ) -> None:
-        """Score the reading (learning from it), then feed the score to every detector."""
+    ) -> bool:
+        """Score the reading (learning from it), then feed the score to every detector; True if
+        it completes a run of ``drift.urgent_streak`` anomalous readings."""
         det = self.detect_state
         d2 = self._distance(slot, s, f)
         score = None if d2 is None else model.score(d2, len(f))
@@ -593,10 +598,14 @@ class Pipeline:
         if anomalous:
             det.anomalies[slot, s] += 1
             result.anomalies[s] += 1
+            det.streak[slot, s] += 1
+        else:
+            det.streak[slot, s] = 0
+        urgent = bool(anomalous and det.streak[slot, s] == self.settings.drift.urgent_streak)
         if self.trace:
             result.trace.append(_scored(r, score, d2, anomalous, level, frame))
         if score is None:
-            return
+            return urgent
         scores[s].append(score)
         self.pairs.push(slot, s, score)
         if self.governor.shadows:
@@ -604,6 +613,7 @@ class Pipeline:
         for scope, key, group in self._groups(r.device_id):
             if group.push(s, score, anomalous):
                 self._evaluate_group(scope, key, group, s, r.ts, result)
+        return urgent
 
     def _groups(self, device_id: str) -> list[tuple[Scope, str, GroupDrift]]:
         """The pooled detectors a device's scores feed: the fleet's, and one per cohort it is in
@@ -619,6 +629,7 @@ class Pipeline:
                         self.cohort_groups[key] = GroupDrift(len(self.catalog), self.settings.drift)
                     groups.append(("cohort", key, self.cohort_groups[key]))
             self._device_groups[device_id] = groups
+            self._group_sizes.update(key for _, key, _ in groups)
         return groups
 
     def _evict(self, result: BatchResult) -> None:
@@ -650,7 +661,7 @@ class Pipeline:
         self.engine.forget(devices)
         self.governor.forget(set(devices))
         for d in devices:
-            self._device_groups.pop(d, None)
+            self._group_sizes.subtract(key for _, key, _ in self._device_groups.pop(d, ()))
             self._astray.discard(d)
         gone = set(slots)
         for key in [k for k in self._foreign if k[0] in gone]:
@@ -784,6 +795,9 @@ class Pipeline:
         sig["device_anomalies"] = float(flagged)
         sig["device_anomaly_rate"] = flagged / frames if frames else 0.0
         sig["device_score"] = float(js.joint_max[slot, s])
+        key = (self.store.device_ids[slot], self.catalog.names[s])
+        sig["retraining"] = float(self.governor.retraining(key))
+        sig["anomaly_streak"] = float(det.streak[slot, s])
         return sig
 
     def _drift_signals(
@@ -814,6 +828,7 @@ class Pipeline:
             "anomaly_rate": anomalies / n if n else 0.0,
             "adwin_detections": float(hits),
             "adwin_drift": float(hits > 0),
+            "devices": float(self._group_sizes[key]),
         }
         if n:
             sig["score_mean"] = group.score_sum[s] / n

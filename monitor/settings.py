@@ -369,6 +369,15 @@ class DriftSettings(_Section):
     fleet_reference_size: int = Field(2000, ge=100)
     fleet_window_size: int = Field(2000, ge=100)
     fleet_check_every: int = Field(500, ge=1)
+    urgent_streak: int = Field(
+        3,
+        ge=0,
+        description="consecutive anomalous readings of a pair that bring its evaluation forward "
+        "(0: never); the run's length is the anomaly_streak signal",
+    )
+    urgent_gap: bool = Field(
+        True, description="a reading that ends a data gap brings its pair's evaluation forward"
+    )
     ks_alpha: float = Field(1e-6, gt=0, lt=1, description="KS detects drift when p < ks_alpha")
     psi_threshold: float = Field(0.5, gt=0, description="PSI detects drift when psi > this")
     adwin_delta: float = Field(0.002, gt=0, lt=1)

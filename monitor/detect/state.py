@@ -29,6 +29,7 @@ class DetectState(Slab):
     n_scored: NDArray[np.int64]
     since_eval: NDArray[np.int32]
     anomalies: NDArray[np.int32]
+    streak: NDArray[np.int32]  # consecutive anomalous readings, up to the latest
     adwin_hits: NDArray[np.int32]
     score_sum: NDArray[np.float32]
     score_count: NDArray[np.int32]
@@ -52,6 +53,7 @@ class DetectState(Slab):
             "n_scored": (p, np.int64, 0),
             "since_eval": (p, np.int32, 0),
             "anomalies": (p, np.int32, 0),
+            "streak": (p, np.int32, 0),
             "adwin_hits": (p, np.int32, 0),
             "score_sum": (p, np.float32, 0),
             "score_count": (p, np.int32, 0),
@@ -118,6 +120,7 @@ class DetectState(Slab):
     def reset_detectors(self, slot: int, s: int) -> None:
         """Forget the score history of a pair: a new model starts a new reference."""
         self.reset_interval(slot, s)
+        self.streak[slot, s] = 0
         self.n_scored[slot, s] = 0
         self.score_sum[slot, s] = 0
         self.score_count[slot, s] = 0

@@ -90,6 +90,11 @@ class Governor:
     def busy(self, key: Key) -> bool:
         return key in self.due or key in self.shadows
 
+    def retraining(self, key: Key) -> bool:
+        """A retrain of the pair is under way: its job is due, its candidate in shadow, or a retry
+        after a rejection is scheduled (the rules' ``retraining`` signal)."""
+        return key in self.due or key in self.shadows or key in self.retry
+
     def busy_pairs(self) -> frozenset[Key]:
         """The pairs with a retrain due, a retry, or a shadow under way."""
         return frozenset((*self.due, *self.retry, *self.shadows))

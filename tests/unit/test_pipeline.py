@@ -13,7 +13,7 @@ import pytest
 
 from monitor.govern.alerts import Alert
 from monitor.govern.registry import AuditEvent, ModelVersion
-from monitor.govern.rules import load_rules, parse_rules
+from monitor.govern.rules import RuleSet, load_rules, parse_rules
 from monitor.pipeline import BatchResult, Pipeline
 from monitor.records import Message
 from monitor.schema import SENSOR_INDEX, SENSORS, Reason, encode_reading
@@ -68,8 +68,13 @@ class FakeMessage:
         return (1, self.ts)  # TIMESTAMP_CREATE_TIME
 
 
-def _pipeline() -> Pipeline:
-    return Pipeline(load_settings(None, drift=DRIFT, model=MODEL), load_rules(RULES))
+def _pipeline(rules: RuleSet | None = None) -> Pipeline:
+    return Pipeline(load_settings(None, drift=DRIFT, model=MODEL), rules or load_rules(RULES))
+
+
+def _shipped(*names: str) -> RuleSet:
+    """The shipped rules of these names (a retrain's path through one rule, without the others')."""
+    return RuleSet(rules=[r for r in load_rules(RULES).rules if r.name in names])
 
 
 class Stream:
@@ -215,7 +220,7 @@ class Shifted:
 
 @pytest.fixture(scope="module")
 def shifted() -> Shifted:
-    p = _pipeline()
+    p = _pipeline(_shipped("score_drift"))
     msgs = _gaussian_stream(500, devices=3, shift_device=1, seed=2)
     return Shifted(p, msgs, _run(p, msgs))
 

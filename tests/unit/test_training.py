@@ -364,6 +364,20 @@ def test_candidate_with_excess_alarms_is_rejected() -> None:
     assert d.metrics["candidate_ks"] <= d.metrics["ks_critical"]
 
 
+def test_candidate_whose_scores_sit_low_passes_calibration() -> None:
+    # A candidate trained on a window that straddles a change estimates its noise level high: its
+    # live scores sit below uniform and it raises no alarms, where the incumbent flags everything.
+    # Only scores that sit above uniform (more alarms than a calibrated model) count against it.
+    result = run_job(_job(_normal(28.0, 32, 2), _serving_model(20.0)), RetrainSettings())
+    shadow = Shadow(96, THRESHOLD)
+    for i in range(96):
+        shadow.push(1.0, 0.1 * (i + 0.5) / 96)
+    d = decide(result, shadow, 0.0)
+    assert d.promote, d.reason
+    assert d.metrics["candidate_ks"] == 0.0
+    assert "sit 0.000 above uniform" in d.reason
+
+
 def test_failed_training_is_never_promoted() -> None:
     result = TrainingResult(job=_job(_normal(20.0, 32, 2), _serving_model(20.0)), error="ValueError: boom")
     assert decide(result, None, 0.02) == Decision(False, "training failed: ValueError: boom", {})

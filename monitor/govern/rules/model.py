@@ -50,13 +50,18 @@ DRIFT_SIGNALS = frozenset(
     }
 )
 INTEGRITY_SIGNALS = frozenset({"stuck_at", "gap", "duplicate", "out_of_order", "clock_skew"})
+#: A pair's state at the evaluation: its current run of consecutive anomalous readings, and 1
+#: while a retrain of it is under way (training, its candidate in shadow, or a retry after a
+#: rejection scheduled), else 0.
+PAIR_SIGNALS = frozenset({"anomaly_streak", "retraining"})
 #: The device tier's (monitor.detect.joint), per pair: frames it flagged mostly because of the pair's
 #: channel, their rate among the device's frames, and the largest frame score of the interval.
 JOINT_SIGNALS = frozenset({"device_frames", "device_anomalies", "device_anomaly_rate", "device_score"})
 SIGNALS: dict[str, frozenset[str]] = {
-    "device": DRIFT_SIGNALS | INTEGRITY_SIGNALS | JOINT_SIGNALS,
-    "fleet": DRIFT_SIGNALS | {"lag"},  # lag: the consumer's lag, in messages
-    "cohort": DRIFT_SIGNALS,
+    "device": DRIFT_SIGNALS | INTEGRITY_SIGNALS | JOINT_SIGNALS | PAIR_SIGNALS,
+    # devices: the devices whose scores feed the group; lag: the consumer's lag, in messages
+    "fleet": DRIFT_SIGNALS | {"devices", "lag"},
+    "cohort": DRIFT_SIGNALS | {"devices"},
 }
 #: Actions on one device's model or stream, with why they need a device-scope rule.
 DEVICE_ACTIONS: dict[str, str] = {
