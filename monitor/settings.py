@@ -379,6 +379,11 @@ class DriftSettings(_Section):
         True, description="a reading that ends a data gap brings its pair's evaluation forward"
     )
     ks_alpha: float = Field(1e-6, gt=0, lt=1, description="KS detects drift when p < ks_alpha")
+    ks_autocorrelation: bool = Field(
+        True,
+        description="KS p-values count each window's effective sample size n(1-r)/(1+r), r its "
+        "lag-1 autocorrelation (false: its length, as if its scores were independent)",
+    )
     psi_threshold: float = Field(0.5, gt=0, description="PSI detects drift when psi > this")
     adwin_delta: float = Field(0.002, gt=0, lt=1)
 

@@ -67,13 +67,50 @@ class Comparison:
     psi: FloatArray
 
 
-def compare(ref: ScoreArray, cur: ScoreArray, edges: FloatArray, frac: NDArray[np.float32]) -> Comparison:
+def compare(
+    ref: ScoreArray,
+    cur: ScoreArray,
+    edges: FloatArray,
+    frac: NDArray[np.float32],
+    oldest: int | None = None,
+) -> Comparison:
     """KS and PSI of a current window against its reference, compiled (:mod:`monitor.detect.kernels`:
-    equal to the last bit to :mod:`monitor.detect.stats` on the dequantised scores)."""
+    equal to the last bit to :mod:`monitor.detect.stats` on the dequantised scores).
+
+    With ``oldest`` (where the current ring starts, in stream order) the KS p-value takes each
+    window's effective sample size (:func:`effective_size`) instead of its length: neighbouring
+    scores of a slowly varying sensor are correlated, and a p-value that counts them as
+    independent detects drift in the ordinary wander of such a sensor."""
     d = kernels.ks_statistic(ref, cur)
-    p = stats.ks_pvalue(d, len(ref), len(cur))
+    if oldest is None:
+        p = stats.ks_pvalue(d, len(ref), len(cur))
+    else:
+        p = stats.ks_pvalue(d, effective_size(ref), effective_size(np.roll(cur, -oldest)))
     value = kernels.psi(cur, edges, frac, QUANTUM, PSI_FLOOR)
     return Comparison(np.array([d]), np.array([p]), np.array([value]))
+
+
+#: The largest lag-1 autocorrelation :func:`effective_size` takes (a window of 96 counts as >= 2).
+MAX_AUTOCORRELATION = 0.95
+
+
+def effective_size(window: ScoreArray) -> int:
+    """``n (1 - r) / (1 + r)`` for a window of ``n`` scores in stream order whose lag-1
+    autocorrelation is ``r`` (0 if negative or undefined, at most :data:`MAX_AUTOCORRELATION`):
+    the number of independent scores that would estimate its mean as well, under an AR(1) model
+    (the usual correction of a test's sample size for serial correlation).
+
+    >>> effective_size(np.array([1, 2, 1, 2, 1, 2], np.uint16))  # alternating: r < 0, counted as 0
+    6
+    >>> effective_size(np.arange(96, dtype=np.uint16))  # a ramp: r = 0.97, capped at 0.95
+    2
+    """
+    x = window.astype(np.float64)
+    x -= x.mean()
+    var = float(np.dot(x, x))
+    r = float(np.dot(x[1:], x[:-1])) / var if var > 0 else 0.0
+    r = min(max(r, 0.0), MAX_AUTOCORRELATION)
+    return max(2, round(len(x) * (1.0 - r) / (1.0 + r)))
 
 
 class PairDrift:
@@ -118,9 +155,11 @@ class PairDrift:
     def compare(self, slot: int, s: int) -> Comparison | None:
         """KS and PSI of the pair, once its reference is frozen and its current window full."""
         st, cfg = self.state, self.settings
-        if st.n_scored[slot, s] < cfg.reference_size + cfg.window_size:
+        n = int(st.n_scored[slot, s])
+        if n < cfg.reference_size + cfg.window_size:
             return None
-        return compare(st.ref[slot, s], st.cur[slot, s], st.edges[slot, s], st.ref_frac[slot, s])
+        oldest = (n - cfg.reference_size) % cfg.window_size if cfg.ks_autocorrelation else None
+        return compare(st.ref[slot, s], st.cur[slot, s], st.edges[slot, s], st.ref_frac[slot, s], oldest)
 
 
 class GroupDrift:
@@ -188,7 +227,8 @@ class GroupDrift:
         return max(1, self.settings.fleet_check_every - self.since_eval[s])
 
     def compare(self, s: int) -> Comparison | None:
-        cfg = self.settings
-        if self.n[s] < cfg.fleet_reference_size + cfg.fleet_window_size:
+        cfg, n = self.settings, self.n[s]
+        if n < cfg.fleet_reference_size + cfg.fleet_window_size:
             return None
-        return compare(self.ref[s], self.cur[s], self.edges[s], self.frac[s])
+        oldest = (n - cfg.fleet_reference_size) % cfg.fleet_window_size if cfg.ks_autocorrelation else None
+        return compare(self.ref[s], self.cur[s], self.edges[s], self.frac[s], oldest)

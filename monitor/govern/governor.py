@@ -252,12 +252,15 @@ class Governor:
         metrics = decision.metrics | {"duration_s": result.duration_s}
         self._register(job, number, serving, candidate, result, metrics, ts, out)
         kind = "promoted" if decision.promote else "rejected"
-        out.audit.append(self._event(kind, job, number, serving, decision.reason, ts))
+        stands = not decision.promote and _incumbent_stands(result, decision)
+        reason = decision.reason + (STANDS if stands else "")
+        out.audit.append(self._event(kind, job, number, serving, reason, ts))
         if decision.promote:
             self.detect.set_model(slot, s, candidate)
             self.state.versions[(slot, s)] = number
+        if decision.promote or stands:
             self.detect.reset_detectors(slot, s)
-        self._maybe_retry(slot, s, job, decision.promote)
+        self._maybe_retry(slot, s, job, decision.promote or stands)
 
     def _maybe_retry(self, slot: int, s: int, job: training.TrainingJob, promoted: bool) -> None:
         """A rejected candidate is tried again (on newer readings) while its rule still fires:
@@ -382,6 +385,19 @@ class Governor:
         for table in (self.due, self.ready, self.shadows, self.retry, self.attempts):
             for key in [k for k in table if k[0] in device_ids]:
                 del table[key]
+
+
+STANDS = "; the serving model stands: the pair's reference restarts"
+
+
+def _incumbent_stands(result: training.TrainingResult, decision: training.Decision) -> bool:
+    """A candidate rejected on the held-out slice, where the serving model flags none of the real
+    readings: nothing trained on the recent readings does better, and the serving model explains
+    them, so the change of its scores that asked for the retrain is accepted, and the drift
+    detectors start a new reference rather than fire again for the same change."""
+    held = result.incumbent_metrics
+    live = "shadow_readings" in decision.metrics  # it got as far as the shadow run
+    return held is not None and not live and held.alarm_rate == 0.0
 
 
 def _dump_job(job: training.TrainingJob) -> dict[str, Any]:

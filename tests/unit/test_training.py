@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import re
 import threading
@@ -19,6 +20,7 @@ from monitor.govern.registry import TrainingData
 from monitor.govern.training import (
     Decision,
     InlineTrainer,
+    Metrics,
     Shadow,
     Space,
     TrainingJob,
@@ -364,18 +366,46 @@ def test_candidate_with_excess_alarms_is_rejected() -> None:
     assert d.metrics["candidate_ks"] <= d.metrics["ks_critical"]
 
 
+def test_held_out_alarm_rate_is_the_share_of_real_readings_flagged() -> None:
+    result = run_job(_job(_normal(28.0, 32, 2), _serving_model(20.0)), RetrainSettings())
+    assert result.incumbent_metrics is not None and result.candidate_metrics is not None
+    assert result.incumbent_metrics.alarm_rate == 1.0  # the old level flags every post-drift reading
+    assert result.candidate_metrics.alarm_rate == 0.0
+
+
+def test_a_ranking_tie_with_a_broken_incumbent_passes_the_held_out_test() -> None:
+    # An incumbent merely offset from a new level still ranks every spike first (AUC 1.0, like
+    # the candidate's) while it flags every real reading: the candidate passes if it flags at
+    # most half as many.
+    result = run_job(_job(_normal(28.0, 32, 2), _serving_model(20.0)), RetrainSettings())
+    tied = dataclasses.replace(
+        result, candidate_metrics=Metrics(1.0, 1.0, 0.0), incumbent_metrics=Metrics(1.0, 1.0, 1.0)
+    )
+    d = decide(tied, None, 0.02)
+    assert d.promote
+    assert d.reason.startswith(
+        "candidate AUC 1.000 < incumbent 1.000 + margin 0.020, but the incumbent flags 100 %"
+    )
+    half = dataclasses.replace(tied, candidate_metrics=Metrics(1.0, 1.0, 0.6))
+    assert not decide(half, None, 0.02).promote  # not half of the incumbent's
+    sound = dataclasses.replace(tied, incumbent_metrics=Metrics(1.0, 1.0, 0.25))
+    assert not decide(sound, None, 0.02).promote  # a working incumbent keeps the ranking test
+
+
 def test_candidate_whose_scores_sit_low_passes_calibration() -> None:
-    # A candidate trained on a window that straddles a change estimates its noise level high: its
-    # live scores sit below uniform and it raises no alarms, where the incumbent flags everything.
-    # Only scores that sit above uniform (more alarms than a calibrated model) count against it.
+    # Scores below uniform (a noise level estimated high, or a sensor whose noise is below its
+    # resolution) raise fewer alarms, not more: only scores above uniform count against it.
     result = run_job(_job(_normal(28.0, 32, 2), _serving_model(20.0)), RetrainSettings())
     shadow = Shadow(96, THRESHOLD)
     for i in range(96):
         shadow.push(1.0, 0.1 * (i + 0.5) / 96)
     d = decide(result, shadow, 0.0)
     assert d.promote, d.reason
-    assert d.metrics["candidate_ks"] == 0.0
-    assert "sit 0.000 above uniform" in d.reason
+    assert d.metrics["candidate_ks"] < 0.001
+    high = Shadow(96, THRESHOLD)
+    for i in range(96):
+        high.push((i + 0.5) / 96, 0.5 + 0.49 * (i + 0.5) / 96)  # no alarm, but the mass moved up
+    assert not decide(result, high, 0.0).promote
 
 
 def test_failed_training_is_never_promoted() -> None:
@@ -512,3 +542,19 @@ def test_retrain_settings_from_yaml_with_a_range(tmp_path: Path) -> None:
 def test_retrain_settings_reject_bad_values(values: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         RetrainSettings.model_validate(values)
+
+
+def test_a_sound_incumbent_stands_after_a_held_out_rejection() -> None:
+    """No candidate beats a serving model that flags none of the held-out readings: the change
+    that asked for the retrain is accepted (the pair's reference restarts), and not retried."""
+    from monitor.govern.governor import _incumbent_stands
+
+    result = run_job(_job(_normal(20.0, 32, 6), _serving_model(20.0)), RetrainSettings())
+    held = decide(result, None, 0.02)
+    assert not held.promote
+    assert result.incumbent_metrics is not None and result.incumbent_metrics.alarm_rate == 0.0
+    assert _incumbent_stands(result, held)
+    flagged = dataclasses.replace(result, incumbent_metrics=Metrics(0.9, 0.9, 0.125))
+    assert not _incumbent_stands(flagged, decide(flagged, None, 0.02))  # it missed something
+    live = Decision(False, "rejected live", {"shadow_readings": 96.0})
+    assert not _incumbent_stands(result, live)  # a candidate rejected live: the drift stays open

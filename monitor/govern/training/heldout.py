@@ -131,4 +131,7 @@ class HeldOut:
     def evaluate(self, m: AdaptiveGaussian) -> Metrics:
         """Metrics of ``m`` replayed over the slice (``m`` learns on the way: pass a copy)."""
         d2 = np.array([step(m, row, self.threshold_d2, self.learn_anomalies) for row in self.rows.tolist()])
-        return Metrics(roc_auc(d2, self.labels), detection_rate(d2, self.labels, self.false_alarm_rate))
+        alarms = float(np.mean(d2[~self.labels] > self.threshold_d2))
+        return Metrics(
+            roc_auc(d2, self.labels), detection_rate(d2, self.labels, self.false_alarm_rate), alarms
+        )

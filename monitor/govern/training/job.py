@@ -136,10 +136,12 @@ class TrainingWindow:
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
-    """Held-out quality of one model: ROC AUC and detection rate at the target false-alarm rate."""
+    """Held-out quality of one model: ROC AUC and detection rate at the target false-alarm rate,
+    and the share of the slice's real (normal) readings it flags at the serving threshold."""
 
     auc: float
     detection_rate: float
+    alarm_rate: float = 0.0  # 0 in records from before it was measured
 
     def get(self, name: MetricName) -> float:
         return self.auc if name == "auc" else self.detection_rate

@@ -13,6 +13,9 @@ from monitor.govern.training.job import TOLERANCE, TrainingResult
 #: Beyond the calibrated limit a candidate must at least halve the incumbent's excess over it:
 #: clearly better than a broken incumbent, not merely different from it.
 LIVE_IMPROVEMENT = 0.5
+#: An incumbent that flags more than this share of the held-out slice's real readings is broken:
+#: a candidate that flags at most half as many passes the held-out test whatever its ranking metric.
+BROKEN_ALARM_RATE = 0.5
 
 
 class Shadow:
@@ -66,12 +69,8 @@ def decide(
     shadow (``None``: before one starts, or shadowing is off) that decides alone. Live, both models'
     scores are chi-square CDFs, uniform on normal data, and two checks must pass:
 
-    - calibration: the one-sided KS distance of the candidate's scores above Uniform(0, 1) (how
-      far they sit higher than a calibrated model's: the direction that raises false alarms) is
-      within the ``calibration_alpha`` critical value. Scores that sit lower come from a noise
-      level estimated high, typically from a training window that straddles a change: such a
-      candidate raises fewer alarms, and its noise level settles within ~``1/var_fading``
-      readings;
+    - calibration: the KS distance of the candidate's scores from Uniform(0, 1) is within the
+      ``calibration_alpha`` critical value;
     - alarms: the candidate's alarms (scores over the anomaly threshold) are within the binomial
       ``1 - calibration_alpha`` quantile of a calibrated model's;
 
@@ -101,7 +100,18 @@ def _held_out(result: TrainingResult, margin: float) -> tuple[bool, str, dict[st
     beats = c - i > margin + TOLERANCE
     sign = ">" if beats else ("<=" if abs(c - i - margin) <= TOLERANCE else "<")
     reason = f"candidate {_LABELS[name]} {c:.3f} {sign} incumbent {i:.3f} + margin {margin:.3f}"
-    return beats, reason, {"candidate_metric": c, "incumbent_metric": i, "margin": margin}
+    numbers = {"candidate_metric": c, "incumbent_metric": i, "margin": margin}
+    ca, ia = result.candidate_metrics.alarm_rate, result.incumbent_metrics.alarm_rate
+    if not beats and ia > BROKEN_ALARM_RATE and ca <= LIVE_IMPROVEMENT * ia:
+        # A ranking metric ties when the incumbent is merely offset from a new level: it still
+        # ranks the spikes first, while flagging every real reading.
+        beats = True
+        reason += (
+            f", but the incumbent flags {100 * ia:.0f} % of the held-out readings at the serving"
+            f" threshold and the candidate {100 * ca:.0f} %"
+        )
+        numbers |= {"candidate_alarm_rate": ca, "incumbent_alarm_rate": ia}
+    return beats, reason, numbers
 
 
 def _passes(candidate: float, incumbent: float, limit: float) -> bool:
@@ -119,8 +129,7 @@ def _calibration(shadow: Shadow, alpha: float) -> tuple[bool, str, dict[str, flo
     alarms_max = int(stats.binom.ppf(1.0 - alpha, n, 1.0 - shadow.anomaly_threshold))
     ks_ok, alarms_ok = _passes(ks_c, ks_i, ks_max), _passes(alarms_c, alarms_i, alarms_max)
     reason = (
-        f"on {n} live readings the candidate's scores sit {ks_c:.3f} above uniform (one-sided KS;"
-        f" incumbent {ks_i:.3f},"
+        f"on {n} live readings the candidate's KS distance from uniform is {ks_c:.3f} (incumbent {ks_i:.3f},"
         f" acceptable up to {ks_max:.3f}) and it raised {alarms_c} alarms (incumbent {alarms_i},"
         f" a calibrated model up to {alarms_max})"
     )
