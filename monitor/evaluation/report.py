@@ -59,3 +59,31 @@ def quality_tables(report: dict[str, Any]) -> str:
         f"delay median {_fmt(_seconds(d['delay_ms']['median']))} s"
     )
     return table(head, rows) + "\n" + summary
+
+
+def _primary(report: dict[str, Any]) -> dict[str, Any]:
+    section: dict[str, Any] = report.get("change_points") or report["anomaly"]
+    return section
+
+
+def comparison_table(report: dict[str, Any]) -> str:
+    """telemon beside the baselines of a recordings report: the scores on its primary events
+    (change points within the horizon, else anomaly windows)."""
+    head = ("detector", "F1", "precision", "recall", "recall at telemon's false alarms")
+    head2 = ("false alarms/device-day", "delay s (median)")
+    rows = []
+    for name, r in [("telemon", report), *report.get("baselines", {}).items()]:
+        q, eq = _primary(r), r.get("at_equal_false_alarms")
+        at_rate = q["recall"] if eq is None else eq["recall"]
+        rows.append(
+            (
+                name,
+                q["f1"],
+                q["precision"],
+                q["recall"],
+                at_rate,
+                q["false_alarms_per_device_day"],
+                _seconds(q["delay_ms"]["median"]),
+            )
+        )
+    return table((*head, *head2), rows)
