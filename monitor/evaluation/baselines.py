@@ -14,14 +14,15 @@ the same readings and whose flags become detections like telemon's alerts.
   trees' score in [0, 1]; no flags during the first :data:`WARMUP` readings. (The filter is
   inlined so that each reading walks the trees once.)
 
-**Detections.** A channel's flags are debounced as telemon's ``anomaly_burst`` rule is: one
-detection at the first flag of a run, a run ending when the channel has had no flag for
-:data:`COOLDOWN_MS` (the rule's ``cooldown_s``, 300 s). Each detection names its rule
+**Detections.** A channel's flags are debounced with the cooldown of telemon's ``anomaly_burst``
+rule: a flag is a detection, and the channel then stays quiet for :data:`COOLDOWN_MS` (the rule's
+``cooldown_s``, 300 s): the next detection is its first flag after that. Each detection names its rule
 ``NAME.SENSOR`` (e.g. ``3sigma.pressure``).
 
-**Recall at equal false alarms** (:func:`recall_at_rate`): the baseline's threshold is swept over
-quantiles of its own scores; the point reported is the one with the highest recall among those
-with at most the target false alarms per device-day (ties: fewest false alarms).
+**Recall at equal false alarms** (:func:`recall_at_rate`): the baseline's threshold (flag when
+score >= threshold) is swept over :data:`SWEEP_QUANTILES` of its own scores; the point reported
+is the one with the highest recall among those with at most the target false alarms per
+device-day (ties: fewest false alarms).
 """
 
 from __future__ import annotations
@@ -37,16 +38,18 @@ from monitor.evaluation.quality import AnomalyQuality, Detection, Key
 
 Name = Literal["3sigma", "hst"]
 NAMES: Final[tuple[Name, ...]] = ("3sigma", "hst")
-#: Readings of a channel that learn before it can flag (3-sigma: its fixed mean and deviation).
-WARMUP: Final = 1000
+#: Readings of a channel that learn before it can flag: HalfSpaceTrees' first window (it scores
+#: nothing before the window is full); the 3-sigma rule's mean and deviation are those of them.
+WARMUP: Final = 250
 SIGMA: Final = 3.0
 #: HalfSpaceTrees flags scores at or over this running quantile of its scores.
 HST_QUANTILE: Final = 0.9999
 SEED: Final = 42
-#: One detection per run of flags; a run ends after this long without a flag (anomaly_burst's cooldown).
+#: After a detection, a channel's flags are not detections for this long (anomaly_burst's cooldown).
 COOLDOWN_MS: Final = 300_000
-#: Thresholds tried by :func:`recall_at_rate`: these quantiles of the scores after the warm-up.
-SWEEP_QUANTILES: Final = 1.0 - np.geomspace(1e-6, 0.5, 60)
+#: Thresholds tried by :func:`recall_at_rate`: these quantiles of the positive scores (every 2.5 %,
+#: and 30 more in the top 5 %), or every distinct score when there are at most 200.
+SWEEP_QUANTILES: Final = np.unique(np.r_[np.linspace(0.0, 1.0, 41), 1.0 - np.geomspace(1e-6, 0.05, 30)])
 
 
 @dataclass(frozen=True)
@@ -118,17 +121,21 @@ def half_space_trees(
 def episode_starts(
     ts: NDArray[np.int64], flags: NDArray[np.bool_], cooldown_ms: int = COOLDOWN_MS
 ) -> NDArray[np.intp]:
-    """Indices of the flags that start a run: the first, and each more than ``cooldown_ms`` after
-    the flag before it.
+    """Indices of the flags that are detections: the first flag, then each first flag more than
+    ``cooldown_ms`` after the previous detection (the channel stays quiet that long after one).
 
-    >>> episode_starts(np.array([0, 1, 2, 10, 11]), np.array([True, True, False, True, True]), 5).tolist()
-    [0, 3]
+    >>> flags = np.array([True, True, False, True, True, True])
+    >>> episode_starts(np.array([0, 1, 2, 6, 7, 13]), flags, 5).tolist()
+    [0, 3, 5]
     """
     flagged = np.flatnonzero(flags)
-    if not len(flagged):
-        return flagged
-    gaps = np.diff(ts[flagged])
-    return flagged[np.r_[True, gaps > cooldown_ms]]
+    at = ts[flagged]
+    out: list[int] = []
+    k = 0
+    while k < len(flagged):
+        out.append(int(flagged[k]))
+        k = int(np.searchsorted(at, at[k] + cooldown_ms, side="right"))
+    return np.asarray(out, np.intp)
 
 
 def detections(channels: Sequence[Channel], name: str, at: float | None = None) -> list[Detection]:
@@ -158,8 +165,10 @@ def recall_at_rate(
     rate: float,
 ) -> RatePoint:
     """The best recall of the baseline with at most ``rate`` false alarms per device-day."""
-    pooled = np.concatenate([c.scores[c.scores > 0] for c in channels] or [np.zeros(0)])
-    candidates = np.unique(np.r_[np.quantile(pooled, SWEEP_QUANTILES), np.inf] if len(pooled) else [np.inf])
+    pooled = np.unique(np.concatenate([c.scores[c.scores > 0] for c in channels] or [np.zeros(0)]))
+    if len(pooled) > 200:
+        pooled = np.unique(np.quantile(pooled, SWEEP_QUANTILES, method="higher"))
+    candidates = np.r_[pooled, np.inf]
     best: RatePoint | None = None
     for at in candidates.tolist():
         q = quality(detections(channels, name, at))

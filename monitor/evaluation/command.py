@@ -38,6 +38,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     nb.add_argument("--root", type=Path, default=DEFAULT_NAB, help="NAB folder (default: %(default)s)")
     _add_baselines(nb)
+    kinds.add_parser(
+        "tables",
+        help="the README's detection-quality tables from the reports under --out (Markdown)",
+        description="Build one Markdown table per data set whose reports make evaluate wrote under "
+        "--out (astropi.json, hapt.json, occupancy.json, nab.json with default/nab.json, "
+        "scenario-library.json with scenario-clean.json): telemon beside the baselines. Prints them "
+        "and writes --out/tables.md.",
+    )
     cs = kinds.add_parser(
         "csv",
         help="recorded files: value columns as sensors' axes or channels, an optional label column",
@@ -137,9 +145,11 @@ def run(args: argparse.Namespace) -> int:
     rules = load_rules(settings.rules_file, settings.channels.catalog().names)
     out: Path = args.out
     if args.input == "scenario":
-        return _scenarios(settings, rules, args.files, out)
+        return _scenarios(settings, rules, args.files, out, _baseline_names(args.baselines))
     if args.input == "nab":
-        return _nab(settings, rules, args.root, out)
+        return _nab(settings, rules, args.root, out, _baseline_names(args.baselines))
+    if args.input == "tables":
+        return _tables(out)
     return _csv(settings, rules, args, out)
 
 
@@ -187,29 +197,50 @@ def _csv(settings: Settings, rules: RuleSet, args: argparse.Namespace, out: Path
     return 0
 
 
-def _scenarios(settings: Settings, rules: RuleSet, files: list[Path], out: Path) -> int:
+def _scenarios(settings: Settings, rules: RuleSet, files: list[Path], out: Path, compare: list[Any]) -> int:
     from monitor.evaluation import harness
-    from monitor.evaluation.report import quality_tables, write_json
+    from monitor.evaluation.report import quality_tables, scenario_comparison, write_json
     from producers.scenario import load_scenario
 
     for path in files:
-        report = harness.evaluate_scenario(settings, rules, load_scenario(path))
+        report = harness.evaluate_scenario(settings, rules, load_scenario(path), compare)
         write_json(out / f"scenario-{path.stem}.json", report)
         print(f"\n{path}: {report['messages']:,} messages")
         print(quality_tables(report))
+        if compare:
+            print(scenario_comparison(report))
     return 0
 
 
-def _nab(settings: Settings, rules: RuleSet, root: Path, out: Path) -> int:
+def _nab(settings: Settings, rules: RuleSet, root: Path, out: Path, compare: list[Any]) -> int:
     from monitor.evaluation import harness, nab
     from monitor.evaluation.report import table, write_json
 
-    report: dict[str, Any] = harness.evaluate_nab(settings, rules, root, out / "nab")
+    report: dict[str, Any] = harness.evaluate_nab(settings, rules, root, out / "nab", compare)
     write_json(out / "nab.json", report)
     published = ("Numenta HTM", "ARTime")
+    others = report.get("baselines", {})
     rows = [
-        (name, f"{r['score']:.1f}", *(nab.PUBLISHED.get(p, {}).get(name) for p in published), r["threshold"])
+        (
+            name,
+            f"{r['score']:.1f}",
+            *(f"{others[b]['profiles'][name]['score']:.1f}" for b in others),
+            *(nab.PUBLISHED.get(p, {}).get(name) for p in published),
+            r["threshold"],
+        )
         for name, r in report["profiles"].items()
     ]
-    print(table(("NAB profile", "telemon", *published, "threshold"), rows))
+    print(table(("NAB profile", "telemon", *others, *published, "threshold"), rows))
+    return 0
+
+
+def _tables(out: Path) -> int:
+    from monitor.errors import LabelledInputError
+    from monitor.evaluation.tables import build
+
+    text = build(out)
+    if not text.strip():
+        raise LabelledInputError(f"{out}: no reports to build tables from (run make evaluate)")
+    (out / "tables.md").write_text(text, encoding="utf-8")
+    print(text, end="")
     return 0
