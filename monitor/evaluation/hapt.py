@@ -45,8 +45,12 @@ class Span:
 
 def read_spans(path: Path) -> list[Span]:
     """The spans of a labels file; a malformed line is an error naming the file and line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: {exc}") from exc
     spans = []
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         fields = text.split()
