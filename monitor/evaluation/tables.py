@@ -25,6 +25,9 @@ from monitor.evaluation.report import markdown
 Report = dict[str, Any]
 #: The Astro Pi event counts as alerted by a firing at most this long after its first reading.
 ALERT_WITHIN_MS: Final = 60_000
+NAB_PROFILES: Final = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
+#: Published NAB detectors shown for reference: the best two, and the two nearest the baselines.
+PUBLISHED_ROWS: Final = ("ARTime", "Numenta HTM", "Random Cut Forest", "Windowed Gaussian")
 CHANGE_HEAD: Final = (
     "detector",
     "F1",
@@ -117,22 +120,22 @@ def nab_table(report: Report, default: Report | None) -> str:
     """NAB scores (standard / low FP / low FN) per detector, published detectors for reference."""
 
     def scores(profiles: dict[str, Any]) -> tuple[str, ...]:
-        return tuple(
-            f"{profiles[p]['score']:.1f}" for p in ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
-        )
+        return tuple(f"{profiles[p]['score']:.1f}" for p in NAB_PROFILES)
 
     rows = [("telemon, configs/nab.yaml", *scores(report["profiles"]))]
     if default is not None:
         rows.append(("telemon, default config", *scores(default["profiles"])))
     rows += [(name, *scores(r["profiles"])) for name, r in report.get("baselines", {}).items()]
-    for name in ("ARTime", "Numenta HTM", "Windowed Gaussian"):
-        published = [
-            report["published"].get(p, {}).get(name)
-            for p in ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
-        ]
-        if None not in published:
-            rows.append((f"{name} (published)", *(f"{x:.1f}" for x in published)))
-    return markdown(("detector", "standard", "low FP", "low FN"), rows)
+    for name in PUBLISHED_ROWS:
+        published = report["published"].get(name)
+        if published is not None:
+            rows.append((f"{name} (published)", *(f"{published[p]:.1f}" for p in NAB_PROFILES)))
+    caption = (
+        f"{report['files']} files, {report['rows']:,} rows; normalised so that the perfect detector "
+        "scores 100 and the null one 0 (a detector that does better than the null one at no "
+        "threshold scores 0: NAB's optimiser then picks no detection)."
+    )
+    return caption + "\n\n" + markdown(("detector", "standard", "low FP", "low FN"), rows)
 
 
 def scenario_table(library: Report, clean: Report | None) -> str:
@@ -156,7 +159,14 @@ def scenario_table(library: Report, clean: Report | None) -> str:
         )
     head: tuple[str, ...] = ("detector", "kinds detected", "missed", "false alarms/device-day (library)")
     head += ("false alarms/device-day (clean)", "F1 (library)")
-    return markdown(head, rows)
+    caption = f"library.yaml: {_fleet(library)}, one planted event per kind"
+    if clean is not None:
+        caption += f"; clean.yaml: {_fleet(clean)}, no event"
+    return caption + ".\n\n" + markdown(head, rows)
+
+
+def _fleet(report: Report) -> str:
+    return f"{report['messages']:,} messages, {report['anomaly']['device_days']:.3f} device-days"
 
 
 def _iso(ms: int) -> str:

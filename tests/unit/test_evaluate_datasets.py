@@ -208,24 +208,25 @@ def test_nab_and_simulator_tables() -> None:
             ("standard", "reward_low_FP_rate", "reward_low_FN_rate"), (75.9, 70.2, 79.6), strict=True
         )
     }
-    published = {
-        "standard": {"ARTime": 74.9},
-        "reward_low_FP_rate": {"ARTime": 65.1},
-        "reward_low_FN_rate": {"ARTime": 80.4},
-    }
+    published = {"ARTime": {"standard": 74.9, "reward_low_FP_rate": 65.1, "reward_low_FN_rate": 80.4}}
     nab = {"profiles": profiles, "published": published, "baselines": {"hst": {"profiles": profiles}}}
-    lines = tables.nab_table(nab, None).splitlines()
-    assert lines[2:] == [
+    lines = tables.nab_table(nab | {"files": 58, "rows": 365_551}, None).splitlines()
+    assert lines[0].startswith("58 files, 365,551 rows; normalised")
+    assert lines[4:] == [
         "| telemon, configs/nab.yaml | 75.9 | 70.2 | 79.6 |",
         "| hst | 75.9 | 70.2 | 79.6 |",
         "| ARTime (published) | 74.9 | 65.1 | 80.4 |",
     ]
     kinds = {"spike": {"n_detected": 1}, "drift": {"n_detected": 0}}
-    library = {"anomaly": _quality(by_kind=kinds, f1=1.0, false_alarms_per_device_day=0.0)}
+    library = {"messages": 500, "anomaly": _quality(by_kind=kinds, f1=1.0, false_alarms_per_device_day=0.0)}
     library["baselines"] = {"3sigma": {"anomaly": _quality(by_kind=kinds)}}
-    clean = {"anomaly": _quality(false_alarms_per_device_day=0.0)}
+    clean = {"messages": 4000, "anomaly": _quality(false_alarms_per_device_day=0.0)}
     lines = tables.scenario_table(library, clean).splitlines()
-    assert lines[2:] == [
+    assert lines[0] == (
+        "library.yaml: 500 messages, 1.000 device-days, one planted event per kind; "
+        "clean.yaml: 4,000 messages, 1.000 device-days, no event."
+    )
+    assert lines[4:] == [
         "| telemon | 1 of 2 | drift | 0 | 0 | 1 |",
         "| 3sigma | 1 of 2 | drift | 2 | not run | 0.5 |",
     ]
