@@ -242,3 +242,42 @@ def test_tables_are_built_from_the_reports_in_the_folder(
     written = (tmp_path / "tables.md").read_text()
     assert written.startswith("### UCI HAPT\n\n4 labelled change points") and "| 3sigma |" in written
     assert capsys.readouterr().out == written
+
+
+def test_scenario_baselines_are_reported_beside_telemon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "shift.yaml"
+    scenario.write_text(
+        "seed: 3\ndevices: 2\nduration_s: 400\nevents:\n"
+        "  - {kind: abrupt_shift, device: 1, sensor: pressure, start_s: 300, magnitude: 5.0}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["evaluate", "--out", str(out), "scenario", str(scenario), "--baselines", "3sigma"]) == 0
+    report = json.loads((out / "scenario-shift.json").read_text())
+    sigma = report["baselines"]["3sigma"]
+    assert sigma["detector"] == "3sigma" and sigma["anomaly"]["by_kind"]["abrupt_shift"]["n_detected"] == 1
+    assert sigma["anomaly"]["device_days"] == pytest.approx(report["anomaly"]["device_days"], rel=0.01)
+    assert "event kind (detected)    telemon  3sigma" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (SHARED / "nab").is_dir(), reason="the shared data is not next to the repository")
+def test_nab_baselines_are_scored_as_nab_defines_it(tmp_path: Path) -> None:
+    key = "artificialWithAnomaly/art_daily_jumpsup.csv"
+    root = tmp_path / "nab"
+    windows = json.loads((SHARED / "nab" / "labels" / "combined_windows.json").read_text())
+    (root / "labels").mkdir(parents=True)
+    (root / "labels" / "combined_windows.json").write_text(json.dumps({key: windows[key]}))
+    (root / "config").mkdir()
+    (root / "config" / "profiles.json").write_bytes(
+        (SHARED / "nab" / "config" / "profiles.json").read_bytes()
+    )
+    (root / "data" / key).parent.mkdir(parents=True)
+    (root / "data" / key).write_bytes((SHARED / "nab" / "data" / key).read_bytes())
+    out = tmp_path / "out"
+    assert main(["evaluate", "--out", str(out), "nab", "--root", str(root), "--baselines", "3sigma"]) == 0
+    report = json.loads((out / "nab.json").read_text())
+    assert set(report["baselines"]["3sigma"]["profiles"]) == set(report["profiles"])
+    with (out / "nab" / "3sigma" / key).open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["anomaly_score"] for r in rows} <= {"0.0", "1.0"} and len(rows) == 4032
