@@ -157,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
 def _csv(settings: Settings, rules: RuleSet, args: argparse.Namespace, out: Path) -> int:
     # Imported here (as in the others): scipy and the simulator are not needed for ``--help``.
     from monitor.errors import LabelledInputError
-    from monitor.evaluation.recordings import CsvFormat, Scoring, TimedEvent, ValueColumn, evaluate_recordings
+    from monitor.evaluation.recorded_quality import Scoring, TimedEvent, evaluate_recordings
+    from monitor.evaluation.recordings import CsvFormat, ValueColumn
     from monitor.evaluation.report import comparison_table, quality_tables, write_json
 
     if args.period_s is not None and args.timestamp is not None:

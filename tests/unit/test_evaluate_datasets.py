@@ -15,7 +15,7 @@ import pytest
 from monitor.cli.main import main
 from monitor.errors import LabelledInputError
 from monitor.evaluation import hapt, tables
-from monitor.evaluation.recordings import TimedEvent
+from monitor.evaluation.recorded_quality import TimedEvent
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 T0 = 1_767_225_600  # seconds
