@@ -23,7 +23,7 @@ demo: env
 # 3-sigma rule and River's HalfSpaceTrees, per channel) on the simulator library, NAB, the Astro Pi
 # log, UCI HAPT and UCI Occupancy. Reads the data from $(DATA) (never copied), writes evaluation/:
 # the JSON reports, row tables, NAB results, the HAPT experiments joined into CSVs (hapt/), and
-# tables.md, which it prints. About 6 minutes on 2 cores.
+# tables.md, which it prints. About 4 minutes of CPU time.
 DATA ?= ../shared/data
 EVAL := $(BIN)/telemon evaluate
 ASTRO_AXES := --value temp_h=temperature --value humidity --value pressure \
