@@ -16,6 +16,7 @@ from monitor.cli.main import main
 from monitor.errors import LabelledInputError
 from monitor.evaluation import hapt, tables
 from monitor.evaluation.recorded_quality import TimedEvent
+from monitor.evaluation.recordings import CsvFormat, read_recording
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 T0 = 1_767_225_600  # seconds
@@ -281,3 +282,15 @@ def test_nab_baselines_are_scored_as_nab_defines_it(tmp_path: Path) -> None:
     with (out / "nab" / "3sigma" / key).open() as f:
         rows = list(csv.DictReader(f))
     assert {r["anomaly_score"] for r in rows} <= {"0.0", "1.0"} and len(rows) == 4032
+
+
+@pytest.mark.skipif(not (SHARED / "astropi").is_dir(), reason="the shared data is not next to the repository")
+def test_the_astro_pi_event_of_make_evaluate_starts_at_the_first_reading_after_the_gap() -> None:
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    event = TimedEvent.parse(makefile.split("--event ")[1].split()[0])
+    path = SHARED / "astropi" / "astro_pi_data_20150824_085954.csv"
+    rec = read_recording(path, CsvFormat(timestamp="time_stamp"), ["accel_z"])
+    gap = int(np.argmax(np.diff(rec.ts)))
+    assert rec.stamps[gap] == "2015-08-21 10:53:40" and rec.ts[gap + 1] == event.start_ts
+    assert event.end_ts - event.start_ts == 3_600_000
+    assert rec.values["accel_z"][gap] > 1.0 > 0.1 > rec.values["accel_z"][gap + 1]  # the new orientation
