@@ -14,20 +14,22 @@ Three inputs, one report each:
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 from scipy.stats import chi2
 
-from monitor.evaluation import nab
+from monitor.evaluation import baselines, nab
 from monitor.evaluation.quality import Detection, Key, LabelledEvent, anomaly_quality, drift_quality
 from monitor.evaluation.replay import Replay, Series, device_id, replay_messages, replay_series
 from monitor.govern.alerts import Alert
 from monitor.govern.rules import RuleSet
 from monitor.records import Scored
+from monitor.schema import Catalog, Reading, decode
 from monitor.settings import Settings
 from producers.scenario import Scenario, truth_records
 from producers.simulate import stream
@@ -83,14 +85,64 @@ def quality_report(replay: Replay, events: Sequence[LabelledEvent], rules: RuleS
     }
 
 
-def evaluate_scenario(settings: Settings, rules: RuleSet, scenario: Scenario) -> dict[str, Any]:
-    """Replay the scenario's exact byte stream and score the alerts against its ground truth."""
-    replay = replay_messages(settings, rules, ((m.key, m.value, m.ts) for m in stream(scenario)))
+class ReadingsTee:
+    """Passes messages through, keeping the values and times of the valid readings per (device,
+    sensor), in stream order, for the baselines (compact arrays: a clean fleet has millions)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.ts: defaultdict[Key, array[int]] = defaultdict(lambda: array("q"))
+        self.values: defaultdict[Key, array[float]] = defaultdict(lambda: array("d"))
+
+    def __call__(
+        self, items: Iterable[tuple[bytes | None, bytes | None, int]]
+    ) -> Iterator[tuple[bytes | None, bytes | None, int]]:
+        for key, value, ts in items:
+            r = decode(value, key, catalog=self.catalog)
+            if isinstance(r, Reading):
+                self.ts[(r.device_id, r.sensor)].append(r.ts)
+                self.values[(r.device_id, r.sensor)].extend(r.features())
+            yield key, value, ts
+
+    def channels(self, name: baselines.Name) -> list[baselines.Channel]:
+        out = []
+        for key, ts in self.ts.items():
+            axes = self.catalog.by_name[key[1]].keys
+            values = np.frombuffer(self.values[key], np.float64).reshape(-1, len(axes))
+            scores, flags = baselines.run(name, values, axes)
+            out.append(baselines.Channel(key, key[1], np.frombuffer(ts, np.int64), scores, flags))
+        return out
+
+
+def baseline_quality(
+    name: baselines.Name, tee: ReadingsTee, events: Sequence[LabelledEvent]
+) -> dict[str, Any]:
+    """A baseline's anomaly-window quality on the readings a replay read (per (device, sensor)
+    key, as the alerts are scored)."""
+    channels = tee.channels(name)
+    spans = {c.key: (int(c.ts.min()), int(c.ts.max())) for c in channels if len(c.ts)}
+    index = {c.key: np.sort(c.ts) for c in channels}
+    found = baselines.detections(channels, name)
+    anomaly = anomaly_quality(events, found, grace_ms=GRACE_MS, stream_span=spans, readings_index=index)
+    return {"detector": name, "alerts_firing": len(found), "anomaly": anomaly.to_dict()}
+
+
+def evaluate_scenario(
+    settings: Settings, rules: RuleSet, scenario: Scenario, compare: Sequence[baselines.Name] = ()
+) -> dict[str, Any]:
+    """Replay the scenario's exact byte stream and score the alerts against its ground truth; with
+    ``compare``, score the baselines on the readings the replay accepted too."""
+    tee = ReadingsTee(settings.channels.catalog())
+    messages = ((m.key, m.value, m.ts) for m in stream(scenario))
+    replay = replay_messages(settings, rules, tee(messages) if compare else messages)
     events = [
         LabelledEvent((t["device_id"], t["sensor"]), t["kind"], t["start_ts"], t["end_ts"])
         for t in truth_records(scenario)
     ]
-    return {"scenario": scenario.name, **quality_report(replay, events, rules)}
+    report = {"scenario": scenario.name, **quality_report(replay, events, rules)}
+    if compare:
+        report["baselines"] = {name: baseline_quality(name, tee, events) for name in compare}
+    return report
 
 
 NAB_SENSOR: Final = "temperature"  # NAB values are unitless: scored as one scalar sensor per file
@@ -127,12 +179,47 @@ def nab_scores(settings: Settings, rules: RuleSet, files: Sequence[nab.CorpusFil
     return [surprise(np.asarray(by_device[device_id(f.key)]), k) for f in files]
 
 
-def evaluate_nab(settings: Settings, rules: RuleSet, root: Path, out: Path | None) -> dict[str, Any]:
-    """Score the NAB corpus as NAB defines it; write per-file results CSVs under ``out``."""
+def nab_baseline_scores(name: baselines.Name, files: Sequence[nab.CorpusFile]) -> list[np.ndarray]:
+    """Per NAB file, a baseline's row scores: the 3-sigma rule's flags (1.0 or 0.0: a rule, its
+    threshold is not NAB's to optimise), HalfSpaceTrees' scores (NAB picks the threshold, as for
+    every scoring detector). The warm-up is NAB's probationary period (rows NAB does not score),
+    not :data:`~monitor.evaluation.baselines.WARMUP`, which is longer than some files' period."""
+    out = []
+    for f in files:
+        warmup = nab.probation_length(len(f.values))
+        values = f.values.reshape(-1, 1)
+        if name == "3sigma":
+            out.append((baselines.three_sigma(values, warmup) > baselines.SIGMA).astype(np.float64))
+        else:
+            out.append(baselines.half_space_trees(values, ["value"], warmup)[0])
+    return out
+
+
+def evaluate_nab(
+    settings: Settings,
+    rules: RuleSet,
+    root: Path,
+    out: Path | None,
+    compare: Sequence[baselines.Name] = (),
+) -> dict[str, Any]:
+    """Score the NAB corpus as NAB defines it; write per-file results CSVs under ``out`` (a
+    baseline's under ``out/NAME``)."""
     files = list(nab.load_corpus(root).values())
-    scores = nab_scores(settings, rules, files)
+    profiles = nab.load_profiles(root / "config" / "profiles.json")
+    report = _nab_report(files, nab_scores(settings, rules, files), profiles, out)
+    for name in compare:
+        where = None if out is None else out / name
+        report.setdefault("baselines", {})[name] = _nab_report(
+            files, nab_baseline_scores(name, files), profiles, where
+        )
+    return report | {"published": nab.PUBLISHED}
+
+
+def _nab_report(
+    files: Sequence[nab.CorpusFile], scores: Sequence[np.ndarray], profiles: Any, out: Path | None
+) -> dict[str, Any]:
     corpus = [f.series(nab.round_as_published(s)) for f, s in zip(files, scores, strict=True)]
-    results = nab.score_corpus(corpus, nab.load_profiles(root / "config" / "profiles.json"))
+    results = nab.score_corpus(corpus, profiles)
     if out is not None:
         for f, series in zip(files, corpus, strict=True):
             nab.write_results_csv(out / f.key, series, f.values)
@@ -140,5 +227,4 @@ def evaluate_nab(settings: Settings, rules: RuleSet, root: Path, out: Path | Non
         "files": len(files),
         "rows": int(sum(len(f.values) for f in files)),
         "profiles": {name: dataclasses.asdict(r) for name, r in results.items()},
-        "published": nab.PUBLISHED,
     }

@@ -1,19 +1,17 @@
-"""Recorded sensor files through the live pipeline, as a user evaluates their own data.
+"""Recorded sensor files as the pipeline reads them, as a user evaluates their own data.
 
 A *recording* is one delimited text file: one device, a row per instant, value columns that are
 axes of sensors (``--value ax=accelerometer.x``), or channels of their own (``--value co2``), an
 optional label column. Each row gives one reading per sensor, all at the row's time, so event time
 never restarts between the columns of a file; the readings of several files are merged in time
-order, as a live fleet's would arrive. A column mapped to no sensor becomes a channel named after
-it, whose resolution (the model's noise floor) is the smallest step between its first
-:data:`RESOLUTION_ROWS` distinct values.
+order, as a live fleet's would arrive (:func:`readings_of`). A column mapped to no sensor becomes a
+channel named after it, whose resolution (the model's noise floor) is the smallest step between
+its first :data:`RESOLUTION_ROWS` distinct values.
 
 Labels are anomaly windows (runs of non-zero rows), onsets (each non-zero row starts a change) or
-change points (each row whose label differs from the row before, e.g. an activity id).
-
-:func:`evaluate_recordings` returns the quality report and, per file, a row table
-(:class:`RowOutput`): the device-level anomaly score of each row (the largest over its readings),
-whether a reading of it was flagged, and whether a device-scope alert of its device was firing.
+change points (each row whose label differs from the row before, e.g. an activity id):
+:func:`label_events`. :mod:`monitor.evaluation.recorded_quality` runs the detectors over the
+readings and scores them.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import csv
 import heapq
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -30,13 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor.errors import LabelledInputError as InputError
-from monitor.evaluation.harness import surprise
-from monitor.evaluation.quality import Detection, LabelledEvent, anomaly_quality, drift_quality
+from monitor.evaluation.quality import LabelledEvent
 from monitor.evaluation.replay import ReplayMessage, device_id, parse_time
-from monitor.govern.alerts import Alert
-from monitor.govern.rules import RuleSet
-from monitor.pipeline import BatchResult, Pipeline
-from monitor.records import Scored
 from monitor.schema import Catalog, Reading
 from monitor.settings import ChannelSettings, ChannelsSettings, Settings
 
@@ -47,8 +40,6 @@ RESOLUTION_ROWS: Final = 1000
 INDEX_EPOCH_MS: Final = 1_577_836_800_000  # 2020-01-01T00:00:00Z
 #: Device-level key of the quality report: every channel of a file is one device.
 DEVICE: Final = "*"
-#: An anomaly window also counts detections this long after its end (as for scenarios).
-GRACE_MS: Final = 60_000
 _MISSING: Final = frozenset({"", "nan", "NaN", "NA", "null", "None"})
 
 
@@ -113,12 +104,6 @@ class RowOutput:
             for i, stamp in enumerate(self.recording.stamps):
                 label = "" if labels is None else _label_text(float(labels[i]))
                 w.writerow((stamp, label, f"{self.score[i]:.6g}", self.anomalous[i], self.alerting[i]))
-
-
-@dataclass
-class Evaluation:
-    report: dict[str, Any]
-    rows: list[RowOutput] = field(default_factory=list)
 
 
 def read_recording(path: Path, fmt: CsvFormat, columns: Sequence[str]) -> Recording:
@@ -258,7 +243,7 @@ def _sensor_of(
     return name
 
 
-def _readings(
+def readings_of(
     recordings: Sequence[Recording], sensors: list[tuple[str, dict[str, str]]]
 ) -> Iterator[tuple[int, int, Reading, ReplayMessage]]:
     """``(file, row, reading, message)`` of every file, merged in time order (a file's rows in
@@ -285,43 +270,7 @@ def _readings(
         yield f, i, r, m
 
 
-def evaluate_recordings(
-    settings: Settings,
-    rules: RuleSet,
-    paths: Sequence[Path],
-    fmt: CsvFormat,
-    columns: Sequence[ValueColumn],
-) -> Evaluation:
-    """Replay the files through one pipeline; the quality report (device level) and the rows."""
-    recordings = _distinct_devices([read_recording(p, fmt, [c.column for c in columns]) for p in paths])
-    settings, sensors = plan(settings, columns, recordings)
-    pipeline = Pipeline(settings, rules, trace=True)
-    fed: list[tuple[int, int]] = []
-    trace: list[Scored] = []
-    found: list[Alert] = []
-    batch: list[tuple[Reading, ReplayMessage]] = []
-
-    def flush() -> None:
-        result: BatchResult = pipeline.process_readings(batch)
-        trace.extend(result.trace)
-        found.extend(result.alerts)
-        batch.clear()
-
-    for f, i, r, m in _readings(recordings, sensors):
-        fed.append((f, i))
-        batch.append((r, m))
-        if len(batch) == settings.consume.batch_size:
-            flush()
-    flush()
-    if len(trace) != len(fed):
-        raise AssertionError(f"{len(fed)} readings fed, {len(trace)} applied")
-    rows = _rows(settings, recordings, fed, trace, found)
-    report = _report(recordings, fmt, trace, found, len(fed))
-    report["sensors"] = {s: axes for s, axes in sensors}
-    return Evaluation(report, rows)
-
-
-def _distinct_devices(recordings: list[Recording]) -> list[Recording]:
+def distinct_devices(recordings: list[Recording]) -> list[Recording]:
     """Files of the same name (in other folders) get distinct device ids."""
     seen: dict[str, int] = {}
     for r in recordings:
@@ -332,75 +281,7 @@ def _distinct_devices(recordings: list[Recording]) -> list[Recording]:
     return recordings
 
 
-def _scores(settings: Settings, trace: list[Scored]) -> NDArray[np.float64]:
-    """Each reading's score: the surprise of its distance (NAB's per-row score, which unlike the
-    [0, 1] score does not round to 1 for every strong outlier), or of its device's joint model's
-    when the reading closed a frame, whichever is larger; or its novelty level; 0 while the models
-    warm up."""
-    if settings.novelty.enabled:
-        return np.array([0.0 if s.level is None else s.level for s in trace])
-    catalog = settings.channels.catalog()
-    k = np.array([len(catalog.by_name[s.sensor].keys) for s in trace], np.int64)
-    d2 = np.array([np.nan if s.distance is None else s.distance for s in trace])
-    return np.maximum(_surprise(d2, k), _joint_scores(trace))
-
-
-def _joint_scores(trace: list[Scored]) -> NDArray[np.float64]:
-    """The surprise of the device's joint model at each reading that closed one of its frames."""
-    dims = np.array([s.joint_dims for s in trace], np.int64)
-    t2 = np.array([np.nan if s.joint_distance is None else s.joint_distance for s in trace])
-    return _surprise(t2, dims)
-
-
-def _surprise(d2: NDArray[np.float64], k: NDArray[np.int64]) -> NDArray[np.float64]:
-    """:func:`~monitor.evaluation.harness.surprise` of each distance with its own degrees of
-    freedom (0 where the distance is NaN)."""
-    out = np.zeros(len(d2))
-    for n in np.unique(k[~np.isnan(d2)]).tolist():
-        pick = (k == n) & ~np.isnan(d2)
-        out[pick] = surprise(d2[pick], n)
-    return out
-
-
-def _rows(
-    settings: Settings,
-    recordings: Sequence[Recording],
-    fed: list[tuple[int, int]],
-    trace: list[Scored],
-    alerts: list[Alert],
-) -> list[RowOutput]:
-    out = [
-        RowOutput(r, np.zeros(len(r.ts)), np.zeros(len(r.ts), np.int8), np.zeros(len(r.ts), np.int8))
-        for r in recordings
-    ]
-    for (f, i), s, score in zip(fed, trace, _scores(settings, trace).tolist(), strict=True):
-        row = out[f]
-        row.score[i] = max(row.score[i], score)
-        row.anomalous[i] |= s.anomalous or s.joint_anomalous
-    spans = _firing_spans(alerts)
-    for row in out:
-        for lo, hi in spans.get(row.recording.device_id, []):
-            row.alerting[(row.recording.ts >= lo) & (row.recording.ts < hi)] = 1
-    return out
-
-
-def _firing_spans(alerts: list[Alert]) -> dict[str, list[tuple[int, float]]]:
-    """Per device, ``[fired, resolved)`` of each device-scope alert (unresolved: to the end)."""
-    fired: dict[str, Alert] = {}
-    spans: dict[str, list[tuple[int, float]]] = {}
-    for a in alerts:
-        if a.scope != "device":
-            continue
-        if a.status == "firing":
-            fired[a.alert_id] = a
-        elif a.status == "resolved" and a.alert_id in fired:
-            spans.setdefault(a.device_id, []).append((fired.pop(a.alert_id).ts, a.ts))
-    for a in fired.values():
-        spans.setdefault(a.device_id, []).append((a.ts, float("inf")))
-    return spans
-
-
-def _events(rec: Recording, kind: LabelKind) -> list[LabelledEvent]:
+def label_events(rec: Recording, kind: LabelKind) -> list[LabelledEvent]:
     if rec.labels is None:
         return []
     key, ts, labels = (rec.device_id, DEVICE), rec.ts.tolist(), rec.labels
@@ -411,31 +292,3 @@ def _events(rec: Recording, kind: LabelKind) -> list[LabelledEvent]:
         return [LabelledEvent(key, "labelled", ts[a], ts[b]) for a, b in zip(starts, ends, strict=True)]
     rows = np.flatnonzero(on) if kind == "onset" else np.flatnonzero(labels[1:] != labels[:-1]) + 1
     return [LabelledEvent(key, kind, ts[i], ts[-1]) for i in rows]
-
-
-def _report(
-    recordings: Sequence[Recording], fmt: CsvFormat, trace: list[Scored], alerts: list[Alert], readings: int
-) -> dict[str, Any]:
-    """Anomaly windows or changes, at device level (any channel's alert detects for the file)."""
-    firings = [a for a in alerts if a.status == "firing" and a.scope == "device"]
-    found = [Detection((a.device_id, DEVICE), a.ts, a.rule) for a in firings]
-    spans = {(r.device_id, DEVICE): (int(r.ts.min()), int(r.ts.max())) for r in recordings}
-    index: dict[tuple[str, str], list[int]] = {}
-    for s in trace:
-        index.setdefault((s.device_id, DEVICE), []).append(s.ts)
-    readings_index = {k: np.sort(np.asarray(v, np.int64)) for k, v in index.items()}
-    events = [e for r in recordings for e in _events(r, fmt.label_kind)]
-    windows = events if fmt.label_kind == "anomaly" else []
-    changes = [] if fmt.label_kind == "anomaly" else events
-    anomaly = anomaly_quality(
-        windows, found, grace_ms=GRACE_MS, stream_span=spans, readings_index=readings_index
-    )
-    return {
-        "files": [str(r.path) for r in recordings],
-        "devices": [r.device_id for r in recordings],
-        "label_kind": fmt.label_kind,
-        "messages": readings,
-        "alerts_firing": len(found),
-        "anomaly": anomaly.to_dict(),
-        "drift": drift_quality(changes, found, horizon_ms=None).to_dict(),
-    }

@@ -15,9 +15,9 @@ from monitor.evaluation.recordings import (
     INDEX_EPOCH_MS,
     CsvFormat,
     ValueColumn,
-    _readings,
     plan,
     read_recording,
+    readings_of,
     resolution_of,
 )
 from monitor.settings import load_settings
@@ -72,7 +72,7 @@ def test_event_time_never_restarts_between_the_columns_of_a_file(tmp_path: Path)
     columns = [ValueColumn.parse(v) for v in VALUES[1::2]]
     rec = read_recording(path, CsvFormat(timestamp="time"), [c.column for c in columns])
     settings, sensors = plan(load_settings(None), columns, [rec])
-    stream = list(_readings([rec], sensors))
+    stream = list(readings_of([rec], sensors))
     assert [r.sensor for _, _, r, _ in stream[:4]] == ["p1", "accelerometer", "p1", "accelerometer"]
     ts = [r.ts for _, _, r, _ in stream]
     assert ts == sorted(ts) and [r.seq for _, _, r, _ in stream] == list(range(1, 101))
@@ -84,7 +84,7 @@ def test_files_of_several_devices_are_merged_in_time_order(tmp_path: Path) -> No
     columns = [ValueColumn("p1")]
     recs = [read_recording(p, CsvFormat(timestamp="time"), ["p1"]) for p in (a, b)]
     _, sensors = plan(load_settings(None), columns, recs)
-    assert [(f, i) for f, i, _, _ in _readings(recs, sensors)] == [(f, i) for i in range(5) for f in (0, 1)]
+    assert [(f, i) for f, i, _, _ in readings_of(recs, sensors)] == [(f, i) for i in range(5) for f in (0, 1)]
 
 
 def test_a_headerless_file_with_another_delimiter_and_index_time(tmp_path: Path) -> None:
