@@ -20,10 +20,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor import kernel, schema
-from monitor.detect import drift, joint, kernels, model, novelty
+from monitor.detect import drift, joint, kernels, model, novelty, rivertier
 from monitor.detect.cohorts import load_cohorts
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.joint import JointState
+from monitor.detect.rivertier import RiverState, RiverTiers
 from monitor.detect.state import DetectState
 from monitor.errors import RulesError
 from monitor.govern import alerts, training
@@ -159,6 +160,7 @@ class Pipeline:
         self.pairs = PairDrift(self.detect_state, d)
         self.fleet = GroupDrift(n, d)
         self.cohorts = load_cohorts(settings.cohorts_file)
+        self.river = self._river_tiers(settings, catalog)  # None: no River tier (nothing changes)
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
         self.cohort_groups: dict[str, GroupDrift] = {}
         self._device_groups: dict[str, list[tuple[Scope, str, GroupDrift]]] = {}
@@ -169,7 +171,7 @@ class Pipeline:
         self.thresholds = model.distance_thresholds(m.anomaly_threshold)  # by number of features
         self._thresholds = np.array(self.thresholds)
         self.novelty = novelty.Novelty(settings.novelty) if settings.novelty.enabled else None
-        self.max_devices = device_cap(settings, self.store)
+        self.max_devices = device_cap(settings, self.store, self.river)
         self.store.limit = self.max_devices
         self.clocks: dict[int, PartitionClock] = {}  # the idle-eviction clock of each partition
         self._latest_ts: int | None = None  # the latest plausible Kafka timestamp of this batch
@@ -194,6 +196,16 @@ class Pipeline:
         base = [self.governor.base_params(s) for s in range(n)]
         self._base_params = np.array([[b["fading"], b["var_fading"], b["resolution"]] for b in base])
         self._warm_up()
+
+    def _river_tiers(self, settings: Settings, catalog: schema.Catalog) -> RiverTiers | None:
+        """The River tiers and their slab, if any is configured; a per-device tier whose models
+        the snapshots could not restore is refused."""
+        if not settings.river.tiers:
+            return None
+        state = self.store.add(RiverState(len(catalog), RiverTiers.specs(settings.river)))
+        tiers = RiverTiers(settings.river, catalog, self.cohorts, state)
+        tiers.check_snapshots()
+        return tiers
 
     def _warm_up(self) -> None:
         """Load the compiled kernels (compiled and cached on disk the first time) before the first
@@ -342,6 +354,8 @@ class Pipeline:
             )
             self._tick += stop - i
             self._freeze_completed(cols, i, stop)
+            if self.river is not None:  # the readings the loop applied, before the evaluation
+                self._river_many(cols, i, stop, slot_of)
             if why == kernel.EVALUATE:
                 marks.add(stop - 1)
                 self._evaluate_pair(int(slot_of[cols.dev[stop - 1]]), int(cols.sensor[stop - 1]), result)
@@ -361,6 +375,16 @@ class Pipeline:
                 break
         self._after_kernel(batch, cols, pending, n, scores, result, marks)
         result.replayed += int(replayed[0])
+
+    def _river_many(self, cols: Columns, start: int, stop: int, slot_of: NDArray[np.int64]) -> None:
+        """The River tiers' step for the readings the compiled loop applied from ``start`` to
+        ``stop``, in stream order (its devices' quarantine flags cannot change in between)."""
+        assert self.river is not None
+        applied = np.flatnonzero(cols.status[start:stop]) + start
+        readings = (cols.sensor, cols.k, cols.vals)
+        self.river.apply_many(
+            applied, cols.dev, slot_of, readings, cols.devices, self.govern_state.quarantined
+        )
 
     def _freeze_completed(self, cols: Columns, start: int, stop: int) -> None:
         """Freeze the references the kernel completed (before the pairs' next evaluation)."""
@@ -506,6 +530,8 @@ class Pipeline:
         self.detect_state.since_eval[slot, s] += 1
         frame = self._joint_step(slot, s)
         self._score(slot, s, r, f, scores, result, frame)
+        if self.river is not None:
+            self.river.apply(slot, s, r.device_id, f, not self.govern_state.quarantined[slot])
         if self.detect_state.since_eval[slot, s] >= self.settings.drift.check_every:
             self._evaluate_pair(slot, s, result)
 
@@ -649,6 +675,8 @@ class Pipeline:
         devices = [self.store.device_ids[i] for i in slots]
         self.engine.forget(devices)
         self.governor.forget(set(devices))
+        if self.river is not None:
+            self.river.forget(devices)
         for d in devices:
             self._device_groups.pop(d, None)
             self._astray.discard(d)
@@ -762,6 +790,8 @@ class Pipeline:
         self.detect_state.reset_interval(slot, s)
         self.ingest_state.reset_interval(slot, s)
         self.joint_state.reset_interval(slot, s)
+        if self.river is not None:
+            self.river.state.reset_interval(slot, s)
         ev = Evaluation("device", st.device_ids[slot], name, sig, int(self.ingest_state.last_ts[slot, s]))
         self._act(self.engine.evaluate([ev]), result)
 
@@ -784,6 +814,8 @@ class Pipeline:
         sig["device_anomalies"] = float(flagged)
         sig["device_anomaly_rate"] = flagged / frames if frames else 0.0
         sig["device_score"] = float(js.joint_max[slot, s])
+        if self.river is not None:
+            sig.update(self.river.signals(slot, s, self.store.device_ids[slot]))
         return sig
 
     def _drift_signals(
@@ -967,9 +999,18 @@ class PartitionClock:
             self.watermark = max(self.watermark, int(np.median(self.recent)))
 
 
-def device_cap(settings: Settings, store: StateStore) -> int:
+def device_cap(settings: Settings, store: StateStore, river: RiverTiers | None = None) -> int:
     """The most devices kept: ``state.memory_budget_mb`` over the size of one device's state
-    (:meth:`StateStore.bytes_per_device`), or ``state.max_devices`` if that is lower."""
+    (:meth:`StateStore.bytes_per_device`), or ``state.max_devices`` if that is lower. With River
+    tiers, their shared models come off the budget first and their per-device models count in a
+    device's size; a budget that leaves room for fewer than ``river.min_devices`` devices is
+    refused (:class:`~monitor.errors.ConfigError`, naming the tiers and the numbers)."""
     cfg = settings.state
-    budget = int(cfg.memory_budget_mb * 2**20) // store.bytes_per_device()
+    if river is None:
+        budget = int(cfg.memory_budget_mb * 2**20) // store.bytes_per_device()
+    else:
+        fp = river.footprint()
+        budget = rivertier.check_budget(
+            cfg.memory_budget_mb, settings.river.min_devices, store.bytes_per_device(), fp
+        )
     return max(1, min(budget, cfg.max_devices or budget))
