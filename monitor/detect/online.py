@@ -9,7 +9,9 @@
 - **flags**: River's ``anomaly.QuantileFilter`` (``quantile``: a score at or over the running
   quantile of the scores seen so far) or ``anomaly.ThresholdFilter`` (``threshold``) decides which
   scores are anomalous; with ``protect`` the detector does not learn the readings it flags;
-- **warm-up**: the first ``warmup`` readings are learned and not scored;
+- **warm-up**: the first ``warmup`` readings are learned, none flagged; their scores only go to
+  the ``QuantileFilter``'s running quantile, so that it is estimated from many scores when the
+  first flags count;
 - **the guard**: a reading with a NaN or infinite value is never learned (River's running
   statistics would keep the NaN forever) and gets no score.
 
@@ -37,7 +39,9 @@ from __future__ import annotations
 import functools
 import gc
 import inspect
+import io
 import math
+import pickle
 import random
 import tracemalloc
 from collections.abc import Hashable, Mapping, Sequence
@@ -115,20 +119,18 @@ class OnlineModel(base.AnomalyDetector):
         quarantined; not if flagged and ``protect``). None: not scored (non-finite, warming up)."""
         if not _finite(x):
             return None
-        if self.n < self.warmup:
-            if learn:
-                self._learn(x)
-            return None
-        score = self._score(x)
+        warming = self.n < self.warmup
+        quantile = self.filter.quantile if isinstance(self.filter, anomaly.QuantileFilter) else None
+        score = self._score(x) if quantile is not None or not warming else 0.0
         if not math.isfinite(score):
             return None
-        flagged = bool(self.filter.classify(score))
+        flagged = not warming and bool(self.filter.classify(score))
         if learn:
             if not (flagged and self.protect):
                 self._learn(x)
-            if isinstance(self.filter, anomaly.QuantileFilter):
-                self.filter.quantile.update(score)  # what QuantileFilter.learn_one does after scoring
-        return score, flagged
+            if quantile is not None:
+                quantile.update(score)  # what QuantileFilter.learn_one does after scoring
+        return None if warming else (score, flagged)
 
     def learn_one(self, x: dict[Hashable, Any]) -> None:
         """Learn ``x`` (River's API); a non-finite value leaves the model unchanged."""
@@ -150,9 +152,24 @@ class OnlineModel(base.AnomalyDetector):
             self.detector.learn_one(x)
         self.n += 1
 
+    def digest(self) -> bytes:
+        """The learned state as bytes, equal for equal states: a pickle without a memo in which
+        every ``random.Random`` counts the same (River's ``proba.Gaussian``, inside ``GaussianScorer``,
+        holds an unseeded generator it never draws from when scoring)."""
+        out = io.BytesIO()
+        pickler = _StatePickler(out, protocol=4)
+        pickler.fast = True  # no memo: the bytes do not depend on which equal objects are shared
+        pickler.dump(self)
+        return out.getvalue()
+
     def spec(self) -> dict[str, Any]:
         """The constructor's arguments: two models with equal specs are clones of each other."""
         return dict(self._get_params())
+
+
+class _StatePickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        return (str, ("random.Random",)) if isinstance(obj, random.Random) else NotImplemented
 
 
 def _finite(x: Mapping[Any, Any]) -> bool:

@@ -318,8 +318,8 @@ class SnapshotWriter:
 
 
 def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot]) -> dict[str, str]:
-    """A digest of each device's whole state (arrays, models, ADWINs, versions, rule episodes,
-    retrains in progress): two runs that applied the same readings in the same order give equal
+    """A digest of each device's whole state (arrays, models, ADWINs, River tiers' models, versions,
+    rule episodes, retrains in progress): two runs that applied the same readings in the same order give equal
     digests."""
     out: dict[str, str] = {}
     for snap in snapshots:
@@ -339,6 +339,8 @@ def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot
                 h.update(b"-" if m is None else m._state.tobytes())
                 h.update(b"-" if a is None else pickle.dumps(a, protocol=4))
                 h.update(str(d.versions.get((j, s), 1)).encode())
+                r = d.river[j][s] if d.river else None  # a River tier's (name, model) of the device
+                h.update(b"-" if r is None else r[0].encode() + r[1].digest())
             h.update(json.dumps(sorted(episodes.get(device, []), key=json.dumps), sort_keys=True).encode())
             out[device] = h.hexdigest()
     return out
