@@ -78,7 +78,7 @@ def _process(compiled: bool, batch: int, msgs: list[ReplayMessage]) -> tuple[Pip
 
 @pytest.mark.parametrize("batch", [97, 5000])
 def test_the_kernel_and_the_python_path_agree_with_river_tiers(batch: int) -> None:
-    msgs = _messages()[:40000]
+    msgs = _messages()[:25000]
     (kp, kernel), (pp, python) = _process(True, batch, msgs), _process(False, batch, msgs)
     assert _outputs(kp, kernel) == _outputs(pp, python)
     assert any(a.rule == "river_flags" for r in kernel for a in r.alerts)
