@@ -186,6 +186,10 @@ def _measured(tier_json: str, keys: tuple[str, ...]) -> int:
     tier = RiverTierSettings.model_validate_json(tier_json)
     rng = random.Random(0)
     rows = [{k: rng.gauss(0.5, 0.1) for k in keys} for _ in range(MEASURE_READINGS)]
+    warm = OnlineModel.from_settings(tier)  # what River allocates once per process is not the model's
+    for x in rows[:10]:
+        warm.step(x, learn=True)
+    del warm
     gc.collect()
     tracing = tracemalloc.is_tracing()
     if not tracing:

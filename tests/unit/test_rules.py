@@ -158,7 +158,8 @@ def test_error_names_file_line_column_key_path_and_signal(tmp_path: Path) -> Non
         "(did you mean 'psi'?); known: adwin_detections, adwin_drift, anomalies, anomaly_rate, "
         "clock_skew, device_anomalies, device_anomaly_rate, device_frames, device_score, "
         "duplicate, gap, ks_drift, ks_pvalue, ks_stat, out_of_order, psi, psi_drift, "
-        "readings, score_mean, stuck_at"
+        "readings, river_anomalies, river_anomaly_rate, river_readings, river_score, score_mean, "
+        "stuck_at"
     )
 
 
