@@ -57,6 +57,9 @@ class BatchResult:
     # Per sensor of the catalog (by default the built-in kinds: Pipeline.new_result sizes them).
     valid: NDArray[np.int64] = field(default_factory=lambda: np.zeros(len(SENSOR_NAMES), np.int64))
     anomalies: NDArray[np.int64] = field(default_factory=lambda: np.zeros(len(SENSOR_NAMES), np.int64))
+    river_anomalies: NDArray[np.int64] = field(  # readings River tiers flagged, per sensor
+        default_factory=lambda: np.zeros(len(SENSOR_NAMES), np.int64)
+    )
     scores: dict[int, NDArray[np.float64]] = field(default_factory=dict)  # sensor -> scores
     drift: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # detector, scope, sensor
     fleet_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # sensor -> (ks, psi)
@@ -277,6 +280,8 @@ class Pipeline:
                 self._apply(r, msg, plausible, scores, result)
         for clock in self.clocks.values():
             clock.advance()
+        if self.river is not None:
+            result.river_anomalies += self.river.take_flagged()
         result.scores = {s: np.asarray(v) for s, v in enumerate(scores) if v}
         result.event_ts = cols.ts
         now = int(cols.ts.max()) if len(batch) else None
@@ -286,7 +291,11 @@ class Pipeline:
     def new_result(self) -> BatchResult:
         """An empty result with a count per sensor of the catalog."""
         n = len(self.catalog)
-        return BatchResult(valid=np.zeros(n, np.int64), anomalies=np.zeros(n, np.int64))
+        return BatchResult(
+            valid=np.zeros(n, np.int64),
+            anomalies=np.zeros(n, np.int64),
+            river_anomalies=np.zeros(n, np.int64),
+        )
 
     def _columns(self, batch: Sequence[tuple[ReadingLike, Message]], result: BatchResult) -> Columns:
         """The batch as arrays, in stream order; every plausible Kafka timestamp goes to its

@@ -123,6 +123,7 @@ class RiverTiers:
         self.protos = [OnlineModel.from_settings(t) for t in self.tiers]
         self.shared: dict[tuple[int, int, str], OnlineModel] = {}  # (tier, sensor, cohort value)
         self._routes: dict[str, tuple[tuple[int, str], ...]] = {}  # device -> (tier, group) per sensor
+        self._flagged = np.zeros(len(catalog), np.int64)  # per sensor, since the last take_flagged
 
     @staticmethod
     def specs(settings: RiverSettings) -> dict[str, dict[str, Any]]:
@@ -178,6 +179,7 @@ class RiverTiers:
         st = self.state
         st.river_readings[slot, s] += 1
         st.river_anomalies[slot, s] += flagged
+        self._flagged[s] += flagged
         if score > st.river_max[slot, s]:
             st.river_max[slot, s] = score
 
@@ -198,6 +200,11 @@ class RiverTiers:
             d = int(dev[i])
             slot, s = int(slot_of[d]), int(sensors[i])
             self.apply(slot, s, devices[d], vals[i, : k[i]].tolist(), not quarantined[slot])
+
+    def take_flagged(self) -> NDArray[np.int64]:
+        """The readings flagged per sensor since the last call (the batch's, for the metrics)."""
+        out, self._flagged = self._flagged, np.zeros_like(self._flagged)
+        return out
 
     def signals(self, slot: int, s: int, device_id: str) -> dict[str, float]:
         """The pair's signals of the interval (none if no tier covers it; no score if none scored)."""

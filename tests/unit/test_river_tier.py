@@ -7,12 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from monitor.errors import ConfigError
 from monitor.evaluation.replay import ReplayMessage
 from monitor.govern.rules import load_rules, parse_rules
 from monitor.pipeline import BatchResult, Pipeline
+from monitor.serve.metrics import Metrics
 from monitor.settings import Settings, load_settings
 from monitor.state import snapshot
 from producers.scenario import load_scenario
@@ -64,6 +67,7 @@ def _outputs(p: Pipeline, results: list[BatchResult]) -> tuple[object, ...]:
         {name: arr.tolist() for name, arr in p.river.state.arrays.items()},
         {key: (m.n, m.score_one(probe)) for key, m in sorted(p.river.shared.items())},
         [[None if e is None else (e[0], e[1].n) for e in row] for row in p.river.state.models],
+        np.sum([r.river_anomalies for r in results], axis=0).tolist(),
     )
 
 
@@ -102,6 +106,20 @@ def test_signals_appear_for_the_pairs_a_tier_scores_and_only_there() -> None:
     for sig in flagged:  # alerts carry their signals rounded
         rate = sig["river_anomalies"] / sig["river_readings"]
         assert sig["river_anomaly_rate"] == pytest.approx(rate, abs=1e-3)
+
+
+def test_flagged_readings_are_counted_per_sensor_in_the_metrics() -> None:
+    p, results = _process(True, 5000, _messages()[:25000])
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, sensors=p.catalog.names)
+    for r in results:
+        metrics.record_batch(r, np.zeros((len(p.catalog), 5), np.int64), 0.01)
+    total = np.sum([r.river_anomalies for r in results], axis=0)
+    index = p.catalog.index
+    assert total[index["temperature"]] > 0 and total[index["gyroscope"]] == 0  # no tier on it
+    for name in p.catalog.names:
+        value = registry.get_sample_value("telemon_river_anomalies_total", {"sensor": name})
+        assert value == total[index[name]]
 
 
 def test_a_quarantined_device_is_scored_not_learned() -> None:
