@@ -2,6 +2,7 @@
 scenario, in batches as the service takes them: the part of ``telemon run`` the kernels speed up.
 
     .venv/bin/python -m bench.pipeline --devices 100 --seconds 400 --runs 3
+    .venv/bin/python -m bench.pipeline --config configs/river.yaml   # with its River tier
 
 Prints each run and the fastest (this machine's other load only ever slows a run down).
 """
@@ -30,12 +31,19 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "configs/monitor.yaml",
+        help="monitor config (its rules_file too)",
+    )
     args = parser.parse_args()
     scenario = load_scenario(
         ROOT / "configs/scenarios/demo.yaml", seed=3, devices=args.devices, duration_s=args.seconds
     )
     msgs = [ReplayMessage(k, v, ts, i) for i, (k, v, ts) in enumerate(iter_messages(scenario))]
-    settings, rules = load_settings(ROOT / "configs/monitor.yaml"), load_rules(ROOT / "configs/rules.yaml")
+    settings = load_settings(args.config)
+    rules = load_rules(settings.rules_file)
     best = float("inf")
     for run in range(1, args.runs + 1):
         pipeline = Pipeline(settings, rules)

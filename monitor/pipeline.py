@@ -20,10 +20,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor import kernel, schema
-from monitor.detect import drift, joint, kernels, model, novelty
+from monitor.detect import drift, joint, kernels, model, novelty, rivertier
 from monitor.detect.cohorts import load_cohorts
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.joint import JointState
+from monitor.detect.rivertier import RiverState, RiverTiers
 from monitor.detect.state import DetectState
 from monitor.errors import RulesError
 from monitor.govern import alerts, training
@@ -56,6 +57,9 @@ class BatchResult:
     # Per sensor of the catalog (by default the built-in kinds: Pipeline.new_result sizes them).
     valid: NDArray[np.int64] = field(default_factory=lambda: np.zeros(len(SENSOR_NAMES), np.int64))
     anomalies: NDArray[np.int64] = field(default_factory=lambda: np.zeros(len(SENSOR_NAMES), np.int64))
+    river_anomalies: NDArray[np.int64] = field(  # readings River tiers flagged, per sensor
+        default_factory=lambda: np.zeros(len(SENSOR_NAMES), np.int64)
+    )
     scores: dict[int, NDArray[np.float64]] = field(default_factory=dict)  # sensor -> scores
     drift: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # detector, scope, sensor
     fleet_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # sensor -> (ks, psi)
@@ -159,6 +163,7 @@ class Pipeline:
         self.pairs = PairDrift(self.detect_state, d)
         self.fleet = GroupDrift(n, d)
         self.cohorts = load_cohorts(settings.cohorts_file)
+        self.river = self._river_tiers(settings, catalog)  # None: no River tier (nothing changes)
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
         self.cohort_groups: dict[str, GroupDrift] = {}
         self._device_groups: dict[str, list[tuple[Scope, str, GroupDrift]]] = {}
@@ -170,7 +175,7 @@ class Pipeline:
         self.thresholds = model.distance_thresholds(m.anomaly_threshold)  # by number of features
         self._thresholds = np.array(self.thresholds)
         self.novelty = novelty.Novelty(settings.novelty) if settings.novelty.enabled else None
-        self.max_devices = device_cap(settings, self.store)
+        self.max_devices = device_cap(settings, self.store, self.river)
         self.store.limit = self.max_devices
         self.clocks: dict[int, PartitionClock] = {}  # the idle-eviction clock of each partition
         self._latest_ts: int | None = None  # the latest plausible Kafka timestamp of this batch
@@ -195,6 +200,16 @@ class Pipeline:
         base = [self.governor.base_params(s) for s in range(n)]
         self._base_params = np.array([[b["fading"], b["var_fading"], b["resolution"]] for b in base])
         self._warm_up()
+
+    def _river_tiers(self, settings: Settings, catalog: schema.Catalog) -> RiverTiers | None:
+        """The River tiers and their slab, if any is configured; a per-device tier whose models
+        the snapshots could not restore is refused."""
+        if not settings.river.tiers:
+            return None
+        state = self.store.add(RiverState(len(catalog), RiverTiers.specs(settings.river)))
+        tiers = RiverTiers(settings.river, catalog, self.cohorts, state)
+        tiers.check_snapshots()
+        return tiers
 
     def _warm_up(self) -> None:
         """Load the compiled kernels (compiled and cached on disk the first time) before the first
@@ -266,6 +281,8 @@ class Pipeline:
                 self._apply(r, msg, plausible, scores, result)
         for clock in self.clocks.values():
             clock.advance()
+        if self.river is not None:
+            result.river_anomalies += self.river.take_flagged()
         result.scores = {s: np.asarray(v) for s, v in enumerate(scores) if v}
         result.event_ts = cols.ts
         now = int(cols.ts.max()) if len(batch) else None
@@ -275,7 +292,11 @@ class Pipeline:
     def new_result(self) -> BatchResult:
         """An empty result with a count per sensor of the catalog."""
         n = len(self.catalog)
-        return BatchResult(valid=np.zeros(n, np.int64), anomalies=np.zeros(n, np.int64))
+        return BatchResult(
+            valid=np.zeros(n, np.int64),
+            anomalies=np.zeros(n, np.int64),
+            river_anomalies=np.zeros(n, np.int64),
+        )
 
     def _columns(self, batch: Sequence[tuple[ReadingLike, Message]], result: BatchResult) -> Columns:
         """The batch as arrays, in stream order; every plausible Kafka timestamp goes to its
@@ -343,6 +364,8 @@ class Pipeline:
             )
             self._tick += stop - i
             self._freeze_completed(cols, i, stop)
+            if self.river is not None:  # the readings the loop applied, before the evaluation
+                self._river_many(cols, i, stop, slot_of)
             if why == kernel.EVALUATE:
                 marks.add(stop - 1)
                 self._evaluate_pair(int(slot_of[cols.dev[stop - 1]]), int(cols.sensor[stop - 1]), result)
@@ -362,6 +385,16 @@ class Pipeline:
                 break
         self._after_kernel(batch, cols, pending, n, scores, result, marks)
         result.replayed += int(replayed[0])
+
+    def _river_many(self, cols: Columns, start: int, stop: int, slot_of: NDArray[np.int64]) -> None:
+        """The River tiers' step for the readings the compiled loop applied from ``start`` to
+        ``stop``, in stream order (its devices' quarantine flags cannot change in between)."""
+        assert self.river is not None
+        applied = np.flatnonzero(cols.status[start:stop]) + start
+        readings = (cols.sensor, cols.k, cols.vals)
+        self.river.apply_many(
+            applied, cols.dev, slot_of, readings, cols.devices, self.govern_state.quarantined
+        )
 
     def _freeze_completed(self, cols: Columns, start: int, stop: int) -> None:
         """Freeze the references the kernel completed (before the pairs' next evaluation)."""
@@ -510,6 +543,8 @@ class Pipeline:
         self.detect_state.since_eval[slot, s] += 1
         frame = self._joint_step(slot, s)
         urgent |= self._score(slot, s, r, f, scores, result, frame)
+        if self.river is not None:
+            self.river.apply(slot, s, r.device_id, f, not self.govern_state.quarantined[slot])
         if urgent or self.detect_state.since_eval[slot, s] >= self.settings.drift.check_every:
             self._evaluate_pair(slot, s, result)
 
@@ -660,6 +695,8 @@ class Pipeline:
         devices = [self.store.device_ids[i] for i in slots]
         self.engine.forget(devices)
         self.governor.forget(set(devices))
+        if self.river is not None:
+            self.river.forget(devices)
         for d in devices:
             self._group_sizes.subtract(key for _, key, _ in self._device_groups.pop(d, ()))
             self._astray.discard(d)
@@ -773,6 +810,8 @@ class Pipeline:
         self.detect_state.reset_interval(slot, s)
         self.ingest_state.reset_interval(slot, s)
         self.joint_state.reset_interval(slot, s)
+        if self.river is not None:
+            self.river.state.reset_interval(slot, s)
         ev = Evaluation("device", st.device_ids[slot], name, sig, int(self.ingest_state.last_ts[slot, s]))
         self._act(self.engine.evaluate([ev]), result)
 
@@ -798,6 +837,8 @@ class Pipeline:
         key = (self.store.device_ids[slot], self.catalog.names[s])
         sig["retraining"] = float(self.governor.retraining(key))
         sig["anomaly_streak"] = float(det.streak[slot, s])
+        if self.river is not None:
+            sig.update(self.river.signals(slot, s, self.store.device_ids[slot]))
         return sig
 
     def _drift_signals(
@@ -982,9 +1023,18 @@ class PartitionClock:
             self.watermark = max(self.watermark, int(np.median(self.recent)))
 
 
-def device_cap(settings: Settings, store: StateStore) -> int:
+def device_cap(settings: Settings, store: StateStore, river: RiverTiers | None = None) -> int:
     """The most devices kept: ``state.memory_budget_mb`` over the size of one device's state
-    (:meth:`StateStore.bytes_per_device`), or ``state.max_devices`` if that is lower."""
+    (:meth:`StateStore.bytes_per_device`), or ``state.max_devices`` if that is lower. With River
+    tiers, their shared models come off the budget first and their per-device models count in a
+    device's size; a budget that leaves room for fewer than ``river.min_devices`` devices is
+    refused (:class:`~monitor.errors.ConfigError`, naming the tiers and the numbers)."""
     cfg = settings.state
-    budget = int(cfg.memory_budget_mb * 2**20) // store.bytes_per_device()
+    if river is None:
+        budget = int(cfg.memory_budget_mb * 2**20) // store.bytes_per_device()
+    else:
+        fp = river.footprint()
+        budget = rivertier.check_budget(
+            cfg.memory_budget_mb, settings.river.min_devices, store.bytes_per_device(), fp
+        )
     return max(1, min(budget, cfg.max_devices or budget))

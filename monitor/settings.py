@@ -30,7 +30,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from monitor import errors, schema
-from monitor.common import files, packaged, yamlfile
+from monitor.common import files, packaged, riverpath, yamlfile
 from monitor.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -359,6 +359,108 @@ class JointSettings(_Section):
     relearn_after: int = Field(
         200, ge=0, description="consecutive flagged frames after which the model learns anew (0: never)"
     )
+
+
+class RiverTierSettings(_Section):
+    """A River tier (:mod:`monitor.detect.rivertier`): a River anomaly detector, named by its class
+    path, scoring the readings of some sensors (of some devices), shared by them or one per device."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="the tier's name, in messages and logs")
+    model: str = Field(
+        description="dotted path of a River anomaly detector class (river.* only), e.g. "
+        "river.anomaly.HalfSpaceTrees"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the class's constructor arguments (numbers, strings, lists, mappings)",
+    )
+    preprocessing: Literal["none", "standard", "minmax"] = Field(
+        "none",
+        description="scale the features first with River's preprocessing.StandardScaler or MinMaxScaler "
+        "(learned online with the model; HalfSpaceTrees expects [0, 1])",
+    )
+    sensors: tuple[str, ...] = Field((), description="the sensors it scores (empty: every sensor)")
+    cohort: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9_]{0,63}(=[^=]+)?$",
+        description="only devices with this cohorts_file label: 'label=value' (those devices), or 'label' "
+        "(every device with the label; shared models then per value)",
+    )
+    share: Literal["fleet", "device"] = Field(
+        "fleet",
+        description="fleet: one model per sensor (and cohort value) for all its devices; device: one per "
+        "device and sensor, in the per-device memory budget",
+    )
+    quantile: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="flag scores at or over this running quantile (River's anomaly.QuantileFilter)",
+    )
+    threshold: float | None = Field(
+        None, description="flag scores at or over this value (River's anomaly.ThresholdFilter)"
+    )
+    protect: bool = Field(True, description="learn only from readings it does not flag")
+    warmup: int = Field(250, ge=0, description="readings a model learns before its scores count")
+
+    @field_validator("model")
+    @classmethod
+    def _river_class(cls, path: str) -> str:
+        riverpath.resolve(path)
+        return path
+
+    @model_validator(mode="after")
+    def _buildable(self) -> RiverTierSettings:
+        if (self.quantile is None) == (self.threshold is None):
+            raise ValueError(
+                f"river tier {self.name}: give one of quantile and threshold (how a score becomes a flag)"
+            )
+        detector = riverpath.resolve(self.model)
+        if riverpath.is_supervised(detector) and self.preprocessing != "none":
+            raise ValueError(
+                f"river tier {self.name}: {self.model} scores the reading's value itself: "
+                "preprocessing must be none"
+            )
+        try:
+            detector(**self.params)
+        except Exception as exc:  # whatever River's constructor says is the answer to give
+            raise ValueError(f"river tier {self.name}: {self.model}({_args(self.params)}): {exc}") from None
+        return self
+
+    @property
+    def cohort_label(self) -> tuple[str, str | None] | None:
+        """``(label, value)`` of the devices it covers (value None: any), or None for all devices."""
+        if self.cohort is None:
+            return None
+        label, _, value = self.cohort.partition("=")
+        return label, value or None
+
+
+def _args(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in params.items())[:200]
+
+
+class RiverSettings(_Section):
+    """River tiers: River anomaly detectors scoring the stream beside the pair models (README:
+    "River tiers"). A (device, sensor) pair is scored by the first tier in the list that covers it."""
+
+    tiers: tuple[RiverTierSettings, ...] = Field(
+        (), description="the tiers, in order of precedence (empty: none)"
+    )
+    min_devices: int = Field(
+        1000,
+        ge=1,
+        description="refuse to start when the tiers' models leave state.memory_budget_mb room for fewer "
+        "devices",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> RiverSettings:
+        names = [t.name for t in self.tiers]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"river.tiers: the name {', '.join(repeated)} is used more than once")
+        return self
 
 
 class DriftSettings(_Section):
@@ -693,6 +795,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     novelty: NoveltySettings = NoveltySettings()
     joint: JointSettings = JointSettings()
+    river: RiverSettings = RiverSettings()
     drift: DriftSettings = DriftSettings()
     metrics: MetricsSettings = MetricsSettings()
     alerts: AlertsSettings = AlertsSettings()
@@ -708,6 +811,29 @@ class Settings(BaseSettings):
     )
     state_dir: Path = Path(".telemon")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _river_sensors(self) -> Settings:
+        catalog = self.channels.catalog()
+        for i, tier in enumerate(self.river.tiers):
+            unknown = [s for s in tier.sensors if s not in catalog.index]
+            if unknown:
+                raise ValueError(
+                    f"river.tiers.{i}.sensors: {', '.join(unknown)} not monitored; known: "
+                    + ", ".join(catalog.names)
+                )
+            if riverpath.is_supervised(riverpath.resolve(tier.model)):
+                vector = [
+                    s.name
+                    for s in catalog.specs
+                    if len(s.keys) > 1 and s.name in (tier.sensors or catalog.names)
+                ]
+                if vector:
+                    raise ValueError(
+                        f"river.tiers.{i}.sensors: {tier.model} scores one value, and {', '.join(vector)} "
+                        "have several axes: name scalar sensors only"
+                    )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -10,7 +10,12 @@ The allowlist is what pickling the real objects (protocols 2 to 5) needs:
 
 - :class:`monitor.detect.model.AdaptiveGaussian`, whose state is an ``array('d')``: ``array.array`` and
   ``array._array_reconstructor``;
-- River's ``ADWIN``, which holds a Rust ``AdaptiveWindowing`` helper (restored from bytes).
+- River's ``ADWIN``, which holds a Rust ``AdaptiveWindowing`` helper (restored from bytes);
+- the per-device models of River tiers (:class:`monitor.detect.online.OnlineModel`): the River
+  anomaly detectors ``HalfSpaceTrees``, ``OneClassSVM`` and ``GaussianScorer`` with their scalers,
+  pipeline and filters, and the helpers they are made of (listed in :data:`RIVER_CLASSES`). A tier
+  of another River class may share a model across devices, but keeps none per device unless its
+  classes are added here (the pipeline refuses such a configuration at start-up).
 
 Plain containers, numbers, strings, bytes and ``None`` need no global and always load.
 
@@ -47,7 +52,45 @@ DRIFT_CLASSES: frozenset[tuple[str, str]] = frozenset(
         ("river._river_rust.drift", "AdaptiveWindowing"),
     }
 )
-ALLOWED: frozenset[tuple[str, str]] = MODEL_CLASSES | DRIFT_CLASSES
+#: River tiers' per-device models: the wrapper, River's detectors, scalers, pipeline and filters,
+#: and what they hold (running statistics, trees, an optimiser, a seeded ``random.Random``).
+RIVER_CLASSES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("monitor.detect.online", "OnlineModel"),
+        ("river.anomaly.hst", "HalfSpaceTrees"),
+        ("river.tree.padded", "PaddedBranch"),
+        ("river.tree.padded", "PaddedLeaf"),
+        ("river.anomaly.svm", "OneClassSVM"),
+        ("river.optim.sgd", "SGD"),
+        ("river.optim.schedulers", "Constant"),
+        ("river.optim.initializers", "Zeros"),
+        ("river.optim.losses", "Hinge"),
+        ("river._river_rust.vectordict", "VectorDict"),
+        ("river.anomaly.gaussian", "GaussianScorer"),
+        ("river.proba.gaussian", "Gaussian"),
+        ("river.utils.rolling", "Rolling"),
+        ("river.anomaly.filter", "QuantileFilter"),
+        ("river.anomaly.filter", "ThresholdFilter"),
+        ("river.compose.pipeline", "Pipeline"),
+        ("river.preprocessing.scale", "MinMaxScaler"),
+        ("river.preprocessing.scale", "StandardScaler"),
+        ("river.stats.maximum", "Max"),
+        ("river.stats.minimum", "Min"),
+        ("river.stats.mean", "Mean"),
+        ("river.stats.var", "Var"),
+        ("river.stats.quantile", "Quantile"),
+        ("river._river_rust.stats", "RsQuantile"),
+        ("random", "Random"),
+        ("collections", "OrderedDict"),
+        ("collections", "defaultdict"),
+        ("collections", "Counter"),
+        ("collections", "deque"),
+        ("functools", "partial"),  # defaultdict factories: calls only the allowed classes above
+        ("builtins", "float"),
+        ("builtins", "tuple"),
+    }
+)
+ALLOWED: frozenset[tuple[str, str]] = MODEL_CLASSES | DRIFT_CLASSES | RIVER_CLASSES
 #: Modules that moved: pickles written before the move name the old place.
 MOVED = {"monitor.model": "monitor.detect.model"}
 

@@ -101,7 +101,10 @@ class AdaptiveGaussian(AnomalyDetector):
         self._state = array("d", state)
 
     def learn_one(self, x: dict[Hashable, Any]) -> None:
-        self.learn(features_of(cast("dict[str, float]", x)))
+        """Learn ``x``; a NaN or infinite value leaves the model unchanged (it would stay forever)."""
+        f = features_of(cast("dict[str, float]", x))
+        if all(math.isfinite(v) for v in f):
+            self.learn(f)
 
     def score_one(self, x: dict[Hashable, Any]) -> float:
         return score(self.distance(features_of(cast("dict[str, float]", x))), self.n_features)

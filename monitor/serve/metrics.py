@@ -124,6 +124,9 @@ class Metrics:
         )
         # Detection.
         self.anomalies = Counter("telemon_anomalies", "Readings scored as anomalous.", ["sensor"], registry=r)
+        self.river_anomalies = Counter(
+            "telemon_river_anomalies", "Readings a River tier flagged.", ["sensor"], registry=r
+        )
         self.scores = BatchHistogram(
             "telemon_anomaly_score",
             "Anomaly score of scored readings (0..1).",
@@ -238,6 +241,7 @@ class Metrics:
         """Children for every value of the fixed label sets (never per reading)."""
         self._readings = [self.readings.labels(s) for s in self.sensors]
         self._anomalies = [self.anomalies.labels(s) for s in self.sensors]
+        self._river_anomalies = [self.river_anomalies.labels(s) for s in self.sensors]
         self._integrity = [[self.integrity.labels(s, c) for c in CHECKS] for s in self.sensors]
         for reason in Reason:
             self.quarantined.labels(reason.value)
@@ -294,6 +298,8 @@ class Metrics:
                 self._readings[i].inc(int(result.valid[i]))
             if result.anomalies[i]:
                 self._anomalies[i].inc(int(result.anomalies[i]))
+            if result.river_anomalies[i]:
+                self._river_anomalies[i].inc(int(result.river_anomalies[i]))
             for c in np.flatnonzero(integrity[i]).tolist():
                 self._integrity[i][c].inc(int(integrity[i, c]))
         for sensor, scores in result.scores.items():

@@ -11,14 +11,14 @@ File layout (``<state.snapshot_dir>/<group id>/<topic>/<partition>.snap``, writt
 file, fsynced, renamed)::
 
     b"TLMSNAP1"  header length (8 bytes, big-endian)  header (JSON)  HMAC (32 bytes)
-    arrays (.npz, no pickles)  objects (pickle: models and ADWINs)
+    arrays (.npz, no pickles)  objects (pickle: models, ADWINs, River tiers' per-device models)
 
 The header records the consumer group, topic, partition, next offset, creation time, device ids,
 model versions, rule episodes and the byte lengths of the two parts; the HMAC-SHA256 covers the
 header and both parts. Loading checks that the file is a regular one, verifies the HMAC, then that
 the snapshot is the one of the group, topic and partition it is loaded for (a snapshot copied over
-another partition's is refused), and unpickles the objects with :mod:`monitor.common.safepickle` (model
-and ADWIN classes only).
+another partition's is refused), and unpickles the objects with :mod:`monitor.common.safepickle` (model,
+ADWIN and the allow-listed River classes only).
 
 Next to each snapshot, ``<partition>.head`` (signed JSON) records the last snapshot written: its
 next offset, creation time and SHA-256. A signed snapshot older than that one (a backup copied
@@ -108,9 +108,10 @@ def encode(snap: PartitionSnapshot, key: bytes, objects: bytes | None = None) ->
 
 
 def pickle_objects(d: DeviceStates) -> bytes:
-    """The part of a snapshot that holds Python objects (models and ADWINs), which the consume
+    """The part of a snapshot that holds Python objects (models, ADWINs, River tiers' per-device
+    models), which the consume
     loop goes on changing: pickled before the rest is encoded elsewhere."""
-    return pickle.dumps((d.models, d.adwins), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((d.models, d.adwins, d.river), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def decode(data: bytes, key: bytes) -> PartitionSnapshot:
@@ -129,11 +130,13 @@ def decode(data: bytes, key: bytes) -> PartitionSnapshot:
     try:
         with np.load(io.BytesIO(body[:split]), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-        models, adwins = safepickle.loads(body[split:])
+        models, adwins, *river = safepickle.loads(body[split:])  # river: since River tiers
     except (pickle.UnpicklingError, ValueError, EOFError) as exc:
         raise SnapshotError(f"unreadable snapshot content: {exc}") from exc
     versions = {(int(j), int(s)): int(v) for j, s, v in header["versions"]}
-    devices = DeviceStates(list(header["device_ids"]), arrays, models, adwins, versions)
+    devices = DeviceStates(
+        list(header["device_ids"]), arrays, models, adwins, river[0] if river else [], versions
+    )
     sensors = tuple(header.get("sensors", SENSOR_NAMES))  # before channels: the built-in kinds
     state = PartitionState(devices, list(header["rules"]), list(header["governance"]), sensors)
     topic, partition, offset = header["topic"], int(header["partition"]), int(header["next_offset"])
@@ -315,8 +318,8 @@ class SnapshotWriter:
 
 
 def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot]) -> dict[str, str]:
-    """A digest of each device's whole state (arrays, models, ADWINs, versions, rule episodes,
-    retrains in progress): two runs that applied the same readings in the same order give equal
+    """A digest of each device's whole state (arrays, models, ADWINs, River tiers' models, versions,
+    rule episodes, retrains in progress): two runs that applied the same readings in the same order give equal
     digests."""
     out: dict[str, str] = {}
     for snap in snapshots:
@@ -336,6 +339,8 @@ def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot
                 h.update(b"-" if m is None else m._state.tobytes())
                 h.update(b"-" if a is None else pickle.dumps(a, protocol=4))
                 h.update(str(d.versions.get((j, s), 1)).encode())
+                r = d.river[j][s] if d.river else None  # a River tier's (name, model) of the device
+                h.update(b"-" if r is None else r[0].encode() + r[1].digest())
             h.update(json.dumps(sorted(episodes.get(device, []), key=json.dumps), sort_keys=True).encode())
             out[device] = h.hexdigest()
     return out

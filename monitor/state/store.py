@@ -237,6 +237,7 @@ class DeviceStates:
     arrays: dict[str, NDArray[np.generic]]
     models: list[list[Model | None]] = field(default_factory=list)
     adwins: list[list[Any]] = field(default_factory=list)  # River ADWINs, or None
+    river: list[list[Any]] = field(default_factory=list)  # River tiers' per-device (tier, model), or None
     versions: dict[tuple[int, int], int] = field(default_factory=dict)  # (row, sensor) -> version
 
 

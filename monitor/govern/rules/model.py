@@ -57,8 +57,11 @@ PAIR_SIGNALS = frozenset({"anomaly_streak", "retraining"})
 #: The device tier's (monitor.detect.joint), per pair: frames it flagged mostly because of the pair's
 #: channel, their rate among the device's frames, and the largest frame score of the interval.
 JOINT_SIGNALS = frozenset({"device_frames", "device_anomalies", "device_anomaly_rate", "device_score"})
+#: The River tiers' (monitor.detect.rivertier), per pair a tier scores: readings it scored, those its
+#: filter flagged and their share, and the interval's largest score (absent for a pair no tier covers).
+RIVER_SIGNALS = frozenset({"river_readings", "river_anomalies", "river_anomaly_rate", "river_score"})
 SIGNALS: dict[str, frozenset[str]] = {
-    "device": DRIFT_SIGNALS | INTEGRITY_SIGNALS | JOINT_SIGNALS | PAIR_SIGNALS,
+    "device": DRIFT_SIGNALS | INTEGRITY_SIGNALS | JOINT_SIGNALS | PAIR_SIGNALS | RIVER_SIGNALS,
     # devices: the devices whose scores feed the group; lag: the consumer's lag, in messages
     "fleet": DRIFT_SIGNALS | {"devices", "lag"},
     "cohort": DRIFT_SIGNALS | {"devices"},
