@@ -11,6 +11,7 @@ its score windows), and returns where it stopped and why:
   The pipeline applies it in Python and calls again at the next one;
 - :data:`END`: every reading is applied.
 
+A scored reading's inputs go to their drift windows and the fleet's (:func:`monitor.detect.inputs.step`).
 Each applied reading then goes to its device's joint model (:func:`monitor.detect.joint.step`),
 which may close and score a frame.
 
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from monitor.detect import joint
+from monitor.detect import inputs, joint
 from monitor.detect.kernels import distance, learn, score
 from monitor.ingest.integrity import CLOCK_SKEW, DUPLICATE, GAP, INTERVAL_WEIGHT, OUT_OF_ORDER, STUCK
 
@@ -48,6 +49,8 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
     out: tuple[Any, ...],
     joint_config: tuple[Any, ...],
     joint_state: tuple[Any, ...],
+    input_config: tuple[Any, ...],
+    input_state: tuple[Any, ...],
 ) -> tuple[int, int]:
     """Apply readings from ``start`` until a stop (see the module docstring): ``(index, why)``.
     The tuples hold the readings' columns, the settings, the slabs' arrays (numba takes arrays,
@@ -188,6 +191,8 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
             n_scored[slot, s] = nn + 1
             score_sum[slot, s] = score_sum[slot, s] + np.float32(sc)
             score_count[slot, s] += 1
+            # Its inputs' drift windows, and the fleet's.
+            inputs.step(slot, s, f, raw, raw_n, input_config, input_state)
         # The device's joint model.
         frame[i], frame_d2[i], frame_p[i], frame_anom[i] = joint.step(
             slot, s, last_vals, quarantined, joint_config, joint_state

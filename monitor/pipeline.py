@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor import kernel, schema
-from monitor.detect import drift, joint, kernels, model, novelty
+from monitor.detect import drift, inputs, joint, kernels, model, novelty
 from monitor.detect.cohorts import load_cohorts
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.joint import JointState
@@ -151,10 +151,15 @@ class Pipeline:
         # Each stage's state is a slab of the store; a stage writes its own, reads earlier ones.
         self.store = StateStore()
         self.ingest_state = self.store.add(IngestState(n))
-        self.detect_state = self.store.add(DetectState(n, d, novelty.state_size(settings.novelty)))
+        input_columns = inputs.columns(settings.inputs, catalog)
+        self.detect_state = self.store.add(
+            DetectState(n, d, novelty.state_size(settings.novelty), input_columns)
+        )
         self.govern_state = self.store.add(GovernState(n, m.retrain_window))
         self.joint_state = self.store.add(JointState(catalog))
         self._joint = joint.config(settings.joint, catalog, m.anomaly_threshold, m.learn_anomalies)
+        self.fleet_inputs = inputs.FleetInputs(settings.inputs, catalog)
+        self._inputs = inputs.config(settings.inputs, catalog, m.retrain_window)
         self.integrity = IntegrityChecker(self.ingest_state, settings.integrity)
         self.pairs = PairDrift(self.detect_state, d)
         self.fleet = GroupDrift(n, d)
@@ -210,6 +215,8 @@ class Pipeline:
             (*out, *empty.outputs()),
             self._joint,
             self.joint_state.arrays_for_step(),
+            self._inputs,
+            self._input_arrays(),
         )
         self._joint_step(0, 0)  # slot 0 holds no device yet: cleared below
         self.joint_state.clear(0)
@@ -218,6 +225,10 @@ class Pipeline:
         for f in ((0.0,), (0.0, 0.0), (0.0, 0.0, 0.0)):
             kernels.learn(row, len(f), 0.5, 0.5, f)
             kernels.distance(row, len(f), 1.0, f)
+        inputs.measure(0, 0, self._inputs, self._input_arrays())
+
+    def _input_arrays(self) -> tuple[Any, ...]:
+        return inputs.arrays_for_step(self.detect_state, self.fleet_inputs)
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
         """Run every message through every stage, in order. Each (device, sensor) pair is evaluated
@@ -339,6 +350,8 @@ class Pipeline:
                 out,
                 self._joint,
                 self.joint_state.arrays_for_step(),
+                self._inputs,
+                self._input_arrays(),
             )
             self._tick += stop - i
             self._freeze_completed(cols, i, stop)
@@ -599,6 +612,8 @@ class Pipeline:
             return
         scores[s].append(score)
         self.pairs.push(slot, s, score)
+        gov = self.govern_state
+        inputs.step(slot, s, np.array(f, np.float64), gov.raw, gov.raw_n, self._inputs, self._input_arrays())
         if self.governor.shadows:
             self.governor.on_score(slot, s, f, score, r.ts, result)
         for scope, key, group in self._groups(r.device_id):
@@ -759,6 +774,8 @@ class Pipeline:
         cmp = self.pairs.compare(slot, s)
         if cmp is not None:
             sig.update(self._drift_signals(cmp, "device", name, result))
+        if self.settings.inputs.enabled:
+            sig.update(self._input_signals(slot, s, name, result))
         self.detect_state.reset_interval(slot, s)
         self.ingest_state.reset_interval(slot, s)
         self.joint_state.reset_interval(slot, s)
@@ -784,6 +801,18 @@ class Pipeline:
         sig["device_anomalies"] = float(flagged)
         sig["device_anomaly_rate"] = flagged / frames if frames else 0.0
         sig["device_score"] = float(js.joint_max[slot, s])
+        return sig
+
+    def _input_signals(self, slot: int, s: int, name: str, result: BatchResult) -> dict[str, float]:
+        """The pair's inputs against their reference (``input_*``) and against the fleet's
+        (``peer_*``), once their windows are full."""
+        axes = self.catalog.specs[s].keys
+        shift, peer = inputs.compare(slot, s, axes, self.settings.inputs, self._inputs, self._input_arrays())
+        sig: dict[str, float] = {}
+        for prefix, sh in (("input", shift), ("peer", peer)):
+            if sh is not None:
+                sig.update(sh.signals(prefix))
+                result.drift[(prefix, "device", name)] += int(sig[f"{prefix}_drift"])
         return sig
 
     def _drift_signals(

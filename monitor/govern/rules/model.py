@@ -53,8 +53,14 @@ INTEGRITY_SIGNALS = frozenset({"stuck_at", "gap", "duplicate", "out_of_order", "
 #: The device tier's (monitor.detect.joint), per pair: frames it flagged mostly because of the pair's
 #: channel, their rate among the device's frames, and the largest frame score of the interval.
 JOINT_SIGNALS = frozenset({"device_frames", "device_anomalies", "device_anomaly_rate", "device_score"})
+#: Drift of the pair's inputs (monitor.detect.inputs), per axis, the worst axis reported: against the
+#: pair's frozen reference (input_*) and against the fleet's latest inputs (peer_*). Present once
+#: their windows are full, and while ``inputs.enabled``.
+INPUT_SIGNALS = frozenset(
+    f"{prefix}_{name}" for prefix in ("input", "peer") for name in ("ks_stat", "ks_pvalue", "psi", "drift")
+)
 SIGNALS: dict[str, frozenset[str]] = {
-    "device": DRIFT_SIGNALS | INTEGRITY_SIGNALS | JOINT_SIGNALS,
+    "device": DRIFT_SIGNALS | INTEGRITY_SIGNALS | JOINT_SIGNALS | INPUT_SIGNALS,
     "fleet": DRIFT_SIGNALS | {"lag"},  # lag: the consumer's lag, in messages
     "cohort": DRIFT_SIGNALS,
 }
