@@ -5,7 +5,8 @@ applies one in Python (re-delivery guard, integrity checks, the retraining ring,
 its score windows), and returns where it stopped and why:
 
 - :data:`EVALUATE`: the reading before the returned index completed its pair's evaluation
-  interval; the pipeline evaluates the pair (KS, PSI, rules, actions) and calls again;
+  interval (its inputs' KS and PSI are in ``input_out``: :func:`monitor.detect.inputs.measure`);
+  the pipeline evaluates the pair (KS, PSI, rules, actions) and calls again;
 - :data:`PYTHON`: the reading at the returned index is not applied: its device is new, it was
   read on another partition than its state's, or its pair has a retrain or shadow under way.
   The pipeline applies it in Python and calls again at the next one;
@@ -51,6 +52,7 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
     joint_state: tuple[Any, ...],
     input_config: tuple[Any, ...],
     input_state: tuple[Any, ...],
+    input_out: Any,
 ) -> tuple[int, int]:
     """Apply readings from ``start`` until a stop (see the module docstring): ``(index, why)``.
     The tuples hold the readings' columns, the settings, the slabs' arrays (numba takes arrays,
@@ -198,5 +200,6 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
             slot, s, last_vals, quarantined, joint_config, joint_state
         )
         if since_eval[slot, s] >= check_every:
+            inputs.measure(slot, s, input_config, input_state, input_out)
             return i + 1, EVALUATE
     return len(dev), END

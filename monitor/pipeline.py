@@ -160,6 +160,7 @@ class Pipeline:
         self._joint = joint.config(settings.joint, catalog, m.anomaly_threshold, m.learn_anomalies)
         self.fleet_inputs = inputs.FleetInputs(settings.inputs, catalog)
         self._inputs = inputs.config(settings.inputs, catalog, m.retrain_window)
+        self._input_out = inputs.new_out()  # the inputs' comparison of the pair being evaluated
         self.integrity = IntegrityChecker(self.ingest_state, settings.integrity)
         self.pairs = PairDrift(self.detect_state, d)
         self.fleet = GroupDrift(n, d)
@@ -217,6 +218,7 @@ class Pipeline:
             self.joint_state.arrays_for_step(),
             self._inputs,
             self._input_arrays(),
+            self._input_out,
         )
         self._joint_step(0, 0)  # slot 0 holds no device yet: cleared below
         self.joint_state.clear(0)
@@ -225,7 +227,7 @@ class Pipeline:
         for f in ((0.0,), (0.0, 0.0), (0.0, 0.0, 0.0)):
             kernels.learn(row, len(f), 0.5, 0.5, f)
             kernels.distance(row, len(f), 1.0, f)
-        inputs.measure(0, 0, self._inputs, self._input_arrays())
+        inputs.measure(0, 0, self._inputs, self._input_arrays(), self._input_out)
 
     def _input_arrays(self) -> tuple[Any, ...]:
         return inputs.arrays_for_step(self.detect_state, self.fleet_inputs)
@@ -352,6 +354,7 @@ class Pipeline:
                 self.joint_state.arrays_for_step(),
                 self._inputs,
                 self._input_arrays(),
+                self._input_out,
             )
             self._tick += stop - i
             self._freeze_completed(cols, i, stop)
@@ -520,6 +523,7 @@ class Pipeline:
         frame = self._joint_step(slot, s)
         self._score(slot, s, r, f, scores, result, frame)
         if self.detect_state.since_eval[slot, s] >= self.settings.drift.check_every:
+            inputs.measure(slot, s, self._inputs, self._input_arrays(), self._input_out)
             self._evaluate_pair(slot, s, result)
 
     def _fresh(
@@ -775,7 +779,7 @@ class Pipeline:
         if cmp is not None:
             sig.update(self._drift_signals(cmp, "device", name, result))
         if self.settings.inputs.enabled:
-            sig.update(self._input_signals(slot, s, name, result))
+            sig.update(self._input_signals(name, result))
         self.detect_state.reset_interval(slot, s)
         self.ingest_state.reset_interval(slot, s)
         self.joint_state.reset_interval(slot, s)
@@ -803,15 +807,12 @@ class Pipeline:
         sig["device_score"] = float(js.joint_max[slot, s])
         return sig
 
-    def _input_signals(self, slot: int, s: int, name: str, result: BatchResult) -> dict[str, float]:
+    def _input_signals(self, name: str, result: BatchResult) -> dict[str, float]:
         """The pair's inputs against their reference (``input_*``) and against the fleet's
-        (``peer_*``), once their windows are full."""
-        axes = self.catalog.specs[s].keys
-        shift, peer = inputs.compare(slot, s, axes, self.settings.inputs, self._inputs, self._input_arrays())
-        sig: dict[str, float] = {}
-        for prefix, sh in (("input", shift), ("peer", peer)):
-            if sh is not None:
-                sig.update(sh.signals(prefix))
+        (``peer_*``), once their windows are full (measured as the pair's evaluation began)."""
+        sig = inputs.signals(self._input_out, self.settings.inputs)
+        for prefix in ("input", "peer"):
+            if f"{prefix}_drift" in sig:
                 result.drift[(prefix, "device", name)] += int(sig[f"{prefix}_drift"])
         return sig
 

@@ -23,7 +23,8 @@ compares at a pair's evaluation:
   bound of the exact two-sample statistic (equal to it when no two inputs of different windows
   fall between the same edges). Its p-value is scipy's two-sided asymptotic one for sample sizes
   ``reference_size`` and ``window_size`` (:func:`monitor.detect.stats.ks_pvalue`); against the fleet,
-  the limiting Kolmogorov law for ``window_size`` and ``fleet_window_size``.
+  the limiting Kolmogorov law (:func:`kolmogorov`) for ``window_size`` and ``fleet_window_size``
+  (its statistic takes too many distinct values for scipy's memoised finite-sample law).
 - **PSI** on the same bins, each fraction floored at :data:`PSI_FLOOR` (as
   :func:`monitor.detect.stats.psi`).
 
@@ -33,16 +34,18 @@ the same way whichever copy of it is binned.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numba import njit
-from scipy import special
+from numpy.typing import NDArray
+from scipy import stats as sps
 
 from monitor.detect import stats
-from monitor.schema import Catalog
+from monitor.schema import MAX_AXES, Catalog
 from monitor.settings import InputDriftSettings
 from monitor.state.store import Columns
 
@@ -96,10 +99,11 @@ def config(settings: InputDriftSettings, catalog: Catalog, retrain_window: int) 
     """What :func:`step` and :func:`measure` need of the settings and the catalog."""
     keys = np.array([len(s.keys) for s in catalog.specs], np.int64)
     offsets = np.concatenate([[0], np.cumsum(keys)[:-1]]).astype(np.int64)
-    r = settings.reference_size
+    r, w, alpha = settings.reference_size, settings.window_size, settings.ks_alpha
+    critical = float(sps.kstwo.isf(alpha, int(np.round(r * w / (r + w)))))  # p < alpha <=> D > this
     return (
-        settings.enabled, keys, offsets, settings.bins, r, settings.window_size,
-        min(r, retrain_window), settings.fleet_reference_size, settings.fleet_window_size,
+        settings.enabled, keys, offsets, settings.bins, r, w, min(r, retrain_window),
+        settings.fleet_reference_size, settings.fleet_window_size, alpha, settings.psi_threshold, critical,
     )  # fmt: skip
 
 
@@ -112,7 +116,7 @@ def arrays_for_step(slab: Any, fleet: FleetInputs) -> tuple[Any, ...]:
 def step(slot: int, s: int, x: Any, raw: Any, raw_n: Any, cfg: tuple[Any, ...], st: tuple[Any, ...]) -> None:
     """One scored input ``x`` of pair ``(slot, s)``, already written to the retraining ring
     ``raw``: into the pair's reference or current ring, and into the fleet's state."""
-    enabled, keys, offsets, _, r, w, e, f, fw = cfg
+    enabled, keys, offsets, _, r, w, e, f, fw, _, _, _ = cfg
     in_n, in_edges, in_ref, in_cur, peer_n, peer_cur, fl_n, fl_ref, fl_edges, fl_ring, fl_counts = st
     if not enabled:
         return
@@ -210,26 +214,69 @@ def _bin(edges: Any, v: np.float32) -> int:
     return b
 
 
+#: :func:`measure`'s output: input ready, peer ready; the input comparison's largest KS statistic,
+#: largest PSI and drift flag; the peer comparison's largest KS statistic, its p-value, largest PSI
+#: and drift flag; then per axis (``MAX_AXES`` each) input KS, input PSI, peer KS, peer PSI, peer p.
+OUT_SIZE = 9 + 5 * MAX_AXES
+AXES = 9
+
+
+def new_out() -> NDArray[np.float64]:
+    return np.zeros(OUT_SIZE)
+
+
 @njit(cache=True)
-def measure(slot: int, s: int, cfg: tuple[Any, ...], st: tuple[Any, ...]) -> tuple[Any, ...]:
+def measure(slot: int, s: int, cfg: tuple[Any, ...], st: tuple[Any, ...], out: Any) -> None:
     """At a pair's evaluation, per axis: binned KS and PSI of its current inputs against its
-    reference, and of its latest inputs against the fleet's. Returns ``(input ready, KS (k,),
-    PSI (k,), peer ready, KS (k,), PSI (k,))``."""
-    enabled, keys, offsets, bins, r, w, _, f, fw = cfg
+    reference, and of its latest inputs against the fleet's (with the p-value of the latter),
+    and the worst of them, into ``out`` (see :data:`OUT_SIZE`). The kernel calls it as it stops
+    for the evaluation. The input KS p-value, scipy's, is left to :func:`signals` (an axis drifts
+    when its statistic is over the critical value of ``ks_alpha``, which is the same)."""
+    enabled, keys, offsets, bins, r, w, _, f, fw, alpha, limit, critical = cfg
     in_n, _, in_ref, in_cur, peer_n, peer_cur, fl_n, _, _, _, fl_counts = st
-    k, off = keys[s], offsets[s]
-    in_ks, in_psi, peer_ks, peer_psi = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
-    ready = enabled and in_n[slot, s] >= r + w
-    peer = enabled and fl_n[s] >= f + fw and peer_n[slot, s] >= w
+    k, off, a = keys[s], offsets[s], MAX_AXES
+    out[:] = 0.0
+    out[0] = enabled and in_n[slot, s] >= r + w
+    out[1] = enabled and fl_n[s] >= f + fw and peer_n[slot, s] >= w
+    scale = math.sqrt(w * fw / (w + fw))
     for j in range(k):
-        if ready:
+        if out[0]:
             ref = in_ref[slot, off + j].astype(np.int64)
-            in_ks[j], in_psi[j] = _compare(ref, r, _counts(in_cur[slot, off + j], bins), w)
-        if peer:
-            peer_ks[j], peer_psi[j] = _compare(
-                fl_counts[off + j], fw, _counts(peer_cur[slot, off + j], bins), w
-            )
-    return ready, in_ks, in_psi, peer, peer_ks, peer_psi
+            d, psi = _compare(ref, r, _counts(in_cur[slot, off + j], bins), w)
+            out[AXES + j], out[AXES + a + j] = d, psi
+            out[2] = max(out[2], d)
+            out[3] = max(out[3], psi)
+            if d > critical and psi > limit:
+                out[4] = 1.0
+        if out[1]:
+            d, psi = _compare(fl_counts[off + j], fw, _counts(peer_cur[slot, off + j], bins), w)
+            p = kolmogorov(scale * d)
+            out[AXES + 2 * a + j], out[AXES + 3 * a + j], out[AXES + 4 * a + j] = d, psi, p
+            if d > out[5] or j == 0:
+                out[5], out[6] = d, p
+            out[7] = max(out[7], psi)
+            if p < alpha and psi > limit:
+                out[8] = 1.0
+
+
+@njit(cache=True)
+def kolmogorov(x: float) -> float:
+    """The limiting Kolmogorov distribution's survival function ``P(K > x)`` (as
+    ``scipy.special.kolmogorov``): its alternating series above 1, Jacobi's form below."""
+    if x <= 0.0:
+        return 1.0
+    if x < 1.0:
+        total, c = 0.0, math.pi**2 / (8.0 * x * x)
+        for j in range(1, 40, 2):
+            total += math.exp(-j * j * c)
+        return min(1.0, max(0.0, 1.0 - math.sqrt(2.0 * math.pi) / x * total))
+    total = 0.0
+    for j in range(1, 101):
+        term = math.exp(-2.0 * j * j * x * x)
+        total += term if j % 2 else -term
+        if term < 1e-300:
+            break
+    return min(1.0, max(0.0, 2.0 * total))
 
 
 @njit(cache=True)
@@ -290,37 +337,57 @@ class Shift:
 
 
 def compare(
-    slot: int,
-    s: int,
-    axes: tuple[str, ...],
-    settings: InputDriftSettings,
-    cfg: tuple[Any, ...],
-    st: tuple[Any, ...],
+    out: NDArray[np.float64], axes: tuple[str, ...], settings: InputDriftSettings
 ) -> tuple[Shift | None, Shift | None]:
-    """The pair's input shift and peer shift (None until their windows are full)."""
-    ready, in_ks, in_psi, peer, peer_ks, peer_psi = measure(slot, s, cfg, st)
-    r, w, fw = settings.reference_size, settings.window_size, settings.fleet_window_size
+    """The input shift and peer shift of a pair :func:`measure` wrote ``out`` for (None until
+    their windows are full), an :class:`AxisShift` per axis."""
+    k, a, r, w = len(axes), MAX_AXES, settings.reference_size, settings.window_size
     alpha, limit = settings.ks_alpha, settings.psi_threshold
-    shift = peer_shift = None
+    shift = peer = None
+    if out[0]:
+        ks, psi = out[AXES : AXES + k].tolist(), out[AXES + a : AXES + a + k].tolist()
+        p = [_ks_pvalue(d, r, w) for d in ks]
+        shift = Shift(tuple(map(AxisShift, axes, ks, p, psi, _flags(p, psi, alpha, limit))))
+    if out[1]:
+        block = out[AXES + 2 * a :].tolist()
+        ks, psi, p = block[:k], block[a : a + k], block[2 * a : 2 * a + k]
+        peer = Shift(tuple(map(AxisShift, axes, ks, p, psi, _flags(p, psi, alpha, limit))))
+    return shift, peer
+
+
+def _flags(p: list[float], psi: list[float], alpha: float, limit: float) -> list[bool]:
+    return [pv < alpha and v > limit for pv, v in zip(p, psi, strict=True)]
+
+
+def signals(out: NDArray[np.float64], settings: InputDriftSettings) -> dict[str, float]:
+    """The rules' signals of what :func:`measure` wrote to ``out``: :meth:`Shift.signals` of
+    :func:`compare`'s records, without building them (this runs at every pair evaluation)."""
+    ready, peer, ks, psi, drift, peer_ks, peer_p, peer_psi, peer_drift = out[:AXES].tolist()
+    sig: dict[str, float] = {}
     if ready:
-        p = [stats.ks_pvalue(float(d), r, w) for d in in_ks.tolist()]
-        shift = _shift(axes, in_ks.tolist(), p, in_psi.tolist(), alpha, limit)
+        p = _ks_pvalue(ks, settings.reference_size, settings.window_size)
+        sig.update(input_ks_stat=ks, input_ks_pvalue=p, input_psi=psi, input_drift=drift)
     if peer:
-        scale = math.sqrt(w * fw / (w + fw))
-        p = [min(1.0, float(special.kolmogorov(scale * d))) for d in peer_ks.tolist()]
-        peer_shift = _shift(axes, peer_ks.tolist(), p, peer_psi.tolist(), alpha, limit)
-    return shift, peer_shift
+        sig.update(peer_ks_stat=peer_ks, peer_ks_pvalue=peer_p, peer_psi=peer_psi, peer_drift=peer_drift)
+    return sig
 
 
-def _shift(
-    axes: tuple[str, ...], ks: list[float], p: list[float], psi: list[float], alpha: float, limit: float
-) -> Shift:
-    return Shift(
-        tuple(
-            AxisShift(a, d, pv, v, pv < alpha and v > limit)
-            for a, d, pv, v in zip(axes, ks, p, psi, strict=True)
-        )
-    )
+@functools.lru_cache(maxsize=65536)
+def _ks_pvalue(d: float, n: int, m: int) -> float:
+    """:func:`monitor.detect.stats.ks_pvalue`, memoised whole (the binned statistic takes few
+    distinct values: multiples of ``1 / lcm(n, m)``)."""
+    return stats.ks_pvalue(d, n, m)
 
 
-__all__ = ["AxisShift", "FleetInputs", "Shift", "columns", "compare", "config", "measure", "step"]
+__all__ = [
+    "AxisShift",
+    "FleetInputs",
+    "Shift",
+    "columns",
+    "compare",
+    "config",
+    "kolmogorov",
+    "measure",
+    "signals",
+    "step",
+]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import special
 from scipy import stats as sps
 
 from monitor.detect import inputs, stats
@@ -94,6 +95,11 @@ def test_binned_ks_is_a_lower_bound_of_the_exact_statistic(shift: float) -> None
     assert d >= exact - 0.1 - 1e-12 if shift else True  # deciles: at most a bin's mass below it
 
 
+@pytest.mark.parametrize("x", [0.0, 0.05, 0.3, 0.5, 0.8, 0.99, 1.0, 1.2, 1.8, 2.5, 4.0, 7.0])
+def test_the_peer_p_value_is_scipy_s_kolmogorov(x: float) -> None:
+    assert inputs.kolmogorov(x) == pytest.approx(float(special.kolmogorov(x)), rel=1e-9, abs=1e-15)
+
+
 def test_frozen_edges_are_the_quantiles_of_the_reference() -> None:
     values = np.random.default_rng(1).normal(20, 3, 96).astype(np.float32).astype(np.float64)
     edges = np.zeros(9, np.float32)
@@ -115,7 +121,25 @@ def test_a_value_on_an_edge_falls_in_the_lower_bin() -> None:
 
 
 def _shift(p: Pipeline, slot: int = 0) -> tuple[inputs.Shift | None, inputs.Shift | None]:
-    return inputs.compare(slot, TEMP, ("value",), p.settings.inputs, p._inputs, p._input_arrays())
+    out = inputs.new_out()
+    inputs.measure(slot, TEMP, p._inputs, p._input_arrays(), out)
+    return inputs.compare(out, ("value",), p.settings.inputs)
+
+
+def test_the_signals_are_those_of_the_records() -> None:
+    """The pipeline's shortcut gives the signals the per-axis records give."""
+    p = _pipeline()
+    levels = [[21.0] * 300 + [21.0 + 0.01 * i for i in range(300)], [21.0] * 600, [21.05] * 600]
+    _run(p, _stream(levels))
+    out = inputs.new_out()
+    for slot in range(3):
+        inputs.measure(slot, TEMP, p._inputs, p._input_arrays(), out)
+        shift, peer = inputs.compare(out, ("value",), p.settings.inputs)
+        assert shift is not None and peer is not None
+        assert inputs.signals(out, p.settings.inputs) == shift.signals("input") | peer.signals("peer")
+    accel = SENSOR_INDEX["accelerometer"]
+    inputs.measure(0, accel, p._inputs, p._input_arrays(), out)
+    assert inputs.signals(out, p.settings.inputs) == {}  # no accelerometer readings
 
 
 def test_the_windows_fill_in_order_and_compare_once_full() -> None:
