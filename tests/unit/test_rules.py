@@ -157,9 +157,17 @@ def test_error_names_file_line_column_key_path_and_signal(tmp_path: Path) -> Non
         f"{path}:10:12: rules.1.when.all.1.signal: unknown signal 'psy' for scope device "
         "(did you mean 'psi'?); known: adwin_detections, adwin_drift, anomalies, anomaly_rate, "
         "clock_skew, device_anomalies, device_anomaly_rate, device_frames, device_score, "
-        "duplicate, gap, ks_drift, ks_pvalue, ks_stat, out_of_order, psi, psi_drift, "
-        "readings, score_mean, stuck_at"
+        "duplicate, gap, input_drift, input_ks_pvalue, input_ks_stat, input_psi, ks_drift, "
+        "ks_pvalue, ks_stat, out_of_order, peer_drift, peer_ks_pvalue, peer_ks_stat, peer_psi, psi, "
+        "psi_drift, readings, score_mean, stuck_at"
     )
+
+
+def test_input_and_peer_signals_are_device_scope_only(tmp_path: Path) -> None:
+    ok = "rules:\n  - {name: a, scope: device, when: {signal: peer_drift, op: '==', value: 1}}\n"
+    assert [r.name for r in load_rules(_write(tmp_path, ok)).rules] == ["a"]
+    bad = "rules:\n  - {name: a, scope: fleet, when: {signal: input_drift, op: '==', value: 1}}\n"
+    assert "(a signal of scope device only)" in _load_error(_write(tmp_path, bad))
 
 
 def test_every_problem_is_reported_in_line_order(tmp_path: Path) -> None:
