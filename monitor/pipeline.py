@@ -163,7 +163,9 @@ class Pipeline:
         self._input_out = inputs.new_out()  # the inputs' comparison of the pair being evaluated
         self.integrity = IntegrityChecker(self.ingest_state, settings.integrity)
         self.pairs = PairDrift(self.detect_state, d)
-        self.fleet = GroupDrift(n, d)
+        # The axes of each sensor, for the pooled detectors' ADWIN on input means (none: input drift off).
+        self._group_axes = tuple(len(c.keys) for c in catalog.specs) if settings.inputs.enabled else ()
+        self.fleet = GroupDrift(n, d, self._group_axes)
         self.cohorts = load_cohorts(settings.cohorts_file)
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
         self.cohort_groups: dict[str, GroupDrift] = {}
@@ -451,22 +453,22 @@ class Pipeline:
         sensor, score, anomalous = cols.sensor[scored], cols.score[scored], cols.anomalous[scored]
         for s in np.unique(sensor).tolist():
             scores[s].extend(score[sensor == s].tolist())
-        self._push_groups(cols, scored, sensor, score, anomalous, result, marks)
+        self._push_groups(cols, scored, (sensor, score, anomalous, cols.vals[scored]), result, marks)
 
     def _push_groups(
         self,
         cols: Columns,
         scored: NDArray[np.intp],
-        sensor: NDArray[np.int64],
-        score: NDArray[np.float64],
-        anomalous: NDArray[np.bool_],
+        outputs: tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]],
         result: BatchResult,
         marks: Marks,
     ) -> None:
         """Push the scores to the pooled detectors their devices feed, each (group, sensor) in
         stream order, and evaluate every (group, sensor) where it is due, all of them in stream
         order (a reading due in several groups: the fleet first, then its cohorts by label); their
-        outputs go among those of the pair evaluations ``marks`` holds, in stream order."""
+        outputs go among those of the pair evaluations ``marks`` holds, in stream order.
+        ``outputs``: the scored readings' sensors, scores, flags and values."""
+        sensor, score, anomalous, vals = outputs
         members: dict[int, tuple[int, Scope, str, GroupDrift, list[int]]] = {}
         for d, device_id in enumerate(cols.devices):
             for rank, (scope, key, group) in enumerate(self._groups(device_id)):
@@ -488,14 +490,14 @@ class Pipeline:
         for position, _, r, upto in sorted(events):
             _, scope, key, group, s, pick = runs[r]
             chunk = pick[pushed[r] : upto]
-            group.push_many(s, score[chunk], anomalous[chunk])
+            group.push_many(s, score[chunk], anomalous[chunk], vals[chunk])
             pushed[r] = upto
             with marks.group(position):
                 self._evaluate_group(scope, key, group, s, int(cols.ts[position]), result)
         marks.interleave()
         for r, (_, _, _, group, s, pick) in enumerate(runs):
             chunk = pick[pushed[r] :]
-            group.push_many(s, score[chunk], anomalous[chunk])
+            group.push_many(s, score[chunk], anomalous[chunk], vals[chunk])
 
     def _apply(
         self, r: ReadingLike, msg: Message, plausible: bool, scores: list[list[float]], result: BatchResult
@@ -621,7 +623,7 @@ class Pipeline:
         if self.governor.shadows:
             self.governor.on_score(slot, s, f, score, r.ts, result)
         for scope, key, group in self._groups(r.device_id):
-            if group.push(s, score, anomalous):
+            if group.push(s, score, anomalous, f):
                 self._evaluate_group(scope, key, group, s, r.ts, result)
 
     def _groups(self, device_id: str) -> list[tuple[Scope, str, GroupDrift]]:
@@ -635,7 +637,9 @@ class Pipeline:
                 if label in labels:
                     key = f"{label}={labels[label]}"
                     if key not in self.cohort_groups:
-                        self.cohort_groups[key] = GroupDrift(len(self.catalog), self.settings.drift)
+                        self.cohort_groups[key] = GroupDrift(
+                            len(self.catalog), self.settings.drift, self._group_axes
+                        )
                     groups.append(("cohort", key, self.cohort_groups[key]))
             self._device_groups[device_id] = groups
         return groups
@@ -854,6 +858,10 @@ class Pipeline:
             sig.update(self._drift_signals(cmp, scope, name, result))
             if scope == "fleet":
                 result.fleet_stats[name] = (sig["ks_stat"], sig["psi"])
+        if group.axes:
+            moved = group.close_inputs(s)
+            result.drift[("input_adwin", scope, name)] += moved
+            sig["input_adwin_detections"], sig["input_adwin_drift"] = float(moved), float(moved > 0)
         group.since_eval[s] = group.adwin_hits[s] = group.anomalies[s] = 0
         group.score_sum[s] = 0.0
         self._act(self.engine.evaluate([Evaluation(scope, key, name, sig, ts)]), result)

@@ -28,6 +28,7 @@ rules:
      clear: {signal: input_drift, op: "==", value: 0}, for: 1}
   - {name: peer_shift, scope: device, when: {signal: peer_drift, op: "==", value: 1},
      clear: {signal: peer_drift, op: "==", value: 0}, for: 1}
+  - {name: fleet_inputs, scope: fleet, when: {signal: input_adwin_drift, op: "==", value: 1}, for: 1}
   - {name: score_shift, scope: device, for: 1,
      when: {all: [{signal: ks_drift, op: "==", value: 1}, {signal: psi_drift, op: "==", value: 1}]}}
 """
@@ -38,6 +39,7 @@ def _pipeline(**input_settings: Any) -> Pipeline:
         None,
         inputs={"fleet_reference_size": 400, "fleet_window_size": 400} | input_settings,
         model={"warmup": 50, "retrain_window": 32},
+        drift={"fleet_check_every": 50},
     )
     return Pipeline(settings, parse_rules(RULES))
 
@@ -194,12 +196,26 @@ def test_a_device_offset_from_its_fleet_is_a_peer_drift_and_only_it() -> None:
     assert peer is not None and peer.worst.ks_stat > 0.6, peer  # binned: at most 7/8 here
 
 
+def test_a_fleet_wide_drift_of_the_inputs_moves_the_fleet_s_adwin_on_interval_means() -> None:
+    """Every device's temperature ramps from reading 600 on: the means of the fleet's inputs per
+    evaluation interval (100 readings) move, and its ADWIN says so; before, nothing fires."""
+    ramp = [21.0 + 0.002 * max(0, i - 600) for i in range(1200)]
+    p = _pipeline()
+    results = _run(p, _stream([ramp] * 8))
+    fired = _firing(results, "fleet_inputs")
+    assert fired and all(a.ts > 1_700_000_000_000 + 600 * 1000 for a in fired)
+    assert fired[0].signals["input_adwin_detections"] >= 1
+    assert {a.sensor for a in fired} == {"temperature"}
+    p = _pipeline()
+    assert not _firing(_run(p, _stream([[21.0] * 1200] * 8)), "fleet_inputs")  # a steady fleet
+
+
 def test_input_drift_can_be_turned_off() -> None:
     p = _pipeline(enabled=False)
     assert p.detect_state.in_edges.shape[1] == 0
     results = _run(p, _stream([[21.0] * 400 + [23.0] * 400]))
-    assert not _firing(results, "input_shift")
-    assert int(p.fleet_inputs.n.sum()) == 0
+    assert not _firing(results, "input_shift") and not _firing(results, "fleet_inputs")
+    assert int(p.fleet_inputs.n.sum()) == 0 and not p.fleet.axes
 
 
 def test_a_snapshot_carries_the_input_state_and_an_older_one_loads_it_empty() -> None:

@@ -96,8 +96,11 @@ def test_cohorts_and_every_action_agree_too(tmp_path: Path) -> None:
         assert (kg.n, kg.since_eval, kg.anomalies, kg.score_sum, kg.adwin_hits) == (
             pg.n, pg.since_eval, pg.anomalies, pg.score_sum, pg.adwin_hits
         )  # fmt: skip
-        for name in ("ref", "cur", "edges", "frac"):
+        for name in ("ref", "cur", "edges", "frac", "input_sum"):
             np.testing.assert_array_equal(getattr(kg, name), getattr(pg, name), err_msg=name)
+        assert [[a.total for a in row] for row in kg.input_adwins] == [
+            [a.total for a in row] for row in pg.input_adwins
+        ]
     assert min(min(g.n) for g, _ in pairs) > 2500  # every group's windows filled and rolled
 
 

@@ -59,10 +59,13 @@ JOINT_SIGNALS = frozenset({"device_frames", "device_anomalies", "device_anomaly_
 INPUT_SIGNALS = frozenset(
     f"{prefix}_{name}" for prefix in ("input", "peer") for name in ("ks_stat", "ks_pvalue", "psi", "drift")
 )
+#: Over a group (the fleet, a cohort): ADWIN changes in the mean of an input axis per evaluation
+#: interval (count over the sensor's axes, and 0/1), while ``inputs.enabled``.
+GROUP_INPUT_SIGNALS = frozenset({"input_adwin_detections", "input_adwin_drift"})
 SIGNALS: dict[str, frozenset[str]] = {
     "device": DRIFT_SIGNALS | INTEGRITY_SIGNALS | JOINT_SIGNALS | INPUT_SIGNALS,
-    "fleet": DRIFT_SIGNALS | {"lag"},  # lag: the consumer's lag, in messages
-    "cohort": DRIFT_SIGNALS,
+    "fleet": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS | {"lag"},  # lag: the consumer's lag, in messages
+    "cohort": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS,
 }
 #: Actions on one device's model or stream, with why they need a device-scope rule.
 DEVICE_ACTIONS: dict[str, str] = {
