@@ -6,12 +6,14 @@ its score windows), and returns where it stopped and why:
 
 - :data:`EVALUATE`: the reading before the returned index completed its pair's evaluation
   interval, or made it urgent (it ended a data gap, or a run of ``urgent_streak`` anomalous
-  readings); the pipeline evaluates the pair (KS, PSI, rules, actions) and calls again;
+  readings; its inputs' KS and PSI are in ``input_out``: :func:`monitor.detect.inputs.measure`);
+  the pipeline evaluates the pair (KS, PSI, rules, actions) and calls again;
 - :data:`PYTHON`: the reading at the returned index is not applied: its device is new, it was
   read on another partition than its state's, or its pair has a retrain or shadow under way.
   The pipeline applies it in Python and calls again at the next one;
 - :data:`END`: every reading is applied.
 
+A scored reading's inputs go to their drift windows and the fleet's (:func:`monitor.detect.inputs.step`).
 Each applied reading then goes to its device's joint model (:func:`monitor.detect.joint.step`),
 which may close and score a frame.
 
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from monitor.detect import joint
+from monitor.detect import inputs, joint
 from monitor.detect.kernels import distance, learn, score
 from monitor.ingest.integrity import CLOCK_SKEW, DUPLICATE, GAP, INTERVAL_WEIGHT, OUT_OF_ORDER, STUCK
 
@@ -49,6 +51,9 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
     out: tuple[Any, ...],
     joint_config: tuple[Any, ...],
     joint_state: tuple[Any, ...],
+    input_config: tuple[Any, ...],
+    input_state: tuple[Any, ...],
+    input_out: Any,
 ) -> tuple[int, int]:
     """Apply readings from ``start`` until a stop (see the module docstring): ``(index, why)``.
     The tuples hold the readings' columns, the settings, the slabs' arrays (numba takes arrays,
@@ -199,10 +204,13 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
             n_scored[slot, s] = nn + 1
             score_sum[slot, s] = score_sum[slot, s] + np.float32(sc)
             score_count[slot, s] += 1
+            # Its inputs' drift windows, and the fleet's.
+            inputs.step(slot, s, f, raw, raw_n, input_config, input_state)
         # The device's joint model.
         frame[i], frame_d2[i], frame_p[i], frame_anom[i] = joint.step(
             slot, s, last_vals, quarantined, joint_config, joint_state
         )
         if since_eval[slot, s] >= check_every or urgent:
+            inputs.measure(slot, s, input_config, input_state, input_out)
             return i + 1, EVALUATE
     return len(dev), END

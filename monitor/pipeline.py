@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor import kernel, schema
-from monitor.detect import drift, joint, kernels, model, novelty, rivertier
+from monitor.detect import drift, inputs, joint, kernels, model, novelty, rivertier
 from monitor.detect.cohorts import load_cohorts
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.joint import JointState
@@ -155,13 +155,21 @@ class Pipeline:
         # Each stage's state is a slab of the store; a stage writes its own, reads earlier ones.
         self.store = StateStore()
         self.ingest_state = self.store.add(IngestState(n))
-        self.detect_state = self.store.add(DetectState(n, d, novelty.state_size(settings.novelty)))
+        input_columns = inputs.columns(settings.inputs, catalog)
+        self.detect_state = self.store.add(
+            DetectState(n, d, novelty.state_size(settings.novelty), input_columns)
+        )
         self.govern_state = self.store.add(GovernState(n, m.retrain_window))
         self.joint_state = self.store.add(JointState(catalog))
         self._joint = joint.config(settings.joint, catalog, m.anomaly_threshold, m.learn_anomalies)
+        self.fleet_inputs = inputs.FleetInputs(settings.inputs, catalog)
+        self._inputs = inputs.config(settings.inputs, catalog, m.retrain_window)
+        self._input_out = inputs.new_out()  # the inputs' comparison of the pair being evaluated
         self.integrity = IntegrityChecker(self.ingest_state, settings.integrity)
         self.pairs = PairDrift(self.detect_state, d)
-        self.fleet = GroupDrift(n, d)
+        # The axes of each sensor, for the pooled detectors' ADWIN on input means (none: input drift off).
+        self._group_axes = tuple(len(c.keys) for c in catalog.specs) if settings.inputs.enabled else ()
+        self.fleet = GroupDrift(n, d, self._group_axes)
         self.cohorts = load_cohorts(settings.cohorts_file)
         self.river = self._river_tiers(settings, catalog)  # None: no River tier (nothing changes)
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
@@ -226,6 +234,9 @@ class Pipeline:
             (*out, *empty.outputs()),
             self._joint,
             self.joint_state.arrays_for_step(),
+            self._inputs,
+            self._input_arrays(),
+            self._input_out,
         )
         self._joint_step(0, 0)  # slot 0 holds no device yet: cleared below
         self.joint_state.clear(0)
@@ -234,6 +245,10 @@ class Pipeline:
         for f in ((0.0,), (0.0, 0.0), (0.0, 0.0, 0.0)):
             kernels.learn(row, len(f), 0.5, 0.5, f)
             kernels.distance(row, len(f), 1.0, f)
+        inputs.measure(0, 0, self._inputs, self._input_arrays(), self._input_out)
+
+    def _input_arrays(self) -> tuple[Any, ...]:
+        return inputs.arrays_for_step(self.detect_state, self.fleet_inputs)
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
         """Run every message through every stage, in order. Each (device, sensor) pair is evaluated
@@ -361,6 +376,9 @@ class Pipeline:
                 out,
                 self._joint,
                 self.joint_state.arrays_for_step(),
+                self._inputs,
+                self._input_arrays(),
+                self._input_out,
             )
             self._tick += stop - i
             self._freeze_completed(cols, i, stop)
@@ -470,22 +488,22 @@ class Pipeline:
         sensor, score, anomalous = cols.sensor[scored], cols.score[scored], cols.anomalous[scored]
         for s in np.unique(sensor).tolist():
             scores[s].extend(score[sensor == s].tolist())
-        self._push_groups(cols, scored, sensor, score, anomalous, result, marks)
+        self._push_groups(cols, scored, (sensor, score, anomalous, cols.vals[scored]), result, marks)
 
     def _push_groups(
         self,
         cols: Columns,
         scored: NDArray[np.intp],
-        sensor: NDArray[np.int64],
-        score: NDArray[np.float64],
-        anomalous: NDArray[np.bool_],
+        outputs: tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]],
         result: BatchResult,
         marks: Marks,
     ) -> None:
         """Push the scores to the pooled detectors their devices feed, each (group, sensor) in
         stream order, and evaluate every (group, sensor) where it is due, all of them in stream
         order (a reading due in several groups: the fleet first, then its cohorts by label); their
-        outputs go among those of the pair evaluations ``marks`` holds, in stream order."""
+        outputs go among those of the pair evaluations ``marks`` holds, in stream order.
+        ``outputs``: the scored readings' sensors, scores, flags and values."""
+        sensor, score, anomalous, vals = outputs
         members: dict[int, tuple[int, Scope, str, GroupDrift, list[int]]] = {}
         for d, device_id in enumerate(cols.devices):
             for rank, (scope, key, group) in enumerate(self._groups(device_id)):
@@ -507,14 +525,14 @@ class Pipeline:
         for position, _, r, upto in sorted(events):
             _, scope, key, group, s, pick = runs[r]
             chunk = pick[pushed[r] : upto]
-            group.push_many(s, score[chunk], anomalous[chunk])
+            group.push_many(s, score[chunk], anomalous[chunk], vals[chunk])
             pushed[r] = upto
             with marks.group(position):
                 self._evaluate_group(scope, key, group, s, int(cols.ts[position]), result)
         marks.interleave()
         for r, (_, _, _, group, s, pick) in enumerate(runs):
             chunk = pick[pushed[r] :]
-            group.push_many(s, score[chunk], anomalous[chunk])
+            group.push_many(s, score[chunk], anomalous[chunk], vals[chunk])
 
     def _apply(
         self, r: ReadingLike, msg: Message, plausible: bool, scores: list[list[float]], result: BatchResult
@@ -546,6 +564,7 @@ class Pipeline:
         if self.river is not None:
             self.river.apply(slot, s, r.device_id, f, not self.govern_state.quarantined[slot])
         if urgent or self.detect_state.since_eval[slot, s] >= self.settings.drift.check_every:
+            inputs.measure(slot, s, self._inputs, self._input_arrays(), self._input_out)
             self._evaluate_pair(slot, s, result)
 
     def _fresh(
@@ -643,10 +662,12 @@ class Pipeline:
             return urgent
         scores[s].append(score)
         self.pairs.push(slot, s, score)
+        gov = self.govern_state
+        inputs.step(slot, s, np.array(f, np.float64), gov.raw, gov.raw_n, self._inputs, self._input_arrays())
         if self.governor.shadows:
             self.governor.on_score(slot, s, f, score, r.ts, result)
         for scope, key, group in self._groups(r.device_id):
-            if group.push(s, score, anomalous):
+            if group.push(s, score, anomalous, f):
                 self._evaluate_group(scope, key, group, s, r.ts, result)
         return urgent
 
@@ -661,7 +682,9 @@ class Pipeline:
                 if label in labels:
                     key = f"{label}={labels[label]}"
                     if key not in self.cohort_groups:
-                        self.cohort_groups[key] = GroupDrift(len(self.catalog), self.settings.drift)
+                        self.cohort_groups[key] = GroupDrift(
+                            len(self.catalog), self.settings.drift, self._group_axes
+                        )
                     groups.append(("cohort", key, self.cohort_groups[key]))
             self._device_groups[device_id] = groups
             self._group_sizes.update(key for _, key, _ in groups)
@@ -807,6 +830,8 @@ class Pipeline:
         cmp = self.pairs.compare(slot, s)
         if cmp is not None:
             sig.update(self._drift_signals(cmp, "device", name, result))
+        if self.settings.inputs.enabled:
+            sig.update(self._input_signals(name, result))
         self.detect_state.reset_interval(slot, s)
         self.ingest_state.reset_interval(slot, s)
         self.joint_state.reset_interval(slot, s)
@@ -839,6 +864,15 @@ class Pipeline:
         sig["anomaly_streak"] = float(det.streak[slot, s])
         if self.river is not None:
             sig.update(self.river.signals(slot, s, self.store.device_ids[slot]))
+        return sig
+
+    def _input_signals(self, name: str, result: BatchResult) -> dict[str, float]:
+        """The pair's inputs against their reference (``input_*``) and against the fleet's
+        (``peer_*``), once their windows are full (measured as the pair's evaluation began)."""
+        sig = inputs.signals(self._input_out, self.settings.inputs)
+        for prefix in ("input", "peer"):
+            if f"{prefix}_drift" in sig:
+                result.drift[(prefix, "device", name)] += int(sig[f"{prefix}_drift"])
         return sig
 
     def _drift_signals(
@@ -880,6 +914,10 @@ class Pipeline:
             sig.update(self._drift_signals(cmp, scope, name, result))
             if scope == "fleet":
                 result.fleet_stats[name] = (sig["ks_stat"], sig["psi"])
+        if group.axes:
+            moved = group.close_inputs(s)
+            result.drift[("input_adwin", scope, name)] += moved
+            sig["input_adwin_detections"], sig["input_adwin_drift"] = float(moved), float(moved > 0)
         group.since_eval[s] = group.adwin_hits[s] = group.anomalies[s] = 0
         group.score_sum[s] = 0.0
         self._act(self.engine.evaluate([Evaluation(scope, key, name, sig, ts)]), result)

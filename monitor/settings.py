@@ -463,6 +463,42 @@ class RiverSettings(_Section):
         return self
 
 
+class InputDriftSettings(_Section):
+    """Drift of the inputs themselves (:mod:`monitor.detect.inputs`): per (device, sensor) pair and
+    axis, binned KS and PSI of the latest inputs against a frozen reference of the pair's first
+    ones; and each device's latest inputs against the fleet's (the ``peer_*`` signals)."""
+
+    enabled: bool = Field(True, description="watch the inputs (signals input_* and peer_*)")
+    bins: int = Field(
+        10, ge=2, le=50, description="bins per axis: quantiles of the reference inputs, frozen with it"
+    )
+    reference_size: int = Field(
+        96, ge=16, le=4096, description="first inputs after warm-up (or a promotion): the pair's reference"
+    )
+    window_size: int = Field(
+        96,
+        ge=16,
+        le=4096,
+        description="the latest inputs of a pair compared with its reference and the fleet",
+    )
+    fleet_reference_size: int = Field(
+        2000, ge=100, le=100_000, description="first inputs of a sensor across the fleet: the peer bins"
+    )
+    fleet_window_size: int = Field(
+        2000,
+        ge=100,
+        le=100_000,
+        description="the fleet's latest inputs of a sensor a device is compared with",
+    )
+    ks_alpha: float = Field(
+        1e-6,
+        gt=0,
+        lt=1,
+        description="an axis drifts when its KS p-value < ks_alpha and its PSI > psi_threshold",
+    )
+    psi_threshold: float = Field(0.5, gt=0, description="see ks_alpha")
+
+
 class DriftSettings(_Section):
     reference_size: int = Field(96, ge=32, le=4096)
     window_size: int = Field(96, ge=32, le=4096)
@@ -797,6 +833,7 @@ class Settings(BaseSettings):
     joint: JointSettings = JointSettings()
     river: RiverSettings = RiverSettings()
     drift: DriftSettings = DriftSettings()
+    inputs: InputDriftSettings = InputDriftSettings()
     metrics: MetricsSettings = MetricsSettings()
     alerts: AlertsSettings = AlertsSettings()
     retrain: RetrainSettings = RetrainSettings()

@@ -24,6 +24,7 @@ from river import drift
 
 from monitor.detect import kernels, stats
 from monitor.detect.state import DetectState
+from monitor.schema import MAX_AXES
 from monitor.settings import DriftSettings
 
 FloatArray = NDArray[np.float64]
@@ -164,9 +165,16 @@ class PairDrift:
 
 class GroupDrift:
     """The same windows per sensor over the pooled scores of a group of devices (the whole fleet,
-    or a cohort), ADWIN on every score, and the group's anomaly count."""
+    or a cohort), ADWIN on every score, and the group's anomaly count; and, with ``axes`` (the
+    number of axes of each sensor), ADWIN on the mean of each input axis over each evaluation
+    interval (:meth:`close_inputs`)."""
 
-    def __init__(self, n_sensors: int, settings: DriftSettings) -> None:
+    def __init__(self, n_sensors: int, settings: DriftSettings, axes: tuple[int, ...] = ()) -> None:
+        self.axes = axes
+        self.input_sum = np.zeros((n_sensors, MAX_AXES), np.float64)
+        self.input_adwins = [
+            [drift.ADWIN(delta=settings.adwin_delta, clock=1) for _ in range(k)] for k in axes
+        ]
         self.settings = s = settings
         self.ref = np.zeros((n_sensors, s.fleet_reference_size), np.uint16)
         self.cur = np.zeros((n_sensors, s.fleet_window_size), np.uint16)
@@ -179,8 +187,13 @@ class GroupDrift:
         self.score_sum = [0.0] * n_sensors
         self.adwins = [drift.ADWIN(delta=s.adwin_delta) for _ in range(n_sensors)]
 
-    def push(self, s: int, score: float, anomalous: bool = False) -> bool:
-        """Record one score of sensor ``s``; True when the sensor is due for an evaluation."""
+    def push(self, s: int, score: float, anomalous: bool = False, values: tuple[float, ...] = ()) -> bool:
+        """Record one score of sensor ``s`` (and the reading's ``values`` when the group watches
+        its inputs); True when the sensor is due for an evaluation."""
+        if self.axes:
+            row = self.input_sum[s]
+            for j, v in enumerate(values):
+                row[j] = row[j] + v
         self.anomalies[s] += anomalous
         self.score_sum[s] += score
         n = self.n[s]
@@ -194,12 +207,19 @@ class GroupDrift:
         self.since_eval[s] += 1
         return self.since_eval[s] >= self.settings.fleet_check_every
 
-    def push_many(self, s: int, scores: FloatArray, anomalous: NDArray[np.bool_]) -> None:
-        """:meth:`push` of each score in turn, with the same state after (the caller evaluates
-        the sensor where :meth:`due_in` says it is due)."""
+    def push_many(
+        self, s: int, scores: FloatArray, anomalous: NDArray[np.bool_], values: FloatArray | None = None
+    ) -> None:
+        """:meth:`push` of each score in turn (``values``: the readings' rows, zero-padded to
+        ``MAX_AXES``), with the same state after (the caller evaluates the sensor where
+        :meth:`due_in` says it is due)."""
         m = len(scores)
         if not m:
             return
+        if self.axes and values is not None:  # summed in order, as push does (cumsum is sequential)
+            k = self.axes[s]
+            start = self.input_sum[s, None, :k]
+            self.input_sum[s, :k] = np.cumsum(np.concatenate([start, values[:, :k]]), axis=0)[-1]
         self.anomalies[s] += int(anomalous.sum())
         q = np.round(scores * QUANTUM).astype(np.uint16)
         ref, cur, n = self.ref[s], self.cur[s], self.n[s]
@@ -221,6 +241,19 @@ class GroupDrift:
         self.score_sum[s] = total
         self.adwin_hits[s] += hits
         self.since_eval[s] += m
+
+    def close_inputs(self, s: int) -> int:
+        """Feed each axis's ADWIN the mean input of sensor ``s`` over the interval now ending;
+        returns how many axes detected a change. Interval means, not every input: an update per
+        input and axis would cost more than the whole compiled loop, and means of hundreds of
+        readings of many devices are close to Gaussian, as ADWIN's bound assumes."""
+        n, hits = self.since_eval[s], 0
+        if self.axes and n:
+            for j, a in enumerate(self.input_adwins[s]):
+                a.update(float(self.input_sum[s, j]) / n)
+                hits += a.drift_detected
+        self.input_sum[s] = 0.0
+        return hits
 
     def due_in(self, s: int) -> int:
         """How many more scores of sensor ``s`` make it due for an evaluation (at least 1)."""

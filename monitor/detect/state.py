@@ -1,5 +1,5 @@
 """The detect stage's per-pair state: the pair's model, score windows, PSI bins, interval counts,
-novelty state, and the pair's ADWIN.
+novelty state, input-drift state (:mod:`monitor.detect.inputs`), and the pair's ADWIN.
 
 The model of a pair is two rows of the slab, so that the batch kernel updates it in place:
 ``model`` = ``[n, mean x 3, var x 3]`` (scalar sensors use the first of each three) and
@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from river import drift
 
+from monitor.detect import inputs
 from monitor.detect.model import AdaptiveGaussian
 from monitor.settings import DriftSettings
 from monitor.state.store import Columns, DeviceStates, Slab
@@ -38,10 +39,26 @@ class DetectState(Slab):
     edges: NDArray[np.float64]  # float64: a score on an edge must bin the same way every time
     ref_frac: NDArray[np.float32]
     novelty: NDArray[np.float64]  # the novelty stage's per-pair state (monitor.detect.novelty)
+    # Input drift (monitor.detect.inputs): per pair, and per axis of the device.
+    in_n: NDArray[np.int64]
+    in_edges: NDArray[np.float32]
+    in_ref: NDArray[np.float32]
+    in_cur: NDArray[np.uint8]
+    peer_n: NDArray[np.int64]
+    peer_cur: NDArray[np.uint8]
+    local = inputs.LOCAL
 
-    def __init__(self, n_sensors: int, settings: DriftSettings, novelty_size: int = 0) -> None:
+    def __init__(
+        self,
+        n_sensors: int,
+        settings: DriftSettings,
+        novelty_size: int = 0,
+        input_columns: Columns | None = None,
+    ) -> None:
         self.settings = settings
         self.novelty_size = novelty_size  # floats of novelty-stage state per pair (0: the stage is off)
+        # inputs.columns(...) of the deployment (default: input drift off, one counter per pair)
+        self.input_columns = input_columns or {"in_n": ((n_sensors,), np.int64, 0)}
         self.adwins: list[list[drift.ADWIN | None]] = []
         super().__init__(n_sensors)
 
@@ -62,6 +79,7 @@ class DetectState(Slab):
             "edges": ((*p, d.psi_bins - 1), np.float64, 0),
             "ref_frac": ((*p, d.psi_bins), np.float32, 0),
             "novelty": ((*p, self.novelty_size), np.float64, 0),
+            **self.input_columns,
         }
 
     def grow(self, capacity: int) -> None:
@@ -125,3 +143,4 @@ class DetectState(Slab):
         self.score_sum[slot, s] = 0
         self.score_count[slot, s] = 0
         self.adwins[slot][s] = None
+        self.in_n[slot, s] = 0  # the input reference starts again too

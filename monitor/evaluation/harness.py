@@ -28,6 +28,7 @@ from monitor.evaluation.quality import Detection, Key, LabelledEvent, anomaly_qu
 from monitor.evaluation.replay import Replay, Series, device_id, replay_messages, replay_series
 from monitor.govern.alerts import Alert
 from monitor.govern.rules import RuleSet
+from monitor.govern.rules.model import GROUP_INPUT_SIGNALS, INPUT_SIGNALS
 from monitor.records import Scored
 from monitor.schema import Catalog, Reading, decode
 from monitor.settings import Settings
@@ -36,8 +37,10 @@ from producers.simulate import stream
 
 #: Planted events that change a pair's distribution for good (scored as changes too).
 DRIFT_KINDS: Final = frozenset({"gradual_drift", "abrupt_shift", "calibration_offset", "variance_increase"})
-DRIFT_DETECTOR_SIGNALS: Final = frozenset(
-    {"ks_stat", "ks_pvalue", "ks_drift", "psi", "psi_drift", "adwin_detections", "adwin_drift"}
+DRIFT_DETECTOR_SIGNALS: Final = (
+    frozenset({"ks_stat", "ks_pvalue", "ks_drift", "psi", "psi_drift", "adwin_detections", "adwin_drift"})
+    | INPUT_SIGNALS
+    | GROUP_INPUT_SIGNALS
 )
 #: A detection this long after an event's end still counts for it (evaluation runs every
 #: ``check_every`` readings, up to 32 s at 1 Hz).
@@ -63,7 +66,8 @@ def observed(trace: Sequence[Scored]) -> tuple[dict[Key, tuple[int, int]], dict[
 
 
 def drift_rules(rules: RuleSet) -> frozenset[str]:
-    """Rules that watch the drift detectors (KS, PSI, ADWIN): their firings are drift detections."""
+    """Rules that watch the drift detectors (KS, PSI, ADWIN on the scores; KS, PSI on the inputs):
+    their firings are drift detections."""
     return frozenset(r.name for r in rules.rules if r.when.signal_names() & DRIFT_DETECTOR_SIGNALS)
 
 

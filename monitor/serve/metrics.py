@@ -29,7 +29,7 @@ SCORE_BUCKETS = (0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0)
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 #: Event-time lag (now - reading ts): sub-second for a live fleet, hours for a replayed backlog.
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
-DETECTORS = ("ks", "psi", "adwin")
+DETECTORS = ("ks", "psi", "adwin", "input", "peer", "input_adwin")  # input*, peer: on the inputs
 SCOPES = ("device", "fleet", "cohort")
 STATUSES = ("pending", "firing", "resolved")
 RETRAIN_OUTCOMES = ("promoted", "rejected", "skipped")
@@ -137,7 +137,7 @@ class Metrics:
         r.register(self.scores)
         self.drift = Counter(
             "telemon_drift_detections",
-            "Drift detections by detector (ks, psi, adwin) and scope (device, fleet).",
+            "Drift detections by detector (ks, psi, adwin on scores; input, peer on inputs) and scope.",
             ["detector", "scope", "sensor"],
             registry=r,
         )

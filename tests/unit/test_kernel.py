@@ -96,8 +96,11 @@ def test_cohorts_and_every_action_agree_too(tmp_path: Path) -> None:
         assert (kg.n, kg.since_eval, kg.anomalies, kg.score_sum, kg.adwin_hits) == (
             pg.n, pg.since_eval, pg.anomalies, pg.score_sum, pg.adwin_hits
         )  # fmt: skip
-        for name in ("ref", "cur", "edges", "frac"):
+        for name in ("ref", "cur", "edges", "frac", "input_sum"):
             np.testing.assert_array_equal(getattr(kg, name), getattr(pg, name), err_msg=name)
+        assert [[a.total for a in row] for row in kg.input_adwins] == [
+            [a.total for a in row] for row in pg.input_adwins
+        ]
     assert min(min(g.n) for g, _ in pairs) > 2500  # every group's windows filled and rolled
 
 
@@ -131,3 +134,39 @@ def test_the_stream_exercises_every_path() -> None:
     assert outputs[4] == 200 and outputs[5] == 50  # replays skipped, strays applied
     assert any(e[0] == "promoted" for e in outputs[1]) and outputs[6] > 0  # retrains, anomalies
     assert p.ingest_state.integrity.sum() >= 0 and len(p.store) == 10
+
+
+INPUTS = """
+rules:
+  - {name: input_toggle, scope: device, when: {signal: input_ks_stat, op: ">", value: 0.2}, for: 1}
+  - {name: peer_toggle, scope: device, when: {signal: peer_psi, op: ">", value: 1.0}, for: 1}
+"""
+
+
+@pytest.mark.parametrize(("batch", "limit"), [(1, 30000), (97, None), (5000, None)])
+def test_input_drift_agrees_between_the_paths_and_batch_sizes(batch: int, limit: int | None) -> None:
+    """The input and peer signals, and the arrays behind them (the fleet's and those a snapshot
+    leaves out too), whichever path applied a reading and however the stream is cut."""
+    settings = load_settings(
+        ROOT / "configs/monitor.yaml", inputs={"fleet_reference_size": 500, "fleet_window_size": 500}
+    )
+    msgs, runs = _messages()[:limit], []
+    for compiled, size in ((True, batch), (False, batch), (True, 1000)):
+        p = Pipeline(settings, parse_rules(INPUTS), compiled=compiled)
+        results = [p.process(msgs[i : i + size]) for i in range(0, len(msgs), size)]
+        alerts = [
+            (a.rule, a.device_id, a.sensor, a.alert_id, a.status, a.signals)
+            for r in results
+            for a in r.alerts
+        ]
+        runs.append((alerts, p))
+    (alerts, kp), (python_alerts, pp), (other_batches, _) = runs
+    assert alerts == python_alerts
+    assert alerts == other_batches[: len(alerts)]
+    assert {rule for rule, *_ in alerts} == {"input_toggle", "peer_toggle"}
+    for name in ("in_n", "in_edges", "in_ref", "in_cur", "peer_n", "peer_cur"):
+        np.testing.assert_array_equal(
+            kp.detect_state.arrays[name], pp.detect_state.arrays[name], err_msg=name
+        )
+    for k, q in zip(kp.fleet_inputs.arrays(), pp.fleet_inputs.arrays(), strict=True):
+        np.testing.assert_array_equal(k, q)

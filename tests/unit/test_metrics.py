@@ -101,6 +101,8 @@ def _result() -> BatchResult:
     r.audit = [_decision("promoted", "temperature", 2, 1), _decision("rejected", "humidity", 2, 1)]
     r.drift[("ks", "device", "temperature")] += 2
     r.drift[("psi", "device", "temperature")] += 0
+    r.drift[("input", "device", "pressure")] += 1
+    r.drift[("peer", "device", "pressure")] += 3
     r.fleet_stats["temperature"] = (0.25, 0.75)
     return r
 
@@ -185,6 +187,8 @@ def test_retrains_counted_per_sensor(recorded: CollectorRegistry) -> None:
 def test_drift_and_fleet_gauges(recorded: CollectorRegistry) -> None:
     name = "telemon_drift_detections_total"
     assert _value(recorded, name, detector="ks", scope="device", sensor="temperature") == 2
+    assert _value(recorded, name, detector="input", scope="device", sensor="pressure") == 1
+    assert _value(recorded, name, detector="peer", scope="device", sensor="pressure") == 3
     assert _value(recorded, name, detector="psi", scope="device", sensor="temperature") == 0
     assert _value(recorded, name, detector="adwin", scope="fleet", sensor="humidity") == 0  # pre-created
     assert _value(recorded, "telemon_fleet_ks_statistic", sensor="temperature") == 0.25

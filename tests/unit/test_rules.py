@@ -161,6 +161,13 @@ def test_error_names_file_line_column_key_path_and_signal(tmp_path: Path) -> Non
     assert "anomaly_rate, anomaly_streak, clock_skew" in msg
 
 
+def test_input_and_peer_signals_are_device_scope_only(tmp_path: Path) -> None:
+    ok = "rules:\n  - {name: a, scope: device, when: {signal: peer_drift, op: '==', value: 1}}\n"
+    assert [r.name for r in load_rules(_write(tmp_path, ok)).rules] == ["a"]
+    bad = "rules:\n  - {name: a, scope: fleet, when: {signal: input_drift, op: '==', value: 1}}\n"
+    assert "(a signal of scope device only)" in _load_error(_write(tmp_path, bad))
+
+
 def test_every_problem_is_reported_in_line_order(tmp_path: Path) -> None:
     text = BAD + "    actions: [alert, page]\n  - name: Bad\n    scope: fleet\n    when: {signal: psi}\n"
     lines = _load_error(_write(tmp_path, text)).splitlines()

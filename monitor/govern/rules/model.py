@@ -60,11 +60,25 @@ JOINT_SIGNALS = frozenset({"device_frames", "device_anomalies", "device_anomaly_
 #: The River tiers' (monitor.detect.rivertier), per pair a tier scores: readings it scored, those its
 #: filter flagged and their share, and the interval's largest score (absent for a pair no tier covers).
 RIVER_SIGNALS = frozenset({"river_readings", "river_anomalies", "river_anomaly_rate", "river_score"})
+#: Drift of the pair's inputs (monitor.detect.inputs), per axis, the worst axis reported: against the
+#: pair's frozen reference (input_*) and against the fleet's latest inputs (peer_*). Present once
+#: their windows are full, and while ``inputs.enabled``.
+INPUT_SIGNALS = frozenset(
+    f"{prefix}_{name}" for prefix in ("input", "peer") for name in ("ks_stat", "ks_pvalue", "psi", "drift")
+)
+#: Over a group (the fleet, a cohort): ADWIN changes in the mean of an input axis per evaluation
+#: interval (count over the sensor's axes, and 0/1), while ``inputs.enabled``.
+GROUP_INPUT_SIGNALS = frozenset({"input_adwin_detections", "input_adwin_drift"})
 SIGNALS: dict[str, frozenset[str]] = {
-    "device": DRIFT_SIGNALS | INTEGRITY_SIGNALS | JOINT_SIGNALS | PAIR_SIGNALS | RIVER_SIGNALS,
+    "device": DRIFT_SIGNALS
+    | INTEGRITY_SIGNALS
+    | PAIR_SIGNALS
+    | JOINT_SIGNALS
+    | RIVER_SIGNALS
+    | INPUT_SIGNALS,
     # devices: the devices whose scores feed the group; lag: the consumer's lag, in messages
-    "fleet": DRIFT_SIGNALS | {"devices", "lag"},
-    "cohort": DRIFT_SIGNALS | {"devices"},
+    "fleet": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS | {"devices", "lag"},
+    "cohort": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS | {"devices"},
 }
 #: Actions on one device's model or stream, with why they need a device-scope rule.
 DEVICE_ACTIONS: dict[str, str] = {
