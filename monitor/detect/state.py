@@ -1,5 +1,5 @@
 """The detect stage's per-pair state: the pair's model, score windows, PSI bins, interval counts,
-novelty state, and the pair's ADWIN.
+novelty state, and the pair's ADWIN (two rows, :mod:`monitor.detect.adwin`).
 
 The model of a pair is two rows of the slab, so that the batch kernel updates it in place:
 ``model`` = ``[n, mean x 3, var x 3]`` (scalar sensors use the first of each three) and
@@ -14,15 +14,15 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
-from river import drift
 
+from monitor.detect import adwin
 from monitor.detect.model import AdaptiveGaussian
 from monitor.settings import DriftSettings
 from monitor.state.store import Columns, DeviceStates, Slab
 
 
 class DetectState(Slab):
-    """Arrays per pair, plus a River ADWIN per pair."""
+    """Arrays per pair."""
 
     model: NDArray[np.float64]
     model_params: NDArray[np.float64]
@@ -37,11 +37,12 @@ class DetectState(Slab):
     edges: NDArray[np.float64]  # float64: a score on an edge must bin the same way every time
     ref_frac: NDArray[np.float32]
     novelty: NDArray[np.float64]  # the novelty stage's per-pair state (monitor.detect.novelty)
+    adwin_sums: NDArray[np.float64]  # the pair's ADWIN (monitor.detect.adwin)
+    adwin_counts: NDArray[np.uint8]
 
     def __init__(self, n_sensors: int, settings: DriftSettings, novelty_size: int = 0) -> None:
         self.settings = settings
         self.novelty_size = novelty_size  # floats of novelty-stage state per pair (0: the stage is off)
-        self.adwins: list[list[drift.ADWIN | None]] = []
         super().__init__(n_sensors)
 
     def columns(self) -> Columns:
@@ -60,22 +61,12 @@ class DetectState(Slab):
             "edges": ((*p, d.psi_bins - 1), np.float64, 0),
             "ref_frac": ((*p, d.psi_bins), np.float32, 0),
             "novelty": ((*p, self.novelty_size), np.float64, 0),
+            "adwin_sums": ((*p, adwin.SUMS), np.float64, 0),
+            "adwin_counts": ((*p, adwin.COUNTS), np.uint8, 0),
         }
-
-    def grow(self, capacity: int) -> None:
-        super().grow(capacity)
-        while len(self.adwins) < capacity:
-            self.adwins.append([None] * self.n_sensors)
-
-    def clear_objects(self, slot: int) -> None:
-        self.adwins[slot] = [None] * self.n_sensors
-
-    def export_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
-        states.adwins = [list(self.adwins[i]) for i in slots]
 
     def load_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
         for j, slot in enumerate(slots):
-            self.adwins[slot] = list(states.adwins[j])
             for s, m in enumerate(states.models[j] if states.models else ()):
                 if m is not None:  # a snapshot from before models were slab rows
                     self.set_model(slot, s, m)
@@ -103,11 +94,11 @@ class DetectState(Slab):
         row[1 : 1 + k] = state[1 : 1 + k]
         row[4 : 4 + k] = state[1 + k : 1 + 2 * k]
 
-    def adwin(self, slot: int, s: int) -> drift.ADWIN:
-        a = self.adwins[slot][s]
-        if a is None:
-            a = self.adwins[slot][s] = drift.ADWIN(delta=self.settings.adwin_delta)
-        return a
+    def adwin_update(self, slot: int, s: int, x: float) -> bool:
+        """One value into the pair's ADWIN; True when it detects a change."""
+        return adwin.update(
+            self.adwin_sums[slot, s], self.adwin_counts[slot, s], x, self.settings.adwin_delta
+        )
 
     def reset_interval(self, slot: int, s: int) -> None:
         """A new evaluation interval: its counts start again."""
@@ -121,4 +112,5 @@ class DetectState(Slab):
         self.n_scored[slot, s] = 0
         self.score_sum[slot, s] = 0
         self.score_count[slot, s] = 0
-        self.adwins[slot][s] = None
+        self.adwin_sums[slot, s] = 0
+        self.adwin_counts[slot, s] = 0

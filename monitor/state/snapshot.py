@@ -2,23 +2,26 @@
 with its state.
 
 A snapshot holds every device read from one partition of the readings topic (its rows of every
-stage's slab, models, ADWINs, model versions and rule episodes) and the offset of the next message
-to apply. The service writes one after its outputs are delivered and its offsets committed, on
-partition revocation and at shutdown; it reads it back when the partition is assigned and seeks
-there, so the state and the position always agree.
+stage's slab, model versions and rule episodes) and the offset of the next message to apply. The
+service writes one after its outputs are delivered and its offsets committed, on partition
+revocation and at shutdown; it reads it back when the partition is assigned and seeks there, so
+the state and the position always agree.
 
 File layout (``<state.snapshot_dir>/<group id>/<topic>/<partition>.snap``, written to a temporary
 file, fsynced, renamed)::
 
     b"TLMSNAP1"  header length (8 bytes, big-endian)  header (JSON)  HMAC (32 bytes)
-    arrays (.npz, no pickles)  objects (pickle: models and ADWINs)
+    arrays (.npz, no pickles)  objects (pickle: models and ADWINs; empty lists since both are slab rows)
 
 The header records the consumer group, topic, partition, next offset, creation time, device ids,
 model versions, rule episodes and the byte lengths of the two parts; the HMAC-SHA256 covers the
 header and both parts. Loading checks that the file is a regular one, verifies the HMAC, then that
 the snapshot is the one of the group, topic and partition it is loaded for (a snapshot copied over
 another partition's is refused), and unpickles the objects with :mod:`monitor.common.safepickle` (model
-and ADWIN classes only).
+and ADWIN classes only). Snapshots written when models and ADWINs were objects load: models are
+converted by the detect stage, River ADWINs into their slab rows here (:func:`upgrade`; one that
+cannot be converted refuses the snapshot, and the partition's state is rebuilt from its
+committed offset).
 
 Next to each snapshot, ``<partition>.head`` (signed JSON) records the last snapshot written: its
 next offset, creation time and SHA-256. A signed snapshot older than that one (a backup copied
@@ -46,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from monitor.common import files, safepickle
+from monitor.detect import adwin
 from monitor.errors import SnapshotError
 from monitor.schema import SENSOR_NAMES
 from monitor.state import signing
@@ -133,12 +137,28 @@ def decode(data: bytes, key: bytes) -> PartitionSnapshot:
     except (pickle.UnpicklingError, ValueError, EOFError) as exc:
         raise SnapshotError(f"unreadable snapshot content: {exc}") from exc
     versions = {(int(j), int(s)): int(v) for j, s, v in header["versions"]}
-    devices = DeviceStates(list(header["device_ids"]), arrays, models, adwins, versions)
+    devices = upgrade(DeviceStates(list(header["device_ids"]), arrays, models, adwins, versions))
     sensors = tuple(header.get("sensors", SENSOR_NAMES))  # before channels: the built-in kinds
     state = PartitionState(devices, list(header["rules"]), list(header["governance"]), sensors)
     topic, partition, offset = header["topic"], int(header["partition"]), int(header["next_offset"])
     created, group = int(header["created_ms"]), str(header.get("group", ""))
     return PartitionSnapshot(topic, partition, offset, state, created, group)
+
+
+def upgrade(devices: DeviceStates) -> DeviceStates:
+    """``devices`` with the River ADWIN objects of an older snapshot converted into the
+    ``adwin_sums`` and ``adwin_counts`` arrays (:func:`monitor.detect.adwin.rows_from_river`)."""
+    if not devices.adwins:
+        return devices
+    if "adwin_sums" in devices.arrays or len(devices.adwins) != len(devices.device_ids):
+        raise SnapshotError("unreadable snapshot content: ADWIN objects that do not fit its devices")
+    try:
+        sums, counts = adwin.rows_from_river(devices.adwins)
+    except (adwin.ConversionError, AttributeError, TypeError) as exc:
+        raise SnapshotError(f"a River ADWIN of the snapshot cannot be converted: {exc}") from exc
+    devices.arrays["adwin_sums"], devices.arrays["adwin_counts"] = sums, counts
+    devices.adwins = []
+    return devices
 
 
 def _why_unverified(raw: bytes, key: bytes) -> str:
@@ -315,7 +335,7 @@ class SnapshotWriter:
 
 
 def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot]) -> dict[str, str]:
-    """A digest of each device's whole state (arrays, models, ADWINs, versions, rule episodes,
+    """A digest of each device's whole state (arrays, models, versions, rule episodes,
     retrains in progress): two runs that applied the same readings in the same order give equal
     digests."""
     out: dict[str, str] = {}
@@ -332,9 +352,8 @@ def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(d.arrays[name][j]).tobytes())
             for s in range(len(snap.state.sensors)):
-                m, a = d.models[j][s] if d.models else None, d.adwins[j][s]
+                m = d.models[j][s] if d.models else None
                 h.update(b"-" if m is None else m._state.tobytes())
-                h.update(b"-" if a is None else pickle.dumps(a, protocol=4))
                 h.update(str(d.versions.get((j, s), 1)).encode())
             h.update(json.dumps(sorted(episodes.get(device, []), key=json.dumps), sort_keys=True).encode())
             out[device] = h.hexdigest()

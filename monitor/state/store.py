@@ -236,7 +236,7 @@ class DeviceStates:
     device_ids: list[str]
     arrays: dict[str, NDArray[np.generic]]
     models: list[list[Model | None]] = field(default_factory=list)
-    adwins: list[list[Any]] = field(default_factory=list)  # River ADWINs, or None
+    adwins: list[list[Any]] = field(default_factory=list)  # River ADWINs of older snapshots, or None
     versions: dict[tuple[int, int], int] = field(default_factory=dict)  # (row, sensor) -> version
 
 
