@@ -162,6 +162,7 @@ class Pipeline:
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
         self.cohort_groups: dict[str, GroupDrift] = {}
         self._device_groups: dict[str, list[tuple[Scope, str, GroupDrift]]] = {}
+        self._group_lists: dict[tuple[str, ...], list[tuple[Scope, str, GroupDrift]]] = {}
         self.lag = 0  # the consumer's lag (messages), set by the service: the fleet "lag" signal
         self.engine = RuleEngine(rules)
         a = settings.alerts
@@ -618,6 +619,8 @@ class Pipeline:
                     if key not in self.cohort_groups:
                         self.cohort_groups[key] = GroupDrift(len(self.catalog), self.settings.drift)
                     groups.append(("cohort", key, self.cohort_groups[key]))
+            # Devices in the same groups share one list (without cohorts: every device).
+            groups = self._group_lists.setdefault(tuple(key for _, key, _ in groups), groups)
             self._device_groups[device_id] = groups
         return groups
 
