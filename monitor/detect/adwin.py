@@ -277,16 +277,3 @@ def _parse(raw: bytes) -> tuple[tuple[float, float, float, int], list[tuple[list
     if pos != len(raw) or max_buckets != MAX_BUCKETS:
         raise ConversionError("River ADWIN state: unexpected layout")
     return (total, variance, width_, tick), rows
-
-
-def rows_from_river(adwins: list[list[Any]]) -> tuple[NDArray[np.float64], NDArray[np.uint8]]:
-    """The ``adwin_sums`` and ``adwin_counts`` arrays (devices x sensors x row) of a snapshot's
-    River ADWINs (None: a pair without one, empty rows)."""
-    n_sensors = max((len(row) for row in adwins), default=0)
-    sums = np.zeros((len(adwins), n_sensors, SUMS), np.float64)
-    counts = np.zeros((len(adwins), n_sensors, COUNTS), np.uint8)
-    for j, row in enumerate(adwins):
-        for s, a in enumerate(row):
-            if a is not None:
-                from_river(a, sums[j, s], counts[j, s])
-    return sums, counts

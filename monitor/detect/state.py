@@ -66,10 +66,30 @@ class DetectState(Slab):
         }
 
     def load_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
+        """Objects of snapshots from before models and ADWINs were slab rows: converted."""
         for j, slot in enumerate(slots):
             for s, m in enumerate(states.models[j] if states.models else ()):
-                if m is not None:  # a snapshot from before models were slab rows
+                if m is not None:
                     self.set_model(slot, s, m)
+            for s, a in enumerate(states.adwins[j] if states.adwins else ()):
+                if a is not None:
+                    adwin.from_river(a, self.adwin_sums[slot, s], self.adwin_counts[slot, s])
+
+    def mismatch(self, states: DeviceStates) -> str | None:
+        """Also: a River ADWIN of an older snapshot that :func:`monitor.detect.adwin.from_river`
+        cannot convert."""
+        why = super().mismatch(states)
+        if why is not None or not states.adwins:
+            return why
+        sums, counts = np.zeros(adwin.SUMS, np.float64), np.zeros(adwin.COUNTS, np.uint8)
+        try:
+            for row in states.adwins:
+                for a in row:
+                    if a is not None:
+                        adwin.from_river(a, sums, counts)
+        except (adwin.ConversionError, AttributeError, TypeError) as exc:
+            return f"a River ADWIN it holds cannot be converted ({exc})"
+        return None
 
     def has_model(self, slot: int, s: int) -> bool:
         return bool(self.model_params[slot, s, 0])

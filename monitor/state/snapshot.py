@@ -18,9 +18,9 @@ model versions, rule episodes and the byte lengths of the two parts; the HMAC-SH
 header and both parts. Loading checks that the file is a regular one, verifies the HMAC, then that
 the snapshot is the one of the group, topic and partition it is loaded for (a snapshot copied over
 another partition's is refused), and unpickles the objects with :mod:`monitor.common.safepickle` (model
-and ADWIN classes only). Snapshots written when models and ADWINs were objects load: models are
-converted by the detect stage, River ADWINs into their slab rows here (:func:`upgrade`; one that
-cannot be converted refuses the snapshot, and the partition's state is rebuilt from its
+and ADWIN classes only). Snapshots written when models and ADWINs were objects load: the detect
+stage converts them into its slab rows (:class:`monitor.detect.state.DetectState`; a River ADWIN it
+cannot convert makes the snapshot a mismatch, and the partition's state is rebuilt from its
 committed offset).
 
 Next to each snapshot, ``<partition>.head`` (signed JSON) records the last snapshot written: its
@@ -49,7 +49,6 @@ from typing import Any
 import numpy as np
 
 from monitor.common import files, safepickle
-from monitor.detect import adwin
 from monitor.errors import SnapshotError
 from monitor.schema import SENSOR_NAMES
 from monitor.state import signing
@@ -137,28 +136,12 @@ def decode(data: bytes, key: bytes) -> PartitionSnapshot:
     except (pickle.UnpicklingError, ValueError, EOFError) as exc:
         raise SnapshotError(f"unreadable snapshot content: {exc}") from exc
     versions = {(int(j), int(s)): int(v) for j, s, v in header["versions"]}
-    devices = upgrade(DeviceStates(list(header["device_ids"]), arrays, models, adwins, versions))
+    devices = DeviceStates(list(header["device_ids"]), arrays, models, adwins, versions)
     sensors = tuple(header.get("sensors", SENSOR_NAMES))  # before channels: the built-in kinds
     state = PartitionState(devices, list(header["rules"]), list(header["governance"]), sensors)
     topic, partition, offset = header["topic"], int(header["partition"]), int(header["next_offset"])
     created, group = int(header["created_ms"]), str(header.get("group", ""))
     return PartitionSnapshot(topic, partition, offset, state, created, group)
-
-
-def upgrade(devices: DeviceStates) -> DeviceStates:
-    """``devices`` with the River ADWIN objects of an older snapshot converted into the
-    ``adwin_sums`` and ``adwin_counts`` arrays (:func:`monitor.detect.adwin.rows_from_river`)."""
-    if not devices.adwins:
-        return devices
-    if "adwin_sums" in devices.arrays or len(devices.adwins) != len(devices.device_ids):
-        raise SnapshotError("unreadable snapshot content: ADWIN objects that do not fit its devices")
-    try:
-        sums, counts = adwin.rows_from_river(devices.adwins)
-    except (adwin.ConversionError, AttributeError, TypeError) as exc:
-        raise SnapshotError(f"a River ADWIN of the snapshot cannot be converted: {exc}") from exc
-    devices.arrays["adwin_sums"], devices.arrays["adwin_counts"] = sums, counts
-    devices.adwins = []
-    return devices
 
 
 def _why_unverified(raw: bytes, key: bytes) -> str:
