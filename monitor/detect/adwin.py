@@ -17,8 +17,9 @@ fits in ``ROWS`` rows (``tests/unit/test_adwin.py``). The cap: when every row is
 window holds ``MAX_BUCKETS * (2**ROWS - 1)`` values), the oldest bucket is dropped before the
 next value goes in, the way ADWIN drops a bucket at a cut: the window holds at most the latest
 ``MAX_WIDTH`` = 635 interval means (5.6 hours of a 1 Hz sensor with ``drift.check_every`` 32),
-and a pair's ADWIN takes ``8 * SUMS + COUNTS`` = 553 bytes whatever its window (a River ADWIN
-takes about 500 bytes for a short window and grows by about 200 bytes a row).
+and a pair's ADWIN takes ``8 * SUMS + COUNTS`` = 553 bytes whatever its window (a River 0.26
+ADWIN object, Python object and native buffers, took about 0.8 KB after 8 updates and 2.8 KB
+after 10,000).
 
 :func:`from_river` converts a River ADWIN (as older snapshots hold) into such rows.
 """
