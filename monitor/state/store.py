@@ -31,7 +31,7 @@ N_CHECKS = len(CHECKS)
 #: Memory a device takes beyond its slab rows (every per-pair state, ADWINs included, is in the
 #: slabs, whatever the length of the stream): its id, its index entries, allocator slack.
 #: ``bench/state_memory.py --trace`` counts the Python objects (about 0.6 KB a device); resident
-#: growth after the first batch, which also counts memory the allocators keep, was 2.6 KB a
+#: growth after the first batch, which also counts memory the allocators keep, was 1.7 KB a
 #: device at 1,024 devices and 300 readings per pair.
 OBJECT_BYTES_PER_DEVICE = 4 * 1024
 #: A pair's model: the detect stage's object (:class:`monitor.detect.model.AdaptiveGaussian`); the
