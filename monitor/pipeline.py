@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor import kernel, schema
-from monitor.detect import drift, joint, kernels, model, novelty
+from monitor.detect import adwin, drift, joint, kernels, model, novelty
 from monitor.detect.cohorts import load_cohorts
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.joint import JointState
@@ -219,6 +219,9 @@ class Pipeline:
         for f in ((0.0,), (0.0, 0.0), (0.0, 0.0, 0.0)):
             kernels.learn(row, len(f), 0.5, 0.5, f)
             kernels.distance(row, len(f), 1.0, f)
+        adwin.update(
+            np.zeros(adwin.SUMS), np.zeros(adwin.COUNTS, np.uint8), 0.0, self.settings.drift.adwin_delta
+        )
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
         """Run every message through every stage, in order. Each (device, sensor) pair is evaluated
