@@ -30,9 +30,9 @@ CHECKS = ("stuck_at", "gap", "duplicate", "out_of_order", "clock_skew")
 N_CHECKS = len(CHECKS)
 #: Memory a device takes beyond its slab rows (every per-pair state, ADWINs included, is in the
 #: slabs, whatever the length of the stream): its id, its index entries, allocator slack.
-#: ``bench/state_memory.py --trace`` counts the Python objects (about 0.6 KB a device); resident
-#: growth after the first batch, which also counts memory the allocators keep, was 1.7 KB a
-#: device at 1,024 devices and 300 readings per pair.
+#: ``bench/state_memory.py --devices 1024 --readings N`` measures it (resident growth beyond the
+#: slab arrays): 2.0 KB for N = 300, 1.3 KB for 1,500; ``--trace`` counts the Python objects alone
+#: (0.6 KB a device).
 OBJECT_BYTES_PER_DEVICE = 4 * 1024
 #: A pair's model: the detect stage's object (:class:`monitor.detect.model.AdaptiveGaussian`); the
 #: store only keeps it.
