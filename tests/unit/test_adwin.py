@@ -57,7 +57,7 @@ segments = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), segments=segments, delta=st.sampled_from([0.002, 0.01, 0.1, 0.5]))
 def test_same_detections_and_window_as_river(seed: int, segments: list[Segment], delta: float) -> None:
     _compare(_stream(seed, segments), delta)
