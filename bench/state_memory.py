@@ -3,13 +3,24 @@
     .venv/bin/python bench/state_memory.py --devices 500 --readings 300
 
 Counts everything the monitor keeps per device (slab arrays, models, ADWINs, rule episodes) as the
-growth of the process' resident memory, and the slab arrays alone from the state store.
+growth of the process' resident memory, and the slab arrays alone from the state store. Batches
+hold at most ``consume.batch_size`` readings, as in the service. A small pipeline (8 devices, 300
+readings per pair, in batches as large) runs first and is dropped: what every process pays once
+(loading the compiled kernels, the modules imported on first use, the allocators' working set
+for a batch) is not counted per device.
+
+Resident memory also counts what the allocators keep after freeing it, so it is noisy at a thousand
+devices. ``--trace`` adds what Python and numpy hold allocated (tracemalloc: exact, and without the
+native buffers of extension objects such as River's ADWINs), slower:
+
+    .venv/bin/python -m bench.state_memory --devices 256 --readings 1500 --trace
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -42,22 +53,36 @@ def batch(devices: int, step: int, rng: np.random.Generator, seq: list[int]) -> 
     return out
 
 
+def process(pipeline: Pipeline, readings: list[ReplayMessage], size: int) -> None:
+    """``readings`` in batches of at most ``size``."""
+    for i in range(0, len(readings), size):
+        pipeline.process(readings[i : i + size])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=500)
     ap.add_argument("--readings", type=int, default=300, help="readings per (device, sensor)")
+    ap.add_argument("--trace", action="store_true", help="also count allocations with tracemalloc")
     args = ap.parse_args()
     settings = load_settings(Path("configs/monitor.yaml"))
+    size = settings.consume.batch_size
+    warm, warm_seq = Pipeline(settings, load_rules(Path("configs/rules.yaml"))), [0] * 8
+    readings = [m for step in range(300) for m in batch(8, step, np.random.default_rng(step), warm_seq)]
+    process(warm, readings, size)
+    del warm, readings
     pipeline = Pipeline(settings, load_rules(Path("configs/rules.yaml")))
     rng = np.random.default_rng(0)
     seq = [0] * args.devices
     gc.collect()
+    if args.trace:
+        tracemalloc.start()
     empty = rss()
-    pipeline.process(batch(args.devices, 0, rng, seq))
+    process(pipeline, batch(args.devices, 0, rng, seq), size)
     gc.collect()
     before = rss()
     for step in range(1, args.readings):
-        pipeline.process(batch(args.devices, step, rng, seq))
+        process(pipeline, batch(args.devices, step, rng, seq), size)
     gc.collect()
     grown = rss() - before
     st = pipeline.store
@@ -75,6 +100,12 @@ def main() -> None:
         f"state.memory_budget_mb {settings.state.memory_budget_mb:g}"
     )
     print(f"process resident memory: {rss() / 1e6:,.1f} MB")
+    if args.trace:
+        traced = tracemalloc.get_traced_memory()[0] / len(st)
+        print(
+            f"allocated (tracemalloc) from an empty pipeline: {traced:,.0f} bytes/device, "
+            f"{traced - st.array_bytes_per_device():,.0f} beyond the slab arrays"
+        )
 
 
 if __name__ == "__main__":

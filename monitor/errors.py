@@ -19,6 +19,7 @@ it refines, so ``except ValueError`` and ``except OSError`` keep working::
     ├── UnsafeFileError (OSError)           not a regular file, or over its size bound: unread
     ├── Untrusted                           state that must not be loaded
     │   ├── SnapshotError (ValueError)        corrupt, tampered with, another place or format
+    │   │   └── ConversionError                 an older snapshot's River ADWIN that cannot be read
     │   └── RefusedClassError (UnpicklingError)  a pickle naming a class off the allowlist
     ├── RegistryError                       a registry request that cannot be honoured
     │   └── ArtifactError                     a version that must not be loaded
@@ -89,6 +90,10 @@ class Untrusted(TelemonError):
 
 class SnapshotError(Untrusted, ValueError):
     """A snapshot that cannot be used: corrupt, tampered with, or from an unknown format."""
+
+
+class ConversionError(SnapshotError):
+    """A River ADWIN of an older snapshot whose state cannot be read into the slab rows."""
 
 
 class RefusedClassError(Untrusted, pickle.UnpicklingError):

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor import kernel, schema
-from monitor.detect import drift, inputs, joint, kernels, model, novelty, rivertier
+from monitor.detect import adwin, drift, inputs, joint, kernels, model, novelty, rivertier
 from monitor.detect.cohorts import load_cohorts
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.joint import JointState
@@ -176,6 +176,7 @@ class Pipeline:
         self.cohort_groups: dict[str, GroupDrift] = {}
         self._device_groups: dict[str, list[tuple[Scope, str, GroupDrift]]] = {}
         self._group_sizes: Counter[str] = Counter()  # devices feeding each pooled group, by key
+        self._group_lists: dict[tuple[str, ...], list[tuple[Scope, str, GroupDrift]]] = {}
         self.lag = 0  # the consumer's lag (messages), set by the service: the fleet "lag" signal
         self.engine = RuleEngine(rules)
         a = settings.alerts
@@ -245,6 +246,9 @@ class Pipeline:
         for f in ((0.0,), (0.0, 0.0), (0.0, 0.0, 0.0)):
             kernels.learn(row, len(f), 0.5, 0.5, f)
             kernels.distance(row, len(f), 1.0, f)
+        adwin.update(
+            np.zeros(adwin.SUMS), np.zeros(adwin.COUNTS, np.uint8), 0.0, self.settings.drift.adwin_delta
+        )
         inputs.measure(0, 0, self._inputs, self._input_arrays(), self._input_out)
 
     def _input_arrays(self) -> tuple[Any, ...]:
@@ -686,6 +690,8 @@ class Pipeline:
                             len(self.catalog), self.settings.drift, self._group_axes
                         )
                     groups.append(("cohort", key, self.cohort_groups[key]))
+            # Devices in the same groups share one list (without cohorts: every device).
+            groups = self._group_lists.setdefault(tuple(key for _, key, _ in groups), groups)
             self._device_groups[device_id] = groups
             self._group_sizes.update(key for _, key, _ in groups)
         return groups

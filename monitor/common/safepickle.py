@@ -45,7 +45,8 @@ MODEL_CLASSES: frozenset[tuple[str, str]] = frozenset(
         ("array", "_array_reconstructor"),
     }
 )
-#: River's ``ADWIN`` drift detector (the state snapshots hold one per pair and per sensor).
+#: River's ``ADWIN`` drift detector (state snapshots written before the per-pair ADWINs were slab
+#: rows hold one per pair; :func:`monitor.state.snapshot.upgrade` converts them).
 DRIFT_CLASSES: frozenset[tuple[str, str]] = frozenset(
     {
         ("river.drift.adwin", "ADWIN"),

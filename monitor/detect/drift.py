@@ -115,7 +115,8 @@ def effective_size(window: ScoreArray) -> int:
 
 
 class PairDrift:
-    """Reference/current windows and ADWIN for every (device, sensor) pair, in the detect state."""
+    """Reference/current windows and ADWIN for every (device, sensor) pair, in the detect state
+    (ADWIN: :mod:`monitor.detect.adwin`, River's algorithm in slab rows)."""
 
     def __init__(self, state: DetectState, settings: DriftSettings) -> None:
         self.state = state
@@ -139,17 +140,14 @@ class PairDrift:
     def close_interval(self, slot: int, s: int) -> None:
         """Feed the pair's ADWIN the mean score of the interval since its last evaluation.
 
-        ADWIN per pair sees interval means, not single scores: a River ADWIN holds ~2 KB of
-        buckets after a few thousand updates, which per score would break the per-device budget;
-        interval means are also closer to Gaussian, which ADWIN's bound assumes.
+        ADWIN per pair sees interval means, not single scores: interval means are closer to
+        Gaussian, which ADWIN's bound assumes, and its window (capped at
+        :data:`monitor.detect.adwin.MAX_WIDTH` values, in fixed-size slab rows) then spans hours.
         """
         st = self.state
         n = int(st.score_count[slot, s])
-        if n:
-            a = st.adwin(slot, s)
-            a.update(float(st.score_sum[slot, s]) / n)
-            if a.drift_detected:
-                st.adwin_hits[slot, s] += 1
+        if n and st.adwin_update(slot, s, float(st.score_sum[slot, s]) / n):
+            st.adwin_hits[slot, s] += 1
         st.score_sum[slot, s] = 0.0
         st.score_count[slot, s] = 0
 

@@ -1,5 +1,6 @@
 """The detect stage's per-pair state: the pair's model, score windows, PSI bins, interval counts,
-novelty state, input-drift state (:mod:`monitor.detect.inputs`), and the pair's ADWIN.
+novelty state, input-drift state (:mod:`monitor.detect.inputs`), and the pair's ADWIN (two rows,
+:mod:`monitor.detect.adwin`).
 
 The model of a pair is two rows of the slab, so that the batch kernel updates it in place:
 ``model`` = ``[n, mean x 3, var x 3]`` (scalar sensors use the first of each three) and
@@ -14,16 +15,16 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
-from river import drift
 
-from monitor.detect import inputs
+from monitor.detect import adwin, inputs
 from monitor.detect.model import AdaptiveGaussian
+from monitor.errors import ConversionError
 from monitor.settings import DriftSettings
 from monitor.state.store import Columns, DeviceStates, Slab
 
 
 class DetectState(Slab):
-    """Arrays per pair, plus a River ADWIN per pair."""
+    """Arrays per pair."""
 
     model: NDArray[np.float64]
     model_params: NDArray[np.float64]
@@ -39,6 +40,8 @@ class DetectState(Slab):
     edges: NDArray[np.float64]  # float64: a score on an edge must bin the same way every time
     ref_frac: NDArray[np.float32]
     novelty: NDArray[np.float64]  # the novelty stage's per-pair state (monitor.detect.novelty)
+    adwin_sums: NDArray[np.float64]  # the pair's ADWIN (monitor.detect.adwin)
+    adwin_counts: NDArray[np.uint8]
     # Input drift (monitor.detect.inputs): per pair, and per axis of the device.
     in_n: NDArray[np.int64]
     in_edges: NDArray[np.float32]
@@ -59,7 +62,6 @@ class DetectState(Slab):
         self.novelty_size = novelty_size  # floats of novelty-stage state per pair (0: the stage is off)
         # inputs.columns(...) of the deployment (default: input drift off, one counter per pair)
         self.input_columns = input_columns or {"in_n": ((n_sensors,), np.int64, 0)}
-        self.adwins: list[list[drift.ADWIN | None]] = []
         super().__init__(n_sensors)
 
     def columns(self) -> Columns:
@@ -79,26 +81,36 @@ class DetectState(Slab):
             "edges": ((*p, d.psi_bins - 1), np.float64, 0),
             "ref_frac": ((*p, d.psi_bins), np.float32, 0),
             "novelty": ((*p, self.novelty_size), np.float64, 0),
+            "adwin_sums": ((*p, adwin.SUMS), np.float64, 0),
+            "adwin_counts": ((*p, adwin.COUNTS), np.uint8, 0),
             **self.input_columns,
         }
 
-    def grow(self, capacity: int) -> None:
-        super().grow(capacity)
-        while len(self.adwins) < capacity:
-            self.adwins.append([None] * self.n_sensors)
-
-    def clear_objects(self, slot: int) -> None:
-        self.adwins[slot] = [None] * self.n_sensors
-
-    def export_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
-        states.adwins = [list(self.adwins[i]) for i in slots]
-
     def load_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
+        """Objects of snapshots from before models and ADWINs were slab rows: converted."""
         for j, slot in enumerate(slots):
-            self.adwins[slot] = list(states.adwins[j])
             for s, m in enumerate(states.models[j] if states.models else ()):
-                if m is not None:  # a snapshot from before models were slab rows
+                if m is not None:
                     self.set_model(slot, s, m)
+            for s, a in enumerate(states.adwins[j] if states.adwins else ()):
+                if a is not None:
+                    adwin.from_river(a, self.adwin_sums[slot, s], self.adwin_counts[slot, s])
+
+    def mismatch(self, states: DeviceStates) -> str | None:
+        """Also: a River ADWIN of an older snapshot that :func:`monitor.detect.adwin.from_river`
+        cannot convert."""
+        why = super().mismatch(states)
+        if why is not None or not states.adwins:
+            return why
+        sums, counts = np.zeros(adwin.SUMS, np.float64), np.zeros(adwin.COUNTS, np.uint8)
+        try:
+            for row in states.adwins:
+                for a in row:
+                    if a is not None:
+                        adwin.from_river(a, sums, counts)
+        except (ConversionError, AttributeError, TypeError) as exc:
+            return f"a River ADWIN it holds cannot be converted ({exc})"
+        return None
 
     def has_model(self, slot: int, s: int) -> bool:
         return bool(self.model_params[slot, s, 0])
@@ -123,11 +135,11 @@ class DetectState(Slab):
         row[1 : 1 + k] = state[1 : 1 + k]
         row[4 : 4 + k] = state[1 + k : 1 + 2 * k]
 
-    def adwin(self, slot: int, s: int) -> drift.ADWIN:
-        a = self.adwins[slot][s]
-        if a is None:
-            a = self.adwins[slot][s] = drift.ADWIN(delta=self.settings.adwin_delta)
-        return a
+    def adwin_update(self, slot: int, s: int, x: float) -> bool:
+        """One value into the pair's ADWIN; True when it detects a change."""
+        return adwin.update(
+            self.adwin_sums[slot, s], self.adwin_counts[slot, s], x, self.settings.adwin_delta
+        )
 
     def reset_interval(self, slot: int, s: int) -> None:
         """A new evaluation interval: its counts start again."""
@@ -142,5 +154,6 @@ class DetectState(Slab):
         self.n_scored[slot, s] = 0
         self.score_sum[slot, s] = 0
         self.score_count[slot, s] = 0
-        self.adwins[slot][s] = None
+        self.adwin_sums[slot, s] = 0
+        self.adwin_counts[slot, s] = 0
         self.in_n[slot, s] = 0  # the input reference starts again too

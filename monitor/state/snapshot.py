@@ -2,23 +2,26 @@
 with its state.
 
 A snapshot holds every device read from one partition of the readings topic (its rows of every
-stage's slab, models, ADWINs, model versions and rule episodes) and the offset of the next message
-to apply. The service writes one after its outputs are delivered and its offsets committed, on
-partition revocation and at shutdown; it reads it back when the partition is assigned and seeks
-there, so the state and the position always agree.
+stage's slab, model versions and rule episodes) and the offset of the next message to apply. The
+service writes one after its outputs are delivered and its offsets committed, on partition
+revocation and at shutdown; it reads it back when the partition is assigned and seeks there, so
+the state and the position always agree.
 
 File layout (``<state.snapshot_dir>/<group id>/<topic>/<partition>.snap``, written to a temporary
 file, fsynced, renamed)::
 
     b"TLMSNAP1"  header length (8 bytes, big-endian)  header (JSON)  HMAC (32 bytes)
-    arrays (.npz, no pickles)  objects (pickle: models, ADWINs, River tiers' per-device models)
+    arrays (.npz, no pickles)  objects (pickle: River tiers' per-device models; older models, ADWINs)
 
 The header records the consumer group, topic, partition, next offset, creation time, device ids,
 model versions, rule episodes and the byte lengths of the two parts; the HMAC-SHA256 covers the
 header and both parts. Loading checks that the file is a regular one, verifies the HMAC, then that
 the snapshot is the one of the group, topic and partition it is loaded for (a snapshot copied over
 another partition's is refused), and unpickles the objects with :mod:`monitor.common.safepickle` (model,
-ADWIN and the allow-listed River classes only).
+ADWIN and the allow-listed River classes only). Snapshots written when models and ADWINs were
+objects load: the detect stage converts them into its slab rows
+(:class:`monitor.detect.state.DetectState`; a River ADWIN it cannot convert makes the snapshot a
+mismatch, and the partition's state is rebuilt from its committed offset).
 
 Next to each snapshot, ``<partition>.head`` (signed JSON) records the last snapshot written: its
 next offset, creation time and SHA-256. A signed snapshot older than that one (a backup copied
@@ -347,9 +350,8 @@ def fingerprints(snapshots: Iterator[PartitionSnapshot] | list[PartitionSnapshot
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(d.arrays[name][j]).tobytes())
             for s in range(len(snap.state.sensors)):
-                m, a = d.models[j][s] if d.models else None, d.adwins[j][s]
+                m = d.models[j][s] if d.models else None
                 h.update(b"-" if m is None else m._state.tobytes())
-                h.update(b"-" if a is None else pickle.dumps(a, protocol=4))
                 h.update(str(d.versions.get((j, s), 1)).encode())
                 r = d.river[j][s] if d.river else None  # a River tier's (name, model) of the device
                 h.update(b"-" if r is None else r[0].encode() + r[1].digest())

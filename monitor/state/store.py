@@ -28,11 +28,12 @@ from monitor.schema import SENSOR_NAMES
 #: The per-device data-integrity checks, in the order of the ``integrity`` counters.
 CHECKS = ("stuck_at", "gap", "duplicate", "out_of_order", "clock_skew")
 N_CHECKS = len(CHECKS)
-#: Memory a device takes beyond its slab rows: its ADWINs (which grow slowly with the length of
-#: their windows), its id and the index entries. ``bench/state_memory.py --devices 1024
-#: --readings N`` measures it (resident growth beyond the slab arrays, the first batch's buffers
-#: included): 7.6 KB for N = 1, 14.3 KB for 300, 15.7 KB for 1,500.
-OBJECT_BYTES_PER_DEVICE = 16 * 1024
+#: Memory a device takes beyond its slab rows (every per-pair state, ADWINs included, is in the
+#: slabs, whatever the length of the stream): its id, its index entries, allocator slack.
+#: ``bench/state_memory.py --devices 1024 --readings N`` measures it (resident growth beyond the
+#: slab arrays): 2.0 KB for N = 300, 1.3 KB for 1,500; ``--trace`` counts the Python objects alone
+#: (0.6 KB a device).
+OBJECT_BYTES_PER_DEVICE = 4 * 1024
 #: A pair's model: the detect stage's object (:class:`monitor.detect.model.AdaptiveGaussian`); the
 #: store only keeps it.
 Model = Any
@@ -236,7 +237,7 @@ class DeviceStates:
     device_ids: list[str]
     arrays: dict[str, NDArray[np.generic]]
     models: list[list[Model | None]] = field(default_factory=list)
-    adwins: list[list[Any]] = field(default_factory=list)  # River ADWINs, or None
+    adwins: list[list[Any]] = field(default_factory=list)  # River ADWINs of older snapshots, or None
     river: list[list[Any]] = field(default_factory=list)  # River tiers' per-device (tier, model), or None
     versions: dict[tuple[int, int], int] = field(default_factory=dict)  # (row, sensor) -> version
 

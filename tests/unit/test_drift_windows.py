@@ -7,7 +7,7 @@ import numpy.typing as npt
 import pytest
 from numpy.testing import assert_array_equal
 
-from monitor.detect import stats
+from monitor.detect import adwin, stats
 from monitor.detect.drift import QUANTUM, Comparison, GroupDrift, PairDrift, _append, dequantise
 from monitor.detect.state import DetectState
 from monitor.schema import SENSOR_NAMES
@@ -194,14 +194,13 @@ def test_close_interval_feeds_the_interval_mean_to_adwin_and_resets_the_sums() -
     drift, store = _pair_drift()
     slot = 0
     drift.close_interval(slot, 0)
-    assert store.adwins[slot][0] is None  # an interval without scores feeds nothing
+    assert adwin.width(store.adwin_sums[slot, 0]) == 0  # an interval without scores feeds nothing
     _push(drift, slot, 0, np.array([0.1, 0.2, 0.6]))
     assert int(store.score_count[slot, 0]) == 3
     drift.close_interval(slot, 0)
-    adwin = store.adwins[slot][0]
-    assert adwin is not None
-    assert adwin.width == 1
-    assert adwin.estimation == pytest.approx(0.3, rel=1e-6)
+    assert adwin.width(store.adwin_sums[slot, 0]) == 1
+    assert adwin.estimation(store.adwin_sums[slot, 0]) == pytest.approx(0.3, rel=1e-6)
+    assert not store.adwin_sums[slot, 1:].any()  # the other pairs' rows are untouched
     assert (float(store.score_sum[slot, 0]), int(store.score_count[slot, 0])) == (0.0, 0)
 
 
@@ -218,6 +217,8 @@ def test_adwin_counts_a_change_in_the_interval_means() -> None:
         drift.close_interval(slot, 0)
     assert quiet == 0
     assert int(store.adwin_hits[slot, 0]) >= 1
+    store.reset_detectors(slot, 0)  # a new model: a new ADWIN
+    assert adwin.width(store.adwin_sums[slot, 0]) == 0 and not store.adwin_counts[slot, 0].any()
 
 
 # --- GroupDrift -----------------------------------------------------------------------------------

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from river import drift
 
+from monitor.detect import adwin
 from monitor.errors import SnapshotError
 from monitor.govern.rules import load_rules
 from monitor.pipeline import BatchResult, Pipeline
@@ -69,6 +72,74 @@ def test_restored_state_continues_exactly_like_an_uninterrupted_run(cut: int) ->
     assert _decisions(before) + _decisions(after) == _decisions(oracle_results)
     # The online model, a candidate rejected on the first readings after the step, its retry promoted.
     assert [v.version for r in oracle_results for v in r.versions if v.device_id == "dev-1"] == [1, 2, 3]
+
+
+def _river_adwin(sums: np.ndarray, counts: np.ndarray, delta: float) -> drift.ADWIN:
+    """The River ADWIN whose state is the rows ``sums`` and ``counts`` (River 0.26's layout)."""
+    m, rows = adwin.MAX_BUCKETS, adwin.ROWS
+    top = max([i for i in range(rows) if counts[2 + i]], default=0)
+    raw = struct.pack("<diQdddddd", delta, adwin.CLOCK, m, 5.0, 10.0, *sums[:3], 0.0)
+    raw += struct.pack("<iiiiQ", 0, 0, int(counts[0]), 0, top + 1)
+    for i in range(top + 1):
+        totals = [*sums[3 + i * m : 3 + (i + 1) * m], 0.0]
+        v0 = 3 + rows * m + (i - 1) * m
+        variances = [*(sums[v0 : v0 + m] if i else [0.0] * m), 0.0]
+        raw += struct.pack("<QQQ6dQ6d", m, int(counts[2 + i]), m + 1, *totals, m + 1, *variances)
+    raw += struct.pack("<diQii", delta, adwin.CLOCK, m, 5, 10)
+    a = drift.ADWIN(delta=delta)
+    a._helper.__setstate__(raw)
+    a._drift_detected = bool(counts[1])
+    return a
+
+
+@pytest.mark.parametrize("cut", [260, 390])
+def test_a_snapshot_with_river_adwins_converts_and_continues_exactly(cut: int) -> None:
+    """A snapshot written when the pairs' ADWINs were River objects (no ADWIN arrays) loads into
+    the same rows, and the run goes on as one that never stopped."""
+    stream = _gaussian_stream(450, devices=4, shift_device=1)
+    oracle = _pipeline()
+    oracle_results = _run(oracle, stream, batch=50)
+    first = _pipeline()
+    before = _run(first, stream[: cut * 4], batch=50)
+    delta = first.settings.drift.adwin_delta
+    snaps = []
+    for s in _snapshots(first, _next_offsets(before)):
+        d = s.state.devices
+        sums, counts = d.arrays.pop("adwin_sums"), d.arrays.pop("adwin_counts")
+        assert (sums[:, :, 2] > 0).any()
+        d.adwins = [
+            [
+                _river_adwin(sums[j, k], counts[j, k], delta) if sums[j, k, 2] else None
+                for k in range(len(sums[j]))
+            ]
+            for j in range(len(sums))
+        ]
+        snaps.append(snapshot.decode(snapshot.encode(s, KEY), KEY))
+    second = _pipeline()
+    for s in snaps:
+        assert second.mismatch(s.state) is None
+        second.import_partition(s.state)
+    for s in _snapshots(second, _next_offsets(before)):  # the same rows as River's state
+        d = s.state.devices
+        (orig,) = [o for o in _snapshots(first, _next_offsets(before)) if o.partition == s.partition]
+        np.testing.assert_array_equal(d.arrays["adwin_sums"], orig.state.devices.arrays["adwin_sums"])
+        np.testing.assert_array_equal(d.arrays["adwin_counts"], orig.state.devices.arrays["adwin_counts"])
+    after = _run(second, stream[cut * 4 :], batch=70)
+    end = _next_offsets(oracle_results)
+    assert snapshot.fingerprints(_snapshots(second, end)) == snapshot.fingerprints(_snapshots(oracle, end))
+    assert _alert_ids(before) | _alert_ids(after) == _alert_ids(oracle_results)
+
+
+def test_a_snapshot_with_an_unconvertible_adwin_is_a_mismatch() -> None:
+    snap = _one_snapshot()
+    d = snap.state.devices
+    del d.arrays["adwin_sums"], d.arrays["adwin_counts"]
+    d.adwins = [[drift.ADWIN(clock=1)] for _ in d.device_ids]
+    old = snapshot.decode(snapshot.encode(snap, KEY), KEY)
+    why = _pipeline().mismatch(old.state)
+    assert why is not None and why.startswith(
+        "a River ADWIN it holds cannot be converted (an ADWIN with clock"
+    )
 
 
 def test_a_snapshot_can_hold_a_retrain_in_progress() -> None:
@@ -230,7 +301,7 @@ def test_signed_snapshot_with_a_malicious_pickle_is_still_refused() -> None:
             return (os.system, ("echo pwned",))
 
     snap = _one_snapshot()
-    snap.state.devices.adwins[0][0] = Evil()
+    snap.state.devices.adwins = [[Evil()]]
     with pytest.raises(SnapshotError, match=r"refusing to unpickle (posix|os)\.system"):
         snapshot.decode(snapshot.encode(snap, KEY), KEY)
 
