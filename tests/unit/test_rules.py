@@ -737,3 +737,10 @@ def test_restore_skips_states_of_rules_that_are_gone_or_changed_scope() -> None:
 def test_restore_refuses_a_malformed_record() -> None:
     with pytest.raises(ValueError, match="streak"):
         _engine(*SNAP_RULES).restore([{"rule": "slow", "scope": "device", "device_id": "a"}])
+
+
+def test_river_rules_are_the_shipped_rules_and_river_outlier() -> None:
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    base, river = load_rules(configs / "rules.yaml"), load_rules(configs / "river-rules.yaml")
+    assert river.rules[:-1] == base.rules
+    assert river.rules[-1].name == "river_outlier"
