@@ -192,6 +192,7 @@ class Pipeline:
         self._astray: set[str] = set()  # devices reported astray once already
         self._tick = 0  # readings applied: orders the devices for capacity eviction
         self._released = 0  # waves of forgotten devices (slots that changed hands)
+        # The busy pairs and their flags by slot; None once slots change hands (forgotten, imported).
         self._busy: tuple[frozenset[tuple[str, str]], NDArray[np.int8]] | None = None
         config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
         self.trainer = training.InlineTrainer(settings.retrain) if trainer is None else trainer
@@ -721,6 +722,7 @@ class Pipeline:
     def _release(self, slots: list[int]) -> None:
         """Forget everything about the devices in ``slots``."""
         self._released += 1
+        self._busy = None
         devices = [self.store.device_ids[i] for i in slots]
         self.engine.forget(devices)
         self.governor.forget(set(devices))
@@ -757,6 +759,7 @@ class Pipeline:
         self.engine.forget(ids)
         self.governor.forget(set(ids))
         slots = self.store.load(state.devices)
+        self._busy = None  # the imported devices' slots
         self.store.touched[slots] = self._tick  # restored now: as recent as the last reading
         self.engine.restore(state.episodes)
         self.governor.restore(state.governance)
