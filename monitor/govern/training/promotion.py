@@ -69,8 +69,11 @@ def decide(
     shadow (``None``: before one starts, or shadowing is off) that decides alone. Live, both models'
     scores are chi-square CDFs, uniform on normal data, and two checks must pass:
 
-    - calibration: the KS distance of the candidate's scores from Uniform(0, 1) is within the
-      ``calibration_alpha`` critical value;
+    - calibration: the one-sided KS distance of the candidate's scores above Uniform(0, 1) (how
+      far they sit higher than a calibrated model's: the direction that raises false alarms) is
+      within the ``calibration_alpha`` critical value. Scores that sit lower come from a noise
+      level estimated high (a training window that straddles a change) or from a sensor whose
+      noise is below its resolution: such a candidate raises fewer alarms, not more;
     - alarms: the candidate's alarms (scores over the anomaly threshold) are within the binomial
       ``1 - calibration_alpha`` quantile of a calibrated model's;
 
@@ -129,7 +132,8 @@ def _calibration(shadow: Shadow, alpha: float) -> tuple[bool, str, dict[str, flo
     alarms_max = int(stats.binom.ppf(1.0 - alpha, n, 1.0 - shadow.anomaly_threshold))
     ks_ok, alarms_ok = _passes(ks_c, ks_i, ks_max), _passes(alarms_c, alarms_i, alarms_max)
     reason = (
-        f"on {n} live readings the candidate's KS distance from uniform is {ks_c:.3f} (incumbent {ks_i:.3f},"
+        f"on {n} live readings the candidate's scores sit {ks_c:.3f} above uniform (one-sided KS;"
+        f" incumbent {ks_i:.3f},"
         f" acceptable up to {ks_max:.3f}) and it raised {alarms_c} alarms (incumbent {alarms_i},"
         f" a calibrated model up to {alarms_max})"
     )
