@@ -128,3 +128,21 @@ def test_retraining_is_one_while_a_retrain_of_the_pair_is_under_way() -> None:
     assert fired[:2] == [("shifted", "firing"), ("busy", "firing")]
     assert ("busy", "resolved") in fired  # the retrain was decided
     assert not p.governor.retraining(("dev-0", "temperature"))
+
+
+def test_busy_pair_flags_follow_a_device_to_its_new_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled loop leaves a busy pair's readings to the Python path by slot: when slots
+    change hands (devices forgotten, a partition imported) the flags are computed again."""
+    p, stream = _pipeline(True), Stream()
+    p.process([stream.reading(d, 0, LEVEL) for d in range(3)])
+    busy = frozenset({("dev-2", "temperature")})
+    monkeypatch.setattr(p.governor, "busy_pairs", lambda: busy)
+    temp = p.catalog.index["temperature"]
+    assert p._python_pairs()[p.store.slots["dev-2"], temp] == 1
+    state = p.export_partition(0)  # dev-0 and dev-2 live on partition 0
+    p.drop_partition(0)
+    p.process([stream.reading(5, 1, LEVEL)])  # dev-5 takes a freed slot
+    p.import_partition(state)
+    flags = p._python_pairs()
+    assert flags[p.store.slots["dev-2"], temp] == 1
+    assert int(flags.sum()) == 1
