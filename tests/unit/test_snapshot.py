@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from monitor.detect import adwin
 from monitor.errors import SnapshotError
 from monitor.govern.rules import load_rules
 from monitor.pipeline import BatchResult, Pipeline
+from monitor.records import Message
 from monitor.settings import load_settings
 from monitor.state import snapshot
 from monitor.state.snapshot import PartitionSnapshot, SnapshotStore
@@ -51,24 +53,34 @@ def _decisions(results: list[BatchResult]) -> list[tuple[str, str, int, str]]:
     return [(e.kind, e.device_id, e.version, e.reason) for r in results for e in r.audit]
 
 
+def restored_against_oracle(
+    make: Callable[[], Pipeline], stream: Sequence[Message], cut: int
+) -> tuple[list[BatchResult], list[BatchResult], list[BatchResult]]:
+    """Run ``stream`` whole (the oracle), and again stopped after ``cut`` messages, snapshotted,
+    restored into a new pipeline and run on; assert the same state and alerts. Returns the oracle's
+    results and the interrupted run's before and after the cut."""
+    oracle = make()
+    oracle_results = _run(oracle, stream, batch=50)
+    first = make()
+    before = _run(first, stream[:cut], batch=50)
+    snaps = [snapshot.decode(snapshot.encode(s, KEY), KEY) for s in _snapshots(first, _next_offsets(before))]
+    second = make()
+    for s in snaps:
+        second.import_partition(s.state)
+    after = _run(second, stream[cut:], batch=70)
+    end = _next_offsets(oracle_results)
+    assert snapshot.fingerprints(_snapshots(second, end)) == snapshot.fingerprints(_snapshots(oracle, end))
+    assert _alert_ids(before) | _alert_ids(after) == _alert_ids(oracle_results)
+    return oracle_results, before, after
+
+
 @pytest.mark.parametrize("cut", [150, 260, 290, 330, 390])
 def test_restored_state_continues_exactly_like_an_uninterrupted_run(cut: int) -> None:
     """The oracle property: stop anywhere, snapshot, restore elsewhere, go on -> same state, alerts,
     versions and audit records as a run that never stopped (dev-1 drifts at 200: the cuts fall
     before it, around its alert, while its retrain is pending or shadowed, and after)."""
     stream = _gaussian_stream(450, devices=4, shift_device=1)
-    oracle = _pipeline()
-    oracle_results = _run(oracle, stream, batch=50)
-    first = _pipeline()
-    before = _run(first, stream[: cut * 4], batch=50)
-    snaps = [snapshot.decode(snapshot.encode(s, KEY), KEY) for s in _snapshots(first, _next_offsets(before))]
-    second = _pipeline()
-    for s in snaps:
-        second.import_partition(s.state)
-    after = _run(second, stream[cut * 4 :], batch=70)
-    end = _next_offsets(oracle_results)
-    assert snapshot.fingerprints(_snapshots(second, end)) == snapshot.fingerprints(_snapshots(oracle, end))
-    assert _alert_ids(before) | _alert_ids(after) == _alert_ids(oracle_results)
+    oracle_results, before, after = restored_against_oracle(_pipeline, stream, cut * 4)
     assert _decisions(before) + _decisions(after) == _decisions(oracle_results)
     assert [v.version for r in oracle_results for v in r.versions if v.device_id == "dev-1"] == [1, 2]
 
