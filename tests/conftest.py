@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,16 +172,28 @@ def wait_committed(
 
 
 def run_monitor(
-    kafka: KafkaSettings, ends: dict[int, int], *args: str, timeout: float = 90, **env: str
+    kafka: KafkaSettings,
+    ends: dict[int, int],
+    *args: str,
+    timeout: float = 90,
+    then: Callable[[], None] | None = None,
+    **env: str,
 ) -> Finished:
     """``telemon run ARGS`` until the group committed ``ends`` (partition -> next offset), then
-    SIGTERM."""
+    SIGTERM. ``then``, if given, runs once the group committed ``ends`` and may produce more
+    (updating ``ends`` in place): the service then runs until it committed those too."""
     port = free_port()
     proc = telemon_process(kafka, "run", *args, TELEMON_METRICS__PORT=str(port), **env)
     try:
         deadline = time.monotonic() + timeout
-        while committed(kafka, list(ends)) != ends and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.3)
+        for step in (then, None):
+            while committed(kafka, list(ends)) != ends and time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.3)
+            if step is None:
+                break
+            step()
         alive = proc.poll() is None
         samples = scrape(port) if alive else {}
         proc.send_signal(signal.SIGTERM)

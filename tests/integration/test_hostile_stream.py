@@ -43,10 +43,11 @@ PARTITIONS = 4  # device i lives on partition i % 4
 DAY_MS = 86_400_000
 
 
-def craft(kafka: KafkaSettings) -> tuple[Readings, dict[str, bytes]]:
-    """The stream, and the oversized values it holds by device."""
-    s, poison = Readings(kafka, DEVICES, PARTITIONS), {}
-    s.round(30)
+def craft(s: Readings) -> dict[str, bytes]:
+    """The hostile part of the stream, sent once the service committed a first round (so that
+    every device's state has its home partition before a reading goes astray, whatever order
+    the partitions are fetched in); the oversized values it holds by device."""
+    poison: dict[str, bytes] = {}
     for _ in range(300):  # dev-01 pushes partition 1's offsets far past partition 0's
         s.valid_reading(1)
     for d, size in ((0, 1 << 20), (1, 10 << 20)):  # too large for the dead-letter topic as they are
@@ -60,7 +61,7 @@ def craft(kafka: KafkaSettings) -> tuple[Readings, dict[str, bytes]]:
     s.send(s.reading(8).replace(b'{"device_id":', b'{"dev\\u0069ce_id":"dev-09","device_id":'), b"dev-08", 0)
     s.round(30)  # dev-04's readings on partition 0 now have offsets below the stray's
     s.flush()
-    return s, poison
+    return poison
 
 
 @dataclass
@@ -74,9 +75,18 @@ class Outcome:
 @pytest.fixture(scope="module")
 def outcome(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     kafka = unique_kafka_settings(broker)
-    stream, poison = craft(kafka)
+    stream = Readings(kafka, DEVICES, PARTITIONS)
+    poison: dict[str, bytes] = {}
+    stream.round(30)
+    stream.flush()
     state = str(tmp_path_factory.mktemp("state"))
-    run = run_monitor(kafka, stream.ends, TELEMON_STATE_DIR=state, TELEMON_STATE__EVICT_IDLE_S="3600")
+    run = run_monitor(
+        kafka,
+        stream.ends,
+        then=lambda: poison.update(craft(stream)),
+        TELEMON_STATE_DIR=state,
+        TELEMON_STATE__EVICT_IDLE_S="3600",
+    )
     return Outcome(stream, poison, run, read_topic(kafka, kafka.dead_letter_topic))
 
 
