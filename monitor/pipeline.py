@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from monitor import kernel, schema
 from monitor.detect import adwin, drift, inputs, joint, kernels, model, novelty, rivertier
-from monitor.detect.cohorts import load_cohorts
+from monitor.detect.cohorts import CohortLabels
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.joint import JointState
 from monitor.detect.rivertier import RiverState, RiverTiers
@@ -40,6 +40,9 @@ from monitor.schema import MAX_AXES, SENSOR_NAMES, ReadingLike, Rejection
 from monitor.settings import Settings
 from monitor.state.store import CHECKS, PartitionState, StateStore
 
+#: A pooled detector a device's scores feed: scope, key, detector, and the sensors it takes of the
+#: device (None: every sensor; a channel label's cohort: its channels).
+Group = tuple[Scope, str, GroupDrift, frozenset[int] | None]
 #: Zeros that pad a reading's features to ``MAX_AXES`` columns, by the number of features.
 _PAD = tuple((0.0,) * (MAX_AXES - k) for k in range(MAX_AXES + 1))
 
@@ -170,13 +173,13 @@ class Pipeline:
         # The axes of each sensor, for the pooled detectors' ADWIN on input means (none: input drift off).
         self._group_axes = tuple(len(c.keys) for c in catalog.specs) if settings.inputs.enabled else ()
         self.fleet = GroupDrift(n, d, self._group_axes)
-        self.cohorts = load_cohorts(settings.cohorts_file)
+        self.labels = CohortLabels.load(settings.cohorts_file, settings.channels.labels(), catalog)
         self.river = self._river_tiers(settings, catalog)  # None: no River tier (nothing changes)
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
         self.cohort_groups: dict[str, GroupDrift] = {}
-        self._device_groups: dict[str, list[tuple[Scope, str, GroupDrift]]] = {}
+        self._device_groups: dict[str, list[Group]] = {}
         self._group_sizes: Counter[str] = Counter()  # devices feeding each pooled group, by key
-        self._group_lists: dict[tuple[str, ...], list[tuple[Scope, str, GroupDrift]]] = {}
+        self._group_lists: dict[tuple[str, ...], list[Group]] = {}
         self.lag = 0  # the consumer's lag (messages), set by the service: the fleet "lag" signal
         self.engine = RuleEngine(rules)
         a = settings.alerts
@@ -217,7 +220,7 @@ class Pipeline:
         if not settings.river.tiers:
             return None
         state = self.store.add(RiverState(len(catalog), RiverTiers.specs(settings.river)))
-        tiers = RiverTiers(settings.river, catalog, self.cohorts, state)
+        tiers = RiverTiers(settings.river, catalog, self.labels, state)
         tiers.check_snapshots()
         return tiers
 
@@ -509,14 +512,14 @@ class Pipeline:
         outputs go among those of the pair evaluations ``marks`` holds, in stream order.
         ``outputs``: the scored readings' sensors, scores, flags and values."""
         sensor, score, anomalous, vals = outputs
-        members: dict[int, tuple[int, Scope, str, GroupDrift, list[int]]] = {}
+        members: dict[int, tuple[int, Group, list[int]]] = {}
         for d, device_id in enumerate(cols.devices):
-            for rank, (scope, key, group) in enumerate(self._groups(device_id)):
-                members.setdefault(id(group), (rank, scope, key, group, []))[4].append(d)
+            for rank, entry in enumerate(self._groups(device_id)):
+                members.setdefault(id(entry[2]), (rank, entry, []))[2].append(d)
         runs: list[tuple[int, Scope, str, GroupDrift, int, NDArray[np.intp]]] = []
-        for rank, scope, key, group, devs in members.values():
+        for rank, (scope, key, group, sensors), devs in members.values():
             mine = np.flatnonzero(np.isin(cols.dev[scored], devs)) if len(devs) < len(cols.devices) else None
-            for s in range(len(self.catalog)):
+            for s in range(len(self.catalog)) if sensors is None else sorted(sensors):
                 pick = np.flatnonzero(sensor == s) if mine is None else mine[sensor[mine] == s]
                 if len(pick):
                     runs.append((rank, scope, key, group, s, pick))
@@ -671,31 +674,37 @@ class Pipeline:
         inputs.step(slot, s, np.array(f, np.float64), gov.raw, gov.raw_n, self._inputs, self._input_arrays())
         if self.governor.shadows:
             self.governor.on_score(slot, s, f, score, r.ts, result)
-        for scope, key, group in self._groups(r.device_id):
-            if group.push(s, score, anomalous, f):
+        for scope, key, group, sensors in self._groups(r.device_id):
+            if (sensors is None or s in sensors) and group.push(s, score, anomalous, f):
                 self._evaluate_group(scope, key, group, s, r.ts, result)
         return urgent
 
-    def _groups(self, device_id: str) -> list[tuple[Scope, str, GroupDrift]]:
-        """The pooled detectors a device's scores feed: the fleet's, and one per cohort it is in
-        (for each label a cohort rule groups by, e.g. ``firmware=1.2.0``)."""
+    def _groups(self, device_id: str) -> list[Group]:
+        """The pooled detectors a device's scores feed: the fleet's, and one per cohort its pairs
+        are in (for each label a cohort rule groups by, e.g. ``firmware=1.2.0``): a device label's
+        cohort takes every sensor of the device, a channel label's the sensors of its channels."""
         groups = self._device_groups.get(device_id)
         if groups is None:
-            groups = [("fleet", "*", self.fleet)]
-            labels = self.cohorts.get(device_id, {})
+            groups = [("fleet", "*", self.fleet, None)]
+            labels = self.labels.devices.get(device_id, {})
             for label in self.cohort_labels:
                 if label in labels:
                     key = f"{label}={labels[label]}"
-                    if key not in self.cohort_groups:
-                        self.cohort_groups[key] = GroupDrift(
-                            len(self.catalog), self.settings.drift, self._group_axes
-                        )
-                    groups.append(("cohort", key, self.cohort_groups[key]))
+                    groups.append(("cohort", key, self._cohort_group(key), None))
+                for key, sensors in self.labels.channel_cohorts(label):
+                    groups.append(("cohort", key, self._cohort_group(key), sensors))
             # Devices in the same groups share one list (without cohorts: every device).
-            groups = self._group_lists.setdefault(tuple(key for _, key, _ in groups), groups)
+            groups = self._group_lists.setdefault(tuple(g[1] for g in groups), groups)
             self._device_groups[device_id] = groups
-            self._group_sizes.update(key for _, key, _ in groups)
+            self._group_sizes.update(g[1] for g in groups)
         return groups
+
+    def _cohort_group(self, key: str) -> GroupDrift:
+        group = self.cohort_groups.get(key)
+        if group is None:
+            group = GroupDrift(len(self.catalog), self.settings.drift, self._group_axes)
+            self.cohort_groups[key] = group
+        return group
 
     def _evict(self, result: BatchResult) -> None:
         """Forget the devices of a partition whose clock has passed their last message by
@@ -729,7 +738,7 @@ class Pipeline:
         if self.river is not None:
             self.river.forget(devices)
         for d in devices:
-            self._group_sizes.subtract(key for _, key, _ in self._device_groups.pop(d, ()))
+            self._group_sizes.subtract(g[1] for g in self._device_groups.pop(d, ()))
             self._astray.discard(d)
         gone = set(slots)
         for key in [k for k in self._foreign if k[0] in gone]:

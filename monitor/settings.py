@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Final, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -383,8 +383,8 @@ class RiverTierSettings(_Section):
     cohort: str | None = Field(
         None,
         pattern=r"^[a-z][a-z0-9_]{0,63}(=[^=]+)?$",
-        description="only devices with this cohorts_file label: 'label=value' (those devices), or 'label' "
-        "(every device with the label; shared models then per value)",
+        description="only (device, sensor) pairs with this label, of cohorts_file or of the channel: "
+        "'label=value' (those pairs), or 'label' (every pair with the label; shared models then per value)",
     )
     share: Literal["fleet", "device"] = Field(
         "fleet",
@@ -547,6 +547,24 @@ class ChannelSettings(_Section):
         description=f"the values' keys (1 to {schema.MAX_AXES}), scored together",
     )
     rate_hz: float = Field(1.0, gt=0, description="nominal sampling rate (the gap check's first estimate)")
+    labels: tuple[tuple[str, str], ...] = Field(
+        (),
+        description="cohort labels of the channel, e.g. {vendor: bosch}: each (device, channel) pair is in "
+        "the cohorts of its device's cohorts_file labels and of these (a label in both is refused)",
+    )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, raw: Any) -> Any:
+        """A mapping of label to value, kept as pairs sorted by label (the settings stay hashable)."""
+        pairs = list(raw.items()) if isinstance(raw, Mapping) else raw
+        if not isinstance(pairs, list | tuple) or any(
+            not isinstance(p, list | tuple) or len(p) != 2 for p in pairs
+        ):
+            raise ValueError("a mapping of label to value, e.g. {vendor: bosch}")
+        if len({p[0] for p in pairs}) < len(pairs):
+            raise ValueError("a label is given twice")
+        return tuple(sorted(_label(*pair) for pair in pairs))
 
     @field_validator("axes")
     @classmethod
@@ -572,6 +590,22 @@ class ChannelSettings(_Section):
         )
 
 
+#: A label's value: what a cohort key shows after ``label=`` (in alerts and metrics).
+LABEL_VALUE: Final = re.compile(r"[^\x00-\x1f]{1,64}")
+
+
+def _label(name: Any, value: Any) -> tuple[str, str]:
+    """One validated channel label: a name a rule's ``cohort`` can give, a string value (quoted
+    in YAML if it would read as a number, as in a cohorts file)."""
+    if not isinstance(name, str) or not schema.NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"label {name!r} must match {schema.NAME_PATTERN.pattern} (as a rule's cohort)")
+    if not isinstance(value, str):
+        raise ValueError(f'label {name}: the value {value!r} is not a string (quote it: "{value}")')
+    if not LABEL_VALUE.fullmatch(value):
+        raise ValueError(f"label {name}: the value must be 1 to 64 characters, none a control character")
+    return name, value
+
+
 class ChannelsSettings(_Section):
     """What is monitored: the six built-in kinds and the channels declared here. Readings of any
     other sensor are dead-lettered as ``unknown_sensor``."""
@@ -592,6 +626,10 @@ class ChannelsSettings(_Section):
         if not self.builtin and not self.declare:
             raise ValueError("channels: nothing to monitor (builtin is false and no channel is declared)")
         return self
+
+    def labels(self) -> dict[str, dict[str, str]]:
+        """The declared channels' cohort labels by channel name (a channel without any: absent)."""
+        return {c.name: dict(c.labels) for c in self.declare if c.labels}
 
     def catalog(self) -> schema.Catalog:
         """The sensors in index order: the built-in kinds (each replaced by a declared channel of

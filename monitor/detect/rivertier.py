@@ -2,8 +2,9 @@
 
 Each tier of ``river.tiers`` (:class:`monitor.settings.RiverTierSettings`) is a River anomaly
 detector (:class:`monitor.detect.online.OnlineModel`) over the readings of some sensors, of every
-device or of a cohort's (``cohorts_file`` labels), shared (``share: fleet``: one model per sensor,
-and per cohort value with ``cohort: label``) or one per device and sensor (``share: device``).
+device or of a cohort's (the pairs of a label of ``cohorts_file`` or of a declared channel), shared
+(``share: fleet``: one model per sensor, and per cohort value with ``cohort: label``) or one per
+device and sensor (``share: device``).
 
 - **Routing.** A (device, sensor) pair is scored by the first tier in the list that covers it (so a
   cohort's tier before a fleet-wide one overrides it for that cohort), and by no other: its signals
@@ -36,7 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor.common import safepickle
-from monitor.detect.cohorts import Cohorts
+from monitor.detect.cohorts import CohortLabels
 from monitor.detect.online import OnlineModel, measured_bytes
 from monitor.errors import ConfigError, RefusedClassError
 from monitor.schema import Catalog
@@ -112,11 +113,11 @@ class RiverTiers:
     """The configured tiers: routing, models, the per-reading step and the pairs' signals."""
 
     def __init__(
-        self, settings: RiverSettings, catalog: Catalog, cohorts: Cohorts, state: RiverState
+        self, settings: RiverSettings, catalog: Catalog, labels: CohortLabels, state: RiverState
     ) -> None:
         self.tiers = settings.tiers
         self.catalog = catalog
-        self.cohorts = cohorts
+        self.labels = labels
         self.state = state
         self.keys = [spec.keys for spec in catalog.specs]
         self.cover = [frozenset(catalog.index[s] for s in (t.sensors or catalog.names)) for t in self.tiers]
@@ -131,11 +132,13 @@ class RiverTiers:
         return {t.name: OnlineModel.from_settings(t).spec() for t in settings.tiers if t.share == "device"}
 
     def route(self, device_id: str) -> tuple[tuple[int, str], ...]:
-        """Per sensor: the tier scoring the device's readings (-1: none) and its cohort value."""
+        """Per sensor: the tier scoring the device's readings (-1: none) and its cohort value
+        (of the pair's labels: its device's and its channel's)."""
         routes = self._routes.get(device_id)
         if routes is None:
-            labels = self.cohorts.get(device_id, {})
-            routes = self._routes[device_id] = tuple(self._first(labels, s) for s in range(len(self.catalog)))
+            routes = self._routes[device_id] = tuple(
+                self._first(self.labels.pair(device_id, s), s) for s in range(len(self.catalog))
+            )
         return routes
 
     def _first(self, labels: dict[str, str], s: int) -> tuple[int, str]:
@@ -242,7 +245,7 @@ class RiverTiers:
         selector = tier.cohort_label
         if selector is None or selector[1] is not None:
             return 1
-        return max(1, len({labels[selector[0]] for labels in self.cohorts.values() if selector[0] in labels}))
+        return max(1, len(self.labels.values(selector[0])))
 
     def check_snapshots(self) -> None:
         """Refuse a per-device tier whose models the snapshots could not restore (a River class off

@@ -243,7 +243,7 @@ def test_device_actions_are_accepted_at_device_scope(tmp_path: Path) -> None:
 
 def test_cohort_scope_needs_a_cohort_label(tmp_path: Path) -> None:
     msg = _load_error(_dump(tmp_path, _rule(scope="cohort")))
-    assert ":2:3: rules.0.cohort: scope cohort needs cohort: <label>, a device label" in msg
+    assert ":2:3: rules.0.cohort: scope cohort needs cohort: <label>, a device label such as firmware" in msg
 
 
 def test_cohort_label_is_refused_outside_cohort_scope(tmp_path: Path) -> None:

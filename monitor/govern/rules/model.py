@@ -247,7 +247,10 @@ class Rule(_Model):
     def _cohort_fits_scope(cls, cohort: str | None, info: ValidationInfo) -> str | None:
         scope = info.data.get("scope")
         if scope == "cohort" and cohort is None:
-            raise ValueError("scope cohort needs cohort: <label>, a device label such as firmware or site")
+            raise ValueError(
+                "scope cohort needs cohort: <label>, a device label such as firmware or a channel label "
+                "such as vendor"
+            )
         if scope not in (None, "cohort") and cohort is not None:
             raise ValueError(f"cohort applies to scope cohort only, not {scope}")
         return cohort
