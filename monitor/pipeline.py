@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor import kernel, schema
-from monitor.detect import adwin, drift, inputs, joint, kernels, model, novelty, rivertier
+from monitor.detect import adwin, cohortinputs, drift, inputs, joint, kernels, model, novelty, rivertier
 from monitor.detect.cohorts import CohortLabels
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.joint import JointState
@@ -43,6 +43,8 @@ from monitor.state.store import CHECKS, PartitionState, StateStore
 #: A pooled detector a device's scores feed: scope, key, detector, and the sensors it takes of the
 #: device (None: every sensor; a channel label's cohort: its channels).
 Group = tuple[Scope, str, GroupDrift, frozenset[int] | None]
+#: A device's pooled detectors, with the code of their cohort keys (:meth:`CohortInputs.code`).
+GroupSet = tuple[int, list[Group]]
 #: Zeros that pad a reading's features to ``MAX_AXES`` columns, by the number of features.
 _PAD = tuple((0.0,) * (MAX_AXES - k) for k in range(MAX_AXES + 1))
 
@@ -66,6 +68,8 @@ class BatchResult:
     scores: dict[int, NDArray[np.float64]] = field(default_factory=dict)  # sensor -> scores
     drift: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # detector, scope, sensor
     fleet_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # sensor -> (ks, psi)
+    # (cohort key, sensor) -> (ks, psi) of the cohort's inputs against the rest of the fleet's
+    cohort_inputs: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
     event_ts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))  # valid readings
     retrains_skipped: Counter[str] = field(default_factory=Counter)  # sensor -> too few readings
@@ -177,9 +181,15 @@ class Pipeline:
         self.river = self._river_tiers(settings, catalog)  # None: no River tier (nothing changes)
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
         self.cohort_groups: dict[str, GroupDrift] = {}
-        self._device_groups: dict[str, list[Group]] = {}
+        # Each cohort's inputs against the rest of the fleet's (None: no cohort rule, or inputs off).
+        self.cohort_inputs = (
+            cohortinputs.CohortInputs(settings.inputs, catalog, self.fleet_inputs)
+            if settings.inputs.enabled and self.cohort_labels
+            else None
+        )
+        self._device_groups: dict[str, GroupSet] = {}
         self._group_sizes: Counter[str] = Counter()  # devices feeding each pooled group, by key
-        self._group_lists: dict[tuple[str, ...], list[Group]] = {}
+        self._group_lists: dict[tuple[str, ...], GroupSet] = {}
         self.lag = 0  # the consumer's lag (messages), set by the service: the fleet "lag" signal
         self.engine = RuleEngine(rules)
         a = settings.alerts
@@ -512,17 +522,8 @@ class Pipeline:
         outputs go among those of the pair evaluations ``marks`` holds, in stream order.
         ``outputs``: the scored readings' sensors, scores, flags and values."""
         sensor, score, anomalous, vals = outputs
-        members: dict[int, tuple[int, Group, list[int]]] = {}
-        for d, device_id in enumerate(cols.devices):
-            for rank, entry in enumerate(self._groups(device_id)):
-                members.setdefault(id(entry[2]), (rank, entry, []))[2].append(d)
-        runs: list[tuple[int, Scope, str, GroupDrift, int, NDArray[np.intp]]] = []
-        for rank, (scope, key, group, sensors), devs in members.values():
-            mine = np.flatnonzero(np.isin(cols.dev[scored], devs)) if len(devs) < len(cols.devices) else None
-            for s in range(len(self.catalog)) if sensors is None else sorted(sensors):
-                pick = np.flatnonzero(sensor == s) if mine is None else mine[sensor[mine] == s]
-                if len(pick):
-                    runs.append((rank, scope, key, group, s, pick))
+        feed = self._cohort_feed(cols, scored, sensor, vals)
+        runs = self._group_runs(cols, scored, sensor)
         # Due points: (stream position, rank) of every evaluation, with what it needs pushed first.
         events: list[tuple[int, int, int, int]] = []  # (position, rank, run, scores up to it)
         every = self.settings.drift.fleet_check_every
@@ -535,12 +536,46 @@ class Pipeline:
             chunk = pick[pushed[r] : upto]
             group.push_many(s, score[chunk], anomalous[chunk], vals[chunk])
             pushed[r] = upto
+            if feed is not None and scope == "cohort":
+                feed.upto(s, position)
             with marks.group(position):
                 self._evaluate_group(scope, key, group, s, int(cols.ts[position]), result)
         marks.interleave()
         for r, (_, _, _, group, s, pick) in enumerate(runs):
             chunk = pick[pushed[r] :]
             group.push_many(s, score[chunk], anomalous[chunk], vals[chunk])
+        if feed is not None:
+            feed.finish()
+
+    def _group_runs(
+        self, cols: Columns, scored: NDArray[np.intp], sensor: NDArray[np.int64]
+    ) -> list[tuple[int, Scope, str, GroupDrift, int, NDArray[np.intp]]]:
+        """Per (pooled detector, sensor): its rank in its first device's groups, its scope and key,
+        and the indices into ``scored`` of the readings it takes, in stream order."""
+        members: dict[int, tuple[int, Group, list[int]]] = {}
+        for d, device_id in enumerate(cols.devices):
+            for rank, entry in enumerate(self._groups(device_id)):
+                members.setdefault(id(entry[2]), (rank, entry, []))[2].append(d)
+        runs: list[tuple[int, Scope, str, GroupDrift, int, NDArray[np.intp]]] = []
+        for rank, (scope, key, group, sensors), devs in members.values():
+            mine = np.flatnonzero(np.isin(cols.dev[scored], devs)) if len(devs) < len(cols.devices) else None
+            for s in range(len(self.catalog)) if sensors is None else sorted(sensors):
+                pick = np.flatnonzero(sensor == s) if mine is None else mine[sensor[mine] == s]
+                if len(pick):
+                    runs.append((rank, scope, key, group, s, pick))
+        return runs
+
+    def _cohort_feed(
+        self, cols: Columns, scored: NDArray[np.intp], sensor: NDArray[np.int64], vals: NDArray[np.float64]
+    ) -> cohortinputs.Feed | None:
+        """The scored readings for the cohorts' input comparison, with their devices' slots and
+        cohort codes (None: no comparison, or no reading)."""
+        if self.cohort_inputs is None or not len(scored):
+            return None
+        slots = np.array([self.store.slots.get(d, -1) for d in cols.devices], np.int64)
+        codes = np.array([self._group_set(d)[0] for d in cols.devices], np.int64)
+        dev = cols.dev[scored]
+        return cohortinputs.Feed(self.cohort_inputs, scored, sensor, vals, (slots[dev], codes[dev]))
 
     def _apply(
         self, r: ReadingLike, msg: Message, plausible: bool, scores: list[list[float]], result: BatchResult
@@ -672,6 +707,10 @@ class Pipeline:
         self.pairs.push(slot, s, score)
         gov = self.govern_state
         inputs.step(slot, s, np.array(f, np.float64), gov.raw, gov.raw_n, self._inputs, self._input_arrays())
+        if self.cohort_inputs is not None:
+            code = self._group_set(r.device_id)[0]
+            row = np.array([f + _PAD[len(f)]], np.float64)
+            self.cohort_inputs.push(s, row, np.array([slot], np.int64), np.array([code], np.int64))
         if self.governor.shadows:
             self.governor.on_score(slot, s, f, score, r.ts, result)
         for scope, key, group, sensors in self._groups(r.device_id):
@@ -683,9 +722,13 @@ class Pipeline:
         """The pooled detectors a device's scores feed: the fleet's, and one per cohort its pairs
         are in (for each label a cohort rule groups by, e.g. ``firmware=1.2.0``): a device label's
         cohort takes every sensor of the device, a channel label's the sensors of its channels."""
-        groups = self._device_groups.get(device_id)
-        if groups is None:
-            groups = [("fleet", "*", self.fleet, None)]
+        return self._group_set(device_id)[1]
+
+    def _group_set(self, device_id: str) -> GroupSet:
+        """:meth:`_groups`, with the code of its set of cohorts in the cohorts' input comparison."""
+        found = self._device_groups.get(device_id)
+        if found is None:
+            groups: list[Group] = [("fleet", "*", self.fleet, None)]
             labels = self.labels.devices.get(device_id, {})
             for label in self.cohort_labels:
                 if label in labels:
@@ -694,10 +737,14 @@ class Pipeline:
                 for key, sensors in self.labels.channel_cohorts(label):
                     groups.append(("cohort", key, self._cohort_group(key), sensors))
             # Devices in the same groups share one list (without cohorts: every device).
-            groups = self._group_lists.setdefault(tuple(g[1] for g in groups), groups)
-            self._device_groups[device_id] = groups
-            self._group_sizes.update(g[1] for g in groups)
-        return groups
+            keys = tuple(g[1] for g in groups)
+            found = self._group_lists.get(keys)
+            if found is None:
+                code = 0 if self.cohort_inputs is None else self.cohort_inputs.code(keys)
+                found = self._group_lists[keys] = (code, groups)
+            self._device_groups[device_id] = found
+            self._group_sizes.update(keys)
+        return found
 
     def _cohort_group(self, key: str) -> GroupDrift:
         group = self.cohort_groups.get(key)
@@ -738,7 +785,7 @@ class Pipeline:
         if self.river is not None:
             self.river.forget(devices)
         for d in devices:
-            self._group_sizes.subtract(g[1] for g in self._device_groups.pop(d, ()))
+            self._group_sizes.subtract(g[1] for g in self._device_groups.pop(d, (0, []))[1])
             self._astray.discard(d)
         gone = set(slots)
         for key in [k for k in self._foreign if k[0] in gone]:
@@ -936,9 +983,24 @@ class Pipeline:
             moved = group.close_inputs(s)
             result.drift[("input_adwin", scope, name)] += moved
             sig["input_adwin_detections"], sig["input_adwin_drift"] = float(moved), float(moved > 0)
+        if scope == "cohort" and self.cohort_inputs is not None:
+            sig.update(self._cohort_input_signals(key, s, result))
         group.since_eval[s] = group.adwin_hits[s] = group.anomalies[s] = 0
         group.score_sum[s] = 0.0
         self._act(self.engine.evaluate([Evaluation(scope, key, name, sig, ts)]), result)
+
+    def _cohort_input_signals(self, key: str, s: int, result: BatchResult) -> dict[str, float]:
+        """The cohort's inputs against the rest of the fleet's (``cohort_input_*``), once both
+        sides hold enough of the fleet's window."""
+        assert self.cohort_inputs is not None
+        spec = self.catalog.specs[s]
+        shift = self.cohort_inputs.compare(s, key, spec.keys)
+        if shift is None:
+            return {}
+        sig = shift.signals("cohort_input")
+        result.drift[("cohort_input", "cohort", spec.name)] += int(sig["cohort_input_drift"])
+        result.cohort_inputs[(key, spec.name)] = (sig["cohort_input_ks_stat"], sig["cohort_input_psi"])
+        return sig
 
     def _act(self, transitions: list[Transition], result: BatchResult) -> None:
         """Alerts, audit records and the rules' actions for the transitions of one evaluation."""

@@ -466,9 +466,10 @@ class RiverSettings(_Section):
 class InputDriftSettings(_Section):
     """Drift of the inputs themselves (:mod:`monitor.detect.inputs`): per (device, sensor) pair and
     axis, binned KS and PSI of the latest inputs against a frozen reference of the pair's first
-    ones; and each device's latest inputs against the fleet's (the ``peer_*`` signals)."""
+    ones; each device's latest inputs against the fleet's (the ``peer_*`` signals); and each cohort's
+    against the rest of the fleet's (``cohort_input_*``, :mod:`monitor.detect.cohortinputs`)."""
 
-    enabled: bool = Field(True, description="watch the inputs (signals input_* and peer_*)")
+    enabled: bool = Field(True, description="watch the inputs (signals input_*, peer_* and cohort_input_*)")
     bins: int = Field(
         10, ge=2, le=50, description="bins per axis: quantiles of the reference inputs, frozen with it"
     )
@@ -497,6 +498,21 @@ class InputDriftSettings(_Section):
         description="an axis drifts when its KS p-value < ks_alpha and its PSI > psi_threshold",
     )
     psi_threshold: float = Field(0.5, gt=0, description="see ks_alpha")
+    cohort_min_inputs: int = Field(
+        100,
+        ge=16,
+        description="a cohort's inputs are compared with the rest of the fleet's (cohort_input_*) once each "
+        "side holds this many of the fleet's latest fleet_window_size inputs",
+    )
+
+    @model_validator(mode="after")
+    def _cohort_room(self) -> InputDriftSettings:
+        if 2 * self.cohort_min_inputs > self.fleet_window_size:
+            raise ValueError(
+                f"inputs.cohort_min_inputs: {self.cohort_min_inputs} leaves no room for both sides of a "
+                f"cohort comparison in fleet_window_size ({self.fleet_window_size}): at most half of it"
+            )
+        return self
 
 
 class DriftSettings(_Section):

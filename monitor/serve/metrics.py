@@ -29,7 +29,15 @@ SCORE_BUCKETS = (0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0)
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 #: Event-time lag (now - reading ts): sub-second for a live fleet, hours for a replayed backlog.
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
-DETECTORS = ("ks", "psi", "adwin", "input", "peer", "input_adwin")  # input*, peer: on the inputs
+DETECTORS = (
+    "ks",
+    "psi",
+    "adwin",
+    "input",
+    "peer",
+    "input_adwin",
+    "cohort_input",
+)  # input*, peer, cohort_input: inputs
 SCOPES = ("device", "fleet", "cohort")
 STATUSES = ("pending", "firing", "resolved")
 RETRAIN_OUTCOMES = ("promoted", "rejected", "skipped")
@@ -137,7 +145,8 @@ class Metrics:
         r.register(self.scores)
         self.drift = Counter(
             "telemon_drift_detections",
-            "Drift detections by detector (ks, psi, adwin on scores; input, peer on inputs) and scope.",
+            "Drift detections by detector (ks, psi, adwin on scores; input, peer, input_adwin, "
+            "cohort_input on inputs) and scope.",
             ["detector", "scope", "sensor"],
             registry=r,
         )
@@ -145,6 +154,19 @@ class Metrics:
             "telemon_fleet_ks_statistic", "Latest fleet KS statistic.", ["sensor"], registry=r
         )
         self.fleet_psi = Gauge("telemon_fleet_psi", "Latest fleet PSI.", ["sensor"], registry=r)
+        # One child per cohort key of the rules' labels (label=value, from the configured labels) and sensor.
+        self.cohort_input_ks = Gauge(
+            "telemon_cohort_input_ks_statistic",
+            "Latest binned KS statistic of a cohort's inputs against the rest of the fleet's (worst axis).",
+            ["cohort", "sensor"],
+            registry=r,
+        )
+        self.cohort_input_psi = Gauge(
+            "telemon_cohort_input_psi",
+            "Latest PSI of a cohort's inputs against the rest of the fleet's (largest over the axes).",
+            ["cohort", "sensor"],
+            registry=r,
+        )
         # Governance: alerts, retrains, model versions.
         self.alerts = Counter(
             "telemon_alerts", "Alert records published.", ["rule", "severity", "status"], registry=r
@@ -272,6 +294,9 @@ class Metrics:
         for sensor, (ks, psi) in result.fleet_stats.items():
             self.fleet_ks.labels(sensor).set(ks)
             self.fleet_psi.labels(sensor).set(psi)
+        for (cohort, sensor), (ks, psi) in result.cohort_inputs.items():
+            self.cohort_input_ks.labels(cohort, sensor).set(ks)
+            self.cohort_input_psi.labels(cohort, sensor).set(psi)
         for a in result.alerts:
             self.alerts.labels(a.rule, a.severity, a.status).inc()
         self._record_retrains(result)

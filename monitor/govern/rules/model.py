@@ -69,6 +69,9 @@ INPUT_SIGNALS = frozenset(
 #: Over a group (the fleet, a cohort): ADWIN changes in the mean of an input axis per evaluation
 #: interval (count over the sensor's axes, and 0/1), while ``inputs.enabled``.
 GROUP_INPUT_SIGNALS = frozenset({"input_adwin_detections", "input_adwin_drift"})
+#: A cohort's latest inputs against the rest of the fleet's at the same time (monitor.detect.cohortinputs),
+#: per axis, the worst axis reported; present once each side holds ``inputs.cohort_min_inputs``.
+COHORT_INPUT_SIGNALS = frozenset(f"cohort_input_{name}" for name in ("ks_stat", "ks_pvalue", "psi", "drift"))
 SIGNALS: dict[str, frozenset[str]] = {
     "device": DRIFT_SIGNALS
     | INTEGRITY_SIGNALS
@@ -78,7 +81,7 @@ SIGNALS: dict[str, frozenset[str]] = {
     | INPUT_SIGNALS,
     # devices: the devices whose scores feed the group; lag: the consumer's lag, in messages
     "fleet": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS | {"devices", "lag"},
-    "cohort": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS | {"devices"},
+    "cohort": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS | COHORT_INPUT_SIGNALS | {"devices"},
 }
 #: Actions on one device's model or stream, with why they need a device-scope rule.
 DEVICE_ACTIONS: dict[str, str] = {
