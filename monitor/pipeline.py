@@ -31,6 +31,7 @@ from monitor.govern import alerts, training
 from monitor.govern.governor import Governor
 from monitor.govern.registry import AuditEvent, EventKind, ModelVersion, code_version
 from monitor.govern.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
+from monitor.govern.rules.model import COHORT_INPUT_SIGNALS
 from monitor.govern.state import GovernState
 from monitor.ingest.features import Features
 from monitor.ingest.integrity import GAP, IntegrityChecker
@@ -181,10 +182,14 @@ class Pipeline:
         self.river = self._river_tiers(settings, catalog)  # None: no River tier (nothing changes)
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
         self.cohort_groups: dict[str, GroupDrift] = {}
-        # Each cohort's inputs against the rest of the fleet's (None: no cohort rule, or inputs off).
+        # Each cohort's inputs against the rest of the fleet's, for the labels of the cohort rules
+        # that read them (None: no such rule, or input drift off).
+        self._cohort_input_labels = frozenset(
+            r.cohort for r in rules.rules if r.cohort is not None and r.signal_names() & COHORT_INPUT_SIGNALS
+        )
         self.cohort_inputs = (
             cohortinputs.CohortInputs(settings.inputs, catalog, self.fleet_inputs)
-            if settings.inputs.enabled and self.cohort_labels
+            if settings.inputs.enabled and self._cohort_input_labels
             else None
         )
         self._device_groups: dict[str, GroupSet] = {}
@@ -264,6 +269,7 @@ class Pipeline:
             np.zeros(adwin.SUMS), np.zeros(adwin.COUNTS, np.uint8), 0.0, self.settings.drift.adwin_delta
         )
         inputs.measure(0, 0, self._inputs, self._input_arrays(), self._input_out)
+        inputs.kolmogorov(1.0)  # called from Python too, by the cohorts' input comparison
 
     def _input_arrays(self) -> tuple[Any, ...]:
         return inputs.arrays_for_step(self.detect_state, self.fleet_inputs)
@@ -983,7 +989,7 @@ class Pipeline:
             moved = group.close_inputs(s)
             result.drift[("input_adwin", scope, name)] += moved
             sig["input_adwin_detections"], sig["input_adwin_drift"] = float(moved), float(moved > 0)
-        if scope == "cohort" and self.cohort_inputs is not None:
+        if scope == "cohort" and key.partition("=")[0] in self._cohort_input_labels:
             sig.update(self._cohort_input_signals(key, s, result))
         group.since_eval[s] = group.adwin_hits[s] = group.anomalies[s] = 0
         group.score_sum[s] = 0.0

@@ -14,7 +14,7 @@ the ring in two (the cohort's inputs and the rest) and compares them:
   The rest is a disjoint sample of the same moments, whatever the cohort's share.
 - **KS** is the binned statistic over the bin edges (as :func:`monitor.detect.inputs.measure`);
   its p-value is the limiting Kolmogorov law for the two sides' *effective* sizes
-  (:func:`clustered_size`): a device's inputs in the window are alike (its offset, its place, its
+  (:func:`split`): a device's inputs in the window are alike (its offset, its place, its
   slow wander), so ``n`` inputs of ``k`` devices carry between ``k`` and ``n`` inputs' worth of
   evidence, and a cohort of a few devices that merely differ from one another is not a cohort
   that differs from the fleet. The score windows' correction for serial correlation
@@ -36,11 +36,13 @@ side has its minimum again.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+from numba import njit
 from numpy.typing import NDArray
 
-from monitor.detect.inputs import PSI_FLOOR, AxisShift, FleetInputs, Shift, kolmogorov
+from monitor.detect.inputs import AxisShift, FleetInputs, Shift, _bin, _compare, kolmogorov
 from monitor.schema import Catalog
 from monitor.settings import InputDriftSettings
 
@@ -50,7 +52,7 @@ FloatArray = NDArray[np.float64]
 
 class CohortInputs:
     """Per sensor: the fleet's latest ``fleet_window_size`` inputs as bin indices of the peer bins
-    (one byte per axis), with each input's device (its slot: the clusters of :func:`clustered_size`)
+    (one byte per axis), with each input's device (its slot: the clusters of :func:`split`)
     and cohorts (a code per distinct set of cohort keys, :meth:`code`)."""
 
     def __init__(self, settings: InputDriftSettings, catalog: Catalog, fleet: FleetInputs) -> None:
@@ -66,6 +68,7 @@ class CohortInputs:
         self.groups: list[frozenset[str]] = []  # the cohort keys of each code
         self._codes: dict[tuple[str, ...], int] = {}
         self._members: dict[str, NDArray[np.bool_]] = {}  # key -> membership by code
+        self._scratch = np.zeros(0, np.int32)  # -1 per (slot, side) key: see _cluster_sums
 
     def code(self, keys: tuple[str, ...]) -> int:
         """The code of the devices whose pairs are in the cohorts ``keys`` (one per distinct set)."""
@@ -79,20 +82,12 @@ class CohortInputs:
         """Inputs of sensor ``s`` in stream order (``values``: rows zero-padded to ``MAX_AXES``),
         from the devices in ``slots`` with cohort codes ``codes``. The peer bins are frozen at the
         fleet's ``fleet_reference_size``-th input of the sensor: later ones enter the ring."""
-        f, w = self.settings.fleet_reference_size, self.settings.fleet_window_size
-        n0, m = int(self.n[s]), len(values)
-        self.n[s] = n0 + m
-        first = max(f - n0, m - w, 0)  # the first row that enters the ring and stays there
-        if first >= m:
-            return
-        pos = (n0 + np.arange(first, m) - f) % w
+        n0 = int(self.n[s])
+        self.n[s] = n0 + len(values)
         k, off = int(self.keys[s]), int(self.offsets[s])
-        edges = self.fleet.edges[off : off + k]
-        for j in range(k):
-            x = values[first:, j].astype(np.float32)
-            self.bins[off + j, pos] = np.searchsorted(edges[j], x, side="left")  # inputs._bin's
-        self.slot[s, pos] = slots[first:]
-        self.codes[s, pos] = codes[first:]
+        ring = (self.bins[off : off + k], self.slot[s], self.codes[s])
+        f, w = self.settings.fleet_reference_size, self.settings.fleet_window_size
+        _push(ring, self.fleet.edges[off : off + k], n0, f, w, values, slots, codes)
 
     def compare(self, s: int, key: str, axes: tuple[str, ...]) -> Shift | None:
         """Cohort ``key``'s inputs of sensor ``s`` against the rest of the window's, per axis (None
@@ -100,18 +95,17 @@ class CohortInputs:
         cfg = self.settings
         if self.n[s] < cfg.fleet_reference_size + cfg.fleet_window_size:
             return None
-        member = self._membership(key)[self.codes[s]]
-        inside = int(member.sum())
-        if min(inside, len(member) - inside) < cfg.cohort_min_inputs:
-            return None
         k, off = int(self.keys[s]), int(self.offsets[s])
-        bins = self.bins[off : off + k]
-        d, psi = binned_shift(bins, member, cfg.bins)
-        cohort = clustered_size(bins[:, member], self.slot[s, member])
-        rest = clustered_size(bins[:, ~member], self.slot[s, ~member])
-        p = [kolmogorov(math.sqrt(a * b / (a + b)) * x) for a, b, x in zip(cohort, rest, d, strict=True)]
-        drifted = [pv < cfg.ks_alpha and v > cfg.psi_threshold for pv, v in zip(p, psi.tolist(), strict=True)]
-        return Shift(tuple(map(AxisShift, axes, d.tolist(), p, psi.tolist(), drifted)))
+        need = 2 * (int(self.slot[s].max()) + 2)  # the keys of (slot, side), slot -1 included
+        if len(self._scratch) < need:
+            self._scratch = np.full(need, -1, np.int32)
+        out = np.zeros((k, 5))
+        sides = (self.codes[s], self._membership(key), cfg.cohort_min_inputs)
+        if not _split(self.bins[off : off + k], self.slot[s], sides, cfg.bins, self._scratch, out):
+            return None
+        d, psi, p = out[:, KS].tolist(), out[:, PSI].tolist(), out[:, PVALUE].tolist()
+        drifted = [pv < cfg.ks_alpha and v > cfg.psi_threshold for pv, v in zip(p, psi, strict=True)]
+        return Shift(tuple(map(AxisShift, axes, d, p, psi, drifted)))
 
     def _membership(self, key: str) -> NDArray[np.bool_]:
         member = self._members.get(key)
@@ -120,61 +114,132 @@ class CohortInputs:
         return member
 
 
-def binned_shift(
-    bins: NDArray[np.uint8], member: NDArray[np.bool_], n_bins: int
-) -> tuple[FloatArray, FloatArray]:
-    """Per row of ``bins`` (an axis: bin indices of the window's inputs), the binned KS statistic
-    and the PSI of the inputs where ``member`` holds against the others.
-
-    >>> bins = np.array([[0, 0, 1, 1, 1, 1]], np.uint8)
-    >>> d, psi = binned_shift(bins, np.array([True, True, False, False, False, False]), 2)
-    >>> float(d[0]), round(float(psi[0]), 2)
-    (1.0, 18.42)
-    """
-    k = len(bins)
-    side = (2 * np.arange(k)[:, None] + member[None, :]) * n_bins  # rest: even blocks, cohort: odd
-    counts = np.bincount((bins + side).ravel(), minlength=2 * k * n_bins).reshape(k, 2, n_bins)
-    rest, cohort = counts[:, 0], counts[:, 1]
-    nr, nc = rest.sum(axis=1, keepdims=True), cohort.sum(axis=1, keepdims=True)
-    gap = np.abs(np.cumsum(cohort, axis=1) * nr - np.cumsum(rest, axis=1) * nc).max(axis=1)
-    p, q = np.maximum(rest / nr, PSI_FLOOR), np.maximum(cohort / nc, PSI_FLOOR)
-    return gap / (nr * nc)[:, 0], ((q - p) * np.log(q / p)).sum(axis=1)
+@njit(cache=True)
+def _push(ring: Any, edges: Any, n0: int, f: int, w: int, values: Any, slots: Any, codes: Any) -> None:
+    """The rows of ``values`` that enter the ring (after the sensor's ``f``-th input, the last
+    ``w``), binned as :func:`monitor.detect.inputs.step` bins them, with their slots and codes."""
+    bins, ring_slots, ring_codes = ring
+    m = len(values)
+    for i in range(max(f - n0, m - w, 0), m):
+        pos = (n0 + i - f) % w
+        for j in range(len(bins)):
+            bins[j, pos] = _bin(edges[j], np.float32(values[i, j]))
+        ring_slots[pos] = slots[i]
+        ring_codes[pos] = codes[i]
 
 
-def clustered_size(values: NDArray[np.uint8], cluster: NDArray[np.int32]) -> FloatArray:
-    """Per row of ``values`` (an axis), the effective sample size of inputs that come in clusters
-    (the devices in ``cluster``): ``n / (1 + (m - 1) rho)``, Kish's design effect, with ``m`` the
-    size-weighted mean cluster size and ``rho`` the intra-cluster correlation of the row (one-way
-    ANOVA estimate, within ``[0, 1]``). Inputs of devices that differ only by noise count in full;
+#: :func:`split`'s columns per axis.
+KS, PSI, COHORT_SIZE, REST_SIZE, PVALUE = range(5)
+
+
+def split(
+    bins: NDArray[np.uint8], slots: NDArray[np.int32], member: NDArray[np.bool_], n_bins: int
+) -> FloatArray:
+    """Per row of ``bins`` (an axis: the bin indices of a window's inputs), the inputs where
+    ``member`` holds against the others: binned KS statistic, PSI, the two sides' effective sizes
+    and the KS p-value for them (the columns :data:`KS` ... :data:`PVALUE`).
+
+    The effective size of a side whose inputs come from the devices in ``slots`` is
+    ``n / (1 + (m - 1) rho)``, Kish's design effect, with ``m`` the size-weighted mean number of
+    inputs per device and ``rho`` the intra-device correlation of the row on that side (the one-way
+    ANOVA estimate, within ``[0, 1]``): inputs of devices that differ only by noise count in full;
     devices that each sit apart count about once each (``n^2 / sum m_i^2``, their number when they
     are equally represented); one device counts as one input.
 
-    >>> noise = np.array([[0, 1, 0, 1, 1, 0, 1, 0]], np.uint8)  # two devices alike
-    >>> apart = np.array([[0, 0, 0, 0, 5, 5, 5, 5]], np.uint8)  # two devices apart
-    >>> devices = np.array([1, 1, 1, 1, 2, 2, 2, 2], np.int32)
-    >>> float(clustered_size(noise, devices)[0]), float(clustered_size(apart, devices)[0])
-    (8.0, 2.0)
+    >>> bins = np.array([[0, 1, 0, 1, 1, 0, 1, 0, 2, 2, 2, 2, 5, 5, 5, 5]], np.uint8)
+    >>> devices = np.repeat(np.arange(4, dtype=np.int32), 4)  # two alike, then two apart
+    >>> out = split(bins, devices, np.arange(16) < 8, 6)
+    >>> out[0, KS], out[0, COHORT_SIZE], out[0, REST_SIZE]
+    (np.float64(1.0), np.float64(8.0), np.float64(2.0))
     """
-    k, n = values.shape
-    ids, inv = np.unique(cluster, return_inverse=True)
-    c = len(ids)
-    m = np.bincount(inv, minlength=c).astype(np.float64)
-    weighted = float((m * m).sum()) / n if n else 1.0
-    if c < 2 or weighted <= 1.0:  # one device: one input's worth; one input per device: n
-        return np.full(k, 1.0 if c < 2 else float(n))
-    x = values.astype(np.float64)
-    at = (inv[None, :] + c * np.arange(k)[:, None]).ravel()
-    sums = np.bincount(at, weights=x.ravel(), minlength=k * c).reshape(k, c)
-    squares = np.bincount(at, weights=(x * x).ravel(), minlength=k * c).reshape(k, c)
-    means = sums / m
-    grand = sums.sum(axis=1, keepdims=True) / n
-    between = (m * (means - grand) ** 2).sum(axis=1) / (c - 1)
-    within = np.maximum((squares - sums * means).sum(axis=1), 0.0) / (n - c) if n > c else np.zeros(k)
-    m0 = (n - weighted) / (c - 1)
-    den = between + (m0 - 1.0) * within
-    rho = np.clip(np.divide(between - within, den, out=np.zeros(k), where=den > 0), 0.0, 1.0)
-    out: FloatArray = n / (1.0 + (weighted - 1.0) * rho)
+    out = np.zeros((len(bins), 5))
+    scratch = np.full(2 * (int(slots.max()) + 2), -1, np.int32)
+    sides = (member.astype(np.int32), np.array([False, True]), 1)
+    _split(bins, slots, sides, n_bins, scratch, out)
     return out
+
+
+@njit(cache=True)
+def _split(bins: Any, slots: Any, sides: Any, n_bins: int, scratch: Any, out: Any) -> bool:
+    """:func:`split` into ``out`` for the inputs whose code (``sides``: the codes, which codes
+    are members, the fewest inputs a side needs) is a member's; False (``out`` untouched) when a
+    side has too few. ``scratch`` (-1 for every key ``(slot + 1) * 2 + side`` of the window) is
+    left as it was found."""
+    codes, by_code, fewest = sides
+    k, w = bins.shape
+    member = np.empty(w, np.bool_)
+    for t in range(w):
+        member[t] = by_code[codes[t]]
+    inside = member.sum()
+    if inside < fewest or w - inside < fewest:
+        return False
+    counts = np.zeros((k, 2, n_bins), np.int64)
+    for t in range(w):
+        for j in range(k):
+            counts[j, int(member[t]), bins[j, t]] += 1
+    sums = _cluster_sums(bins, slots, member, scratch)
+    for j in range(k):
+        rest, cohort = counts[j, 0], counts[j, 1]
+        d, psi = _compare(rest, w - inside, cohort, inside)
+        a, b = _effective(sums[1, j]), _effective(sums[0, j])
+        out[j, 0], out[j, 1], out[j, 2], out[j, 3] = d, psi, a, b
+        out[j, 4] = kolmogorov(math.sqrt(a * b / (a + b)) * d)
+    return True
+
+
+@njit(cache=True)
+def _cluster_sums(bins: Any, slots: Any, member: Any, scratch: Any) -> Any:
+    """Per side (0: the others, 1: the members) and row: inputs, devices, sum of squared inputs
+    per device, sum, sum of squares, and sum over devices of (their sum)^2 / their inputs. A
+    device on both sides (its slot reused within the window) counts as two. No sort: ``scratch``
+    numbers the window's (slot, side) keys as they come, and is reset after."""
+    k, w = bins.shape
+    dense, c = np.empty(w, np.int64), 0
+    for t in range(w):
+        key = (slots[t] + 1) * 2 + member[t]
+        if scratch[key] < 0:
+            scratch[key] = c
+            c += 1
+        dense[t] = scratch[key]
+    m, side_of = np.zeros(c), np.zeros(c, np.int64)
+    acc = np.zeros((k, c, 2))
+    for t in range(w):
+        i = dense[t]
+        m[i] += 1.0
+        side_of[i] = member[t]
+        scratch[(slots[t] + 1) * 2 + member[t]] = -1
+        for j in range(k):
+            v = float(bins[j, t])
+            acc[j, i, 0] += v
+            acc[j, i, 1] += v * v
+    sums = np.zeros((2, k, 6))
+    for i in range(c):
+        side = sums[side_of[i]]
+        for j in range(k):
+            side[j, 0] += m[i]
+            side[j, 1] += 1.0
+            side[j, 2] += m[i] * m[i]
+            side[j, 3] += acc[j, i, 0]
+            side[j, 4] += acc[j, i, 1]
+            side[j, 5] += acc[j, i, 0] ** 2 / m[i]
+    return sums
+
+
+@njit(cache=True)
+def _effective(sums: Any) -> float:
+    """Kish's effective size of a side from :func:`_cluster_sums`' row."""
+    n: float = sums[0]
+    c, m2, total, squares, by_device = sums[1], sums[2], sums[3], sums[4], sums[5]
+    if c < 2:  # one device: one input's worth (none: none)
+        return min(n, 1.0)
+    weighted: float = m2 / n
+    if weighted <= 1.0:  # one input per device: every input
+        return n
+    between = (by_device - total * total / n) / (c - 1)
+    within = max(squares - by_device, 0.0) / (n - c)
+    den = between + ((n - weighted) / (c - 1) - 1.0) * within
+    rho: float = min(max((between - within) / den, 0.0), 1.0) if den > 0 else 0.0
+    return n / (1.0 + (weighted - 1.0) * rho)
 
 
 class Feed:

@@ -73,27 +73,40 @@ def test_the_binned_statistics_are_those_of_a_pair_against_its_fleet() -> None:
     rng = np.random.default_rng(3)
     bins = rng.integers(0, 10, (3, 400)).astype(np.uint8)
     bins[1, :80] = 9  # the cohort's second axis sits high
-    member = np.zeros(400, np.bool_)
-    member[:80] = True
-    d, psi = cohortinputs.binned_shift(bins, member, 10)
+    member = np.arange(400) < 80
+    out = cohortinputs.split(bins, np.arange(400, dtype=np.int32), member, 10)
     for j in range(3):
         rest = np.bincount(bins[j, ~member], minlength=10)
         cohort = np.bincount(bins[j, member], minlength=10)
-        assert (d[j], psi[j]) == pytest.approx(inputs._compare(rest, 320, cohort, 80), rel=1e-12)
-    assert d[1] > 0.8 and psi[1] > 5 and d[0] < 0.2
+        expected = inputs._compare(rest, 320, cohort, 80)
+        assert (out[j, cohortinputs.KS], out[j, cohortinputs.PSI]) == pytest.approx(expected, rel=1e-12)
+    assert out[1, cohortinputs.KS] > 0.8 and out[1, cohortinputs.PSI] > 5 and out[0, cohortinputs.KS] < 0.2
+    # One input per device: the sizes are the counts, the p-value Kolmogorov's for them.
+    assert out[0, cohortinputs.COHORT_SIZE] == 80 and out[0, cohortinputs.REST_SIZE] == 320
+    scaled = np.sqrt(80 * 320 / 400) * out[:, cohortinputs.KS]
+    assert out[:, cohortinputs.PVALUE].tolist() == [inputs.kolmogorov(x) for x in scaled]
 
 
-def test_the_clustered_size_counts_alike_devices_in_full_and_devices_apart_once() -> None:
+def _sizes(values: np.ndarray, devices: np.ndarray, member: np.ndarray) -> tuple[float, float]:
+    out = cohortinputs.split(values.astype(np.uint8)[None, :], devices.astype(np.int32), member, 10)
+    return float(out[0, cohortinputs.COHORT_SIZE]), float(out[0, cohortinputs.REST_SIZE])
+
+
+def test_the_effective_size_counts_alike_devices_in_full_and_devices_apart_once() -> None:
+    """Eight devices of 50 inputs each on either side: alike in the cohort, each at its own level
+    in the rest."""
     rng = np.random.default_rng(4)
-    devices = np.repeat(np.arange(8, dtype=np.int32), 50)  # 8 devices, 50 inputs each
-    alike = rng.integers(0, 10, (1, 400)).astype(np.uint8)
-    apart = np.clip(np.repeat(rng.integers(0, 10, 8), 50) + rng.integers(-1, 2, 400), 0, 9)[None, :]
-    assert cohortinputs.clustered_size(alike, devices)[0] == pytest.approx(400, rel=0.15)
-    assert cohortinputs.clustered_size(apart.astype(np.uint8), devices)[0] == pytest.approx(8, rel=0.15)
-    one = np.zeros(400, np.int32)
-    assert cohortinputs.clustered_size(alike, one)[0] == 1.0  # one device: one input's worth
-    each = np.arange(400, dtype=np.int32)
-    assert cohortinputs.clustered_size(alike, each)[0] == 400.0  # one input per device: all of them
+    devices = np.repeat(np.arange(16), 50)
+    member = devices < 8
+    alike = rng.integers(0, 10, 400)
+    apart = np.clip(np.repeat(rng.integers(0, 10, 8), 50) + rng.integers(-1, 2, 400), 0, 9)
+    values = np.concatenate([alike, apart])
+    cohort, rest = _sizes(values, devices, member)
+    assert cohort == pytest.approx(400, rel=0.15) and rest == pytest.approx(8, rel=0.15)
+    assert _sizes(values, np.zeros(800), member) == (1.0, 1.0)  # one device a side: one input's worth
+    assert _sizes(values, np.arange(800), member) == (400.0, 400.0)  # one input per device: all
+    reused = np.where(member, 0, 0)  # one slot on both sides (reused in the window): two devices
+    assert _sizes(values, reused, member) == (1.0, 1.0)
 
 
 # --- the pipeline ---------------------------------------------------------------------------------
@@ -195,10 +208,19 @@ def test_the_metric_has_a_child_per_cohort_and_sensor_evaluated(tmp_path: Path) 
     assert registry.get_sample_value("telemon_drift_detections_total", counter | {"sensor": "humidity"}) == 0
 
 
-def test_the_comparison_runs_only_for_cohort_rules_with_input_drift_on(tmp_path: Path) -> None:
-    fleet_rule = "rules:\n  - {name: f, scope: fleet, when: {signal: readings, op: '>', value: 0}}\n"
-    assert _pipeline(tmp_path, rules=fleet_rule).cohort_inputs is None
+def test_the_comparison_runs_for_the_labels_of_cohort_rules_that_read_it(tmp_path: Path) -> None:
+    """Rules on other signals cost nothing; the evaluations of a label no rule compares carry no
+    cohort_input_* signal."""
+    other = "  - {name: by_site, scope: cohort, cohort: site, for: 1,\n"
+    other += "     when: {signal: readings, op: '>', value: 0}}\n"
+    assert _pipeline(tmp_path, rules="rules:\n" + other).cohort_inputs is None
     assert _pipeline(tmp_path, enabled=False).cohort_inputs is None
+    labels = "".join(f"dev-{d}: {{firmware: '{1 + d // 4}.0', site: s{d % 2}}}\n" for d in range(16))
+    p = _pipeline(tmp_path, labels, RULES + other)
+    alerts = [a for r in _run(p, _stream(_levels(n=700))) for a in r.alerts]
+    assert {a.device_id for a in alerts if a.rule == "by_site"} == {"site=s0", "site=s1"}
+    assert not [a for a in alerts if a.rule == "by_site" and "cohort_input_psi" in a.signals]
+    assert [a for a in alerts if a.rule == "cohort_inputs" and "cohort_input_psi" in a.signals]
     with pytest.raises(ConfigError, match=r"inputs\.cohort_min_inputs: 201 leaves no room .* at most half"):
         _pipeline(tmp_path, cohort_min_inputs=201)
 

@@ -288,6 +288,10 @@ class Rule(_Model):
             return False
         return self.cohort is None or ev.device_id.partition("=")[0] == self.cohort
 
+    def signal_names(self) -> set[str]:
+        """Every signal the rule reads, in ``when`` and ``clear``."""
+        return self.when.signal_names() | (set() if self.clear is None else self.clear.signal_names())
+
     def held_long_enough(self, streak: int, held_ms: int) -> bool:
         """Whether an episode that has held for ``streak`` evaluations spanning ``held_ms`` fires."""
         if isinstance(self.for_, timedelta):
