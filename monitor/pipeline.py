@@ -269,7 +269,8 @@ class Pipeline:
             np.zeros(adwin.SUMS), np.zeros(adwin.COUNTS, np.uint8), 0.0, self.settings.drift.adwin_delta
         )
         inputs.measure(0, 0, self._inputs, self._input_arrays(), self._input_out)
-        inputs.kolmogorov(1.0)  # called from Python too, by the cohorts' input comparison
+        if self.cohort_inputs is not None:
+            self.cohort_inputs.warm_up()
 
     def _input_arrays(self) -> tuple[Any, ...]:
         return inputs.arrays_for_step(self.detect_state, self.fleet_inputs)

@@ -25,12 +25,13 @@ the ring in two (the cohort's inputs and the rest) and compares them:
   ``inputs.psi_threshold``, as for ``input_*`` and ``peer_*``.
 - Each side needs ``inputs.cohort_min_inputs`` inputs in the window, or there is no comparison.
 
-Inputs enter the ring in stream order (:meth:`CohortInputs.push`, vectorised over a run of
+Inputs enter the ring in stream order (:meth:`CohortInputs.push`, compiled, over a run of
 readings; :class:`Feed` pushes a sensor's readings up to a cohort's evaluation), so the state at
 an evaluation, and its result, do not depend on the batch size. Like the fleet's side of
 :mod:`monitor.detect.inputs` the ring is this process's (the devices of its partitions) and is
 not snapshotted: after a restart the comparisons return once the peer bins are frozen and each
-side has its minimum again.
+side has its minimum again. Its memory: per sensor, a byte per axis and 8 bytes (slot, code) per
+input of the window, and 8 bytes per device slot for grouping the window by device.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from numba import njit
 from numpy.typing import NDArray
 
 from monitor.detect.inputs import AxisShift, FleetInputs, Shift, _bin, _compare, kolmogorov
-from monitor.schema import Catalog
+from monitor.schema import MAX_AXES, Catalog
 from monitor.settings import InputDriftSettings
 
 IntArray = NDArray[np.int64]
@@ -81,13 +82,20 @@ class CohortInputs:
     def push(self, s: int, values: FloatArray, slots: IntArray, codes: IntArray) -> None:
         """Inputs of sensor ``s`` in stream order (``values``: rows zero-padded to ``MAX_AXES``),
         from the devices in ``slots`` with cohort codes ``codes``. The peer bins are frozen at the
-        fleet's ``fleet_reference_size``-th input of the sensor: later ones enter the ring."""
+        fleet's ``fleet_reference_size``-th input of the sensor: later ones enter the ring. (Both
+        count every scored input of the sensor, and :func:`monitor.detect.inputs.step` has taken
+        an input before it is pushed here, so its bins are frozen by then.)"""
         n0 = int(self.n[s])
         self.n[s] = n0 + len(values)
         k, off = int(self.keys[s]), int(self.offsets[s])
         ring = (self.bins[off : off + k], self.slot[s], self.codes[s])
         f, w = self.settings.fleet_reference_size, self.settings.fleet_window_size
         _push(ring, self.fleet.edges[off : off + k], n0, f, w, values, slots, codes)
+
+    def warm_up(self) -> None:
+        """Load the compiled functions (compiled and cached on disk the first time)."""
+        self.push(0, np.zeros((0, MAX_AXES)), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        split(np.zeros((1, 2), np.uint8), np.zeros(2, np.int32), np.array([True, False]), 2)
 
     def compare(self, s: int, key: str, axes: tuple[str, ...]) -> Shift | None:
         """Cohort ``key``'s inputs of sensor ``s`` against the rest of the window's, per axis (None
