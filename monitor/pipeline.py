@@ -185,11 +185,13 @@ class Pipeline:
         # Each cohort's inputs against the rest of the fleet's, for the labels of the cohort rules
         # that read them (None: no such rule, or input drift off).
         self._cohort_input_labels = frozenset(
-            r.cohort for r in rules.rules if r.cohort is not None and r.signal_names() & COHORT_INPUT_SIGNALS
+            r.cohort
+            for r in rules.rules
+            if r.cohort is not None and r.signal_names() & COHORT_INPUT_SIGNALS and settings.inputs.enabled
         )
         self.cohort_inputs = (
             cohortinputs.CohortInputs(settings.inputs, catalog, self.fleet_inputs)
-            if settings.inputs.enabled and self._cohort_input_labels
+            if self._cohort_input_labels
             else None
         )
         self._device_groups: dict[str, GroupSet] = {}

@@ -214,7 +214,9 @@ def test_the_comparison_runs_for_the_labels_of_cohort_rules_that_read_it(tmp_pat
     other = "  - {name: by_site, scope: cohort, cohort: site, for: 1,\n"
     other += "     when: {signal: readings, op: '>', value: 0}}\n"
     assert _pipeline(tmp_path, rules="rules:\n" + other).cohort_inputs is None
-    assert _pipeline(tmp_path, enabled=False).cohort_inputs is None
+    off = _pipeline(tmp_path, enabled=False)
+    assert off.cohort_inputs is None
+    assert not [a for r in _run(off, _stream(_levels(n=700))) for a in r.alerts]  # evaluated, quiet
     labels = "".join(f"dev-{d}: {{firmware: '{1 + d // 4}.0', site: s{d % 2}}}\n" for d in range(16))
     p = _pipeline(tmp_path, labels, RULES + other)
     alerts = [a for r in _run(p, _stream(_levels(n=700))) for a in r.alerts]
