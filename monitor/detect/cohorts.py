@@ -77,7 +77,7 @@ class CohortLabels:
         both is refused (:class:`~monitor.errors.CohortsError`, naming a device and a channel)."""
         devices = load_cohorts(path)
         by_name = {label: name for name, labels in channels.items() for label in labels}
-        for device, labels in devices.items():
+        for device, labels in devices.items() if by_name else ():
             both = sorted(by_name.keys() & labels.keys())
             if both:
                 raise CohortsError(
