@@ -125,6 +125,12 @@ def test_a_deployment_may_monitor_registered_channels_only() -> None:
     raw = _raw("d1", "co2", 1, {"value": 400.0}, "ppm")
     r = schema.decode_batch([raw], [b"d1"], catalog=c)[0]
     assert isinstance(r, Rejection) and r.reason is Reason.UNKNOWN_SENSOR
+    p = Pipeline(
+        load_settings(None, channels={"builtin": False, "auto_register": 3}), parse_rules("rules: []")
+    )
+    msgs = [_msg(_raw("d1", "co2", i, {"value": 400.0 + i % 3}, "ppm"), "d1", i) for i in range(1, 60)]
+    assert sum(p.process(msgs[i : i + 7]).valid[0] for i in range(0, 59, 7)) == 59
+    assert p.catalog.names == ("co2",) and p.detect_state.has_model(p.store.slots["d1"], 0)
 
 
 def test_the_catalog_keeps_room_for_three_axes_per_spare_index() -> None:
@@ -467,3 +473,42 @@ def test_metrics_count_registrations_and_label_the_new_channels() -> None:
         )
         == 0
     )
+
+
+SVM_TIER = {
+    "name": "svm",
+    "model": "river.anomaly.OneClassSVM",
+    "params": {"nu": 0.1},
+    "preprocessing": "standard",
+    "share": "device",
+    "quantile": 0.99,
+    "warmup": 50,
+}
+RIVER_RULE = """
+  - name: river_flags
+    scope: device
+    when: {signal: river_anomaly_rate, op: ">", value: 0.05}
+    actions: [alert]
+"""
+
+
+def test_a_river_tier_without_sensors_covers_registered_channels_and_their_snapshots() -> None:
+    """A per-device River tier naming no sensors scores an auto channel as the same channel
+    declared, and its per-device models of it go through a snapshot into a fresh pipeline."""
+    rules = parse_rules(RULES.replace("co2, flow", "co2") + RIVER_RULE, registrable=True)
+    declared = {"name": "co2", "unit": "ppm", "low": -1e9, "high": 1e9, "resolution": 0.01}
+    msgs = [m for m in _stream(devices=2, n=200, spike_at=150) if b'"flow"' not in m.payload]  # type: ignore[operator]
+
+    def auto() -> Pipeline:
+        return Pipeline(_settings(1, river={"tiers": [SVM_TIER]}), rules)
+
+    plain = Pipeline(
+        load_settings(None, channels={"declare": [declared]}, drift=DRIFT, river={"tiers": [SVM_TIER]}), rules
+    )
+    a, d = _run(auto(), msgs), _run(plain, msgs)
+    co2 = plain.catalog.index["co2"]
+    assert sum(r.river_anomalies for r in a)[co2] == sum(r.river_anomalies for r in d)[co2] > 0
+    assert [x.alert_id + x.status for r in a for x in r.alerts] == [
+        x.alert_id + x.status for r in d for x in r.alerts
+    ]
+    restored_against_oracle(auto, msgs, 700)
