@@ -7,6 +7,7 @@ axes, ``in`` and ``out``, sent in either key order), beside a built-in temperatu
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from monitor import schema
+from monitor.cli.main import main
 from monitor.errors import ConfigError, RulesError
 from monitor.govern.rules import RuleSet, parse_rules
 from monitor.pipeline import BatchResult, Pipeline
@@ -512,3 +514,18 @@ def test_a_river_tier_without_sensors_covers_registered_channels_and_their_snaps
         x.alert_id + x.status for r in d for x in r.alerts
     ]
     restored_against_oracle(auto, msgs, 700)
+
+
+def test_rules_check_notes_the_channels_a_rules_file_waits_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, rules = tmp_path / "monitor.yaml", tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    config.write_text("channels:\n  auto_register: 2\n")
+    assert main(["rules", "check", "--config", str(config), str(rules)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{rules}: 1 rules OK"
+    assert out[1].startswith(f"{rules}: note: rules.0 (co2_anomalies): sensor 'co2' is not monitored")
+    assert out[2].endswith("(it applies once a channel of that name is registered)")
+    config.write_text("channels:\n  auto_register: 0\n")
+    assert main(["rules", "check", "--config", str(config), str(rules)]) == 1
