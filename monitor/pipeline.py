@@ -9,6 +9,7 @@ feeds the very same code with recorded messages.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections import Counter
@@ -32,12 +33,14 @@ from monitor.govern.governor import Governor
 from monitor.govern.registry import AuditEvent, EventKind, ModelVersion, code_version
 from monitor.govern.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
 from monitor.govern.state import GovernState
+from monitor.ingest import channels
 from monitor.ingest.features import Features
 from monitor.ingest.integrity import GAP, IntegrityChecker
 from monitor.ingest.state import IngestState
-from monitor.records import DeadLetter, Eviction, Message, Rollback, Scored, Stray
-from monitor.schema import MAX_AXES, SENSOR_NAMES, ReadingLike, Rejection
+from monitor.records import DeadLetter, Eviction, Message, Registration, Rollback, Scored, Stray
+from monitor.schema import MAX_AXES, SENSOR_NAMES, ReadingLike, Reason, Rejection
 from monitor.settings import Settings
+from monitor.state import layout
 from monitor.state.store import CHECKS, PartitionState, StateStore
 
 #: Zeros that pad a reading's features to ``MAX_AXES`` columns, by the number of features.
@@ -73,6 +76,7 @@ class BatchResult:
     new_strays: list[Stray] = field(default_factory=list)  # devices seen astray for the first time
     kafka_ts_ignored: int = 0  # Kafka timestamps missing or further ahead than consume.max_future_ms
     trace: list[Scored] = field(default_factory=list)  # every applied reading, if tracing
+    registered: list[Registration] = field(default_factory=list)  # channels registered on first sight
 
     @property
     def rejected(self) -> Counter[str]:
@@ -147,17 +151,18 @@ class Pipeline:
         self.trace = trace
         self.compiled = compiled  # False: every reading in Python (the reference the kernel is held to)
         d, m = settings.drift, settings.model
+        # The catalog grows as channels are registered (channels.auto_register): into spare indices.
         self.catalog = catalog = settings.channels.catalog()
-        unknown = rules.unknown_sensors(catalog.names)
+        unknown = [] if catalog.spare else rules.unknown_sensors(catalog.names)
         if unknown:
             raise RulesError(f"{settings.rules_file}: " + "; ".join(unknown))
-        n = len(catalog)
+        n = catalog.capacity
         # Each stage's state is a slab of the store; a stage writes its own, reads earlier ones.
         self.store = StateStore()
         self.ingest_state = self.store.add(IngestState(n))
-        input_columns = inputs.columns(settings.inputs, catalog)
+        input_columns = inputs.columns(settings.inputs)
         self.detect_state = self.store.add(
-            DetectState(n, d, novelty.state_size(settings.novelty), input_columns)
+            DetectState(n, d, novelty.state_size(settings.novelty), input_columns, catalog.dims)
         )
         self.govern_state = self.store.add(GovernState(n, m.retrain_window))
         self.joint_state = self.store.add(JointState(catalog))
@@ -167,9 +172,7 @@ class Pipeline:
         self._input_out = inputs.new_out()  # the inputs' comparison of the pair being evaluated
         self.integrity = IntegrityChecker(self.ingest_state, settings.integrity)
         self.pairs = PairDrift(self.detect_state, d)
-        # The axes of each sensor, for the pooled detectors' ADWIN on input means (none: input drift off).
-        self._group_axes = tuple(len(c.keys) for c in catalog.specs) if settings.inputs.enabled else ()
-        self.fleet = GroupDrift(n, d, self._group_axes)
+        self.fleet = GroupDrift(n, d, self._group_axes())
         self.cohorts = load_cohorts(settings.cohorts_file)
         self.river = self._river_tiers(settings, catalog)  # None: no River tier (nothing changes)
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
@@ -206,17 +209,43 @@ class Pipeline:
             code_version(),
             config_hash,
         )
-        # A new pair model's (fading, var_fading, resolution), per sensor.
-        base = [self.governor.base_params(s) for s in range(n)]
-        self._base_params = np.array([[b["fading"], b["var_fading"], b["resolution"]] for b in base])
+        self._base_params = self._new_pair_params()
         self._warm_up()
+
+    def _group_axes(self) -> tuple[int, ...]:
+        """The axes of each sensor index (0: spare), for the pooled detectors' ADWIN on input means
+        (none: input drift off)."""
+        return tuple(self.catalog.axes().tolist()) if self.settings.inputs.enabled else ()
+
+    def _new_pair_params(self) -> NDArray[np.float64]:
+        """A new pair model's (fading, var_fading, resolution), per sensor index (a spare one's:
+        the defaults, until a channel is registered there)."""
+        m, spare = self.settings.model, self.settings.channels.auto_defaults
+        out = np.array([[m.fading, m.var_fading, spare.resolution]] * self.catalog.capacity)
+        for s in range(len(self.catalog)):
+            out[s, 2] = self.governor.base_params(s)["resolution"]
+        return out
+
+    def _adopt(self, catalog: schema.Catalog) -> None:
+        """Monitor the channels of ``catalog`` (this catalog and channels registered at its spare
+        indices): every stage's view of the catalog follows."""
+        self.catalog = self.governor.catalog = catalog
+        m = self.settings.model
+        self._joint = joint.config(self.settings.joint, catalog, m.anomaly_threshold, m.learn_anomalies)
+        self._inputs = inputs.config(self.settings.inputs, catalog, m.retrain_window)
+        self._base_params = self._new_pair_params()
+        axes = self._group_axes()
+        for group in (self.fleet, *self.cohort_groups.values()):
+            group.watch_axes(axes)
+        if self.river is not None:
+            self.river.adopt(catalog)
 
     def _river_tiers(self, settings: Settings, catalog: schema.Catalog) -> RiverTiers | None:
         """The River tiers and their slab, if any is configured; a per-device tier whose models
         the snapshots could not restore is refused."""
         if not settings.river.tiers:
             return None
-        state = self.store.add(RiverState(len(catalog), RiverTiers.specs(settings.river)))
+        state = self.store.add(RiverState(catalog.capacity, RiverTiers.specs(settings.river)))
         tiers = RiverTiers(settings.river, catalog, self.cohorts, state)
         tiers.check_snapshots()
         return tiers
@@ -271,6 +300,8 @@ class Pipeline:
             require_key,
             self.catalog,
         )
+        if self.settings.channels.auto_register:
+            decoded = self._register(messages, decoded, result)
         batch: list[tuple[ReadingLike, Message]] = []
         for msg, r in zip(messages, decoded, strict=True):
             if isinstance(r, Rejection):
@@ -286,13 +317,34 @@ class Pipeline:
         self._evict(result)
         return result
 
+    def _register(
+        self, messages: Sequence[Message], decoded: channels.Decoded, result: BatchResult
+    ) -> channels.Decoded:
+        """Register the channels of unknown sensors the batch brings, in stream order
+        (:func:`monitor.ingest.channels.register`)."""
+        if not any(isinstance(r, Rejection) and r.reason is Reason.UNKNOWN_SENSOR for r in decoded):
+            return decoded
+        a = self.settings.channels.auto_defaults
+        values, keys = [m.value() for m in messages], [m.key() for m in messages]
+        decoded, catalog, new = channels.register(
+            decoded, values, keys, self.catalog, (a.resolution, a.rate_hz), self._latest_ts
+        )
+        if new:
+            self._adopt(catalog)
+        for i in new:
+            r, m = decoded[i], messages[i]
+            assert not isinstance(r, Rejection)
+            spec = catalog.by_name[r.sensor]
+            result.registered.append(Registration(spec, r.device_id, m.topic(), m.partition(), m.offset()))
+        return decoded
+
     def process_readings(
         self, readings: Iterable[tuple[ReadingLike, Message]], result: BatchResult | None = None
     ) -> BatchResult:
         """The stages after decoding, for readings that are already validated (or replayed)."""
         result = self.new_result() if result is None else result
         batch = list(readings)
-        scores: list[list[float]] = [[] for _ in self.catalog.names]
+        scores: list[list[float]] = [[] for _ in range(self.catalog.capacity)]
         cols = self._columns(batch, result)
         if self.compiled and self.novelty is None:
             self._run_kernel(batch, cols, scores, result)
@@ -310,8 +362,8 @@ class Pipeline:
         return result
 
     def new_result(self) -> BatchResult:
-        """An empty result with a count per sensor of the catalog."""
-        n = len(self.catalog)
+        """An empty result with a count per sensor index of the catalog (spare ones included)."""
+        n = self.catalog.capacity
         return BatchResult(
             valid=np.zeros(n, np.int64),
             anomalies=np.zeros(n, np.int64),
@@ -451,7 +503,7 @@ class Pipeline:
         busy = self.governor.busy_pairs()
         cached = self._busy
         if cached is None or cached[0] != busy or len(cached[1]) != self.store.capacity:
-            flags = np.zeros((self.store.capacity, len(self.catalog)), np.int8)
+            flags = np.zeros((self.store.capacity, self.catalog.capacity), np.int8)
             for device, sensor in busy:
                 slot = self.store.slots.get(device)
                 if slot is not None:
@@ -688,7 +740,7 @@ class Pipeline:
                     key = f"{label}={labels[label]}"
                     if key not in self.cohort_groups:
                         self.cohort_groups[key] = GroupDrift(
-                            len(self.catalog), self.settings.drift, self._group_axes
+                            self.catalog.capacity, self.settings.drift, self._group_axes()
                         )
                     groups.append(("cohort", key, self.cohort_groups[key]))
             # Devices in the same groups share one list (without cohorts: every device).
@@ -736,33 +788,68 @@ class Pipeline:
             del self._foreign[key]
         self.store.release(slots)
 
-    def export_partition(self, partition: int) -> PartitionState:
-        """A copy of everything kept about the devices read from ``partition``: their state, rule
-        episodes and pending governance work."""
-        states = self.store.export(self.store.in_partition(partition))
-        ids = states.device_ids
-        return PartitionState(states, self.engine.export(ids), self.governor.export(ids), self.catalog.names)
+    def export_partition(self, partition: int | None) -> PartitionState:
+        """A copy of everything kept about the devices read from ``partition`` (None: of no
+        device): their state, rule episodes and pending governance work, and the catalog their
+        state is laid out by."""
+        states = self.store.export([] if partition is None else self.store.in_partition(partition))
+        ids, c = states.device_ids, self.catalog
+        episodes, governance = self.engine.export(ids), self.governor.export(ids)
+        return PartitionState(states, episodes, governance, c.names, c.specs, c.spare)
 
     def mismatch(self, state: PartitionState) -> str | None:
-        """Why ``state`` cannot be imported here (kept for other channels, or with arrays of
+        """Why ``state`` cannot be imported here (it holds state of channels this process does not
+        monitor and cannot register, or of a channel with other axes or another unit, or arrays of
         another shape), or None."""
-        if state.sensors != self.catalog.names:
-            return (
-                f"its sensors are {', '.join(state.sensors)}, this configuration's "
-                f"{', '.join(self.catalog.names)}"
-            )
-        return self.store.mismatch(state.devices)
+        source, why = self._source(state)
+        if source is None:
+            return why
+        return self.store.mismatch(state.devices, source.capacity, source.dims)
 
-    def import_partition(self, state: PartitionState) -> None:
-        """Install a partition's devices (from a snapshot), replacing what is kept about them."""
-        ids = state.devices.device_ids
+    def _source(self, state: PartitionState) -> tuple[schema.Catalog | None, str]:
+        """The catalog ``state`` was kept under, if it can be imported here (else why not): its
+        channels are this process' (with the same axes and unit), or fit in its spare indices."""
+        here = self.catalog
+        specs = state.channels
+        if not specs and set(state.sensors) <= here.by_name.keys():  # before specs were recorded
+            specs = tuple(dataclasses.replace(here.by_name[n], auto=False) for n in state.sensors)
+        why = layout.unfit(specs, here) if specs else "its sensors are not monitored here"
+        if why and not layout.clashes(specs, here):
+            sensors, mine = ", ".join(state.sensors), ", ".join(here.names)
+            why = f"its sensors are {sensors}, this configuration's {mine}"
+            if self.settings.channels.auto_register:
+                why += f" (auto-registration has room for {here.spare} more)"
+        try:
+            return (None, why) if why else (schema.Catalog(specs, state.spare), "")
+        except ValueError as exc:
+            return None, f"its channels are no catalog ({exc})"
+
+    def import_partition(self, state: PartitionState) -> list[schema.SensorSpec]:
+        """Install a partition's devices (from a snapshot), replacing what is kept about them; a
+        channel whose state it holds and this process does not monitor is registered first, with
+        the same spec (:meth:`mismatch` said it fits), and the state is laid out for this process'
+        catalog by channel name if its indices differ. Returns the channels registered."""
+        source, _ = self._source(state)
+        assert source is not None, "import_partition of a state mismatch() refuses"
+        catalog, registered = self.catalog, []
+        for spec in source.specs:
+            if spec.name not in catalog.by_name:
+                registered.append(auto := schema.as_auto(spec))
+                catalog = catalog.register(auto)
+        if registered:
+            self._adopt(catalog)
+        devices = state.devices
+        if not layout.same_layout(source, catalog):
+            devices = layout.remap(devices, self.store.columns(), source, catalog)
+        ids = devices.device_ids
         self.engine.forget(ids)
         self.governor.forget(set(ids))
-        slots = self.store.load(state.devices)
+        slots = self.store.load(devices)
         self._busy = None  # the imported devices' slots
         self.store.touched[slots] = self._tick  # restored now: as recent as the last reading
         self.engine.restore(state.episodes)
         self.governor.restore(state.governance)
+        return registered
 
     def firing_alerts(self, state: PartitionState) -> list[alerts.Alert]:
         """The alerts still firing among a restored partition's rule episodes."""

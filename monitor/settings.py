@@ -531,9 +531,7 @@ class ChannelSettings(_Section):
     the channel's name and whose ``values`` hold its axes. Every stage treats it like a built-in kind."""
 
     name: str = Field(pattern=f"^{schema.NAME_PATTERN.pattern}$", description="the readings' sensor field")
-    unit: str = Field(
-        min_length=1, max_length=32, pattern=r'^[^"\\\x00-\x1f]+$', description="the readings' unit field"
-    )
+    unit: str = Field(pattern=f"^{schema.UNIT_PATTERN.pattern}$", description="the readings' unit field")
     low: float = Field(description="lowest value a working sensor can report (below: out_of_range)")
     high: float = Field(description="highest value a working sensor can report")
     resolution: float = Field(
@@ -572,8 +570,25 @@ class ChannelSettings(_Section):
         )
 
 
+class AutoChannelDefaults(_Section):
+    """What a channel registered automatically gets that its first reading cannot tell."""
+
+    resolution: float = Field(
+        0.01,
+        gt=0,
+        description="its quantisation step, the noise floor of its models (the built-in scalar kinds' 0.01)",
+    )
+    rate_hz: float = Field(1.0, gt=0, description="its nominal sampling rate")
+
+
+#: The most channels ``channels.auto_register`` may leave room for: each takes per-device state
+#: (as a declared channel of three axes) and metric series (one sensor label value) up front.
+MAX_AUTO_CHANNELS = 64
+
+
 class ChannelsSettings(_Section):
-    """What is monitored: the six built-in kinds and the channels declared here. Readings of any
+    """What is monitored: the six built-in kinds, the channels declared here, and with
+    ``auto_register`` up to that many channels registered on their first reading. Readings of any
     other sensor are dead-lettered as ``unknown_sensor``."""
 
     builtin: bool = Field(
@@ -582,6 +597,14 @@ class ChannelsSettings(_Section):
     declare: tuple[ChannelSettings, ...] = Field(
         (), description="channels besides the built-in kinds; one with a built-in name replaces that kind"
     )
+    auto_register: int = Field(
+        0,
+        ge=0,
+        le=MAX_AUTO_CHANNELS,
+        description="room for this many channels registered on their first valid reading (axes and unit "
+        "from it, no range); 0: off, readings of undeclared sensors are dead-lettered",
+    )
+    auto_defaults: AutoChannelDefaults = AutoChannelDefaults()
 
     @model_validator(mode="after")
     def _names(self) -> ChannelsSettings:
@@ -589,13 +612,16 @@ class ChannelsSettings(_Section):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"channels.declare: {', '.join(repeated)} declared more than once")
-        if not self.builtin and not self.declare:
-            raise ValueError("channels: nothing to monitor (builtin is false and no channel is declared)")
+        if not self.builtin and not self.declare and not self.auto_register:
+            raise ValueError(
+                "channels: nothing to monitor (builtin is false, no channel is declared, auto_register is 0)"
+            )
         return self
 
     def catalog(self) -> schema.Catalog:
         """The sensors in index order: the built-in kinds (each replaced by a declared channel of
-        its name), then the other declared channels in their order."""
+        its name), then the other declared channels in their order; ``auto_register`` spare
+        indices for channels registered later."""
         return _catalog(self)
 
 
@@ -603,7 +629,7 @@ class ChannelsSettings(_Section):
 def _catalog(channels: ChannelsSettings) -> schema.Catalog:
     declared = {c.name: c.spec() for c in channels.declare}
     builtin = [declared.pop(s.name, s) for s in schema.BUILTIN] if channels.builtin else []
-    return schema.Catalog([*builtin, *(s for s in declared.values())])
+    return schema.Catalog([*builtin, *(s for s in declared.values())], channels.auto_register)
 
 
 class StateSettings(_Section):
@@ -865,6 +891,11 @@ class Settings(BaseSettings):
                     for s in catalog.specs
                     if len(s.keys) > 1 and s.name in (tier.sensors or catalog.names)
                 ]
+                if catalog.spare and not tier.sensors:  # a tier without sensors covers every channel
+                    raise ValueError(
+                        f"river.tiers.{i}.sensors: {tier.model} scores one value, and channels registered "
+                        "automatically may have several axes: name scalar sensors"
+                    )
                 if vector:
                     raise ValueError(
                         f"river.tiers.{i}.sensors: {tier.model} scores one value, and {', '.join(vector)} "

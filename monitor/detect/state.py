@@ -20,7 +20,7 @@ from monitor.detect import adwin, inputs
 from monitor.detect.model import AdaptiveGaussian
 from monitor.errors import ConversionError
 from monitor.settings import DriftSettings
-from monitor.state.store import Columns, DeviceStates, Slab
+from monitor.state.store import PAIRS, Columns, DeviceStates, Slab
 
 
 class DetectState(Slab):
@@ -57,15 +57,16 @@ class DetectState(Slab):
         settings: DriftSettings,
         novelty_size: int = 0,
         input_columns: Columns | None = None,
+        dims: int = 0,
     ) -> None:
         self.settings = settings
         self.novelty_size = novelty_size  # floats of novelty-stage state per pair (0: the stage is off)
         # inputs.columns(...) of the deployment (default: input drift off, one counter per pair)
-        self.input_columns = input_columns or {"in_n": ((n_sensors,), np.int64, 0)}
-        super().__init__(n_sensors)
+        self.input_columns = input_columns or {"in_n": ((PAIRS,), np.int64, 0)}
+        super().__init__(n_sensors, dims)  # dims: the catalog's axes (the inputs' per-axis arrays)
 
     def columns(self) -> Columns:
-        d, p = self.settings, (self.n_sensors,)
+        d, p = self.settings, (PAIRS,)
         return {
             "model": ((*p, 7), np.float64, 0),
             "model_params": ((*p, 4), np.float64, 0),
@@ -96,10 +97,12 @@ class DetectState(Slab):
                 if a is not None:
                     adwin.from_river(a, self.adwin_sums[slot, s], self.adwin_counts[slot, s])
 
-    def mismatch(self, states: DeviceStates) -> str | None:
+    def mismatch(
+        self, states: DeviceStates, n_sensors: int | None = None, dims: int | None = None
+    ) -> str | None:
         """Also: a River ADWIN of an older snapshot that :func:`monitor.detect.adwin.from_river`
         cannot convert."""
-        why = super().mismatch(states)
+        why = super().mismatch(states, n_sensors, dims)
         if why is not None or not states.adwins:
             return why
         sums, counts = np.zeros(adwin.SUMS, np.float64), np.zeros(adwin.COUNTS, np.uint8)

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from monitor.schema import SENSOR_NAMES
+from monitor.schema import NAME_PATTERN, SENSOR_NAMES
 
 Scope = Literal["device", "fleet", "cohort"]
 Action = Literal["alert", "retrain", "quarantine", "rollback"]
@@ -201,9 +201,11 @@ def _parse_for(value: object) -> object:
 
 def _known_sensor(name: str, info: ValidationInfo) -> str:
     """One of the sensors the rules are validated against (the context's ``sensors``: the
-    deployment's catalog; by default the built-in kinds)."""
-    known = (info.context or {}).get("sensors", SENSOR_NAMES)
-    if name not in known:
+    deployment's catalog; by default the built-in kinds), or, with the context's ``registrable``
+    (``channels.auto_register`` is on), a name a channel registered automatically may have."""
+    context = info.context or {}
+    known = context.get("sensors", SENSOR_NAMES)
+    if name not in known and not (context.get("registrable") and NAME_PATTERN.fullmatch(name)):
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown sensor {name!r}{hint}; known: {', '.join(known)}")
