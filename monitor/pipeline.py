@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -218,10 +219,10 @@ class Pipeline:
         return tuple(self.catalog.axes().tolist()) if self.settings.inputs.enabled else ()
 
     def _new_pair_params(self) -> NDArray[np.float64]:
-        """A new pair model's (fading, var_fading, resolution), per sensor index (a spare one's:
-        the defaults, until a channel is registered there)."""
+        """A new pair model's (fading, var_fading, resolution, trend), per sensor index (a spare
+        one's: the defaults, until a channel is registered there)."""
         m, spare = self.settings.model, self.settings.channels.auto_defaults
-        out = np.array([[m.fading, m.var_fading, spare.resolution]] * self.catalog.capacity)
+        out = np.array([[m.fading, m.var_fading, spare.resolution, m.trend]] * self.catalog.capacity)
         for s in range(len(self.catalog)):
             out[s, 2] = self.governor.base_params(s)["resolution"]
         return out
@@ -271,10 +272,10 @@ class Pipeline:
         )
         self._joint_step(0, 0)  # slot 0 holds no device yet: cleared below
         self.joint_state.clear(0)
-        det, row = self.detect_state, np.zeros(7)
+        det, row = self.detect_state, np.zeros(10)
         drift.compare(det.ref[0, 0], det.cur[0, 0], det.edges[0, 0], det.ref_frac[0, 0])
         for f in ((0.0,), (0.0, 0.0), (0.0, 0.0, 0.0)):
-            kernels.learn(row, len(f), 0.5, 0.5, f)
+            kernels.learn(row, len(f), 0.5, 0.5, 0.5, f)
             kernels.distance(row, len(f), 1.0, f)
         adwin.update(
             np.zeros(adwin.SUMS), np.zeros(adwin.COUNTS, np.uint8), 0.0, self.settings.drift.adwin_delta
@@ -483,7 +484,7 @@ class Pipeline:
         i, m, d = self.settings.integrity, self.settings.model, self.settings.drift
         return (
             i.gap_factor, i.stuck_run, i.max_clock_skew_ms, m.warmup, self._thresholds,
-            m.learn_anomalies, d.check_every, self._tick - start, d.urgent_streak, d.urgent_gap,
+            kernel.FLAGGED[m.flagged], d.check_every, self._tick - start, d.urgent_streak, d.urgent_gap,
         )  # fmt: skip
 
     def _kernel_state(self) -> tuple[Any, ...]:
@@ -904,14 +905,18 @@ class Pipeline:
         row, par = det.model[slot, s], det.model_params[slot, s]
         if not par[0]:
             base = self.governor.base_params(s)
-            par[:] = (k, base["fading"], base["var_fading"], base["resolution"])
+            par[:] = (k, base["fading"], base["var_fading"], base["resolution"], base["trend"])
         if row[0] < self.settings.model.warmup:
-            kernels.learn(row, k, par[1], par[2], f)
+            kernels.learn(row, k, par[1], par[2], par[4], f)
             return None
         d2: float = kernels.distance(row, k, par[3], f)
-        usual = d2 <= self.thresholds[k]
-        if (usual or self.settings.model.learn_anomalies) and not self.govern_state.quarantined[slot]:
-            kernels.learn(row, k, par[1], par[2], f)
+        flagged, threshold = self.settings.model.flagged, self.thresholds[k]
+        if self.govern_state.quarantined[slot]:
+            pass
+        elif d2 <= threshold or flagged == "learn":
+            kernels.learn(row, k, par[1], par[2], par[4], f)
+        elif flagged == "clip":
+            kernels.nudge(row, k, par[1], f, math.sqrt(threshold / d2))
         return d2
 
     def _evaluate_pair(self, slot: int, s: int, result: BatchResult) -> None:
@@ -928,12 +933,18 @@ class Pipeline:
             sig.update(self._drift_signals(cmp, "device", name, result))
         if self.settings.inputs.enabled:
             sig.update(self._input_signals(name, result))
+        ts = int(self.ingest_state.last_ts[slot, s])
+        if max_rate := self.catalog.specs[s].max_rate:
+            m = self.settings.model
+            rate = self.detect_state.level_rate(slot, s, ts, m.warmup, int(m.rate_window_s * 1000))
+            if rate is not None:
+                sig["rate"] = rate / max_rate
         self.detect_state.reset_interval(slot, s)
         self.ingest_state.reset_interval(slot, s)
         self.joint_state.reset_interval(slot, s)
         if self.river is not None:
             self.river.state.reset_interval(slot, s)
-        ev = Evaluation("device", st.device_ids[slot], name, sig, int(self.ingest_state.last_ts[slot, s]))
+        ev = Evaluation("device", st.device_ids[slot], name, sig, ts)
         self._act(self.engine.evaluate([ev]), result)
 
     def _pair_signals(self, slot: int, s: int) -> dict[str, float]:

@@ -62,6 +62,7 @@ class SensorSpec:
     high: float
     rate_hz: float  # nominal sampling rate, used by the simulator and the gap check
     resolution: float  # smallest meaningful change: floors the noise a model may learn
+    max_rate: float = 0.0  # fastest plausible change of the level, units per second (0: unchecked)
     auto: bool = False  # registered on its first reading (channels.auto_register), not declared
 
     @property
@@ -74,13 +75,17 @@ SCALAR_KEYS: Final = ("value",)
 
 #: The six built-in sensor kinds. Ranges are the full scale of common MEMS parts (LSM9DS1, HTS221,
 #: LPS25H): anything outside cannot come from a working sensor and is rejected as out_of_range.
+#: Rates of change (``max_rate``) are set where the physics of the environment bounds them: air
+#: temperature 20 degC per hour (the limit data-centre guidelines give for the fastest allowed
+#: swing) and station pressure 10 hPa per hour (several times the deepest storms' fall); motion
+#: and humidity (breath, a door) change as fast as they like.
 BUILTIN: Final = (
     SensorSpec("accelerometer", VECTOR_KEYS, "m/s^2", -156.9, 156.9, 10.0, 1e-3),  # +-16 g
     SensorSpec("gyroscope", VECTOR_KEYS, "rad/s", -34.9, 34.9, 10.0, 1e-4),  # +-2000 dps
     SensorSpec("magnetometer", VECTOR_KEYS, "uT", -1600.0, 1600.0, 5.0, 1e-2),  # +-16 gauss
     SensorSpec("humidity", SCALAR_KEYS, "%RH", 0.0, 100.0, 1.0, 1e-2),
-    SensorSpec("pressure", SCALAR_KEYS, "hPa", 260.0, 1260.0, 1.0, 1e-2),
-    SensorSpec("temperature", SCALAR_KEYS, "degC", -40.0, 125.0, 1.0, 1e-2),
+    SensorSpec("pressure", SCALAR_KEYS, "hPa", 260.0, 1260.0, 1.0, 1e-2, 10.0 / 3600),
+    SensorSpec("temperature", SCALAR_KEYS, "degC", -40.0, 125.0, 1.0, 1e-2, 20.0 / 3600),
 )
 #: The built-in kinds by name: what the simulator and the device producers send.
 SENSORS: Final[dict[str, SensorSpec]] = {s.name: s for s in BUILTIN}
@@ -218,7 +223,8 @@ class Catalog:
     >>> c = Catalog(BUILTIN, spare=2)
     >>> c.capacity, c.dims, c.offsets[6:]
     (8, 18, (12, 15))
-    >>> c.register(SensorSpec("co2", ("value",), "ppm", AUTO_LOW, AUTO_HIGH, 1.0, 0.01, True)).index["co2"]
+    >>> co2 = SensorSpec("co2", ("value",), "ppm", AUTO_LOW, AUTO_HIGH, 1.0, 0.01, auto=True)
+    >>> c.register(co2).index["co2"]
     6
     """
 

@@ -286,13 +286,39 @@ class IntegritySettings(_Section):
     max_clock_skew_ms: int = Field(300_000, ge=0, description="0 disables the clock-skew check")
 
 
+Flagged = Literal["learn", "clip", "skip"]
+
+
 class ModelSettings(_Section):
     warmup: int = Field(50, ge=5, description="readings learned before a model scores")
     fading: float = Field(0.05, gt=0, le=1, description="weight of a new reading in the level (memory ~1/x)")
     var_fading: float = Field(0.005, gt=0, le=1, description="weight of a new reading in the noise level")
+    trend: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="weight of a forecast error in the level's trend, relative to fading (0: no trend; "
+        "a level alone lags a steady ramp by slope/fading)",
+    )
     anomaly_threshold: float = Field(0.9999, gt=0.5, lt=1)
-    learn_anomalies: bool = Field(False, description="also learn from readings over the threshold")
+    rate_window_s: float = Field(
+        300.0,
+        gt=0,
+        description="event time over which the level's speed is measured for a channel's max_rate (the "
+        "`rate` signal): longer is steadier, shorter quicker",
+    )
+    learn_anomalies: bool = Field(False, description="also learn from readings over the threshold, fully")
+    clip_anomalies: bool = Field(
+        True,
+        description="without learn_anomalies: a reading over the threshold moves the level (and trend) as "
+        "much as one on the threshold would, never the noise level (false: it is not learned at all)",
+    )
     retrain_window: int = Field(32, ge=16, le=1024)
+
+    @property
+    def flagged(self) -> Flagged:
+        """What a pair model does with a reading over the threshold."""
+        return "learn" if self.learn_anomalies else "clip" if self.clip_anomalies else "skip"
 
 
 class NoveltySettings(_Section):
@@ -545,6 +571,12 @@ class ChannelSettings(_Section):
         description=f"the values' keys (1 to {schema.MAX_AXES}), scored together",
     )
     rate_hz: float = Field(1.0, gt=0, description="nominal sampling rate (the gap check's first estimate)")
+    max_rate: float = Field(
+        0.0,
+        ge=0,
+        description="fastest plausible change of the level, units per second: the `rate` signal is the "
+        "level's change over this (0: unchecked)",
+    )
 
     @field_validator("axes")
     @classmethod
@@ -566,7 +598,7 @@ class ChannelSettings(_Section):
 
     def spec(self) -> schema.SensorSpec:
         return schema.SensorSpec(
-            self.name, self.axes, self.unit, self.low, self.high, self.rate_hz, self.resolution
+            self.name, self.axes, self.unit, self.low, self.high, self.rate_hz, self.resolution, self.max_rate
         )
 
 

@@ -3,8 +3,8 @@ novelty state, input-drift state (:mod:`monitor.detect.inputs`), and the pair's 
 :mod:`monitor.detect.adwin`).
 
 The model of a pair is two rows of the slab, so that the batch kernel updates it in place:
-``model`` = ``[n, mean x 3, var x 3]`` (scalar sensors use the first of each three) and
-``model_params`` = ``[k, fading, var_fading, resolution]`` (``k`` = 0: no model yet).
+``model`` = ``[n, level x 3, var x 3, trend x 3]`` (scalar sensors use the first of each three) and
+``model_params`` = ``[k, fading, var_fading, resolution, trend]`` (``k`` = 0: no model yet).
 :meth:`DetectState.model` and :meth:`DetectState.set_model` convert from and to the River-API
 :class:`~monitor.detect.model.AdaptiveGaussian` that training, shadowing and the registry use.
 """
@@ -28,6 +28,9 @@ class DetectState(Slab):
 
     model: NDArray[np.float64]
     model_params: NDArray[np.float64]
+    rate_level: NDArray[np.float64]  # the model's level where the current rate window opened
+    rate_ts: NDArray[np.int64]  # and the event time it opened at (0: none since the model began)
+    rate: NDArray[np.float32]  # the level's speed over the latest complete window (-1: none yet)
     n_scored: NDArray[np.int64]
     since_eval: NDArray[np.int32]
     anomalies: NDArray[np.int32]
@@ -68,8 +71,11 @@ class DetectState(Slab):
     def columns(self) -> Columns:
         d, p = self.settings, (PAIRS,)
         return {
-            "model": ((*p, 7), np.float64, 0),
-            "model_params": ((*p, 4), np.float64, 0),
+            "model": ((*p, 10), np.float64, 0),
+            "model_params": ((*p, 5), np.float64, 0),
+            "rate_level": ((*p, 3), np.float64, 0),
+            "rate_ts": (p, np.int64, 0),
+            "rate": (p, np.float32, -1),
             "n_scored": (p, np.int64, 0),
             "since_eval": (p, np.int32, 0),
             "anomalies": (p, np.int32, 0),
@@ -120,23 +126,43 @@ class DetectState(Slab):
 
     def model_of(self, slot: int, s: int) -> AdaptiveGaussian | None:
         """A copy of the pair's model (None before its first reading)."""
-        k, fading, var_fading, resolution = self.model_params[slot, s].tolist()
+        k, fading, var_fading, resolution, trend = self.model_params[slot, s].tolist()
         if not k:
             return None
         row, k = self.model[slot, s], int(k)
-        m = AdaptiveGaussian(k, fading, var_fading, resolution)
-        m.set_state([float(row[0]), *row[1 : 1 + k].tolist(), *row[4 : 4 + k].tolist()])
+        m = AdaptiveGaussian(k, fading, var_fading, resolution, trend)
+        m.set_state(
+            [float(row[0]), *row[1 : 1 + k].tolist(), *row[4 : 4 + k].tolist(), *row[7 : 7 + k].tolist()]
+        )
         return m
 
     def set_model(self, slot: int, s: int, m: AdaptiveGaussian) -> None:
         """Serve (a copy of) ``m`` for the pair."""
         k, state = m.n_features, m.state()
-        self.model_params[slot, s] = (k, m.fading, m.var_fading, m.resolution)
+        self.model_params[slot, s] = (k, m.fading, m.var_fading, m.resolution, m.trend)
         row = self.model[slot, s]
         row[:] = 0
         row[0] = state[0]
         row[1 : 1 + k] = state[1 : 1 + k]
         row[4 : 4 + k] = state[1 + k : 1 + 2 * k]
+        row[7 : 7 + k] = state[1 + 2 * k : 1 + 3 * k]
+
+    def level_rate(self, slot: int, s: int, ts: int, warmup: int, window_ms: int) -> float | None:
+        """How fast the model's level moved over the pair's latest complete window of at least
+        ``window_ms`` of event time: its largest change over the axes, per second. A window closes
+        at the first call ``window_ms`` after it opened (``ts``: the call's event time) and the
+        next opens there. None while the model warms up and until its first window closed."""
+        k, row = int(self.model_params[slot, s, 0]), self.model[slot, s]
+        if not k or row[0] < warmup:
+            return None
+        level, then = row[1 : 1 + k], int(self.rate_ts[slot, s])
+        if then == 0 or ts < then or ts - then >= window_ms:
+            if 0 < then < ts:
+                change = float(np.max(np.abs(level - self.rate_level[slot, s, :k])))
+                self.rate[slot, s] = change * 1000.0 / (ts - then)
+            self.rate_level[slot, s, :k], self.rate_ts[slot, s] = level, ts
+        r = float(self.rate[slot, s])
+        return r if r >= 0 else None
 
     def adwin_update(self, slot: int, s: int, x: float) -> bool:
         """One value into the pair's ADWIN; True when it detects a change."""
@@ -154,6 +180,8 @@ class DetectState(Slab):
         """Forget the score history of a pair: a new model starts a new reference."""
         self.reset_interval(slot, s)
         self.streak[slot, s] = 0
+        self.rate_ts[slot, s] = 0
+        self.rate[slot, s] = -1
         self.n_scored[slot, s] = 0
         self.score_sum[slot, s] = 0
         self.score_count[slot, s] = 0

@@ -106,7 +106,7 @@ def test_cohorts_and_every_action_agree_too(tmp_path: Path) -> None:
 
 TOGGLING = """
 rules:
-  - {name: fleet_toggle, scope: fleet, when: {signal: ks_stat, op: ">", value: 0.1}, for: 1}
+  - {name: fleet_toggle, scope: fleet, when: {signal: ks_stat, op: ">", value: 0.05}, for: 1}
   - {name: cohort_toggle, scope: cohort, cohort: firmware, for: 1,
      when: {signal: ks_stat, op: ">", value: 0.1}}
   - {name: pair_toggle, scope: device, when: {signal: anomaly_rate, op: ">", value: 0}, for: 1}

@@ -50,10 +50,11 @@ DRIFT_SIGNALS = frozenset(
     }
 )
 INTEGRITY_SIGNALS = frozenset({"stuck_at", "gap", "duplicate", "out_of_order", "clock_skew"})
-#: A pair's state at the evaluation: its current run of consecutive anomalous readings, and 1
-#: while a retrain of it is under way (training, its candidate in shadow, or a retry after a
-#: rejection scheduled), else 0.
-PAIR_SIGNALS = frozenset({"anomaly_streak", "retraining"})
+#: A pair's state at the evaluation: its current run of consecutive anomalous readings; 1 while a
+#: retrain of it is under way (training, its candidate in shadow, or a retry after a rejection
+#: scheduled), else 0; and, for a channel with a ``max_rate``, how fast its model's level moved
+#: since the previous evaluation, over that limit (``rate`` > 1: faster than plausible).
+PAIR_SIGNALS = frozenset({"anomaly_streak", "retraining", "rate"})
 #: The device tier's (monitor.detect.joint), per pair: frames it flagged mostly because of the pair's
 #: channel, their rate among the device's frames, and the largest frame score of the interval.
 JOINT_SIGNALS = frozenset({"device_frames", "device_anomalies", "device_anomaly_rate", "device_score"})
