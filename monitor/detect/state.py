@@ -71,8 +71,8 @@ class DetectState(Slab):
     def columns(self) -> Columns:
         d, p = self.settings, (PAIRS,)
         return {
-            "model": ((*p, 10), np.float64, 0),
-            "model_params": ((*p, 5), np.float64, 0),
+            "model": ((*p, MODEL_WIDTHS["model"]), np.float64, 0),
+            "model_params": ((*p, MODEL_WIDTHS["model_params"]), np.float64, 0),
             "rate_level": ((*p, 3), np.float64, 0),
             "rate_ts": (p, np.int64, 0),
             "rate": (p, np.float32, -1),
@@ -103,11 +103,16 @@ class DetectState(Slab):
                 if a is not None:
                     adwin.from_river(a, self.adwin_sums[slot, s], self.adwin_counts[slot, s])
 
+    def load(self, slots: Sequence[int], states: DeviceStates) -> None:
+        _widen(states)
+        super().load(slots, states)
+
     def mismatch(
         self, states: DeviceStates, n_sensors: int | None = None, dims: int | None = None
     ) -> str | None:
         """Also: a River ADWIN of an older snapshot that :func:`monitor.detect.adwin.from_river`
         cannot convert."""
+        _widen(states)
         why = super().mismatch(states, n_sensors, dims)
         if why is not None or not states.adwins:
             return why
@@ -188,3 +193,17 @@ class DetectState(Slab):
         self.adwin_sums[slot, s] = 0
         self.adwin_counts[slot, s] = 0
         self.in_n[slot, s] = 0  # the input reference starts again too
+
+
+#: Widths of the model rows; a snapshot from before the trend has 7 and 4.
+MODEL_WIDTHS = {"model": 10, "model_params": 5}
+
+
+def _widen(states: DeviceStates) -> None:
+    """Model rows of a snapshot from before the trend (``[n, level x 3, var x 3]`` and ``[k,
+    fading, var_fading, resolution]``): padded with zeros, so their models go on without a trend."""
+    for name, width in MODEL_WIDTHS.items():
+        arr = states.arrays.get(name)
+        if arr is not None and arr.shape[-1] < width:
+            pad = np.zeros((*arr.shape[:-1], width - arr.shape[-1]), arr.dtype)
+            states.arrays[name] = np.concatenate([arr, pad], axis=-1)
