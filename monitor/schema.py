@@ -62,8 +62,10 @@ class SensorSpec:
     high: float
     rate_hz: float  # nominal sampling rate, used by the simulator and the gap check
     resolution: float  # smallest meaningful change: floors the noise a model may learn
-    max_rate: float = 0.0  # fastest plausible change of the level, units per second (0: unchecked)
-    auto: bool = False  # registered on its first reading (channels.auto_register), not declared
+    # Keyword-only: fastest plausible change of the level, units per second (0: unchecked), and
+    # whether it was registered on its first reading (channels.auto_register), not declared.
+    max_rate: float = dataclasses.field(default=0.0, kw_only=True)
+    auto: bool = dataclasses.field(default=False, kw_only=True)
 
     @property
     def is_vector(self) -> bool:
@@ -84,8 +86,8 @@ BUILTIN: Final = (
     SensorSpec("gyroscope", VECTOR_KEYS, "rad/s", -34.9, 34.9, 10.0, 1e-4),  # +-2000 dps
     SensorSpec("magnetometer", VECTOR_KEYS, "uT", -1600.0, 1600.0, 5.0, 1e-2),  # +-16 gauss
     SensorSpec("humidity", SCALAR_KEYS, "%RH", 0.0, 100.0, 1.0, 1e-2),
-    SensorSpec("pressure", SCALAR_KEYS, "hPa", 260.0, 1260.0, 1.0, 1e-2, 10.0 / 3600),
-    SensorSpec("temperature", SCALAR_KEYS, "degC", -40.0, 125.0, 1.0, 1e-2, 20.0 / 3600),
+    SensorSpec("pressure", SCALAR_KEYS, "hPa", 260.0, 1260.0, 1.0, 1e-2, max_rate=10.0 / 3600),
+    SensorSpec("temperature", SCALAR_KEYS, "degC", -40.0, 125.0, 1.0, 1e-2, max_rate=20.0 / 3600),
 )
 #: The built-in kinds by name: what the simulator and the device producers send.
 SENSORS: Final[dict[str, SensorSpec]] = {s.name: s for s in BUILTIN}

@@ -598,7 +598,14 @@ class ChannelSettings(_Section):
 
     def spec(self) -> schema.SensorSpec:
         return schema.SensorSpec(
-            self.name, self.axes, self.unit, self.low, self.high, self.rate_hz, self.resolution, self.max_rate
+            self.name,
+            self.axes,
+            self.unit,
+            self.low,
+            self.high,
+            self.rate_hz,
+            self.resolution,
+            max_rate=self.max_rate,
         )
 
 

@@ -221,7 +221,9 @@ def test_the_first_valid_reading_of_an_unknown_sensor_registers_its_channel() ->
     r = p.process([bad_ts, first, second])
     assert [d.rejection.reason for d in r.dead_letters] == [Reason.BAD_TIMESTAMP]  # registers nothing
     assert [(g.spec.name, g.device_id, g.offset) for g in r.registered] == [("co2", "dev-0", 2)]
-    assert r.registered[0].spec == SensorSpec("co2", ("value",), "ppm", AUTO_LOW, AUTO_HIGH, 1.0, 0.01, True)
+    assert r.registered[0].spec == SensorSpec(
+        "co2", ("value",), "ppm", AUTO_LOW, AUTO_HIGH, 1.0, 0.01, auto=True
+    )
     assert p.catalog.index["co2"] == 6 and p.catalog.spare == 1
     assert r.valid[6] == 2
     assert p.process([_msg(_raw("dev-0", "co2", 4, {"value": 400.5}, "ppm"), seq=4)]).registered == []
