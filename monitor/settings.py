@@ -294,7 +294,7 @@ class ModelSettings(_Section):
     fading: float = Field(0.05, gt=0, le=1, description="weight of a new reading in the level (memory ~1/x)")
     var_fading: float = Field(0.005, gt=0, le=1, description="weight of a new reading in the noise level")
     trend: float = Field(
-        0.3,
+        0.0,
         ge=0,
         le=1,
         description="weight of a forecast error in the level's trend, relative to fading (0: no trend; "
@@ -309,7 +309,7 @@ class ModelSettings(_Section):
     )
     learn_anomalies: bool = Field(False, description="also learn from readings over the threshold, fully")
     clip_anomalies: bool = Field(
-        True,
+        False,
         description="without learn_anomalies: a reading over the threshold moves the level (and trend) as "
         "much as one on the threshold would, never the noise level (false: it is not learned at all)",
     )

@@ -39,10 +39,10 @@ def _messages() -> list[FakeMessage | ReplayMessage]:
 def _run(
     compiled: bool, batch: int, limit: int | None = None, cohorts: Path | None = None, follow: bool = True
 ) -> tuple[Pipeline, list[BatchResult]]:
-    """``follow``: the pair models' trend and clipped learning as configured; False: the level
-    alone, flagged readings skipped, so that models stuck after a change are retrained and the
-    candidates promoted (the promotion path runs too)."""
-    model: dict[str, object] = {} if follow else {"clip_anomalies": False, "trend": 0.0}
+    """``follow``: the pair models with a trend and clipped learning; False: as configured by
+    default (the level alone, flagged readings skipped), so that models stuck after a change are
+    retrained and the candidates promoted (the promotion path runs too)."""
+    model: dict[str, object] = {"clip_anomalies": True, "trend": 0.3} if follow else {}
     if cohorts is None:
         settings = load_settings(ROOT / "configs/monitor.yaml", model=model)
         rules = ROOT / "configs/rules.yaml"
