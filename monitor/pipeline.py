@@ -9,7 +9,9 @@ feeds the very same code with recorded messages.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,12 +35,14 @@ from monitor.govern.registry import AuditEvent, EventKind, ModelVersion, code_ve
 from monitor.govern.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
 from monitor.govern.rules.model import COHORT_INPUT_SIGNALS
 from monitor.govern.state import GovernState
+from monitor.ingest import channels
 from monitor.ingest.features import Features
 from monitor.ingest.integrity import GAP, IntegrityChecker
 from monitor.ingest.state import IngestState
-from monitor.records import DeadLetter, Eviction, Message, Rollback, Scored, Stray
-from monitor.schema import MAX_AXES, SENSOR_NAMES, ReadingLike, Rejection
+from monitor.records import DeadLetter, Eviction, Message, Registration, Rollback, Scored, Stray
+from monitor.schema import MAX_AXES, SENSOR_NAMES, ReadingLike, Reason, Rejection
 from monitor.settings import Settings
+from monitor.state import layout
 from monitor.state.store import CHECKS, PartitionState, StateStore
 
 #: A pooled detector a device's scores feed: scope, key, detector, and the sensors it takes of the
@@ -81,6 +85,7 @@ class BatchResult:
     new_strays: list[Stray] = field(default_factory=list)  # devices seen astray for the first time
     kafka_ts_ignored: int = 0  # Kafka timestamps missing or further ahead than consume.max_future_ms
     trace: list[Scored] = field(default_factory=list)  # every applied reading, if tracing
+    registered: list[Registration] = field(default_factory=list)  # channels registered on first sight
 
     @property
     def rejected(self) -> Counter[str]:
@@ -155,17 +160,18 @@ class Pipeline:
         self.trace = trace
         self.compiled = compiled  # False: every reading in Python (the reference the kernel is held to)
         d, m = settings.drift, settings.model
+        # The catalog grows as channels are registered (channels.auto_register): into spare indices.
         self.catalog = catalog = settings.channels.catalog()
-        unknown = rules.unknown_sensors(catalog.names)
+        unknown = [] if catalog.spare else rules.unknown_sensors(catalog.names)
         if unknown:
             raise RulesError(f"{settings.rules_file}: " + "; ".join(unknown))
-        n = len(catalog)
+        n = catalog.capacity
         # Each stage's state is a slab of the store; a stage writes its own, reads earlier ones.
         self.store = StateStore()
         self.ingest_state = self.store.add(IngestState(n))
-        input_columns = inputs.columns(settings.inputs, catalog)
+        input_columns = inputs.columns(settings.inputs)
         self.detect_state = self.store.add(
-            DetectState(n, d, novelty.state_size(settings.novelty), input_columns)
+            DetectState(n, d, novelty.state_size(settings.novelty), input_columns, catalog.dims)
         )
         self.govern_state = self.store.add(GovernState(n, m.retrain_window))
         self.joint_state = self.store.add(JointState(catalog))
@@ -175,9 +181,7 @@ class Pipeline:
         self._input_out = inputs.new_out()  # the inputs' comparison of the pair being evaluated
         self.integrity = IntegrityChecker(self.ingest_state, settings.integrity)
         self.pairs = PairDrift(self.detect_state, d)
-        # The axes of each sensor, for the pooled detectors' ADWIN on input means (none: input drift off).
-        self._group_axes = tuple(len(c.keys) for c in catalog.specs) if settings.inputs.enabled else ()
-        self.fleet = GroupDrift(n, d, self._group_axes)
+        self.fleet = GroupDrift(n, d, self._group_axes())
         self.labels = CohortLabels.load(settings.cohorts_file, settings.channels.labels(), catalog)
         self.river = self._river_tiers(settings, catalog)  # None: no River tier (nothing changes)
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
@@ -226,17 +230,45 @@ class Pipeline:
             code_version(),
             config_hash,
         )
-        # A new pair model's (fading, var_fading, resolution), per sensor.
-        base = [self.governor.base_params(s) for s in range(n)]
-        self._base_params = np.array([[b["fading"], b["var_fading"], b["resolution"]] for b in base])
+        self._base_params = self._new_pair_params()
         self._warm_up()
+
+    def _group_axes(self) -> tuple[int, ...]:
+        """The axes of each sensor index (0: spare), for the pooled detectors' ADWIN on input means
+        (none: input drift off)."""
+        return tuple(self.catalog.axes().tolist()) if self.settings.inputs.enabled else ()
+
+    def _new_pair_params(self) -> NDArray[np.float64]:
+        """A new pair model's (fading, var_fading, resolution, trend), per sensor index (a spare
+        one's: the defaults, until a channel is registered there)."""
+        m, spare = self.settings.model, self.settings.channels.auto_defaults
+        out = np.array([[m.fading, m.var_fading, spare.resolution, m.trend]] * self.catalog.capacity)
+        for s in range(len(self.catalog)):
+            out[s, 2] = self.governor.base_params(s)["resolution"]
+        return out
+
+    def _adopt(self, catalog: schema.Catalog) -> None:
+        """Monitor the channels of ``catalog`` (this catalog and channels registered at its spare
+        indices): every stage's view of the catalog follows."""
+        self.catalog = self.governor.catalog = catalog
+        m = self.settings.model
+        self._joint = joint.config(self.settings.joint, catalog, m.anomaly_threshold, m.learn_anomalies)
+        self._inputs = inputs.config(self.settings.inputs, catalog, m.retrain_window)
+        self._base_params = self._new_pair_params()
+        axes = self._group_axes()
+        for group in (self.fleet, *self.cohort_groups.values()):
+            group.watch_axes(axes)
+        if self.river is not None:
+            self.river.adopt(catalog)
+        if self.cohort_inputs is not None:
+            self.cohort_inputs.adopt(catalog)
 
     def _river_tiers(self, settings: Settings, catalog: schema.Catalog) -> RiverTiers | None:
         """The River tiers and their slab, if any is configured; a per-device tier whose models
         the snapshots could not restore is refused."""
         if not settings.river.tiers:
             return None
-        state = self.store.add(RiverState(len(catalog), RiverTiers.specs(settings.river)))
+        state = self.store.add(RiverState(catalog.capacity, RiverTiers.specs(settings.river)))
         tiers = RiverTiers(settings.river, catalog, self.labels, state)
         tiers.check_snapshots()
         return tiers
@@ -262,10 +294,10 @@ class Pipeline:
         )
         self._joint_step(0, 0)  # slot 0 holds no device yet: cleared below
         self.joint_state.clear(0)
-        det, row = self.detect_state, np.zeros(7)
+        det, row = self.detect_state, np.zeros(10)
         drift.compare(det.ref[0, 0], det.cur[0, 0], det.edges[0, 0], det.ref_frac[0, 0])
         for f in ((0.0,), (0.0, 0.0), (0.0, 0.0, 0.0)):
-            kernels.learn(row, len(f), 0.5, 0.5, f)
+            kernels.learn(row, len(f), 0.5, 0.5, 0.5, f)
             kernels.distance(row, len(f), 1.0, f)
         adwin.update(
             np.zeros(adwin.SUMS), np.zeros(adwin.COUNTS, np.uint8), 0.0, self.settings.drift.adwin_delta
@@ -293,6 +325,8 @@ class Pipeline:
             require_key,
             self.catalog,
         )
+        if self.settings.channels.auto_register:
+            decoded = self._register(messages, decoded, result)
         batch: list[tuple[ReadingLike, Message]] = []
         for msg, r in zip(messages, decoded, strict=True):
             if isinstance(r, Rejection):
@@ -308,13 +342,34 @@ class Pipeline:
         self._evict(result)
         return result
 
+    def _register(
+        self, messages: Sequence[Message], decoded: channels.Decoded, result: BatchResult
+    ) -> channels.Decoded:
+        """Register the channels of unknown sensors the batch brings, in stream order
+        (:func:`monitor.ingest.channels.register`)."""
+        if not any(isinstance(r, Rejection) and r.reason is Reason.UNKNOWN_SENSOR for r in decoded):
+            return decoded
+        a = self.settings.channels.auto_defaults
+        values, keys = [m.value() for m in messages], [m.key() for m in messages]
+        decoded, catalog, new = channels.register(
+            decoded, values, keys, self.catalog, (a.resolution, a.rate_hz), self._latest_ts
+        )
+        if new:
+            self._adopt(catalog)
+        for i in new:
+            r, m = decoded[i], messages[i]
+            assert not isinstance(r, Rejection)
+            spec = catalog.by_name[r.sensor]
+            result.registered.append(Registration(spec, r.device_id, m.topic(), m.partition(), m.offset()))
+        return decoded
+
     def process_readings(
         self, readings: Iterable[tuple[ReadingLike, Message]], result: BatchResult | None = None
     ) -> BatchResult:
         """The stages after decoding, for readings that are already validated (or replayed)."""
         result = self.new_result() if result is None else result
         batch = list(readings)
-        scores: list[list[float]] = [[] for _ in self.catalog.names]
+        scores: list[list[float]] = [[] for _ in range(self.catalog.capacity)]
         cols = self._columns(batch, result)
         if self.compiled and self.novelty is None:
             self._run_kernel(batch, cols, scores, result)
@@ -332,8 +387,8 @@ class Pipeline:
         return result
 
     def new_result(self) -> BatchResult:
-        """An empty result with a count per sensor of the catalog."""
-        n = len(self.catalog)
+        """An empty result with a count per sensor index of the catalog (spare ones included)."""
+        n = self.catalog.capacity
         return BatchResult(
             valid=np.zeros(n, np.int64),
             anomalies=np.zeros(n, np.int64),
@@ -453,7 +508,7 @@ class Pipeline:
         i, m, d = self.settings.integrity, self.settings.model, self.settings.drift
         return (
             i.gap_factor, i.stuck_run, i.max_clock_skew_ms, m.warmup, self._thresholds,
-            m.learn_anomalies, d.check_every, self._tick - start, d.urgent_streak, d.urgent_gap,
+            kernel.FLAGGED[m.flagged], d.check_every, self._tick - start, d.urgent_streak, d.urgent_gap,
         )  # fmt: skip
 
     def _kernel_state(self) -> tuple[Any, ...]:
@@ -473,7 +528,7 @@ class Pipeline:
         busy = self.governor.busy_pairs()
         cached = self._busy
         if cached is None or cached[0] != busy or len(cached[1]) != self.store.capacity:
-            flags = np.zeros((self.store.capacity, len(self.catalog)), np.int8)
+            flags = np.zeros((self.store.capacity, self.catalog.capacity), np.int8)
             for device, sensor in busy:
                 slot = self.store.slots.get(device)
                 if slot is not None:
@@ -758,7 +813,7 @@ class Pipeline:
     def _cohort_group(self, key: str) -> GroupDrift:
         group = self.cohort_groups.get(key)
         if group is None:
-            group = GroupDrift(len(self.catalog), self.settings.drift, self._group_axes)
+            group = GroupDrift(self.catalog.capacity, self.settings.drift, self._group_axes())
             self.cohort_groups[key] = group
         return group
 
@@ -801,33 +856,68 @@ class Pipeline:
             del self._foreign[key]
         self.store.release(slots)
 
-    def export_partition(self, partition: int) -> PartitionState:
-        """A copy of everything kept about the devices read from ``partition``: their state, rule
-        episodes and pending governance work."""
-        states = self.store.export(self.store.in_partition(partition))
-        ids = states.device_ids
-        return PartitionState(states, self.engine.export(ids), self.governor.export(ids), self.catalog.names)
+    def export_partition(self, partition: int | None) -> PartitionState:
+        """A copy of everything kept about the devices read from ``partition`` (None: of no
+        device): their state, rule episodes and pending governance work, and the catalog their
+        state is laid out by."""
+        states = self.store.export([] if partition is None else self.store.in_partition(partition))
+        ids, c = states.device_ids, self.catalog
+        episodes, governance = self.engine.export(ids), self.governor.export(ids)
+        return PartitionState(states, episodes, governance, c.names, c.specs, c.spare)
 
     def mismatch(self, state: PartitionState) -> str | None:
-        """Why ``state`` cannot be imported here (kept for other channels, or with arrays of
+        """Why ``state`` cannot be imported here (it holds state of channels this process does not
+        monitor and cannot register, or of a channel with other axes or another unit, or arrays of
         another shape), or None."""
-        if state.sensors != self.catalog.names:
-            return (
-                f"its sensors are {', '.join(state.sensors)}, this configuration's "
-                f"{', '.join(self.catalog.names)}"
-            )
-        return self.store.mismatch(state.devices)
+        source, why = self._source(state)
+        if source is None:
+            return why
+        return self.store.mismatch(state.devices, source.capacity, source.dims)
 
-    def import_partition(self, state: PartitionState) -> None:
-        """Install a partition's devices (from a snapshot), replacing what is kept about them."""
-        ids = state.devices.device_ids
+    def _source(self, state: PartitionState) -> tuple[schema.Catalog | None, str]:
+        """The catalog ``state`` was kept under, if it can be imported here (else why not): its
+        channels are this process' (with the same axes and unit), or fit in its spare indices."""
+        here = self.catalog
+        specs = state.channels
+        if not specs and set(state.sensors) <= here.by_name.keys():  # before specs were recorded
+            specs = tuple(dataclasses.replace(here.by_name[n], auto=False) for n in state.sensors)
+        why = layout.unfit(specs, here) if specs else "its sensors are not monitored here"
+        if why and not layout.clashes(specs, here):
+            sensors, mine = ", ".join(state.sensors), ", ".join(here.names)
+            why = f"its sensors are {sensors}, this configuration's {mine}"
+            if self.settings.channels.auto_register:
+                why += f" (auto-registration has room for {here.spare} more)"
+        try:
+            return (None, why) if why else (schema.Catalog(specs, state.spare), "")
+        except ValueError as exc:
+            return None, f"its channels are no catalog ({exc})"
+
+    def import_partition(self, state: PartitionState) -> list[schema.SensorSpec]:
+        """Install a partition's devices (from a snapshot), replacing what is kept about them; a
+        channel whose state it holds and this process does not monitor is registered first, with
+        the same spec (:meth:`mismatch` said it fits), and the state is laid out for this process'
+        catalog by channel name if its indices differ. Returns the channels registered."""
+        source, _ = self._source(state)
+        assert source is not None, "import_partition of a state mismatch() refuses"
+        catalog, registered = self.catalog, []
+        for spec in source.specs:
+            if spec.name not in catalog.by_name:
+                registered.append(auto := schema.as_auto(spec))
+                catalog = catalog.register(auto)
+        if registered:
+            self._adopt(catalog)
+        devices = state.devices
+        if not layout.same_layout(source, catalog):
+            devices = layout.remap(devices, self.store.columns(), source, catalog)
+        ids = devices.device_ids
         self.engine.forget(ids)
         self.governor.forget(set(ids))
-        slots = self.store.load(state.devices)
+        slots = self.store.load(devices)
         self._busy = None  # the imported devices' slots
         self.store.touched[slots] = self._tick  # restored now: as recent as the last reading
         self.engine.restore(state.episodes)
         self.governor.restore(state.governance)
+        return registered
 
     def firing_alerts(self, state: PartitionState) -> list[alerts.Alert]:
         """The alerts still firing among a restored partition's rule episodes."""
@@ -882,14 +972,18 @@ class Pipeline:
         row, par = det.model[slot, s], det.model_params[slot, s]
         if not par[0]:
             base = self.governor.base_params(s)
-            par[:] = (k, base["fading"], base["var_fading"], base["resolution"])
+            par[:] = (k, base["fading"], base["var_fading"], base["resolution"], base["trend"])
         if row[0] < self.settings.model.warmup:
-            kernels.learn(row, k, par[1], par[2], f)
+            kernels.learn(row, k, par[1], par[2], par[4], f)
             return None
         d2: float = kernels.distance(row, k, par[3], f)
-        usual = d2 <= self.thresholds[k]
-        if (usual or self.settings.model.learn_anomalies) and not self.govern_state.quarantined[slot]:
-            kernels.learn(row, k, par[1], par[2], f)
+        flagged, threshold = self.settings.model.flagged, self.thresholds[k]
+        if self.govern_state.quarantined[slot]:
+            pass
+        elif d2 <= threshold or flagged == "learn":
+            kernels.learn(row, k, par[1], par[2], par[4], f)
+        elif flagged == "clip":
+            kernels.nudge(row, k, par[1], f, math.sqrt(threshold / d2))
         return d2
 
     def _evaluate_pair(self, slot: int, s: int, result: BatchResult) -> None:
@@ -906,12 +1000,18 @@ class Pipeline:
             sig.update(self._drift_signals(cmp, "device", name, result))
         if self.settings.inputs.enabled:
             sig.update(self._input_signals(name, result))
+        ts = int(self.ingest_state.last_ts[slot, s])
+        if max_rate := self.catalog.specs[s].max_rate:
+            m = self.settings.model
+            rate = self.detect_state.level_rate(slot, s, ts, m.warmup, int(m.rate_window_s * 1000))
+            if rate is not None:
+                sig["rate"] = rate / max_rate
         self.detect_state.reset_interval(slot, s)
         self.ingest_state.reset_interval(slot, s)
         self.joint_state.reset_interval(slot, s)
         if self.river is not None:
             self.river.state.reset_interval(slot, s)
-        ev = Evaluation("device", st.device_ids[slot], name, sig, int(self.ingest_state.last_ts[slot, s]))
+        ev = Evaluation("device", st.device_ids[slot], name, sig, ts)
         self._act(self.engine.evaluate([ev]), result)
 
     def _pair_signals(self, slot: int, s: int) -> dict[str, float]:

@@ -286,13 +286,39 @@ class IntegritySettings(_Section):
     max_clock_skew_ms: int = Field(300_000, ge=0, description="0 disables the clock-skew check")
 
 
+Flagged = Literal["learn", "clip", "skip"]
+
+
 class ModelSettings(_Section):
     warmup: int = Field(50, ge=5, description="readings learned before a model scores")
     fading: float = Field(0.05, gt=0, le=1, description="weight of a new reading in the level (memory ~1/x)")
     var_fading: float = Field(0.005, gt=0, le=1, description="weight of a new reading in the noise level")
+    trend: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="weight of a forecast error in the level's trend, relative to fading (0: no trend; "
+        "a level alone lags a steady ramp by slope/fading)",
+    )
     anomaly_threshold: float = Field(0.9999, gt=0.5, lt=1)
-    learn_anomalies: bool = Field(False, description="also learn from readings over the threshold")
+    rate_window_s: float = Field(
+        300.0,
+        gt=0,
+        description="event time over which the level's speed is measured for a channel's max_rate (the "
+        "`rate` signal): longer is steadier, shorter quicker",
+    )
+    learn_anomalies: bool = Field(False, description="also learn from readings over the threshold, fully")
+    clip_anomalies: bool = Field(
+        False,
+        description="without learn_anomalies: a reading over the threshold moves the level (and trend) as "
+        "much as one on the threshold would, never the noise level (false: it is not learned at all)",
+    )
     retrain_window: int = Field(32, ge=16, le=1024)
+
+    @property
+    def flagged(self) -> Flagged:
+        """What a pair model does with a reading over the threshold."""
+        return "learn" if self.learn_anomalies else "clip" if self.clip_anomalies else "skip"
 
 
 class NoveltySettings(_Section):
@@ -547,9 +573,7 @@ class ChannelSettings(_Section):
     the channel's name and whose ``values`` hold its axes. Every stage treats it like a built-in kind."""
 
     name: str = Field(pattern=f"^{schema.NAME_PATTERN.pattern}$", description="the readings' sensor field")
-    unit: str = Field(
-        min_length=1, max_length=32, pattern=r'^[^"\\\x00-\x1f]+$', description="the readings' unit field"
-    )
+    unit: str = Field(pattern=f"^{schema.UNIT_PATTERN.pattern}$", description="the readings' unit field")
     low: float = Field(description="lowest value a working sensor can report (below: out_of_range)")
     high: float = Field(description="highest value a working sensor can report")
     resolution: float = Field(
@@ -567,6 +591,12 @@ class ChannelSettings(_Section):
         (),
         description="cohort labels of the channel, e.g. {vendor: bosch}: each (device, channel) pair is in "
         "the cohorts of its device's cohorts_file labels and of these (a label in both is refused)",
+    )
+    max_rate: float = Field(
+        0.0,
+        ge=0,
+        description="fastest plausible change of the level, units per second: the `rate` signal is the "
+        "level's change over this (0: unchecked)",
     )
 
     @field_validator("labels", mode="before")
@@ -602,7 +632,14 @@ class ChannelSettings(_Section):
 
     def spec(self) -> schema.SensorSpec:
         return schema.SensorSpec(
-            self.name, self.axes, self.unit, self.low, self.high, self.rate_hz, self.resolution
+            self.name,
+            self.axes,
+            self.unit,
+            self.low,
+            self.high,
+            self.rate_hz,
+            self.resolution,
+            max_rate=self.max_rate,
         )
 
 
@@ -622,8 +659,25 @@ def _label(name: Any, value: Any) -> tuple[str, str]:
     return name, value
 
 
+class AutoChannelDefaults(_Section):
+    """What a channel registered automatically gets that its first reading cannot tell."""
+
+    resolution: float = Field(
+        0.01,
+        gt=0,
+        description="its quantisation step, the noise floor of its models (the built-in scalar kinds' 0.01)",
+    )
+    rate_hz: float = Field(1.0, gt=0, description="its nominal sampling rate")
+
+
+#: The most channels ``channels.auto_register`` may leave room for: each takes per-device state
+#: (as a declared channel of three axes) and metric series (one sensor label value) up front.
+MAX_AUTO_CHANNELS = 64
+
+
 class ChannelsSettings(_Section):
-    """What is monitored: the six built-in kinds and the channels declared here. Readings of any
+    """What is monitored: the six built-in kinds, the channels declared here, and with
+    ``auto_register`` up to that many channels registered on their first reading. Readings of any
     other sensor are dead-lettered as ``unknown_sensor``."""
 
     builtin: bool = Field(
@@ -632,6 +686,14 @@ class ChannelsSettings(_Section):
     declare: tuple[ChannelSettings, ...] = Field(
         (), description="channels besides the built-in kinds; one with a built-in name replaces that kind"
     )
+    auto_register: int = Field(
+        0,
+        ge=0,
+        le=MAX_AUTO_CHANNELS,
+        description="room for this many channels registered on their first valid reading (axes and unit "
+        "from it, no range); 0: off, readings of undeclared sensors are dead-lettered",
+    )
+    auto_defaults: AutoChannelDefaults = AutoChannelDefaults()
 
     @model_validator(mode="after")
     def _names(self) -> ChannelsSettings:
@@ -639,8 +701,10 @@ class ChannelsSettings(_Section):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"channels.declare: {', '.join(repeated)} declared more than once")
-        if not self.builtin and not self.declare:
-            raise ValueError("channels: nothing to monitor (builtin is false and no channel is declared)")
+        if not self.builtin and not self.declare and not self.auto_register:
+            raise ValueError(
+                "channels: nothing to monitor (builtin is false, no channel is declared, auto_register is 0)"
+            )
         return self
 
     def labels(self) -> dict[str, dict[str, str]]:
@@ -649,7 +713,8 @@ class ChannelsSettings(_Section):
 
     def catalog(self) -> schema.Catalog:
         """The sensors in index order: the built-in kinds (each replaced by a declared channel of
-        its name), then the other declared channels in their order."""
+        its name), then the other declared channels in their order; ``auto_register`` spare
+        indices for channels registered later."""
         return _catalog(self)
 
 
@@ -657,7 +722,7 @@ class ChannelsSettings(_Section):
 def _catalog(channels: ChannelsSettings) -> schema.Catalog:
     declared = {c.name: c.spec() for c in channels.declare}
     builtin = [declared.pop(s.name, s) for s in schema.BUILTIN] if channels.builtin else []
-    return schema.Catalog([*builtin, *(s for s in declared.values())])
+    return schema.Catalog([*builtin, *(s for s in declared.values())], channels.auto_register)
 
 
 class StateSettings(_Section):
@@ -919,6 +984,11 @@ class Settings(BaseSettings):
                     for s in catalog.specs
                     if len(s.keys) > 1 and s.name in (tier.sensors or catalog.names)
                 ]
+                if catalog.spare and not tier.sensors:  # a tier without sensors covers every channel
+                    raise ValueError(
+                        f"river.tiers.{i}.sensors: {tier.model} scores one value, and channels registered "
+                        "automatically may have several axes: name scalar sensors"
+                    )
                 if vector:
                     raise ValueError(
                         f"river.tiers.{i}.sensors: {tier.model} scores one value, and {', '.join(vector)} "

@@ -31,7 +31,10 @@ an evaluation, and its result, do not depend on the batch size. Like the fleet's
 :mod:`monitor.detect.inputs` the ring is this process's (the devices of its partitions) and is
 not snapshotted: after a restart the comparisons return once the peer bins are frozen and each
 side has its minimum again. Its memory: per sensor, a byte per axis and 8 bytes (slot, code) per
-input of the window, and 8 bytes per device slot for grouping the window by device.
+input of the window, and 8 bytes per device slot for grouping the window by device. Each spare
+index of ``channels.auto_register`` takes a sensor's share up front, at
+:data:`~monitor.schema.MAX_AXES` axes (as the fleet's peer bins lay it out); a channel registered
+there is compared like a declared one (:meth:`CohortInputs.adopt`).
 """
 
 from __future__ import annotations
@@ -59,17 +62,25 @@ class CohortInputs:
     def __init__(self, settings: InputDriftSettings, catalog: Catalog, fleet: FleetInputs) -> None:
         self.settings = settings
         self.fleet = fleet
-        self.keys = np.array([len(s.keys) for s in catalog.specs], np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.keys)[:-1]]).astype(np.int64)
-        w, p = settings.fleet_window_size, len(catalog)
+        # Laid out as the fleet's peer bins: every index up to the catalog's capacity, sensor s
+        # at catalog.offsets[s] (a spare index: MAX_AXES rows, no axes until it is registered).
+        self.keys = catalog.axes()
+        self.offsets = np.array(catalog.offsets, np.int64)
+        w, p = settings.fleet_window_size, catalog.capacity
         self.n = np.zeros(p, np.int64)  # inputs of each sensor pushed so far
-        self.bins = np.zeros((int(self.keys.sum()), w), np.uint8)
+        self.bins = np.zeros((catalog.dims, w), np.uint8)
         self.slot = np.zeros((p, w), np.int32)
         self.codes = np.zeros((p, w), np.int32)
         self.groups: list[frozenset[str]] = []  # the cohort keys of each code
         self._codes: dict[tuple[str, ...], int] = {}
         self._members: dict[str, NDArray[np.bool_]] = {}  # key -> membership by code
         self._scratch = np.zeros(0, np.int32)  # -1 per (slot, side) key: see _cluster_sums
+
+    def adopt(self, catalog: Catalog) -> None:
+        """Compare the channels registered at ``catalog``'s spare indices too (their rows are
+        already laid out: only their number of axes was unknown)."""
+        assert tuple(self.offsets.tolist()) == catalog.offsets and len(self.n) == catalog.capacity
+        self.keys = catalog.axes()
 
     def code(self, keys: tuple[str, ...]) -> int:
         """The code of the devices whose pairs are in the cohorts ``keys`` (one per distinct set)."""

@@ -59,7 +59,10 @@ def load_cohorts(path: Path | None) -> Cohorts:
 @dataclass(frozen=True)
 class CohortLabels:
     """The labels of every (device, channel) pair: its device's (``devices``, from the cohorts
-    file) and its channel's (``channels``, per sensor of the catalog, in index order).
+    file) and its channel's (``channels``, per sensor index of the catalog up to its capacity).
+    Only declared channels carry labels: one registered on its first reading
+    (``channels.auto_register``) has none of its own, so its pairs are in the cohorts of their
+    devices' labels only, and a catalog that grows so needs no new labels.
 
     >>> labels = CohortLabels({"dev-1": {"site": "a"}}, ({}, {"vendor": "bosch"}))
     >>> labels.pair("dev-1", 1), labels.pair("dev-2", 0)
@@ -84,7 +87,8 @@ class CohortLabels:
                     f"{path}: {device}: label {both[0]!r} is also a label of channel {by_name[both[0]]} "
                     "(channels.declare): a label belongs to devices or to channels; rename one of them"
                 )
-        return cls(devices, tuple(channels.get(name, {}) for name in catalog.names))
+        declared = tuple(channels.get(name, {}) for name in catalog.names)
+        return cls(devices, declared + ({},) * catalog.spare)
 
     def pair(self, device_id: str, s: int) -> dict[str, str]:
         """The labels of pair (``device_id``, sensor ``s``): its channel's and its device's."""

@@ -44,7 +44,7 @@ from numpy.typing import NDArray
 from monitor.detect.model import distance_threshold
 from monitor.schema import Catalog
 from monitor.settings import JointSettings
-from monitor.state.store import Columns, Slab
+from monitor.state.store import AXES, PAIRS, Columns, Slab
 
 #: Frame outcome of a reading: no frame closed, a frame learned while warming up, a frame scored.
 NO_FRAME, WARMING, SCORED = 0, 1, 2
@@ -68,11 +68,10 @@ class JointState(Slab):
     joint_max: NDArray[np.float64]  # interval: largest frame score
 
     def __init__(self, catalog: Catalog) -> None:
-        self.dims = sum(len(s.keys) for s in catalog.specs)
-        super().__init__(len(catalog))
+        super().__init__(catalog.capacity, catalog.dims)
 
     def columns(self) -> Columns:
-        p, d = (self.n_sensors,), self.dims
+        p, d = (PAIRS,), AXES
         return {
             "joint_in": (p, np.int8, 0),
             "joint_fresh": (p, np.int8, 0),
@@ -108,10 +107,11 @@ def config(
     """What :func:`step` needs of the settings and the catalog: where each sensor's axes sit in
     the device vector, the per-dimension variance floors, and the distance thresholds by number
     of dimensions."""
-    keys = np.array([len(s.keys) for s in catalog.specs], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(keys)[:-1]]).astype(np.int64)
-    floors = np.array([s.resolution**2 for s in catalog.specs for _ in s.keys], np.float64)
-    dims = int(keys.sum())
+    keys, offsets = catalog.axes(), np.array(catalog.offsets, np.int64)
+    floors = np.ones(catalog.dims)  # an axis no sensor has yet (a spare index's) is never read
+    for spec, offset in zip(catalog.specs, offsets.tolist(), strict=False):
+        floors[offset : offset + len(spec.keys)] = spec.resolution**2
+    dims = catalog.dims
     thresholds = np.array([math.inf, *(distance_threshold(threshold, p) for p in range(1, dims + 1))])
     return (
         settings.enabled, keys, offsets, floors, thresholds, settings.warmup, settings.fading,

@@ -40,9 +40,9 @@ from monitor.common import safepickle
 from monitor.detect.cohorts import CohortLabels
 from monitor.detect.online import OnlineModel, measured_bytes
 from monitor.errors import ConfigError, RefusedClassError
-from monitor.schema import Catalog
+from monitor.schema import MAX_AXES, Catalog
 from monitor.settings import RiverSettings, RiverTierSettings
-from monitor.state.store import Columns, DeviceStates, Slab
+from monitor.state.store import PAIRS, Columns, DeviceStates, Slab
 
 #: The rules' signals of a pair a tier covers.
 SIGNALS = ("river_readings", "river_anomalies", "river_anomaly_rate", "river_score")
@@ -64,7 +64,7 @@ class RiverState(Slab):
         super().__init__(n_sensors)
 
     def columns(self) -> Columns:
-        p = (self.n_sensors,)
+        p = (PAIRS,)
         return {
             "river_readings": (p, np.int32, 0),
             "river_anomalies": (p, np.int32, 0),
@@ -116,15 +116,21 @@ class RiverTiers:
         self, settings: RiverSettings, catalog: Catalog, labels: CohortLabels, state: RiverState
     ) -> None:
         self.tiers = settings.tiers
-        self.catalog = catalog
         self.labels = labels
         self.state = state
-        self.keys = [spec.keys for spec in catalog.specs]
-        self.cover = [frozenset(catalog.index[s] for s in (t.sensors or catalog.names)) for t in self.tiers]
         self.protos = [OnlineModel.from_settings(t) for t in self.tiers]
         self.shared: dict[tuple[int, int, str], OnlineModel] = {}  # (tier, sensor, cohort value)
         self._routes: dict[str, tuple[tuple[int, str], ...]] = {}  # device -> (tier, group) per sensor
-        self._flagged = np.zeros(len(catalog), np.int64)  # per sensor, since the last take_flagged
+        self._flagged = np.zeros(catalog.capacity, np.int64)  # per sensor, since the last take_flagged
+        self.adopt(catalog)
+
+    def adopt(self, catalog: Catalog) -> None:
+        """Route the sensors of ``catalog`` (channels registered since are covered by the tiers
+        that name no sensors)."""
+        self.catalog = catalog
+        self.keys = [spec.keys for spec in catalog.specs]
+        self.cover = [frozenset(catalog.index[s] for s in (t.sensors or catalog.names)) for t in self.tiers]
+        self._routes.clear()  # a device's routes of the sensors it had are the same again
 
     @staticmethod
     def specs(settings: RiverSettings) -> dict[str, dict[str, Any]]:
@@ -225,11 +231,16 @@ class RiverTiers:
         return sig
 
     def footprint(self) -> Footprint:
-        """The tiers' memory: each model measured once per tier and number of axes."""
+        """The tiers' memory: each model measured once per tier and number of axes; a tier that
+        names no sensors also covers the channels the catalog's spare indices may register, counted
+        as of :data:`monitor.schema.MAX_AXES` axes."""
         shared = per_device = 0
         parts: list[tuple[str, str, int, int]] = []
+        spare = tuple(f"a{j}" for j in range(MAX_AXES))
         for t, tier in enumerate(self.tiers):
             sizes = [measured_bytes(tier, self.keys[s]) for s in sorted(self.cover[t])]
+            if not tier.sensors:
+                sizes += [measured_bytes(tier, spare)] * self.catalog.spare
             each = max(sizes)
             if tier.share == "fleet":
                 n = len(sizes) * self._groups(tier)
@@ -254,8 +265,9 @@ class RiverTiers:
             if tier.share != "device":
                 continue
             probe = self.protos[t].clone()
+            keys = self.keys[min(self.cover[t])] if self.cover[t] else ("value",)
             for _ in range(3):
-                probe.learn_one(dict.fromkeys(self.keys[min(self.cover[t])], 0.5))
+                probe.learn_one(dict.fromkeys(keys, 0.5))
             try:
                 safepickle.loads(pickle.dumps(probe, protocol=pickle.HIGHEST_PROTOCOL))
             except RefusedClassError as exc:

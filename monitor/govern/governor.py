@@ -138,7 +138,7 @@ class Governor:
             incumbent_version=version,
             base_params=self.base_params(s),
             anomaly_threshold=m.anomaly_threshold,
-            learn_anomalies=m.learn_anomalies,
+            flagged=m.flagged,
             seed=training.job_seed(
                 self.settings.retrain.seed, key[0], sensor, int(self.state.latest_version[slot, s])
             ),
@@ -171,6 +171,7 @@ class Governor:
             "fading": m.fading,
             "var_fading": m.var_fading,
             "resolution": self.catalog.specs[s].resolution,
+            "trend": m.trend,
         }
 
     # --- 2. the result is due -------------------------------------------------------------------
@@ -216,8 +217,8 @@ class Governor:
         sh = self.shadows.get(key)
         if sh is None:
             return
-        learn = self.settings.model.learn_anomalies and not self.state.quarantined[slot]
-        d2 = training.step(sh.candidate, f, self.thresholds[len(f)], learn)
+        flagged = "skip" if self.state.quarantined[slot] else self.settings.model.flagged
+        d2 = training.step(sh.candidate, f, self.thresholds[len(f)], flagged)
         sh.shadow.push(score, model.score(d2, len(f)))
         if sh.shadow.done:
             del self.shadows[key]

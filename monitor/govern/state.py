@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor.schema import MAX_AXES
-from monitor.state.store import Columns, DeviceStates, Slab
+from monitor.state.store import PAIRS, Columns, DeviceStates, Slab
 
 
 class GovernState(Slab):
@@ -28,7 +28,7 @@ class GovernState(Slab):
         super().__init__(n_sensors)
 
     def columns(self) -> Columns:
-        p, w = (self.n_sensors,), self.retrain_window
+        p, w = (PAIRS,), self.retrain_window
         return {
             "quarantined": ((), np.int8, 0),
             "latest_version": (p, np.int32, 1),

@@ -239,7 +239,9 @@ def test_a_snapshot_carries_the_input_state_and_an_older_one_loads_it_empty() ->
 
 def test_the_input_state_takes_about_3_kb_per_device() -> None:
     p = _pipeline()
-    columns = inputs.columns(p.settings.inputs, p.catalog)
-    per_device = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype, _ in columns.values())
+    columns, det = inputs.columns(p.settings.inputs), p.detect_state
+    per_device = sum(
+        int(np.prod(det.shape(shape))) * np.dtype(dtype).itemsize for shape, dtype, _ in columns.values()
+    )
     assert per_device == 12 * (9 * 4 + 10 * 4 + 96 + 96) + 6 * 2 * 8  # 12 axes, 6 sensors
     assert p.store.array_bytes_per_device() <= 20 * 1024

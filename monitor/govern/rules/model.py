@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from monitor.schema import SENSOR_NAMES
+from monitor.schema import NAME_PATTERN, SENSOR_NAMES
 
 Scope = Literal["device", "fleet", "cohort"]
 Action = Literal["alert", "retrain", "quarantine", "rollback"]
@@ -50,10 +50,11 @@ DRIFT_SIGNALS = frozenset(
     }
 )
 INTEGRITY_SIGNALS = frozenset({"stuck_at", "gap", "duplicate", "out_of_order", "clock_skew"})
-#: A pair's state at the evaluation: its current run of consecutive anomalous readings, and 1
-#: while a retrain of it is under way (training, its candidate in shadow, or a retry after a
-#: rejection scheduled), else 0.
-PAIR_SIGNALS = frozenset({"anomaly_streak", "retraining"})
+#: A pair's state at the evaluation: its current run of consecutive anomalous readings; 1 while a
+#: retrain of it is under way (training, its candidate in shadow, or a retry after a rejection
+#: scheduled), else 0; and, for a channel with a ``max_rate``, how fast its model's level moved
+#: since the previous evaluation, over that limit (``rate`` > 1: faster than plausible).
+PAIR_SIGNALS = frozenset({"anomaly_streak", "retraining", "rate"})
 #: The device tier's (monitor.detect.joint), per pair: frames it flagged mostly because of the pair's
 #: channel, their rate among the device's frames, and the largest frame score of the interval.
 JOINT_SIGNALS = frozenset({"device_frames", "device_anomalies", "device_anomaly_rate", "device_score"})
@@ -204,9 +205,11 @@ def _parse_for(value: object) -> object:
 
 def _known_sensor(name: str, info: ValidationInfo) -> str:
     """One of the sensors the rules are validated against (the context's ``sensors``: the
-    deployment's catalog; by default the built-in kinds)."""
-    known = (info.context or {}).get("sensors", SENSOR_NAMES)
-    if name not in known:
+    deployment's catalog; by default the built-in kinds), or, with the context's ``registrable``
+    (``channels.auto_register`` is on), a name a channel registered automatically may have."""
+    context = info.context or {}
+    known = context.get("sensors", SENSOR_NAMES)
+    if name not in known and not (context.get("registrable") and NAME_PATTERN.fullmatch(name)):
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown sensor {name!r}{hint}; known: {', '.join(known)}")
