@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from monitor import schema
 from monitor.detect import cohortinputs, inputs
 from monitor.errors import ConfigError, RulesError
 from monitor.govern.alerts import Alert
@@ -34,7 +35,9 @@ rules:
 FIRMWARE = "".join(f"dev-{d}: {{firmware: '{1 + d // 4}.0'}}\n" for d in range(8))
 
 
-def _pipeline(tmp_path: Path, cohorts: str = FIRMWARE, rules: str = RULES, **inputs_: Any) -> Pipeline:
+def _pipeline(
+    tmp_path: Path, cohorts: str = FIRMWARE, rules: str = RULES, room: int = 0, **inputs_: Any
+) -> Pipeline:
     path = tmp_path / "cohorts.yaml"
     path.write_text(cohorts)
     settings = load_settings(
@@ -43,6 +46,7 @@ def _pipeline(tmp_path: Path, cohorts: str = FIRMWARE, rules: str = RULES, **inp
         inputs={"fleet_reference_size": 400, "fleet_window_size": 400, "cohort_min_inputs": 50} | inputs_,
         model={"warmup": 50},
         drift={"fleet_check_every": 50},
+        channels={"auto_register": room},
     )
     return Pipeline(settings, parse_rules(rules))
 
@@ -240,3 +244,47 @@ def test_the_ring_is_this_process_s_and_refills_after_a_restart(tmp_path: Path) 
     fired = _firing(_run(q, msgs[8000:]))
     assert [a.device_id for a in fired] == ["firmware=1.0"]
     assert fired[0].ts > T0 + (8000 // 16 + 50) * 1000  # after the bins and a window anew
+
+
+def _co2_and_temperature(levels: list[list[float]], seed: int = 0) -> list[FakeMessage]:
+    """Per step and device of ``levels``: a reading of ``co2`` (a channel nobody declares, at the
+    row's level) and a clean temperature at 21 degC."""
+    rng, stream, out = np.random.default_rng(seed), Stream(), []
+    for i in range(len(levels[0])):
+        for d, row in enumerate(levels):
+            dev, ts = f"dev-{d}", T0 + i * 1000
+            co2 = round(row[i] + 0.1 * rng.standard_normal(), 4)
+            temperature = round(21.0 + 0.1 * rng.standard_normal(), 4)
+            for raw in (
+                schema.encode_reading(dev, "co2", ts, 2 * i, {"value": co2}, "ppm"),
+                schema.encode_reading(dev, "temperature", ts, 2 * i + 1, {"value": temperature}),
+            ):
+                out.append(stream.message(raw, dev.encode(), d % 2, ts))
+    return out
+
+
+def test_a_channel_registered_on_its_first_reading_is_compared_like_a_declared_one(tmp_path: Path) -> None:
+    """``co2``, registered at a spare index (its rows where the fleet's peer bins keep them, three
+    wide), is compared once registered: the shifted cohort flagged on it, the clean temperature
+    beside it not; both paths and batch sizes keep the same ring."""
+    msgs = _co2_and_temperature(_levels(shift_at=500, n=900))
+    p = _pipeline(tmp_path, room=2)
+    assert p.cohort_inputs is not None and p.cohort_inputs.bins.shape[0] == p.catalog.dims == 18
+    fired = _firing(_run(p, msgs))
+    co2 = p.catalog.index["co2"]
+    assert {(a.rule, a.device_id, a.sensor) for a in fired} == {("cohort_inputs", "firmware=1.0", "co2")}
+    assert fired[0].ts > T0 + 500 * 1000
+    assert p.cohort_inputs.keys.tolist() == [3, 3, 3, 1, 1, 1, 1, 0] and p.cohort_inputs.offsets[co2] == 12
+    shifted = p.cohort_inputs.compare(co2, "firmware=1.0", ("value",))
+    assert shifted is not None and shifted.worst.drifted
+    clean = p.cohort_inputs.compare(TEMP, "firmware=1.0", ("value",))
+    assert clean is not None and not clean.worst.drifted
+    rings = []
+    for compiled, batch in ((True, 97), (False, 500)):
+        q = _pipeline(tmp_path, room=2)
+        q.compiled = compiled
+        _run(q, msgs[:16_000], batch)
+        assert q.cohort_inputs is not None
+        rings.append([getattr(q.cohort_inputs, n) for n in ("n", "bins", "slot", "codes")])
+    for a, b in zip(*rings, strict=True):
+        np.testing.assert_array_equal(a, b)

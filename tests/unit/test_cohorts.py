@@ -115,8 +115,9 @@ def test_a_label_of_devices_and_channels_both_is_refused_at_start_up(tmp_path: P
 # --- the pipeline ---------------------------------------------------------------------------------
 
 
-def _stream(devices: int = 3, n: int = 120) -> list[FakeMessage]:
-    """Each device's current, flow and temperature, one a second each, Gaussian noise."""
+def _stream(devices: int = 3, n: int = 120, co2: bool = False) -> list[FakeMessage]:
+    """Each device's current, flow and temperature, one a second each, Gaussian noise; with
+    ``co2`` also a reading of ``co2``, a channel nobody declares (ppm)."""
     catalog = load_settings(None, channels=LABELLED).channels.catalog()
     rng, out, seq = np.random.default_rng(5), [], 0
     for _ in range(n):
@@ -125,10 +126,12 @@ def _stream(devices: int = 3, n: int = 120) -> list[FakeMessage]:
                 ("current", {"value": 2.0 + rng.normal(0, 0.01)}),
                 ("flow", {"in": 100 + rng.normal(0, 0.5), "out": 99 + rng.normal(0, 0.5)}),
                 ("temperature", {"value": 20 + rng.normal(0, 0.1)}),
+                *((("co2", {"value": 410 + rng.normal(0, 1.0)}),) if co2 else ()),
             ):
                 seq += 1
                 dev = f"dev-{d}"
-                raw = schema.encode_reading(dev, sensor, TS + seq * 1000, seq, values, None, catalog)
+                unit = "ppm" if sensor == "co2" else None
+                raw = schema.encode_reading(dev, sensor, TS + seq * 1000, seq, values, unit, catalog)
                 out.append(FakeMessage(raw, dev.encode(), d % 2, seq, TS + seq * 1000))
     return out
 
@@ -185,3 +188,50 @@ def test_a_river_tier_selects_pairs_by_a_channel_label(tmp_path: Path) -> None:
     routes = {names[s]: r for s, r in enumerate(p.river.route("dev-1")) if r[0] >= 0}
     assert routes == {**{n: (1, "2.0") for n in names if n != "flow"}, "flow": (0, "bosch")}
     assert not [r for r in p.river.route("dev-7") if r[0] >= 0 and r[1] != "bosch"]  # no firmware
+
+
+# --- channels registered on their first reading ---------------------------------------------------
+
+
+def test_a_registered_channel_is_in_its_devices_cohorts_and_in_no_channel_label_s(tmp_path: Path) -> None:
+    """With ``auto_register`` on, the declared channels keep their labels and ``co2``, registered
+    on its first reading, has none: its pairs are in their devices' firmware cohorts only, both
+    paths and any batch size agreeing."""
+    s = _settings(tmp_path, channels=LABELLED | {"auto_register": 2})
+    rules, msgs, runs = parse_rules(COHORT_RULES, sensors=s.channels.catalog().names), _stream(co2=True), []
+    for compiled, batch in ((True, 1), (False, 1), (True, 97), (False, 500)):
+        p = Pipeline(s, rules, trace=True, compiled=compiled)
+        results = _run(p, msgs, batch)
+        runs.append(_outputs(results))
+    assert runs[0] == runs[1] == runs[2] == runs[3]
+    index = p.catalog.index
+    co2 = index["co2"]
+    assert (p.catalog.names[-1], p.catalog.spare) == ("co2", 1)
+    assert p.labels.pair("dev-0", co2) == {"firmware": "1.0"} and p.labels.pair("dev-9", co2) == {}
+    assert p.labels.channel_cohorts("vendor") == (
+        ("vendor=acme", frozenset({index["current"]})),
+        ("vendor=bosch", frozenset({index["flow"]})),
+    )
+    firing = {(a.rule, a.device_id, a.sensor) for r in results for a in r.alerts if a.status == "firing"}
+    assert {f for f in firing if f[2] == "co2"} == {
+        ("by_firmware", "firmware=1.0", "co2"),
+        ("by_firmware", "firmware=2.0", "co2"),
+    }
+    assert p.cohort_groups["firmware=1.0"].n[co2] == 120 - 50  # dev-0's, after warm-up
+    assert p.cohort_groups["vendor=acme"].n[co2] == p.cohort_groups["vendor=bosch"].n[co2] == 0
+    assert p.fleet.n[co2] == 3 * (120 - 50)
+
+
+def test_a_river_tier_routes_a_registered_channel_by_its_device_s_labels(tmp_path: Path) -> None:
+    trees = {"model": "river.anomaly.HalfSpaceTrees", "preprocessing": "minmax", "quantile": 0.99}
+    tiers = [
+        {"name": "bosch", **trees, "cohort": "vendor=bosch"},
+        {"name": "by_firmware", **trees, "cohort": "firmware"},
+    ]
+    s = _settings(tmp_path, channels=LABELLED | {"auto_register": 2}, river={"tiers": tiers})
+    p = Pipeline(s, parse_rules(COHORT_RULES, sensors=s.channels.catalog().names))
+    assert p.river is not None
+    _run(p, _stream(n=5, co2=True))
+    co2 = p.catalog.index["co2"]
+    assert p.river.route("dev-1")[co2] == (1, "2.0") and p.river.route("dev-7")[co2] == (-1, "")
+    assert p.river.route("dev-1")[p.catalog.index["flow"]] == (0, "bosch")
