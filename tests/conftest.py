@@ -200,6 +200,7 @@ def run_monitor(
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
+        proc.wait(60)  # reaped even when the run failed: no process outlives its test
     return Finished(samples, alive, proc.returncode, stderr)
 
 
