@@ -200,7 +200,7 @@ def run_monitor(
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-        proc.wait(60)  # reaped even when the run failed: no process outlives its test
+        proc.communicate(timeout=60)  # reaped, pipes closed, even when the run failed
     return Finished(samples, alive, proc.returncode, stderr)
 
 
