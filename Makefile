@@ -30,6 +30,12 @@ ASTRO_AXES := --value temp_h=temperature --value humidity --value pressure \
 	--value mag_x=magnetometer.x --value mag_y=magnetometer.y --value mag_z=magnetometer.z \
 	--value accel_x=accelerometer.x --value accel_y=accelerometer.y --value accel_z=accelerometer.z \
 	--value gyro_x=gyroscope.x --value gyro_y=gyroscope.y --value gyro_z=gyroscope.z
+# The log's known events (README "The data sets"): the board moved twice (turned at 09:02:21, tilted at
+# 10:37:50: its gyroscope shows both) and its new orientation after the recording gap; each the hour from its
+# first reading, while the models settle.
+ASTRO_EVENTS := --event moved=2015-08-21T09:02:21/2015-08-21T10:02:21 \
+	--event moved=2015-08-21T10:37:50/2015-08-21T11:37:50 \
+	--event orientation=2015-08-21T22:48:10/2015-08-21T23:48:10
 HAPT_AXES := --value acc_x=accelerometer.x --value acc_y=accelerometer.y --value acc_z=accelerometer.z \
 	--value gyro_x=gyroscope.x --value gyro_y=gyroscope.y --value gyro_z=gyroscope.z
 OCCUPANCY := $(DATA)/occupancy/datatraining.txt $(DATA)/occupancy/datatest.txt $(DATA)/occupancy/datatest2.txt
@@ -40,7 +46,7 @@ evaluate: env
 	$(EVAL) --config configs/nab.yaml nab --root $(DATA)/nab --baselines
 	$(EVAL) --out evaluation/default nab --root $(DATA)/nab
 	$(EVAL) csv $(DATA)/astropi/astro_pi_data_20150824_085954.csv --name astropi --timestamp time_stamp \
-		$(ASTRO_AXES) --event orientation=2015-08-21T22:48:10/2015-08-21T23:48:10 --baselines
+		$(ASTRO_AXES) $(ASTRO_EVENTS) --baselines
 	$(BIN)/python -m monitor.evaluation.hapt $(DATA)/hapt/RawData evaluation/hapt
 	$(EVAL) csv evaluation/hapt/*.csv --name hapt --period-s 0.02 $(HAPT_AXES) \
 		--label activity --label-kind change --horizon-s 5 --baselines

@@ -54,34 +54,36 @@ def _seconds(ms: float | None) -> str:
 
 
 def astropi_table(report: Report) -> str:
-    """Per detector: was the known event alerted within 60 s of its first reading and by which
-    rules, the first firing's delay, false alarms per device-day outside the event, by rule."""
+    """Per detector: how many of the known events were alerted within 60 s of their first reading
+    and by which rules, each event's first firing delay, false alarms per device-day outside the
+    events, by rule."""
     rows = []
     for name, r in _detectors(report):
-        windows = r["anomaly"]["windows"]
-        delay = windows[0]["delay_ms"] if windows else None
+        delays = [w["delay_ms"] for w in r["anomaly"]["windows"]]
         quick = [
             rule
             for rule, q in r["by_rule"].items()
-            if q["delays_ms"] and q["delays_ms"][0] is not None and q["delays_ms"][0] <= ALERT_WITHIN_MS
+            if any(d is not None and d <= ALERT_WITHIN_MS for d in q["delays_ms"])
         ]
-        alerted = "yes" if delay is not None and delay <= ALERT_WITHIN_MS else "no"
+        alerted = sum(d is not None and d <= ALERT_WITHIN_MS for d in delays)
         false = [(rule, q["false_alarms"]) for rule, q in r["by_rule"].items() if q["false_alarms"]]
         rows.append(
             (
                 name,
-                f"{alerted} ({', '.join(quick)})" if quick else alerted,
-                _seconds(delay),
+                f"{alerted} of {len(delays)}" + (f" ({', '.join(quick)})" if quick else ""),
+                " / ".join(_seconds(d) for d in delays) or "-",
                 _num(r["anomaly"]["false_alarms_per_device_day"]),
                 ", ".join(f"{rule} {n}" for rule, n in sorted(false, key=lambda x: -x[1])) or "-",
             )
         )
-    head: tuple[str, ...] = ("detector", "event alerted within 60 s (rules)", "first firing s")
-    head += ("false alarms/device-day outside the event", "false alarms by rule")
-    event, a = report["events"][0] if report["events"] else None, report["anomaly"]
+    head: tuple[str, ...] = ("detector", "events alerted within 60 s (rules)", "first firing s, per event")
+    head += ("false alarms/device-day outside the events", "false alarms by rule")
+    a = report["anomaly"]
     caption = f"{report['messages']:,} readings, {a['device_days']:.3f} device-days"
-    if event is not None:
-        caption += f"; the event: {event['kind']}, from {_iso(event['start_ts'])} to {_iso(event['end_ts'])}"
+    if report["events"]:
+        caption += "; the events: " + ", ".join(
+            f"{e['kind']} from {_iso(e['start_ts'])} to {_iso(e['end_ts'])}" for e in report["events"]
+        )
     return caption + ".\n\n" + markdown(head, rows)
 
 
