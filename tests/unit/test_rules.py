@@ -87,6 +87,7 @@ def test_shipped_rules_load() -> None:
     names = [r.name for r in rs.rules]
     assert names == [
         "score_drift",
+        "scores_quieter",
         "anomaly_burst",
         "rate_of_change",
         "sensor_stuck",
@@ -367,7 +368,7 @@ def test_rules_check_reports_every_file(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["rules", "check", str(RULES_YAML)]) == 0
     assert main(["rules", "check", str(bad), str(RULES_YAML)]) == 1
     out, err = capsys.readouterr()
-    assert out.splitlines() == [f"{RULES_YAML}: 10 rules OK"] * 2
+    assert out.splitlines() == [f"{RULES_YAML}: 11 rules OK"] * 2
     assert err.startswith(f"{bad}:10:12: rules.1.when.all.1.signal: unknown signal 'psy'")
 
 
