@@ -242,9 +242,11 @@ class Pipeline:
         """A new pair model's (fading, var_fading, resolution, trend), per sensor index (a spare
         one's: the defaults, until a channel is registered there)."""
         m, spare = self.settings.model, self.settings.channels.auto_defaults
-        out = np.array([[m.fading, m.var_fading, spare.resolution, m.trend]] * self.catalog.capacity)
+        trend = m.trend or 0.0
+        out = np.array([[m.fading, m.var_fading, spare.resolution, trend]] * self.catalog.capacity)
         for s in range(len(self.catalog)):
-            out[s, 2] = self.governor.base_params(s)["resolution"]
+            base = self.governor.base_params(s)
+            out[s, 2:] = base["resolution"], base["trend"]
         return out
 
     def _adopt(self, catalog: schema.Catalog) -> None:

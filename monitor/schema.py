@@ -62,9 +62,11 @@ class SensorSpec:
     high: float
     rate_hz: float  # nominal sampling rate, used by the simulator and the gap check
     resolution: float  # smallest meaningful change: floors the noise a model may learn
-    # Keyword-only: fastest plausible change of the level, units per second (0: unchecked), and
+    # Keyword-only: fastest plausible change of the level, units per second (0: unchecked); the
+    # weight of its pair models' trend (0: a level alone; model.trend, when set, overrides it); and
     # whether it was registered on its first reading (channels.auto_register), not declared.
     max_rate: float = dataclasses.field(default=0.0, kw_only=True)
+    trend: float = dataclasses.field(default=0.0, kw_only=True)
     auto: bool = dataclasses.field(default=False, kw_only=True)
 
     @property
@@ -81,13 +83,24 @@ SCALAR_KEYS: Final = ("value",)
 #: temperature 20 degC per hour (the limit data-centre guidelines give for the fastest allowed
 #: swing) and station pressure 10 hPa per hour (several times the deepest storms' fall); motion
 #: and humidity (breath, a door) change as fast as they like.
+#: A trend (``trend``, Holt's linear trend: README "Model and drift design") is given to the
+#: environmental kinds, whose quantities have inertia and so ramp (a heater, the sun, a weather
+#: front): a level alone lags a ramp and its scores drift up with nothing wrong. Motion kinds move
+#: in steps (the device turned, an activity changed), which a trend would stretch into a ramp that
+#: overshoots. ENV_TREND makes the trend's memory ``1 / (fading * trend)`` about three times the
+#: level's: long enough that noise does not make a slope, short enough to follow one that turns.
+ENV_TREND: Final = 0.3
 BUILTIN: Final = (
     SensorSpec("accelerometer", VECTOR_KEYS, "m/s^2", -156.9, 156.9, 10.0, 1e-3),  # +-16 g
     SensorSpec("gyroscope", VECTOR_KEYS, "rad/s", -34.9, 34.9, 10.0, 1e-4),  # +-2000 dps
     SensorSpec("magnetometer", VECTOR_KEYS, "uT", -1600.0, 1600.0, 5.0, 1e-2),  # +-16 gauss
-    SensorSpec("humidity", SCALAR_KEYS, "%RH", 0.0, 100.0, 1.0, 1e-2),
-    SensorSpec("pressure", SCALAR_KEYS, "hPa", 260.0, 1260.0, 1.0, 1e-2, max_rate=10.0 / 3600),
-    SensorSpec("temperature", SCALAR_KEYS, "degC", -40.0, 125.0, 1.0, 1e-2, max_rate=20.0 / 3600),
+    SensorSpec("humidity", SCALAR_KEYS, "%RH", 0.0, 100.0, 1.0, 1e-2, trend=ENV_TREND),
+    SensorSpec(
+        "pressure", SCALAR_KEYS, "hPa", 260.0, 1260.0, 1.0, 1e-2, max_rate=10.0 / 3600, trend=ENV_TREND
+    ),
+    SensorSpec(
+        "temperature", SCALAR_KEYS, "degC", -40.0, 125.0, 1.0, 1e-2, max_rate=20.0 / 3600, trend=ENV_TREND
+    ),
 )
 #: The built-in kinds by name: what the simulator and the device producers send.
 SENSORS: Final[dict[str, SensorSpec]] = {s.name: s for s in BUILTIN}

@@ -293,12 +293,13 @@ class ModelSettings(_Section):
     warmup: int = Field(50, ge=5, description="readings learned before a model scores")
     fading: float = Field(0.05, gt=0, le=1, description="weight of a new reading in the level (memory ~1/x)")
     var_fading: float = Field(0.005, gt=0, le=1, description="weight of a new reading in the noise level")
-    trend: float = Field(
-        0.0,
+    trend: float | None = Field(
+        None,
         ge=0,
         le=1,
-        description="weight of a forecast error in the level's trend, relative to fading (0: no trend; "
-        "a level alone lags a steady ramp by slope/fading)",
+        description="weight of a forecast error in the level's trend, relative to fading, for every channel "
+        "(0: no trend; a level alone lags a steady ramp by slope/fading); unset: each channel's own "
+        "(built-in humidity, pressure, temperature 0.3, motion kinds 0, declared channels their trend)",
     )
     anomaly_threshold: float = Field(0.9999, gt=0.5, lt=1)
     rate_window_s: float = Field(
@@ -309,9 +310,9 @@ class ModelSettings(_Section):
     )
     learn_anomalies: bool = Field(False, description="also learn from readings over the threshold, fully")
     clip_anomalies: bool = Field(
-        False,
-        description="without learn_anomalies: a reading over the threshold moves the level (and trend) as "
-        "much as one on the threshold would, never the noise level (false: it is not learned at all)",
+        True,
+        description="without learn_anomalies: a reading over the threshold moves the level as much as one "
+        "on the threshold would, never the noise level (false: it is not learned at all)",
     )
     retrain_window: int = Field(32, ge=16, le=1024)
 
@@ -598,6 +599,13 @@ class ChannelSettings(_Section):
         description="fastest plausible change of the level, units per second: the `rate` signal is the "
         "level's change over this (0: unchecked)",
     )
+    trend: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="weight of the pair models' trend, relative to model.fading (0: none; 0.3 for a "
+        "quantity that ramps, as the built-in temperature); model.trend, when set, overrides it",
+    )
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -640,6 +648,7 @@ class ChannelSettings(_Section):
             self.rate_hz,
             self.resolution,
             max_rate=self.max_rate,
+            trend=self.trend,
         )
 
 

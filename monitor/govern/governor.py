@@ -166,12 +166,12 @@ class Governor:
 
     def base_params(self, s: int) -> dict[str, float]:
         """The configured model parameters of sensor ``s`` (what a new online model starts with)."""
-        m = self.settings.model
+        m, spec = self.settings.model, self.catalog.specs[s]
         return {
             "fading": m.fading,
             "var_fading": m.var_fading,
-            "resolution": self.catalog.specs[s].resolution,
-            "trend": m.trend,
+            "resolution": spec.resolution,
+            "trend": spec.trend if m.trend is None else m.trend,
         }
 
     # --- 2. the result is due -------------------------------------------------------------------

@@ -259,7 +259,9 @@ def test_retrain_records_a_version_with_lineage(shifted: Shifted) -> None:
 def test_first_retrain_registers_the_online_model_as_v1(shifted: Shifted) -> None:
     (v1,) = [v for r in shifted.results for v in r.versions if v.version == 1]
     assert (v1.device_id, v1.parent, v1.trigger_rule) == ("dev-1", 0, "")
-    assert v1.baseline["mean"][0] == pytest.approx(LEVEL, abs=4 * NOISE)
+    # The online model as it served at the firing: on the old level, moved part of the way toward
+    # the shifted readings by clipped learning (model.clip_anomalies), never all of it.
+    assert LEVEL - 4 * NOISE < v1.baseline["mean"][0] < LEVEL + SHIFT / 2
 
 
 def test_retrain_is_audited_from_firing_to_promotion(shifted: Shifted) -> None:

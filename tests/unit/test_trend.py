@@ -7,6 +7,7 @@ import pytest
 
 from monitor.detect.model import AdaptiveGaussian, distance_threshold
 from monitor.detect.state import DetectState
+from monitor.errors import ConfigError
 from monitor.govern.rules import RuleSet, load_rules
 from monitor.pipeline import Pipeline
 from monitor.settings import DriftSettings, load_settings
@@ -111,3 +112,60 @@ def test_the_rate_signal_is_the_levels_speed_over_its_window() -> None:
     assert det.level_rate(0, 0, 301_000, 50, 300_000) == pytest.approx(0.01)  # 3 units in 300 s
     det.reset_detectors(0, 0)
     assert det.level_rate(0, 0, 400_000, 50, 300_000) is None  # a new model starts again
+
+
+def _trends(**overrides: object) -> dict[str, float]:
+    """Each monitored channel's trend as a new pair model starts with it, on both paths: the
+    governor's base parameters (Python path, training) and the compiled path's parameter rows."""
+    p = Pipeline(load_settings(None, **overrides), RuleSet(rules=[]))
+    out = {}
+    for s, name in enumerate(p.catalog.names):
+        trend = p.governor.base_params(s)["trend"]
+        assert p._base_params[s, 3] == trend
+        out[name] = trend
+    return out
+
+
+def test_environmental_kinds_have_a_trend_and_motion_kinds_none() -> None:
+    trends = _trends()
+    assert {k: trends[k] for k in ("humidity", "pressure", "temperature")} == dict.fromkeys(
+        ("humidity", "pressure", "temperature"), 0.3
+    )
+    assert {k: trends[k] for k in ("accelerometer", "gyroscope", "magnetometer")} == dict.fromkeys(
+        ("accelerometer", "gyroscope", "magnetometer"), 0.0
+    )
+
+
+def test_a_declared_channel_has_its_own_trend_and_model_trend_overrides_every_channel() -> None:
+    flow = {"name": "flow", "unit": "l/min", "low": 0, "high": 100, "resolution": 0.1, "trend": 0.2}
+    co2 = {"name": "co2", "unit": "ppm", "low": 0, "high": 5000, "resolution": 1}
+    declared = {"channels": {"declare": [flow, co2]}}
+    assert (_trends(**declared)["flow"], _trends(**declared)["co2"]) == (0.2, 0.0)
+    assert set(_trends(**declared, model={"trend": 0.0}).values()) == {0.0}
+    assert set(_trends(model={"trend": 0.1}).values()) == {0.1}
+
+
+@pytest.mark.parametrize("trend", [-0.1, 1.5])
+def test_a_channel_trend_outside_0_to_1_is_refused(trend: float) -> None:
+    flow = {"name": "flow", "unit": "l/min", "low": 0, "high": 100, "resolution": 0.1, "trend": trend}
+    with pytest.raises(ConfigError, match=r"channels\.declare\.0\.trend"):
+        load_settings(None, channels={"declare": [flow]})
+
+
+def test_a_temperature_ramp_leaves_no_lag_with_the_default_trend() -> None:
+    """A warm afternoon (2 degC/h, a reading every 10 s): the default temperature model's level
+    keeps up with it, a level alone (model.trend 0) lags it by slope / fading."""
+
+    def lag(**overrides: object) -> float:
+        p = Pipeline(load_settings(None, **overrides), RuleSet(rules=[]))
+        stream, rng = Stream(), np.random.default_rng(5)
+        value = 21.0
+        for i in range(720):
+            value = 21.0 + 2.0 * i * 10 / 3600 + 0.01 * float(rng.standard_normal())
+            p.process([stream.reading(0, i * 10, value)])
+        slot, s = p.store.slots["dev-0"], p.catalog.index["temperature"]
+        return value - float(p.detect_state.model[slot, s, 1])
+
+    slope = 2.0 * 10 / 3600  # per reading
+    assert lag(model={"trend": 0.0}) == pytest.approx(slope / 0.05, rel=0.3)
+    assert abs(lag()) < 0.2 * slope / 0.05
