@@ -8,6 +8,12 @@ earlier stages' ones. The :class:`StateStore` hands out slots, keeps each device
 partition and recency, and grows, clears, exports and loads every slab's rows together: arrays grow
 by doubling, released slots (evicted devices, revoked partitions) are reused first.
 
+Memory: an array of :data:`MAPPED_BYTES` or more lives in its own anonymous memory map. Its pages
+take memory once written: a slot's rows are written when the slot is first handed out, so a slab
+takes memory for the slots in use, not for its capacity; and the whole map goes back to the system
+when a slab outgrows it (from the C heap, a freed array can stay resident for good, as a hole
+below newer allocations).
+
 :meth:`StateStore.export` and :meth:`StateStore.load` move the devices of a partition in and out
 (snapshots: every slab's arrays under their names, which are unique across slabs).
 :meth:`StateStore.array_bytes_per_device` reports the footprint; the README's budget table comes
@@ -16,6 +22,7 @@ from it.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -34,6 +41,8 @@ N_CHECKS = len(CHECKS)
 #: slab arrays): 2.0 KB for N = 300, 1.3 KB for 1,500; ``--trace`` counts the Python objects alone
 #: (0.6 KB a device).
 OBJECT_BYTES_PER_DEVICE = 4 * 1024
+#: Arrays at least this large get a memory map of their own (see the module docstring).
+MAPPED_BYTES = 64 * 1024
 #: A pair's model: the detect stage's object (:class:`monitor.detect.model.AdaptiveGaussian`); the
 #: store only keeps it.
 Model = Any
@@ -62,12 +71,16 @@ class Slab:
         raise NotImplementedError
 
     def grow(self, capacity: int) -> None:
-        """Reallocate every array with ``capacity`` rows, keeping the rows it has."""
+        """Reallocate every array with ``capacity`` rows, keeping the rows it has (the new rows
+        hold the fill value; zeros take no memory until written)."""
         old, self.arrays = self.arrays, {}
         for name, (shape, dtype, fill) in self.columns().items():
-            arr = np.full((capacity, *shape), fill, dtype=dtype)
-            if name in old:
-                arr[: len(old[name])] = old[name]
+            arr = zeros((capacity, *shape), dtype)
+            kept = len(old[name]) if name in old else 0
+            if kept:
+                arr[:kept] = old[name]
+            if fill != 0:
+                arr[kept:] = fill
             self.arrays[name] = arr
             self._fill[name] = fill
             setattr(self, name, arr)
@@ -175,6 +188,8 @@ class StateStore:
                     grown = min(grown, self.limit)
                 self._grow(grown)
             self.device_ids.append(device_id)
+            for slab in self.slabs:  # its rows take memory now, as the memory budget counts them
+                slab.clear(slot)
         self.slots[device_id] = slot
         self.partition[slot] = partition
         return slot
@@ -228,6 +243,16 @@ class StateStore:
     def bytes_per_device(self) -> int:
         """The memory one device takes: its slab rows and :data:`OBJECT_BYTES_PER_DEVICE`."""
         return self.array_bytes_per_device() + OBJECT_BYTES_PER_DEVICE
+
+
+def zeros(shape: tuple[int, ...], dtype: type[np.generic]) -> NDArray[np.generic]:
+    """A zero-filled array; from :data:`MAPPED_BYTES` on, in an anonymous private memory map of its
+    own (unmapped when the array is freed)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size < MAPPED_BYTES:
+        return np.zeros(shape, dtype)
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buf, dtype).reshape(shape)
 
 
 @dataclass
