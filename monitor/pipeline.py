@@ -159,7 +159,9 @@ class Pipeline:
         self.detect_state = self.store.add(
             DetectState(n, d, novelty.state_size(settings.novelty), input_columns)
         )
-        self.govern_state = self.store.add(GovernState(n, m.retrain_window))
+        self.govern_state = self.store.add(
+            GovernState([len(c.keys) for c in catalog.specs], m.retrain_window)
+        )
         self.joint_state = self.store.add(JointState(catalog))
         self._joint = joint.config(settings.joint, catalog, m.anomaly_threshold, m.learn_anomalies)
         self.fleet_inputs = inputs.FleetInputs(settings.inputs, catalog)
@@ -432,6 +434,7 @@ class Pipeline:
         return (
             i.gap_factor, i.stuck_run, i.max_clock_skew_ms, m.warmup, self._thresholds,
             m.learn_anomalies, d.check_every, self._tick - start, d.urgent_streak, d.urgent_gap,
+            self.govern_state.first_axis,
         )  # fmt: skip
 
     def _kernel_state(self) -> tuple[Any, ...]:
@@ -441,9 +444,9 @@ class Pipeline:
             self.store.partition, self.store.touched, ing.last_seq, ing.last_offset, ing.last_seen,
             ing.last_ts, ing.interval, ing.stuck_run, ing.integrity, ing.last_vals,
             self.integrity.events, gov.quarantined, gov.raw_n, gov.raw, gov.raw_off, gov.raw_ts,
-            det.model, det.model_params, self._base_params, det.n_scored, det.since_eval,
-            det.anomalies, det.streak, det.score_sum, det.score_count, det.ref, det.cur,
-            self._python_pairs(),
+            gov.raw_last_off, gov.raw_last_ts, det.model, det.model_params, self._base_params,
+            det.n_scored, det.since_eval, det.anomalies, det.streak, det.score_sum, det.score_count,
+            det.ref, det.cur, self._python_pairs(),
         )  # fmt: skip
 
     def _python_pairs(self) -> NDArray[np.int8]:

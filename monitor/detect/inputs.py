@@ -182,7 +182,7 @@ def _freeze_pair(
     for j in range(k):
         values = np.empty(e)
         for t in range(e):
-            values[t] = raw[slot, s, (last - t) % window, j]
+            values[t] = raw[slot, off + j, (last - t) % window]
         _freeze(values, edges[off + j])
         ref[off + j, :] = 0.0
         for t in range(e):

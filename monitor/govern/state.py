@@ -1,15 +1,37 @@
 """The govern stage's per-pair state: the recent readings a retrain learns from (with their Kafka
-offsets), the serving and latest model versions, and the quarantine flag."""
+offsets), the serving and latest model versions, and the quarantine flag.
+
+The ring keeps each axis of the device once (``raw``: one row of ``retrain_window`` values per
+axis of the catalog, a sensor's axes next to each other), and of each reading's timestamp and
+Kafka offset the low 32 bits (``raw_ts``, ``raw_off``), beside the pair's latest full values
+(``raw_last_ts``, ``raw_last_off``): :meth:`GovernState.window` restores the full values, exact
+for readings within ``2**31`` ms (24.8 days) and ``2**31`` offsets of the pair's latest.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from numba import njit
 from numpy.typing import NDArray
 
-from monitor.schema import MAX_AXES
 from monitor.state.store import Columns, DeviceStates, Slab
+
+#: Offsets and timestamps are kept modulo this, centred on 0 (an int32).
+WRAP = 2**32
+
+
+@njit(cache=True)
+def low32(v: int) -> int:
+    """``v`` modulo ``2**32``, as a signed 32-bit number (what the ring keeps of it)."""
+    return (v + WRAP // 2) % WRAP - WRAP // 2
+
+
+def widen(low: NDArray[np.int32], latest: int) -> NDArray[np.int64]:
+    """The full values whose low 32 bits are ``low``, given the latest full value: each is the
+    value nearest to ``latest`` with those bits."""
+    return latest + (low.astype(np.int64) - low32(latest) + WRAP // 2) % WRAP - WRAP // 2
 
 
 class GovernState(Slab):
@@ -18,14 +40,20 @@ class GovernState(Slab):
     quarantined: NDArray[np.int8]  # per device, 1: its models do not learn
     latest_version: NDArray[np.int32]  # highest version number given to the pair
     raw_n: NDArray[np.int64]
-    raw: NDArray[np.float32]
-    raw_off: NDArray[np.int64]
-    raw_ts: NDArray[np.int64]
+    raw: NDArray[np.float32]  # per axis
+    raw_off: NDArray[np.int32]
+    raw_ts: NDArray[np.int32]
+    raw_last_off: NDArray[np.int64]
+    raw_last_ts: NDArray[np.int64]
 
-    def __init__(self, n_sensors: int, retrain_window: int) -> None:
+    def __init__(self, axes: Sequence[int], retrain_window: int) -> None:
+        """``axes``: the number of axes of each sensor of the catalog, in its order."""
         self.retrain_window = retrain_window
+        self.axes = tuple(axes)
+        #: The first axis of each sensor in ``raw``.
+        self.first_axis = np.concatenate([[0], np.cumsum(self.axes)[:-1]]).astype(np.int64)
         self.versions: dict[tuple[int, int], int] = {}  # (slot, sensor) of pairs retrained at least once
-        super().__init__(n_sensors)
+        super().__init__(len(self.axes))
 
     def columns(self) -> Columns:
         p, w = (self.n_sensors,), self.retrain_window
@@ -33,9 +61,11 @@ class GovernState(Slab):
             "quarantined": ((), np.int8, 0),
             "latest_version": (p, np.int32, 1),
             "raw_n": (p, np.int64, 0),
-            "raw": ((*p, w, MAX_AXES), np.float32, 0),
-            "raw_off": ((*p, w), np.int64, -1),
-            "raw_ts": ((*p, w), np.int64, 0),
+            "raw": ((sum(self.axes), w), np.float32, 0),
+            "raw_off": ((*p, w), np.int32, 0),
+            "raw_ts": ((*p, w), np.int32, 0),
+            "raw_last_off": (p, np.int64, 0),
+            "raw_last_ts": (p, np.int64, 0),
         }
 
     def version(self, slot: int, s: int) -> int:
@@ -45,10 +75,42 @@ class GovernState(Slab):
     def remember(self, slot: int, s: int, ts: int, f: tuple[float, ...], offset: int) -> None:
         """Keep a reading in the pair's retraining ring, with its Kafka offset."""
         i = int(self.raw_n[slot, s]) % self.retrain_window
-        self.raw[slot, s, i, : len(f)] = f
-        self.raw_off[slot, s, i] = offset
-        self.raw_ts[slot, s, i] = ts
+        a = int(self.first_axis[s])
+        self.raw[slot, a : a + len(f), i] = f
+        self.raw_off[slot, s, i] = low32(offset)
+        self.raw_ts[slot, s, i] = low32(ts)
+        self.raw_last_off[slot, s] = offset
+        self.raw_last_ts[slot, s] = ts
         self.raw_n[slot, s] += 1
+
+    def window(self, slot: int, s: int) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
+        """The pair's readings in the ring, oldest first: values (one column per axis), Kafka
+        offsets and timestamps."""
+        w, n = self.retrain_window, int(self.raw_n[slot, s])
+        idx = (n - min(n, w) + np.arange(min(n, w))) % w
+        a = int(self.first_axis[s])
+        rows = self.raw[slot, a : a + self.axes[s]][:, idx].T.astype(np.float64)
+        offsets = widen(self.raw_off[slot, s, idx], int(self.raw_last_off[slot, s]))
+        return rows, offsets, widen(self.raw_ts[slot, s, idx], int(self.raw_last_ts[slot, s]))
+
+    def upgrade(self, states: DeviceStates) -> None:
+        """Rings of snapshots written before this layout (``raw`` per sensor with ``MAX_AXES``
+        columns, full int64 offsets and timestamps) into it."""
+        a = states.arrays
+        raw = a.get("raw")
+        if raw is not None and raw.ndim == 4:  # (devices, sensors, window, MAX_AXES)
+            a["raw"] = np.concatenate(
+                [raw[:, s, :, :k].transpose(0, 2, 1) for s, k in enumerate(self.axes)], axis=1
+            )
+        for name in ("raw_off", "raw_ts"):
+            old = a.get(name)
+            if old is None or old.dtype != np.int64:
+                continue
+            full, n = np.asarray(old, np.int64), np.asarray(a["raw_n"], np.int64)
+            newest = np.take_along_axis(full, ((n - 1) % full.shape[2])[..., None], axis=2)[..., 0]
+            a[name.replace("raw_", "raw_last_")] = np.where(n > 0, newest, 0)
+            unused = np.arange(full.shape[2]) >= n[..., None]  # -1 there, the former fill
+            a[name] = np.where(unused, 0, (full + WRAP // 2) % WRAP - WRAP // 2).astype(np.int32)
 
     def clear_objects(self, slot: int) -> None:
         for s in range(self.n_sensors):

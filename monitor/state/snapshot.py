@@ -23,6 +23,11 @@ objects load: the detect stage converts them into its slab rows
 (:class:`monitor.detect.state.DetectState`; a River ADWIN it cannot convert makes the snapshot a
 mismatch, and the partition's state is rebuilt from its committed offset).
 
+The header's ``format`` is 2 since the slabs' layouts changed (the govern stage's ring per axis,
+with the low 32 bits of offsets and timestamps): a format-1 snapshot loads, its arrays converted
+by the slabs (:meth:`monitor.state.store.Slab.upgrade`); a process of an earlier version refuses a
+format-2 one (its partition's state is then rebuilt).
+
 Next to each snapshot, ``<partition>.head`` (signed JSON) records the last snapshot written: its
 next offset, creation time and SHA-256. A signed snapshot older than that one (a backup copied
 back, or a replayed file) loads (its partition is re-read from its offset), but is reported:
@@ -57,7 +62,9 @@ from monitor.state.store import DeviceStates, PartitionState
 log = logging.getLogger(__name__)
 
 MAGIC = b"TLMSNAP1"
-FORMAT = 1
+FORMAT = 2
+#: Formats this version reads (1: the slabs' earlier layouts, converted on load).
+READABLE = (1, 2)
 
 
 @dataclass
@@ -127,7 +134,7 @@ def decode(data: bytes, key: bytes) -> PartitionSnapshot:
     if not hmac.compare_digest(hmac.new(key, raw + body, hashlib.sha256).digest(), mac):
         raise SnapshotError(f"snapshot signature mismatch ({_why_unverified(raw, key)})")
     header = json.loads(raw)
-    if header.get("format") != FORMAT:
+    if header.get("format") not in READABLE:
         raise SnapshotError(f"unsupported snapshot format {header.get('format')!r}")
     split = header["arrays_bytes"]
     try:

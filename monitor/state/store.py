@@ -110,6 +110,10 @@ class Slab:
     def load_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
         """Take the slots' Python objects from ``states`` (none by default)."""
 
+    def upgrade(self, states: DeviceStates) -> None:
+        """Convert arrays ``states`` holds in an older layout of this slab (a snapshot written
+        before it changed) into the current one, in place (none by default)."""
+
     def mismatch(self, states: DeviceStates) -> str | None:
         for name, arr in self.arrays.items():
             theirs = states.arrays.get(name)
@@ -226,11 +230,16 @@ class StateStore:
 
     def mismatch(self, states: DeviceStates) -> str | None:
         """Why ``states`` cannot be loaded here (an array kept with another per-device shape, as
-        after a change of ``drift`` window sizes or of the novelty stage), or None."""
+        after a change of ``drift`` window sizes or of the novelty stage), or None. Arrays of an
+        older layout are converted first (:meth:`Slab.upgrade`)."""
+        for slab in self.slabs:
+            slab.upgrade(states)
         return next((why for slab in self.slabs if (why := slab.mismatch(states)) is not None), None)
 
     def load(self, states: DeviceStates) -> list[int]:
         """Install exported devices (replacing any state they have here); returns their slots."""
+        for slab in self.slabs:
+            slab.upgrade(states)
         self.release([self.slots[d] for d in states.device_ids if d in self.slots])
         slots = [self.slot(d, 0) for d in states.device_ids]
         for slab in self.slabs:

@@ -18,6 +18,7 @@ from monitor.errors import SnapshotError
 from monitor.govern.rules import load_rules
 from monitor.pipeline import BatchResult, Pipeline
 from monitor.records import Message
+from monitor.schema import MAX_AXES
 from monitor.settings import load_settings
 from monitor.state import snapshot
 from monitor.state.snapshot import PartitionSnapshot, SnapshotStore
@@ -139,6 +140,50 @@ def test_a_snapshot_with_river_adwins_converts_and_continues_exactly(cut: int) -
     end = _next_offsets(oracle_results)
     assert snapshot.fingerprints(_snapshots(second, end)) == snapshot.fingerprints(_snapshots(oracle, end))
     assert _alert_ids(before) | _alert_ids(after) == _alert_ids(oracle_results)
+
+
+def _former_layouts(p: Pipeline, arrays: dict[str, np.ndarray]) -> None:
+    """An export's arrays as format 1 held them: the retraining ring per sensor with ``MAX_AXES``
+    columns and full offsets (-1 where unused) and timestamps."""
+    gov, wrap = p.govern_state, 2**32
+    raw, n = arrays["raw"], arrays["raw_n"]
+    old = np.zeros((len(raw), len(gov.axes), gov.retrain_window, MAX_AXES), np.float32)
+    for s, k in enumerate(gov.axes):
+        first = gov.first_axis[s]
+        old[:, s, :, :k] = raw[:, first : first + k, :].transpose(0, 2, 1)
+    arrays["raw"] = old
+    for name in ("raw_off", "raw_ts"):
+        latest = arrays.pop(name.replace("raw_", "raw_last_"))[..., None]
+        full = latest + (arrays[name] - latest + wrap // 2) % wrap - wrap // 2
+        unused = np.arange(gov.retrain_window) >= n[..., None]
+        arrays[name] = np.where(unused, -1 if name == "raw_off" else 0, full).astype(np.int64)
+
+
+@pytest.mark.parametrize("cut", [260, 330])
+def test_a_format_1_snapshot_converts_and_continues_exactly(
+    cut: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot of the slabs' former layouts (format 1) loads, and the run goes on as one that
+    never stopped (the cuts fall while dev-1's retrain, which reads the ring, is pending)."""
+    stream = _gaussian_stream(450, devices=4, shift_device=1)
+    oracle = _pipeline()
+    oracle_results = _run(oracle, stream, batch=50)
+    first = _pipeline()
+    before = _run(first, stream[: cut * 4], batch=50)
+    monkeypatch.setattr(snapshot, "FORMAT", 1)
+    snaps = []
+    for s in _snapshots(first, _next_offsets(before)):
+        _former_layouts(first, s.state.devices.arrays)
+        snaps.append(snapshot.decode(snapshot.encode(s, KEY), KEY))
+    second = _pipeline()
+    for s in snaps:
+        assert second.mismatch(s.state) is None
+        second.import_partition(s.state)
+    after = _run(second, stream[cut * 4 :], batch=70)
+    end = _next_offsets(oracle_results)
+    assert snapshot.fingerprints(_snapshots(second, end)) == snapshot.fingerprints(_snapshots(oracle, end))
+    assert _alert_ids(before) | _alert_ids(after) == _alert_ids(oracle_results)
+    assert _decisions(before) + _decisions(after) == _decisions(oracle_results)
 
 
 def test_a_snapshot_with_an_unconvertible_adwin_is_a_mismatch() -> None:
