@@ -24,9 +24,9 @@ objects load: the detect stage converts them into its slab rows
 mismatch, and the partition's state is rebuilt from its committed offset).
 
 The header's ``format`` is 2 since the slabs' layouts changed (the govern stage's ring per axis,
-with the low 32 bits of offsets and timestamps): a format-1 snapshot loads, its arrays converted
-by the slabs (:meth:`monitor.state.store.Slab.upgrade`); a process of an earlier version refuses a
-format-2 one (its partition's state is then rebuilt).
+with the low 32 bits of offsets and timestamps; the joint model's upper triangles): a format-1
+snapshot loads, its arrays converted by the slabs (:meth:`monitor.state.store.Slab.upgrade`); a
+process of an earlier version refuses a format-2 one (its partition's state is then rebuilt).
 
 Next to each snapshot, ``<partition>.head`` (signed JSON) records the last snapshot written: its
 next offset, creation time and SHA-256. A signed snapshot older than that one (a backup copied

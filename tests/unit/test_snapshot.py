@@ -144,7 +144,7 @@ def test_a_snapshot_with_river_adwins_converts_and_continues_exactly(cut: int) -
 
 def _former_layouts(p: Pipeline, arrays: dict[str, np.ndarray]) -> None:
     """An export's arrays as format 1 held them: the retraining ring per sensor with ``MAX_AXES``
-    columns and full offsets (-1 where unused) and timestamps."""
+    columns and full offsets (-1 where unused) and timestamps; the joint model's full matrices."""
     gov, wrap = p.govern_state, 2**32
     raw, n = arrays["raw"], arrays["raw_n"]
     old = np.zeros((len(raw), len(gov.axes), gov.retrain_window, MAX_AXES), np.float32)
@@ -157,6 +157,11 @@ def _former_layouts(p: Pipeline, arrays: dict[str, np.ndarray]) -> None:
         full = latest + (arrays[name] - latest + wrap // 2) % wrap - wrap // 2
         unused = np.arange(gov.retrain_window) >= n[..., None]
         arrays[name] = np.where(unused, -1 if name == "raw_off" else 0, full).astype(np.int64)
+    rows, cols = np.triu_indices(p.joint_state.dims)
+    for name in ("joint_cov", "joint_inv"):
+        full = np.zeros((len(raw), p.joint_state.dims, p.joint_state.dims))
+        full[:, rows, cols] = full[:, cols, rows] = arrays[name]
+        arrays[name] = full
 
 
 @pytest.mark.parametrize("cut", [260, 330])
