@@ -89,13 +89,24 @@ class Head:
 
 def encode(snap: PartitionSnapshot, key: bytes, objects: bytes | None = None) -> bytes:
     """The snapshot's bytes, signed with ``key``. ``objects``: its Python objects already pickled
-    (:func:`pickle_objects`, by the thread that owns them), when another thread encodes."""
+    (:func:`pickle_objects`, by the thread that owns them), when another thread encodes. The
+    arrays' bytes are copied once, into the result (they are the bulk of a snapshot)."""
     d = snap.state.devices
     arrays = io.BytesIO()
     np.savez(arrays, allow_pickle=False, **d.arrays)
     if objects is None:
         objects = pickle_objects(d)
-    body = arrays.getvalue() + objects
+    with arrays.getbuffer() as npz:
+        raw = _encode_header(snap, key, npz.nbytes, len(objects))
+        mac = hmac.new(key, raw, hashlib.sha256)
+        mac.update(npz)
+        mac.update(objects)
+        return b"".join((MAGIC, struct.pack(">Q", len(raw)), raw, mac.digest(), npz, objects))
+
+
+def _encode_header(snap: PartitionSnapshot, key: bytes, arrays_bytes: int, objects_bytes: int) -> bytes:
+    """The header's JSON (see the module docstring)."""
+    d = snap.state.devices
     header = {
         "format": FORMAT,
         "group": snap.group,
@@ -109,12 +120,10 @@ def encode(snap: PartitionSnapshot, key: bytes, objects: bytes | None = None) ->
         "rules": snap.state.episodes,
         "governance": snap.state.governance,
         "sensors": list(snap.state.sensors),
-        "arrays_bytes": len(arrays.getvalue()),
-        "objects_bytes": len(objects),
+        "arrays_bytes": arrays_bytes,
+        "objects_bytes": objects_bytes,
     }
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    mac = hmac.new(key, raw + body, hashlib.sha256).digest()
-    return MAGIC + struct.pack(">Q", len(raw)) + raw + mac + body
+    return json.dumps(header, separators=(",", ":")).encode()
 
 
 def pickle_objects(d: DeviceStates) -> bytes:
