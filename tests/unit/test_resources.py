@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 from prometheus_client import CollectorRegistry
 
 from monitor.govern.rules import load_rules
 from monitor.ingest.state import IngestState
 from monitor.pipeline import Pipeline
+from monitor.serve import memory
 from monitor.serve.metrics import Metrics
 from monitor.settings import load_settings
 from monitor.state.store import MAPPED_BYTES, StateStore
@@ -55,3 +58,10 @@ def test_slabs_keep_their_rows_when_they_grow_and_new_rows_start_at_their_fill_v
     assert (ingest.last_seq[slots] == -1).all() and np.isnan(ingest.last_vals[slots]).all()
     assert (ingest.last_seq[store.used :] == -1).all() and (store.partition[store.used :] == -1).all()
     assert (ingest.integrity[slots] == 0).all()
+
+
+def test_freed_memory_goes_back_to_the_system_with_glibc() -> None:
+    freed = [bytearray(2048) for _ in range(20_000)]
+    del freed
+    assert (memory._malloc_trim() is not None) == (platform.libc_ver()[0] == "glibc")
+    assert memory.release() in (True, False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -430,3 +432,34 @@ def test_the_writer_encodes_the_state_as_it_was_when_submitted(tmp_path: Path) -
     writer.submit(replace(_snapshots(p, {0: 1})[0], topic="blocked"))
     writer.close()  # the failure is reported, not raised
     assert sizes[2:] == [None] and writer.errors == 1
+
+
+def test_a_due_partition_waits_while_the_writer_is_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One copy of the state at a time; after each snapshot, freed memory goes back."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor.serve import memory
+    from monitor.serve.metrics import Metrics
+    from monitor.serve.partitions import Partitions
+
+    settings = load_settings(
+        None, drift=DRIFT, model=MODEL, state_dir=str(tmp_path), state={"snapshot_interval_s": 0.5}
+    )
+    parts = Partitions(settings, _pipeline(), Metrics(CollectorRegistry()), KEY)
+    results = _run(parts.pipeline, _gaussian_stream(40, devices=2))
+    gate, released = threading.Event(), []
+    monkeypatch.setattr(memory, "release", lambda: released.append(gate.wait(10)))
+    for p, offset in _next_offsets(results).items():
+        parts.positions[(TOPIC, p)] = offset
+        parts.dirty[(TOPIC, p)] = time.monotonic() - 1 - p  # partition 1 due first
+    parts.snapshot_due()
+    parts.snapshot_due()  # the writer is still busy with partition 1's
+    assert list(parts.dirty) == [(TOPIC, 0)] and not released
+    gate.set()
+    parts.writer.drain()
+    parts.snapshot_due()
+    parts.writer.close()
+    assert not parts.dirty and released == [True, True]
+    assert parts.metrics.registry.get_sample_value("telemon_snapshots_total") == 2
