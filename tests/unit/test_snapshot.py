@@ -146,7 +146,8 @@ def test_a_snapshot_with_river_adwins_converts_and_continues_exactly(cut: int) -
 
 def _former_layouts(p: Pipeline, arrays: dict[str, np.ndarray]) -> None:
     """An export's arrays as format 1 held them: the retraining ring per sensor with ``MAX_AXES``
-    columns and full offsets (-1 where unused) and timestamps; the joint model's full matrices."""
+    columns and full offsets (-1 where unused) and timestamps; the joint model's full matrices;
+    the input references' counts as float32."""
     gov, wrap = p.govern_state, 2**32
     raw, n = arrays["raw"], arrays["raw_n"]
     old = np.zeros((len(raw), len(gov.axes), gov.retrain_window, MAX_AXES), np.float32)
@@ -164,6 +165,7 @@ def _former_layouts(p: Pipeline, arrays: dict[str, np.ndarray]) -> None:
         full = np.zeros((len(raw), p.joint_state.dims, p.joint_state.dims))
         full[:, rows, cols] = full[:, cols, rows] = arrays[name]
         arrays[name] = full
+    arrays["in_ref"] = arrays["in_ref"].astype(np.float32)
 
 
 @pytest.mark.parametrize("cut", [260, 330])
