@@ -38,8 +38,9 @@ N_CHECKS = len(CHECKS)
 #: Memory a device takes beyond its slab rows (every per-pair state, ADWINs included, is in the
 #: slabs, whatever the length of the stream): its id, its index entries, allocator slack.
 #: ``bench/state_memory.py --devices 1024 --readings N`` measures it (resident growth beyond the
-#: slab arrays): 2.0 KB for N = 300, 1.3 KB for 1,500; ``--trace`` counts the Python objects alone
-#: (0.6 KB a device).
+#: slab arrays, three runs each): 0.9-2.6 KB for N = 300, 1.7-4.0 KB for 1,500 (the process-wide
+#: memo of KS p-values grows with N); ``--trace`` counts what Python and numpy allocate (1.5 KB a
+#: device).
 OBJECT_BYTES_PER_DEVICE = 4 * 1024
 #: Arrays at least this large get a memory map of their own (see the module docstring).
 MAPPED_BYTES = 64 * 1024
