@@ -36,6 +36,7 @@ back, or a replayed file) loads (its partition is re-read from its offset), but 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
@@ -87,10 +88,20 @@ class Head:
     sha256: str
 
 
+Parts = tuple[bytes | memoryview, ...]
+
+
 def encode(snap: PartitionSnapshot, key: bytes, objects: bytes | None = None) -> bytes:
     """The snapshot's bytes, signed with ``key``. ``objects``: its Python objects already pickled
-    (:func:`pickle_objects`, by the thread that owns them), when another thread encodes. The
-    arrays' bytes are copied once, into the result (they are the bulk of a snapshot)."""
+    (:func:`pickle_objects`, by the thread that owns them), when another thread encodes."""
+    with encoded(snap, key, objects) as parts:
+        return b"".join(parts)
+
+
+@contextlib.contextmanager
+def encoded(snap: PartitionSnapshot, key: bytes, objects: bytes | None = None) -> Iterator[Parts]:
+    """:func:`encode`'s bytes in parts, to write one after the other: the encoded arrays (the
+    bulk of a snapshot) are a view of the encoder's buffer, valid inside the ``with`` block."""
     d = snap.state.devices
     arrays = io.BytesIO()
     np.savez(arrays, allow_pickle=False, **d.arrays)
@@ -101,7 +112,7 @@ def encode(snap: PartitionSnapshot, key: bytes, objects: bytes | None = None) ->
         mac = hmac.new(key, raw, hashlib.sha256)
         mac.update(npz)
         mac.update(objects)
-        return b"".join((MAGIC, struct.pack(">Q", len(raw)), raw, mac.digest(), npz, objects))
+        yield MAGIC + struct.pack(">Q", len(raw)) + raw + mac.digest(), npz, objects
 
 
 def _encode_header(snap: PartitionSnapshot, key: bytes, arrays_bytes: int, objects_bytes: int) -> bytes:
@@ -202,20 +213,24 @@ class SnapshotStore:
     def save(self, snap: PartitionSnapshot) -> None:
         self.write(snap.topic, snap.partition, self.encode(snap))
 
-    def write(self, topic: str, partition: int, data: bytes) -> None:
+    def write(self, topic: str, partition: int, data: bytes | Parts) -> None:
         """Replace the partition's snapshot atomically (temporary file, fsync, rename), then its
-        head."""
+        head. ``data``: the snapshot's bytes, or :func:`encoded`'s parts."""
+        parts = (data,) if isinstance(data, bytes) else data
         path = self.path(topic, partition)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _replace(path, data)
-        header = _header(data)
+        _replace(path, parts)
+        header = _header(bytes(parts[0]))
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
         head = {
             "next_offset": header["next_offset"],
             "created_ms": header["created_ms"],
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "sha256": digest.hexdigest(),
         }
         raw = json.dumps(head, sort_keys=True).encode()
-        _replace(path.with_suffix(".head"), raw + b"\n" + signing.sign(self.key, raw).encode() + b"\n")
+        _replace(path.with_suffix(".head"), (raw + b"\n" + signing.sign(self.key, raw).encode() + b"\n",))
 
     def load(self, topic: str, partition: int) -> PartitionSnapshot | None:
         """The partition's snapshot, or None if there is none. Raises :class:`SnapshotError`
@@ -259,10 +274,11 @@ class SnapshotStore:
             yield decode(files.read_bytes(path, None), self.key)
 
 
-def _replace(path: Path, data: bytes) -> None:
+def _replace(path: Path, parts: Parts) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
-        f.write(data)
+        for part in parts:
+            f.write(part)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
@@ -320,9 +336,9 @@ class SnapshotWriter:
             size: int | None = None
             try:
                 snap.group = self.store.group
-                data = encode(snap, self.store.key, objects)
-                self.store.write(snap.topic, snap.partition, data)
-                size = len(data)
+                with encoded(snap, self.store.key, objects) as parts:
+                    self.store.write(snap.topic, snap.partition, parts)
+                    size = sum(len(part) for part in parts)
             except OSError as exc:
                 self.errors += 1
                 log.error("cannot write the snapshot of %s/%d: %s", snap.topic, snap.partition, exc)
