@@ -61,7 +61,8 @@ class RulesError(InvalidInput):
 
 
 class CohortsError(InvalidInput):
-    """A cohorts file that cannot be used; the message names the file and the problem."""
+    """A cohorts file that cannot be used (or that gives a label the channels' labels give too);
+    the message names the file and the problem."""
 
 
 class SigningKeyError(InvalidInput):

@@ -25,13 +25,14 @@ not depend on which path applied a reading (``tests/unit/test_kernel.py``).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 from numba import njit
 
 from monitor.detect import inputs, joint
-from monitor.detect.kernels import distance, learn, score
+from monitor.detect.kernels import distance, learn, nudge, score
 from monitor.govern.state import low32
 from monitor.ingest.integrity import CLOCK_SKEW, DUPLICATE, GAP, INTERVAL_WEIGHT, OUT_OF_ORDER, STUCK
 
@@ -40,6 +41,9 @@ END, EVALUATE, PYTHON = 0, 1, 2
 #: and completing its pair's reference window (whose PSI bins the pipeline then freezes).
 SKIPPED, WARMING, SCORED, COMPLETED = 0, 1, 2, 3
 QUANTUM = 65535.0
+#: What the pair model does with a flagged reading (``model.flagged``), as the kernel's config holds it.
+FLAGGED = {"skip": 0, "learn": 1, "clip": 2}
+SKIP, LEARN, CLIP = FLAGGED["skip"], FLAGGED["learn"], FLAGGED["clip"]
 
 
 @njit(cache=True)
@@ -60,7 +64,7 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
     The tuples hold the readings' columns, the settings, the slabs' arrays (numba takes arrays,
     not objects) and the outputs, in the order :meth:`monitor.pipeline.Pipeline` builds them."""
     dev, sensor, k, ts, seq, offset, has_offset, part, kafka_ts, plausible, vals, watermark = readings
-    gap_factor, stuck_n, max_skew, warmup, thresholds, learn_anomalies, check_every, tick0 = config[:8]
+    gap_factor, stuck_n, max_skew, warmup, thresholds, flagged, check_every, tick0 = config[:8]
     urgent_streak, urgent_gap, first_axis = config[8:]
     (
         home,
@@ -177,16 +181,20 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
         # The pair model.
         row, par = model[slot, s], params[slot, s]
         if par[0] == 0:
-            par[0], par[1], par[2], par[3] = kk, base[s, 0], base[s, 1], base[s, 2]
+            par[0], par[1], par[2], par[3], par[4] = kk, base[s, 0], base[s, 1], base[s, 2], base[s, 3]
         if row[0] < warmup:
-            learn(row, kk, par[1], par[2], f)
+            learn(row, kk, par[1], par[2], par[4], f)
             status[i] = WARMING
             streak[slot, s] = 0
         else:
             d2 = distance(row, kk, par[3], f)
             threshold = thresholds[kk]
-            if (d2 <= threshold or learn_anomalies) and not quarantined[slot]:
-                learn(row, kk, par[1], par[2], f)
+            if quarantined[slot]:
+                pass
+            elif d2 <= threshold or flagged == LEARN:
+                learn(row, kk, par[1], par[2], par[4], f)
+            elif flagged == CLIP:
+                nudge(row, kk, par[1], f, math.sqrt(threshold / d2))
             sc = score(d2, kk)
             status[i], out_score[i], out_d2[i] = SCORED, sc, d2
             if d2 > threshold:

@@ -9,7 +9,9 @@ feeds the very same code with recorded messages.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,8 +22,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor import kernel, schema
-from monitor.detect import adwin, drift, inputs, joint, kernels, model, novelty, rivertier
-from monitor.detect.cohorts import load_cohorts
+from monitor.detect import adwin, cohortinputs, drift, inputs, joint, kernels, model, novelty, rivertier
+from monitor.detect.cohorts import CohortLabels
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.joint import JointState
 from monitor.detect.rivertier import RiverState, RiverTiers
@@ -31,15 +33,23 @@ from monitor.govern import alerts, training
 from monitor.govern.governor import Governor
 from monitor.govern.registry import AuditEvent, EventKind, ModelVersion, code_version
 from monitor.govern.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
-from monitor.govern.state import GovernState
+from monitor.govern.rules.model import COHORT_INPUT_SIGNALS
+from monitor.govern.state import GovernState, axis_widths
+from monitor.ingest import channels
 from monitor.ingest.features import Features
 from monitor.ingest.integrity import GAP, IntegrityChecker
 from monitor.ingest.state import IngestState
-from monitor.records import DeadLetter, Eviction, Message, Rollback, Scored, Stray
-from monitor.schema import MAX_AXES, SENSOR_NAMES, ReadingLike, Rejection
+from monitor.records import DeadLetter, Eviction, Message, Registration, Rollback, Scored, Stray
+from monitor.schema import MAX_AXES, SENSOR_NAMES, ReadingLike, Reason, Rejection
 from monitor.settings import Settings
+from monitor.state import layout
 from monitor.state.store import CHECKS, PartitionState, StateStore
 
+#: A pooled detector a device's scores feed: scope, key, detector, and the sensors it takes of the
+#: device (None: every sensor; a channel label's cohort: its channels).
+Group = tuple[Scope, str, GroupDrift, frozenset[int] | None]
+#: A device's pooled detectors, with the code of their cohort keys (:meth:`CohortInputs.code`).
+GroupSet = tuple[int, list[Group]]
 #: Zeros that pad a reading's features to ``MAX_AXES`` columns, by the number of features.
 _PAD = tuple((0.0,) * (MAX_AXES - k) for k in range(MAX_AXES + 1))
 
@@ -63,6 +73,8 @@ class BatchResult:
     scores: dict[int, NDArray[np.float64]] = field(default_factory=dict)  # sensor -> scores
     drift: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # detector, scope, sensor
     fleet_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # sensor -> (ks, psi)
+    # (cohort key, sensor) -> (ks, psi) of the cohort's inputs against the rest of the fleet's
+    cohort_inputs: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
     event_ts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))  # valid readings
     retrains_skipped: Counter[str] = field(default_factory=Counter)  # sensor -> too few readings
@@ -73,6 +85,7 @@ class BatchResult:
     new_strays: list[Stray] = field(default_factory=list)  # devices seen astray for the first time
     kafka_ts_ignored: int = 0  # Kafka timestamps missing or further ahead than consume.max_future_ms
     trace: list[Scored] = field(default_factory=list)  # every applied reading, if tracing
+    registered: list[Registration] = field(default_factory=list)  # channels registered on first sight
 
     @property
     def rejected(self) -> Counter[str]:
@@ -147,21 +160,20 @@ class Pipeline:
         self.trace = trace
         self.compiled = compiled  # False: every reading in Python (the reference the kernel is held to)
         d, m = settings.drift, settings.model
+        # The catalog grows as channels are registered (channels.auto_register): into spare indices.
         self.catalog = catalog = settings.channels.catalog()
-        unknown = rules.unknown_sensors(catalog.names)
+        unknown = [] if catalog.spare else rules.unknown_sensors(catalog.names)
         if unknown:
             raise RulesError(f"{settings.rules_file}: " + "; ".join(unknown))
-        n = len(catalog)
+        n = catalog.capacity
         # Each stage's state is a slab of the store; a stage writes its own, reads earlier ones.
         self.store = StateStore()
         self.ingest_state = self.store.add(IngestState(n))
-        input_columns = inputs.columns(settings.inputs, catalog)
+        input_columns = inputs.columns(settings.inputs)
         self.detect_state = self.store.add(
-            DetectState(n, d, novelty.state_size(settings.novelty), input_columns)
+            DetectState(n, d, novelty.state_size(settings.novelty), input_columns, catalog.dims)
         )
-        self.govern_state = self.store.add(
-            GovernState([len(c.keys) for c in catalog.specs], m.retrain_window)
-        )
+        self.govern_state = self.store.add(GovernState(axis_widths(catalog), m.retrain_window))
         self.joint_state = self.store.add(JointState(catalog))
         self._joint = joint.config(settings.joint, catalog, m.anomaly_threshold, m.learn_anomalies)
         self.fleet_inputs = inputs.FleetInputs(settings.inputs, catalog)
@@ -169,16 +181,26 @@ class Pipeline:
         self._input_out = inputs.new_out()  # the inputs' comparison of the pair being evaluated
         self.integrity = IntegrityChecker(self.ingest_state, settings.integrity)
         self.pairs = PairDrift(self.detect_state, d)
-        # The axes of each sensor, for the pooled detectors' ADWIN on input means (none: input drift off).
-        self._group_axes = tuple(len(c.keys) for c in catalog.specs) if settings.inputs.enabled else ()
-        self.fleet = GroupDrift(n, d, self._group_axes)
-        self.cohorts = load_cohorts(settings.cohorts_file)
+        self.fleet = GroupDrift(n, d, self._group_axes())
+        self.labels = CohortLabels.load(settings.cohorts_file, settings.channels.labels(), catalog)
         self.river = self._river_tiers(settings, catalog)  # None: no River tier (nothing changes)
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
         self.cohort_groups: dict[str, GroupDrift] = {}
-        self._device_groups: dict[str, list[tuple[Scope, str, GroupDrift]]] = {}
+        # Each cohort's inputs against the rest of the fleet's, for the labels of the cohort rules
+        # that read them (None: no such rule, or input drift off).
+        self._cohort_input_labels = frozenset(
+            r.cohort
+            for r in rules.rules
+            if r.cohort is not None and r.signal_names() & COHORT_INPUT_SIGNALS and settings.inputs.enabled
+        )
+        self.cohort_inputs = (
+            cohortinputs.CohortInputs(settings.inputs, catalog, self.fleet_inputs)
+            if self._cohort_input_labels
+            else None
+        )
+        self._device_groups: dict[str, GroupSet] = {}
         self._group_sizes: Counter[str] = Counter()  # devices feeding each pooled group, by key
-        self._group_lists: dict[tuple[str, ...], list[tuple[Scope, str, GroupDrift]]] = {}
+        self._group_lists: dict[tuple[str, ...], GroupSet] = {}
         self.lag = 0  # the consumer's lag (messages), set by the service: the fleet "lag" signal
         self.engine = RuleEngine(rules)
         a = settings.alerts
@@ -208,18 +230,46 @@ class Pipeline:
             code_version(),
             config_hash,
         )
-        # A new pair model's (fading, var_fading, resolution), per sensor.
-        base = [self.governor.base_params(s) for s in range(n)]
-        self._base_params = np.array([[b["fading"], b["var_fading"], b["resolution"]] for b in base])
+        self._base_params = self._new_pair_params()
         self._warm_up()
+
+    def _group_axes(self) -> tuple[int, ...]:
+        """The axes of each sensor index (0: spare), for the pooled detectors' ADWIN on input means
+        (none: input drift off)."""
+        return tuple(self.catalog.axes().tolist()) if self.settings.inputs.enabled else ()
+
+    def _new_pair_params(self) -> NDArray[np.float64]:
+        """A new pair model's (fading, var_fading, resolution, trend), per sensor index (a spare
+        one's: the defaults, until a channel is registered there)."""
+        m, spare = self.settings.model, self.settings.channels.auto_defaults
+        out = np.array([[m.fading, m.var_fading, spare.resolution, m.trend]] * self.catalog.capacity)
+        for s in range(len(self.catalog)):
+            out[s, 2] = self.governor.base_params(s)["resolution"]
+        return out
+
+    def _adopt(self, catalog: schema.Catalog) -> None:
+        """Monitor the channels of ``catalog`` (this catalog and channels registered at its spare
+        indices): every stage's view of the catalog follows."""
+        self.catalog = self.governor.catalog = catalog
+        m = self.settings.model
+        self._joint = joint.config(self.settings.joint, catalog, m.anomaly_threshold, m.learn_anomalies)
+        self._inputs = inputs.config(self.settings.inputs, catalog, m.retrain_window)
+        self._base_params = self._new_pair_params()
+        axes = self._group_axes()
+        for group in (self.fleet, *self.cohort_groups.values()):
+            group.watch_axes(axes)
+        if self.river is not None:
+            self.river.adopt(catalog)
+        if self.cohort_inputs is not None:
+            self.cohort_inputs.adopt(catalog)
 
     def _river_tiers(self, settings: Settings, catalog: schema.Catalog) -> RiverTiers | None:
         """The River tiers and their slab, if any is configured; a per-device tier whose models
         the snapshots could not restore is refused."""
         if not settings.river.tiers:
             return None
-        state = self.store.add(RiverState(len(catalog), RiverTiers.specs(settings.river)))
-        tiers = RiverTiers(settings.river, catalog, self.cohorts, state)
+        state = self.store.add(RiverState(catalog.capacity, RiverTiers.specs(settings.river)))
+        tiers = RiverTiers(settings.river, catalog, self.labels, state)
         tiers.check_snapshots()
         return tiers
 
@@ -244,15 +294,17 @@ class Pipeline:
         )
         self._joint_step(0, 0)  # slot 0 holds no device yet: cleared below
         self.joint_state.clear(0)
-        det, row = self.detect_state, np.zeros(7)
+        det, row = self.detect_state, np.zeros(10)
         drift.compare(det.ref[0, 0], det.cur[0, 0], det.edges[0, 0], det.ref_frac[0, 0])
         for f in ((0.0,), (0.0, 0.0), (0.0, 0.0, 0.0)):
-            kernels.learn(row, len(f), 0.5, 0.5, f)
+            kernels.learn(row, len(f), 0.5, 0.5, 0.5, f)
             kernels.distance(row, len(f), 1.0, f)
         adwin.update(
             np.zeros(adwin.SUMS), np.zeros(adwin.COUNTS, np.uint8), 0.0, self.settings.drift.adwin_delta
         )
         inputs.measure(0, 0, self._inputs, self._input_arrays(), self._input_out)
+        if self.cohort_inputs is not None:
+            self.cohort_inputs.warm_up()
 
     def _input_arrays(self) -> tuple[Any, ...]:
         return inputs.arrays_for_step(self.detect_state, self.fleet_inputs)
@@ -273,6 +325,8 @@ class Pipeline:
             require_key,
             self.catalog,
         )
+        if self.settings.channels.auto_register:
+            decoded = self._register(messages, decoded, result)
         batch: list[tuple[ReadingLike, Message]] = []
         for msg, r in zip(messages, decoded, strict=True):
             if isinstance(r, Rejection):
@@ -288,13 +342,34 @@ class Pipeline:
         self._evict(result)
         return result
 
+    def _register(
+        self, messages: Sequence[Message], decoded: channels.Decoded, result: BatchResult
+    ) -> channels.Decoded:
+        """Register the channels of unknown sensors the batch brings, in stream order
+        (:func:`monitor.ingest.channels.register`)."""
+        if not any(isinstance(r, Rejection) and r.reason is Reason.UNKNOWN_SENSOR for r in decoded):
+            return decoded
+        a = self.settings.channels.auto_defaults
+        values, keys = [m.value() for m in messages], [m.key() for m in messages]
+        decoded, catalog, new = channels.register(
+            decoded, values, keys, self.catalog, (a.resolution, a.rate_hz), self._latest_ts
+        )
+        if new:
+            self._adopt(catalog)
+        for i in new:
+            r, m = decoded[i], messages[i]
+            assert not isinstance(r, Rejection)
+            spec = catalog.by_name[r.sensor]
+            result.registered.append(Registration(spec, r.device_id, m.topic(), m.partition(), m.offset()))
+        return decoded
+
     def process_readings(
         self, readings: Iterable[tuple[ReadingLike, Message]], result: BatchResult | None = None
     ) -> BatchResult:
         """The stages after decoding, for readings that are already validated (or replayed)."""
         result = self.new_result() if result is None else result
         batch = list(readings)
-        scores: list[list[float]] = [[] for _ in self.catalog.names]
+        scores: list[list[float]] = [[] for _ in range(self.catalog.capacity)]
         cols = self._columns(batch, result)
         if self.compiled and self.novelty is None:
             self._run_kernel(batch, cols, scores, result)
@@ -312,8 +387,8 @@ class Pipeline:
         return result
 
     def new_result(self) -> BatchResult:
-        """An empty result with a count per sensor of the catalog."""
-        n = len(self.catalog)
+        """An empty result with a count per sensor index of the catalog (spare ones included)."""
+        n = self.catalog.capacity
         return BatchResult(
             valid=np.zeros(n, np.int64),
             anomalies=np.zeros(n, np.int64),
@@ -433,7 +508,7 @@ class Pipeline:
         i, m, d = self.settings.integrity, self.settings.model, self.settings.drift
         return (
             i.gap_factor, i.stuck_run, i.max_clock_skew_ms, m.warmup, self._thresholds,
-            m.learn_anomalies, d.check_every, self._tick - start, d.urgent_streak, d.urgent_gap,
+            kernel.FLAGGED[m.flagged], d.check_every, self._tick - start, d.urgent_streak, d.urgent_gap,
             self.govern_state.first_axis,
         )  # fmt: skip
 
@@ -454,7 +529,7 @@ class Pipeline:
         busy = self.governor.busy_pairs()
         cached = self._busy
         if cached is None or cached[0] != busy or len(cached[1]) != self.store.capacity:
-            flags = np.zeros((self.store.capacity, len(self.catalog)), np.int8)
+            flags = np.zeros((self.store.capacity, self.catalog.capacity), np.int8)
             for device, sensor in busy:
                 slot = self.store.slots.get(device)
                 if slot is not None:
@@ -512,17 +587,8 @@ class Pipeline:
         outputs go among those of the pair evaluations ``marks`` holds, in stream order.
         ``outputs``: the scored readings' sensors, scores, flags and values."""
         sensor, score, anomalous, vals = outputs
-        members: dict[int, tuple[int, Scope, str, GroupDrift, list[int]]] = {}
-        for d, device_id in enumerate(cols.devices):
-            for rank, (scope, key, group) in enumerate(self._groups(device_id)):
-                members.setdefault(id(group), (rank, scope, key, group, []))[4].append(d)
-        runs: list[tuple[int, Scope, str, GroupDrift, int, NDArray[np.intp]]] = []
-        for rank, scope, key, group, devs in members.values():
-            mine = np.flatnonzero(np.isin(cols.dev[scored], devs)) if len(devs) < len(cols.devices) else None
-            for s in range(len(self.catalog)):
-                pick = np.flatnonzero(sensor == s) if mine is None else mine[sensor[mine] == s]
-                if len(pick):
-                    runs.append((rank, scope, key, group, s, pick))
+        feed = self._cohort_feed(cols, scored, sensor, vals)
+        runs = self._group_runs(cols, scored, sensor)
         # Due points: (stream position, rank) of every evaluation, with what it needs pushed first.
         events: list[tuple[int, int, int, int]] = []  # (position, rank, run, scores up to it)
         every = self.settings.drift.fleet_check_every
@@ -535,12 +601,46 @@ class Pipeline:
             chunk = pick[pushed[r] : upto]
             group.push_many(s, score[chunk], anomalous[chunk], vals[chunk])
             pushed[r] = upto
+            if feed is not None and scope == "cohort":
+                feed.upto(s, position)
             with marks.group(position):
                 self._evaluate_group(scope, key, group, s, int(cols.ts[position]), result)
         marks.interleave()
         for r, (_, _, _, group, s, pick) in enumerate(runs):
             chunk = pick[pushed[r] :]
             group.push_many(s, score[chunk], anomalous[chunk], vals[chunk])
+        if feed is not None:
+            feed.finish()
+
+    def _group_runs(
+        self, cols: Columns, scored: NDArray[np.intp], sensor: NDArray[np.int64]
+    ) -> list[tuple[int, Scope, str, GroupDrift, int, NDArray[np.intp]]]:
+        """Per (pooled detector, sensor): its rank in its first device's groups, its scope and key,
+        and the indices into ``scored`` of the readings it takes, in stream order."""
+        members: dict[int, tuple[int, Group, list[int]]] = {}
+        for d, device_id in enumerate(cols.devices):
+            for rank, entry in enumerate(self._groups(device_id)):
+                members.setdefault(id(entry[2]), (rank, entry, []))[2].append(d)
+        runs: list[tuple[int, Scope, str, GroupDrift, int, NDArray[np.intp]]] = []
+        for rank, (scope, key, group, sensors), devs in members.values():
+            mine = np.flatnonzero(np.isin(cols.dev[scored], devs)) if len(devs) < len(cols.devices) else None
+            for s in range(len(self.catalog)) if sensors is None else sorted(sensors):
+                pick = np.flatnonzero(sensor == s) if mine is None else mine[sensor[mine] == s]
+                if len(pick):
+                    runs.append((rank, scope, key, group, s, pick))
+        return runs
+
+    def _cohort_feed(
+        self, cols: Columns, scored: NDArray[np.intp], sensor: NDArray[np.int64], vals: NDArray[np.float64]
+    ) -> cohortinputs.Feed | None:
+        """The scored readings for the cohorts' input comparison, with their devices' slots and
+        cohort codes (None: no comparison, or no reading)."""
+        if self.cohort_inputs is None or not len(scored):
+            return None
+        slots = np.array([self.store.slots.get(d, -1) for d in cols.devices], np.int64)
+        codes = np.array([self._group_set(d)[0] for d in cols.devices], np.int64)
+        dev = cols.dev[scored]
+        return cohortinputs.Feed(self.cohort_inputs, scored, sensor, vals, (slots[dev], codes[dev]))
 
     def _apply(
         self, r: ReadingLike, msg: Message, plausible: bool, scores: list[list[float]], result: BatchResult
@@ -672,33 +772,51 @@ class Pipeline:
         self.pairs.push(slot, s, score)
         gov = self.govern_state
         inputs.step(slot, s, np.array(f, np.float64), gov.raw, gov.raw_n, self._inputs, self._input_arrays())
+        if self.cohort_inputs is not None:
+            code = self._group_set(r.device_id)[0]
+            row = np.array([f + _PAD[len(f)]], np.float64)
+            self.cohort_inputs.push(s, row, np.array([slot], np.int64), np.array([code], np.int64))
         if self.governor.shadows:
             self.governor.on_score(slot, s, f, score, r.ts, result)
-        for scope, key, group in self._groups(r.device_id):
-            if group.push(s, score, anomalous, f):
+        for scope, key, group, sensors in self._groups(r.device_id):
+            if (sensors is None or s in sensors) and group.push(s, score, anomalous, f):
                 self._evaluate_group(scope, key, group, s, r.ts, result)
         return urgent
 
-    def _groups(self, device_id: str) -> list[tuple[Scope, str, GroupDrift]]:
-        """The pooled detectors a device's scores feed: the fleet's, and one per cohort it is in
-        (for each label a cohort rule groups by, e.g. ``firmware=1.2.0``)."""
-        groups = self._device_groups.get(device_id)
-        if groups is None:
-            groups = [("fleet", "*", self.fleet)]
-            labels = self.cohorts.get(device_id, {})
+    def _groups(self, device_id: str) -> list[Group]:
+        """The pooled detectors a device's scores feed: the fleet's, and one per cohort its pairs
+        are in (for each label a cohort rule groups by, e.g. ``firmware=1.2.0``): a device label's
+        cohort takes every sensor of the device, a channel label's the sensors of its channels."""
+        return self._group_set(device_id)[1]
+
+    def _group_set(self, device_id: str) -> GroupSet:
+        """:meth:`_groups`, with the code of its set of cohorts in the cohorts' input comparison."""
+        found = self._device_groups.get(device_id)
+        if found is None:
+            groups: list[Group] = [("fleet", "*", self.fleet, None)]
+            labels = self.labels.devices.get(device_id, {})
             for label in self.cohort_labels:
                 if label in labels:
                     key = f"{label}={labels[label]}"
-                    if key not in self.cohort_groups:
-                        self.cohort_groups[key] = GroupDrift(
-                            len(self.catalog), self.settings.drift, self._group_axes
-                        )
-                    groups.append(("cohort", key, self.cohort_groups[key]))
+                    groups.append(("cohort", key, self._cohort_group(key), None))
+                for key, sensors in self.labels.channel_cohorts(label):
+                    groups.append(("cohort", key, self._cohort_group(key), sensors))
             # Devices in the same groups share one list (without cohorts: every device).
-            groups = self._group_lists.setdefault(tuple(key for _, key, _ in groups), groups)
-            self._device_groups[device_id] = groups
-            self._group_sizes.update(key for _, key, _ in groups)
-        return groups
+            keys = tuple(g[1] for g in groups)
+            found = self._group_lists.get(keys)
+            if found is None:
+                code = 0 if self.cohort_inputs is None else self.cohort_inputs.code(keys)
+                found = self._group_lists[keys] = (code, groups)
+            self._device_groups[device_id] = found
+            self._group_sizes.update(keys)
+        return found
+
+    def _cohort_group(self, key: str) -> GroupDrift:
+        group = self.cohort_groups.get(key)
+        if group is None:
+            group = GroupDrift(self.catalog.capacity, self.settings.drift, self._group_axes())
+            self.cohort_groups[key] = group
+        return group
 
     def _evict(self, result: BatchResult) -> None:
         """Forget the devices of a partition whose clock has passed their last message by
@@ -732,40 +850,78 @@ class Pipeline:
         if self.river is not None:
             self.river.forget(devices)
         for d in devices:
-            self._group_sizes.subtract(key for _, key, _ in self._device_groups.pop(d, ()))
+            self._group_sizes.subtract(g[1] for g in self._device_groups.pop(d, (0, []))[1])
             self._astray.discard(d)
         gone = set(slots)
         for key in [k for k in self._foreign if k[0] in gone]:
             del self._foreign[key]
         self.store.release(slots)
 
-    def export_partition(self, partition: int) -> PartitionState:
-        """A copy of everything kept about the devices read from ``partition``: their state, rule
-        episodes and pending governance work."""
-        states = self.store.export(self.store.in_partition(partition))
-        ids = states.device_ids
-        return PartitionState(states, self.engine.export(ids), self.governor.export(ids), self.catalog.names)
+    def export_partition(self, partition: int | None) -> PartitionState:
+        """A copy of everything kept about the devices read from ``partition`` (None: of no
+        device): their state, rule episodes and pending governance work, and the catalog their
+        state is laid out by."""
+        states = self.store.export([] if partition is None else self.store.in_partition(partition))
+        ids, c = states.device_ids, self.catalog
+        episodes, governance = self.engine.export(ids), self.governor.export(ids)
+        return PartitionState(states, episodes, governance, c.names, c.specs, c.spare)
 
     def mismatch(self, state: PartitionState) -> str | None:
-        """Why ``state`` cannot be imported here (kept for other channels, or with arrays of
-        another shape), or None."""
-        if state.sensors != self.catalog.names:
-            return (
-                f"its sensors are {', '.join(state.sensors)}, this configuration's "
-                f"{', '.join(self.catalog.names)}"
-            )
-        return self.store.mismatch(state.devices)
+        """Why ``state`` cannot be imported here (it holds state of channels this process does not
+        monitor and cannot register, or of a channel with other axes or another unit, or arrays of
+        another shape), or None. Arrays of a layout an older version kept are converted first, in
+        place (:meth:`monitor.state.store.StateStore.upgrade`)."""
+        source, why = self._source(state)
+        if source is None:
+            return why
+        self.store.upgrade(state.devices, source)  # arrays of an older layout, converted in place
+        return self.store.mismatch(state.devices, source.capacity, source.dims)
 
-    def import_partition(self, state: PartitionState) -> None:
-        """Install a partition's devices (from a snapshot), replacing what is kept about them."""
-        ids = state.devices.device_ids
+    def _source(self, state: PartitionState) -> tuple[schema.Catalog | None, str]:
+        """The catalog ``state`` was kept under, if it can be imported here (else why not): its
+        channels are this process' (with the same axes and unit), or fit in its spare indices."""
+        here = self.catalog
+        specs = state.channels
+        if not specs and set(state.sensors) <= here.by_name.keys():  # before specs were recorded
+            specs = tuple(dataclasses.replace(here.by_name[n], auto=False) for n in state.sensors)
+        why = layout.unfit(specs, here) if specs else "its sensors are not monitored here"
+        if why and not layout.clashes(specs, here):
+            sensors, mine = ", ".join(state.sensors), ", ".join(here.names)
+            why = f"its sensors are {sensors}, this configuration's {mine}"
+            if self.settings.channels.auto_register:
+                why += f" (auto-registration has room for {here.spare} more)"
+        try:
+            return (None, why) if why else (schema.Catalog(specs, state.spare), "")
+        except ValueError as exc:
+            return None, f"its channels are no catalog ({exc})"
+
+    def import_partition(self, state: PartitionState) -> list[schema.SensorSpec]:
+        """Install a partition's devices (from a snapshot), replacing what is kept about them; a
+        channel whose state it holds and this process does not monitor is registered first, with
+        the same spec (:meth:`mismatch` said it fits), and the state is laid out for this process'
+        catalog by channel name if its indices differ. Returns the channels registered."""
+        source, _ = self._source(state)
+        assert source is not None, "import_partition of a state mismatch() refuses"
+        catalog, registered = self.catalog, []
+        for spec in source.specs:
+            if spec.name not in catalog.by_name:
+                registered.append(auto := schema.as_auto(spec))
+                catalog = catalog.register(auto)
+        if registered:
+            self._adopt(catalog)
+        devices = state.devices
+        self.store.upgrade(devices, source)
+        if not layout.same_layout(source, catalog):
+            devices = layout.remap(devices, self.store.columns(), source, catalog)
+        ids = devices.device_ids
         self.engine.forget(ids)
         self.governor.forget(set(ids))
-        slots = self.store.load(state.devices)
+        slots = self.store.load(devices)
         self._busy = None  # the imported devices' slots
         self.store.touched[slots] = self._tick  # restored now: as recent as the last reading
         self.engine.restore(state.episodes)
         self.governor.restore(state.governance)
+        return registered
 
     def firing_alerts(self, state: PartitionState) -> list[alerts.Alert]:
         """The alerts still firing among a restored partition's rule episodes."""
@@ -820,14 +976,18 @@ class Pipeline:
         row, par = det.model[slot, s], det.model_params[slot, s]
         if not par[0]:
             base = self.governor.base_params(s)
-            par[:] = (k, base["fading"], base["var_fading"], base["resolution"])
+            par[:] = (k, base["fading"], base["var_fading"], base["resolution"], base["trend"])
         if row[0] < self.settings.model.warmup:
-            kernels.learn(row, k, par[1], par[2], f)
+            kernels.learn(row, k, par[1], par[2], par[4], f)
             return None
         d2: float = kernels.distance(row, k, par[3], f)
-        usual = d2 <= self.thresholds[k]
-        if (usual or self.settings.model.learn_anomalies) and not self.govern_state.quarantined[slot]:
-            kernels.learn(row, k, par[1], par[2], f)
+        flagged, threshold = self.settings.model.flagged, self.thresholds[k]
+        if self.govern_state.quarantined[slot]:
+            pass
+        elif d2 <= threshold or flagged == "learn":
+            kernels.learn(row, k, par[1], par[2], par[4], f)
+        elif flagged == "clip":
+            kernels.nudge(row, k, par[1], f, math.sqrt(threshold / d2))
         return d2
 
     def _evaluate_pair(self, slot: int, s: int, result: BatchResult) -> None:
@@ -844,12 +1004,18 @@ class Pipeline:
             sig.update(self._drift_signals(cmp, "device", name, result))
         if self.settings.inputs.enabled:
             sig.update(self._input_signals(name, result))
+        ts = int(self.ingest_state.last_ts[slot, s])
+        if max_rate := self.catalog.specs[s].max_rate:
+            m = self.settings.model
+            rate = self.detect_state.level_rate(slot, s, ts, m.warmup, int(m.rate_window_s * 1000))
+            if rate is not None:
+                sig["rate"] = rate / max_rate
         self.detect_state.reset_interval(slot, s)
         self.ingest_state.reset_interval(slot, s)
         self.joint_state.reset_interval(slot, s)
         if self.river is not None:
             self.river.state.reset_interval(slot, s)
-        ev = Evaluation("device", st.device_ids[slot], name, sig, int(self.ingest_state.last_ts[slot, s]))
+        ev = Evaluation("device", st.device_ids[slot], name, sig, ts)
         self._act(self.engine.evaluate([ev]), result)
 
     def _pair_signals(self, slot: int, s: int) -> dict[str, float]:
@@ -930,9 +1096,24 @@ class Pipeline:
             moved = group.close_inputs(s)
             result.drift[("input_adwin", scope, name)] += moved
             sig["input_adwin_detections"], sig["input_adwin_drift"] = float(moved), float(moved > 0)
+        if scope == "cohort" and key.partition("=")[0] in self._cohort_input_labels:
+            sig.update(self._cohort_input_signals(key, s, result))
         group.since_eval[s] = group.adwin_hits[s] = group.anomalies[s] = 0
         group.score_sum[s] = 0.0
         self._act(self.engine.evaluate([Evaluation(scope, key, name, sig, ts)]), result)
+
+    def _cohort_input_signals(self, key: str, s: int, result: BatchResult) -> dict[str, float]:
+        """The cohort's inputs against the rest of the fleet's (``cohort_input_*``), once both
+        sides hold enough of the fleet's window."""
+        assert self.cohort_inputs is not None
+        spec = self.catalog.specs[s]
+        shift = self.cohort_inputs.compare(s, key, spec.keys)
+        if shift is None:
+            return {}
+        sig = shift.signals("cohort_input")
+        result.drift[("cohort_input", "cohort", spec.name)] += int(sig["cohort_input_drift"])
+        result.cohort_inputs[(key, spec.name)] = (sig["cohort_input_ks_stat"], sig["cohort_input_psi"])
+        return sig
 
     def _act(self, transitions: list[Transition], result: BatchResult) -> None:
         """Alerts, audit records and the rules' actions for the transitions of one evaluation."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from monitor.schema import Rejection
+from monitor.schema import Rejection, SensorSpec
 
 
 class Message(Protocol):
@@ -76,3 +76,15 @@ class Stray:
     device_id: str
     home: int  # the partition its state belongs to (where it was first read)
     partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A channel registered automatically (``channels.auto_register``) on its first reading, the
+    message of which is named."""
+
+    spec: SensorSpec
+    device_id: str
+    topic: str | None
+    partition: int | None
+    offset: int | None

@@ -19,16 +19,20 @@ never an exception: the caller routes it to the dead-letter topic.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import json
 import math
 import re
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Literal, Union, cast
 
 import msgspec
+import numpy as np
+from numpy.typing import NDArray
 
 SCHEMA_VERSION: Final = 1
 MAX_MESSAGE_BYTES: Final = 4096
@@ -39,9 +43,14 @@ DEVICE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 MAX_AXES: Final = 3
 #: Names of sensors (channels) and of their value keys.
 NAME_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: Units: 1 to 32 characters, no quote, backslash or control character.
+UNIT_PATTERN: Final = re.compile(r'[^"\\\x00-\x1f]{1,32}')
+#: The range of a channel registered automatically: every finite value (nobody declared a range).
+AUTO_LOW: Final = -sys.float_info.max
+AUTO_HIGH: Final = sys.float_info.max
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class SensorSpec:
     """What a sensor kind (a channel) sends: its value keys, its unit, and the physically possible
     range."""
@@ -53,6 +62,10 @@ class SensorSpec:
     high: float
     rate_hz: float  # nominal sampling rate, used by the simulator and the gap check
     resolution: float  # smallest meaningful change: floors the noise a model may learn
+    # Keyword-only: fastest plausible change of the level, units per second (0: unchecked), and
+    # whether it was registered on its first reading (channels.auto_register), not declared.
+    max_rate: float = dataclasses.field(default=0.0, kw_only=True)
+    auto: bool = dataclasses.field(default=False, kw_only=True)
 
     @property
     def is_vector(self) -> bool:
@@ -64,13 +77,17 @@ SCALAR_KEYS: Final = ("value",)
 
 #: The six built-in sensor kinds. Ranges are the full scale of common MEMS parts (LSM9DS1, HTS221,
 #: LPS25H): anything outside cannot come from a working sensor and is rejected as out_of_range.
+#: Rates of change (``max_rate``) are set where the physics of the environment bounds them: air
+#: temperature 20 degC per hour (the limit data-centre guidelines give for the fastest allowed
+#: swing) and station pressure 10 hPa per hour (several times the deepest storms' fall); motion
+#: and humidity (breath, a door) change as fast as they like.
 BUILTIN: Final = (
     SensorSpec("accelerometer", VECTOR_KEYS, "m/s^2", -156.9, 156.9, 10.0, 1e-3),  # +-16 g
     SensorSpec("gyroscope", VECTOR_KEYS, "rad/s", -34.9, 34.9, 10.0, 1e-4),  # +-2000 dps
     SensorSpec("magnetometer", VECTOR_KEYS, "uT", -1600.0, 1600.0, 5.0, 1e-2),  # +-16 gauss
     SensorSpec("humidity", SCALAR_KEYS, "%RH", 0.0, 100.0, 1.0, 1e-2),
-    SensorSpec("pressure", SCALAR_KEYS, "hPa", 260.0, 1260.0, 1.0, 1e-2),
-    SensorSpec("temperature", SCALAR_KEYS, "degC", -40.0, 125.0, 1.0, 1e-2),
+    SensorSpec("pressure", SCALAR_KEYS, "hPa", 260.0, 1260.0, 1.0, 1e-2, max_rate=10.0 / 3600),
+    SensorSpec("temperature", SCALAR_KEYS, "degC", -40.0, 125.0, 1.0, 1e-2, max_rate=20.0 / 3600),
 )
 #: The built-in kinds by name: what the simulator and the device producers send.
 SENSORS: Final[dict[str, SensorSpec]] = {s.name: s for s in BUILTIN}
@@ -98,6 +115,7 @@ class Reason(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     BAD_TIMESTAMP = "bad_timestamp"
     MISSING_KEY = "missing_key"
+    CHANNEL_MISMATCH = "channel_mismatch"  # not the axes or unit a channel was registered with
     TOO_LARGE = "too_large"  # only as a dead letter's reason: the record was truncated to fit
 
 
@@ -130,7 +148,7 @@ def features_of(v: dict[str, float]) -> tuple[float, ...]:
     return tuple(v.values())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Rejection:
     """A message that failed validation: routed to the dead-letter topic, never dropped."""
 
@@ -191,39 +209,84 @@ def _typed(spec: SensorSpec) -> type[TypedReading]:
 
 class Catalog:
     """The sensors (channels) a deployment monitors, in index order: the six built-in kinds and the
-    channels its settings declare (:meth:`monitor.settings.Settings.catalog`). It decodes and
-    validates readings of them; a reading of any other sensor is rejected as ``unknown_sensor``.
+    channels its settings declare (:meth:`monitor.settings.Settings.catalog`), then the channels
+    registered automatically so far, and ``spare`` free indices for more (``channels.auto_register``:
+    see :meth:`register`). It decodes and validates readings of its sensors; a reading of any other
+    sensor is rejected as ``unknown_sensor``.
+
+    Per-device state is laid out by the catalog: ``capacity`` entries per pair (every index,
+    spare ones included), and, for state kept per axis, ``dims`` entries, sensor ``s`` at
+    ``offsets[s]``: as many as its axes for a declared sensor, :data:`MAX_AXES` for an automatic
+    one (registered or spare), whose axes nobody knows before its first reading.
 
     >>> current = SensorSpec("current", ("value",), "A", 0.0, 100.0, 1.0, 1e-4)
     >>> Catalog((*BUILTIN, current)).index["current"]
     6
+    >>> c = Catalog(BUILTIN, spare=2)
+    >>> c.capacity, c.dims, c.offsets[6:]
+    (8, 18, (12, 15))
+    >>> co2 = SensorSpec("co2", ("value",), "ppm", AUTO_LOW, AUTO_HIGH, 1.0, 0.01, auto=True)
+    >>> c.register(co2).index["co2"]
+    6
     """
 
-    def __init__(self, specs: Sequence[SensorSpec]) -> None:
+    def __init__(self, specs: Sequence[SensorSpec], spare: int = 0) -> None:
         self.specs = tuple(specs)
+        self.spare = spare
         self.by_name = {s.name: s for s in self.specs}
         if len(self.by_name) != len(self.specs):
             raise ValueError("sensor names must be unique")
+        if any(a.auto and not b.auto for a, b in itertools.pairwise(self.specs)):
+            raise ValueError("channels registered automatically come after the declared ones")
         self.names = tuple(self.by_name)
         self.index = {name: i for i, name in enumerate(self.names)}
         self.key_sets = {s.name: frozenset(s.keys) for s in self.specs}
-        typed = tuple(_typed(spec) for spec in self.specs)
+        self.auto = tuple(s.name for s in self.specs if s.auto)
+        self.capacity = len(self.specs) + spare
+        widths = [MAX_AXES if s.auto else len(s.keys) for s in self.specs] + [MAX_AXES] * spare
+        self.offsets = tuple(itertools.accumulate(widths[:-1], initial=0)) if widths else ()
+        self.dims = sum(widths)
+
+    def register(self, spec: SensorSpec) -> Catalog:
+        """This catalog with ``spec``, a channel registered automatically, at the first spare index."""
+        if not spec.auto or not self.spare or spec.name in self.by_name:
+            raise ValueError(f"cannot register {spec.name!r} automatically here")
+        return Catalog((*self.specs, spec), self.spare - 1)
+
+    def axes(self) -> NDArray[np.int64]:
+        """The number of axes of the sensor at each index up to ``capacity`` (0: a spare index)."""
+        return np.array([len(s.keys) for s in self.specs] + [0] * self.spare, np.int64)
+
+    @functools.cached_property
+    def one_typed(self) -> msgspec.json.Decoder[Any]:
+        """Decodes one message of a sensor of the catalog to its :class:`TypedReading` subclass."""
         # With a single kind msgspec would accept a message without "sensor": the quote count of
         # _passes (two quotes fewer for the key, two for the value) still finds it.
-        self.one_typed = msgspec.json.Decoder(Union[typed])  # noqa: UP007
-        self.batch_typed = msgspec.json.Decoder(list[Union[typed]])  # type: ignore[valid-type]  # noqa: UP007
+        typed = self._typed
+        return msgspec.json.Decoder(Union[typed])  # noqa: UP007
+
+    @functools.cached_property
+    def batch_typed(self) -> msgspec.json.Decoder[Any]:
+        """Decodes a JSON array of such messages."""
+        typed = self._typed
+        return msgspec.json.Decoder(list[Union[typed]])  # type: ignore[valid-type]  # noqa: UP007
+
+    @functools.cached_property
+    def _typed(self) -> tuple[type[TypedReading], ...]:
+        return tuple(_typed(spec) for spec in self.specs)
 
     def __len__(self) -> int:
         return len(self.specs)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Catalog) and self.specs == other.specs
+        return isinstance(other, Catalog) and (self.specs, self.spare) == (other.specs, other.spare)
 
     def __hash__(self) -> int:
-        return hash(self.specs)
+        return hash((self.specs, self.spare))
 
     def __repr__(self) -> str:
-        return f"Catalog({', '.join(self.names)})"
+        spare = f"; {self.spare} spare" if self.spare else ""
+        return f"Catalog({', '.join(self.names)}{spare})"
 
 
 #: The built-in kinds only: what a deployment that declares no channels monitors.
@@ -267,6 +330,15 @@ def decode(
     the future are rejected as ``bad_timestamp``. With ``require_key`` a message without a key is
     rejected as ``missing_key``. Sensors are those of ``catalog``.
     """
+    reading = parse(value, key, max_bytes, require_key)
+    return reading if isinstance(reading, Rejection) else validate(reading, key, latest_ts, catalog)
+
+
+def parse(
+    value: bytes | None, key: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES, require_key: bool = False
+) -> Reading | Rejection:
+    """The checks of :func:`decode` before :func:`validate`'s: the message is there, not too large,
+    a JSON object of the wire format's fields and types, without a repeated key."""
     if key is None and require_key:
         return Rejection(Reason.MISSING_KEY, "message has no key (readings are keyed by device_id)")
     if value is None:
@@ -279,7 +351,7 @@ def decode(
         return _classify(str(exc))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return Rejection(Reason.INVALID_JSON, str(exc)[:200])
-    return _duplicate_key(value, 7 + len(reading.values)) or validate(reading, key, latest_ts, catalog)
+    return _duplicate_key(value, 7 + len(reading.values)) or reading
 
 
 def decode_batch(
@@ -357,6 +429,8 @@ def _decode_typed(
 ) -> list[TypedReading | None]:
     """The typed reading of each value, or None for one that does not decode to one (``joined``:
     the values as a JSON array, if already built)."""
+    if not catalog.specs:  # nothing declared (only channels to register): no message is typed
+        return [None] * len(values)
     try:
         if len(values) == 1:
             return [catalog.one_typed.decode(values[0])]
@@ -389,6 +463,18 @@ def validate(
         return Rejection(
             Reason.UNKNOWN_SENSOR, f"sensor {r.sensor[:64]!r} is not monitored here (known: {known})"[:400]
         )
+    return check(r, spec, latest_ts, catalog.key_sets[spec.name])
+
+
+def check(
+    r: Reading, spec: SensorSpec, latest_ts: int | None = None, keys: frozenset[str] | None = None
+) -> Reading | Rejection:
+    """The checks of :func:`validate` past the sensor's name: ``r`` against ``spec`` (``keys``: its
+    keys as a set, if at hand). A reading of a channel registered automatically whose axes or
+    unit are not the ones it was registered with is a ``channel_mismatch``."""
+    keys = frozenset(spec.keys) if keys is None else keys
+    if spec.auto and (r.unit != spec.unit or r.values.keys() != keys):
+        return Rejection(Reason.CHANNEL_MISMATCH, _mismatch(spec, r))
     if r.unit != spec.unit:
         return Rejection(Reason.WRONG_UNIT, f"{spec.name} expects {spec.unit!r}, got {r.unit[:32]!r}")
     if not _TS_LOW <= r.ts <= _TS_HIGH:
@@ -399,7 +485,53 @@ def validate(
         )
     if not 0 <= r.seq <= _SEQ_HIGH:
         return Rejection(Reason.WRONG_TYPE, "seq must be a non-negative 64-bit integer")
-    return _check_values(r.values, spec, catalog.key_sets[spec.name]) or _in_key_order(r, spec)
+    return _check_values(r.values, spec, keys) or _in_key_order(r, spec)
+
+
+def as_auto(spec: SensorSpec) -> SensorSpec:
+    """``spec`` as a channel registered automatically: no range, the rest the same."""
+    return dataclasses.replace(spec, low=AUTO_LOW, high=AUTO_HIGH, auto=True)
+
+
+def _mismatch(spec: SensorSpec, r: Reading) -> str:
+    theirs = ", ".join(k[:64] for k in sorted(r.values)[: MAX_AXES + 1])
+    return (
+        f"{spec.name} was registered automatically with axes [{', '.join(spec.keys)}] and unit "
+        f"{spec.unit!r}; this reading has axes [{theirs}] and unit {r.unit[:32]!r} "
+        "(declare the channel in channels.declare to settle what it is)"
+    )[:400]
+
+
+def auto_spec(r: Reading, resolution: float, rate_hz: float) -> SensorSpec | Rejection:
+    """The channel a reading of a sensor nobody declared registers (``channels.auto_register``): its
+    sensor name, its values' keys sorted (so that the first reading's key order does not matter),
+    its unit, no range (every finite value: nobody said what a working sensor can report), and
+    ``resolution`` and ``rate_hz``; or why the reading cannot define a channel.
+
+    >>> r = Reading("d1", "flow", 1_700_000_000_000, 1, {"out": 2.0, "in": 1.0}, "l/min", 1)
+    >>> auto_spec(r, 0.01, 1.0).keys
+    ('in', 'out')
+    """
+    name = r.sensor
+    if not NAME_PATTERN.fullmatch(name):
+        return Rejection(
+            Reason.UNKNOWN_SENSOR,
+            f"sensor {name[:64]!r} cannot be registered: a channel's name matches {NAME_PATTERN.pattern}",
+        )
+    keys = tuple(sorted(r.values))
+    if not 1 <= len(keys) <= MAX_AXES or not all(NAME_PATTERN.fullmatch(k) for k in keys):
+        return Rejection(
+            Reason.BAD_VALUES,
+            f"{name}: a channel registered automatically has 1 to {MAX_AXES} values whose keys match "
+            + NAME_PATTERN.pattern,
+        )
+    if not UNIT_PATTERN.fullmatch(r.unit):
+        return Rejection(
+            Reason.WRONG_UNIT,
+            f"{name}: a channel's unit is 1 to 32 characters, without quotes, backslashes or control "
+            "characters",
+        )
+    return SensorSpec(name, keys, r.unit, AUTO_LOW, AUTO_HIGH, rate_hz, resolution, auto=True)
 
 
 def _in_key_order(r: Reading, spec: SensorSpec) -> Reading:

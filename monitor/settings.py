@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Final, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -286,13 +286,39 @@ class IntegritySettings(_Section):
     max_clock_skew_ms: int = Field(300_000, ge=0, description="0 disables the clock-skew check")
 
 
+Flagged = Literal["learn", "clip", "skip"]
+
+
 class ModelSettings(_Section):
     warmup: int = Field(50, ge=5, description="readings learned before a model scores")
     fading: float = Field(0.05, gt=0, le=1, description="weight of a new reading in the level (memory ~1/x)")
     var_fading: float = Field(0.005, gt=0, le=1, description="weight of a new reading in the noise level")
+    trend: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="weight of a forecast error in the level's trend, relative to fading (0: no trend; "
+        "a level alone lags a steady ramp by slope/fading)",
+    )
     anomaly_threshold: float = Field(0.9999, gt=0.5, lt=1)
-    learn_anomalies: bool = Field(False, description="also learn from readings over the threshold")
+    rate_window_s: float = Field(
+        300.0,
+        gt=0,
+        description="event time over which the level's speed is measured for a channel's max_rate (the "
+        "`rate` signal): longer is steadier, shorter quicker",
+    )
+    learn_anomalies: bool = Field(False, description="also learn from readings over the threshold, fully")
+    clip_anomalies: bool = Field(
+        False,
+        description="without learn_anomalies: a reading over the threshold moves the level (and trend) as "
+        "much as one on the threshold would, never the noise level (false: it is not learned at all)",
+    )
     retrain_window: int = Field(32, ge=16, le=1024)
+
+    @property
+    def flagged(self) -> Flagged:
+        """What a pair model does with a reading over the threshold."""
+        return "learn" if self.learn_anomalies else "clip" if self.clip_anomalies else "skip"
 
 
 class NoveltySettings(_Section):
@@ -383,8 +409,8 @@ class RiverTierSettings(_Section):
     cohort: str | None = Field(
         None,
         pattern=r"^[a-z][a-z0-9_]{0,63}(=[^=]+)?$",
-        description="only devices with this cohorts_file label: 'label=value' (those devices), or 'label' "
-        "(every device with the label; shared models then per value)",
+        description="only (device, sensor) pairs with this label, of cohorts_file or of the channel: "
+        "'label=value' (those pairs), or 'label' (every pair with the label; shared models then per value)",
     )
     share: Literal["fleet", "device"] = Field(
         "fleet",
@@ -466,9 +492,10 @@ class RiverSettings(_Section):
 class InputDriftSettings(_Section):
     """Drift of the inputs themselves (:mod:`monitor.detect.inputs`): per (device, sensor) pair and
     axis, binned KS and PSI of the latest inputs against a frozen reference of the pair's first
-    ones; and each device's latest inputs against the fleet's (the ``peer_*`` signals)."""
+    ones; each device's latest inputs against the fleet's (the ``peer_*`` signals); and each cohort's
+    against the rest of the fleet's (``cohort_input_*``, :mod:`monitor.detect.cohortinputs`)."""
 
-    enabled: bool = Field(True, description="watch the inputs (signals input_* and peer_*)")
+    enabled: bool = Field(True, description="watch the inputs (signals input_*, peer_* and cohort_input_*)")
     bins: int = Field(
         10, ge=2, le=50, description="bins per axis: quantiles of the reference inputs, frozen with it"
     )
@@ -497,6 +524,21 @@ class InputDriftSettings(_Section):
         description="an axis drifts when its KS p-value < ks_alpha and its PSI > psi_threshold",
     )
     psi_threshold: float = Field(0.5, gt=0, description="see ks_alpha")
+    cohort_min_inputs: int = Field(
+        100,
+        ge=16,
+        description="a cohort's inputs are compared with the rest of the fleet's (cohort_input_*) once each "
+        "side holds this many of the fleet's latest fleet_window_size inputs",
+    )
+
+    @model_validator(mode="after")
+    def _cohort_room(self) -> InputDriftSettings:
+        if 2 * self.cohort_min_inputs > self.fleet_window_size:
+            raise ValueError(
+                f"inputs.cohort_min_inputs: {self.cohort_min_inputs} leaves no room for both sides of a "
+                f"cohort comparison in fleet_window_size ({self.fleet_window_size}): at most half of it"
+            )
+        return self
 
 
 class DriftSettings(_Section):
@@ -531,9 +573,7 @@ class ChannelSettings(_Section):
     the channel's name and whose ``values`` hold its axes. Every stage treats it like a built-in kind."""
 
     name: str = Field(pattern=f"^{schema.NAME_PATTERN.pattern}$", description="the readings' sensor field")
-    unit: str = Field(
-        min_length=1, max_length=32, pattern=r'^[^"\\\x00-\x1f]+$', description="the readings' unit field"
-    )
+    unit: str = Field(pattern=f"^{schema.UNIT_PATTERN.pattern}$", description="the readings' unit field")
     low: float = Field(description="lowest value a working sensor can report (below: out_of_range)")
     high: float = Field(description="highest value a working sensor can report")
     resolution: float = Field(
@@ -547,6 +587,30 @@ class ChannelSettings(_Section):
         description=f"the values' keys (1 to {schema.MAX_AXES}), scored together",
     )
     rate_hz: float = Field(1.0, gt=0, description="nominal sampling rate (the gap check's first estimate)")
+    labels: tuple[tuple[str, str], ...] = Field(
+        (),
+        description="cohort labels of the channel, e.g. {vendor: bosch}: each (device, channel) pair is in "
+        "the cohorts of its device's cohorts_file labels and of these (a label in both is refused)",
+    )
+    max_rate: float = Field(
+        0.0,
+        ge=0,
+        description="fastest plausible change of the level, units per second: the `rate` signal is the "
+        "level's change over this (0: unchecked)",
+    )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, raw: Any) -> Any:
+        """A mapping of label to value, kept as pairs sorted by label (the settings stay hashable)."""
+        pairs = list(raw.items()) if isinstance(raw, Mapping) else raw
+        if not isinstance(pairs, list | tuple) or any(
+            not isinstance(p, list | tuple) or len(p) != 2 for p in pairs
+        ):
+            raise ValueError("a mapping of label to value, e.g. {vendor: bosch}")
+        if len({p[0] for p in pairs}) < len(pairs):
+            raise ValueError("a label is given twice")
+        return tuple(sorted(_label(*pair) for pair in pairs))
 
     @field_validator("axes")
     @classmethod
@@ -568,12 +632,52 @@ class ChannelSettings(_Section):
 
     def spec(self) -> schema.SensorSpec:
         return schema.SensorSpec(
-            self.name, self.axes, self.unit, self.low, self.high, self.rate_hz, self.resolution
+            self.name,
+            self.axes,
+            self.unit,
+            self.low,
+            self.high,
+            self.rate_hz,
+            self.resolution,
+            max_rate=self.max_rate,
         )
 
 
+#: A label's value: what a cohort key shows after ``label=`` (in alerts and metrics).
+LABEL_VALUE: Final = re.compile(r"[^\x00-\x1f]{1,64}")
+
+
+def _label(name: Any, value: Any) -> tuple[str, str]:
+    """One validated channel label: a name a rule's ``cohort`` can give, a string value (quoted
+    in YAML if it would read as a number, as in a cohorts file)."""
+    if not isinstance(name, str) or not schema.NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"label {name!r} must match {schema.NAME_PATTERN.pattern} (as a rule's cohort)")
+    if not isinstance(value, str):
+        raise ValueError(f'label {name}: the value {value!r} is not a string (quote it: "{value}")')
+    if not LABEL_VALUE.fullmatch(value):
+        raise ValueError(f"label {name}: the value must be 1 to 64 characters, none a control character")
+    return name, value
+
+
+class AutoChannelDefaults(_Section):
+    """What a channel registered automatically gets that its first reading cannot tell."""
+
+    resolution: float = Field(
+        0.01,
+        gt=0,
+        description="its quantisation step, the noise floor of its models (the built-in scalar kinds' 0.01)",
+    )
+    rate_hz: float = Field(1.0, gt=0, description="its nominal sampling rate")
+
+
+#: The most channels ``channels.auto_register`` may leave room for: each takes per-device state
+#: (as a declared channel of three axes) and metric series (one sensor label value) up front.
+MAX_AUTO_CHANNELS = 64
+
+
 class ChannelsSettings(_Section):
-    """What is monitored: the six built-in kinds and the channels declared here. Readings of any
+    """What is monitored: the six built-in kinds, the channels declared here, and with
+    ``auto_register`` up to that many channels registered on their first reading. Readings of any
     other sensor are dead-lettered as ``unknown_sensor``."""
 
     builtin: bool = Field(
@@ -582,6 +686,14 @@ class ChannelsSettings(_Section):
     declare: tuple[ChannelSettings, ...] = Field(
         (), description="channels besides the built-in kinds; one with a built-in name replaces that kind"
     )
+    auto_register: int = Field(
+        0,
+        ge=0,
+        le=MAX_AUTO_CHANNELS,
+        description="room for this many channels registered on their first valid reading (axes and unit "
+        "from it, no range); 0: off, readings of undeclared sensors are dead-lettered",
+    )
+    auto_defaults: AutoChannelDefaults = AutoChannelDefaults()
 
     @model_validator(mode="after")
     def _names(self) -> ChannelsSettings:
@@ -589,13 +701,20 @@ class ChannelsSettings(_Section):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"channels.declare: {', '.join(repeated)} declared more than once")
-        if not self.builtin and not self.declare:
-            raise ValueError("channels: nothing to monitor (builtin is false and no channel is declared)")
+        if not self.builtin and not self.declare and not self.auto_register:
+            raise ValueError(
+                "channels: nothing to monitor (builtin is false, no channel is declared, auto_register is 0)"
+            )
         return self
+
+    def labels(self) -> dict[str, dict[str, str]]:
+        """The declared channels' cohort labels by channel name (a channel without any: absent)."""
+        return {c.name: dict(c.labels) for c in self.declare if c.labels}
 
     def catalog(self) -> schema.Catalog:
         """The sensors in index order: the built-in kinds (each replaced by a declared channel of
-        its name), then the other declared channels in their order."""
+        its name), then the other declared channels in their order; ``auto_register`` spare
+        indices for channels registered later."""
         return _catalog(self)
 
 
@@ -603,7 +722,7 @@ class ChannelsSettings(_Section):
 def _catalog(channels: ChannelsSettings) -> schema.Catalog:
     declared = {c.name: c.spec() for c in channels.declare}
     builtin = [declared.pop(s.name, s) for s in schema.BUILTIN] if channels.builtin else []
-    return schema.Catalog([*builtin, *(s for s in declared.values())])
+    return schema.Catalog([*builtin, *(s for s in declared.values())], channels.auto_register)
 
 
 class StateSettings(_Section):
@@ -865,6 +984,11 @@ class Settings(BaseSettings):
                     for s in catalog.specs
                     if len(s.keys) > 1 and s.name in (tier.sensors or catalog.names)
                 ]
+                if catalog.spare and not tier.sensors:  # a tier without sensors covers every channel
+                    raise ValueError(
+                        f"river.tiers.{i}.sensors: {tier.model} scores one value, and channels registered "
+                        "automatically may have several axes: name scalar sensors"
+                    )
                 if vector:
                     raise ValueError(
                         f"river.tiers.{i}.sensors: {tier.model} scores one value, and {', '.join(vector)} "

@@ -200,6 +200,7 @@ def run_monitor(
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
+        proc.communicate(timeout=60)  # reaped, pipes closed, even when the run failed
     return Finished(samples, alive, proc.returncode, stderr)
 
 

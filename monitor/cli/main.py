@@ -189,16 +189,18 @@ def cmd_rules(args: argparse.Namespace) -> int:
     from monitor.govern.rules import load_rules
     from monitor.settings import load_settings
 
-    sensors = load_settings(args.config).channels.catalog().names
+    catalog = load_settings(args.config).channels.catalog()
     failed = 0
     for path in args.files:
         try:
-            rules = load_rules(path, sensors)
+            rules = load_rules(path, catalog.names, registrable=catalog.spare > 0)
         except RulesError as exc:
             print(exc, file=sys.stderr)
             failed += 1
         else:
             print(f"{path}: {len(rules.rules)} rules OK")
+            for note in rules.unknown_sensors(catalog.names):  # names auto-registration may add
+                print(f"{path}: note: {note} (it applies once a channel of that name is registered)")
     return 1 if failed else 0
 
 

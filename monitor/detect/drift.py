@@ -185,6 +185,15 @@ class GroupDrift:
         self.score_sum = [0.0] * n_sensors
         self.adwins = [drift.ADWIN(delta=s.adwin_delta) for _ in range(n_sensors)]
 
+    def watch_axes(self, axes: tuple[int, ...]) -> None:
+        """The axes of each sensor now (a channel registered at a spare index, which had none)."""
+        for s, (old, new) in enumerate(zip(self.axes, axes, strict=True)):
+            if new != old:
+                self.input_adwins[s] = [
+                    drift.ADWIN(delta=self.settings.adwin_delta, clock=1) for _ in range(new)
+                ]
+        self.axes = axes
+
     def push(self, s: int, score: float, anomalous: bool = False, values: tuple[float, ...] = ()) -> bool:
         """Record one score of sensor ``s`` (and the reading's ``values`` when the group watches
         its inputs); True when the sensor is due for an evaluation."""

@@ -49,7 +49,8 @@ from scipy import stats as sps
 from monitor.detect import stats
 from monitor.schema import MAX_AXES, Catalog
 from monitor.settings import InputDriftSettings
-from monitor.state.store import Columns
+from monitor.state.store import AXES as DEVICE_AXES
+from monitor.state.store import PAIRS, Columns
 
 #: Bin fractions below this count as this in PSI (as for the score windows).
 PSI_FLOOR = 1e-4
@@ -60,15 +61,15 @@ NIBBLE_BINS = 16
 
 
 def dims(settings: InputDriftSettings, catalog: Catalog) -> int:
-    """Axes watched per device: every axis of the catalog (0 when input drift is off)."""
-    return sum(len(s.keys) for s in catalog.specs) if settings.enabled else 0
+    """Axes watched per device: every axis of the catalog, at its offsets (0 when input drift is off)."""
+    return catalog.dims if settings.enabled else 0
 
 
-def columns(settings: InputDriftSettings, catalog: Catalog) -> Columns:
+def columns(settings: InputDriftSettings) -> Columns:
     """The per-device arrays, for the detect stage's slab: per pair the inputs since the reference
     started (``in_n``) and the inputs in fleet bins (``peer_n``); per axis of the device the bin
-    edges, the reference's counts, and the two rings of bin indices."""
-    p, d, b, w = (len(catalog),), dims(settings, catalog), settings.bins, settings.window_size
+    edges, the reference's counts, and the two rings of bin indices (none when input drift is off)."""
+    p, d, b, w = (PAIRS,), DEVICE_AXES if settings.enabled else 0, settings.bins, settings.window_size
     return {
         "in_n": (p, np.int64, 0),
         "in_edges": ((d, b - 1), np.float32, 0),
@@ -91,7 +92,7 @@ class FleetInputs:
 
     def __init__(self, settings: InputDriftSettings, catalog: Catalog) -> None:
         d, b = dims(settings, catalog), settings.bins
-        self.n = np.zeros(len(catalog), np.int64)  # inputs of each sensor seen so far
+        self.n = np.zeros(catalog.capacity, np.int64)  # inputs of each sensor seen so far
         self.ref = np.zeros((d, settings.fleet_reference_size), np.float32)
         self.edges = np.zeros((d, b - 1), np.float32)
         self.ring = np.zeros((d, settings.fleet_window_size), np.uint8)
@@ -103,8 +104,7 @@ class FleetInputs:
 
 def config(settings: InputDriftSettings, catalog: Catalog, retrain_window: int) -> tuple[Any, ...]:
     """What :func:`step` and :func:`measure` need of the settings and the catalog."""
-    keys = np.array([len(s.keys) for s in catalog.specs], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(keys)[:-1]]).astype(np.int64)
+    keys, offsets = catalog.axes(), np.array(catalog.offsets, np.int64)
     r, w, alpha = settings.reference_size, settings.window_size, settings.ks_alpha
     critical = float(sps.kstwo.isf(alpha, int(np.round(r * w / (r + w)))))  # p < alpha <=> D > this
     return (

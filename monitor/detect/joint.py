@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 from monitor.detect.model import distance_threshold
 from monitor.schema import Catalog
 from monitor.settings import JointSettings
-from monitor.state.store import Columns, DeviceStates, Slab
+from monitor.state.store import AXES, PAIRS, TRIANGLE, Columns, DeviceStates, Slab, packing
 
 #: Frame outcome of a reading: no frame closed, a frame learned while warming up, a frame scored.
 NO_FRAME, WARMING, SCORED = 0, 1, 2
@@ -69,11 +69,10 @@ class JointState(Slab):
     joint_max: NDArray[np.float64]  # interval: largest frame score
 
     def __init__(self, catalog: Catalog) -> None:
-        self.dims = sum(len(s.keys) for s in catalog.specs)
-        super().__init__(len(catalog))
+        super().__init__(catalog.capacity, catalog.dims)
 
     def columns(self) -> Columns:
-        p, d = (self.n_sensors,), self.dims
+        p, d = (PAIRS,), AXES
         return {
             "joint_in": (p, np.int8, 0),
             "joint_fresh": (p, np.int8, 0),
@@ -82,20 +81,20 @@ class JointState(Slab):
             "joint_run": ((), np.int32, 0),
             "joint_learned": ((), np.int32, 0),
             "joint_mean": ((d,), np.float64, 0),
-            "joint_cov": ((triangle(d),), np.float64, 0),
-            "joint_inv": ((triangle(d),), np.float64, 0),
+            "joint_cov": ((TRIANGLE,), np.float64, 0),
+            "joint_inv": ((TRIANGLE,), np.float64, 0),
             "joint_frames": (p, np.int32, 0),
             "joint_anomalies": (p, np.int32, 0),
             "joint_max": (p, np.float64, 0),
         }
 
-    def upgrade(self, states: DeviceStates) -> None:
+    def upgrade(self, states: DeviceStates, source: Catalog) -> None:
         """Full matrices of snapshots written before the triangles were kept: their upper
         triangles (of the inverse, the mean of it and its transpose, as :func:`_refresh` keeps)."""
-        rows, cols = np.triu_indices(self.dims)
         for name in ("joint_cov", "joint_inv"):
             old = states.arrays.get(name)
             if old is not None and old.ndim == 3:
+                rows, cols = np.triu_indices(old.shape[1])
                 full = np.asarray(old, np.float64)
                 states.arrays[name] = ((full + full.transpose(0, 2, 1)) / 2)[:, rows, cols]
 
@@ -113,30 +112,17 @@ class JointState(Slab):
         )  # fmt: skip
 
 
-def triangle(d: int) -> int:
-    """Floats in the upper triangle of a ``d`` x ``d`` matrix."""
-    return d * (d + 1) // 2
-
-
-def packing(d: int) -> NDArray[np.int64]:
-    """``[i, j]``: where entry ``(i, j)`` (or ``(j, i)``) of a symmetric ``d`` x ``d`` matrix is
-    in its upper triangle, row by row."""
-    at = np.zeros((d, d), np.int64)
-    rows, cols = np.triu_indices(d)
-    at[rows, cols] = at[cols, rows] = np.arange(len(rows))
-    return at
-
-
 def config(
     settings: JointSettings, catalog: Catalog, threshold: float, learn_anomalies: bool
 ) -> tuple[Any, ...]:
     """What :func:`step` needs of the settings and the catalog: where each sensor's axes sit in
     the device vector, the per-dimension variance floors, and the distance thresholds by number
     of dimensions."""
-    keys = np.array([len(s.keys) for s in catalog.specs], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(keys)[:-1]]).astype(np.int64)
-    floors = np.array([s.resolution**2 for s in catalog.specs for _ in s.keys], np.float64)
-    dims = int(keys.sum())
+    keys, offsets = catalog.axes(), np.array(catalog.offsets, np.int64)
+    floors = np.ones(catalog.dims)  # an axis no sensor has yet (a spare index's) is never read
+    for spec, offset in zip(catalog.specs, offsets.tolist(), strict=False):
+        floors[offset : offset + len(spec.keys)] = spec.resolution**2
+    dims = catalog.dims
     thresholds = np.array([math.inf, *(distance_threshold(threshold, p) for p in range(1, dims + 1))])
     return (
         settings.enabled, keys, offsets, floors, thresholds, settings.warmup, settings.fading,

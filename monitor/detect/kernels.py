@@ -1,6 +1,6 @@
 """Compiled per-reading recurrences of the detect stage, over slab rows (numba, cached on disk).
 
-A pair's model row is ``[n, mean x 3, var x 3]`` (see :mod:`monitor.detect.state`); these are the
+A pair's model row is ``[n, level x 3, var x 3, trend x 3]`` (see :mod:`monitor.detect.state`); these are the
 same operations, in the same order, as :class:`monitor.detect.model.AdaptiveGaussian`, so a model
 learned here and one learned there are equal to the last bit (``tests/unit/test_kernels.py``).
 """
@@ -18,26 +18,39 @@ Values = FloatRow | tuple[float, ...]  # a reading's features
 
 
 @njit(cache=True)
-def learn(row: FloatRow, k: int, fading: float, var_fading: float, f: Values) -> None:
+def learn(row: FloatRow, k: int, fading: float, var_fading: float, trend: float, f: Values) -> None:
     """Learn one reading ``f`` (``k`` features) into the model ``row``."""
     n = row[0] + 1.0
     row[0] = n
     a = fading if n * fading > 1.0 else 1.0 / n
     b = var_fading if n * var_fading > 1.0 else 1.0 / n
+    g = a * trend if n * fading > 1.0 else 0.0  # no trend while the level is a running mean
     for i in range(k):
-        diff = f[i] - row[1 + i]
-        row[1 + i] += a * diff
+        diff = f[i] - (row[1 + i] + row[7 + i])
+        row[1 + i] += row[7 + i] + a * diff
+        row[7 + i] += g * diff
         row[4 + i] = (1.0 - b) * (row[4 + i] + b * diff * diff)
 
 
 @njit(cache=True)
+def nudge(row: FloatRow, k: int, fading: float, f: Values, scale: float) -> None:
+    """:meth:`monitor.detect.model.AdaptiveGaussian.nudge` on a model row."""
+    n = row[0]
+    if n < 1.0:
+        return
+    a = fading if n * fading > 1.0 else 1.0 / n
+    for i in range(k):
+        row[1 + i] += row[7 + i] + a * scale * (f[i] - (row[1 + i] + row[7 + i]))
+
+
+@njit(cache=True)
 def distance(row: FloatRow, k: int, resolution: float, f: Values) -> float:
-    """Squared standardised distance of ``f`` from the model ``row`` (variance floored)."""
+    """Squared standardised distance of ``f`` from the model ``row``'s forecast (variance floored)."""
     floor = resolution * resolution
     d2 = 0.0
     for i in range(k):
         var = row[4 + i]
-        d = f[i] - row[1 + i]
+        d = f[i] - (row[1 + i] + row[7 + i])
         d2 += d * d / (var if var > floor else floor)
     return d2
 

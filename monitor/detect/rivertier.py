@@ -2,8 +2,9 @@
 
 Each tier of ``river.tiers`` (:class:`monitor.settings.RiverTierSettings`) is a River anomaly
 detector (:class:`monitor.detect.online.OnlineModel`) over the readings of some sensors, of every
-device or of a cohort's (``cohorts_file`` labels), shared (``share: fleet``: one model per sensor,
-and per cohort value with ``cohort: label``) or one per device and sensor (``share: device``).
+device or of a cohort's (the pairs of a label of ``cohorts_file`` or of a declared channel), shared
+(``share: fleet``: one model per sensor, and per cohort value with ``cohort: label``) or one per
+device and sensor (``share: device``).
 
 - **Routing.** A (device, sensor) pair is scored by the first tier in the list that covers it (so a
   cohort's tier before a fleet-wide one overrides it for that cohort), and by no other: its signals
@@ -36,12 +37,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor.common import safepickle
-from monitor.detect.cohorts import Cohorts
+from monitor.detect.cohorts import CohortLabels
 from monitor.detect.online import OnlineModel, measured_bytes
 from monitor.errors import ConfigError, RefusedClassError
-from monitor.schema import Catalog
+from monitor.schema import MAX_AXES, Catalog
 from monitor.settings import RiverSettings, RiverTierSettings
-from monitor.state.store import Columns, DeviceStates, Slab
+from monitor.state.store import PAIRS, Columns, DeviceStates, Slab
 
 #: The rules' signals of a pair a tier covers.
 SIGNALS = ("river_readings", "river_anomalies", "river_anomaly_rate", "river_score")
@@ -63,7 +64,7 @@ class RiverState(Slab):
         super().__init__(n_sensors)
 
     def columns(self) -> Columns:
-        p = (self.n_sensors,)
+        p = (PAIRS,)
         return {
             "river_readings": (p, np.int32, 0),
             "river_anomalies": (p, np.int32, 0),
@@ -112,18 +113,24 @@ class RiverTiers:
     """The configured tiers: routing, models, the per-reading step and the pairs' signals."""
 
     def __init__(
-        self, settings: RiverSettings, catalog: Catalog, cohorts: Cohorts, state: RiverState
+        self, settings: RiverSettings, catalog: Catalog, labels: CohortLabels, state: RiverState
     ) -> None:
         self.tiers = settings.tiers
-        self.catalog = catalog
-        self.cohorts = cohorts
+        self.labels = labels
         self.state = state
-        self.keys = [spec.keys for spec in catalog.specs]
-        self.cover = [frozenset(catalog.index[s] for s in (t.sensors or catalog.names)) for t in self.tiers]
         self.protos = [OnlineModel.from_settings(t) for t in self.tiers]
         self.shared: dict[tuple[int, int, str], OnlineModel] = {}  # (tier, sensor, cohort value)
         self._routes: dict[str, tuple[tuple[int, str], ...]] = {}  # device -> (tier, group) per sensor
-        self._flagged = np.zeros(len(catalog), np.int64)  # per sensor, since the last take_flagged
+        self._flagged = np.zeros(catalog.capacity, np.int64)  # per sensor, since the last take_flagged
+        self.adopt(catalog)
+
+    def adopt(self, catalog: Catalog) -> None:
+        """Route the sensors of ``catalog`` (channels registered since are covered by the tiers
+        that name no sensors)."""
+        self.catalog = catalog
+        self.keys = [spec.keys for spec in catalog.specs]
+        self.cover = [frozenset(catalog.index[s] for s in (t.sensors or catalog.names)) for t in self.tiers]
+        self._routes.clear()  # a device's routes of the sensors it had are the same again
 
     @staticmethod
     def specs(settings: RiverSettings) -> dict[str, dict[str, Any]]:
@@ -131,11 +138,13 @@ class RiverTiers:
         return {t.name: OnlineModel.from_settings(t).spec() for t in settings.tiers if t.share == "device"}
 
     def route(self, device_id: str) -> tuple[tuple[int, str], ...]:
-        """Per sensor: the tier scoring the device's readings (-1: none) and its cohort value."""
+        """Per sensor: the tier scoring the device's readings (-1: none) and its cohort value
+        (of the pair's labels: its device's and its channel's)."""
         routes = self._routes.get(device_id)
         if routes is None:
-            labels = self.cohorts.get(device_id, {})
-            routes = self._routes[device_id] = tuple(self._first(labels, s) for s in range(len(self.catalog)))
+            routes = self._routes[device_id] = tuple(
+                self._first(self.labels.pair(device_id, s), s) for s in range(len(self.catalog))
+            )
         return routes
 
     def _first(self, labels: dict[str, str], s: int) -> tuple[int, str]:
@@ -222,11 +231,16 @@ class RiverTiers:
         return sig
 
     def footprint(self) -> Footprint:
-        """The tiers' memory: each model measured once per tier and number of axes."""
+        """The tiers' memory: each model measured once per tier and number of axes; a tier that
+        names no sensors also covers the channels the catalog's spare indices may register, counted
+        as of :data:`monitor.schema.MAX_AXES` axes."""
         shared = per_device = 0
         parts: list[tuple[str, str, int, int]] = []
+        spare = tuple(f"a{j}" for j in range(MAX_AXES))
         for t, tier in enumerate(self.tiers):
             sizes = [measured_bytes(tier, self.keys[s]) for s in sorted(self.cover[t])]
+            if not tier.sensors:
+                sizes += [measured_bytes(tier, spare)] * self.catalog.spare
             each = max(sizes)
             if tier.share == "fleet":
                 n = len(sizes) * self._groups(tier)
@@ -242,7 +256,7 @@ class RiverTiers:
         selector = tier.cohort_label
         if selector is None or selector[1] is not None:
             return 1
-        return max(1, len({labels[selector[0]] for labels in self.cohorts.values() if selector[0] in labels}))
+        return max(1, len(self.labels.values(selector[0])))
 
     def check_snapshots(self) -> None:
         """Refuse a per-device tier whose models the snapshots could not restore (a River class off
@@ -251,8 +265,9 @@ class RiverTiers:
             if tier.share != "device":
                 continue
             probe = self.protos[t].clone()
+            keys = self.keys[min(self.cover[t])] if self.cover[t] else ("value",)
             for _ in range(3):
-                probe.learn_one(dict.fromkeys(self.keys[min(self.cover[t])], 0.5))
+                probe.learn_one(dict.fromkeys(keys, 0.5))
             try:
                 safepickle.loads(pickle.dumps(probe, protocol=pickle.HIGHEST_PROTOCOL))
             except RefusedClassError as exc:

@@ -143,7 +143,8 @@ def _baseline_names(text: str) -> list[Any]:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    rules = load_rules(settings.rules_file, settings.channels.catalog().names)
+    catalog = settings.channels.catalog()
+    rules = load_rules(settings.rules_file, catalog.names, registrable=catalog.spare > 0)
     out: Path = args.out
     if args.input == "scenario":
         return _scenarios(settings, rules, args.files, out, _baseline_names(args.baselines))

@@ -28,7 +28,7 @@ from monitor.evaluation.quality import Detection, Key, LabelledEvent, anomaly_qu
 from monitor.evaluation.replay import Replay, Series, device_id, replay_messages, replay_series
 from monitor.govern.alerts import Alert
 from monitor.govern.rules import RuleSet
-from monitor.govern.rules.model import GROUP_INPUT_SIGNALS, INPUT_SIGNALS
+from monitor.govern.rules.model import COHORT_INPUT_SIGNALS, GROUP_INPUT_SIGNALS, INPUT_SIGNALS
 from monitor.records import Scored
 from monitor.schema import Catalog, Reading, decode
 from monitor.settings import Settings
@@ -41,6 +41,7 @@ DRIFT_DETECTOR_SIGNALS: Final = (
     frozenset({"ks_stat", "ks_pvalue", "ks_drift", "psi", "psi_drift", "adwin_detections", "adwin_drift"})
     | INPUT_SIGNALS
     | GROUP_INPUT_SIGNALS
+    | COHORT_INPUT_SIGNALS
 )
 #: A detection this long after an event's end still counts for it (evaluation runs every
 #: ``check_every`` readings, up to 32 s at 1 Hz).

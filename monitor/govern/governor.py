@@ -117,7 +117,7 @@ class Governor:
             return "a retrain of this pair is already running"
         self.retry.pop(key, None)
         self.attempts[key] = attempt
-        rows, offsets, timestamps = self.state.window(slot, s)
+        rows, offsets, timestamps = self.state.window(slot, s, len(spec.keys))
         count = len(rows)
         if count < MIN_RETRAIN_ROWS:
             return f"only {count} recent readings (at least {MIN_RETRAIN_ROWS} needed)"
@@ -137,7 +137,7 @@ class Governor:
             incumbent_version=version,
             base_params=self.base_params(s),
             anomaly_threshold=m.anomaly_threshold,
-            learn_anomalies=m.learn_anomalies,
+            flagged=m.flagged,
             seed=training.job_seed(
                 self.settings.retrain.seed, key[0], sensor, int(self.state.latest_version[slot, s])
             ),
@@ -170,6 +170,7 @@ class Governor:
             "fading": m.fading,
             "var_fading": m.var_fading,
             "resolution": self.catalog.specs[s].resolution,
+            "trend": m.trend,
         }
 
     # --- 2. the result is due -------------------------------------------------------------------
@@ -215,8 +216,8 @@ class Governor:
         sh = self.shadows.get(key)
         if sh is None:
             return
-        learn = self.settings.model.learn_anomalies and not self.state.quarantined[slot]
-        d2 = training.step(sh.candidate, f, self.thresholds[len(f)], learn)
+        flagged = "skip" if self.state.quarantined[slot] else self.settings.model.flagged
+        d2 = training.step(sh.candidate, f, self.thresholds[len(f)], flagged)
         sh.shadow.push(score, model.score(d2, len(f)))
         if sh.shadow.done:
             del self.shadows[key]

@@ -2,7 +2,8 @@
 offsets), the serving and latest model versions, and the quarantine flag.
 
 The ring keeps each axis of the device once (``raw``: one row of ``retrain_window`` values per
-axis of the catalog, a sensor's axes next to each other), and of each reading's timestamp and
+axis of the catalog, a sensor's axes at its offset, as the other per-axis arrays: see
+:class:`monitor.schema.Catalog`), and of each reading's timestamp and
 Kafka offset the low 32 bits (``raw_ts``, ``raw_off``), beside the pair's latest full values
 (``raw_last_ts``, ``raw_last_off``): :meth:`GovernState.window` restores the full values, exact
 for readings within ``2**31`` ms (24.8 days) and ``2**31`` offsets of the pair's latest.
@@ -16,7 +17,8 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from monitor.state.store import Columns, DeviceStates, Slab
+from monitor.schema import Catalog
+from monitor.state.store import AXES, PAIRS, Columns, DeviceStates, Slab
 
 #: Offsets and timestamps are kept modulo this, centred on 0 (an int32).
 WRAP = 2**32
@@ -34,6 +36,17 @@ def widen(low: NDArray[np.int32], latest: int) -> NDArray[np.int64]:
     return latest + (low.astype(np.int64) - low32(latest) + WRAP // 2) % WRAP - WRAP // 2
 
 
+def axis_widths(catalog: Catalog) -> list[int]:
+    """The rows of each sensor index of ``catalog`` in the per-axis arrays (a declared sensor's
+    axes; ``MAX_AXES`` for one registered on its first reading, or a spare index)."""
+    ends = [*catalog.offsets[1:], catalog.dims]
+    return [end - first for first, end in zip(catalog.offsets, ends, strict=True)]
+
+
+def _offsets(axes: Sequence[int]) -> NDArray[np.int64]:
+    return np.concatenate([[0], np.cumsum(axes)[:-1]]).astype(np.int64) if axes else np.zeros(0, np.int64)
+
+
 class GovernState(Slab):
     """A ring of the last ``retrain_window`` readings per pair, version numbers, quarantine."""
 
@@ -47,21 +60,22 @@ class GovernState(Slab):
     raw_last_ts: NDArray[np.int64]
 
     def __init__(self, axes: Sequence[int], retrain_window: int) -> None:
-        """``axes``: the number of axes of each sensor of the catalog, in its order."""
+        """``axes``: the rows of each sensor index of the catalog in the per-axis arrays, in its
+        order (:func:`axis_widths`)."""
         self.retrain_window = retrain_window
-        self.axes = tuple(axes)
-        #: The first axis of each sensor in ``raw``.
-        self.first_axis = np.concatenate([[0], np.cumsum(self.axes)[:-1]]).astype(np.int64)
+        self.axes = tuple(int(k) for k in axes)
+        #: The first axis of each sensor in ``raw`` (the catalog's offsets).
+        self.first_axis = _offsets(self.axes)
         self.versions: dict[tuple[int, int], int] = {}  # (slot, sensor) of pairs retrained at least once
-        super().__init__(len(self.axes))
+        super().__init__(len(self.axes), sum(self.axes))
 
     def columns(self) -> Columns:
-        p, w = (self.n_sensors,), self.retrain_window
+        p, w = (PAIRS,), self.retrain_window
         return {
             "quarantined": ((), np.int8, 0),
             "latest_version": (p, np.int32, 1),
             "raw_n": (p, np.int64, 0),
-            "raw": ((sum(self.axes), w), np.float32, 0),
+            "raw": ((AXES, w), np.float32, 0),
             "raw_off": ((*p, w), np.int32, 0),
             "raw_ts": ((*p, w), np.int32, 0),
             "raw_last_off": (p, np.int64, 0),
@@ -83,25 +97,30 @@ class GovernState(Slab):
         self.raw_last_ts[slot, s] = ts
         self.raw_n[slot, s] += 1
 
-    def window(self, slot: int, s: int) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
-        """The pair's readings in the ring, oldest first: values (one column per axis), Kafka
-        offsets and timestamps."""
+    def window(
+        self, slot: int, s: int, k: int | None = None
+    ) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
+        """The pair's readings in the ring, oldest first: values (one column per axis, ``k`` of
+        them: the sensor's, by default as many as its index has rows), Kafka offsets and
+        timestamps."""
         w, n = self.retrain_window, int(self.raw_n[slot, s])
         idx = (n - min(n, w) + np.arange(min(n, w))) % w
         a = int(self.first_axis[s])
-        rows = self.raw[slot, a : a + self.axes[s]][:, idx].T.astype(np.float64)
+        rows = self.raw[slot, a : a + (self.axes[s] if k is None else k)][:, idx].T.astype(np.float64)
         offsets = widen(self.raw_off[slot, s, idx], int(self.raw_last_off[slot, s]))
         return rows, offsets, widen(self.raw_ts[slot, s, idx], int(self.raw_last_ts[slot, s]))
 
-    def upgrade(self, states: DeviceStates) -> None:
+    def upgrade(self, states: DeviceStates, source: Catalog) -> None:
         """Rings of snapshots written before this layout (``raw`` per sensor with ``MAX_AXES``
-        columns, full int64 offsets and timestamps) into it."""
+        columns, full int64 offsets and timestamps) into it, laid out by ``source``, the catalog
+        they were kept under."""
         a = states.arrays
         raw = a.get("raw")
         if raw is not None and raw.ndim == 4:  # (devices, sensors, window, MAX_AXES)
-            a["raw"] = np.concatenate(
-                [raw[:, s, :, :k].transpose(0, 2, 1) for s, k in enumerate(self.axes)], axis=1
-            )
+            out = np.zeros((len(raw), source.dims, raw.shape[2]), np.float32)
+            for s, (first, k) in enumerate(zip(source.offsets, axis_widths(source), strict=True)):
+                out[:, first : first + k] = raw[:, s, :, :k].transpose(0, 2, 1)
+            a["raw"] = out
         for name in ("raw_off", "raw_ts"):
             old = a.get(name)
             if old is None or old.dtype != np.int64:

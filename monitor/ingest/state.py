@@ -6,7 +6,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor.schema import MAX_AXES
-from monitor.state.store import N_CHECKS, Columns, Slab
+from monitor.state.store import N_CHECKS, PAIRS, Columns, Slab
 
 
 class IngestState(Slab):
@@ -24,7 +24,7 @@ class IngestState(Slab):
     last_vals: NDArray[np.float64]
 
     def columns(self) -> Columns:
-        p = (self.n_sensors,)
+        p = (PAIRS,)
         return {
             "last_seq": ((), np.int64, -1),
             "last_offset": ((), np.int64, -1),

@@ -28,7 +28,12 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     """
     logging.getLogger("monitor").setLevel(settings.log_level)
     # Every file first (rules, cohorts, the signing key): a mistake there is reported before Kafka.
-    rules = load_rules(settings.rules_file, settings.channels.catalog().names)
+    catalog = settings.channels.catalog()
+    rules = load_rules(settings.rules_file, catalog.names, registrable=catalog.spare > 0)
+    for note in rules.unknown_sensors(catalog.names):
+        log.warning(
+            "%s: %s (it applies once a channel of that name is registered)", settings.rules_file, note
+        )
     pipeline = Pipeline(settings, rules, trainer=training.TrainingWorker(settings.retrain))
     signing_key(settings)
     k = settings.kafka

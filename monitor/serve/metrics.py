@@ -5,7 +5,9 @@ The registry is injected (tests build a fresh ``CollectorRegistry``). Domain cod
 Label values come from small fixed sets (sensor kinds, rejection reasons, checks, detectors,
 scopes, rule names, severities, partitions of the readings topic); never device ids. Children of
 the fixed sets are created up front, so a counter is 0 before its first event and ``increase()``
-sees that first event.
+sees that first event. The sensor label's values are the catalog's: the built-in kinds, the
+declared channels, and the channels registered automatically (:meth:`Metrics.record_channels`,
+at most ``channels.auto_register`` of them), whose children are created as they are registered.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ SCORE_BUCKETS = (0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0)
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 #: Event-time lag (now - reading ts): sub-second for a live fleet, hours for a replayed backlog.
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
-DETECTORS = ("ks", "psi", "adwin", "input", "peer", "input_adwin")  # input*, peer: on the inputs
+DETECTORS = (
+    "ks",
+    "psi",
+    "adwin",
+    "input",
+    "peer",
+    "input_adwin",
+    "cohort_input",
+)  # input*, peer, cohort_input: inputs
 SCOPES = ("device", "fleet", "cohort")
 STATUSES = ("pending", "firing", "resolved")
 RETRAIN_OUTCOMES = ("promoted", "rejected", "skipped")
@@ -57,6 +67,13 @@ class BatchHistogram(Collector):
         self.counts = np.zeros((len(self.values), len(buckets) + 1), np.int64)  # last: above every edge
         self.sums = np.zeros(len(self.values))
         self._lock = threading.Lock()  # scrapes run on the HTTP threads
+
+    def add_values(self, values: Sequence[str]) -> None:
+        """Children for more values of the label (channels registered since)."""
+        with self._lock:
+            self.values += tuple(values)
+            self.counts = np.vstack([self.counts, np.zeros((len(values), self.counts.shape[1]), np.int64)])
+            self.sums = np.concatenate([self.sums, np.zeros(len(values))])
 
     def observe(self, values: NDArray[np.float64], child: int = 0) -> None:
         if values.size == 0:
@@ -137,7 +154,8 @@ class Metrics:
         r.register(self.scores)
         self.drift = Counter(
             "telemon_drift_detections",
-            "Drift detections by detector (ks, psi, adwin on scores; input, peer on inputs) and scope.",
+            "Drift detections by detector (ks, psi, adwin on scores; input, peer, input_adwin, "
+            "cohort_input on inputs) and scope.",
             ["detector", "scope", "sensor"],
             registry=r,
         )
@@ -145,6 +163,19 @@ class Metrics:
             "telemon_fleet_ks_statistic", "Latest fleet KS statistic.", ["sensor"], registry=r
         )
         self.fleet_psi = Gauge("telemon_fleet_psi", "Latest fleet PSI.", ["sensor"], registry=r)
+        # One child per cohort key of the rules' labels (label=value, from the configured labels) and sensor.
+        self.cohort_input_ks = Gauge(
+            "telemon_cohort_input_ks_statistic",
+            "Latest binned KS statistic of a cohort's inputs against the rest of the fleet's (worst axis).",
+            ["cohort", "sensor"],
+            registry=r,
+        )
+        self.cohort_input_psi = Gauge(
+            "telemon_cohort_input_psi",
+            "Latest PSI of a cohort's inputs against the rest of the fleet's (largest over the axes).",
+            ["cohort", "sensor"],
+            registry=r,
+        )
         # Governance: alerts, retrains, model versions.
         self.alerts = Counter(
             "telemon_alerts", "Alert records published.", ["rule", "severity", "status"], registry=r
@@ -230,6 +261,18 @@ class Metrics:
         self.degraded = Gauge(
             "telemon_degraded", "1 while outputs cannot be delivered (consumption paused).", registry=r
         )
+        self.channels_registered = Counter(
+            "telemon_channels_registered",
+            "Channels registered automatically (channels.auto_register): on a first reading, or with the "
+            "state of a snapshot that held them.",
+            registry=r,
+        )
+        self.channels_free = Gauge(
+            "telemon_channels_auto_free",
+            "Channels auto-registration has room for still (0: readings of further unknown sensors are "
+            "dead-lettered).",
+            registry=r,
+        )
         self.build = Gauge("telemon_build_info", "Build information.", ["version"], registry=r)
         self.build.labels(monitor.__version__).set(1)
         self._retrained = np.zeros(len(self.sensors), np.int64)  # retrains per sensor in this process
@@ -239,24 +282,47 @@ class Metrics:
 
     def _precreate(self) -> None:
         """Children for every value of the fixed label sets (never per reading)."""
-        self._readings = [self.readings.labels(s) for s in self.sensors]
-        self._anomalies = [self.anomalies.labels(s) for s in self.sensors]
-        self._river_anomalies = [self.river_anomalies.labels(s) for s in self.sensors]
-        self._integrity = [[self.integrity.labels(s, c) for c in CHECKS] for s in self.sensors]
+        self._readings: list[Counter] = []
+        self._anomalies: list[Counter] = []
+        self._river_anomalies: list[Counter] = []
+        self._integrity: list[list[Counter]] = []
+        for s in self.sensors:
+            self._precreate_sensor(s)
         for reason in Reason:
             self.quarantined.labels(reason.value)
         for why in EVICTION_REASONS:
             self.evicted.labels(why)
-        for s in self.sensors:
-            for outcome in RETRAIN_OUTCOMES:
-                self.retrains.labels(s, outcome)
-            for d in DETECTORS:
-                for scope in SCOPES:
-                    self.drift.labels(d, scope, s)
         for rule, severity in self.rules.items():
             self.firing.labels(rule, severity)
             for status in STATUSES:
                 self.alerts.labels(rule, severity, status)
+
+    def _precreate_sensor(self, s: str) -> None:
+        self._readings.append(self.readings.labels(s))
+        self._anomalies.append(self.anomalies.labels(s))
+        self._river_anomalies.append(self.river_anomalies.labels(s))
+        self._integrity.append([self.integrity.labels(s, c) for c in CHECKS])
+        for outcome in RETRAIN_OUTCOMES:
+            self.retrains.labels(s, outcome)
+        for d in DETECTORS:
+            for scope in SCOPES:
+                self.drift.labels(d, scope, s)
+
+    def record_channels(self, names: Sequence[str], free: int) -> None:
+        """The catalog's sensors now (``names``, in index order: those this object was made with,
+        then the channels registered since) and the room auto-registration has left; the new
+        channels get their children (the sensor label's values grow by at most
+        ``channels.auto_register``)."""
+        new = tuple(names[len(self.sensors) :])
+        if new:
+            self.sensors += new
+            for s in new:
+                self._precreate_sensor(s)
+            self.scores.add_values(new)
+            self._retrained = np.concatenate([self._retrained, np.zeros(len(new), np.int64)])
+            self._max_version = np.concatenate([self._max_version, np.ones(len(new), np.int64)])
+            self.channels_registered.inc(len(new))
+        self.channels_free.set(free)
 
     def record_batch(
         self, result: BatchResult, integrity: NDArray[np.int64], seconds: float, now: float | None = None
@@ -272,6 +338,9 @@ class Metrics:
         for sensor, (ks, psi) in result.fleet_stats.items():
             self.fleet_ks.labels(sensor).set(ks)
             self.fleet_psi.labels(sensor).set(psi)
+        for (cohort, sensor), (ks, psi) in result.cohort_inputs.items():
+            self.cohort_input_ks.labels(cohort, sensor).set(ks)
+            self.cohort_input_psi.labels(cohort, sensor).set(psi)
         for a in result.alerts:
             self.alerts.labels(a.rule, a.severity, a.status).inc()
         self._record_retrains(result)
@@ -293,7 +362,7 @@ class Metrics:
                 counter.inc(n)
 
     def _record_sensors(self, result: BatchResult, integrity: NDArray[np.int64]) -> None:
-        for i in range(len(result.valid)):
+        for i in range(min(len(result.valid), len(self.sensors))):  # a spare index counts nothing
             if result.valid[i]:
                 self._readings[i].inc(int(result.valid[i]))
             if result.anomalies[i]:

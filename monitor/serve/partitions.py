@@ -25,6 +25,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, Top
 from monitor.errors import SnapshotError
 from monitor.govern.alerts import rfc3339
 from monitor.pipeline import Pipeline
+from monitor.records import Registration
+from monitor.schema import SensorSpec
 from monitor.serve import memory
 from monitor.serve.metrics import Metrics
 from monitor.settings import Settings
@@ -79,7 +81,17 @@ class Partitions:
             if snap is None:
                 self._start_fresh(tp, c.offset)
                 continue
-            self.pipeline.import_partition(snap.state)
+            registered = self.pipeline.import_partition(snap.state)
+            for i, spec in enumerate(registered):
+                log.info(
+                    "channel %s registered automatically: %s (the snapshot of %s/%d holds its state); "
+                    "room for %d more (channels.auto_register)",
+                    spec.name,
+                    describe(spec),
+                    tp.topic,
+                    tp.partition,
+                    self.pipeline.catalog.spare + len(registered) - 1 - i,
+                )
             self.unsettled.add(key)
             on_restore(snap.state)
             tp.offset = snap.next_offset
@@ -95,7 +107,7 @@ class Partitions:
         has one (state starts empty there), else at the ``auto_offset_reset`` end of the log."""
         start = OFFSET_BEGINNING if self.settings.kafka.auto_offset_reset == "earliest" else OFFSET_END
         tp.offset = committed if committed >= 0 else start
-        empty = PartitionState(self.pipeline.store.export([]))
+        empty = self.pipeline.export_partition(None)
         self.store.save(PartitionSnapshot(tp.topic, tp.partition, tp.offset, empty))
 
     def _load(self, topic: str, partition: int) -> PartitionSnapshot | None:
@@ -163,7 +175,9 @@ class Partitions:
             until = self.replay_until.get((str(m.topic()), int(m.partition() or 0)))
             (old if until is not None and int(m.offset() or 0) < until else new).append(m)
         if old:
-            offsets = self.pipeline.process(old).offsets
+            result = self.pipeline.process(old)
+            log_registrations(result.registered, self.pipeline.catalog.spare)
+            offsets = result.offsets
             self.applied(offsets)
             for tp, offset in offsets.items():
                 if offset >= self.replay_until.get(tp, offset + 1):
@@ -204,3 +218,24 @@ class Partitions:
             self.writer.submit(PartitionSnapshot(topic, p, position, self.pipeline.export_partition(p)))
         if wait:
             self.writer.drain()
+
+
+def describe(spec: SensorSpec) -> str:
+    """A channel registered automatically, for the log: what its readings must be."""
+    return f"axes {', '.join(spec.keys)}; unit {spec.unit!r}; resolution {spec.resolution:g}; no range"
+
+
+def log_registrations(registered: list[Registration], spare: int) -> None:
+    """A line per channel a batch registered on its first reading (``spare``: the room left after)."""
+    for i, r in enumerate(registered):
+        log.info(
+            "channel %s registered automatically: %s (its first reading: %s, %s/%s offset %s); "
+            "room for %d more (channels.auto_register)",
+            r.spec.name,
+            describe(r.spec),
+            r.device_id,
+            r.topic,
+            r.partition,
+            r.offset,
+            spare + len(registered) - 1 - i,
+        )

@@ -43,7 +43,7 @@ from monitor.pipeline import BatchResult, Pipeline
 from monitor.serve.deadletters import DeadLetterProducer
 from monitor.serve.health import Health, HttpEndpoint
 from monitor.serve.metrics import Metrics
-from monitor.serve.partitions import Partitions
+from monitor.serve.partitions import Partitions, log_registrations
 from monitor.serve.sinks import AlertmanagerSink
 from monitor.settings import Settings
 from monitor.state.store import PartitionState
@@ -159,6 +159,7 @@ class Service:
         self.audit_position = audit.stat().st_size if audit.exists() else 0  # follow new commands
         self._ts_warned = False  # the first ignored Kafka timestamp is logged, the rest counted
         metrics.record_device_cap(pipeline.max_devices)
+        metrics.record_channels(pipeline.catalog.names, pipeline.catalog.spare)
         log.info(
             "state: at most %d devices (state.memory_budget_mb %g over %d bytes per device%s)",
             pipeline.max_devices,
@@ -322,6 +323,7 @@ class Service:
         """The batch's metrics: counts, latencies, state size, model versions, firing rules, lag."""
         m, st = self.metrics, self.pipeline.store
         self._log_anomalies(result)
+        m.record_channels(self.pipeline.catalog.names, self.pipeline.catalog.spare)
         m.record_batch(result, self.pipeline.integrity.take_events(), seconds)
         m.record_dead_letters_failed(self.dead_letters.take_failed())
         n = len(st)
@@ -333,8 +335,9 @@ class Service:
         self.pipeline.lag = sum(lags.values())
 
     def _log_anomalies(self, result: BatchResult) -> None:
-        """What an operator must hear about: eviction waves, devices read astray, ignored
-        Kafka timestamps."""
+        """What an operator must hear about: channels registered, eviction waves, devices read
+        astray, ignored Kafka timestamps."""
+        log_registrations(result.registered, self.pipeline.catalog.spare)
         for w in result.evictions:
             if w.reason == "idle":
                 since = w.clock_ms - int(self.settings.state.evict_idle_s * 1000)
@@ -389,6 +392,7 @@ class Service:
         """Restore the partitions' state and start each where its state stopped
         (:meth:`Partitions.assign`)."""
         restored = self.partitions.assign(consumer, partitions, self._adopt)
+        self.metrics.record_channels(self.pipeline.catalog.names, self.pipeline.catalog.spare)
         self._settle()
         consumer.assign(partitions)
         self.health.assigned(len(self.partitions))

@@ -14,7 +14,9 @@ file, fsynced, renamed)::
     arrays (.npz, no pickles)  objects (pickle: River tiers' per-device models; older models, ADWINs)
 
 The header records the consumer group, topic, partition, next offset, creation time, device ids,
-model versions, rule episodes and the byte lengths of the two parts; the HMAC-SHA256 covers the
+model versions, rule episodes, the catalog the arrays are laid out by (every sensor's name and
+spec in index order, and its spare indices: :mod:`monitor.state.layout` imports the state under
+another catalog by channel name) and the byte lengths of the two parts; the HMAC-SHA256 covers the
 header and both parts. Loading checks that the file is a regular one, verifies the HMAC, then that
 the snapshot is the one of the group, topic and partition it is loaded for (a snapshot copied over
 another partition's is refused), and unpickles the objects with :mod:`monitor.common.safepickle` (model,
@@ -37,6 +39,7 @@ back, or a replayed file) loads (its partition is re-read from its offset), but 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -56,7 +59,7 @@ import numpy as np
 
 from monitor.common import files, safepickle
 from monitor.errors import SnapshotError
-from monitor.schema import SENSOR_NAMES
+from monitor.schema import SENSOR_NAMES, SensorSpec
 from monitor.state import signing
 from monitor.state.store import DeviceStates, PartitionState
 
@@ -131,6 +134,8 @@ def _encode_header(snap: PartitionSnapshot, key: bytes, arrays_bytes: int, objec
         "rules": snap.state.episodes,
         "governance": snap.state.governance,
         "sensors": list(snap.state.sensors),
+        "channels": [dataclasses.asdict(spec) for spec in snap.state.channels],
+        "spare": snap.state.spare,
         "arrays_bytes": arrays_bytes,
         "objects_bytes": objects_bytes,
     }
@@ -168,10 +173,26 @@ def decode(data: bytes, key: bytes) -> PartitionSnapshot:
         list(header["device_ids"]), arrays, models, adwins, river[0] if river else [], versions
     )
     sensors = tuple(header.get("sensors", SENSOR_NAMES))  # before channels: the built-in kinds
-    state = PartitionState(devices, list(header["rules"]), list(header["governance"]), sensors)
+    channels, spare = _channels(header)
+    state = PartitionState(
+        devices, list(header["rules"]), list(header["governance"]), sensors, channels, spare
+    )
     topic, partition, offset = header["topic"], int(header["partition"]), int(header["next_offset"])
     created, group = int(header["created_ms"]), str(header.get("group", ""))
     return PartitionSnapshot(topic, partition, offset, state, created, group)
+
+
+def _channels(header: dict[str, Any]) -> tuple[tuple[SensorSpec, ...], int]:
+    """The specs of the sensors the snapshot's arrays are laid out for, and its catalog's spare
+    indices (none recorded: a snapshot from before channels could be registered)."""
+    try:
+        specs = tuple(SensorSpec(**(c | {"keys": tuple(c["keys"])})) for c in header.get("channels", ()))
+        spare = int(header.get("spare", 0))
+    except (TypeError, KeyError, ValueError) as exc:
+        raise SnapshotError(f"unreadable channels in the snapshot header: {exc}") from exc
+    if specs and tuple(s.name for s in specs) != tuple(header.get("sensors", ())):
+        raise SnapshotError("the snapshot header's channels are not its sensors")
+    return specs, spare
 
 
 def _why_unverified(raw: bytes, key: bytes) -> str:

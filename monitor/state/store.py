@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.schema import SENSOR_NAMES
+from monitor.schema import SENSOR_NAMES, Catalog, SensorSpec
 
 #: The per-device data-integrity checks, in the order of the ``integrity`` counters.
 CHECKS = ("stuck_at", "gap", "duplicate", "out_of_order", "clock_skew")
@@ -48,35 +48,54 @@ MAPPED_BYTES = 64 * 1024
 #: store only keeps it.
 Model = Any
 
-#: ``name -> (shape after the slot axis, dtype, fill)``: the arrays of a slab.
+#: ``name -> (shape after the slot axis, dtype, fill)``: the arrays of a slab. In a shape,
+#: :data:`PAIRS` stands for the catalog's capacity (an entry per sensor index: a per-pair array)
+#: and :data:`AXES` for its axes (every sensor's, at the catalog's offsets): what
+#: :mod:`monitor.state.layout` moves when a snapshot is imported under another catalog.
+#: :data:`TRIANGLE` stands for the upper triangle of a symmetric ``AXES`` x ``AXES`` matrix
+#: (``dims (dims + 1) / 2`` entries, row by row: :func:`triangle`).
 Columns = dict[str, tuple[tuple[int, ...], type[np.generic], float]]
+PAIRS, AXES, TRIANGLE = -1, -2, -3
 
 
 class Slab:
     """One stage's per-slot arrays (row ``i`` belongs to slot ``i``), with their fill values.
 
-    A subclass declares its arrays in :meth:`columns` (per pair: ``n_sensors`` wide, one per
-    sensor of the deployment's catalog) and, for Python objects kept per slot, overrides
-    :meth:`clear_objects`, :meth:`export_objects` and :meth:`load_objects`.
+    A subclass declares its arrays in :meth:`columns` (per pair: :data:`PAIRS` wide, one per
+    sensor index of the deployment's catalog, ``n_sensors`` of them; per axis: :data:`AXES`,
+    ``dims``; a symmetric matrix over the axes: :data:`TRIANGLE`, its upper triangle) and, for
+    Python objects kept per slot, overrides :meth:`clear_objects`,
+    :meth:`export_objects` and :meth:`load_objects`.
     """
 
     #: Arrays that mean something in this process only: never exported (snapshots, fingerprints).
     local: frozenset[str] = frozenset()
 
-    def __init__(self, n_sensors: int = 0) -> None:
+    def __init__(self, n_sensors: int = 0, dims: int = 0) -> None:
         self.n_sensors = n_sensors
+        self.dims = dims
         self.arrays: dict[str, NDArray[np.generic]] = {}
         self._fill: dict[str, float] = {}
 
     def columns(self) -> Columns:
         raise NotImplementedError
 
+    def shape(
+        self, template: tuple[int, ...], n_sensors: int | None = None, dims: int | None = None
+    ) -> tuple[int, ...]:
+        """A column's shape after the slot axis, for this slab's catalog (or for one of
+        ``n_sensors`` indices and ``dims`` axes)."""
+        n = self.n_sensors if n_sensors is None else n_sensors
+        d = self.dims if dims is None else dims
+        sizes = {PAIRS: n, AXES: d, TRIANGLE: triangle(d)}
+        return tuple(sizes.get(x, x) for x in template)
+
     def grow(self, capacity: int) -> None:
         """Reallocate every array with ``capacity`` rows, keeping the rows it has (the new rows
         hold the fill value; zeros take no memory until written)."""
         old, self.arrays = self.arrays, {}
-        for name, (shape, dtype, fill) in self.columns().items():
-            arr = zeros((capacity, *shape), dtype)
+        for name, (template, dtype, fill) in self.columns().items():
+            arr = zeros((capacity, *self.shape(template)), dtype)
             kept = len(old[name]) if name in old else 0
             if kept:
                 arr[:kept] = old[name]
@@ -111,15 +130,21 @@ class Slab:
     def load_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
         """Take the slots' Python objects from ``states`` (none by default)."""
 
-    def upgrade(self, states: DeviceStates) -> None:
-        """Convert arrays ``states`` holds in an older layout of this slab (a snapshot written
-        before it changed) into the current one, in place (none by default)."""
+    def upgrade(self, states: DeviceStates, source: Catalog) -> None:
+        """Convert arrays ``states`` (kept under the catalog ``source``) holds in an older layout
+        of this slab (a snapshot written before it changed) into the current one, in place (none
+        by default). Arrays already in the current layout are left as they are."""
 
-    def mismatch(self, states: DeviceStates) -> str | None:
-        for name, arr in self.arrays.items():
-            theirs = states.arrays.get(name)
-            if theirs is not None and theirs.shape[1:] != arr.shape[1:]:
-                return f"{name} has per-device shape {theirs.shape[1:]}, this configuration {arr.shape[1:]}"
+    def mismatch(
+        self, states: DeviceStates, n_sensors: int | None = None, dims: int | None = None
+    ) -> str | None:
+        """Why ``states`` (kept under a catalog of ``n_sensors`` indices and ``dims`` axes, by
+        default this slab's) cannot be loaded: an array of another shape than this configuration
+        gives it there (other window sizes, another novelty stage), or None."""
+        for name, (template, _, _) in self.columns().items():
+            theirs, mine = states.arrays.get(name), self.shape(template, n_sensors, dims)
+            if theirs is not None and theirs.shape[1:] != mine:
+                return f"{name} has per-device shape {theirs.shape[1:]}, this configuration {mine}"
         return None
 
     def nbytes(self) -> int:
@@ -229,23 +254,34 @@ class StateStore:
             slab.export_objects(slots, states)
         return states
 
-    def mismatch(self, states: DeviceStates) -> str | None:
-        """Why ``states`` cannot be loaded here (an array kept with another per-device shape, as
-        after a change of ``drift`` window sizes or of the novelty stage), or None. Arrays of an
-        older layout are converted first (:meth:`Slab.upgrade`)."""
+    def upgrade(self, states: DeviceStates, source: Catalog) -> None:
+        """Convert the arrays of ``states`` (kept under the catalog ``source``) that an older
+        version laid out otherwise into the current layouts, in place (:meth:`Slab.upgrade`): before
+        :meth:`mismatch`, :meth:`load` or a remap to another catalog."""
         for slab in self.slabs:
-            slab.upgrade(states)
-        return next((why for slab in self.slabs if (why := slab.mismatch(states)) is not None), None)
+            slab.upgrade(states, source)
+
+    def mismatch(
+        self, states: DeviceStates, n_sensors: int | None = None, dims: int | None = None
+    ) -> str | None:
+        """Why ``states`` (kept under a catalog of ``n_sensors`` indices and ``dims`` axes, by
+        default the slabs') cannot be loaded here (an array kept with another per-device shape, as
+        after a change of ``drift`` window sizes or of the novelty stage), or None."""
+        return next(
+            (why for slab in self.slabs if (why := slab.mismatch(states, n_sensors, dims)) is not None), None
+        )
 
     def load(self, states: DeviceStates) -> list[int]:
         """Install exported devices (replacing any state they have here); returns their slots."""
-        for slab in self.slabs:
-            slab.upgrade(states)
         self.release([self.slots[d] for d in states.device_ids if d in self.slots])
         slots = [self.slot(d, 0) for d in states.device_ids]
         for slab in self.slabs:
             slab.load(slots, states)
         return slots
+
+    def columns(self) -> Columns:
+        """Every slab's columns (their names are unique across slabs)."""
+        return {name: c for slab in self.slabs for name, c in slab.columns().items()}
 
     def array_bytes_per_device(self) -> int:
         return sum(slab.nbytes() for slab in self.slabs) // self.capacity
@@ -253,6 +289,20 @@ class StateStore:
     def bytes_per_device(self) -> int:
         """The memory one device takes: its slab rows and :data:`OBJECT_BYTES_PER_DEVICE`."""
         return self.array_bytes_per_device() + OBJECT_BYTES_PER_DEVICE
+
+
+def triangle(d: int) -> int:
+    """Entries in the upper triangle of a ``d`` x ``d`` matrix."""
+    return d * (d + 1) // 2
+
+
+def packing(d: int) -> NDArray[np.int64]:
+    """``[i, j]``: where entry ``(i, j)`` (or ``(j, i)``) of a symmetric ``d`` x ``d`` matrix is
+    in its upper triangle, row by row."""
+    at = np.zeros((d, d), np.int64)
+    rows, cols = np.triu_indices(d)
+    at[rows, cols] = at[cols, rows] = np.arange(len(rows))
+    return at
 
 
 def zeros(shape: tuple[int, ...], dtype: type[np.generic]) -> NDArray[np.generic]:
@@ -286,3 +336,7 @@ class PartitionState:
     governance: list[dict[str, Any]] = field(default_factory=list)  # their retrains in progress
     #: The sensors of the per-pair columns, in index order (the catalog the state was kept under).
     sensors: tuple[str, ...] = SENSOR_NAMES
+    #: Their specs (empty in a snapshot from before they were recorded: the names alone), and the
+    #: catalog's spare indices (channels.auto_register's room left): what lays the arrays out.
+    channels: tuple[SensorSpec, ...] = ()
+    spare: int = 0

@@ -18,11 +18,12 @@ def test_a_batch_that_cannot_fill_closes_at_its_age(kafka_settings: KafkaSetting
     readings.round(10)
     readings.flush()
     # A batch of 100,000 never fills here, and a poll would wait two minutes for it: only the
-    # batch's age can close it within the run's 30 s.
+    # batch's age can close it within the run's 60 s (a start on a busy machine, the kernels
+    # compiling, may take half of that).
     run = run_monitor(
         kafka_settings,
         readings.ends,
-        timeout=30,
+        timeout=60,
         TELEMON_STATE_DIR=str(tmp_path),
         TELEMON_CONSUME__BATCH_SIZE="100000",
         TELEMON_CONSUME__POLL_TIMEOUT_S="120",

@@ -37,12 +37,17 @@ def _messages() -> list[FakeMessage | ReplayMessage]:
 
 
 def _run(
-    compiled: bool, batch: int, limit: int | None = None, cohorts: Path | None = None
+    compiled: bool, batch: int, limit: int | None = None, cohorts: Path | None = None, follow: bool = True
 ) -> tuple[Pipeline, list[BatchResult]]:
+    """``follow``: the pair models with a trend and clipped learning; False: as configured by
+    default (the level alone, flagged readings skipped), so that models stuck after a change are
+    retrained and the candidates promoted (the promotion path runs too)."""
+    model: dict[str, object] = {"clip_anomalies": True, "trend": 0.3} if follow else {}
     if cohorts is None:
-        settings, rules = load_settings(ROOT / "configs/monitor.yaml"), ROOT / "configs/rules.yaml"
+        settings = load_settings(ROOT / "configs/monitor.yaml", model=model)
+        rules = ROOT / "configs/rules.yaml"
     else:  # every scope and action; cohorts by firmware (every device) and site (some)
-        settings = load_settings(ROOT / "configs/monitor.yaml", cohorts_file=str(cohorts))
+        settings = load_settings(ROOT / "configs/monitor.yaml", cohorts_file=str(cohorts), model=model)
         rules = ROOT / "configs/rules-governance.yaml"
     p = Pipeline(settings, load_rules(rules), trace=True, compiled=compiled)
     msgs = _messages()[:limit]
@@ -61,11 +66,16 @@ def _outputs(results: list[BatchResult]) -> tuple[object, ...]:
     )
 
 
-@pytest.mark.parametrize(("batch", "limit"), [(1, 4000), (97, None), (5000, None)])
-def test_the_kernel_and_the_python_path_agree(batch: int, limit: int | None) -> None:
+@pytest.mark.parametrize(
+    ("batch", "limit", "follow"), [(1, 4000, True), (97, None, False), (5000, None, True)]
+)
+def test_the_kernel_and_the_python_path_agree(batch: int, limit: int | None, follow: bool) -> None:
     """One message a batch over the stream's start (replays and strays included), larger
-    batches over all of it."""
-    (kp, kernel_results), (pp, python_results) = _run(True, batch, limit), _run(False, batch, limit)
+    batches over all of it; models that follow changes, and models that wait for a retrain."""
+    (kp, kernel_results), (pp, python_results) = (
+        _run(True, batch, limit, follow=follow),
+        _run(False, batch, limit, follow=follow),
+    )
     assert _outputs(kernel_results) == _outputs(python_results)
     ks, ps = (
         kp.store.export(sorted(kp.store.slots.values())),
@@ -106,7 +116,7 @@ def test_cohorts_and_every_action_agree_too(tmp_path: Path) -> None:
 
 TOGGLING = """
 rules:
-  - {name: fleet_toggle, scope: fleet, when: {signal: ks_stat, op: ">", value: 0.1}, for: 1}
+  - {name: fleet_toggle, scope: fleet, when: {signal: ks_stat, op: ">", value: 0.05}, for: 1}
   - {name: cohort_toggle, scope: cohort, cohort: firmware, for: 1,
      when: {signal: ks_stat, op: ">", value: 0.1}}
   - {name: pair_toggle, scope: device, when: {signal: anomaly_rate, op: ">", value: 0}, for: 1}
@@ -129,7 +139,7 @@ def test_pooled_alerts_come_in_stream_order_among_the_pairs(tmp_path: Path, batc
 
 
 def test_the_stream_exercises_every_path() -> None:
-    p, results = _run(True, 500)
+    p, results = _run(True, 500, follow=False)
     outputs = _outputs(results)
     assert outputs[4] == 200 and outputs[5] == 50  # replays skipped, strays applied
     assert any(e[0] == "promoted" for e in outputs[1]) and outputs[6] > 0  # retrains, anomalies

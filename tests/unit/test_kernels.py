@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from monitor.detect import kernels, stats
 from monitor.detect.drift import QUANTUM, compare, dequantise
-from monitor.detect.model import AdaptiveGaussian, score
+from monitor.detect.model import AdaptiveGaussian, distance_threshold, score
+from monitor.settings import Flagged
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_a_model_row_learns_and_scores_like_the_model_to_the_last_bit(k: int) -> None:
-    rng = np.random.default_rng(k)
-    m, row = AdaptiveGaussian(k, 0.05, 0.005, 1e-3), np.zeros(7)
+@pytest.mark.parametrize(("k", "flagged"), [(1, "skip"), (3, "skip"), (1, "clip"), (3, "clip"), (3, "learn")])
+def test_a_model_row_learns_and_scores_like_the_model_to_the_last_bit(k: int, flagged: Flagged) -> None:
+    """A ramp with noise and far outliers, trend on: learned, skipped and clipped alike."""
+    rng, threshold = np.random.default_rng(k), distance_threshold(0.9999, k)
+    m, row = AdaptiveGaussian(k, 0.05, 0.005, 1e-3, 0.3), np.zeros(10)
     for i in range(5000):
-        f = tuple(float(x) for x in rng.normal(10, 1 + i % 7, k) * (1000 if i % 499 == 0 else 1))
+        noise = rng.normal(10 + 0.01 * i, 1 + i % 7, k) * (1000 if i % 499 == 0 else 1)
+        f = tuple(float(x) for x in noise)
         d2 = kernels.distance(row, k, 1e-3, f)
-        assert d2 == m.distance(f)
+        assert d2 == m.step(f, threshold, flagged)
         assert kernels.score(d2, k) == score(d2, k)
-        m.learn(f)
-        kernels.learn(row, k, 0.05, 0.005, f)
-    assert [row[0], *row[1 : 1 + k], *row[4 : 4 + k]] == m.state()
+        if d2 <= threshold or flagged == "learn":
+            kernels.learn(row, k, 0.05, 0.005, 0.3, f)
+        elif flagged == "clip":
+            kernels.nudge(row, k, 0.05, f, math.sqrt(threshold / d2))
+    assert [row[0], *row[1 : 1 + k], *row[4 : 4 + k], *row[7 : 7 + k]] == m.state()
 
 
 def test_the_score_matches_far_into_the_tail() -> None:

@@ -88,6 +88,7 @@ def test_shipped_rules_load() -> None:
     assert names == [
         "score_drift",
         "anomaly_burst",
+        "rate_of_change",
         "sensor_stuck",
         "data_gap",
         "clock_skew",
@@ -243,7 +244,7 @@ def test_device_actions_are_accepted_at_device_scope(tmp_path: Path) -> None:
 
 def test_cohort_scope_needs_a_cohort_label(tmp_path: Path) -> None:
     msg = _load_error(_dump(tmp_path, _rule(scope="cohort")))
-    assert ":2:3: rules.0.cohort: scope cohort needs cohort: <label>, a device label" in msg
+    assert ":2:3: rules.0.cohort: scope cohort needs cohort: <label>, a device label such as firmware" in msg
 
 
 def test_cohort_label_is_refused_outside_cohort_scope(tmp_path: Path) -> None:
@@ -366,7 +367,7 @@ def test_rules_check_reports_every_file(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["rules", "check", str(RULES_YAML)]) == 0
     assert main(["rules", "check", str(bad), str(RULES_YAML)]) == 1
     out, err = capsys.readouterr()
-    assert out.splitlines() == [f"{RULES_YAML}: 9 rules OK"] * 2
+    assert out.splitlines() == [f"{RULES_YAML}: 10 rules OK"] * 2
     assert err.startswith(f"{bad}:10:12: rules.1.when.all.1.signal: unknown signal 'psy'")
 
 

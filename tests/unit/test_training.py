@@ -41,7 +41,7 @@ from monitor.govern.training import (
 from monitor.settings import LogUniform, RetrainSettings, Settings, load_settings
 from monitor.state.store import StateStore
 
-BASE = {"fading": 0.05, "var_fading": 0.005, "resolution": 0.01}
+BASE = {"fading": 0.05, "var_fading": 0.005, "resolution": 0.01, "trend": 0.3}
 THRESHOLD = 0.9999
 SD = 0.1
 #: Generous guard for waiting on the background thread; never a timing assertion.
@@ -56,7 +56,7 @@ def _serving_model(level: float, n: int = 400, seed: int = 1) -> AdaptiveGaussia
         if i < 50:
             m.learn((float(x),))
         else:
-            step(m, (float(x),), t, learn_anomalies=False)
+            step(m, (float(x),), t, "skip")
     return m
 
 
@@ -80,7 +80,7 @@ def _job(
         incumbent_version=1,
         base_params=base_params,
         anomaly_threshold=THRESHOLD,
-        learn_anomalies=False,
+        flagged="skip",
         seed=seed,
         trigger_rule="score_drift",
         trigger_alert_id="a1b2",

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from monitor.schema import SENSOR_NAMES
+from monitor.schema import NAME_PATTERN, SENSOR_NAMES
 
 Scope = Literal["device", "fleet", "cohort"]
 Action = Literal["alert", "retrain", "quarantine", "rollback"]
@@ -50,10 +50,11 @@ DRIFT_SIGNALS = frozenset(
     }
 )
 INTEGRITY_SIGNALS = frozenset({"stuck_at", "gap", "duplicate", "out_of_order", "clock_skew"})
-#: A pair's state at the evaluation: its current run of consecutive anomalous readings, and 1
-#: while a retrain of it is under way (training, its candidate in shadow, or a retry after a
-#: rejection scheduled), else 0.
-PAIR_SIGNALS = frozenset({"anomaly_streak", "retraining"})
+#: A pair's state at the evaluation: its current run of consecutive anomalous readings; 1 while a
+#: retrain of it is under way (training, its candidate in shadow, or a retry after a rejection
+#: scheduled), else 0; and, for a channel with a ``max_rate``, how fast its model's level moved
+#: since the previous evaluation, over that limit (``rate`` > 1: faster than plausible).
+PAIR_SIGNALS = frozenset({"anomaly_streak", "retraining", "rate"})
 #: The device tier's (monitor.detect.joint), per pair: frames it flagged mostly because of the pair's
 #: channel, their rate among the device's frames, and the largest frame score of the interval.
 JOINT_SIGNALS = frozenset({"device_frames", "device_anomalies", "device_anomaly_rate", "device_score"})
@@ -69,6 +70,9 @@ INPUT_SIGNALS = frozenset(
 #: Over a group (the fleet, a cohort): ADWIN changes in the mean of an input axis per evaluation
 #: interval (count over the sensor's axes, and 0/1), while ``inputs.enabled``.
 GROUP_INPUT_SIGNALS = frozenset({"input_adwin_detections", "input_adwin_drift"})
+#: A cohort's latest inputs against the rest of the fleet's at the same time (monitor.detect.cohortinputs),
+#: per axis, the worst axis reported; present once each side holds ``inputs.cohort_min_inputs``.
+COHORT_INPUT_SIGNALS = frozenset(f"cohort_input_{name}" for name in ("ks_stat", "ks_pvalue", "psi", "drift"))
 SIGNALS: dict[str, frozenset[str]] = {
     "device": DRIFT_SIGNALS
     | INTEGRITY_SIGNALS
@@ -78,7 +82,7 @@ SIGNALS: dict[str, frozenset[str]] = {
     | INPUT_SIGNALS,
     # devices: the devices whose scores feed the group; lag: the consumer's lag, in messages
     "fleet": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS | {"devices", "lag"},
-    "cohort": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS | {"devices"},
+    "cohort": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS | COHORT_INPUT_SIGNALS | {"devices"},
 }
 #: Actions on one device's model or stream, with why they need a device-scope rule.
 DEVICE_ACTIONS: dict[str, str] = {
@@ -201,9 +205,11 @@ def _parse_for(value: object) -> object:
 
 def _known_sensor(name: str, info: ValidationInfo) -> str:
     """One of the sensors the rules are validated against (the context's ``sensors``: the
-    deployment's catalog; by default the built-in kinds)."""
-    known = (info.context or {}).get("sensors", SENSOR_NAMES)
-    if name not in known:
+    deployment's catalog; by default the built-in kinds), or, with the context's ``registrable``
+    (``channels.auto_register`` is on), a name a channel registered automatically may have."""
+    context = info.context or {}
+    known = context.get("sensors", SENSOR_NAMES)
+    if name not in known and not (context.get("registrable") and NAME_PATTERN.fullmatch(name)):
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown sensor {name!r}{hint}; known: {', '.join(known)}")
@@ -247,7 +253,10 @@ class Rule(_Model):
     def _cohort_fits_scope(cls, cohort: str | None, info: ValidationInfo) -> str | None:
         scope = info.data.get("scope")
         if scope == "cohort" and cohort is None:
-            raise ValueError("scope cohort needs cohort: <label>, a device label such as firmware or site")
+            raise ValueError(
+                "scope cohort needs cohort: <label>, a device label such as firmware or a channel label "
+                "such as vendor"
+            )
         if scope not in (None, "cohort") and cohort is not None:
             raise ValueError(f"cohort applies to scope cohort only, not {scope}")
         return cohort
@@ -281,6 +290,10 @@ class Rule(_Model):
         if ev.scope != self.scope or (self.sensors is not None and ev.sensor not in self.sensors):
             return False
         return self.cohort is None or ev.device_id.partition("=")[0] == self.cohort
+
+    def signal_names(self) -> set[str]:
+        """Every signal the rule reads, in ``when`` and ``clear``."""
+        return self.when.signal_names() | (set() if self.clear is None else self.clear.signal_names())
 
     def held_long_enough(self, streak: int, held_ms: int) -> bool:
         """Whether an episode that has held for ``streak`` evaluations spanning ``held_ms`` fires."""

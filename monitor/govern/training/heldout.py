@@ -19,6 +19,7 @@ from monitor.govern.training.job import (
     FloatArray,
     Metrics,
 )
+from monitor.settings import Flagged
 
 #: Normal-law consistency factor of the median absolute deviation, and 1/sqrt(2) because the
 #: difference of two readings carries the noise twice.
@@ -104,14 +105,10 @@ def detection_rate(scores: FloatArray, labels: BoolArray, false_alarm_rate: floa
     return float(np.mean(pos > threshold))
 
 
-def step(m: AdaptiveGaussian, f: Sequence[float], threshold_d2: float, learn_anomalies: bool) -> float:
-    """Score one reading as the live pipeline does: its distance, then learn it unless flagged.
-    A candidate under shadow is stepped with this too, so it keeps learning like a serving model."""
-    row = tuple(f)
-    d2 = m.distance(row)
-    if learn_anomalies or d2 <= threshold_d2:
-        m.learn(row)
-    return d2
+def step(m: AdaptiveGaussian, f: Sequence[float], threshold_d2: float, flagged: Flagged) -> float:
+    """Score one reading as the live pipeline does (:meth:`AdaptiveGaussian.step`). A candidate
+    under shadow is stepped with this too, so it keeps learning like a serving model."""
+    return m.step(tuple(f), threshold_d2, flagged)
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,12 +122,12 @@ class HeldOut:
     rows: FloatArray
     labels: BoolArray
     threshold_d2: float
-    learn_anomalies: bool
+    flagged: Flagged
     false_alarm_rate: float
 
     def evaluate(self, m: AdaptiveGaussian) -> Metrics:
         """Metrics of ``m`` replayed over the slice (``m`` learns on the way: pass a copy)."""
-        d2 = np.array([step(m, row, self.threshold_d2, self.learn_anomalies) for row in self.rows.tolist()])
+        d2 = np.array([step(m, row, self.threshold_d2, self.flagged) for row in self.rows.tolist()])
         alarms = float(np.mean(d2[~self.labels] > self.threshold_d2))
         return Metrics(
             roc_auc(d2, self.labels), detection_rate(d2, self.labels, self.false_alarm_rate), alarms

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from monitor.detect.model import AdaptiveGaussian
 from monitor.govern.registry import TrainingData
-from monitor.settings import LogUniform
+from monitor.settings import Flagged, LogUniform
 
 MetricName = Literal["auc", "detection_rate"]
 WindowSource = Literal["buffer", "topic"]
@@ -23,7 +23,7 @@ BoolArray = NDArray[np.bool_]
 Space = Mapping[str, Sequence[float] | LogUniform]
 
 #: Model constructor parameters a job must give (the search overrides some of them).
-BASE_PARAMS = ("fading", "var_fading", "resolution")
+BASE_PARAMS = ("fading", "var_fading", "resolution", "trend")
 #: Fewest rows of each slice: a variance from fewer readings is noise, and so is a test on fewer.
 MIN_TRAIN_ROWS = 8
 MIN_HOLDOUT_ROWS = 4
@@ -51,7 +51,7 @@ class TrainingJob:
     incumbent_version: int
     base_params: Mapping[str, float]
     anomaly_threshold: float
-    learn_anomalies: bool
+    flagged: Flagged
     seed: int
     trigger_rule: str
     trigger_alert_id: str

@@ -23,7 +23,7 @@ class Shadow:
 
     Per reading of the pair, the incumbent serves as usual and the candidate is stepped beside it::
 
-        d2 = step(candidate, f, threshold_d2, learn_anomalies)
+        d2 = step(candidate, f, threshold_d2, flagged)
         shadow.push(incumbent_score, model.score(d2, len(f)))
     """
 

@@ -101,7 +101,7 @@ def held_out(job: TrainingJob, cut: int, settings: RetrainSettings, rng: np.rand
     lo, hi = settings.anomaly_min_sigma, settings.anomaly_max_sigma
     rows, labels = inject_anomalies(job.rows[cut:], rng, settings.anomalies, lo, hi, sigma)
     threshold = distance_threshold(job.anomaly_threshold, job.incumbent.n_features)
-    return HeldOut(rows, labels, threshold, job.learn_anomalies, settings.target_false_alarm_rate)
+    return HeldOut(rows, labels, threshold, job.flagged, settings.target_false_alarm_rate)
 
 
 def _window(job: TrainingJob, cut: int) -> TrainingWindow:
