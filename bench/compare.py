@@ -392,13 +392,21 @@ class Pacer:
                 self.seq[d] += 1
                 device = f"live-{d:05d}"
                 ts = int(time.time() * 1000)
-                self.producer.produce(
-                    self.topic, encode_reading(device, spec.name, ts, self.seq[d], values), device.encode()
-                )
+                self._produce(encode_reading(device, spec.name, ts, self.seq[d], values), device.encode())
                 self.sent += 1
             self.producer.poll(0)
             time.sleep(0.001)
         self.producer.flush(30)
+
+    def _produce(self, value: bytes, key: bytes) -> None:
+        """Produce, waiting for the broker while the client's queue is full (after a stall of this
+        process, the readings it owes come in a burst larger than the queue)."""
+        while True:
+            try:
+                self.producer.produce(self.topic, value, key)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
 
 
 def _alert_delays(k: KafkaSettings, topic: str) -> list[float]:
