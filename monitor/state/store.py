@@ -38,7 +38,7 @@ N_CHECKS = len(CHECKS)
 #: Memory a device takes beyond its slab rows (every per-pair state, ADWINs included, is in the
 #: slabs, whatever the length of the stream): its id, its index entries, allocator slack.
 #: ``bench/state_memory.py --devices 1024 --readings N`` measures it (resident growth beyond the
-#: slab arrays, three runs each): 0.9-2.6 KB for N = 300, 1.7-4.0 KB for 1,500 (the process-wide
+#: slab arrays, three runs each): 0.4 KB for N = 300, 1.3-3.9 KB for 1,500 (the process-wide
 #: memo of KS p-values grows with N); ``--trace`` counts what Python and numpy allocate (1.5 KB a
 #: device).
 OBJECT_BYTES_PER_DEVICE = 4 * 1024
