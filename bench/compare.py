@@ -15,7 +15,9 @@ consume that same stream from the beginning, each as a fresh consumer group, int
   every 32 scores, a labelled Prometheus counter per reading, a commit per batch. Its
   HalfSpaceTrees take ~1.2 MB a device, so it runs only for fleets up to ``--naive-max-devices``;
 - ``telemon``: ``telemon run`` as a process, its CPU time read from ``/proc`` between joining the
-  group and committing the last offset, its resident memory per device then.
+  group and committing the last offset, its resident memory per device then (snapshots being
+  encoded and what the allocators have not handed back yet included), and again :data:`SETTLE_S`
+  later, once the idle service has snapshotted every partition (and so handed freed memory back).
 
 CPU per reading is the median over the rounds. Then, on the first fleet, telemon is fed a live
 stream paced at half of its measured maximum rate (the wall-clock rate at which it worked off the
@@ -25,9 +27,10 @@ run, then on until the readings are scored within half a second): produce -> sco
 ``telemon_event_lag_seconds`` for the readings scored after the warm-up (p99 interpolated within
 its buckets, as ``histogram_quantile`` does), produce -> alert from each alert record's Kafka
 timestamp minus the event time of the reading that completed its evaluation. The last line sums it
-up::
+up (the resident memory of the largest fleet, at the last commit and settled)::
 
     ratio_vs_naive=X ratio_vs_floor=Y p99_score_ms=Z p99_alert_ms=W rss_kb_per_device=V
+    rss_settled_kb_per_device=U  (on the same line)
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ from producers.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 5000
+#: Seconds after the last commit until the settled resident memory is read: past the default
+#: ``state.snapshot_interval_s`` (10), so every partition changed by the stream is snapshotted.
+SETTLE_S = 15.0
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -225,6 +231,7 @@ class ServiceRun:
     cpu_s: float  # from joining the group to the last commit
     wall_s: float
     kb_per_device: float  # resident memory grown over that time, per device
+    settled_kb_per_device: float  # the same, SETTLE_S later
 
 
 def run_telemon(stream: Stream, round_: int) -> ServiceRun:
@@ -237,7 +244,9 @@ def run_telemon(stream: Stream, round_: int) -> ServiceRun:
             time.sleep(0.05)
         wall = time.monotonic() - began
         kb = (_rss_kb(t.proc.pid) - rss0) / stream.devices
-        return ServiceRun(_proc_cpu_s(t.proc.pid) - cpu0, wall, kb)
+        cpu = _proc_cpu_s(t.proc.pid) - cpu0
+        time.sleep(SETTLE_S)
+        return ServiceRun(cpu, wall, kb, (_rss_kb(t.proc.pid) - rss0) / stream.devices)
     finally:
         t.stop()
 
@@ -383,13 +392,21 @@ class Pacer:
                 self.seq[d] += 1
                 device = f"live-{d:05d}"
                 ts = int(time.time() * 1000)
-                self.producer.produce(
-                    self.topic, encode_reading(device, spec.name, ts, self.seq[d], values), device.encode()
-                )
+                self._produce(encode_reading(device, spec.name, ts, self.seq[d], values), device.encode())
                 self.sent += 1
             self.producer.poll(0)
             time.sleep(0.001)
         self.producer.flush(30)
+
+    def _produce(self, value: bytes, key: bytes) -> None:
+        """Produce, waiting for the broker while the client's queue is full (after a stall of this
+        process, the readings it owes come in a burst larger than the queue)."""
+        while True:
+            try:
+                self.producer.produce(self.topic, value, key)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
 
 
 def _alert_delays(k: KafkaSettings, topic: str) -> list[float]:
@@ -422,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     fleets = [tuple(map(float, f.split(":"))) for f in args.fleets]
     rows: dict[tuple[int, str], list[float]] = {}
     rss: dict[int, list[float]] = {}
+    settled: dict[int, list[float]] = {}
     rates: dict[int, list[float]] = {}  # readings/s of telemon working off the pre-produced stream
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rounds} round(s), embedded broker")
     with EmbeddedBroker() as broker:
@@ -436,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = run_telemon(s, r)
                 rows.setdefault((s.devices, "telemon"), []).append(run.cpu_s / s.messages)
                 rss.setdefault(s.devices, []).append(run.kb_per_device)
+                settled.setdefault(s.devices, []).append(run.settled_kb_per_device)
                 rates.setdefault(s.devices, []).append(s.messages / run.wall_s)
         print("\n| devices | pipeline | CPU per reading | readings/s (one core) |")
         print("| --- | --- | --- | --- |")
@@ -445,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         for devices, kbs in sorted(rss.items()):
             kb, rate = statistics.median(kbs), statistics.median(rates[devices])
             print(f"| {devices:,} | telemon resident memory | {kb:,.1f} KB per device | |")
+            kb = statistics.median(settled[devices])
+            print(
+                f"| {devices:,} | telemon resident memory, {SETTLE_S:g} s later | {kb:,.1f} KB per device | |"
+            )
             print(f"| {devices:,} | telemon working off the backlog (wall clock) | | {rate:,.0f} |")
         first = streams[0]
         tele = median[(first.devices, "telemon")]
@@ -459,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ratio_vs_naive={naive / tele:.2f} ratio_vs_floor={median[(first.devices, 'floor')] / tele:.3f} "
         f"p99_score_ms={score:.0f} p99_alert_ms={alert:.0f} "
-        f"rss_kb_per_device={statistics.median(rss[largest]):.1f}"
+        f"rss_kb_per_device={statistics.median(rss[largest]):.1f} "
+        f"rss_settled_kb_per_device={statistics.median(settled[largest]):.1f}"
     )
     return 0
 

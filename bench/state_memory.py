@@ -9,9 +9,15 @@ readings per pair, in batches as large) runs first and is dropped: what every pr
 (loading the compiled kernels, the modules imported on first use, the allocators' working set
 for a batch) is not counted per device.
 
-Resident memory also counts what the allocators keep after freeing it, so it is noisy at a thousand
-devices. ``--trace`` adds what Python and numpy hold allocated (tracemalloc: exact, and without the
-native buffers of extension objects such as River's ADWINs), slower:
+The slab arrays are also broken down: the retraining ring, the pairs' ADWIN rows, the input drift
+state and the device tier's joint model.
+
+Resident memory also counts what the allocators keep after freeing it, which is noisy at a thousand
+devices (megabytes either way from run to run): every figure is read after freed memory went back to
+the system (:func:`monitor.serve.memory.release`, which the service calls after each snapshot), and
+the last one before that too. ``--trace`` adds what Python and numpy hold allocated beyond the slab
+arrays (tracemalloc: exact, and without memory maps, such as the larger slab arrays', or the native
+buffers of extension objects, such as River models'), slower:
 
     .venv/bin/python -m bench.state_memory --devices 256 --readings 1500 --trace
 """
@@ -29,8 +35,9 @@ from monitor.evaluation.replay import ReplayMessage
 from monitor.govern.rules import load_rules
 from monitor.pipeline import Pipeline
 from monitor.schema import SENSORS, encode_reading
+from monitor.serve import memory
 from monitor.settings import load_settings
-from monitor.state.store import OBJECT_BYTES_PER_DEVICE
+from monitor.state.store import MAPPED_BYTES, OBJECT_BYTES_PER_DEVICE, StateStore
 
 START = 1_767_225_600_000
 
@@ -38,6 +45,13 @@ START = 1_767_225_600_000
 def rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
+
+
+def settled() -> int:
+    """Resident memory once garbage is collected and freed memory went back to the system."""
+    gc.collect()
+    memory.release()
+    return rss()
 
 
 def batch(devices: int, step: int, rng: np.random.Generator, seq: list[int]) -> list[ReplayMessage]:
@@ -51,6 +65,25 @@ def batch(devices: int, step: int, rng: np.random.Generator, seq: list[int]) -> 
             seq[d] += 1
             out.append(ReplayMessage(dev.encode(), encode_reading(dev, name, ts, seq[d], values), ts, seq[d]))
     return out
+
+
+#: Parts of the slab arrays, by the names of their arrays.
+PARTS = {
+    "retraining ring": ("raw", "raw_n", "raw_off", "raw_ts", "raw_last_off", "raw_last_ts"),
+    "ADWIN rows": ("adwin_sums", "adwin_counts"),
+    "input drift": ("in_n", "in_edges", "in_ref", "in_cur", "peer_n", "peer_cur"),
+    "joint model": ("joint_in", "joint_fresh", "joint_n", "joint_dims", "joint_run", "joint_learned",
+                    "joint_mean", "joint_cov", "joint_inv", "joint_frames", "joint_anomalies", "joint_max"),
+}  # fmt: skip
+
+
+def parts(st: StateStore) -> str:
+    """The bytes per device of each of :data:`PARTS`."""
+    arrays = {name: a for slab in st.slabs for name, a in slab.arrays.items()}
+    return ", ".join(
+        f"{part} {sum(arrays[n].nbytes for n in names if n in arrays) // st.capacity:,}"
+        for part, names in PARTS.items()
+    )
 
 
 def process(pipeline: Pipeline, readings: list[ReplayMessage], size: int) -> None:
@@ -74,25 +107,26 @@ def main() -> None:
     pipeline = Pipeline(settings, load_rules(Path("configs/rules.yaml")))
     rng = np.random.default_rng(0)
     seq = [0] * args.devices
-    gc.collect()
     if args.trace:
         tracemalloc.start()
-    empty = rss()
+    empty = settled()
     process(pipeline, batch(args.devices, 0, rng, seq), size)
-    gc.collect()
-    before = rss()
+    before = settled()
     for step in range(1, args.readings):
         process(pipeline, batch(args.devices, step, rng, seq), size)
     gc.collect()
-    grown = rss() - before
+    kept = rss()
+    grown = settled() - before
     st = pipeline.store
     print(f"devices: {len(st)}  readings per pair: {args.readings}")
     print(f"slab arrays: {st.array_bytes_per_device():,} bytes/device (capacity {st.capacity})")
+    print(f"  of which: {parts(st)}")
     print(f"resident growth after the first batch: {grown / len(st):,.0f} bytes/device (models, ADWINs, ...)")
     total = (rss() - empty) / len(st)
     print(
         f"resident growth from an empty pipeline: {total:,.0f} bytes/device, "
-        f"{total - st.array_bytes_per_device():,.0f} beyond the slab arrays"
+        f"{total - st.array_bytes_per_device():,.0f} beyond the slab arrays "
+        f"({(kept - empty) / len(st):,.0f} before freed memory went back)"
     )
     print(
         f"the memory budget counts {st.bytes_per_device():,} bytes/device (slab arrays + "
@@ -101,11 +135,10 @@ def main() -> None:
     )
     print(f"process resident memory: {rss() / 1e6:,.1f} MB")
     if args.trace:
-        traced = tracemalloc.get_traced_memory()[0] / len(st)
-        print(
-            f"allocated (tracemalloc) from an empty pipeline: {traced:,.0f} bytes/device, "
-            f"{traced - st.array_bytes_per_device():,.0f} beyond the slab arrays"
-        )
+        arrays = [a for slab in st.slabs for a in slab.arrays.values()]
+        heap = sum(a.nbytes for a in arrays if a.nbytes < MAPPED_BYTES)  # traced (not in maps)
+        traced = (tracemalloc.get_traced_memory()[0] - heap) / len(st)
+        print(f"allocated beyond the slab arrays (tracemalloc): {traced:,.0f} bytes/device")
 
 
 if __name__ == "__main__":

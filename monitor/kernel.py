@@ -33,6 +33,7 @@ from numba import njit
 
 from monitor.detect import inputs, joint
 from monitor.detect.kernels import distance, learn, nudge, score
+from monitor.govern.state import low32
 from monitor.ingest.integrity import CLOCK_SKEW, DUPLICATE, GAP, INTERVAL_WEIGHT, OUT_OF_ORDER, STUCK
 
 END, EVALUATE, PYTHON = 0, 1, 2
@@ -64,7 +65,7 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
     not objects) and the outputs, in the order :meth:`monitor.pipeline.Pipeline` builds them."""
     dev, sensor, k, ts, seq, offset, has_offset, part, kafka_ts, plausible, vals, watermark = readings
     gap_factor, stuck_n, max_skew, warmup, thresholds, flagged, check_every, tick0 = config[:8]
-    urgent_streak, urgent_gap = config[8:]
+    urgent_streak, urgent_gap, first_axis = config[8:]
     (
         home,
         touched,
@@ -82,6 +83,8 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
         raw,
         raw_off,
         raw_ts,
+        raw_last_off,
+        raw_last_ts,
         model,
         params,
         base,
@@ -165,11 +168,14 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
             integrity[slot, s, CLOCK_SKEW] += 1
             events[s, CLOCK_SKEW] += 1
         # The retraining ring.
-        r = raw_n[slot, s] % window
+        r, a = raw_n[slot, s] % window, first_axis[s]
         for j in range(kk):
-            raw[slot, s, r, j] = f[j]
-        raw_off[slot, s, r] = offset[i] if has_offset[i] else 0
-        raw_ts[slot, s, r] = ts[i]
+            raw[slot, a + j, r] = f[j]
+        o = offset[i] if has_offset[i] else 0
+        raw_off[slot, s, r] = low32(o)
+        raw_ts[slot, s, r] = low32(ts[i])
+        raw_last_off[slot, s] = o
+        raw_last_ts[slot, s] = ts[i]
         raw_n[slot, s] += 1
         since_eval[slot, s] += 1
         # The pair model.

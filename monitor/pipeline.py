@@ -34,7 +34,7 @@ from monitor.govern.governor import Governor
 from monitor.govern.registry import AuditEvent, EventKind, ModelVersion, code_version
 from monitor.govern.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
 from monitor.govern.rules.model import COHORT_INPUT_SIGNALS
-from monitor.govern.state import GovernState
+from monitor.govern.state import GovernState, axis_widths
 from monitor.ingest import channels
 from monitor.ingest.features import Features
 from monitor.ingest.integrity import GAP, IntegrityChecker
@@ -173,7 +173,7 @@ class Pipeline:
         self.detect_state = self.store.add(
             DetectState(n, d, novelty.state_size(settings.novelty), input_columns, catalog.dims)
         )
-        self.govern_state = self.store.add(GovernState(n, m.retrain_window))
+        self.govern_state = self.store.add(GovernState(axis_widths(catalog), m.retrain_window))
         self.joint_state = self.store.add(JointState(catalog))
         self._joint = joint.config(settings.joint, catalog, m.anomaly_threshold, m.learn_anomalies)
         self.fleet_inputs = inputs.FleetInputs(settings.inputs, catalog)
@@ -511,6 +511,7 @@ class Pipeline:
         return (
             i.gap_factor, i.stuck_run, i.max_clock_skew_ms, m.warmup, self._thresholds,
             kernel.FLAGGED[m.flagged], d.check_every, self._tick - start, d.urgent_streak, d.urgent_gap,
+            self.govern_state.first_axis,
         )  # fmt: skip
 
     def _kernel_state(self) -> tuple[Any, ...]:
@@ -520,9 +521,9 @@ class Pipeline:
             self.store.partition, self.store.touched, ing.last_seq, ing.last_offset, ing.last_seen,
             ing.last_ts, ing.interval, ing.stuck_run, ing.integrity, ing.last_vals,
             self.integrity.events, gov.quarantined, gov.raw_n, gov.raw, gov.raw_off, gov.raw_ts,
-            det.model, det.model_params, self._base_params, det.n_scored, det.since_eval,
-            det.anomalies, det.streak, det.score_sum, det.score_count, det.ref, det.cur,
-            self._python_pairs(),
+            gov.raw_last_off, gov.raw_last_ts, det.model, det.model_params, self._base_params,
+            det.n_scored, det.since_eval, det.anomalies, det.streak, det.score_sum, det.score_count,
+            det.ref, det.cur, self._python_pairs(),
         )  # fmt: skip
 
     def _python_pairs(self) -> NDArray[np.int8]:
@@ -870,10 +871,12 @@ class Pipeline:
     def mismatch(self, state: PartitionState) -> str | None:
         """Why ``state`` cannot be imported here (it holds state of channels this process does not
         monitor and cannot register, or of a channel with other axes or another unit, or arrays of
-        another shape), or None."""
+        another shape), or None. Arrays of a layout an older version kept are converted first, in
+        place (:meth:`monitor.state.store.StateStore.upgrade`)."""
         source, why = self._source(state)
         if source is None:
             return why
+        self.store.upgrade(state.devices, source)  # arrays of an older layout, converted in place
         return self.store.mismatch(state.devices, source.capacity, source.dims)
 
     def _source(self, state: PartitionState) -> tuple[schema.Catalog | None, str]:
@@ -909,6 +912,7 @@ class Pipeline:
         if registered:
             self._adopt(catalog)
         devices = state.devices
+        self.store.upgrade(devices, source)
         if not layout.same_layout(source, catalog):
             devices = layout.remap(devices, self.store.columns(), source, catalog)
         ids = devices.device_ids

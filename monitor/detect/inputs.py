@@ -13,7 +13,9 @@ inputs move. This module watches the inputs themselves, per axis, in a few hundr
 - **Current**: a ring of the bin indices (one byte each) of the latest ``window_size`` inputs.
 - **Fleet**: per sensor axis, the fleet's first ``fleet_reference_size`` inputs give the peer bins
   (quantiles, frozen); then a ring of the bin indices of the fleet's latest ``fleet_window_size``
-  inputs with its counts, and per pair a ring of its latest ``window_size`` inputs in those bins.
+  inputs with its counts, and per pair a ring of its latest ``window_size`` inputs in those bins
+  (two a byte with at most :data:`NIBBLE_BINS` bins: it is never exported, so its layout is this
+  process' own).
 
 Every input goes through :func:`step`, compiled and called by both the kernel and the Python path,
 in stream order: the state after a reading does not depend on the batch size. :func:`measure`
@@ -54,6 +56,10 @@ from monitor.state.store import PAIRS, Columns
 PSI_FLOOR = 1e-4
 
 
+#: Bin indices below this fit in half a byte.
+NIBBLE_BINS = 16
+
+
 def dims(settings: InputDriftSettings, catalog: Catalog) -> int:
     """Axes watched per device: every axis of the catalog, at its offsets (0 when input drift is off)."""
     return catalog.dims if settings.enabled else 0
@@ -67,10 +73,10 @@ def columns(settings: InputDriftSettings) -> Columns:
     return {
         "in_n": (p, np.int64, 0),
         "in_edges": ((d, b - 1), np.float32, 0),
-        "in_ref": ((d, b), np.float32, 0),
+        "in_ref": ((d, b), np.uint16, 0),  # counts of at most reference_size (4096) inputs
         "in_cur": ((d, w), np.uint8, 0),
         "peer_n": (p, np.int64, 0),
-        "peer_cur": ((d, w), np.uint8, 0),
+        "peer_cur": ((d, (w + 1) // 2 if b <= NIBBLE_BINS else w), np.uint8, 0),
     }
 
 
@@ -104,6 +110,7 @@ def config(settings: InputDriftSettings, catalog: Catalog, retrain_window: int) 
     return (
         settings.enabled, keys, offsets, settings.bins, r, w, min(r, retrain_window),
         settings.fleet_reference_size, settings.fleet_window_size, alpha, settings.psi_threshold, critical,
+        settings.bins <= NIBBLE_BINS,
     )  # fmt: skip
 
 
@@ -116,7 +123,7 @@ def arrays_for_step(slab: Any, fleet: FleetInputs) -> tuple[Any, ...]:
 def step(slot: int, s: int, x: Any, raw: Any, raw_n: Any, cfg: tuple[Any, ...], st: tuple[Any, ...]) -> None:
     """One scored input ``x`` of pair ``(slot, s)``, already written to the retraining ring
     ``raw``: into the pair's reference or current ring, and into the fleet's state."""
-    enabled, keys, offsets, _, r, w, e, f, fw, _, _, _ = cfg
+    enabled, keys, offsets, _, r, w, e, f, fw, _, _, _, packed = cfg
     in_n, in_edges, in_ref, in_cur, peer_n, peer_cur, fl_n, fl_ref, fl_edges, fl_ring, fl_counts = st
     if not enabled:
         return
@@ -128,11 +135,12 @@ def step(slot: int, s: int, x: Any, raw: Any, raw_n: Any, cfg: tuple[Any, ...], 
         _freeze_pair(slot, s, k, off, e, raw, raw_n, edges, in_ref[slot])
     elif e < n <= r:
         for j in range(k):
-            in_ref[slot, off + j, _bin(edges[off + j], np.float32(x[j]))] += 1.0
+            in_ref[slot, off + j, _bin(edges[off + j], np.float32(x[j]))] += 1
     elif n > r:
         for j in range(k):
             in_cur[slot, off + j, (n - r - 1) % w] = _bin(edges[off + j], np.float32(x[j]))
-    _fleet_step(slot, s, k, off, x, w, f, fw, peer_n, peer_cur, fl_n, fl_ref, fl_edges, fl_ring, fl_counts)
+    fleet = (fl_n, fl_ref, fl_edges, fl_ring, fl_counts)
+    _fleet_step(slot, s, k, off, x, w, f, fw, packed, peer_n, peer_cur, fleet)
 
 
 @njit(cache=True)
@@ -145,15 +153,13 @@ def _fleet_step(
     w: int,
     f: int,
     fw: int,
+    packed: bool,
     peer_n: Any,
     peer_cur: Any,
-    fl_n: Any,
-    fl_ref: Any,
-    fl_edges: Any,
-    fl_ring: Any,
-    fl_counts: Any,
+    fleet: tuple[Any, ...],
 ) -> None:
     """The input into the fleet's first inputs (then its bins), or its ring and the pair's."""
+    fl_n, fl_ref, fl_edges, fl_ring, fl_counts = fleet
     m = fl_n[s] + 1
     fl_n[s] = m
     if m <= f:
@@ -169,7 +175,7 @@ def _fleet_step(
             fl_counts[off + j, fl_ring[off + j, pos]] -= 1
         fl_ring[off + j, pos] = b
         fl_counts[off + j, b] += 1
-        peer_cur[slot, off + j, pn % w] = b
+        _put(peer_cur[slot, off + j], pn % w, b, packed)
     peer_n[slot, s] = pn + 1
 
 
@@ -182,11 +188,11 @@ def _freeze_pair(
     for j in range(k):
         values = np.empty(e)
         for t in range(e):
-            values[t] = raw[slot, s, (last - t) % window, j]
+            values[t] = raw[slot, off + j, (last - t) % window]
         _freeze(values, edges[off + j])
-        ref[off + j, :] = 0.0
+        ref[off + j, :] = 0
         for t in range(e):
-            ref[off + j, _bin(edges[off + j], np.float32(values[t]))] += 1.0
+            ref[off + j, _bin(edges[off + j], np.float32(values[t]))] += 1
 
 
 @njit(cache=True)
@@ -232,7 +238,7 @@ def measure(slot: int, s: int, cfg: tuple[Any, ...], st: tuple[Any, ...], out: A
     and the worst of them, into ``out`` (see :data:`OUT_SIZE`). The kernel calls it as it stops
     for the evaluation. The input KS p-value, scipy's, is left to :func:`signals` (an axis drifts
     when its statistic is over the critical value of ``ks_alpha``, which is the same)."""
-    enabled, keys, offsets, bins, r, w, _, f, fw, alpha, limit, critical = cfg
+    enabled, keys, offsets, bins, r, w, _, f, fw, alpha, limit, critical, packed = cfg
     in_n, _, in_ref, in_cur, peer_n, peer_cur, fl_n, _, _, _, fl_counts = st
     k, off, a = keys[s], offsets[s], MAX_AXES
     out[:] = 0.0
@@ -242,14 +248,14 @@ def measure(slot: int, s: int, cfg: tuple[Any, ...], st: tuple[Any, ...], out: A
     for j in range(k):
         if out[0]:
             ref = in_ref[slot, off + j].astype(np.int64)
-            d, psi = _compare(ref, r, _counts(in_cur[slot, off + j], bins), w)
+            d, psi = _compare(ref, r, _counts(in_cur[slot, off + j], bins, w, False), w)
             out[AXES + j], out[AXES + a + j] = d, psi
             out[2] = max(out[2], d)
             out[3] = max(out[3], psi)
             if d > critical and psi > limit:
                 out[4] = 1.0
         if out[1]:
-            d, psi = _compare(fl_counts[off + j], fw, _counts(peer_cur[slot, off + j], bins), w)
+            d, psi = _compare(fl_counts[off + j], fw, _counts(peer_cur[slot, off + j], bins, w, packed), w)
             p = kolmogorov(scale * d)
             out[AXES + 2 * a + j], out[AXES + 3 * a + j], out[AXES + 4 * a + j] = d, psi, p
             if d > out[5] or j == 0:
@@ -280,10 +286,21 @@ def kolmogorov(x: float) -> float:
 
 
 @njit(cache=True)
-def _counts(ring: Any, bins: int) -> Any:
+def _put(ring: Any, i: int, b: int, packed: bool) -> None:
+    """Bin index ``b`` at place ``i`` of a ring (``packed``: two a byte, the even place low)."""
+    if packed:
+        shift = (i % 2) * 4
+        ring[i // 2] = (ring[i // 2] & (0xF0 >> shift)) | (b << shift)
+    else:
+        ring[i] = b
+
+
+@njit(cache=True)
+def _counts(ring: Any, bins: int, w: int, packed: bool) -> Any:
+    """How many of the ``w`` bin indices of a ring fall in each bin."""
     out = np.zeros(bins, np.int64)
-    for b in ring:
-        out[b] += 1
+    for i in range(w):
+        out[(ring[i // 2] >> ((i % 2) * 4)) & 0xF if packed else ring[i]] += 1
     return out
 
 

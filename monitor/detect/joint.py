@@ -25,8 +25,9 @@ score means, and one threshold serves every device.
   sensor) pair say how often the device's joint model flagged a frame mostly because of it;
   ``device_score`` is the largest frame score of the interval.
 
-Per device it keeps the mean (``D`` floats), the covariance and its regularised inverse (``D^2``
-each), ``D`` the total of the catalog's axes (12 for the built-in kinds: 2.4 KB).
+Per device it keeps the mean (``D`` floats) and the upper triangles of the covariance and of its
+regularised inverse (``D (D + 1) / 2`` floats each, row by row: both are symmetric), ``D`` the
+total of the catalog's axes (12 for the built-in kinds: 1.3 KB).
 
 Every step is compiled (numba) and called by both the kernel and the Python path, so they agree
 to the last bit.
@@ -44,7 +45,7 @@ from numpy.typing import NDArray
 from monitor.detect.model import distance_threshold
 from monitor.schema import Catalog
 from monitor.settings import JointSettings
-from monitor.state.store import AXES, PAIRS, Columns, Slab
+from monitor.state.store import AXES, PAIRS, TRIANGLE, Columns, DeviceStates, Slab, packing
 
 #: Frame outcome of a reading: no frame closed, a frame learned while warming up, a frame scored.
 NO_FRAME, WARMING, SCORED = 0, 1, 2
@@ -80,12 +81,22 @@ class JointState(Slab):
             "joint_run": ((), np.int32, 0),
             "joint_learned": ((), np.int32, 0),
             "joint_mean": ((d,), np.float64, 0),
-            "joint_cov": ((d, d), np.float64, 0),
-            "joint_inv": ((d, d), np.float64, 0),
+            "joint_cov": ((TRIANGLE,), np.float64, 0),
+            "joint_inv": ((TRIANGLE,), np.float64, 0),
             "joint_frames": (p, np.int32, 0),
             "joint_anomalies": (p, np.int32, 0),
             "joint_max": (p, np.float64, 0),
         }
+
+    def upgrade(self, states: DeviceStates, source: Catalog) -> None:
+        """Full matrices of snapshots written before the triangles were kept: their upper
+        triangles (of the inverse, the mean of it and its transpose, as :func:`_refresh` keeps)."""
+        for name in ("joint_cov", "joint_inv"):
+            old = states.arrays.get(name)
+            if old is not None and old.ndim == 3:
+                rows, cols = np.triu_indices(old.shape[1])
+                full = np.asarray(old, np.float64)
+                states.arrays[name] = ((full + full.transpose(0, 2, 1)) / 2)[:, rows, cols]
 
     def reset_interval(self, slot: int, s: int) -> None:
         self.joint_frames[slot, s] = 0
@@ -115,7 +126,7 @@ def config(
     thresholds = np.array([math.inf, *(distance_threshold(threshold, p) for p in range(1, dims + 1))])
     return (
         settings.enabled, keys, offsets, floors, thresholds, settings.warmup, settings.fading,
-        settings.refresh, settings.ridge, settings.relearn_after, learn_anomalies,
+        settings.refresh, settings.ridge, settings.relearn_after, learn_anomalies, packing(dims),
     )  # fmt: skip
 
 
@@ -126,7 +137,8 @@ def step(  # noqa: C901 - one frame's steps in order, compiled as one function
     """After a reading of pair ``(slot, s)`` (its values already in ``last_vals``): close the
     device's frame if every channel of its model has reported, learn or score it. Returns
     ``(outcome, T^2, dimensions, flagged)``."""
-    enabled, keys, offsets, floors, thresholds, warmup, fading, refresh, ridge, relearn_after, learn_all = cfg
+    enabled, keys, offsets, floors, thresholds, warmup, fading, refresh, ridge = cfg[:9]
+    relearn_after, learn_all, at = cfg[9:]  # at: where each (i, j) is in the triangles
     j_in, fresh, n, dims, run, learned, mean, cov, inv, frames, anomalies, top_score = st
     if not enabled:
         return NO_FRAME, 0.0, 0, False
@@ -141,11 +153,11 @@ def step(  # noqa: C901 - one frame's steps in order, compiled as one function
     p, learn = dims[slot], not quarantined[slot]
     if n[slot] < warmup:
         if learn:
-            _learn(slot, x, j_in, keys, offsets, fading, n, mean, cov)
+            _learn(slot, x, j_in, keys, offsets, fading, at, n, mean, cov)
             if n[slot] >= warmup:
-                _refresh(slot, j_in, keys, offsets, floors, ridge, cov, inv)
+                _refresh(slot, j_in, keys, offsets, floors, ridge, at, cov, inv)
         return WARMING, 0.0, p, False
-    t2, top = _distance(slot, x, j_in, keys, offsets, mean, inv)
+    t2, top = _distance(slot, x, j_in, keys, offsets, at, mean, inv)
     flagged = t2 > thresholds[p]
     sc = gammainc(p / 2.0, t2 / 2.0)
     for c in range(len(keys)):
@@ -158,10 +170,10 @@ def step(  # noqa: C901 - one frame's steps in order, compiled as one function
             _restart(slot, fresh, n, run, learned, mean, cov, inv)
             return SCORED, t2, p, True
     if learn and (not flagged or learn_all):
-        _learn(slot, x, j_in, keys, offsets, fading, n, mean, cov)
+        _learn(slot, x, j_in, keys, offsets, fading, at, n, mean, cov)
         learned[slot] += 1
         if learned[slot] >= refresh:
-            _refresh(slot, j_in, keys, offsets, floors, ridge, cov, inv)
+            _refresh(slot, j_in, keys, offsets, floors, ridge, at, cov, inv)
             learned[slot] = 0
     return SCORED, t2, p, flagged
 
@@ -187,11 +199,14 @@ def _close_frame(
 
 @njit(cache=True)
 def _distance(
-    slot: int, x: Any, j_in: Any, keys: Any, offsets: Any, mean: Any, inv: Any
+    slot: int, x: Any, j_in: Any, keys: Any, offsets: Any, at: Any, mean: Any, inv: Any
 ) -> tuple[float, int]:
     """``T^2`` of the frame, and the channel whose contribution to it is the largest."""
     d = x - mean[slot]
-    y = inv[slot] @ d
+    y = np.zeros(len(d))
+    for i in range(len(d)):
+        for j in range(len(d)):
+            y[i] += inv[slot, at[i, j]] * d[j]
     t2, best, top = 0.0, -math.inf, 0
     for c in range(len(keys)):
         if j_in[slot, c]:
@@ -211,13 +226,22 @@ def _restart(slot: int, fresh: Any, n: Any, run: Any, learned: Any, mean: Any, c
     learned[slot] = 0
     fresh[slot, :] = 0
     mean[slot, :] = 0.0
-    cov[slot, :, :] = 0.0
-    inv[slot, :, :] = 0.0
+    cov[slot, :] = 0.0
+    inv[slot, :] = 0.0
 
 
 @njit(cache=True)
 def _learn(
-    slot: int, x: Any, j_in: Any, keys: Any, offsets: Any, fading: float, n: Any, mean: Any, cov: Any
+    slot: int,
+    x: Any,
+    j_in: Any,
+    keys: Any,
+    offsets: Any,
+    fading: float,
+    at: Any,
+    n: Any,
+    mean: Any,
+    cov: Any,
 ) -> None:
     """One frame into the exponentially weighted mean and covariance (exact while ``1/n`` is
     larger than ``fading``), over the model's dimensions."""
@@ -235,14 +259,14 @@ def _learn(
                 m[j] += a * d[j]
     for i in range(len(x)):
         if active[i]:
-            for j in range(len(x)):
+            for j in range(i, len(x)):
                 if active[j]:
-                    c[i, j] = (1.0 - a) * (c[i, j] + a * d[i] * d[j])
+                    c[at[i, j]] = (1.0 - a) * (c[at[i, j]] + a * d[i] * d[j])
 
 
 @njit(cache=True)
 def _refresh(
-    slot: int, j_in: Any, keys: Any, offsets: Any, floors: Any, ridge: float, cov: Any, inv: Any
+    slot: int, j_in: Any, keys: Any, offsets: Any, floors: Any, ridge: float, at: Any, cov: Any, inv: Any
 ) -> None:
     """The regularised inverse of the model's covariance: every variance plus its channel's
     resolution squared (a channel never predicts another better than to one quantisation step, so
@@ -258,13 +282,13 @@ def _refresh(
     sub = np.empty((p, p))
     for a in range(p):
         for b in range(p):
-            sub[a, b] = cov[slot, idx[a], idx[b]]
+            sub[a, b] = cov[slot, at[idx[a], idx[b]]]
         sub[a, a] = sub[a, a] * (1.0 + ridge) + floors[idx[a]]
     out = np.linalg.inv(sub)
-    inv[slot, :, :] = 0.0
+    inv[slot, :] = 0.0
     for a in range(p):
-        for b in range(p):
-            inv[slot, idx[a], idx[b]] = out[a, b]
+        for b in range(a, p):  # the mean of the two halves: the inverse of a symmetric matrix is one
+            inv[slot, at[idx[a], idx[b]]] = (out[a, b] + out[b, a]) / 2.0
 
 
 @njit(cache=True)

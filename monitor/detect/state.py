@@ -48,7 +48,7 @@ class DetectState(Slab):
     # Input drift (monitor.detect.inputs): per pair, and per axis of the device.
     in_n: NDArray[np.int64]
     in_edges: NDArray[np.float32]
-    in_ref: NDArray[np.float32]
+    in_ref: NDArray[np.uint16]
     in_cur: NDArray[np.uint8]
     peer_n: NDArray[np.int64]
     peer_cur: NDArray[np.uint8]

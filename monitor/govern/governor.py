@@ -117,11 +117,10 @@ class Governor:
             return "a retrain of this pair is already running"
         self.retry.pop(key, None)
         self.attempts[key] = attempt
-        w = self.state.retrain_window
-        count = int(min(self.state.raw_n[slot, s], w))
+        rows, offsets, timestamps = self.state.window(slot, s, len(spec.keys))
+        count = len(rows)
         if count < MIN_RETRAIN_ROWS:
             return f"only {count} recent readings (at least {MIN_RETRAIN_ROWS} needed)"
-        idx = (int(self.state.raw_n[slot, s]) - count + np.arange(count)) % w
         incumbent = self.detect.model_of(slot, s)
         assert incumbent is not None  # a pair that fired has scored, so it has a model
         version = self.state.version(slot, s)
@@ -129,9 +128,9 @@ class Governor:
         job = training.TrainingJob(
             device_id=key[0],
             sensor=sensor,
-            rows=self.state.raw[slot, s, idx, : len(spec.keys)].astype(np.float64),
-            offsets=self.state.raw_off[slot, s, idx],
-            timestamps=self.state.raw_ts[slot, s, idx],
+            rows=rows,
+            offsets=offsets,
+            timestamps=timestamps,
             topic=self.settings.kafka.readings_topic,
             partition=int(st.partition[slot]),
             incumbent=incumbent,

@@ -8,9 +8,10 @@ gets an empty one at its starting position first, so a crash before its first re
 restarts from there instead of from a commit the state never saw.
 
 While owned, a partition changed by a batch is snapshotted ``state.snapshot_interval_s`` later
-(one partition per loop turn, copied in the loop, encoded and written by a background thread). On
-revocation its state is snapshotted and dropped; on loss (the group moved on without us) it is
-dropped unsaved.
+(one partition per loop turn, copied in the loop once the writer is idle, encoded and written by a
+background thread, which then hands the memory freed since to the system:
+:func:`monitor.serve.memory.release`). On revocation its state is snapshotted and dropped; on loss
+(the group moved on without us) it is dropped unsaved.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from monitor.govern.alerts import rfc3339
 from monitor.pipeline import Pipeline
 from monitor.records import Registration
 from monitor.schema import SensorSpec
+from monitor.serve import memory
 from monitor.serve.metrics import Metrics
 from monitor.settings import Settings
 from monitor.state.snapshot import PartitionSnapshot, SnapshotStore, SnapshotWriter
@@ -44,7 +46,7 @@ class Partitions:
         root = settings.state.snapshot_dir or settings.state_dir / "snapshots"
         group = settings.kafka.group_id
         self.store = SnapshotStore(root / group, key, group)  # state belongs to a group
-        self.writer = SnapshotWriter(self.store, metrics.record_snapshot)
+        self.writer = SnapshotWriter(self.store, self._written)
         self.positions: dict[Key, int | None] = {}  # owned partition -> next offset (None: none yet)
         self.restored_at: dict[Key, int] = {}  # snapshot offsets, until the first message
         self.replay_until: dict[Key, int] = {}  # committed offsets ahead of snapshots
@@ -53,6 +55,12 @@ class Partitions:
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    def _written(self, size: int | None) -> None:
+        """From the writer's thread, after each snapshot: count it, and hand what encoding it
+        freed (and what the loop freed since the last one) back to the system."""
+        self.metrics.record_snapshot(size)
+        memory.release()
 
     def assign(
         self,
@@ -189,8 +197,11 @@ class Partitions:
     def snapshot_due(self) -> None:
         """Snapshot a partition changed ``state.snapshot_interval_s`` ago or more: one per call
         (the longest due), after each batch and each idle poll, which spreads the cost; every due
-        partition if the interval is 0."""
+        partition if the interval is 0. Otherwise a due partition waits while the writer is busy
+        with an earlier snapshot: the state is copied for one snapshot at a time."""
         interval = self.settings.state.snapshot_interval_s
+        if interval and not self.writer.idle():
+            return
         now = time.monotonic()
         due = [tp for tp, since in self.dirty.items() if now - since >= interval]
         if due:

@@ -1,14 +1,15 @@
 """A partition's state moved from the catalog it was kept under to another one, by channel name.
 
-A pair's state sits at its sensor's index in the per-pair arrays of every slab, and, for state
-kept per axis (the joint model, input drift), at the sensor's offset in the per-axis arrays
-(:class:`monitor.schema.Catalog`, :data:`monitor.state.store.PAIRS` and
-:data:`~monitor.state.store.AXES`). An index is this process' business: replicas register
-channels (``channels.auto_register``) in the order their readings arrive, and a deployment may
-declare more channels, or leave more room, than when a snapshot was taken. A channel's name is what
-means the same everywhere, so a snapshot records the specs of its catalog, and importing it under
-another catalog moves each sensor's entries from its index and offset there to its index and
-offset here (:func:`remap`). Entries of indices the snapshot did not use are fresh (their fill).
+A pair's state sits at its sensor's index in the per-pair arrays of every slab, and, for state kept
+per axis (the joint model, input drift, the retraining ring), at the sensor's offset in the
+per-axis arrays (:class:`monitor.schema.Catalog`, :data:`monitor.state.store.PAIRS`,
+:data:`~monitor.state.store.AXES` and :data:`~monitor.state.store.TRIANGLE`). An index is this
+process' business: replicas register channels (``channels.auto_register``) in the order their
+readings arrive, and a deployment may declare more channels, or leave more room, than when a
+snapshot was taken. A channel's name is what means the same everywhere, so a snapshot records the
+specs of its catalog, and importing it under another catalog moves each sensor's entries from its
+index and offset there to its index and offset here (:func:`remap`). Entries of indices the
+snapshot did not use are fresh (their fill).
 
 >>> a, b = (SensorSpec(n, ("value",), "u", -1.0, 1.0, 1.0, 0.1) for n in "ab")
 >>> states = DeviceStates(["d1"], {"n": np.array([[1, 2]])})
@@ -26,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor.schema import Catalog, SensorSpec
-from monitor.state.store import AXES, PAIRS, Columns, DeviceStates
+from monitor.state.store import AXES, PAIRS, TRIANGLE, Columns, DeviceStates, packing
 
 #: ``(index there, index here, axes)`` of each sensor of the source catalog.
 Moves = list[tuple[int, int, int]]
@@ -72,8 +73,9 @@ def same_layout(source: Catalog, target: Catalog) -> bool:
 def remap(states: DeviceStates, columns: Columns, source: Catalog, target: Catalog) -> DeviceStates:
     """``states``, kept under ``source``, laid out for ``target`` (which has every sensor of
     ``source``, with the same axes): the arrays whose ``columns`` template starts with
-    :data:`PAIRS` or :data:`AXES`, the River tiers' per-device models and the model versions move
-    by sensor name; the rest is kept as it is."""
+    :data:`PAIRS`, :data:`AXES` or :data:`TRIANGLE` (an upper triangle of a matrix over the axes,
+    moved as the full matrix), the River tiers' per-device models and the model versions move by
+    sensor name; the rest is kept as it is."""
     moves = [(source.index[n], target.index[n], len(spec.keys)) for n, spec in source.by_name.items()]
     arrays = {}
     for name, arr in states.arrays.items():
@@ -93,8 +95,13 @@ def remap(states: DeviceStates, columns: Columns, source: Catalog, target: Catal
 def _move(
     arr: NDArray[Any], template: tuple[int, ...], fill: float, moves: Moves, source: Catalog, target: Catalog
 ) -> NDArray[Any]:
-    if not template or template[0] not in (PAIRS, AXES):
+    if not template or template[0] not in (PAIRS, AXES, TRIANGLE):
         return arr
+    if template[0] == TRIANGLE:  # a symmetric matrix's upper triangle: moved as the full matrix
+        full = arr[:, packing(source.dims)]
+        moved = _move(full, (AXES, AXES, *template[1:]), fill, moves, source, target)
+        rows, cols = np.triu_indices(target.dims)
+        return moved[:, rows, cols]
     if template[0] == PAIRS:
         out = np.full((len(arr), target.capacity, *arr.shape[2:]), fill, arr.dtype)
         for s, t, _ in moves:

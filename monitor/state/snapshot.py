@@ -25,6 +25,11 @@ objects load: the detect stage converts them into its slab rows
 (:class:`monitor.detect.state.DetectState`; a River ADWIN it cannot convert makes the snapshot a
 mismatch, and the partition's state is rebuilt from its committed offset).
 
+The header's ``format`` is 2 since the slabs' layouts changed (the govern stage's ring per axis,
+with the low 32 bits of offsets and timestamps; the joint model's upper triangles): a format-1
+snapshot loads, its arrays converted by the slabs (:meth:`monitor.state.store.Slab.upgrade`); a
+process of an earlier version refuses a format-2 one (its partition's state is then rebuilt).
+
 Next to each snapshot, ``<partition>.head`` (signed JSON) records the last snapshot written: its
 next offset, creation time and SHA-256. A signed snapshot older than that one (a backup copied
 back, or a replayed file) loads (its partition is re-read from its offset), but is reported:
@@ -33,6 +38,7 @@ back, or a replayed file) loads (its partition is re-read from its offset), but 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -60,7 +66,9 @@ from monitor.state.store import DeviceStates, PartitionState
 log = logging.getLogger(__name__)
 
 MAGIC = b"TLMSNAP1"
-FORMAT = 1
+FORMAT = 2
+#: Formats this version reads (1: the slabs' earlier layouts, converted on load).
+READABLE = (1, 2)
 
 
 @dataclass
@@ -83,15 +91,36 @@ class Head:
     sha256: str
 
 
+Parts = tuple[bytes | memoryview, ...]
+
+
 def encode(snap: PartitionSnapshot, key: bytes, objects: bytes | None = None) -> bytes:
     """The snapshot's bytes, signed with ``key``. ``objects``: its Python objects already pickled
     (:func:`pickle_objects`, by the thread that owns them), when another thread encodes."""
+    with encoded(snap, key, objects) as parts:
+        return b"".join(parts)
+
+
+@contextlib.contextmanager
+def encoded(snap: PartitionSnapshot, key: bytes, objects: bytes | None = None) -> Iterator[Parts]:
+    """:func:`encode`'s bytes in parts, to write one after the other: the encoded arrays (the
+    bulk of a snapshot) are a view of the encoder's buffer, valid inside the ``with`` block."""
     d = snap.state.devices
     arrays = io.BytesIO()
     np.savez(arrays, allow_pickle=False, **d.arrays)
     if objects is None:
         objects = pickle_objects(d)
-    body = arrays.getvalue() + objects
+    with arrays.getbuffer() as npz:
+        raw = _encode_header(snap, key, npz.nbytes, len(objects))
+        mac = hmac.new(key, raw, hashlib.sha256)
+        mac.update(npz)
+        mac.update(objects)
+        yield MAGIC + struct.pack(">Q", len(raw)) + raw + mac.digest(), npz, objects
+
+
+def _encode_header(snap: PartitionSnapshot, key: bytes, arrays_bytes: int, objects_bytes: int) -> bytes:
+    """The header's JSON (see the module docstring)."""
+    d = snap.state.devices
     header = {
         "format": FORMAT,
         "group": snap.group,
@@ -107,12 +136,10 @@ def encode(snap: PartitionSnapshot, key: bytes, objects: bytes | None = None) ->
         "sensors": list(snap.state.sensors),
         "channels": [dataclasses.asdict(spec) for spec in snap.state.channels],
         "spare": snap.state.spare,
-        "arrays_bytes": len(arrays.getvalue()),
-        "objects_bytes": len(objects),
+        "arrays_bytes": arrays_bytes,
+        "objects_bytes": objects_bytes,
     }
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    mac = hmac.new(key, raw + body, hashlib.sha256).digest()
-    return MAGIC + struct.pack(">Q", len(raw)) + raw + mac + body
+    return json.dumps(header, separators=(",", ":")).encode()
 
 
 def pickle_objects(d: DeviceStates) -> bytes:
@@ -132,7 +159,7 @@ def decode(data: bytes, key: bytes) -> PartitionSnapshot:
     if not hmac.compare_digest(hmac.new(key, raw + body, hashlib.sha256).digest(), mac):
         raise SnapshotError(f"snapshot signature mismatch ({_why_unverified(raw, key)})")
     header = json.loads(raw)
-    if header.get("format") != FORMAT:
+    if header.get("format") not in READABLE:
         raise SnapshotError(f"unsupported snapshot format {header.get('format')!r}")
     split = header["arrays_bytes"]
     try:
@@ -207,20 +234,24 @@ class SnapshotStore:
     def save(self, snap: PartitionSnapshot) -> None:
         self.write(snap.topic, snap.partition, self.encode(snap))
 
-    def write(self, topic: str, partition: int, data: bytes) -> None:
+    def write(self, topic: str, partition: int, data: bytes | Parts) -> None:
         """Replace the partition's snapshot atomically (temporary file, fsync, rename), then its
-        head."""
+        head. ``data``: the snapshot's bytes, or :func:`encoded`'s parts."""
+        parts = (data,) if isinstance(data, bytes) else data
         path = self.path(topic, partition)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _replace(path, data)
-        header = _header(data)
+        _replace(path, parts)
+        header = _header(bytes(parts[0]))
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
         head = {
             "next_offset": header["next_offset"],
             "created_ms": header["created_ms"],
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "sha256": digest.hexdigest(),
         }
         raw = json.dumps(head, sort_keys=True).encode()
-        _replace(path.with_suffix(".head"), raw + b"\n" + signing.sign(self.key, raw).encode() + b"\n")
+        _replace(path.with_suffix(".head"), (raw + b"\n" + signing.sign(self.key, raw).encode() + b"\n",))
 
     def load(self, topic: str, partition: int) -> PartitionSnapshot | None:
         """The partition's snapshot, or None if there is none. Raises :class:`SnapshotError`
@@ -264,10 +295,11 @@ class SnapshotStore:
             yield decode(files.read_bytes(path, None), self.key)
 
 
-def _replace(path: Path, data: bytes) -> None:
+def _replace(path: Path, parts: Parts) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
-        f.write(data)
+        for part in parts:
+            f.write(part)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
@@ -325,9 +357,9 @@ class SnapshotWriter:
             size: int | None = None
             try:
                 snap.group = self.store.group
-                data = encode(snap, self.store.key, objects)
-                self.store.write(snap.topic, snap.partition, data)
-                size = len(data)
+                with encoded(snap, self.store.key, objects) as parts:
+                    self.store.write(snap.topic, snap.partition, parts)
+                    size = sum(len(part) for part in parts)
             except OSError as exc:
                 self.errors += 1
                 log.error("cannot write the snapshot of %s/%d: %s", snap.topic, snap.partition, exc)

@@ -8,6 +8,12 @@ earlier stages' ones. The :class:`StateStore` hands out slots, keeps each device
 partition and recency, and grows, clears, exports and loads every slab's rows together: arrays grow
 by doubling, released slots (evicted devices, revoked partitions) are reused first.
 
+Memory: an array of :data:`MAPPED_BYTES` or more lives in its own anonymous memory map. Its pages
+take memory once written: a slot's rows are written when the slot is first handed out, so a slab
+takes memory for the slots in use, not for its capacity; and the whole map goes back to the system
+when a slab outgrows it (from the C heap, a freed array can stay resident for good, as a hole
+below newer allocations).
+
 :meth:`StateStore.export` and :meth:`StateStore.load` move the devices of a partition in and out
 (snapshots: every slab's arrays under their names, which are unique across slabs).
 :meth:`StateStore.array_bytes_per_device` reports the footprint; the README's budget table comes
@@ -16,6 +22,7 @@ from it.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -23,7 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.schema import SENSOR_NAMES, SensorSpec
+from monitor.schema import SENSOR_NAMES, Catalog, SensorSpec
 
 #: The per-device data-integrity checks, in the order of the ``integrity`` counters.
 CHECKS = ("stuck_at", "gap", "duplicate", "out_of_order", "clock_skew")
@@ -31,9 +38,12 @@ N_CHECKS = len(CHECKS)
 #: Memory a device takes beyond its slab rows (every per-pair state, ADWINs included, is in the
 #: slabs, whatever the length of the stream): its id, its index entries, allocator slack.
 #: ``bench/state_memory.py --devices 1024 --readings N`` measures it (resident growth beyond the
-#: slab arrays): 2.0 KB for N = 300, 1.3 KB for 1,500; ``--trace`` counts the Python objects alone
-#: (0.6 KB a device).
+#: slab arrays, three runs each): 0.4 KB for N = 300, 1.3-3.9 KB for 1,500 (the process-wide
+#: memo of KS p-values grows with N); ``--trace`` counts what Python and numpy allocate (1.5 KB a
+#: device).
 OBJECT_BYTES_PER_DEVICE = 4 * 1024
+#: Arrays at least this large get a memory map of their own (see the module docstring).
+MAPPED_BYTES = 64 * 1024
 #: A pair's model: the detect stage's object (:class:`monitor.detect.model.AdaptiveGaussian`); the
 #: store only keeps it.
 Model = Any
@@ -42,8 +52,10 @@ Model = Any
 #: :data:`PAIRS` stands for the catalog's capacity (an entry per sensor index: a per-pair array)
 #: and :data:`AXES` for its axes (every sensor's, at the catalog's offsets): what
 #: :mod:`monitor.state.layout` moves when a snapshot is imported under another catalog.
+#: :data:`TRIANGLE` stands for the upper triangle of a symmetric ``AXES`` x ``AXES`` matrix
+#: (``dims (dims + 1) / 2`` entries, row by row: :func:`triangle`).
 Columns = dict[str, tuple[tuple[int, ...], type[np.generic], float]]
-PAIRS, AXES = -1, -2
+PAIRS, AXES, TRIANGLE = -1, -2, -3
 
 
 class Slab:
@@ -51,7 +63,8 @@ class Slab:
 
     A subclass declares its arrays in :meth:`columns` (per pair: :data:`PAIRS` wide, one per
     sensor index of the deployment's catalog, ``n_sensors`` of them; per axis: :data:`AXES`,
-    ``dims``) and, for Python objects kept per slot, overrides :meth:`clear_objects`,
+    ``dims``; a symmetric matrix over the axes: :data:`TRIANGLE`, its upper triangle) and, for
+    Python objects kept per slot, overrides :meth:`clear_objects`,
     :meth:`export_objects` and :meth:`load_objects`.
     """
 
@@ -74,15 +87,20 @@ class Slab:
         ``n_sensors`` indices and ``dims`` axes)."""
         n = self.n_sensors if n_sensors is None else n_sensors
         d = self.dims if dims is None else dims
-        return tuple(n if x == PAIRS else d if x == AXES else x for x in template)
+        sizes = {PAIRS: n, AXES: d, TRIANGLE: triangle(d)}
+        return tuple(sizes.get(x, x) for x in template)
 
     def grow(self, capacity: int) -> None:
-        """Reallocate every array with ``capacity`` rows, keeping the rows it has."""
+        """Reallocate every array with ``capacity`` rows, keeping the rows it has (the new rows
+        hold the fill value; zeros take no memory until written)."""
         old, self.arrays = self.arrays, {}
         for name, (template, dtype, fill) in self.columns().items():
-            arr = np.full((capacity, *self.shape(template)), fill, dtype=dtype)
-            if name in old:
-                arr[: len(old[name])] = old[name]
+            arr = zeros((capacity, *self.shape(template)), dtype)
+            kept = len(old[name]) if name in old else 0
+            if kept:
+                arr[:kept] = old[name]
+            if fill != 0:
+                arr[kept:] = fill
             self.arrays[name] = arr
             self._fill[name] = fill
             setattr(self, name, arr)
@@ -111,6 +129,11 @@ class Slab:
 
     def load_objects(self, slots: Sequence[int], states: DeviceStates) -> None:
         """Take the slots' Python objects from ``states`` (none by default)."""
+
+    def upgrade(self, states: DeviceStates, source: Catalog) -> None:
+        """Convert arrays ``states`` (kept under the catalog ``source``) holds in an older layout
+        of this slab (a snapshot written before it changed) into the current one, in place (none
+        by default). Arrays already in the current layout are left as they are."""
 
     def mismatch(
         self, states: DeviceStates, n_sensors: int | None = None, dims: int | None = None
@@ -195,6 +218,8 @@ class StateStore:
                     grown = min(grown, self.limit)
                 self._grow(grown)
             self.device_ids.append(device_id)
+            for slab in self.slabs:  # its rows take memory now, as the memory budget counts them
+                slab.clear(slot)
         self.slots[device_id] = slot
         self.partition[slot] = partition
         return slot
@@ -229,6 +254,13 @@ class StateStore:
             slab.export_objects(slots, states)
         return states
 
+    def upgrade(self, states: DeviceStates, source: Catalog) -> None:
+        """Convert the arrays of ``states`` (kept under the catalog ``source``) that an older
+        version laid out otherwise into the current layouts, in place (:meth:`Slab.upgrade`): before
+        :meth:`mismatch`, :meth:`load` or a remap to another catalog."""
+        for slab in self.slabs:
+            slab.upgrade(states, source)
+
     def mismatch(
         self, states: DeviceStates, n_sensors: int | None = None, dims: int | None = None
     ) -> str | None:
@@ -257,6 +289,30 @@ class StateStore:
     def bytes_per_device(self) -> int:
         """The memory one device takes: its slab rows and :data:`OBJECT_BYTES_PER_DEVICE`."""
         return self.array_bytes_per_device() + OBJECT_BYTES_PER_DEVICE
+
+
+def triangle(d: int) -> int:
+    """Entries in the upper triangle of a ``d`` x ``d`` matrix."""
+    return d * (d + 1) // 2
+
+
+def packing(d: int) -> NDArray[np.int64]:
+    """``[i, j]``: where entry ``(i, j)`` (or ``(j, i)``) of a symmetric ``d`` x ``d`` matrix is
+    in its upper triangle, row by row."""
+    at = np.zeros((d, d), np.int64)
+    rows, cols = np.triu_indices(d)
+    at[rows, cols] = at[cols, rows] = np.arange(len(rows))
+    return at
+
+
+def zeros(shape: tuple[int, ...], dtype: type[np.generic]) -> NDArray[np.generic]:
+    """A zero-filled array; from :data:`MAPPED_BYTES` on, in an anonymous private memory map of its
+    own (unmapped when the array is freed)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size < MAPPED_BYTES:
+        return np.zeros(shape, dtype)
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buf, dtype).reshape(shape)
 
 
 @dataclass

@@ -23,10 +23,10 @@ from monitor.schema import AUTO_HIGH, AUTO_LOW, Reason, Rejection, SensorSpec
 from monitor.serve.metrics import Metrics
 from monitor.settings import MAX_AUTO_CHANNELS, load_settings
 from monitor.state import layout, snapshot
-from monitor.state.store import AXES, PAIRS
+from monitor.state.store import AXES, PAIRS, TRIANGLE, DeviceStates, packing
 from tests.unit.test_kernel import _outputs
 from tests.unit.test_pipeline import FakeMessage
-from tests.unit.test_snapshot import KEY, _next_offsets, _snapshots, restored_against_oracle
+from tests.unit.test_snapshot import KEY, _former_layouts, _next_offsets, _snapshots, restored_against_oracle
 
 TS = 1_700_000_000_000
 RULES = """
@@ -359,6 +359,7 @@ def test_a_snapshot_records_its_channels() -> None:
 
 def _by_name(p: Pipeline, device: str, sensor: str) -> dict[str, Any]:
     """What is kept about a pair per pair and per axis (of the joint covariance, its own block)."""
+    assert any(t[:1] == (TRIANGLE,) for t, _, _ in p.store.columns().values())
     slot, s = p.store.slots[device], p.catalog.index[sensor]
     k, off = len(p.catalog.by_name[sensor].keys), p.catalog.offsets[s]
     exported = p.store.export([slot]).arrays
@@ -371,15 +372,21 @@ def _by_name(p: Pipeline, device: str, sensor: str) -> dict[str, Any]:
             out[name] = arr[0, s]
         elif template[:2] == (AXES, AXES):
             out[name] = arr[0, off : off + k, off : off + k]
+        elif template[0] == TRIANGLE:  # an upper triangle: the full matrix's block
+            out[name] = arr[0, packing(p.catalog.dims)][off : off + k, off : off + k]
         elif template[0] == AXES:
             out[name] = arr[0, off : off + k]
     return out
 
 
-def test_a_snapshot_of_another_registration_order_is_laid_out_by_name() -> None:
+@pytest.mark.parametrize("former", [False, True])
+def test_a_snapshot_of_another_registration_order_is_laid_out_by_name(
+    former: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Replica A registered co2 then flow; replica B, from another partition, flow then co2, and a
     third channel: A's partition moves to B, its state lands at B's indices for each name, and its
-    devices' pair models go on exactly as on A."""
+    devices' pair models go on exactly as on A. ``former``: A's snapshot is of the slabs' former
+    layouts (format 1: converted by A's catalog, then laid out by name)."""
     a_stream = _stream(devices=2, n=200, spike_at=160, partition=0)
     cut = 3 * 2 * 120
     a = _pipeline(room=3, trace=True)
@@ -395,6 +402,12 @@ def test_a_snapshot_of_another_registration_order_is_laid_out_by_name() -> None:
     b.process(b_msgs)
     assert b.catalog.names[6:] == ("flow", "humidity_2", "co2")
     state = a_first.export_partition(0)
+    if former:
+        monkeypatch.setattr(snapshot, "FORMAT", 1)
+        _former_layouts(a_first, state.devices.arrays)
+        snap = snapshot.PartitionSnapshot("readings", 0, 0, state)
+        state = snapshot.decode(snapshot.encode(snap, KEY), KEY).state
+        assert state.devices.arrays["raw"].ndim == 4
     assert not layout.same_layout(a_first.catalog, b.catalog)
     assert b.mismatch(state) is None
     assert b.import_partition(state) == []
@@ -413,6 +426,22 @@ def test_a_snapshot_of_another_registration_order_is_laid_out_by_name() -> None:
     assert pair == oracle and any(anomalous for *_, anomalous in pair)
     assert _joint(after) == pytest.approx(_joint(a_results, tail), rel=1e-9, nan_ok=True)
     assert {x.alert_id for r in after for x in r.alerts} <= {x.alert_id for r in a_results for x in r.alerts}
+
+
+def test_upper_triangles_move_by_name_as_their_full_matrices() -> None:
+    a, b = (SensorSpec(n, ("value",), "u", -1.0, 1.0, 1.0, 0.1) for n in "ab")
+    c = SensorSpec("c", ("x", "y"), "u", -1.0, 1.0, 1.0, 0.1)
+    source, target = schema.Catalog([a, c, b]), schema.Catalog([b, a, c], spare=1)
+    full = np.arange(16.0).reshape(4, 4)
+    full = full + full.T  # symmetric, over a, c.x, c.y, b
+    rows, cols = np.triu_indices(4)
+    states = DeviceStates(["d"], {"m": full[rows, cols][None]})
+    moved = layout.remap(states, {"m": ((TRIANGLE,), np.float64, 0)}, source, target)
+    order = [3, 0, 1, 2]  # b, a, c.x, c.y; then the spare index's three axes, zero
+    expected = np.zeros((target.dims, target.dims))
+    expected[:4, :4] = full[np.ix_(order, order)]
+    rows, cols = np.triu_indices(target.dims)
+    np.testing.assert_array_equal(moved.arrays["m"], expected[rows, cols][None])
 
 
 def test_a_snapshot_is_refused_when_its_channels_do_not_fit() -> None:

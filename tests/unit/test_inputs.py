@@ -18,6 +18,7 @@ from monitor.govern.rules import parse_rules
 from monitor.pipeline import BatchResult, Pipeline
 from monitor.schema import SENSOR_INDEX
 from monitor.settings import load_settings
+from monitor.state.store import AXES as DEVICE_AXES
 from tests.unit.test_pipeline import Stream
 
 TEMP = SENSOR_INDEX["temperature"]
@@ -237,11 +238,25 @@ def test_a_snapshot_carries_the_input_state_and_an_older_one_loads_it_empty() ->
     assert int(r.detect_state.in_n[0].sum()) == 0  # the reference starts again
 
 
-def test_the_input_state_takes_about_3_kb_per_device() -> None:
+def test_the_input_state_takes_about_2_5_kb_per_device() -> None:
     p = _pipeline()
     columns, det = inputs.columns(p.settings.inputs), p.detect_state
     per_device = sum(
         int(np.prod(det.shape(shape))) * np.dtype(dtype).itemsize for shape, dtype, _ in columns.values()
     )
-    assert per_device == 12 * (9 * 4 + 10 * 4 + 96 + 96) + 6 * 2 * 8  # 12 axes, 6 sensors
-    assert p.store.array_bytes_per_device() <= 20 * 1024
+    # per axis (12): edges, reference counts, its ring, the fleet-bins ring (two a byte); per sensor
+    # (6): two counters
+    assert per_device == 12 * (9 * 4 + 10 * 2 + 96 + 48) + 6 * 2 * 8 == 2496
+    assert p.store.array_bytes_per_device() <= 15 * 1024
+
+
+def test_the_fleet_bins_ring_keeps_two_bin_indices_a_byte_up_to_16_bins() -> None:
+    ring = np.zeros(3, np.uint8)
+    for i, b in enumerate([15, 0, 7, 9, 1]):
+        inputs._put(ring, i, b, True)
+    assert ring.tolist() == [15, 7 + 16 * 9, 1]
+    inputs._put(ring, 0, 3, True)  # a place is overwritten, its neighbour kept
+    assert ring.tolist() == [3, 7 + 16 * 9, 1]
+    assert inputs._counts(ring, 16, 5, True).tolist() == [1, 1, 0, 1, 0, 0, 0, 1, 0, 1, *[0] * 6]
+    wide = load_settings(None, inputs={"bins": 17})
+    assert inputs.columns(wide.inputs)["peer_cur"][0] == (DEVICE_AXES, 96)

@@ -163,7 +163,7 @@ def test_gammainc_is_the_regularised_lower_incomplete_gamma(a: float) -> None:
 def test_the_joint_model_is_in_the_per_device_budget() -> None:
     p = Pipeline(load_settings(None), parse_rules("rules: []"))
     per_device = sum(a.nbytes for a in p.joint_state.arrays.values()) // p.store.capacity
-    # mean, covariance and inverse over 12 dimensions; count, dims, run, learned; per pair: in, fresh,
-    # frames, anomalies, max (6 pairs)
-    assert per_device == 8 * (12 + 2 * 144) + 8 + 3 * 4 + 6 * (1 + 1 + 4 + 4 + 8) == 2528
+    # mean, and the upper triangles of the covariance and the inverse over 12 dimensions; count,
+    # dims, run, learned; per pair: in, fresh, frames, anomalies, max (6 pairs)
+    assert per_device == 8 * (12 + 2 * 78) + 8 + 3 * 4 + 6 * (1 + 1 + 4 + 4 + 8) == 1472
     assert p.store.array_bytes_per_device() >= per_device

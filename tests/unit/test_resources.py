@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import platform
+
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from monitor.govern.rules import load_rules
+from monitor.ingest.state import IngestState
 from monitor.pipeline import Pipeline
+from monitor.serve import memory
 from monitor.serve.metrics import Metrics
 from monitor.settings import load_settings
+from monitor.state.store import MAPPED_BYTES, StateStore
 from tests.unit.test_pipeline import DRIFT, MODEL, RULES, _gaussian_stream, _run
 
 
@@ -38,3 +44,24 @@ def test_state_stays_within_max_devices_under_churn() -> None:
         assert len(pipeline.store) <= 20
     assert evicted == 150 - 20
     assert pipeline.store.capacity == 64  # released slots are reused: the slabs never grew
+
+
+def test_slabs_keep_their_rows_when_they_grow_and_new_rows_start_at_their_fill_values() -> None:
+    store = StateStore(capacity=2)
+    ingest = store.add(IngestState(3))
+    first = store.slot("dev-0", 0)
+    ingest.last_seq[first] = 7
+    ingest.last_vals[first] = 1.5
+    slots = [store.slot(f"dev-{i}", 0) for i in range(1, 5000)]  # grows past MAPPED_BYTES
+    assert store.capacity == 8192 and ingest.last_vals.nbytes >= MAPPED_BYTES
+    assert ingest.last_seq[first] == 7 and (ingest.last_vals[first] == 1.5).all()
+    assert (ingest.last_seq[slots] == -1).all() and np.isnan(ingest.last_vals[slots]).all()
+    assert (ingest.last_seq[store.used :] == -1).all() and (store.partition[store.used :] == -1).all()
+    assert (ingest.integrity[slots] == 0).all()
+
+
+def test_freed_memory_goes_back_to_the_system_with_glibc() -> None:
+    freed = [bytearray(2048) for _ in range(20_000)]
+    del freed
+    assert (memory._malloc_trim() is not None) == (platform.libc_ver()[0] == "glibc")
+    assert memory.release() in (True, False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +20,7 @@ from monitor.errors import SnapshotError
 from monitor.govern.rules import load_rules
 from monitor.pipeline import BatchResult, Pipeline
 from monitor.records import Message
+from monitor.schema import MAX_AXES
 from monitor.settings import load_settings
 from monitor.state import snapshot
 from monitor.state.snapshot import PartitionSnapshot, SnapshotStore
@@ -139,6 +142,57 @@ def test_a_snapshot_with_river_adwins_converts_and_continues_exactly(cut: int) -
     end = _next_offsets(oracle_results)
     assert snapshot.fingerprints(_snapshots(second, end)) == snapshot.fingerprints(_snapshots(oracle, end))
     assert _alert_ids(before) | _alert_ids(after) == _alert_ids(oracle_results)
+
+
+def _former_layouts(p: Pipeline, arrays: dict[str, np.ndarray]) -> None:
+    """An export's arrays as format 1 held them: the retraining ring per sensor with ``MAX_AXES``
+    columns and full offsets (-1 where unused) and timestamps; the joint model's full matrices;
+    the input references' counts as float32."""
+    gov, wrap = p.govern_state, 2**32
+    raw, n = arrays["raw"], arrays["raw_n"]
+    old = np.zeros((len(raw), len(gov.axes), gov.retrain_window, MAX_AXES), np.float32)
+    for s, k in enumerate(gov.axes):
+        first = gov.first_axis[s]
+        old[:, s, :, :k] = raw[:, first : first + k, :].transpose(0, 2, 1)
+    arrays["raw"] = old
+    for name in ("raw_off", "raw_ts"):
+        latest = arrays.pop(name.replace("raw_", "raw_last_"))[..., None]
+        full = latest + (arrays[name] - latest + wrap // 2) % wrap - wrap // 2
+        unused = np.arange(gov.retrain_window) >= n[..., None]
+        arrays[name] = np.where(unused, -1 if name == "raw_off" else 0, full).astype(np.int64)
+    rows, cols = np.triu_indices(p.joint_state.dims)
+    for name in ("joint_cov", "joint_inv"):
+        full = np.zeros((len(raw), p.joint_state.dims, p.joint_state.dims))
+        full[:, rows, cols] = full[:, cols, rows] = arrays[name]
+        arrays[name] = full
+    arrays["in_ref"] = arrays["in_ref"].astype(np.float32)
+
+
+@pytest.mark.parametrize("cut", [260, 330])
+def test_a_format_1_snapshot_converts_and_continues_exactly(
+    cut: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot of the slabs' former layouts (format 1) loads, and the run goes on as one that
+    never stopped (the cuts fall while dev-1's retrain, which reads the ring, is pending)."""
+    stream = _gaussian_stream(450, devices=4, shift_device=1)
+    oracle = _pipeline()
+    oracle_results = _run(oracle, stream, batch=50)
+    first = _pipeline()
+    before = _run(first, stream[: cut * 4], batch=50)
+    monkeypatch.setattr(snapshot, "FORMAT", 1)
+    snaps = []
+    for s in _snapshots(first, _next_offsets(before)):
+        _former_layouts(first, s.state.devices.arrays)
+        snaps.append(snapshot.decode(snapshot.encode(s, KEY), KEY))
+    second = _pipeline()
+    for s in snaps:
+        assert second.mismatch(s.state) is None
+        second.import_partition(s.state)
+    after = _run(second, stream[cut * 4 :], batch=70)
+    end = _next_offsets(oracle_results)
+    assert snapshot.fingerprints(_snapshots(second, end)) == snapshot.fingerprints(_snapshots(oracle, end))
+    assert _alert_ids(before) | _alert_ids(after) == _alert_ids(oracle_results)
+    assert _decisions(before) + _decisions(after) == _decisions(oracle_results)
 
 
 def test_a_snapshot_with_an_unconvertible_adwin_is_a_mismatch() -> None:
@@ -380,3 +434,34 @@ def test_the_writer_encodes_the_state_as_it_was_when_submitted(tmp_path: Path) -
     writer.submit(replace(_snapshots(p, {0: 1})[0], topic="blocked"))
     writer.close()  # the failure is reported, not raised
     assert sizes[2:] == [None] and writer.errors == 1
+
+
+def test_a_due_partition_waits_while_the_writer_is_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One copy of the state at a time; after each snapshot, freed memory goes back."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor.serve import memory
+    from monitor.serve.metrics import Metrics
+    from monitor.serve.partitions import Partitions
+
+    settings = load_settings(
+        None, drift=DRIFT, model=MODEL, state_dir=str(tmp_path), state={"snapshot_interval_s": 0.5}
+    )
+    parts = Partitions(settings, _pipeline(), Metrics(CollectorRegistry()), KEY)
+    results = _run(parts.pipeline, _gaussian_stream(40, devices=2))
+    gate, released = threading.Event(), []
+    monkeypatch.setattr(memory, "release", lambda: released.append(gate.wait(10)))
+    for p, offset in _next_offsets(results).items():
+        parts.positions[(TOPIC, p)] = offset
+        parts.dirty[(TOPIC, p)] = time.monotonic() - 1 - p  # partition 1 due first
+    parts.snapshot_due()
+    parts.snapshot_due()  # the writer is still busy with partition 1's
+    assert list(parts.dirty) == [(TOPIC, 0)] and not released
+    gate.set()
+    parts.writer.drain()
+    parts.snapshot_due()
+    parts.writer.close()
+    assert not parts.dirty and released == [True, True]
+    assert parts.metrics.registry.get_sample_value("telemon_snapshots_total") == 2

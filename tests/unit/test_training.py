@@ -17,6 +17,7 @@ from pydantic import ValidationError
 import monitor.govern.training.worker
 from monitor.detect.model import AdaptiveGaussian, distance_threshold, score
 from monitor.govern.registry import TrainingData
+from monitor.govern.state import GovernState
 from monitor.govern.training import (
     Decision,
     InlineTrainer,
@@ -38,6 +39,7 @@ from monitor.govern.training import (
     step,
 )
 from monitor.settings import LogUniform, RetrainSettings, Settings, load_settings
+from monitor.state.store import StateStore
 
 BASE = {"fading": 0.05, "var_fading": 0.005, "resolution": 0.01, "trend": 0.3}
 THRESHOLD = 0.9999
@@ -558,3 +560,27 @@ def test_a_sound_incumbent_stands_after_a_held_out_rejection() -> None:
     assert not _incumbent_stands(flagged, decide(flagged, None, 0.02))  # it missed something
     live = Decision(False, "rejected live", {"shadow_readings": 96.0})
     assert not _incumbent_stands(result, live)  # a candidate rejected live: the drift stays open
+
+
+@pytest.mark.parametrize("first", [2**31 - 2, 2**32 - 2])
+def test_the_ring_gives_back_full_offsets_and_timestamps_across_32_bit_boundaries(first: int) -> None:
+    """The ring keeps the low 32 bits of each offset and timestamp; the pair's latest full values
+    restore them, here across 2**31 or 2**32, with a gap of 20 days and readings out of order."""
+    ring = StateStore().add(GovernState([1, 3], retrain_window=4))
+    slot, start, day = 0, 1_767_225_600_000, 86_400_000
+    readings = [  # (ts, offset, values): the last four stay in the ring
+        (start, first - 1, (0.5, 1.0, 2.0)),
+        (start + 1000, first, (0.25, -1.0, 3.0)),
+        (start + 20 * day, first + 3, (0.125, 4.0, -2.0)),
+        (start + 20 * day - 5000, first + 2**30, (1.5, 2.5, 3.5)),  # out of order
+        (start + 20 * day + 1000, first + 2**30 + 7, (2.0, 3.0, 4.0)),
+    ]
+    for ts, offset, values in readings:
+        ring.remember(slot, 1, ts, values, offset)
+    ring.remember(slot, 0, start, (9.0,), 0)
+    rows, offsets, timestamps = ring.window(slot, 1)
+    assert_array_equal(rows, [v for _, _, v in readings[1:]])
+    assert offsets.tolist() == [o for _, o, _ in readings[1:]]
+    assert timestamps.tolist() == [t for t, _, _ in readings[1:]]
+    rows, offsets, timestamps = ring.window(slot, 0)
+    assert rows.tolist() == [[9.0]] and offsets.tolist() == [0] and timestamps.tolist() == [start]
