@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit
 
 from monitor.detect import inputs, joint
-from monitor.detect.kernels import distance, learn, nudge, score
+from monitor.detect.kernels import distance, keep_worst, learn, nudge, score
 from monitor.govern.state import low32
 from monitor.ingest.integrity import CLOCK_SKEW, DUPLICATE, GAP, INTERVAL_WEIGHT, OUT_OF_ORDER, STUCK
 
@@ -94,6 +94,8 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
         streak,
         score_sum,
         score_count,
+        why,
+        why_at,
         ref,
         cur,
         python_pairs,
@@ -188,6 +190,7 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
             streak[slot, s] = 0
         else:
             d2 = distance(row, kk, par[3], f)
+            keep_worst(row, kk, par[3], f, d2, ts[i], why[slot, s], why_at[slot, s])
             threshold = thresholds[kk]
             if quarantined[slot]:
                 pass
@@ -222,7 +225,7 @@ def run(  # noqa: C901 - one loop in stream order is the point: each branch is a
             inputs.step(slot, s, f, raw, raw_n, input_config, input_state)
         # The device's joint model.
         frame[i], frame_d2[i], frame_p[i], frame_anom[i] = joint.step(
-            slot, s, last_vals, quarantined, joint_config, joint_state
+            slot, s, ts[i], last_vals, quarantined, joint_config, joint_state
         )
         if since_eval[slot, s] >= check_every or urgent:
             inputs.measure(slot, s, input_config, input_state, input_out)

@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor import kernel, schema
+from monitor.analyze import explain
 from monitor.detect import adwin, cohortinputs, drift, inputs, joint, kernels, model, novelty, rivertier
 from monitor.detect.cohorts import CohortLabels
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
@@ -294,7 +295,7 @@ class Pipeline:
             self._input_arrays(),
             self._input_out,
         )
-        self._joint_step(0, 0)  # slot 0 holds no device yet: cleared below
+        self._joint_step(0, 0, 0)  # slot 0 holds no device yet: cleared below
         self.joint_state.clear(0)
         det, row = self.detect_state, np.zeros(10)
         drift.compare(det.ref[0, 0], det.cur[0, 0], det.edges[0, 0], det.ref_frac[0, 0])
@@ -523,7 +524,7 @@ class Pipeline:
             self.integrity.events, gov.quarantined, gov.raw_n, gov.raw, gov.raw_off, gov.raw_ts,
             gov.raw_last_off, gov.raw_last_ts, det.model, det.model_params, self._base_params,
             det.n_scored, det.since_eval, det.anomalies, det.streak, det.score_sum, det.score_count,
-            det.ref, det.cur, self._python_pairs(),
+            det.why, det.why_at, det.ref, det.cur, self._python_pairs(),
         )  # fmt: skip
 
     def _python_pairs(self) -> NDArray[np.int8]:
@@ -669,7 +670,7 @@ class Pipeline:
         if self.governor.waiting:
             self.governor.on_reading(slot, s, r.ts, result)
         self.detect_state.since_eval[slot, s] += 1
-        frame = self._joint_step(slot, s)
+        frame = self._joint_step(slot, s, r.ts)
         urgent |= self._score(slot, s, r, f, scores, result, frame)
         if self.river is not None:
             self.river.apply(slot, s, r.device_id, f, not self.govern_state.quarantined[slot])
@@ -725,12 +726,13 @@ class Pipeline:
         oldest = live[np.argsort(st.touched[live], kind="stable")[:n]].tolist()
         self._forget(oldest, result, Eviction("capacity", len(oldest), None, 0))
 
-    def _joint_step(self, slot: int, s: int) -> tuple[int, float, int, bool]:
+    def _joint_step(self, slot: int, s: int, ts: int) -> tuple[int, float, int, bool]:
         """The reading (its values in the ingest state) through its device's joint model."""
         ing = self.ingest_state
         return joint.step(
             slot,
             s,
+            ts,
             ing.last_vals,
             self.govern_state.quarantined,
             self._joint,
@@ -750,7 +752,7 @@ class Pipeline:
         """Score the reading (learning from it), then feed the score to every detector; True if
         it completes a run of ``drift.urgent_streak`` anomalous readings."""
         det = self.detect_state
-        d2 = self._distance(slot, s, f)
+        d2 = self._distance(slot, s, f, r.ts)
         score = None if d2 is None else model.score(d2, len(f))
         level = None
         if self.novelty is None:
@@ -972,7 +974,7 @@ class Pipeline:
         for key in [k for k in self._foreign if k[1] == partition]:
             del self._foreign[key]
 
-    def _distance(self, slot: int, s: int, f: Features) -> float | None:
+    def _distance(self, slot: int, s: int, f: Features, ts: int) -> float | None:
         """The pair model's distance (None while it warms up); learn unless over the threshold."""
         det, k = self.detect_state, len(f)
         row, par = det.model[slot, s], det.model_params[slot, s]
@@ -983,6 +985,7 @@ class Pipeline:
             kernels.learn(row, k, par[1], par[2], par[4], f)
             return None
         d2: float = kernels.distance(row, k, par[3], f)
+        kernels.keep_worst(row, k, par[3], f, d2, ts, det.why[slot, s], det.why_at[slot, s])
         flagged, threshold = self.settings.model.flagged, self.thresholds[k]
         if self.govern_state.quarantined[slot]:
             pass
@@ -1012,13 +1015,13 @@ class Pipeline:
             rate = self.detect_state.level_rate(slot, s, ts, m.warmup, int(m.rate_window_s * 1000))
             if rate is not None:
                 sig["rate"] = rate / max_rate
-        self.detect_state.reset_interval(slot, s)
+        ev = Evaluation("device", st.device_ids[slot], name, sig, ts)
+        self._act(self.engine.evaluate([ev]), result, cmp)
+        self.detect_state.reset_interval(slot, s)  # after the alerts: their explanations read it
         self.ingest_state.reset_interval(slot, s)
         self.joint_state.reset_interval(slot, s)
         if self.river is not None:
             self.river.state.reset_interval(slot, s)
-        ev = Evaluation("device", st.device_ids[slot], name, sig, ts)
-        self._act(self.engine.evaluate([ev]), result)
 
     def _pair_signals(self, slot: int, s: int) -> dict[str, float]:
         det = self.detect_state
@@ -1102,7 +1105,7 @@ class Pipeline:
             sig.update(self._cohort_input_signals(key, s, result))
         group.since_eval[s] = group.adwin_hits[s] = group.anomalies[s] = 0
         group.score_sum[s] = 0.0
-        self._act(self.engine.evaluate([Evaluation(scope, key, name, sig, ts)]), result)
+        self._act(self.engine.evaluate([Evaluation(scope, key, name, sig, ts)]), result, cmp, group)
 
     def _cohort_input_signals(self, key: str, s: int, result: BatchResult) -> dict[str, float]:
         """The cohort's inputs against the rest of the fleet's (``cohort_input_*``), once both
@@ -1117,14 +1120,28 @@ class Pipeline:
         result.cohort_inputs[(key, spec.name)] = (sig["cohort_input_ks_stat"], sig["cohort_input_psi"])
         return sig
 
-    def _act(self, transitions: list[Transition], result: BatchResult) -> None:
-        """Alerts, audit records and the rules' actions for the transitions of one evaluation."""
+    def _act(
+        self,
+        transitions: list[Transition],
+        result: BatchResult,
+        cmp: Comparison | None = None,
+        group: GroupDrift | None = None,
+    ) -> None:
+        """Alerts, audit records and the rules' actions for the transitions of one evaluation
+        (``cmp``: its score windows' comparison; ``group``: the pooled detector of a fleet or
+        cohort evaluation)."""
         for t in transitions:
             ev = t.evaluation
             slot = self.store.slots.get(ev.device_id, -1) if ev.scope == "device" else -1
             s = self.catalog.index[ev.sensor]
             version = self.govern_state.version(slot, s) if slot >= 0 else 0
-            alert = alerts.from_transition(t, version)
+            if ev.scope == "device":
+                cohorts = self.labels.pair(ev.device_id, s)
+            else:
+                label, _, value = ev.device_id.partition("=")
+                cohorts = {label: value} if ev.scope == "cohort" else {}
+            why = self._explain(t, slot, s, cmp, group)
+            alert = alerts.from_transition(t, version, cohorts, why)
             if "alert" in t.rule.actions:
                 result.alerts.append(alert)
             if t.status == "pending":
@@ -1133,6 +1150,37 @@ class Pipeline:
             result.audit.append(self._audit(kind, t, alert, version))
             if slot >= 0:
                 self._device_actions(t, slot, s, alert, version, result)
+
+    def _explain(
+        self, t: Transition, slot: int, s: int, cmp: Comparison | None, group: GroupDrift | None
+    ) -> explain.Explanation:
+        """Why ``t`` happened, from what its evaluation's interval kept (:mod:`monitor.analyze.explain`)."""
+        spec, names = self.catalog.specs[s], t.rule.signal_names()
+        reading = frame = None
+        shifts: list[explain.InputShift] = []
+        windows = (group.ref[s], group.cur[s]) if group is not None else None
+        if slot >= 0:
+            det, js, k = self.detect_state, self.joint_state, len(spec.keys)
+            windows = det.ref[slot, s], det.cur[slot, s]
+            values, _, stamps = self.govern_state.window(slot, s, k)
+            d2, ts = det.why_at[slot, s].tolist()
+            if ts:
+                threshold = float(self.thresholds[k])
+                reading = explain.reading(spec.keys, det.why[slot, s], d2, int(ts), threshold, values, stamps)
+            t2, ts = js.joint_why_at[slot].tolist()
+            if ts and any(n.startswith("device_") for n in names):
+                members = [c for c in range(len(self.catalog.names)) if js.joint_in[slot, c]]
+                parts = [float(js.joint_why[slot, c]) for c in members]
+                frame = explain.frame([self.catalog.names[c] for c in members], parts, t2, int(ts))
+            if self.settings.inputs.enabled:
+                cfg = self.settings.inputs
+                offset = int(self.catalog.offsets[s])
+                sides = inputs.references(self.detect_state, self.fleet_inputs, slot, s, k, offset, cfg)
+                shifts = explain.input_shifts(*inputs.compare(self._input_out, spec.keys, cfg), sides, values)
+        scores = explain.score_shift(cmp, *windows) if cmp is not None and windows is not None else None
+        novelty, signals = self.novelty is not None, t.evaluation.signals
+        found = reading, frame, shifts, scores
+        return explain.explanation(t.rule.name, names, spec, signals, *found, novelty, t.started_at)
 
     def _device_actions(
         self, t: Transition, slot: int, s: int, alert: alerts.Alert, version: int, result: BatchResult
@@ -1169,6 +1217,7 @@ class Pipeline:
             alert_id=alert.alert_id,
             action=action,
             signals=alert.signals,
+            explanation=alert.explanation,
             event_ts=ev.ts,
         )
 

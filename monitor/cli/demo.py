@@ -10,6 +10,7 @@ when that holds, 1 otherwise.
 from __future__ import annotations
 
 import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -114,6 +115,9 @@ def _summary(scenario: Scenario, t: Totals) -> int:
     for a in t.alerts:
         if a.status == "firing":
             print(f"  {a.rule:<18} {a.severity:<8} {a.device_id}/{a.sensor}")
+            if a.explanation is not None:
+                why = a.explanation.text
+                print(textwrap.fill(why, 100, initial_indent="    why: ", subsequent_indent=" " * 9))
     print("retrains (candidate versions, tested and shadowed):")
     trained = {(v.device_id, v.sensor, v.version): v.trained_on for v in t.versions}
     for e in t.decisions:
@@ -135,6 +139,9 @@ def _verdict(scenario: Scenario, t: Totals) -> int:
     false = sorted(alerted - planted)
     ok &= not false
     print(f"drift alerts on clean pairs: {', '.join(f'{d}/{s}' for d, s in false) or 'none'}")
+    explained = sum(a.explanation is not None for a in t.alerts)
+    ok &= explained == len(t.alerts)
+    print(f"alerts explained: {explained} of {len(t.alerts)}")
     if scenario.malformed:
         ok &= t.quarantined == scenario.malformed
         print(f"malformed messages quarantined: {t.quarantined} of {scenario.malformed}")

@@ -372,6 +372,29 @@ def compare(
     return shift, peer
 
 
+#: Counts of values in bins, and the bins' edges.
+Binned = tuple[NDArray[np.int64], NDArray[np.float32]]
+
+
+def references(
+    slab: Any, fleet: FleetInputs, slot: int, s: int, k: int, offset: int, settings: InputDriftSettings
+) -> list[tuple[Binned | None, Binned | None]]:
+    """Per axis of pair ``(slot, s)`` (``k`` axes from ``offset`` in the device's): the counts of its
+    reference inputs in its bins, and of the fleet's latest inputs in the fleet's, with the bins'
+    edges (None until the pair's comparison with either is ready)."""
+    w = settings.window_size
+    own_ready = slab.in_n[slot, s] >= settings.reference_size + w
+    fleet_full = fleet.n[s] >= settings.fleet_reference_size + settings.fleet_window_size
+    peer_ready = fleet_full and slab.peer_n[slot, s] >= w
+    return [
+        (
+            (slab.in_ref[slot, j].astype(np.int64), slab.in_edges[slot, j]) if own_ready else None,
+            (fleet.counts[j].copy(), fleet.edges[j]) if peer_ready else None,
+        )
+        for j in range(offset, offset + k)
+    ]
+
+
 def _flags(p: list[float], psi: list[float], alpha: float, limit: float) -> list[bool]:
     return [pv < alpha and v > limit for pv, v in zip(p, psi, strict=True)]
 
@@ -405,6 +428,7 @@ __all__ = [
     "config",
     "kolmogorov",
     "measure",
+    "references",
     "signals",
     "step",
 ]

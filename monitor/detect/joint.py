@@ -67,6 +67,10 @@ class JointState(Slab):
     joint_frames: NDArray[np.int32]  # interval: frames of the device while the pair was in its model
     joint_anomalies: NDArray[np.int32]  # interval: flagged frames this channel contributed most to
     joint_max: NDArray[np.float64]  # interval: largest frame score
+    # The latest flagged frame, for an alert's explanation: each channel's part of its T^2, and
+    # [T^2, event time] (0, 0: none yet).
+    joint_why: NDArray[np.float64]
+    joint_why_at: NDArray[np.float64]
 
     def __init__(self, catalog: Catalog) -> None:
         super().__init__(catalog.capacity, catalog.dims)
@@ -86,6 +90,8 @@ class JointState(Slab):
             "joint_frames": (p, np.int32, 0),
             "joint_anomalies": (p, np.int32, 0),
             "joint_max": (p, np.float64, 0),
+            "joint_why": (p, np.float64, 0),
+            "joint_why_at": ((2,), np.float64, 0),
         }
 
     def upgrade(self, states: DeviceStates, source: Catalog) -> None:
@@ -108,7 +114,7 @@ class JointState(Slab):
         return (
             self.joint_in, self.joint_fresh, self.joint_n, self.joint_dims, self.joint_run,
             self.joint_learned, self.joint_mean, self.joint_cov, self.joint_inv, self.joint_frames,
-            self.joint_anomalies, self.joint_max,
+            self.joint_anomalies, self.joint_max, self.joint_why, self.joint_why_at,
         )  # fmt: skip
 
 
@@ -132,14 +138,14 @@ def config(
 
 @njit(cache=True)
 def step(  # noqa: C901 - one frame's steps in order, compiled as one function
-    slot: int, s: int, last_vals: Any, quarantined: Any, cfg: tuple[Any, ...], st: tuple[Any, ...]
+    slot: int, s: int, ts: int, last_vals: Any, quarantined: Any, cfg: tuple[Any, ...], st: tuple[Any, ...]
 ) -> tuple[int, float, int, bool]:
-    """After a reading of pair ``(slot, s)`` (its values already in ``last_vals``): close the
-    device's frame if every channel of its model has reported, learn or score it. Returns
-    ``(outcome, T^2, dimensions, flagged)``."""
+    """After a reading of pair ``(slot, s)`` at event time ``ts`` (its values already in
+    ``last_vals``): close the device's frame if every channel of its model has reported, learn or
+    score it. Returns ``(outcome, T^2, dimensions, flagged)``."""
     enabled, keys, offsets, floors, thresholds, warmup, fading, refresh, ridge = cfg[:9]
     relearn_after, learn_all, at = cfg[9:]  # at: where each (i, j) is in the triangles
-    j_in, fresh, n, dims, run, learned, mean, cov, inv, frames, anomalies, top_score = st
+    j_in, fresh, n, dims, run, learned, mean, cov, inv, frames, anomalies, top_score, why, why_at = st
     if not enabled:
         return NO_FRAME, 0.0, 0, False
     if not j_in[slot, s]:  # a channel the model does not cover yet: start over with it
@@ -157,8 +163,12 @@ def step(  # noqa: C901 - one frame's steps in order, compiled as one function
             if n[slot] >= warmup:
                 _refresh(slot, j_in, keys, offsets, floors, ridge, at, cov, inv)
         return WARMING, 0.0, p, False
-    t2, top = _distance(slot, x, j_in, keys, offsets, at, mean, inv)
+    parts = np.zeros(len(keys))
+    t2, top = _distance(slot, x, j_in, keys, offsets, at, mean, inv, parts)
     flagged = t2 > thresholds[p]
+    if flagged:
+        why[slot, :] = parts
+        why_at[slot, 0], why_at[slot, 1] = t2, ts
     sc = gammainc(p / 2.0, t2 / 2.0)
     for c in range(len(keys)):
         if j_in[slot, c] and sc > top_score[slot, c]:
@@ -199,9 +209,10 @@ def _close_frame(
 
 @njit(cache=True)
 def _distance(
-    slot: int, x: Any, j_in: Any, keys: Any, offsets: Any, at: Any, mean: Any, inv: Any
+    slot: int, x: Any, j_in: Any, keys: Any, offsets: Any, at: Any, mean: Any, inv: Any, parts: Any
 ) -> tuple[float, int]:
-    """``T^2`` of the frame, and the channel whose contribution to it is the largest."""
+    """``T^2`` of the frame, and the channel whose contribution to it is the largest (each
+    channel's contribution in ``parts``)."""
     d = x - mean[slot]
     y = np.zeros(len(d))
     for i in range(len(d)):
@@ -214,6 +225,7 @@ def _distance(
             for j in range(offsets[c], offsets[c] + keys[c]):
                 part += d[j] * y[j]
             t2 += part
+            parts[c] = part
             if part > best:
                 best, top = part, c
     return max(t2, 0.0), top

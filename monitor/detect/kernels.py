@@ -8,6 +8,7 @@ learned here and one learned there are equal to the last bit (``tests/unit/test_
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -53,6 +54,25 @@ def distance(row: FloatRow, k: int, resolution: float, f: Values) -> float:
         d = f[i] - (row[1 + i] + row[7 + i])
         d2 += d * d / (var if var > floor else floor)
     return d2
+
+
+@njit(cache=True)
+def keep_worst(
+    row: FloatRow, k: int, resolution: float, f: Values, d2: float, ts: int, why: FloatRow, at: Any
+) -> None:
+    """Keep reading ``f`` (distance ``d2``, event time ``ts``) as its interval's most distant one
+    if it is: ``at`` = ``[d2, ts]`` of the kept one, ``why`` = ``[x x 3, forecast x 3, spread x 3]``
+    as the model ``row`` scored it (before it learns the reading). An alert's explanation
+    (:mod:`monitor.analyze.explain`) splits the distance into the axes' terms from these."""
+    if d2 <= at[0]:
+        return
+    at[0], at[1] = d2, ts
+    floor = resolution * resolution
+    for i in range(k):
+        var = row[4 + i]
+        why[i] = f[i]
+        why[3 + i] = row[1 + i] + row[7 + i]
+        why[6 + i] = math.sqrt(var if var > floor else floor)
 
 
 @njit(cache=True)

@@ -38,6 +38,10 @@ class DetectState(Slab):
     adwin_hits: NDArray[np.int32]
     score_sum: NDArray[np.float32]
     score_count: NDArray[np.int32]
+    # The interval's most distant reading, for an alert's explanation (kernels.keep_worst):
+    # [x x 3, forecast x 3, spread x 3], and [its distance, its event time] (0, 0: none yet).
+    why: NDArray[np.float64]
+    why_at: NDArray[np.float64]
     ref: NDArray[np.uint16]  # scores quantised to 1/65535 (see drift.quantise)
     cur: NDArray[np.uint16]
     edges: NDArray[np.float64]  # float64: a score on an edge must bin the same way every time
@@ -83,6 +87,8 @@ class DetectState(Slab):
             "adwin_hits": (p, np.int32, 0),
             "score_sum": (p, np.float32, 0),
             "score_count": (p, np.int32, 0),
+            "why": ((*p, 3 * 3), np.float64, 0),
+            "why_at": ((*p, 2), np.float64, 0),
             "ref": ((*p, d.reference_size), np.uint16, 0),
             "cur": ((*p, d.window_size), np.uint16, 0),
             "edges": ((*p, d.psi_bins - 1), np.float64, 0),
@@ -180,6 +186,7 @@ class DetectState(Slab):
         self.since_eval[slot, s] = 0
         self.anomalies[slot, s] = 0
         self.adwin_hits[slot, s] = 0
+        self.why_at[slot, s] = 0.0
 
     def reset_detectors(self, slot: int, s: int) -> None:
         """Forget the score history of a pair: a new model starts a new reference."""

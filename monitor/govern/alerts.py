@@ -5,7 +5,7 @@ yet), then ``firing``, then ``resolved``. Every record of one episode carries th
 ``alert_id``, a hash of the rule, the scope key and the episode start, so a record re-published
 after a restart (at-least-once delivery) has the id of the original and consumers can drop it.
 
-Schema (``schema_version`` 1), one JSON object per Kafka message on the alerts topic, keyed by
+Schema (``schema_version`` 2), one JSON object per Kafka message on the alerts topic, keyed by
 ``device_id`` (or the sensor name for fleet scope)::
 
     alert_id        str   stable id: sha256(rule | device_id | sensor | started_at)[:16]; every
@@ -21,7 +21,12 @@ Schema (``schema_version`` 1), one JSON object per Kafka message on the alerts t
     signals         obj   the signal values at this evaluation (name -> number)
     actions         list  the rule's actions ("alert", "retrain")
     model_version   int   the model version serving the pair when the record was made (0 for fleet)
-    schema_version  int   1
+    cohorts         obj   the cohort labels of the pair (its device's and its channel's; for cohort
+                          scope the cohort's one label), {} when none
+    explanation     obj   why: per-axis and per-channel contributions, inputs and scores against
+                          their reference (:mod:`monitor.analyze.explain`); null when nothing was
+                          kept (a firing alert re-posted after a restart)
+    schema_version  int   2 (version 1 records, without cohorts and explanation, still decode)
 
 The pipeline emits each record once; :class:`StormControl` caps new firing alerts per window of
 event time, with one summary alert per storm. After a crash, the readings re-applied from the last
@@ -41,9 +46,10 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from monitor.analyze.explain import Explanation
 from monitor.govern.rules import Rule, Transition
 
-ALERT_SCHEMA_VERSION = 1
+ALERT_SCHEMA_VERSION = 2
 STATUSES = ("pending", "firing", "resolved")
 STORM_RULE = "alert_storm"
 _V = TypeVar("_V")
@@ -62,6 +68,8 @@ class Alert(msgspec.Struct, frozen=True):
     signals: dict[str, float]
     actions: list[str]
     model_version: int
+    cohorts: dict[str, str] = {}
+    explanation: Explanation | None = None
     schema_version: int = ALERT_SCHEMA_VERSION
 
     @property
@@ -78,7 +86,12 @@ def alert_id(rule: str, device_id: str, sensor: str, started_at: int) -> str:
     return hashlib.sha256(f"{rule}|{device_id}|{sensor}|{started_at}".encode()).hexdigest()[:16]
 
 
-def from_transition(t: Transition, model_version: int) -> Alert:
+def from_transition(
+    t: Transition,
+    model_version: int,
+    cohorts: dict[str, str] | None = None,
+    explanation: Explanation | None = None,
+) -> Alert:
     ev = t.evaluation
     return Alert(
         alert_id=alert_id(t.rule.name, ev.device_id, ev.sensor, t.started_at),
@@ -93,6 +106,8 @@ def from_transition(t: Transition, model_version: int) -> Alert:
         signals={k: round(float(v), 6) for k, v in ev.signals.items()},
         actions=list(t.rule.actions),
         model_version=model_version,
+        cohorts=cohorts or {},
+        explanation=explanation,
     )
 
 
@@ -101,6 +116,10 @@ _ENCODER = msgspec.json.Encoder()
 
 def encode(alert: Alert) -> bytes:
     return _ENCODER.encode(alert)
+
+
+def encode_json(obj: object) -> str:
+    return _ENCODER.encode(obj).decode()
 
 
 def decode(raw: bytes) -> Alert:
@@ -134,8 +153,13 @@ def labels_of(alert: Alert) -> dict[str, str]:
 
 
 def annotations_of(alert: Alert) -> dict[str, str]:
-    """Human-readable text; the signals as compact JSON (annotations are strings)."""
+    """Human-readable text; the signals and the explanation as compact JSON (annotations are
+    strings)."""
     where = alert.sensor if alert.scope == "fleet" else f"{alert.device_id}/{alert.sensor}"
+    why = alert.explanation
+    explained = (
+        {} if why is None else {"explanation": why.text, "explanation_json": _ENCODER.encode(why).decode()}
+    )
     return {
         "summary": f"{alert.rule} on {where}",
         "description": (
@@ -144,6 +168,7 @@ def annotations_of(alert: Alert) -> dict[str, str]:
             f"model version {alert.model_version}"
         ),
         "signals": json.dumps(alert.signals, sort_keys=True, separators=(",", ":")),
+        **explained,
     }
 
 
@@ -255,6 +280,11 @@ class StormControl:
             "window_s": float(self.per_seconds),
             **counts,
         }
+        rules = ", ".join(f"{rule} {n}" for rule, n in storm.suppressed.most_common())
+        text = (
+            f"{STORM_RULE}: more than {self.max_alerts} new firing alerts in {self.per_seconds:g} s; "
+            f"{storm.suppressed.total()} suppressed ({rules})"
+        )
         return Alert(
             alert_id=alert_id(STORM_RULE, "*", "*", storm.started_at),
             rule=STORM_RULE,
@@ -268,6 +298,7 @@ class StormControl:
             signals=signals,
             actions=["alert"],
             model_version=0,
+            explanation=Explanation("storm", text),
         )
 
 

@@ -44,6 +44,7 @@ import msgspec
 
 import monitor
 from monitor import errors
+from monitor.analyze.explain import Explanation
 from monitor.common import files, safepickle
 from monitor.errors import ArtifactError, RegistryError, UnknownVersionError
 from monitor.schema import DEVICE_ID_PATTERN, NAME_PATTERN
@@ -162,6 +163,7 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     alert_id: str = ""
     action: str = ""
     signals: dict[str, float] = {}
+    explanation: Explanation | None = None  # of rule events: as in the alert (monitor.analyze.explain)
     event_ts: int = 0  # event time (epoch ms) of stream-driven events
     wall_ts: int = 0  # wall clock (epoch ms), filled in by ModelRegistry.record
     schema_version: int = 1

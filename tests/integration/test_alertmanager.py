@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from monitor.analyze import explain
 from monitor.errors import SinkUnavailable
 from monitor.govern.alerts import Alert, alert_id, annotations_of, labels_of
 from monitor.serve.sinks import VALIDITY_FACTOR, AlertmanagerSink
@@ -42,6 +43,11 @@ def _alert(device: str, status: str, started_at: int, ts: int, scope: str = "dev
         signals={"ks_stat": 0.41, "psi": 0.93},
         actions=["alert", "retrain"],
         model_version=2,
+        explanation=explain.Explanation(
+            "drift",
+            "score_drift: scores KS 0.41 (p 1e-09), PSI 0.93, median 0.49 -> 0.97",
+            scores=explain.ScoreShift(0.41, 1e-9, 0.93, explain.Quantiles([0.1] * 5, [0.9] * 5)),
+        ),
     )
 
 
@@ -86,6 +92,7 @@ def test_firing_alerts_are_active_with_their_labels_annotations_and_start(
         assert got["labels"] == labels_of(sent)
         assert got["annotations"] == annotations_of(sent)
         assert json.loads(got["annotations"]["signals"]) == sent.signals
+        assert got["annotations"]["explanation"].startswith("score_drift: scores KS 0.41")
         assert _time(got["startsAt"]) == _ms(sent.started_at)
         assert _time(got["endsAt"]) > _ms(_now_ms())
         assert got["status"]["state"] == "active"

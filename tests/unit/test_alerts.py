@@ -83,7 +83,7 @@ def test_from_transition_and_json_round_trip(status: str) -> None:
     assert (a.status, a.started_at, a.ts, a.signals) == (status, T0, T0 + 5000, {"psi": 1.234568})
     assert a.alert_id == alert_id("hot", "dev-1", "humidity", T0)
     assert decode(encode(a)) == a
-    assert json.loads(encode(a))["schema_version"] == 1
+    assert json.loads(encode(a))["schema_version"] == 2
 
 
 def test_schema_documents_pending() -> None:

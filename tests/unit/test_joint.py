@@ -164,6 +164,7 @@ def test_the_joint_model_is_in_the_per_device_budget() -> None:
     p = Pipeline(load_settings(None), parse_rules("rules: []"))
     per_device = sum(a.nbytes for a in p.joint_state.arrays.values()) // p.store.capacity
     # mean, and the upper triangles of the covariance and the inverse over 12 dimensions; count,
-    # dims, run, learned; per pair: in, fresh, frames, anomalies, max (6 pairs)
-    assert per_device == 8 * (12 + 2 * 78) + 8 + 3 * 4 + 6 * (1 + 1 + 4 + 4 + 8) == 1472
+    # dims, run, learned; per pair: in, fresh, frames, anomalies, max, the part of the latest flagged
+    # frame (6 pairs); that frame's T^2 and time
+    assert per_device == 8 * (12 + 2 * 78) + 8 + 3 * 4 + 6 * (1 + 1 + 4 + 4 + 8 + 8) + 2 * 8 == 1536
     assert p.store.array_bytes_per_device() >= per_device
