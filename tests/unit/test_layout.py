@@ -2,7 +2,7 @@
 
 ``monitor`` is read bottom-up: the foundation (errors, shared file helpers, settings, the wire
 format and the records stages pass), state, then the stages in stream order (ingest -> detect ->
-govern), the pipeline that runs them over a batch, the service around it, and the command line.
+analyze -> govern), the pipeline that runs them over a batch, the service around it, and the command line.
 The producers sit between the service and the command line: they publish the wire format to
 Kafka and know nothing of monitoring.
 """
@@ -25,16 +25,17 @@ LAYERS: dict[str, int] = {
     "monitor.state": 3,
     "monitor.ingest": 4,
     "monitor.detect": 5,
-    "monitor.govern": 6,
-    "monitor.govern.rules": 6,
-    "monitor.govern.training": 6,
-    "monitor.pipeline": 7,
-    "monitor.kernel": 7,
-    "monitor.serve": 8,
-    "producers": 9,
-    "monitor.cli": 10,
-    "monitor.evaluation": 10,
-    "producers.cli": 10,
+    "monitor.analyze": 6,
+    "monitor.govern": 7,
+    "monitor.govern.rules": 7,
+    "monitor.govern.training": 7,
+    "monitor.pipeline": 8,
+    "monitor.kernel": 8,
+    "monitor.serve": 9,
+    "producers": 10,
+    "monitor.cli": 11,
+    "monitor.evaluation": 11,
+    "producers.cli": 11,
 }
 #: What the producers may use of the monitor: the wire format, the Kafka client, settings, errors.
 PRODUCER_USES = (
