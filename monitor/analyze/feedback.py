@@ -48,6 +48,21 @@ MAX_NOTE: Final = 500
 MAX_FEEDBACK_BYTES: Final = 4096
 #: How far ahead of the reader's clock a verdict's ``ts`` may be.
 MAX_FUTURE_MS: Final = 86_400_000
+#: Every reason a feedback record is rejected for (the ``reason`` of ``telemon_feedback_invalid_total``).
+REASONS: Final = (
+    Reason.OVERSIZE,
+    Reason.INVALID_JSON,
+    Reason.NOT_OBJECT,
+    Reason.MISSING_FIELD,
+    Reason.EXTRA_FIELD,
+    Reason.DUPLICATE_KEY,
+    Reason.WRONG_TYPE,
+    Reason.BAD_ALERT_ID,
+    Reason.KEY_MISMATCH,
+    Reason.BAD_VERDICT,
+    Reason.UNSUPPORTED_VERSION,
+    Reason.BAD_TIMESTAMP,
+)
 _TS_LOW: Final = 946_684_800_000  # 2000-01-01
 _TS_HIGH: Final = 4_102_444_800_000  # 2100-01-01
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from monitor.analyze.feedback import MAX_FEEDBACK_BYTES, Verdict, canonical, decode, encode
+from monitor.analyze.feedback import MAX_FEEDBACK_BYTES, REASONS, Verdict, canonical, decode, encode
 from monitor.schema import Reason, Rejection
 
 AID = "965f8733636e615a"
@@ -72,6 +72,10 @@ def test_a_bad_record_is_rejected_with_its_reason(case: Case) -> None:
     assert isinstance(rejected, Rejection)
     assert rejected.reason is case.reason
     assert rejected.detail
+
+
+def test_the_cases_cover_every_reason_of_feedback() -> None:
+    assert {c.reason for c in CASES} == set(REASONS)
 
 
 @pytest.mark.parametrize(
