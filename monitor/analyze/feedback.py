@@ -97,11 +97,11 @@ def encode(v: Verdict) -> bytes:
     return _ENCODER.encode(v)
 
 
-def canonical(verdict: str) -> str | None:
+def canonical(verdict: str) -> VerdictKind | None:
     """The full name of a verdict given in full or as a short form (``tp``, ``fp``,
     ``maintenance``); ``None`` for anything else."""
     name = SHORT_FORMS.get(verdict, verdict)
-    return name if name in VERDICTS else None
+    return cast(VerdictKind, name) if name in VERDICTS else None
 
 
 def decode(value: bytes | None, key: bytes | None, now_ms: int) -> Verdict | Rejection:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from monitor.analyze.feedback import MAX_FEEDBACK_BYTES, REASONS, Verdict, canonical, decode, encode
+from monitor.cli.main import main
 from monitor.schema import Reason, Rejection
 
 AID = "965f8733636e615a"
@@ -91,3 +92,22 @@ def test_the_cases_cover_every_reason_of_feedback() -> None:
 )
 def test_short_forms_name_the_verdicts(given: str, name: str | None) -> None:
     assert canonical(given) == name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ABCDEF0123456789", "--verdict", "fp"], "is not 16 lowercase hex characters"),
+        ([AID, "--verdict", "maybe"], "invalid choice: 'maybe'"),
+        ([AID, "--verdict", "tp", "--note", "n" * 501], "--note has 501 characters; at most 500"),
+    ],
+)
+def test_the_command_refuses_a_bad_verdict_before_connecting(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main(["feedback", *args, "--bootstrap", "127.0.0.1:1"])
+    except SystemExit as exc:  # argparse's own errors
+        code = int(str(exc.code))
+    assert code == 2
+    assert message in capsys.readouterr().err
