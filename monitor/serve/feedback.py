@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 #: Records per poll, and how long a poll waits (the stop request is seen within twice this).
 BATCH, POLL_S = 1000, 0.2
+LOOKUP_ATTEMPTS = 5
 
 
 class FeedbackWorker:
@@ -117,11 +118,16 @@ class FeedbackWorker:
             wanted += [TopicPartition(topic, p, since) for p in sorted(meta.partitions)]
         if self._lookback_h == 0:
             return [TopicPartition(tp.topic, tp.partition, OFFSET_END) for tp in wanted]
-        try:
-            found = consumer.offsets_for_times(wanted, timeout=kafka.CONNECT_TIMEOUT_S)
-        except KafkaException as exc:
-            log.warning("feedback: cannot look up offsets by time (%s): reading from the beginning", exc)
-            found = [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in wanted]
+        for attempt in range(LOOKUP_ATTEMPTS):  # a topic just created may have no leader yet
+            try:
+                found = consumer.offsets_for_times(wanted, timeout=kafka.CONNECT_TIMEOUT_S)
+                break
+            except KafkaException as exc:
+                if attempt + 1 < LOOKUP_ATTEMPTS and not self.stop.wait(1.0):
+                    continue
+                log.warning("feedback: cannot look up offsets by time (%s): reading from the beginning", exc)
+                found = [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in wanted]
+                break
         # A partition with no record since: its end (-1); one the broker could not look up: the start.
         return [
             tp if tp.error is None else TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)
