@@ -130,6 +130,9 @@ class Reason(StrEnum):
     MISSING_KEY = "missing_key"
     CHANNEL_MISMATCH = "channel_mismatch"  # not the axes or unit a channel was registered with
     TOO_LARGE = "too_large"  # only as a dead letter's reason: the record was truncated to fit
+    # Operators' feedback records (monitor/analyze/feedback.py) only:
+    BAD_ALERT_ID = "bad_alert_id"  # not 16 lowercase hex characters
+    BAD_VERDICT = "bad_verdict"  # not true_positive, false_positive or expected_maintenance
 
 
 class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

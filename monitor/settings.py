@@ -115,6 +115,7 @@ class KafkaSettings(_Section):
     truth_topic: str = "telemon.truth"
     models_topic: str = "telemon.models"
     audit_topic: str = "telemon.audit"
+    feedback_topic: str = "telemon.feedback"
     partitions: int = Field(4, ge=1, description="partitions for topics telemon creates")
     session_timeout_ms: int = Field(6000, ge=1000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
@@ -147,6 +148,7 @@ class KafkaSettings(_Section):
         "truth_topic",
         "models_topic",
         "audit_topic",
+        "feedback_topic",
     )
     @classmethod
     def _path_safe_name(cls, name: str) -> str:
@@ -941,6 +943,27 @@ class AlertsSettings(_Section):
     storm_window_s: float = Field(60.0, gt=0, description="storm window, in event time")
 
 
+class FeedbackSettings(_Section):
+    """Operators' verdicts on alerts (``kafka.feedback_topic``) joined to the alerts, for the
+    precision metrics and the registry's view of each version (see ``monitor.analyze``)."""
+
+    enabled: bool = Field(
+        True, description="read the alerts and feedback topics and keep the precision of the alerts"
+    )
+    max_alerts: int = Field(
+        50_000,
+        ge=1,
+        le=10_000_000,
+        description="alert episodes kept to join verdicts to (the oldest read go first; as many "
+        "verdicts wait for their alert)",
+    )
+    lookback_hours: float = Field(
+        168.0,
+        ge=0,
+        description="at start, read the alerts and verdicts of this many hours back (0: only new ones)",
+    )
+
+
 class Settings(BaseSettings):
     """Everything the monitor needs, validated once and frozen."""
 
@@ -964,6 +987,7 @@ class Settings(BaseSettings):
     inputs: InputDriftSettings = InputDriftSettings()
     metrics: MetricsSettings = MetricsSettings()
     alerts: AlertsSettings = AlertsSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     retrain: RetrainSettings = RetrainSettings()
     state: StateSettings = StateSettings()
     registry: RegistrySettings = RegistrySettings()

@@ -175,6 +175,7 @@ class Run:
                 "alerts_topic": f"{s.readings_topic}.{self.name}.alerts",
                 "models_topic": f"{s.readings_topic}.{self.name}.models",
                 "audit_topic": f"{s.readings_topic}.{self.name}.audit",
+                "feedback_topic": f"{s.readings_topic}.{self.name}.feedback",
             }
         )
 

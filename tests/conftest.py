@@ -215,6 +215,7 @@ def unique_kafka_settings(broker: ApacheKafka | EmbeddedBroker) -> KafkaSettings
         truth_topic=f"t{n}.truth",
         models_topic=f"t{n}.models",
         audit_topic=f"t{n}.audit",
+        feedback_topic=f"t{n}.feedback",
         partitions=4,
         session_timeout_ms=3000,
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from monitor import errors
+from monitor.cli import feedback as feedback_cli
 from monitor.cli import registry as registry_cli
 from monitor.cli.args import add_config_options, settings_from_args, stop_on_signals
 from monitor.common import packaged
@@ -31,6 +32,7 @@ examples:
   telemon run --config configs/monitor.yaml      the monitor, against kafka.bootstrap_servers
   telemon rules check configs/*rules*.yaml       validate rules files
   telemon registry show dev-0007 temperature     why a model version serves, what it was trained on
+  telemon feedback 965f8733636e615a --verdict fp mark an alert a false positive (tp, maintenance)
   telemon replay LOG.csv --mapping configs/replay/astropi.yaml --speed 0   publish a recorded log
   telemon iio --rate 10                          publish this machine's IIO sensors (Sense HAT, ...)
   telemon bridge mqtt --topic 'telemetry/+/+'    forward MQTT readings to Kafka (ack after delivery)
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation.add_parser(sub)
     registry_cli.add_parser(sub)
+    feedback_cli.add_parser(sub)
     producers_cli.add_parsers(sub)
 
     rules = sub.add_parser("rules", help="governance rules tools")
@@ -218,6 +221,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "evaluate": evaluation.run,
     "registry": registry_cli.run,
+    "feedback": feedback_cli.run,
     **dict.fromkeys(producers_cli.COMMANDS, producers_cli.run),
 }
 

@@ -25,10 +25,12 @@ from monitor.errors import ArtifactError, RegistryError, UnknownVersionError
 from monitor.evaluation.report import table
 from monitor.govern.registry import (
     AuditEvent,
+    Feedback,
     Manifest,
     ModelRegistry,
     TrainingData,
     VersionRef,
+    feedback,
     open_registry,
     registry_dir,
 )
@@ -158,17 +160,20 @@ class _Row(NamedTuple):
     serving: bool
     manifest: Manifest | None
     status: str
+    feedback: Feedback = Feedback()
 
 
 def cmd_list(reg: ModelRegistry, args: argparse.Namespace) -> int:
     rows: list[_Row] = []
     refs = reg.versions(args.device, args.sensor)
+    verdicts = feedback(reg.events()[0])
     for device, sensor in sorted({(r.device_id, r.sensor) for r in refs}):
         serving = reg.serving(device, sensor)
         pair = [r for r in refs if (r.device_id, r.sensor) == (device, sensor)]
         if serving not in {r.version for r in pair}:
-            rows.append(_Row(VersionRef(device, sensor, serving), True, None, "online model, not registered"))
-        rows += [_list_row(reg, r, serving) for r in pair]
+            ref = VersionRef(device, sensor, serving)
+            rows.append(_Row(ref, True, None, "online model, not registered", verdicts.get(ref, Feedback())))
+        rows += [_list_row(reg, r, serving)._replace(feedback=verdicts.get(r, Feedback())) for r in pair]
     headers = [
         "DEVICE",
         "SENSOR",
@@ -178,11 +183,18 @@ def cmd_list(reg: ModelRegistry, args: argparse.Namespace) -> int:
         "TRIGGER",
         "TRAINED ON",
         "CREATED",
+        "FEEDBACK",
         "STATUS",
     ]
     text = table(headers, [_list_cells(r) for r in rows]) if rows else "no model versions registered"
     doc = [
-        {**r.ref._asdict(), "serving": r.serving, "status": r.status, "manifest": _builtins(r.manifest)}
+        {
+            **r.ref._asdict(),
+            "serving": r.serving,
+            "status": r.status,
+            "feedback": _feedback_doc(r.feedback),
+            "manifest": _builtins(r.manifest),
+        }
         for r in rows
     ]
     _emit(args, doc, text)
@@ -202,7 +214,24 @@ def _list_cells(row: _Row) -> list[object]:
     if m is not None:
         described = [f"v{m.parent}", m.trigger_rule or None, _offsets(m.trained_on), _when(m.created_at)]
     serving = "*" if row.serving else ""
-    return [ref.device_id, ref.sensor, f"v{ref.version}", described[0], serving, *described[1:], row.status]
+    fb = row.feedback
+    verdicts = f"{fb.true_positive} TP {fb.false_positive} FP" + (
+        "" if fb.precision is None else f" ({fb.precision:.2f})"
+    )
+    return [
+        ref.device_id,
+        ref.sensor,
+        f"v{ref.version}",
+        described[0],
+        serving,
+        *described[1:],
+        verdicts if any(fb) else None,
+        row.status,
+    ]
+
+
+def _feedback_doc(fb: Feedback) -> dict[str, object]:
+    return {**fb._asdict(), "precision": fb.precision}
 
 
 def cmd_show(reg: ModelRegistry, args: argparse.Namespace) -> int:
@@ -212,14 +241,16 @@ def cmd_show(reg: ModelRegistry, args: argparse.Namespace) -> int:
     history = reg.history(args.device, args.sensor)
     manifest = _manifest_or_online(reg, ref, history)
     why = reg.serving_event(args.device, args.sensor)
+    verdicts = feedback(history).get(ref, Feedback())
     doc = {
         "version": ref._asdict(),
         "serving": serving,
         "why_serving": _builtins(why),
         "manifest": _builtins(manifest),
+        "feedback": _feedback_doc(verdicts),
         "history": msgspec.to_builtins(history),
     }
-    _emit(args, doc, _show_text(ref, serving, why, manifest, history))
+    _emit(args, doc, _show_text(ref, serving, why, manifest, history, verdicts))
     return 0
 
 
@@ -297,7 +328,12 @@ ACTIONS: dict[str, Callable[[ModelRegistry, argparse.Namespace], int]] = {
 
 
 def _show_text(
-    ref: VersionRef, serving: int, why: AuditEvent | None, m: Manifest | None, history: list[AuditEvent]
+    ref: VersionRef,
+    serving: int,
+    why: AuditEvent | None,
+    m: Manifest | None,
+    history: list[AuditEvent],
+    verdicts: Feedback,
 ) -> str:
     lines = [f"{ref}" + (" (serving)" if ref.version == serving else f" (not serving: v{serving} serves)")]
     lines.append(_field("why serving", _why(ref, serving, why)))
@@ -307,6 +343,7 @@ def _show_text(
         )
     else:
         lines += _manifest_lines(m, _firing(history, m.model.trigger_alert_id))
+    lines.append(_field("feedback", f"operators' verdicts on its alerts: {verdicts}"))
     lines.append("history:")
     lines += [f"  {_event_line(e)}" for e in history] or ["  (no events recorded)"]
     return "\n".join(lines)
@@ -353,6 +390,7 @@ def _event_line(e: AuditEvent) -> str:
         "rule_fired": f"rule {e.rule} fired (alert {e.alert_id})",
         "rule_resolved": f"rule {e.rule} resolved (alert {e.alert_id})",
         "action": f"action {e.action} by rule {e.rule} (alert {e.alert_id})",
+        "verdict": f"verdict {e.verdict} on alert {e.alert_id} of rule {e.rule} (v{e.version})",
     }[e.kind]
     by = f" by {e.actor}" if e.actor else ""
     return f"{_when(e.wall_ts)}  {what}{by}" + (f": {e.reason}" if e.reason else "")

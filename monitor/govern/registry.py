@@ -35,7 +35,7 @@ import pickle
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -138,7 +138,7 @@ class Signature(msgspec.Struct, frozen=True):
 
 
 EventKind = Literal[
-    "registered", "promoted", "rolled_back", "rejected", "rule_fired", "rule_resolved", "action"
+    "registered", "promoted", "rolled_back", "rejected", "rule_fired", "rule_resolved", "action", "verdict"
 ]
 SERVING_KINDS = frozenset({"promoted", "rolled_back", "rejected"})
 
@@ -164,7 +164,8 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     action: str = ""
     signals: dict[str, float] = {}
     explanation: Explanation | None = None  # of rule events: as in the alert (monitor.analyze.explain)
-    event_ts: int = 0  # event time (epoch ms) of stream-driven events
+    verdict: str = ""  # kind "verdict": true_positive, false_positive or expected_maintenance
+    event_ts: int = 0  # event time (epoch ms) of stream-driven events; of a verdict, when it was given
     wall_ts: int = 0  # wall clock (epoch ms), filled in by ModelRegistry.record
     schema_version: int = 1
 
@@ -178,6 +179,43 @@ def encode_event(event: AuditEvent) -> bytes:
 
 def decode_event(raw: bytes) -> AuditEvent:
     return _EVENT_DECODER.decode(raw)
+
+
+class Feedback(NamedTuple):
+    """Operators' verdicts on the alerts raised while a version served (the latest per alert)."""
+
+    true_positive: int = 0
+    false_positive: int = 0
+    maintenance: int = 0
+
+    @property
+    def precision(self) -> float | None:
+        judged = self.true_positive + self.false_positive
+        return self.true_positive / judged if judged else None
+
+    def __str__(self) -> str:
+        p = "-" if self.precision is None else f"{self.precision:.2f}"
+        tp, fp, maintenance = self
+        return f"{tp} TP, {fp} FP, {maintenance} expected maintenance; precision {p}"
+
+
+_VERDICT_SLOTS = {"true_positive": 0, "false_positive": 1, "expected_maintenance": 2}
+
+
+def feedback(events: Iterable[AuditEvent]) -> dict[VersionRef, Feedback]:
+    """The verdicts of ``verdict`` events per version. Of an alert's verdicts the one given last
+    (``event_ts``; on a tie, the later recorded) counts: every replica records the verdicts it
+    joins, so the log may hold one several times."""
+    latest: dict[str, AuditEvent] = {}
+    for e in events:
+        if e.kind == "verdict" and e.event_ts >= latest.get(e.alert_id, e).event_ts:
+            latest[e.alert_id] = e
+    counts: dict[VersionRef, list[int]] = {}
+    for e in latest.values():
+        if e.verdict in _VERDICT_SLOTS:
+            tally = counts.setdefault(VersionRef(e.device_id, e.sensor, e.version), [0, 0, 0])
+            tally[_VERDICT_SLOTS[e.verdict]] += 1
+    return {ref: Feedback(*c) for ref, c in counts.items()}
 
 
 class VersionRef(NamedTuple):

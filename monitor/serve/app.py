@@ -8,10 +8,11 @@ from prometheus_client import CollectorRegistry
 
 from monitor.errors import ConfigError
 from monitor.govern import training
-from monitor.govern.registry import signing_key
+from monitor.govern.registry import open_registry, signing_key
 from monitor.govern.rules import load_rules
 from monitor.ingest import kafka
 from monitor.pipeline import Pipeline
+from monitor.serve.feedback import FeedbackWorker
 from monitor.serve.health import Health, HttpEndpoint, make_app, server_tls_context
 from monitor.serve.metrics import Metrics
 from monitor.serve.service import Service
@@ -38,9 +39,12 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     signing_key(settings)
     k = settings.kafka
     outputs = [k.dead_letter_topic, k.alerts_topic, k.models_topic, k.audit_topic]
-    kafka.ensure_topics(k, [k.readings_topic, *outputs])
+    kafka.ensure_topics(k, [k.readings_topic, k.feedback_topic, *outputs])
     registry = CollectorRegistry() if registry is None else registry
-    metrics = Metrics(registry, {r.name: r.severity for r in rules.rules}, pipeline.catalog.names)
+    cohorts = [
+        f"{label}={v}" for label in pipeline.cohort_labels for v in sorted(pipeline.labels.values(label))
+    ]
+    metrics = Metrics(registry, {r.name: r.severity for r in rules.rules}, pipeline.catalog.names, cohorts)
     health = Health(settings.metrics.liveness_timeout_s)
     endpoint = None
     if settings.metrics.enabled:
@@ -56,4 +60,5 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
             ) from None
         url = f"{endpoint.scheme}://{m.host}:{endpoint.port}"
         log.info("metrics on %s/metrics (probes: /healthz, /readyz)", url)
-    return Service(settings, pipeline, metrics, health, endpoint)
+    worker = FeedbackWorker(settings, metrics, open_registry(settings)) if settings.feedback.enabled else None
+    return Service(settings, pipeline, metrics, health, endpoint, worker)

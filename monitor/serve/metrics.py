@@ -3,7 +3,8 @@
 The registry is injected (tests build a fresh ``CollectorRegistry``). Domain code never touches
 ``prometheus_client``: the service calls the ``record_*`` hooks once per batch, never per reading.
 Label values come from small fixed sets (sensor kinds, rejection reasons, checks, detectors,
-scopes, rule names, severities, partitions of the readings topic); never device ids. Children of
+scopes, rule names, severities, partitions of the readings topic, verdicts, the cohort keys of the
+cohort rules' labels); never device ids or model versions. Children of
 the fixed sets are created up front, so a counter is 0 before its first event and ``increase()``
 sees that first event. The sensor label's values are the catalog's: the built-in kinds, the
 declared channels, and the channels registered automatically (:meth:`Metrics.record_channels`,
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,6 +24,8 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 import monitor
+from monitor.analyze import feedback
+from monitor.analyze.ledger import Ledger, PrecisionRow
 from monitor.pipeline import BatchResult
 from monitor.schema import SENSOR_NAMES, Reason
 from monitor.state.store import CHECKS
@@ -102,10 +105,12 @@ class Metrics:
         registry: CollectorRegistry,
         rules: Mapping[str, str] | None = None,
         sensors: Sequence[str] = SENSOR_NAMES,
+        cohorts: Sequence[str] = (),
     ) -> None:
         self.registry = r = registry
         self.rules = dict(rules or {})
         self.sensors = tuple(sensors)  # the catalog's, in index order: the sensor label's values
+        self.cohorts = frozenset(cohorts)  # cohort keys (label=value) with a precision child
         # Input: what arrived, what was valid, what was quarantined and why.
         self.received = Counter(
             "telemon_messages_received", "Messages consumed from the readings topic.", registry=r
@@ -204,6 +209,7 @@ class Metrics:
         self.version_mean = Gauge(
             "telemon_model_version_mean", "Mean model version of the sensor's models.", ["sensor"], registry=r
         )
+        self._declare_feedback(r)
         # State and build.
         self.devices = Gauge("telemon_devices", "Devices with state in this process.", registry=r)
         self.state_bytes = Gauge("telemon_state_bytes", "Bytes of per-device state arrays.", registry=r)
@@ -280,6 +286,50 @@ class Metrics:
         self._lag_children: set[tuple[str, str]] = set()
         self._precreate()
 
+    def _declare_feedback(self, r: CollectorRegistry) -> None:
+        """Operators' verdicts and the precision of the alerts (every replica reads every alert and
+        verdict: aggregate these with max(), not sum(), except telemon_feedback_invalid_total)."""
+        self.verdicts = Counter(
+            "telemon_feedback_verdicts",
+            "Valid verdict records read from the feedback topic.",
+            ["verdict"],
+            registry=r,
+        )
+        self.feedback_invalid = Counter(
+            "telemon_feedback_invalid",
+            "Feedback records dead-lettered by this replica (the owner of their partition), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.precision = Gauge(
+            "telemon_alert_precision",
+            "Precision of the alerts with a verdict, TP / (TP + FP), per rule.",
+            ["rule"],
+            registry=r,
+        )
+        self.precision_by_sensor = Gauge(
+            "telemon_alert_precision_by_sensor", "Precision of the alerts per sensor.", ["sensor"], registry=r
+        )
+        self.precision_by_cohort = Gauge(
+            "telemon_alert_precision_by_cohort",
+            "Precision of the alerts per cohort (label=value of the cohort rules' labels).",
+            ["cohort"],
+            registry=r,
+        )
+        self.judged = Gauge(
+            "telemon_alert_verdicts",
+            "Alerts held whose verdict is this one (the latest given), per rule.",
+            ["rule", "verdict"],
+            registry=r,
+        )
+        self.feedback_alerts = Gauge(
+            "telemon_feedback_alerts", "Alert episodes held to join verdicts to.", registry=r
+        )
+        self.feedback_waiting = Gauge(
+            "telemon_feedback_waiting", "Verdicts read before their alert, waiting for it.", registry=r
+        )
+        self._precision_children: dict[Gauge, set[str]] = {}
+
     def _precreate(self) -> None:
         """Children for every value of the fixed label sets (never per reading)."""
         self._readings: list[Counter] = []
@@ -292,6 +342,12 @@ class Metrics:
             self.quarantined.labels(reason.value)
         for why in EVICTION_REASONS:
             self.evicted.labels(why)
+        for v in feedback.VERDICTS:
+            self.verdicts.labels(v)
+            for rule in self.rules:
+                self.judged.labels(rule, v)
+        for reason in feedback.REASONS:
+            self.feedback_invalid.labels(reason.value)
         for rule, severity in self.rules.items():
             self.firing.labels(rule, severity)
             for status in STATUSES:
@@ -442,3 +498,35 @@ class Metrics:
         for key, lag in children.items():
             self.consumer_lag.labels(*key).set(lag)
         self._lag_children = set(children)
+
+    def record_feedback(self, verdicts: Mapping[str, int], invalid: Mapping[str, int]) -> None:
+        """Verdict records read (by verdict) and feedback records dead-lettered (by reason)."""
+        for v, n in verdicts.items():
+            self.verdicts.labels(v).inc(n)
+        for reason, n in invalid.items():
+            self.feedback_invalid.labels(reason).inc(n)
+
+    def record_ledger(self, ledger: Ledger) -> None:
+        """The ledger's precision per rule, sensor and cohort, and its verdicts per rule. A key
+        gets a precision child once it has a TP or FP, and loses it when it has neither again."""
+        by_rule = ledger.precision("rule")
+        self._set_precision(self.precision, by_rule, self.rules.keys())
+        self._set_precision(self.precision_by_sensor, ledger.precision("sensor"), self.sensors)
+        self._set_precision(self.precision_by_cohort, ledger.precision("cohort"), self.cohorts)
+        counted = {r.key: r for r in by_rule}
+        for rule in self.rules:
+            row = counted.get(rule)
+            counts = (row.true_positive, row.false_positive, row.maintenance) if row else (0, 0, 0)
+            for v, n in zip(feedback.VERDICTS, counts, strict=True):
+                self.judged.labels(rule, v).set(n)
+        self.feedback_alerts.set(ledger.alerts)
+        self.feedback_waiting.set(ledger.waiting)
+
+    def _set_precision(self, gauge: Gauge, rows: Sequence[PrecisionRow], known: Iterable[str]) -> None:
+        allowed = set(known)
+        now = {r.key: r.precision for r in rows if r.precision is not None and r.key in allowed}
+        for gone in self._precision_children.get(gauge, set()) - now.keys():
+            gauge.remove(gone)
+        for key, value in now.items():
+            gauge.labels(key).set(value)
+        self._precision_children[gauge] = set(now)

@@ -41,6 +41,7 @@ from monitor.govern import alerts, registry
 from monitor.ingest import kafka
 from monitor.pipeline import BatchResult, Pipeline
 from monitor.serve.deadletters import DeadLetterProducer
+from monitor.serve.feedback import FeedbackWorker
 from monitor.serve.health import Health, HttpEndpoint
 from monitor.serve.metrics import Metrics
 from monitor.serve.partitions import Partitions, log_registrations
@@ -117,7 +118,8 @@ def partition_lag(high: int, next_offset: int | None) -> int | None:
 
 
 class Service:
-    """``endpoint``, if given, is the HTTP endpoint serving ``health`` (the service does not own it)."""
+    """``endpoint``, if given, is the HTTP endpoint serving ``health`` (the service does not own it);
+    ``feedback``, if given, the operators' feedback worker it runs beside its loop."""
 
     def __init__(
         self,
@@ -126,12 +128,14 @@ class Service:
         metrics: Metrics,
         health: Health | None = None,
         endpoint: HttpEndpoint | None = None,
+        feedback: FeedbackWorker | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.metrics = metrics
         self.health = health or Health(settings.metrics.liveness_timeout_s)
         self.endpoint = endpoint
+        self.feedback = feedback
         self.registry = registry.open_registry(settings)
         self.totals = Totals()
         self.pending: BatchResult | None = None  # a processed batch whose outputs are not delivered
@@ -175,6 +179,8 @@ class Service:
             [k.readings_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         log.info("consuming %s as group %s from %s", k.readings_topic, k.group_id, k.bootstrap_servers)
+        if self.feedback is not None:
+            self.feedback.start()
         try:
             while not stop.is_set() or (self.pending is not None and not self.abandoned):
                 self.health.tick()
@@ -194,6 +200,8 @@ class Service:
                         self._probe_broker()
         finally:
             self.health.stopped = True
+            if self.feedback is not None:
+                self.feedback.close()
             self.consumer.close()  # revokes the assignment: snapshots every partition
             self.partitions.writer.close()
             self.pipeline.trainer.close()

@@ -7,6 +7,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import monitor
+from monitor.analyze.feedback import Verdict, VerdictKind
+from monitor.analyze.ledger import AlertRecord, Ledger
 from monitor.govern.alerts import Alert
 from monitor.govern.registry import AuditEvent, ModelVersion, TrainingData
 from monitor.govern.rules import Evaluation, RuleEngine, RuleSet
@@ -236,6 +238,7 @@ def test_label_names_are_from_fixed_sets(recorded: CollectorRegistry) -> None:
         "outcome",
         "topic",
         "partition",
+        "verdict",  # true_positive, false_positive, expected_maintenance
         "le",
     }
     labels = {k for family in recorded.collect() for s in family.samples for k in s.labels}
@@ -408,3 +411,59 @@ def test_service_doctests() -> None:
 
     result = doctest.testmod(monitor.serve.service, raise_on_error=False)
     assert (result.failed, result.attempted > 0) == (0, True)
+
+
+# --- operators' feedback ---------------------------------------------------------------------------
+
+
+def _judged_ledger() -> Ledger:
+    def alert(n: int, rule: str, sensor: str, site: str) -> AlertRecord:
+        return AlertRecord(f"{n:016x}", rule, "firing", "device", f"dev-{n}", sensor, 1_767_225_600_000,
+                           {}, ["alert"], 1, {"site": site, "serial": f"s{n}"})  # fmt: skip
+
+    alerts = [
+        alert(1, "r1", "temperature", "a"),
+        alert(2, "r1", "temperature", "b"),
+        alert(3, "r1", "humidity", "a"),
+        alert(4, "r2", "humidity", "a"),
+        alert(5, "unknown_rule", "humidity", "a"),
+    ]
+    kinds: list[VerdictKind] = ["true_positive", "false_positive", "true_positive", "expected_maintenance"]
+    return Ledger.from_records(alerts, [Verdict(f"{n:016x}", k, 1) for n, k in enumerate(kinds, 1)])
+
+
+def test_precision_gauges_per_rule_sensor_and_configured_cohort() -> None:
+    registry = CollectorRegistry()
+    m = Metrics(registry, {"r1": "warning", "r2": "info"}, cohorts=["site=a", "site=b"])
+    m.record_ledger(_judged_ledger())
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("telemon_alert_precision", rule="r1") == pytest.approx(2 / 3)
+    assert value("telemon_alert_precision", rule="r2") is None  # maintenance only: no precision
+    assert value("telemon_alert_precision", rule="unknown_rule") is None  # not a rule of the rules file
+    assert value("telemon_alert_precision_by_sensor", sensor="temperature") == 0.5
+    assert value("telemon_alert_precision_by_sensor", sensor="humidity") == 1.0
+    assert value("telemon_alert_precision_by_cohort", cohort="site=a") == 1.0
+    assert value("telemon_alert_precision_by_cohort", cohort="site=b") == 0.0
+    assert value("telemon_alert_precision_by_cohort", cohort="serial=s1") is None  # not configured
+    assert value("telemon_alert_verdicts", rule="r1", verdict="true_positive") == 2
+    assert value("telemon_alert_verdicts", rule="r1", verdict="false_positive") == 1
+    assert value("telemon_alert_verdicts", rule="r2", verdict="expected_maintenance") == 1
+    assert value("telemon_alert_verdicts", rule="r2", verdict="false_positive") == 0
+    assert value("telemon_feedback_alerts") == 5 and value("telemon_feedback_waiting") == 0
+
+    m.record_ledger(Ledger())  # every verdict gone (evicted): the precision children go too
+    assert value("telemon_alert_precision", rule="r1") is None
+    assert value("telemon_alert_verdicts", rule="r1", verdict="true_positive") == 0
+
+
+def test_feedback_counters_exist_from_the_start() -> None:
+    registry = CollectorRegistry()
+    m = Metrics(registry, {"r1": "warning"})
+    assert registry.get_sample_value("telemon_feedback_verdicts_total", {"verdict": "false_positive"}) == 0
+    assert registry.get_sample_value("telemon_feedback_invalid_total", {"reason": "bad_verdict"}) == 0
+    m.record_feedback({"false_positive": 2}, {"bad_alert_id": 1})
+    assert registry.get_sample_value("telemon_feedback_verdicts_total", {"verdict": "false_positive"}) == 2
+    assert registry.get_sample_value("telemon_feedback_invalid_total", {"reason": "bad_alert_id"}) == 1

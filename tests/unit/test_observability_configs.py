@@ -21,6 +21,8 @@ import numpy as np
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
+from monitor.analyze.feedback import Verdict
+from monitor.analyze.ledger import AlertRecord, Ledger
 from monitor.govern.rules import load_rules
 from monitor.pipeline import BatchResult
 from monitor.schema import SENSOR_INDEX, SENSOR_NAMES
@@ -54,7 +56,7 @@ def recorded_registry() -> CollectorRegistry:
     """A fresh registry after one batch and every other hook, as the service calls them."""
     registry = CollectorRegistry()
     rules = load_rules(CONFIGS / "rules.yaml")
-    metrics = Metrics(registry, {r.name: r.severity for r in rules.rules})
+    metrics = Metrics(registry, {r.name: r.severity for r in rules.rules}, cohorts=["firmware=1.2.0"])
     result = BatchResult()
     result.valid[SENSOR_INDEX["humidity"]] = 2
     result.scores = {SENSOR_INDEX["humidity"]: np.array([0.2, 0.99999])}
@@ -65,6 +67,10 @@ def recorded_registry() -> CollectorRegistry:
     metrics.record_state(1, 1000, np.ones(N_SENSORS, np.int64))
     metrics.record_firing(dict.fromkeys((r.name for r in rules.rules), 0))
     metrics.record_consumer({("telemon.readings", 0): 0}, 1)
+    judged = AlertRecord("00000000000000aa", "score_drift", "firing", "device", "dev-1", "humidity",
+                         1_767_225_600_000, {}, ["alert"], 1, {"firmware": "1.2.0"})  # fmt: skip
+    metrics.record_ledger(Ledger.from_records([judged], [Verdict(judged.alert_id, "true_positive", 1)]))
+    metrics.record_feedback({"true_positive": 1}, {})
     return registry
 
 

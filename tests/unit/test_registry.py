@@ -24,12 +24,14 @@ from monitor.detect.model import AdaptiveGaussian
 from monitor.govern.registry import (
     ArtifactError,
     AuditEvent,
+    Feedback,
     ModelRegistry,
     ModelVersion,
     RegistryError,
     TrainingData,
     UnknownVersionError,
     VersionRef,
+    feedback,
     open_registry,
     sign_manifest,
 )
@@ -519,6 +521,53 @@ def test_cli_show_says_why_a_version_serves_and_what_it_was_trained_on(
     doc = json.loads(out)
     assert doc["serving"] == 3 and doc["manifest"]["model"]["trained_on"]["first_offset"] == 2000
     assert doc["why_serving"]["kind"] == "promoted"
+
+
+def _verdict(n: int, kind: str, version: int = 3, ts: int = 1_767_229_200_000) -> AuditEvent:
+    return AuditEvent(
+        kind="verdict",
+        device_id=DEV,
+        sensor=SENSOR,
+        version=version,
+        actor="operator:alice",
+        rule="score_drift",
+        alert_id=f"{n:016x}",
+        verdict=kind,
+        event_ts=ts,
+    )
+
+
+def test_feedback_counts_the_latest_verdict_per_alert_once() -> None:
+    events = [
+        _verdict(1, "true_positive"),
+        _verdict(1, "true_positive"),  # recorded by a second replica
+        _verdict(2, "true_positive", ts=1_767_229_200_000),
+        _verdict(2, "false_positive", ts=1_767_229_300_000),  # corrected
+        _verdict(3, "false_positive", ts=1_767_229_300_000),
+        _verdict(3, "true_positive", ts=1_767_229_200_000),  # an older verdict, recorded late
+        _verdict(4, "expected_maintenance"),
+        _verdict(5, "true_positive", version=2),
+    ]
+    assert feedback(events) == {
+        VersionRef(DEV, SENSOR, 3): Feedback(true_positive=1, false_positive=2, maintenance=1),
+        VersionRef(DEV, SENSOR, 2): Feedback(true_positive=1),
+    }
+    assert Feedback(1, 2, 1).precision == pytest.approx(1 / 3) and Feedback(0, 0, 1).precision is None
+
+
+def test_cli_shows_each_versions_feedback(cli_reg: ModelRegistry, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_reg.record(_verdict(1, "true_positive"), _verdict(2, "false_positive"), _verdict(3, "true_positive"))
+    code, out, _ = _run(capsys, "show", DEV, SENSOR)
+    assert code == 0
+    assert (
+        "feedback     operators' verdicts on its alerts: 2 TP, 1 FP, 0 expected maintenance; precision 0.67"
+        in out
+    )
+    assert f"verdict false_positive on alert {2:016x} of rule score_drift (v3) by operator:alice" in out
+    code, out, _ = _run(capsys, "list")
+    assert "2 TP 1 FP (0.67)" in out.splitlines()[3]
+    code, out, _ = _run(capsys, "list", "--json")
+    assert [r["feedback"]["precision"] for r in json.loads(out)] == [None, pytest.approx(2 / 3)]
 
 
 def test_cli_show_the_online_model(cli_reg: ModelRegistry, capsys: pytest.CaptureFixture[str]) -> None:

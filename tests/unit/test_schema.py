@@ -200,8 +200,10 @@ def test_crafted_message_is_rejected_with_its_reason(case: Case) -> None:
 
 def test_crafted_cases_cover_every_reason() -> None:
     # too_large is the dead-letter reason of a record truncated to fit the dead-letter topic;
-    # channel_mismatch needs a channel registered automatically (tests/unit/test_auto_channels.py).
-    assert {c.reason for c in CASES} == set(Reason) - {Reason.TOO_LARGE, Reason.CHANNEL_MISMATCH}
+    # channel_mismatch needs a channel registered automatically (tests/unit/test_auto_channels.py);
+    # bad_alert_id and bad_verdict are reasons of feedback records (tests/unit/test_feedback.py).
+    feedback = {Reason.BAD_ALERT_ID, Reason.BAD_VERDICT}
+    assert {c.reason for c in CASES} == set(Reason) - {Reason.TOO_LARGE, Reason.CHANNEL_MISMATCH} - feedback
 
 
 def test_a_message_without_key_is_accepted_unless_keys_are_required() -> None:
