@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from monitor import kernel, schema
 from monitor.analyze import explain
+from monitor.analyze.bias import CohortBias
 from monitor.detect import adwin, cohortinputs, drift, inputs, joint, kernels, model, novelty, rivertier
 from monitor.detect.cohorts import CohortLabels
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
@@ -76,6 +77,8 @@ class BatchResult:
     fleet_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # sensor -> (ks, psi)
     # (cohort key, sensor) -> (ks, psi) of the cohort's inputs against the rest of the fleet's
     cohort_inputs: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    # (cohort key, sensor) -> the bias_* signals of a window that closed (monitor.analyze.bias)
+    bias: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
     event_ts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))  # valid readings
     retrains_skipped: Counter[str] = field(default_factory=Counter)  # sensor -> too few readings
@@ -185,6 +188,7 @@ class Pipeline:
         self.fleet = GroupDrift(n, d, self._group_axes())
         self.labels = CohortLabels.load(settings.cohorts_file, settings.channels.labels(), catalog)
         self.river = self._river_tiers(settings, catalog)  # None: no River tier (nothing changes)
+        self.bias = CohortBias(settings.bias) if settings.bias.enabled else None
         self.cohort_labels = sorted({r.cohort for r in rules.rules if r.cohort is not None})
         self.cohort_groups: dict[str, GroupDrift] = {}
         # Each cohort's inputs against the rest of the fleet's, for the labels of the cohort rules
@@ -999,6 +1003,13 @@ class Pipeline:
         st, name = self.store, self.catalog.names[s]
         scored = int(self.detect_state.score_count[slot, s])
         mean = float(self.detect_state.score_sum[slot, s]) / scored if scored else None
+        if self.bias is not None:
+            device = st.device_ids[slot]
+            n, total = int(self.detect_state.since_eval[slot, s]), float(self.detect_state.score_sum[slot, s])
+            ts = int(self.ingest_state.last_ts[slot, s])
+            self.bias.on_interval(device, self.labels.pair(device, s), s, n, total, scored, ts)
+            for key, b, sig in self.bias.take_closed():
+                result.bias[(key, self.catalog.names[b])] = sig
         self.pairs.close_interval(slot, s)
         sig = self._pair_signals(slot, s)
         if mean is not None:
@@ -1103,6 +1114,8 @@ class Pipeline:
             sig["input_adwin_detections"], sig["input_adwin_drift"] = float(moved), float(moved > 0)
         if scope == "cohort" and key.partition("=")[0] in self._cohort_input_labels:
             sig.update(self._cohort_input_signals(key, s, result))
+        if scope == "cohort" and self.bias is not None:
+            sig.update(self.bias.signals(key, s))
         group.since_eval[s] = group.adwin_hits[s] = group.anomalies[s] = 0
         group.score_sum[s] = 0.0
         self._act(self.engine.evaluate([Evaluation(scope, key, name, sig, ts)]), result, cmp, group)
@@ -1142,6 +1155,9 @@ class Pipeline:
                 cohorts = {label: value} if ev.scope == "cohort" else {}
             why = self._explain(t, slot, s, cmp, group)
             alert = alerts.from_transition(t, version, cohorts, why)
+            alerting = ev.scope == "device" and t.status == "firing" and "alert" in t.rule.actions
+            if alerting and self.bias is not None:
+                self.bias.on_alert(ev.device_id, cohorts, s, ev.ts)
             if "alert" in t.rule.actions:
                 result.alerts.append(alert)
             if t.status == "pending":

@@ -964,6 +964,33 @@ class FeedbackSettings(_Section):
     )
 
 
+class BiasSettings(_Section):
+    """Cohorts against the rest of the fleet, per window of event time (``monitor.analyze.bias``):
+    alert rate and anomaly scores, with a test each (the ``bias_*`` signals of cohort rules, and
+    the ``telemon_cohort_bias_*`` gauges)."""
+
+    enabled: bool = Field(True, description="compare each cohort with the rest of the fleet")
+    window_s: float = Field(3600.0, ge=60, description="tumbling window of event time a comparison covers")
+    alpha: float = Field(0.01, gt=0, lt=1, description="bias = 1 when a test's p-value is below this")
+    min_alerts: int = Field(
+        5, ge=1, description="alerts of a sensor in a window (cohort and rest) before the alert-rate test"
+    )
+    min_devices: int = Field(
+        3, ge=2, description="devices on each side (cohort and rest) before the score test"
+    )
+    labels: list[str] | None = Field(
+        None,
+        description="labels whose cohorts are compared (default: every label of the cohorts file and "
+        "the channels)",
+    )
+    max_cohorts: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="cohorts compared per sensor and window (label=value, in sorted order)",
+    )
+
+
 class Settings(BaseSettings):
     """Everything the monitor needs, validated once and frozen."""
 
@@ -991,6 +1018,7 @@ class Settings(BaseSettings):
     retrain: RetrainSettings = RetrainSettings()
     state: StateSettings = StateSettings()
     registry: RegistrySettings = RegistrySettings()
+    bias: BiasSettings = BiasSettings()
     rules_file: Path = Field(
         default_factory=lambda: packaged.config("rules.yaml"),
         description="governance rules (default: the packaged configs/rules.yaml)",

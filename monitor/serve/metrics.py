@@ -181,6 +181,33 @@ class Metrics:
             ["cohort", "sensor"],
             registry=r,
         )
+        # One child per compared cohort (label=value of the configured labels, bias.max_cohorts at
+        # most per sensor) and sensor: the latest closed window of bias.window_s.
+        self.cohort_bias = Gauge(
+            "telemon_cohort_bias",
+            "1 when a cohort's alert rate or device scores differ from the rest of the fleet's (a test's "
+            "p-value under bias.alpha) in the latest window.",
+            ["cohort", "sensor"],
+            registry=r,
+        )
+        self.cohort_alert_ratio = Gauge(
+            "telemon_cohort_bias_alert_ratio",
+            "A cohort's alerts per reading over the rest of the fleet's, in the latest window.",
+            ["cohort", "sensor"],
+            registry=r,
+        )
+        self.cohort_score_shift = Gauge(
+            "telemon_cohort_bias_score_shift",
+            "Median device mean score of a cohort minus the rest of the fleet's, in the latest window.",
+            ["cohort", "sensor"],
+            registry=r,
+        )
+        self.cohort_bias_pvalue = Gauge(
+            "telemon_cohort_bias_pvalue",
+            "p-value of a cohort's comparison with the rest of the fleet (test: alert_rate, scores).",
+            ["cohort", "sensor", "test"],
+            registry=r,
+        )
         # Governance: alerts, retrains, model versions.
         self.alerts = Counter(
             "telemon_alerts", "Alert records published.", ["rule", "severity", "status"], registry=r
@@ -380,6 +407,16 @@ class Metrics:
             self.channels_registered.inc(len(new))
         self.channels_free.set(free)
 
+    def _record_bias(self, cohort: str, sensor: str, sig: dict[str, float]) -> None:
+        self.cohort_bias.labels(cohort, sensor).set(sig["bias"])
+        if "bias_alert_ratio" in sig:
+            self.cohort_alert_ratio.labels(cohort, sensor).set(sig["bias_alert_ratio"])
+        if "bias_score_shift" in sig:
+            self.cohort_score_shift.labels(cohort, sensor).set(sig["bias_score_shift"])
+        for test, name in (("alert_rate", "bias_alert_pvalue"), ("scores", "bias_score_pvalue")):
+            if name in sig:
+                self.cohort_bias_pvalue.labels(cohort, sensor, test).set(sig[name])
+
     def record_batch(
         self, result: BatchResult, integrity: NDArray[np.int64], seconds: float, now: float | None = None
     ) -> None:
@@ -397,6 +434,8 @@ class Metrics:
         for (cohort, sensor), (ks, psi) in result.cohort_inputs.items():
             self.cohort_input_ks.labels(cohort, sensor).set(ks)
             self.cohort_input_psi.labels(cohort, sensor).set(psi)
+        for (cohort, sensor), sig in result.bias.items():
+            self._record_bias(cohort, sensor, sig)
         for a in result.alerts:
             self.alerts.labels(a.rule, a.severity, a.status).inc()
         self._record_retrains(result)

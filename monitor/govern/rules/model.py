@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from monitor.analyze import bias
 from monitor.schema import NAME_PATTERN, SENSOR_NAMES
 
 Scope = Literal["device", "fleet", "cohort"]
@@ -73,6 +74,10 @@ GROUP_INPUT_SIGNALS = frozenset({"input_adwin_detections", "input_adwin_drift"})
 #: A cohort's latest inputs against the rest of the fleet's at the same time (monitor.detect.cohortinputs),
 #: per axis, the worst axis reported; present once each side holds ``inputs.cohort_min_inputs``.
 COHORT_INPUT_SIGNALS = frozenset(f"cohort_input_{name}" for name in ("ks_stat", "ks_pvalue", "psi", "drift"))
+#: The cohort against the rest of the fleet over the latest closed window of ``bias.window_s``
+#: (monitor.analyze.bias): alert rate and device scores, each with a test; present once a window
+#: closed with the cohort in it (the p-values: once the window had enough alerts, devices).
+BIAS_SIGNALS = bias.SIGNALS
 SIGNALS: dict[str, frozenset[str]] = {
     "device": DRIFT_SIGNALS
     | INTEGRITY_SIGNALS
@@ -82,7 +87,7 @@ SIGNALS: dict[str, frozenset[str]] = {
     | INPUT_SIGNALS,
     # devices: the devices whose scores feed the group; lag: the consumer's lag, in messages
     "fleet": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS | {"devices", "lag"},
-    "cohort": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS | COHORT_INPUT_SIGNALS | {"devices"},
+    "cohort": DRIFT_SIGNALS | GROUP_INPUT_SIGNALS | COHORT_INPUT_SIGNALS | BIAS_SIGNALS | {"devices"},
 }
 #: Actions on one device's model or stream, with why they need a device-scope rule.
 DEVICE_ACTIONS: dict[str, str] = {
