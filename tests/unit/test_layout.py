@@ -34,6 +34,8 @@ LAYERS: dict[str, int] = {
     "producers": 9,
     "monitor.cli": 10,
     "monitor.evaluation": 10,
+    "monitor.analyze": 10,
+    "monitor.analyze.report": 10,
     "producers.cli": 10,
 }
 #: What the producers may use of the monitor: the wire format, the Kafka client, settings, errors.
