@@ -31,7 +31,8 @@ h4 { font-size: 13px; margin: 10px 0 4px; color: #3a4652; }
 .card span { color: #5b6672; font-size: 12px; }
 figure { margin: 8px 0 16px; background: #fff; border: 1px solid #e3e7ec; border-radius: 6px; padding: 8px; }
 figure svg { width: 100%; height: auto; display: block; }
-table { border-collapse: collapse; margin: 6px 0 14px; background: #fff; font-size: 13px; }
+table { border-collapse: collapse; margin: 6px 0 14px; background: #fff; font-size: 13px;
+  display: block; width: fit-content; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid #dde3ea; padding: 3px 9px; text-align: left; vertical-align: top; }
 th { background: #eef2f6; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
