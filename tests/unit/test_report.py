@@ -149,3 +149,14 @@ def test_a_folder_without_reports_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="no telemon evaluate report"):
         render_evaluation(tmp_path, 8)
     assert main(["report", "--evaluation", str(tmp_path / "missing"), "--out", str(tmp_path / "r.html")]) == 2
+
+
+def test_an_empty_range_says_what_the_topic_holds() -> None:
+    from monitor.analyze.report.collect import Request, _range
+
+    held = np.array([T0, T0 + 60_000], np.int64)
+    assert _range(Request(), held, "telemon.readings") == (T0, T0 + 60_000)
+    with pytest.raises(
+        InvalidInput, match=r"no readings from 2027.* holds 2 readings from 2026-01-01 00:00:00Z"
+    ):
+        _range(Request(since=T0 + 365 * 86_400_000), held, "telemon.readings")

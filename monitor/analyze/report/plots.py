@@ -153,13 +153,15 @@ def channel_timeline(c: Channel, eps: Sequence[Episode], events: Sequence[Json],
             )
         top.set_ylabel(c.unit or "value")
         top.set_title(f"{c.device_id} / {c.sensor}: values ({len(c.ts):,} readings)")
+        cap = max(4 * c.threshold, 1.0)  # higher scores are drawn at the cap: the threshold stays readable
         t, s = f.envelope(c.score_ts, c.score, lo, hi)
-        bottom.plot(f.times(t), s, color="#333333", lw=0.8, label="score")
+        bottom.plot(f.times(t), np.minimum(s, cap), color="#333333", lw=0.8, label="score")
         bottom.axhline(c.threshold, color=f.FIRING, ls="--", lw=1.0, label=f"threshold {c.threshold:.3g}")
         bottom.set_ylabel(c.score_label.split(" ")[0])
-        bottom.set_title(f"replayed score: {c.score_label}")
-        top_score = np.nanmax(c.score) if np.any(np.isfinite(c.score)) else c.threshold
-        bottom.set_ylim(0, min(max(top_score, c.threshold) * 1.15, max(4 * c.threshold, 1.0)))
+        clipped = f", drawn at most {cap:.3g}" if np.nanmax(s, initial=0.0) > cap else ""
+        bottom.set_title(f"replayed score: {c.score_label}{clipped}")
+        top_score = np.nanmax(s, initial=c.threshold)
+        bottom.set_ylim(0, min(max(top_score, c.threshold), cap) * 1.12)
         handles = _episodes(fig, (top, bottom), eps, hi) + _versions((top, bottom), events)
         for ax in (top, bottom):
             f.date_axis(ax, lo, hi)
