@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint env evaluate chaos clean
+.PHONY: demo test lint env evaluate chaos clean report-screenshot
 
 $(BIN)/telemon: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/apt-install python3-venv
@@ -55,6 +55,11 @@ evaluate: env
 		--value Temperature=temperature --value Humidity=humidity --value Light --value CO2 \
 		--label Occupancy --label-kind change --horizon-s 3600 --baselines
 	$(EVAL) tables
+
+# The README's screenshot of the demo's report (docs/report.png), taken in headless Chromium.
+report-screenshot: env
+	command -v chromium >/dev/null || scripts/apt-install --no-install-recommends chromium fonts-dejavu-core
+	$(BIN)/python scripts/report-screenshot docs/report.png
 
 # The chaos harness, long variants (several minutes; prints the figures): CHAOS_ARGS="--outage 30".
 chaos: env

@@ -9,6 +9,7 @@ when that holds, 1 otherwise.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import textwrap
 import threading
@@ -22,7 +23,11 @@ from monitor.settings import Settings, load_settings
 from producers.scenario import Scenario, load_scenario, truth_records
 from producers.simulate import SimulationReport, simulate
 
+log = logging.getLogger(__name__)
+
 DRIFT_RULES = frozenset({"score_drift"})
+#: Devices with timelines in the demo's report (the drifted one and three clean ones).
+DEMO_DEVICES = 4
 DRIFT_KINDS = frozenset({"gradual_drift", "abrupt_shift"})
 
 
@@ -52,7 +57,9 @@ def _caught_up(report: SimulationReport | None, t: Totals, topic: str) -> bool:
     return all(t.positions.get((topic, p), 0) > off for p, off in report.last_offsets.items())
 
 
-def run_demo(scenario_path: Path, config: Path | None, stop: threading.Event) -> int:
+def run_demo(
+    scenario_path: Path, config: Path | None, stop: threading.Event, report: Path | None = None
+) -> int:
     scenario = load_scenario(scenario_path)
     with tempfile.TemporaryDirectory(prefix="telemon-demo-") as tmp, EmbeddedBroker() as broker:
         settings = load_settings(
@@ -70,7 +77,9 @@ def run_demo(scenario_path: Path, config: Path | None, stop: threading.Event) ->
             f"{scenario.duration_s:.0f} simulated seconds, {len(scenario.events)} planted event(s)"
         )
         totals = _run(settings, scenario, stop)
-    return _summary(scenario, totals)
+        verdict = _summary(scenario, totals)
+        _report(settings, report)
+    return verdict
 
 
 def _run(settings: Settings, scenario: Scenario, stop: threading.Event) -> Totals:
@@ -102,6 +111,22 @@ def _run(settings: Settings, scenario: Scenario, stop: threading.Event) -> Total
     progress.last = 0.0
     progress(None, totals)
     return totals
+
+
+def _report(settings: Settings, out: Path | None) -> None:
+    """The run's HTML report, from the broker's topics and the registry (before both go)."""
+    from monitor.govern.rules import load_rules
+    from monitor.report.collect import Request
+    from monitor.report.command import build
+
+    started = time.monotonic()
+    catalog = settings.channels.catalog()
+    rules = load_rules(settings.rules_file, catalog.names, registrable=catalog.spare > 0)
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix="telemon-demo-report-")) / "report.html"
+    req = Request(devices=DEMO_DEVICES, idle_s=0.5, title="telemon demo report")
+    build(settings, rules, req, out)
+    log.info("report built in %.1fs", time.monotonic() - started)
 
 
 def _summary(scenario: Scenario, t: Totals) -> int:

@@ -20,6 +20,7 @@ from monitor.cli import registry as registry_cli
 from monitor.cli.args import add_config_options, settings_from_args, stop_on_signals
 from monitor.common import packaged
 from monitor.evaluation import command as evaluation
+from monitor.report import command as report_cli
 from producers import cli as producers_cli
 
 log = logging.getLogger("monitor")
@@ -38,6 +39,7 @@ examples:
   telemon bridge mqtt --topic 'telemetry/+/+'    forward MQTT readings to Kafka (ack after delivery)
   telemon evaluate scenario configs/scenarios/library.yaml   detection quality on planted events
   telemon evaluate --config configs/nab.yaml nab             the NAB benchmark score
+  telemon report --since 6h --out report.html    an offline HTML report of the last six hours
 
 Every config key can be overridden from the environment, e.g. TELEMON_KAFKA__BOOTSTRAP_SERVERS."""
 
@@ -73,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="monitor config to start from (broker address is replaced)",
+    )
+    demo.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="where to write the run's HTML report (default: report.html in a new temporary folder, "
+        "kept); its path is printed on a line 'report: PATH'",
     )
 
     run = sub.add_parser(
@@ -112,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=9092, help="listen port (default: %(default)s)")
 
     evaluation.add_parser(sub)
+    report_cli.add_parser(sub)
     registry_cli.add_parser(sub)
     feedback_cli.add_parser(sub)
     producers_cli.add_parsers(sub)
@@ -210,7 +220,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.cli.demo import run_demo
 
-    return run_demo(args.scenario, args.config, stop_on_signals("finishing the current batch"))
+    return run_demo(args.scenario, args.config, stop_on_signals("finishing the current batch"), args.report)
 
 
 COMMANDS = {
@@ -220,6 +230,7 @@ COMMANDS = {
     "rules": cmd_rules,
     "demo": cmd_demo,
     "evaluate": evaluation.run,
+    "report": report_cli.run,
     "registry": registry_cli.run,
     "feedback": feedback_cli.run,
     **dict.fromkeys(producers_cli.COMMANDS, producers_cli.run),

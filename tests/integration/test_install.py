@@ -4,6 +4,7 @@ repository, then the commands run from an empty folder (the default configs are 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,6 +73,9 @@ def test_demo_runs_from_an_empty_folder(installed: Path, tmp_path: Path) -> None
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "demo result: OK" in done.stdout
     assert list(tmp_path.iterdir()) == []  # the demo keeps its state in a temporary folder
+    report = Path(done.stdout.split("\nreport: ")[1].splitlines()[0])  # kept, in a folder of its own
+    assert report.stat().st_size > 100_000
+    shutil.rmtree(report.parent)
 
 
 def test_run_starts_with_the_packaged_defaults(installed: Path, tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "producers": 10,
     "monitor.cli": 11,
     "monitor.evaluation": 11,
+    "monitor.report": 11,
     "producers.cli": 11,
 }
 #: What the producers may use of the monitor: the wire format, the Kafka client, settings, errors.

@@ -63,9 +63,8 @@ def recorded_registry() -> CollectorRegistry:
     result.event_ts = np.array([1_767_225_600_000, 1_767_225_601_000], np.int64)
     result.fleet_stats["humidity"] = (0.1, 0.2)
     result.cohort_inputs[("firmware=1.2.0", "humidity")] = (0.1, 0.2)
-    result.bias[("firmware=1.2.0", "humidity")] = {
-        "bias": 0.0, "bias_alert_ratio": 1.0, "bias_alert_pvalue": 0.5, "bias_score_shift": 0.0, "bias_score_pvalue": 0.5
-    }  # fmt: skip
+    bias = {"bias": 0.0, "bias_alert_ratio": 1.0, "bias_score_shift": 0.0}
+    result.bias[("firmware=1.2.0", "humidity")] = {**bias, "bias_alert_pvalue": 0.5, "bias_score_pvalue": 0.5}
     metrics.record_batch(result, np.zeros((N_SENSORS, N_CHECKS), np.int64), 0.01)
     metrics.record_state(1, 1000, np.ones(N_SENSORS, np.int64))
     metrics.record_firing(dict.fromkeys((r.name for r in rules.rules), 0))
