@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
+import msgspec
+
+from monitor.analyze.feedback import Verdict
+from monitor.analyze.ledger import AlertRecord, Dimension, Ledger
 from monitor.detect.cohorts import load_cohorts
 from monitor.errors import InvalidInput, RegistryError
 from monitor.govern.registry import open_registry
@@ -20,6 +25,14 @@ from monitor.settings import Settings
 log = logging.getLogger(__name__)
 
 FEEDBACK_COLUMNS = ("", "alerts", "verdicts", "true", "false", "maintenance", "precision")
+#: The ledger's dimensions a report breaks precision and false alarms down by, with their titles.
+FEEDBACK_DIMENSIONS: dict[str, Dimension] = {
+    "rule": "rule",
+    "sensor": "sensor",
+    "cohort": "cohort",
+    "model version": "version",
+    "integrity state": "integrity",
+}
 #: A cohort whose alert count is this unlikely under the fleet's rate (one-sided binomial) is flagged.
 COHORT_ALPHA = 0.01
 
@@ -123,57 +136,43 @@ def _binomial_p(k: int, n: int, p: float) -> float:
 
 # --- feedback ---------------------------------------------------------------------------------------
 
-_TRUE = frozenset({"true_positive", "tp", "true", "confirmed", "correct", "real"})
-_FALSE = frozenset({"false_positive", "fp", "false", "false_alarm", "wrong", "noise"})
-
-
-def verdict_kind(verdict: Json) -> str:
-    """``true``, ``false`` or ``maintenance`` (an alert that was right but expected), from the
-    verdict record's ``verdict`` field.
-
-    >>> verdict_kind({"verdict": "false_positive"}), verdict_kind({"verdict": "maintenance"})
-    ('false', 'maintenance')
-    """
-    v = str(verdict.get("verdict", verdict.get("label", ""))).lower()
-    return "true" if v in _TRUE else "false" if v in _FALSE else "maintenance" if "maint" in v else "other"
-
 
 def feedback(episodes: Sequence[Episode], verdicts: Sequence[Json]) -> tuple[list[Table], list[Table]]:
-    """Precision tables (by rule, sensor, model version) and false-alarm breakdowns (by rule,
-    sensor, hour of day); both empty without verdicts."""
+    """Precision tables and false-alarm breakdowns of the episodes' latest records joined to the
+    verdicts by the ledger the service keeps (:mod:`monitor.analyze.ledger`); both empty without
+    verdicts. Records that do not decode are left out."""
     if not verdicts:
         return [], []
-    latest = {str(v.get("alert_id")): verdict_kind(v) for v in verdicts}
-    fired = [e for e in episodes if e.fired is not None]
-    keys: dict[str, Callable[[Episode], str]] = {
-        "rule": lambda e: e.rule,
-        "sensor": lambda e: e.sensor,
-        "model version": lambda e: f"v{e.last.get('model_version', '?')}",
-    }
-    precision = [_precision_table(f"Precision by {name}", fired, latest, by) for name, by in keys.items()]
-    keys["hour (UTC)"] = lambda e: f"{(e.fired or e.start) // 3_600_000 % 24:02d}"
-    false = [e for e in fired if latest.get(e.alert_id) == "false"]
-    breakdown = [_count_table(f"False alarms by {name}", false, by) for name, by in keys.items()]
+    records = [r for r in (_decoded(e.last, AlertRecord) for e in episodes) if r is not None]
+    judged = [v for v in (_decoded(v, Verdict) for v in verdicts) if v is not None]
+    ledger = Ledger.from_records(records, judged)
+    precision = [
+        Table(
+            f"Precision by {name}",
+            (name, *FEEDBACK_COLUMNS[1:]),
+            [
+                (r.key, r.alerts, r.judged, r.true_positive, r.false_positive, r.maintenance, r.precision)
+                for r in ledger.precision(by)
+            ],
+        )
+        for name, by in FEEDBACK_DIMENSIONS.items()
+    ]
+    breakdown = [
+        Table(
+            f"False alarms by {name}",
+            (name, "false alarms", "share"),
+            [(f.key, f.false_positive, f.share) for f in ledger.breakdown(by)],
+        )
+        for name, by in {**FEEDBACK_DIMENSIONS, "hour (UTC)": "hour"}.items()
+    ]
     return precision, breakdown
 
 
-def _precision_table(
-    title: str, fired: Sequence[Episode], latest: Mapping[str, str], by: Callable[[Episode], str]
-) -> Table:
-    groups: defaultdict[str, list[Episode]] = defaultdict(list)
-    for e in fired:
-        groups[by(e)].append(e)
-    rows = []
-    for label, es in sorted(groups.items()):
-        kinds = Counter(latest[e.alert_id] for e in es if e.alert_id in latest)
-        judged = kinds["true"] + kinds["false"]
-        precision = kinds["true"] / judged if judged else None
-        counts = (kinds["true"], kinds["false"], kinds["maintenance"])
-        rows.append((label, len(es), sum(kinds.values()), *counts, precision))
-    return Table(title, (title.rpartition(" by ")[2], *FEEDBACK_COLUMNS[1:]), rows)
+_T = TypeVar("_T")
 
 
-def _count_table(title: str, false: Sequence[Episode], by: Callable[[Episode], str]) -> Table:
-    counts = Counter(by(e) for e in false)
-    rows = [(label, n, n / len(false)) for label, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-    return Table(title, (title.rpartition(" by ")[2], "false alarms", "share"), rows)
+def _decoded(record: Json, kind: type[_T]) -> _T | None:
+    try:
+        return msgspec.convert(record, kind)
+    except msgspec.ValidationError:
+        return None

@@ -48,7 +48,8 @@ def test_without_verdicts_the_feedback_section_says_so() -> None:
 
 
 def test_verdicts_give_precision_by_rule_and_false_alarms_by_hour() -> None:
-    verdicts = [{"alert_id": f"anomaly_burst-{T0 + 360_000}", "verdict": "false_positive"}]
+    alert_id = f"anomaly_burst-{T0 + 360_000}"
+    verdicts = [{"alert_id": alert_id, "verdict": "false_positive", "ts": T0 + 400_000}]
     data = Records(verdicts=verdicts).data()
     data.precision, data.breakdown = tables.feedback(data.episodes, data.feedback)
     by_rule = data.precision[0]
