@@ -33,40 +33,34 @@ def alert(rule: str, status: str, ts: int, started_at: int, **extra: object) -> 
     }
 
 
+#: An explanation as the pipeline writes one (monitor.analyze.explain), as the alerts topic holds it.
 EXPLANATION = {
-    "kind": "anomaly",
-    "text": "temperature.value is 8.1 above its expected 26.4 (spread 0.1)",
-    "method": "per-axis z",
-    "contributions": [
-        {
-            "channel": "temperature",
-            "axis": "value",
-            "share": 0.9,
-            "value": 34.5,
-            "expected": 26.4,
-            "spread": 0.1,
-        },
-        {
-            "channel": "humidity",
-            "axis": "value",
-            "share": 0.1,
-            "value": 54.0,
-            "expected": 54.2,
-            "spread": 0.5,
-        },
-    ],
-    "inputs": [
-        {
-            "channel": "temperature",
-            "axis": "value",
-            "ks_stat": 0.83,
-            "ks_pvalue": 0.0,
-            "psi": 7.3,
-            "reference": [26.0, 26.2, 26.4, 26.6, 26.8],
-            "current": [34.0, 34.3, 34.5, 34.7, 35.0],
-        }
-    ],
-}
+    "kind": "drift",
+    "text": "score_drift: temperature 34.624 degC against 28.7984 expected, 46.4 spreads off",
+    "since": 1767225966000,
+    "reading": {
+        "ts": 1767225970000,
+        "score": 2153.53,
+        "threshold": 15.1367,
+        "axes": [
+            {"name": "value", "term": 2153.5, "share": 1.0, "value": 34.62, "expected": 28.8, "spread": 0.13}
+        ],
+        "recent": [[1767225994000, [34.401]], [1767225995000, [34.497]], [1767225996000, [34.365]]],
+    },
+    "frame": {"ts": 1767225970000, "score": 812.0, "channels": [
+        {"name": "temperature", "term": 790.0, "share": 0.973},
+        {"name": "humidity", "term": 22.0, "share": 0.027},
+    ]},
+    "inputs": [{
+        "axis": "value", "against": "reference", "ks_stat": 0.833, "ks_pvalue": 1.3e-37, "psi": 7.27,
+        "drifted": True,
+        "quantiles": {"reference": [26.0, 26.2, 26.4, 26.6, 26.8], "current": [34.0, 34.3, 34.5, 34.7, 35.0]},
+    }],
+    "scores": {"ks_stat": 1.0, "ks_pvalue": 0.0, "psi": 8.21, "quantiles": {
+        "reference": [0.05, 0.3, 0.575, 0.8, 0.95], "current": [1.0, 1.0, 1.0, 1.0, 1.0],
+    }},
+    "notes": [],
+}  # fmt: skip
 
 
 def channel(device: str = "dev-0007", sensor: str = "temperature", n: int = 3000) -> Channel:

@@ -224,54 +224,100 @@ def _legend(top: Axes, bottom: Axes, extra: list[Any]) -> None:
 # --- explanations ---------------------------------------------------------------------------------
 
 
-def contributions(explanation: Json, title: str) -> str | None:
-    """A horizontal bar per contributor: its share of the score (``None`` without contributions)."""
-    rows = [c for c in explanation.get("contributions") or [] if isinstance(c, dict)]
-    if not rows:
+def reading(explanation: Json, sensor: str) -> str | None:
+    """The explained reading against its forecast, per axis in spreads (standard deviations) from
+    it, with the pair's latest readings and each axis' share of the distance (``None`` without a
+    reading)."""
+    r = explanation.get("reading")
+    axes = [a for a in (r or {}).get("axes") or [] if isinstance(a, dict) and a.get("spread")]
+    if not r or not axes:
         return None
-    rows = sorted(rows, key=lambda c: float(c.get("share", 0.0)))[-10:]
-    labels = [f"{c.get('channel', '?')}.{c.get('axis', '')}".rstrip(".") for c in rows]
-    shares = [float(c.get("share", 0.0)) for c in rows]
-    with f.figure(1, 0.35 * len(rows) + 0.9) as (fig, (ax,)):
-        ax.barh(labels, shares, color=f.FIRING, alpha=0.8)
-        for y, c in enumerate(rows):
-            detail = _contribution_text(c)
-            ax.annotate(
-                detail, (shares[y], y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7
+    names = [str(a.get("name", "?")) for a in axes]
+    order = {n: i for i, n in enumerate(sorted(names))}  # the recent values are in the keys' order
+    d2, limit = float(r.get("score", 0)), float(r.get("threshold", 0))
+    title = f"The reading against its forecast (distance {d2:.3g}, threshold {limit:.3g})"
+    with f.figure(1, 0.5 * len(axes) + 1.2) as (fig, (ax,)):
+        for y, a in enumerate(axes):
+            x, e, sd = float(a["value"]), float(a["expected"]), float(a["spread"])
+            ax.barh(y, 6, left=-3, height=0.5, color="#dddddd")
+            recent = [(float(v[1][order[a["name"]]]) - e) / sd for v in r.get("recent") or [] if len(v) == 2]
+            ax.plot(
+                recent,
+                [y] * len(recent),
+                "o",
+                color="#777777",
+                ms=3,
+                label="latest readings" if y == 0 else None,
             )
-        ax.set_xlim(0, max(max(shares) * 1.6, 0.1))
-        ax.set_xlabel("share of the score")
+            z = (x - e) / sd
+            ax.plot([z], [y], "D", color=f.FIRING, ms=6, label="explained reading" if y == 0 else None)
+            label = (
+                f"{x:.4g} against {e:.4g} (spread {sd:.3g}): {float(a.get('share', 0)):.0%} of the distance"
+            )
+            side = "right" if z > 0 else "left"
+            ax.annotate(label, (z, y), xytext=(-6, 8), textcoords="offset points", fontsize=7, ha=side)
+        ax.set_yticks(range(len(axes)), [sensor if len(axes) == 1 else f"{sensor}.{n}" for n in names])
+        ax.axvline(0, color="#555555", lw=0.8)
+        ax.set_xlabel("spreads from the forecast (grey: within 3)")
+        ax.set_title(title)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return f.svg(fig, title)
+
+
+def frame(explanation: Json) -> str | None:
+    """The device frame's T^2 split per channel (``None`` without a frame)."""
+    fr = explanation.get("frame")
+    parts = [c for c in (fr or {}).get("channels") or [] if isinstance(c, dict)]
+    if not fr or not parts:
+        return None
+    title = f"The device's frame: T^2 {float(fr.get('score', 0)):.3g} by channel"
+    with f.figure(1, 0.35 * len(parts) + 0.9) as (fig, (ax,)):
+        shares = [float(c.get("share", 0)) for c in parts][::-1]
+        ax.barh([str(c.get("name", "?")) for c in parts][::-1], shares, color=f.FIRING, alpha=0.8)
+        for y, v in enumerate(shares):
+            ax.annotate(
+                f"{v:.0%}", (v, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7
+            )
+        ax.set_xlabel("share of T^2 (negative: against the channels' usual correlation)")
         ax.set_title(title)
         ax.grid(axis="y", visible=False)
         return f.svg(fig, title)
 
 
-def _contribution_text(c: Json) -> str:
-    parts = [f"{float(c['share']):.0%}"] if "share" in c else []
-    if c.get("value") is not None and c.get("expected") is not None:
-        parts.append(f"value {float(c['value']):.4g} vs expected {float(c['expected']):.4g}")
-    if c.get("spread") is not None:
-        parts.append(f"(spread {float(c['spread']):.3g})")
-    return " ".join(parts)
-
-
-def input_quantiles(explanation: Json, title: str) -> str | None:
-    """Reference against current quantiles of each drifted input (``None`` without inputs)."""
-    inputs = [i for i in explanation.get("inputs") or [] if isinstance(i, dict) and i.get("reference")]
-    if not inputs:
+def quantiles(explanation: Json, sensor: str) -> str | None:
+    """Reference against current quantiles of the inputs compared and of the scores (``None``
+    without either)."""
+    rows = [
+        (f"{sensor}.{i.get('axis', '?')} vs {i.get('against', '?')}", i["quantiles"], i)
+        for i in explanation.get("inputs") or []
+        if isinstance(i, dict) and isinstance(i.get("quantiles"), dict)
+    ][:4]
+    scores = explanation.get("scores")
+    panels = len(rows) + bool(isinstance(scores, dict))
+    if not panels:
         return None
-    inputs = inputs[:4]
-    with f.figure(1, 2.2) as (fig, (ax,)):
-        for n, i in enumerate(inputs):
-            ref, cur = np.asarray(i["reference"], float), np.asarray(i.get("current") or [], float)
-            q = np.linspace(0, 1, len(ref))
-            colour = f.AXIS_COLOURS[n % 6]
-            name = f"{i.get('channel', '?')}.{i.get('axis', '')}".rstrip(".")
-            ax.plot(q, ref, color=colour, ls="--", lw=1, label=f"{name} reference")
-            if len(cur):
-                stats = f"KS {float(i.get('ks_stat', 0)):.2f}, PSI {float(i.get('psi', 0)):.2f}"
-                ax.plot(np.linspace(0, 1, len(cur)), cur, color=colour, lw=1.5, label=f"{name} now ({stats})")
-        ax.set_xlabel("quantile")
-        ax.set_title(title)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    title = "Reference against current quantiles (5, 25, 50, 75, 95 %)"
+    with f.figure(panels, 1.4) as (fig, axes):
+        items = [
+            *rows,
+            *([("anomaly scores", scores["quantiles"], scores)] if isinstance(scores, dict) else []),
+        ]
+        for ax, (label, q, stats) in zip(axes, items, strict=True):
+            for y, values in enumerate((q.get("reference") or [], q.get("current") or [])):
+                if len(values) == 5:
+                    ax.plot([values[0], values[4]], [y, y], color="#555555", lw=1)
+                    ax.barh(
+                        y,
+                        values[3] - values[1],
+                        left=values[1],
+                        height=0.5,
+                        color=f.AXIS_COLOURS[y],
+                        alpha=0.7,
+                    )
+                    ax.plot([values[2]], [y], "|", color="black", ms=12)
+            ax.set_yticks([0, 1], ["reference", "current"])
+            ks, p, psi = (float(stats.get(k, 0)) for k in ("ks_stat", "ks_pvalue", "psi"))
+            test = f"KS {ks:.3g} (p {p:.2g}), PSI {psi:.3g}"
+            ax.set_title(f"{label}: {test}", fontsize=9)
+        fig.suptitle(title)
         return f.svg(fig, title)

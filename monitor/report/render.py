@@ -101,9 +101,9 @@ def _explained(e: Episode) -> str:
     if not isinstance(ex, dict):
         return head + when + table + h.empty("no explanation recorded with this alert")
     text = f'<div class="explain">{h.esc(ex.get("text", ""))}</div>' if ex.get("text") else ""
-    bars = plots.contributions(ex, f"What made the score ({ex.get('method', 'contributions')})")
-    inputs = plots.input_quantiles(ex, "Inputs: reference against current quantiles")
-    return head + when + text + h.figure(bars) + h.figure(inputs) + table
+    notes = "".join(h.note(str(n)) for n in ex.get("notes") or [])
+    figures = plots.reading(ex, e.sensor), plots.frame(ex), plots.quantiles(ex, e.sensor)
+    return head + when + text + notes + "".join(h.figure(x) for x in figures) + table
 
 
 def cohorts(table: Table | None) -> str:

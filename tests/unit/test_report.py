@@ -25,7 +25,7 @@ def test_a_page_has_every_section_and_nothing_to_fetch() -> None:
         assert f'<section id="{anchor}">' in page
     assert "<script" not in page and "@font-face" not in page
     assert not re.search(r"""(src|href)=["'](?!#)""", page)  # only links within the page
-    assert page.count("<svg ") >= 5  # fleet, two timelines, contributions, input quantiles
+    assert page.count("<svg ") >= 6  # fleet, two timelines, the reading, the frame, the quantiles
 
 
 def test_the_same_records_give_the_same_bytes() -> None:
@@ -34,8 +34,10 @@ def test_the_same_records_give_the_same_bytes() -> None:
 
 def test_an_alert_with_an_explanation_shows_its_text_and_contributions() -> None:
     page = render(Records().data())
-    assert "temperature.value is 8.1 above its expected 26.4" in page
-    assert 'aria-label="What made the score (per-axis z)"' in page
+    assert "score_drift: temperature 34.624 degC against 28.7984 expected" in page
+    assert 'aria-label="The reading against its forecast (distance 2.15e+03, threshold 15.1)"' in page
+    assert 'aria-label="The device\'s frame: T^2 812 by channel"' in page
+    assert 'aria-label="Reference against current quantiles (5, 25, 50, 75, 95 %)"' in page
 
 
 def test_an_alert_without_an_explanation_says_so() -> None:
