@@ -5,13 +5,16 @@ resolved records) with a verdict. One verdict per Kafka message on ``kafka.feedb
 keyed by ``alert_id``::
 
     {"alert_id": "965f8733636e615a", "verdict": "false_positive", "ts": 1767229200000,
-     "by": "alice", "note": "door left open", "schema_version": 1}
+     "by": "alice", "note": "door left open", "onset": 0, "schema_version": 1}
 
     alert_id        str   the episode's id: 16 lowercase hex characters
     verdict         str   "true_positive" | "false_positive" | "expected_maintenance"
     ts              int   when the verdict was given (UTC epoch ms, 2000..2100, at most a day ahead)
     by              str   who gave it (optional, at most 64 characters)
     note            str   free text (optional, at most 500 characters)
+    onset           int   when the fault began (UTC epoch ms of event time, not after ``ts``;
+                          optional, 0: not given): with a true_positive verdict, the alert's
+                          detection delay is its firing time minus this
     schema_version  int   1
 
 A later verdict on the same alert (a larger ``ts``) replaces an earlier one: an operator corrects a
@@ -75,6 +78,7 @@ class Verdict(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ts: int
     by: str = ""
     note: str = ""
+    onset: int = 0
     schema_version: int = SCHEMA_VERSION
 
 
@@ -86,6 +90,7 @@ class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ts: int
     by: str = ""
     note: str = ""
+    onset: int = 0
     schema_version: int = SCHEMA_VERSION
 
 
@@ -133,7 +138,9 @@ def _check(w: _Wire, key: bytes | None, now_ms: int) -> Verdict | Rejection:
         return Rejection(Reason.BAD_TIMESTAMP, f"ts {w.ts} is not UTC epoch milliseconds up to a day ahead")
     if len(w.by) > MAX_BY or len(w.note) > MAX_NOTE:
         return Rejection(Reason.WRONG_TYPE, f"by is limited to {MAX_BY} characters, note to {MAX_NOTE}")
-    return Verdict(w.alert_id, cast(VerdictKind, w.verdict), w.ts, w.by, w.note)
+    if w.onset and not _TS_LOW <= w.onset <= w.ts:
+        return Rejection(Reason.BAD_TIMESTAMP, f"onset {w.onset} is not UTC epoch milliseconds before ts")
+    return Verdict(w.alert_id, cast(VerdictKind, w.verdict), w.ts, w.by, w.note, w.onset)
 
 
 def _duplicate_key(value: bytes) -> Rejection | None:

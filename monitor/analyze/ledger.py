@@ -23,6 +23,8 @@ are kept; past that the oldest read goes, with its verdict.
 
 Precision is TP / (TP + FP); ``expected_maintenance`` verdicts are counted apart, in neither
 (the alert was right about the data, and nobody needed it). Without a TP or FP it is ``None``.
+The detection delay of a key is the median, over its true positives whose verdict gives the
+fault's ``onset``, of the alert's firing time minus the onset (seconds; ``None`` without any).
 
 The dimensions (``by``) and their keys:
 
@@ -52,6 +54,7 @@ integrity      ``clean`` or the checks that counted events, e.g. ``gap+stuck_at`
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol, get_args
@@ -85,6 +88,8 @@ class AlertLike(Protocol):
     @property
     def started_at(self) -> int: ...
     @property
+    def ts(self) -> int: ...
+    @property
     def signals(self) -> Mapping[str, float]: ...
     @property
     def actions(self) -> Sequence[str]: ...
@@ -109,6 +114,7 @@ class AlertRecord(msgspec.Struct, frozen=True):
     actions: list[str]
     model_version: int
     cohorts: dict[str, str] = {}
+    ts: int = 0
 
 
 _ALERT_DECODER: Final = msgspec.json.Decoder(AlertRecord)
@@ -132,6 +138,7 @@ class Episode:
     device_id: str
     sensor: str
     started_at: int
+    fired_at: int  # event time of its firing record (of its start when that was not read)
     model_version: int
     cohorts: tuple[str, ...]  # label=value, sorted
     integrity: str  # "clean" or the checks that counted events, sorted, joined by "+"
@@ -154,6 +161,7 @@ class PrecisionRow:
     false_positive: int
     maintenance: int
     precision: float | None  # TP / (TP + FP); None without either
+    delay_s: float | None = None  # median detection delay of the TPs that give their fault's onset
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +184,7 @@ def episode_of(alert: AlertLike) -> Episode:
         alert.device_id,
         alert.sensor,
         alert.started_at,
+        alert.ts if alert.status == "firing" and alert.ts else alert.started_at,
         alert.model_version,
         tuple(sorted(cohorts)),
         "+".join(flagged) or "clean",
@@ -278,12 +287,16 @@ class Ledger:
         return self._verdicts.get(alert_id) or self._waiting.get(alert_id)
 
     def precision(self, by: Dimension) -> list[PrecisionRow]:
-        """Counts and precision per key of ``by``, sorted by key."""
+        """Counts, precision and detection delay per key of ``by``, sorted by key."""
         tallies: dict[str, list[int]] = {}
+        delays: dict[str, list[float]] = {}
         for aid, episode in self._episodes.items():
+            verdict = self._verdicts.get(aid)
             for key in keys_of(episode, by):
-                _count(tallies.setdefault(key, [0, 0, 0, 0]), self._verdicts.get(aid))
-        return [_row(key, t) for key, t in sorted(tallies.items())]
+                _count(tallies.setdefault(key, [0, 0, 0, 0]), verdict)
+                if verdict is not None and verdict.verdict == "true_positive" and verdict.onset:
+                    delays.setdefault(key, []).append((episode.fired_at - verdict.onset) / 1000)
+        return [_row(key, t, delays.get(key)) for key, t in sorted(tallies.items())]
 
     def totals(self) -> PrecisionRow:
         """Counts and precision over every held alert (key ``all``)."""
@@ -310,7 +323,8 @@ def _count(tally: list[int], verdict: Verdict | None) -> None:
         tally[_SLOT[verdict.verdict]] += 1
 
 
-def _row(key: str, t: list[int]) -> PrecisionRow:
+def _row(key: str, t: list[int], delays: list[float] | None = None) -> PrecisionRow:
     alerts, tp, fp, maintenance = t
     precision = tp / (tp + fp) if tp + fp else None
-    return PrecisionRow(key, alerts, tp + fp + maintenance, tp, fp, maintenance, precision)
+    delay = statistics.median(delays) if delays else None
+    return PrecisionRow(key, alerts, tp + fp + maintenance, tp, fp, maintenance, precision, delay)

@@ -43,6 +43,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--note", default="", help=f"free text, at most {feedback.MAX_NOTE} characters")
     p.add_argument("--by", default=None, metavar="NAME", help="who judged (default: your user name)")
+    p.add_argument(
+        "--onset",
+        default=None,
+        metavar="TIME",
+        help="when the fault began (ISO-8601, naive = UTC; epoch s or ms; or a duration before now: "
+        "30m, 6h): with a true positive, the alert's detection delay is measured from it",
+    )
     add_config_options(p)
 
 
@@ -86,7 +93,18 @@ def _verdict(args: argparse.Namespace) -> feedback.Verdict:
         raise InvalidInput(f"--by has {len(by)} characters; at most {feedback.MAX_BY}")
     kind = feedback.canonical(args.verdict)
     assert kind is not None  # argparse's choices
-    return feedback.Verdict(args.alert_id, kind, int(time.time() * 1000), by=by, note=args.note)
+    now = int(time.time() * 1000)
+    onset = 0 if args.onset is None else _onset(args.onset, now)
+    return feedback.Verdict(args.alert_id, kind, now, by=by, note=args.note, onset=onset)
+
+
+def _onset(text: str, now: int) -> int:
+    from monitor.report.command import parse_when
+
+    onset = parse_when("--onset", text, now) or 0
+    if not 0 < onset <= now:
+        raise InvalidInput(f"--onset {text[:40]!r} is not a time in the past")
+    return onset
 
 
 def _user() -> str:

@@ -15,7 +15,7 @@ from typing import TypeVar
 import msgspec
 
 from monitor.analyze.feedback import Verdict
-from monitor.analyze.ledger import AlertRecord, Dimension, Ledger
+from monitor.analyze.ledger import AlertRecord, Dimension, Ledger, PrecisionRow
 from monitor.detect.cohorts import load_cohorts
 from monitor.errors import InvalidInput, RegistryError
 from monitor.govern.registry import open_registry
@@ -24,7 +24,7 @@ from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FEEDBACK_COLUMNS = ("", "alerts", "verdicts", "true", "false", "maintenance", "precision")
+FEEDBACK_COLUMNS = ("", "alerts", "verdicts", "true", "false", "maintenance", "precision", "median delay (s)")
 #: The ledger's dimensions a report breaks precision and false alarms down by, with their titles.
 FEEDBACK_DIMENSIONS: dict[str, Dimension] = {
     "rule": "rule",
@@ -148,12 +148,7 @@ def feedback(episodes: Sequence[Episode], verdicts: Sequence[Json]) -> tuple[lis
     ledger = Ledger.from_records(records, judged)
     precision = [
         Table(
-            f"Precision by {name}",
-            (name, *FEEDBACK_COLUMNS[1:]),
-            [
-                (r.key, r.alerts, r.judged, r.true_positive, r.false_positive, r.maintenance, r.precision)
-                for r in ledger.precision(by)
-            ],
+            f"Precision by {name}", (name, *FEEDBACK_COLUMNS[1:]), [_cells(r) for r in ledger.precision(by)]
         )
         for name, by in FEEDBACK_DIMENSIONS.items()
     ]
@@ -166,6 +161,10 @@ def feedback(episodes: Sequence[Episode], verdicts: Sequence[Json]) -> tuple[lis
         for name, by in {**FEEDBACK_DIMENSIONS, "hour (UTC)": "hour"}.items()
     ]
     return precision, breakdown
+
+
+def _cells(r: PrecisionRow) -> tuple[object, ...]:
+    return r.key, r.alerts, r.judged, r.true_positive, r.false_positive, r.maintenance, r.precision, r.delay_s
 
 
 _T = TypeVar("_T")

@@ -343,6 +343,13 @@ class Metrics:
             ["cohort"],
             registry=r,
         )
+        self.delay_by_cohort = Gauge(
+            "telemon_alert_detection_delay_seconds",
+            "Median detection delay per cohort: a true positive's firing time minus the fault's onset its "
+            "verdict gives.",
+            ["cohort"],
+            registry=r,
+        )
         self.judged = Gauge(
             "telemon_alert_verdicts",
             "Alerts held whose verdict is this one (the latest given), per rule.",
@@ -551,7 +558,9 @@ class Metrics:
         by_rule = ledger.precision("rule")
         self._set_precision(self.precision, by_rule, self.rules.keys())
         self._set_precision(self.precision_by_sensor, ledger.precision("sensor"), self.sensors)
-        self._set_precision(self.precision_by_cohort, ledger.precision("cohort"), self.cohorts)
+        by_cohort = ledger.precision("cohort")
+        self._set_precision(self.precision_by_cohort, by_cohort, self.cohorts)
+        self._set_children(self.delay_by_cohort, {r.key: r.delay_s for r in by_cohort}, self.cohorts)
         counted = {r.key: r for r in by_rule}
         for rule in self.rules:
             row = counted.get(rule)
@@ -562,8 +571,12 @@ class Metrics:
         self.feedback_waiting.set(ledger.waiting)
 
     def _set_precision(self, gauge: Gauge, rows: Sequence[PrecisionRow], known: Iterable[str]) -> None:
+        self._set_children(gauge, {r.key: r.precision for r in rows}, known)
+
+    def _set_children(self, gauge: Gauge, values: Mapping[str, float | None], known: Iterable[str]) -> None:
+        """One child per known key with a value; children of keys that lost theirs are removed."""
         allowed = set(known)
-        now = {r.key: r.precision for r in rows if r.precision is not None and r.key in allowed}
+        now = {key: v for key, v in values.items() if v is not None and key in allowed}
         for gone in self._precision_children.get(gauge, set()) - now.keys():
             gauge.remove(gone)
         for key, value in now.items():

@@ -30,6 +30,8 @@ def test_a_valid_record_decodes_with_its_defaults() -> None:
 def test_every_field_round_trips() -> None:
     v = Verdict(AID, "expected_maintenance", NOW, by="alice", note="pump service, ticket 42")
     assert decode(encode(v), AID.encode(), NOW) == v
+    found = Verdict(AID, "true_positive", NOW, onset=NOW - 3_600_000)
+    assert decode(encode(found), AID.encode(), NOW) == found
 
 
 def test_a_keyless_record_is_accepted() -> None:
@@ -64,6 +66,8 @@ CASES = [
     Case("future-version", _msg(schema_version=2), Reason.UNSUPPORTED_VERSION),
     Case("ts-in-seconds", _msg(ts=NOW // 1000), Reason.BAD_TIMESTAMP),
     Case("ts-two-days-ahead", _msg(ts=NOW + 2 * 86_400_000), Reason.BAD_TIMESTAMP),
+    Case("onset-after-the-verdict", _msg(onset=NOW + 1), Reason.BAD_TIMESTAMP),
+    Case("onset-in-seconds", _msg(onset=NOW // 1000), Reason.BAD_TIMESTAMP),
 ]
 
 
@@ -100,6 +104,8 @@ def test_short_forms_name_the_verdicts(given: str, name: str | None) -> None:
         (["ABCDEF0123456789", "--verdict", "fp"], "is not 16 lowercase hex characters"),
         ([AID, "--verdict", "maybe"], "invalid choice: 'maybe'"),
         ([AID, "--verdict", "tp", "--note", "n" * 501], "--note has 501 characters; at most 500"),
+        ([AID, "--verdict", "tp", "--onset", "last tuesday"], "--onset 'last tuesday': not a time"),
+        ([AID, "--verdict", "tp", "--onset", "2999-01-01"], "--onset '2999-01-01' is not a time in the past"),
     ],
 )
 def test_the_command_refuses_a_bad_verdict_before_connecting(

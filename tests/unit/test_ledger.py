@@ -47,6 +47,7 @@ def alert(
         list(actions),
         version,
         dict(cohorts or {}),
+        T0 + hour * H + n + 30_000,  # it fires 30 s after it started
     )
 
 
@@ -206,6 +207,21 @@ def test_alert_records_of_the_alerts_topic_decode() -> None:
     newer = json.loads(encode(published)) | {"cohorts": {"site": "a"}, "explanation": {"top": "x"}}
     assert decode_alert(json.dumps(newer).encode()) == AlertRecord(
         "00000000000000aa", "r1", "firing", "device", "dev-1", "temperature", T0, {"gap": 1.0},
-        ["alert"], 3, {"site": "a"},
+        ["alert"], 3, {"site": "a"}, T0,
     )  # fmt: skip
     assert decode_alert(b"not json") is None
+
+
+def test_the_detection_delay_is_the_median_of_the_true_positives_that_give_an_onset() -> None:
+    alerts = [alert(n, cohorts={"site": "a" if n < 4 else "b"}) for n in range(1, 6)]
+    fired = {a.alert_id: a.ts for a in alerts}
+    onsets = {1: 90_000, 2: 30_000, 3: 60_000, 4: 10_000}  # ms before the firing
+    verdicts = [
+        Verdict(f"{n:016x}", "true_positive", T0 + 10 * H, onset=fired[f"{n:016x}"] - ms)
+        for n, ms in onsets.items()
+    ]
+    verdicts.append(Verdict(f"{5:016x}", "true_positive", T0 + 10 * H))  # no onset: no delay
+    rows = {r.key: r for r in Ledger.from_records(alerts, verdicts).precision("cohort")}
+    assert rows["site=a"].delay_s == 60.0 and rows["site=b"].delay_s == 10.0
+    fps = Ledger.from_records(alerts[:1], [Verdict(f"{1:016x}", "false_positive", T0 + 10 * H, onset=T0)])
+    assert fps.precision("rule")[0].delay_s is None  # a false positive has no delay

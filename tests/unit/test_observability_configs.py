@@ -71,7 +71,10 @@ def recorded_registry() -> CollectorRegistry:
     metrics.record_consumer({("telemon.readings", 0): 0}, 1)
     judged = AlertRecord("00000000000000aa", "score_drift", "firing", "device", "dev-1", "humidity",
                          1_767_225_600_000, {}, ["alert"], 1, {"firmware": "1.2.0"})  # fmt: skip
-    metrics.record_ledger(Ledger.from_records([judged], [Verdict(judged.alert_id, "true_positive", 1)]))
+    onset = judged.started_at - 60_000
+    metrics.record_ledger(
+        Ledger.from_records([judged], [Verdict(judged.alert_id, "true_positive", 1, onset=onset)])
+    )
     metrics.record_feedback({"true_positive": 1}, {})
     return registry
 

@@ -56,7 +56,7 @@ def test_verdicts_give_precision_by_rule_and_false_alarms_by_hour() -> None:
     data.precision, data.breakdown = tables.feedback(data.episodes, data.feedback)
     by_rule = data.precision[0]
     assert by_rule.title == "Precision by rule"
-    assert ("anomaly_burst", 1, 1, 0, 1, 0, 0.0) in by_rule.rows
+    assert ("anomaly_burst", 1, 1, 0, 1, 0, 0.0, None) in by_rule.rows
     hours = next(t for t in data.breakdown if "hour" in t.title)
     assert hours.rows == [("00", 1, 1.0)]
     assert "Error breakdown" in render(data)
