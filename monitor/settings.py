@@ -971,6 +971,12 @@ class BiasSettings(_Section):
 
     enabled: bool = Field(True, description="compare each cohort with the rest of the fleet")
     window_s: float = Field(3600.0, ge=60, description="tumbling window of event time a comparison covers")
+    lateness_s: float = Field(
+        600.0,
+        ge=0,
+        description="a window closes once the latest event time is this far past its end: partitions read "
+        "unevenly still count in their windows (later readings are left out)",
+    )
     alpha: float = Field(0.01, gt=0, lt=1, description="bias = 1 when a test's p-value is below this")
     min_alerts: int = Field(
         5, ge=1, description="alerts of a sensor in a window (cohort and rest) before the alert-rate test"

@@ -1,10 +1,9 @@
 """Cohort bias: does the monitor treat a cohort (a firmware, a site, a hardware revision, ...)
 differently from the rest of the fleet?
 
-Per window of ``bias.window_s`` of event time (tumbling, aligned to the epoch, so a replay of the
-same stream draws the same windows), for each cohort ``label=value`` of the configured labels
-(``cohorts_file`` and ``channels.declare``) and each sensor, against the rest of the fleet's pairs
-of that sensor:
+Per window of ``bias.window_s`` of event time (tumbling, aligned to the epoch), for each cohort
+``label=value`` of the configured labels (``cohorts_file`` and ``channels.declare``) and each
+sensor, against the rest of the fleet's pairs of that sensor:
 
 - **Alert rate.** The cohort's alerts (firing records of device-scope rules that alert) per
   reading against the rest's: ``bias_alert_ratio`` = ``(a_c / n_c) / (a_r / n_r)`` (each count
@@ -20,6 +19,12 @@ of that sensor:
   side has ``bias.min_devices`` devices.
 - ``bias_devices``, ``bias_readings``, ``bias_alerts`` of the cohort in the window, and ``bias``: 1
   when a present p-value is under ``bias.alpha``.
+
+A pair's evaluation interval counts in the window of its last reading's event time, an alert in
+the window of its own. A window closes once the latest event time seen is ``bias.lateness_s``
+past its end, so partitions read unevenly (a consumer catching up reads some ahead of others)
+still count in their windows; what arrives for a closed window is left out (``late``). Windows
+close in order, and one that received nothing gives nothing.
 
 These are the signals of the cohort's next evaluations (until the next window closes), so a
 cohort rule can alert on them, and the service's gauges (``telemon_cohort_bias_*``). Feedback
@@ -68,7 +73,7 @@ class CohortBias:
     """The windows' tallies and the latest closed window's signals per (cohort key, sensor index).
 
     >>> from monitor.settings import BiasSettings
-    >>> bias = CohortBias(BiasSettings(window_s=60, min_alerts=2, min_devices=2))
+    >>> bias = CohortBias(BiasSettings(window_s=60, lateness_s=0, min_alerts=2, min_devices=2))
     >>> labels = {"d1": {"fw": "2.1"}, "d2": {"fw": "2.1"}, "d3": {"fw": "1.0"}, "d4": {"fw": "1.0"}}
     >>> for d, mean in (("d1", 0.9), ("d2", 0.8), ("d3", 0.5), ("d4", 0.4)):
     ...     bias.on_interval(d, labels[d], 0, readings=100, score_sum=100 * mean, scored=100, ts=1_000)
@@ -83,19 +88,28 @@ class CohortBias:
     def __init__(self, settings: BiasSettings) -> None:
         self.settings = settings
         self._window_ms = int(settings.window_s * 1000)
-        self._index: int | None = None
-        self._now = _Window()
+        self._lateness_ms = int(settings.lateness_s * 1000)
+        self._open: dict[int, _Window] = {}  # by window index: windows not closed yet
+        self._closed_below = -1 << 62  # windows below this index are closed
+        self._max_ts = -1 << 62  # the latest event time seen
         self._labels: dict[str, dict[str, str]] = {}  # device -> its pair's labels, as last seen
         self.latest: dict[tuple[str, int], dict[str, float]] = {}  # (cohort key, sensor) -> signals
         self.closed: list[tuple[str, int, dict[str, float]]] = []  # windows closed since last taken
+        self.late = 0  # readings and alerts of windows already closed: left out
 
-    def _advance(self, ts: int) -> None:
+    def _window(self, ts: int) -> _Window | None:
+        """The open window of event time ``ts`` (None: it closed), after closing every window whose
+        end is more than ``bias.lateness_s`` behind the latest event time."""
+        if ts > self._max_ts:
+            self._max_ts = ts
+            due = (ts - self._lateness_ms) // self._window_ms  # windows below this index are over
+            for w in sorted(i for i in self._open if i < due):
+                self._close(self._open.pop(w))
+            self._closed_below = max(self._closed_below, due)
         w = ts // self._window_ms
-        if self._index is None:
-            self._index = w
-        elif w > self._index:
-            self._close()
-            self._index, self._now = w, _Window()
+        if w < self._closed_below:
+            return None
+        return self._open.setdefault(w, _Window())
 
     def on_interval(
         self,
@@ -107,22 +121,29 @@ class CohortBias:
         scored: int,
         ts: int,
     ) -> None:
-        """A pair's evaluation interval: its readings, and the sum and count of its scores."""
-        self._advance(ts)
+        """A pair's evaluation interval ending at event time ``ts``: its readings, and the sum and
+        count of its scores (counted in the window of ``ts``)."""
+        window = self._window(ts)
         if not readings:
             return
+        if window is None:
+            self.late += readings
+            return
         self._labels[device] = labels
-        self._now.readings[s][device] += readings
+        window.readings[s][device] += readings
         if scored:
-            acc = self._now.scores[s].setdefault(device, [0.0, 0.0])
+            acc = window.scores[s].setdefault(device, [0.0, 0.0])
             acc[0] += score_sum
             acc[1] += scored
 
     def on_alert(self, device: str, labels: dict[str, str], s: int, ts: int) -> None:
-        """A firing alert of a device-scope rule that alerts."""
-        self._advance(ts)
+        """A firing alert of a device-scope rule that alerts, at event time ``ts``."""
+        window = self._window(ts)
+        if window is None:
+            self.late += 1
+            return
         self._labels[device] = labels
-        self._now.alerts[s][device] += 1
+        window.alerts[s][device] += 1
 
     def signals(self, key: str, s: int) -> dict[str, float]:
         """The latest closed window's signals of cohort ``key`` and sensor ``s`` (none before)."""
@@ -133,8 +154,8 @@ class CohortBias:
         out, self.closed = self.closed, []
         return out
 
-    def _close(self) -> None:
-        cfg, now = self.settings, self._now
+    def _close(self, now: _Window) -> None:
+        cfg = self.settings
         self.latest = {}
         for s, per_device in now.readings.items():
             cohorts: defaultdict[str, list[str]] = defaultdict(list)
@@ -143,12 +164,12 @@ class CohortBias:
                     if cfg.labels is None or label in cfg.labels:
                         cohorts[f"{label}={value}"].append(device)
             for key in sorted(cohorts)[: cfg.max_cohorts]:
-                sig = self._compare(set(cohorts[key]), s)
+                sig = self._compare(now, set(cohorts[key]), s)
                 self.latest[(key, s)] = sig
                 self.closed.append((key, s, sig))
 
-    def _compare(self, members: set[str], s: int) -> dict[str, float]:
-        cfg, now = self.settings, self._now
+    def _compare(self, now: _Window, members: set[str], s: int) -> dict[str, float]:
+        cfg = self.settings
         readings, alerts, scores = now.readings[s], now.alerts[s], now.scores[s]
         n_c = sum(readings[d] for d in members)
         n_r = readings.total() - n_c

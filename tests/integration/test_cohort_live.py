@@ -5,9 +5,10 @@ exports the precision per cohort of the operators' verdicts on the device alerts
 cohorts.
 
 The stream is that of tests/unit/test_bias.py: 12 devices at 1 Hz for 20 minutes of event time
-(windows of 300 s), in the past and sped up: each minute is sent, stamped with its event times,
-once the service consumed the one before, as a live fleet's readings are. (A backlog sent at once
-is read unevenly across partitions, and a window is tallied by the newest event time read.)"""
+(windows of 300 s, closed 60 s of event time after their end), in the past and sped up: each
+minute is sent, stamped with its event times, once the service consumed the one before, as a live
+fleet's readings are. (A backlog sent at once is read unevenly across partitions, by more than any
+lateness a window could wait for: see ``bias.lateness_s``.)"""
 
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def live(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Itera
         registry={"signing_key": KEY},
         rules_file=str(files / "rules.yaml"),
         cohorts_file=str(files / "cohorts.yaml"),
-        bias={"window_s": 300, "min_alerts": 5},
+        bias={"window_s": 300, "lateness_s": 60, "min_alerts": 5},
     )
     service = build_service(settings, CollectorRegistry())
     stop, progress = threading.Event(), threading.Condition()

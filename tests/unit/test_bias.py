@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from monitor.analyze.bias import CohortBias
 from monitor.govern.rules import parse_rules
 from monitor.pipeline import BatchResult, Pipeline
 from monitor.schema import encode_reading
-from monitor.settings import load_settings
+from monitor.settings import BiasSettings, load_settings
 from tests.unit.test_pipeline import T0, FakeMessage, Stream
 
 RULES = """
@@ -51,7 +52,9 @@ def _pipeline(tmp_path: Path) -> Pipeline:
     cohorts = tmp_path / "cohorts.yaml"
     labels = {f"dev-{d}": {"firmware": "2.1" if f"dev-{d}" in NOISY else "1.0"} for d in range(12)}
     cohorts.write_text(yaml.safe_dump(labels))
-    settings = load_settings(None, cohorts_file=cohorts, bias={"window_s": 300, "min_alerts": 5})
+    settings = load_settings(
+        None, cohorts_file=cohorts, bias={"window_s": 300, "lateness_s": 0, "min_alerts": 5}
+    )
     return Pipeline(settings, parse_rules(RULES))
 
 
@@ -81,3 +84,17 @@ def test_the_scores_of_a_cohort_are_compared_by_device(tmp_path: Path) -> None:
     assert noisy["bias_devices"] == 4 and clean["bias_devices"] == 8
     assert noisy["bias_score_shift"] > 0 > clean["bias_score_shift"]
     assert noisy["bias_score_pvalue"] < 0.05
+
+
+def test_a_window_waits_for_partitions_read_behind_and_leaves_out_what_comes_later() -> None:
+    bias = CohortBias(BiasSettings(window_s=60, lateness_s=30, min_alerts=1, min_devices=2))
+    labels = {"fw": "2.1"}
+    bias.on_interval("d1", labels, 0, 10, 5.0, 10, ts=50_000)  # window 0
+    bias.on_interval("d2", {"fw": "1.0"}, 0, 10, 5.0, 10, ts=70_000)  # window 1: window 0 stays open
+    bias.on_interval("d3", labels, 0, 10, 5.0, 10, ts=55_000)  # a partition behind: still window 0
+    assert bias.take_closed() == []
+    bias.on_interval("d2", {"fw": "1.0"}, 0, 10, 5.0, 10, ts=95_000)  # 35 s past window 0's end
+    closed = {key: sig for key, _, sig in bias.take_closed()}
+    assert closed["fw=2.1"]["bias_readings"] == 20 and closed["fw=2.1"]["bias_devices"] == 2
+    bias.on_interval("d4", labels, 0, 10, 5.0, 10, ts=58_000)  # window 0 closed: left out
+    assert bias.late == 10
