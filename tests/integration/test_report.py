@@ -63,6 +63,7 @@ def test_the_demo_writes_a_report_that_renders_offline(tmp_path: Path) -> None:
     assert seen.errors == []
     assert seen.requests == [out.resolve().as_uri()]
     assert seen.svgs["overview"] == 1 and seen.svgs["devices"] >= 3
+    assert seen.svgs["alerts"] >= 2  # each explained alert: its reading, its quantiles
 
 
 def test_an_evaluation_report_renders_offline(tmp_path: Path) -> None:
