@@ -4,6 +4,7 @@ repository, then the commands run from an empty folder (the default configs are 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from monitor.cli.broker import EmbeddedBroker, free_port
 from tests.chaos_harness import probe
+from tests.report_kit import look
 
 pytestmark = pytest.mark.integration
 
@@ -74,8 +76,16 @@ def test_demo_runs_from_an_empty_folder(installed: Path, tmp_path: Path) -> None
     assert "demo result: OK" in done.stdout
     assert list(tmp_path.iterdir()) == []  # the demo keeps its state in a temporary folder
     report = Path(done.stdout.split("\nreport: ")[1].splitlines()[0])  # kept, in a folder of its own
-    assert report.stat().st_size > 100_000
-    shutil.rmtree(report.parent)
+    try:
+        html = report.read_text(encoding="utf-8")
+        assert "dev-0007 / temperature" in html  # the drifted device has the most alerts: shown first
+        assert re.search(r"<h3>dev-0007/temperature v2</h3>", html)  # its retrained version's lineage
+        seen = look(report, tmp_path.parent / "demo-report.png")  # as a person would look at it
+        assert seen.errors == [] and seen.requests == [report.resolve().as_uri()]
+        assert seen.svgs["overview"] == 1 and seen.svgs["devices"] >= 3
+        assert seen.svgs["alerts"] >= 2  # each explained alert: its reading, its quantiles
+    finally:
+        shutil.rmtree(report.parent)
 
 
 def test_run_starts_with_the_packaged_defaults(installed: Path, tmp_path: Path) -> None:

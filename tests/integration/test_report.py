@@ -2,12 +2,12 @@
 alone (no request but itself, no console error) and every plot section has plots with data in it.
 
 The screenshots are saved in the test's temporary folder (full page); `make report-screenshot`
-makes the README's.
+makes the README's. The report `telemon demo` writes is looked at the same way by
+tests/integration/test_install.py, on the installed package's demo.
 """
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,32 +38,6 @@ def test_a_report_of_records_renders_offline(tmp_path: Path) -> None:
     assert seen.requests == [page.resolve().as_uri()]
     assert seen.svgs["overview"] == 1 and seen.svgs["devices"] == 2 and seen.svgs["alerts"] >= 1
     assert seen.screenshot.stat().st_size > 50_000
-
-
-def test_the_demo_writes_a_report_that_renders_offline(tmp_path: Path) -> None:
-    scenario = tmp_path / "small.yaml"
-    scenario.write_text(SMALL_SCENARIO, encoding="utf-8")
-    out = tmp_path / "demo" / "report.html"
-    cmd = [
-        sys.executable,
-        "-m",
-        "monitor.cli.main",
-        "demo",
-        "--scenario",
-        str(scenario),
-        "--report",
-        str(out),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    assert f"\nreport: {out}\n" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
-    html = out.read_text(encoding="utf-8")
-    assert "dev-0002 / temperature" in html  # the drifted device has the most alerts: shown first
-    assert re.search(r"<h3>dev-0002/temperature v2</h3>", html)  # its retrained version's lineage
-    seen = look(out, tmp_path / "demo.png")
-    assert seen.errors == []
-    assert seen.requests == [out.resolve().as_uri()]
-    assert seen.svgs["overview"] == 1 and seen.svgs["devices"] >= 3
-    assert seen.svgs["alerts"] >= 2  # each explained alert: its reading, its quantiles
 
 
 def test_an_evaluation_report_renders_offline(tmp_path: Path) -> None:
