@@ -28,8 +28,6 @@ from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FEEDBACK_TOPIC = "telemon.feedback"
-
 
 @dataclass(frozen=True)
 class Request:
@@ -115,11 +113,7 @@ def read_small_topics(settings: Settings, idle_s: float) -> dict[str, list[Json]
 
 def small_names(settings: Settings) -> list[str]:
     k = settings.kafka
-    return [k.alerts_topic, k.models_topic, k.audit_topic, feedback_topic(settings)]
-
-
-def feedback_topic(settings: Settings) -> str:
-    return str(getattr(settings.kafka, "feedback_topic", FEEDBACK_TOPIC))
+    return [k.alerts_topic, k.models_topic, k.audit_topic, k.feedback_topic]
 
 
 def collect(settings: Settings, rules: RuleSet, req: Request, now_ms: Callable[[], int]) -> ReportData:
@@ -188,7 +182,7 @@ def _add_outputs(
     data.versions = [v for v in small[k.models_topic] if lo <= int(v.get("created_at", 0)) <= hi]
     data.audit = sorted((e for e in small[k.audit_topic] if lo <= _event_ts(e) <= hi), key=_event_ts)
     ids = {e.alert_id for e in data.episodes}
-    data.feedback = [f for f in small[feedback_topic(settings)] if f.get("alert_id") in ids]
+    data.feedback = [f for f in small[settings.kafka.feedback_topic] if f.get("alert_id") in ids]
 
 
 def _add_timelines(
