@@ -47,6 +47,7 @@ from numpy.typing import NDArray
 from monitor.detect.drift import Comparison, dequantise
 from monitor.detect.inputs import Binned, Shift
 from monitor.schema import SensorSpec
+from monitor.state.store import CHECKS
 
 #: The quantiles of a window an explanation shows.
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -63,7 +64,7 @@ ANOMALY_SIGNALS = frozenset(
      "device_score", "river_anomalies", "river_anomaly_rate", "river_score"}
 )  # fmt: skip
 DRIFT_PREFIXES = ("ks_", "psi", "adwin_", "score_mean", "input_", "peer_", "cohort_input_")
-INTEGRITY_SIGNALS = frozenset({"gap", "stuck_at", "clock_skew", "duplicate", "out_of_order"})
+INTEGRITY_SIGNALS = frozenset(CHECKS)
 
 
 class Term(msgspec.Struct, frozen=True):
