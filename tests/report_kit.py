@@ -97,6 +97,15 @@ class Records:
         eps: list[Episode] = episodes(alerts, self.drift_rules)
         audit = [
             {
+                "kind": "rule_fired",
+                "device_id": "dev-0007",
+                "sensor": "temperature",
+                "version": 2,
+                "actor": "rule:score_drift",
+                "explanation": EXPLANATION,
+                "event_ts": mid + 160_000,
+            },
+            {
                 "kind": "promoted",
                 "device_id": "dev-0007",
                 "sensor": "temperature",

@@ -106,6 +106,14 @@ def _explained(e: Episode) -> str:
     return head + when + text + notes + "".join(h.figure(x) for x in figures) + table
 
 
+def _why(event: Json) -> object:
+    """An audit event's reason; a rule event's is its explanation's text."""
+    explained = event.get("explanation")
+    if not event.get("reason") and isinstance(explained, dict):
+        return explained.get("text")
+    return event.get("reason")
+
+
 def cohorts(table: Table | None) -> str:
     if table is None:
         return h.empty(
@@ -152,7 +160,7 @@ def _version(v: Json) -> str:
         rows.append(("registered", iso(int(manifest.get("registered_at", 0)))))
     source = "signed registry manifest" if manifest else "models topic (registry not readable here)"
     events = [
-        (iso(int(e.get("event_ts") or e.get("wall_ts") or 0)), e.get("kind"), e.get("actor"), e.get("reason"))
+        (iso(int(e.get("event_ts") or e.get("wall_ts") or 0)), e.get("kind"), e.get("actor"), _why(e))
         for e in v.get("events", [])
     ]
     history = h.table(("when", "event", "actor", "reason"), events) if events else ""

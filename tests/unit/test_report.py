@@ -40,6 +40,11 @@ def test_an_alert_with_an_explanation_shows_its_text_and_contributions() -> None
     assert 'aria-label="Reference against current quantiles (5, 25, 50, 75, 95 %)"' in page
 
 
+def test_a_rule_event_in_a_versions_history_gives_its_explanation() -> None:
+    page = render(Records().data())
+    assert page.count("score_drift: temperature 34.624 degC against 28.7984 expected") == 2  # alert, history
+
+
 def test_an_alert_without_an_explanation_says_so() -> None:
     page = render(Records().data())
     assert "no explanation recorded with this alert" in page  # the score_drift alert has none
