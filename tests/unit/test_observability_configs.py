@@ -354,7 +354,14 @@ def test_dashboard_structure() -> None:
     d = dashboard()
     assert {"uid", "title", "schemaVersion", "panels", "templating", "time"} <= d.keys()
     rows = [p["title"] for p in d["panels"] if p["type"] == "row"]
-    assert rows == ["Fleet overview", "Per-sensor drift", "Alerts", "Model versions", "Service health"]
+    assert rows == [
+        "Fleet overview",
+        "Per-sensor drift",
+        "Alerts",
+        "Model versions",
+        "Service health",
+        "Analysis",
+    ]
     ids = [p["id"] for p in d["panels"]]
     assert len(ids) == len(set(ids))
     for panel in d["panels"]:
