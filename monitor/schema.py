@@ -364,7 +364,7 @@ def parse(
     try:
         reading = _DECODER.decode(value)
     except msgspec.ValidationError as exc:
-        return _classify(str(exc))
+        return classify(str(exc))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return Rejection(Reason.INVALID_JSON, str(exc)[:200])
     return _duplicate_key(value, 7 + len(reading.values)) or reading
@@ -571,6 +571,12 @@ def _duplicate_key(value: bytes, n_keys: int) -> Rejection | None:
     """
     if b"\\" not in value and value.count(b'":') == n_keys and value.count(b'"') == 2 * (n_keys + 3):
         return None
+    return repeated_key(value)
+
+
+def repeated_key(value: bytes) -> Rejection | None:
+    """A ``duplicate_key`` rejection if the JSON ``value`` (valid: it decoded) repeats a key in
+    any of its objects, keys compared decoded."""
     repeated: list[str] = []
 
     def check(pairs: list[tuple[str, object]]) -> None:
@@ -605,8 +611,10 @@ _ERROR_REASONS: Final = (
 )
 
 
-def _classify(message: str) -> Rejection:
-    for needle, reason in _ERROR_REASONS:
+def classify(message: str, reasons: Sequence[tuple[str, Reason]] = _ERROR_REASONS) -> Rejection:
+    """The rejection of a msgspec validation error ``message``: the reason of the first of
+    ``reasons`` (a needle in the message, the reason) it contains, else ``wrong_type``."""
+    for needle, reason in reasons:
         if needle in message:
             if reason is Reason.NOT_OBJECT and "at `$." in message:
                 break  # a nested value that should be an object: a type error, not a non-object

@@ -31,13 +31,12 @@ True
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Final, Literal, cast, get_args
 
 import msgspec
 
-from monitor.schema import Reason, Rejection
+from monitor.schema import Reason, Rejection, classify, repeated_key
 
 VerdictKind = Literal["true_positive", "false_positive", "expected_maintenance"]
 VERDICTS: Final[tuple[str, ...]] = get_args(VerdictKind)
@@ -119,10 +118,10 @@ def decode(value: bytes | None, key: bytes | None, now_ms: int) -> Verdict | Rej
     try:
         wire = _DECODER.decode(value)
     except msgspec.ValidationError as exc:
-        return _classify(str(exc))
+        return classify(str(exc), _ERROR_REASONS)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return Rejection(Reason.INVALID_JSON, str(exc)[:200])
-    return _duplicate_key(value) or _check(wire, key, now_ms)
+    return repeated_key(value) or _check(wire, key, now_ms)
 
 
 def _check(w: _Wire, key: bytes | None, now_ms: int) -> Verdict | Rejection:
@@ -143,30 +142,9 @@ def _check(w: _Wire, key: bytes | None, now_ms: int) -> Verdict | Rejection:
     return Verdict(w.alert_id, cast(VerdictKind, w.verdict), w.ts, w.by, w.note, w.onset)
 
 
-def _duplicate_key(value: bytes) -> Rejection | None:
-    """A record that repeats a key is ambiguous (which verdict counts?): rejected. The record is
-    valid JSON (it decoded) and small, so it is parsed again keeping every key."""
-    repeated: list[str] = []
-
-    def check(pairs: list[tuple[str, object]]) -> None:
-        names = [k for k, _ in pairs]
-        repeated.extend(k for i, k in enumerate(names) if k in names[:i])
-
-    json.loads(value, object_pairs_hook=check)
-    if repeated:
-        return Rejection(Reason.DUPLICATE_KEY, f"key {repeated[0][:64]!r} appears more than once")
-    return None
-
-
+#: What a msgspec error of a feedback record says, and its reason (readings also have non_finite).
 _ERROR_REASONS: Final = (
     ("missing required field", Reason.MISSING_FIELD),
     ("unknown field", Reason.EXTRA_FIELD),
     ("Expected `object`", Reason.NOT_OBJECT),
 )
-
-
-def _classify(message: str) -> Rejection:
-    for needle, reason in _ERROR_REASONS:
-        if needle in message and (reason is not Reason.NOT_OBJECT or "at `$." not in message):
-            return Rejection(reason, message[:200])
-    return Rejection(Reason.WRONG_TYPE, message[:200])

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # stubs lack re-export
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]  # stubs lack re-export
 from pydantic import SecretStr
 
 from monitor.errors import KafkaUnavailable
@@ -172,12 +172,11 @@ def consumer_config(s: KafkaSettings, **overrides: Any) -> dict[str, Any]:
     return _with_overrides(s, conf, overrides)
 
 
-def ensure_topics(s: KafkaSettings, names: Iterable[str], timeout: float = 15.0) -> None:
-    """Create the topics that do not exist yet (idempotent). Raises :class:`KafkaUnavailable`
-    if the brokers do not answer within :data:`CONNECT_TIMEOUT_S`."""
-    admin = AdminClient(client_config(s))
+def list_topics(client: AdminClient | Consumer, s: KafkaSettings) -> ClusterMetadata:
+    """The cluster's topics as ``client`` sees them; raises :class:`KafkaUnavailable` (naming the
+    servers, secrets left out) if the brokers do not answer within :data:`CONNECT_TIMEOUT_S`."""
     try:
-        existing = set(admin.list_topics(timeout=CONNECT_TIMEOUT_S).topics)
+        return client.list_topics(timeout=CONNECT_TIMEOUT_S)
     except KafkaException as exc:
         err = exc.args[0]
         reason = redact(err.str() if isinstance(err, KafkaError) else str(exc), secret_values(s))
@@ -185,6 +184,13 @@ def ensure_topics(s: KafkaSettings, names: Iterable[str], timeout: float = 15.0)
             f"cannot reach Kafka at {s.bootstrap_servers} within {CONNECT_TIMEOUT_S:g}s ({reason}); "
             "check kafka.bootstrap_servers (TELEMON_KAFKA__BOOTSTRAP_SERVERS or --bootstrap)"
         ) from None
+
+
+def ensure_topics(s: KafkaSettings, names: Iterable[str], timeout: float = 15.0) -> None:
+    """Create the topics that do not exist yet (idempotent). Raises :class:`KafkaUnavailable`
+    if the brokers do not answer within :data:`CONNECT_TIMEOUT_S`."""
+    admin = AdminClient(client_config(s))
+    existing = set(list_topics(admin, s).topics)
     wanted = [NewTopic(n, num_partitions=s.partitions, replication_factor=1) for n in names]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from monitor.errors import KafkaUnavailable
-from monitor.ingest.kafka import CONNECT_TIMEOUT_S, client_config, redact, secret_values
+from monitor.ingest.kafka import client_config, list_topics
 from monitor.settings import KafkaSettings
 
 OnMessage = Callable[[Message], None]
@@ -38,15 +37,7 @@ def _consumer(kafka: KafkaSettings) -> Consumer:
 def partitions(consumer: Consumer, kafka: KafkaSettings, topics: Sequence[str]) -> list[TopicPartition]:
     """The partitions of the topics that exist; raises :class:`KafkaUnavailable` if the brokers do
     not answer within :data:`CONNECT_TIMEOUT_S`."""
-    try:
-        meta = consumer.list_topics(timeout=CONNECT_TIMEOUT_S)
-    except KafkaException as exc:
-        err = exc.args[0]
-        reason = redact(err.str() if isinstance(err, KafkaError) else str(exc), secret_values(kafka))
-        raise KafkaUnavailable(
-            f"cannot reach Kafka at {kafka.bootstrap_servers} within {CONNECT_TIMEOUT_S:g}s ({reason}); "
-            "check kafka.bootstrap_servers (TELEMON_KAFKA__BOOTSTRAP_SERVERS or --bootstrap)"
-        ) from None
+    meta = list_topics(consumer, kafka)
     return [
         TopicPartition(t, p, OFFSET_BEGINNING)
         for t in topics

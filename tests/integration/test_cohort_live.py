@@ -27,34 +27,17 @@ from prometheus_client import CollectorRegistry
 from monitor.analyze.feedback import Verdict, VerdictKind, encode
 from monitor.cli.broker import free_port
 from monitor.govern import alerts
-from monitor.schema import encode_reading
 from monitor.serve.app import build_service
 from monitor.serve.service import Totals
 from monitor.settings import Settings, load_settings
 from tests.apache_kafka import ApacheKafka
 from tests.conftest import Samples, read_topic, scrape, unique_kafka_settings
+from tests.unit.test_bias import NOISY, RULES, readings
 
 pytestmark = pytest.mark.integration
 
 KEY = "cohort-test-signing-key-0123456789abcdef"
-RULES = """
-rules:
-  - name: spike
-    scope: device
-    when: {signal: anomalies, op: ">", value: 0}
-    cooldown_s: 0
-    actions: [alert]
-  - name: cohort_over_alerting
-    scope: cohort
-    cohort: firmware
-    when:
-      all:
-        - {signal: bias_alert_pvalue, op: "<", value: 0.01}
-        - {signal: bias_alert_ratio, op: ">", value: 2}
-    actions: [alert]
-"""
 DEVICES, MINUTES = 12, 20
-NOISY = {"dev-0", "dev-1", "dev-2", "dev-3"}  # firmware 2.1: one reading in 60 off the scale
 FIRMWARE = {f"dev-{d}": "2.1" if f"dev-{d}" in NOISY else "1.0" for d in range(DEVICES)}
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z: a multiple of the window
 
@@ -70,15 +53,10 @@ class Fleet:
 
     def minute(self, m: int) -> None:
         topic = self.kafka.readings_topic
-        for i in range(m * 60, (m + 1) * 60):
-            for d in range(DEVICES):
-                dev, ts, partition = f"dev-{d}", T0 + i * 1000, d % self.kafka.partitions
-                v = 21.0 + d * 0.1 + 0.2 * self.rng.standard_normal()
-                if dev in NOISY and i > 200 and self.rng.random() < 1 / 60:
-                    v += 10.0
-                payload = encode_reading(dev, "temperature", ts, i, {"value": round(v, 3)})
-                self.producer.produce(topic, payload, dev.encode(), partition, timestamp=ts)
-                self.ends[partition] = self.ends.get(partition, 0) + 1
+        for d, dev, ts, payload in readings(self.rng, m * 60, (m + 1) * 60, T0, DEVICES):
+            partition = d % self.kafka.partitions
+            self.producer.produce(topic, payload, dev.encode(), partition, timestamp=ts)
+            self.ends[partition] = self.ends.get(partition, 0) + 1
         assert self.producer.flush(30) == 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,19 +34,25 @@ rules:
 NOISY = {"dev-0", "dev-1", "dev-2", "dev-3"}  # firmware 2.1: one reading in 60 off the scale
 
 
-def _stream(minutes: int, devices: int = 12, seed: int = 11) -> list[FakeMessage]:
-    rng = np.random.default_rng(seed)
-    stream, out = Stream(), []
-    for i in range(minutes * 60):
+def readings(
+    rng: np.random.Generator, start_s: int, end_s: int, t0: int = T0, devices: int = 12
+) -> Iterator[tuple[int, str, int, bytes]]:
+    """The fleet's temperature readings of seconds ``[start_s, end_s)``, 1 Hz per device, as
+    ``(device index, device id, event time, message)``; ``NOISY`` devices off the scale now and then."""
+    for i in range(start_s, end_s):
         for d in range(devices):
             dev = f"dev-{d}"
             v = 21.0 + d * 0.1 + 0.2 * rng.standard_normal()
             if dev in NOISY and i > 200 and rng.random() < 1 / 60:
                 v += 10.0
-            ts = T0 + i * 1000
-            payload = encode_reading(dev, "temperature", ts, i, {"value": round(v, 3)})
-            out.append(stream.message(payload, dev.encode(), d % 2, ts))
-    return out
+            ts = t0 + i * 1000
+            yield d, dev, ts, encode_reading(dev, "temperature", ts, i, {"value": round(v, 3)})
+
+
+def _stream(minutes: int, seed: int = 11) -> list[FakeMessage]:
+    stream = Stream()
+    rng = np.random.default_rng(seed)
+    return [stream.message(m, dev.encode(), d % 2, ts) for d, dev, ts, m in readings(rng, 0, minutes * 60)]
 
 
 def _pipeline(tmp_path: Path) -> Pipeline:
