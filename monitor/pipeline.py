@@ -1000,13 +1000,12 @@ class Pipeline:
         return d2
 
     def _evaluate_pair(self, slot: int, s: int, result: BatchResult) -> None:
-        st, name = self.store, self.catalog.names[s]
-        scored = int(self.detect_state.score_count[slot, s])
-        mean = float(self.detect_state.score_sum[slot, s]) / scored if scored else None
-        if self.bias is not None:
-            device = st.device_ids[slot]
-            n, total = int(self.detect_state.since_eval[slot, s]), float(self.detect_state.score_sum[slot, s])
-            ts = int(self.ingest_state.last_ts[slot, s])
+        device, name = self.store.device_ids[slot], self.catalog.names[s]
+        det, ts = self.detect_state, int(self.ingest_state.last_ts[slot, s])
+        scored, total = int(det.score_count[slot, s]), float(det.score_sum[slot, s])
+        mean = total / scored if scored else None
+        if self.bias is not None:  # before the interval's sums close
+            n = int(det.since_eval[slot, s])
             self.bias.on_interval(device, self.labels.pair(device, s), s, n, total, scored, ts)
             for key, b, sig in self.bias.take_closed():
                 result.bias[(key, self.catalog.names[b])] = sig
@@ -1014,21 +1013,20 @@ class Pipeline:
         sig = self._pair_signals(slot, s)
         if mean is not None:
             sig["score_mean"] = mean
-        result.drift[("adwin", "device", name)] += int(self.detect_state.adwin_hits[slot, s])
+        result.drift[("adwin", "device", name)] += int(det.adwin_hits[slot, s])
         cmp = self.pairs.compare(slot, s)
         if cmp is not None:
             sig.update(self._drift_signals(cmp, "device", name, result))
         if self.settings.inputs.enabled:
             sig.update(self._input_signals(name, result))
-        ts = int(self.ingest_state.last_ts[slot, s])
         if max_rate := self.catalog.specs[s].max_rate:
             m = self.settings.model
-            rate = self.detect_state.level_rate(slot, s, ts, m.warmup, int(m.rate_window_s * 1000))
+            rate = det.level_rate(slot, s, ts, m.warmup, int(m.rate_window_s * 1000))
             if rate is not None:
                 sig["rate"] = rate / max_rate
-        ev = Evaluation("device", st.device_ids[slot], name, sig, ts)
+        ev = Evaluation("device", device, name, sig, ts)
         self._act(self.engine.evaluate([ev]), result, cmp)
-        self.detect_state.reset_interval(slot, s)  # after the alerts: their explanations read it
+        det.reset_interval(slot, s)  # after the alerts: their explanations read it
         self.ingest_state.reset_interval(slot, s)
         self.joint_state.reset_interval(slot, s)
         if self.river is not None:
