@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start an embedded broker, publish a simulated fleet scenario, run the monitor "
         "until it has consumed everything, print progress and a summary. Exit 0 if every planted "
         "drift gave a drift alert and a retrain for its device/sensor, no clean pair got a drift "
-        "alert, and every malformed message was quarantined; 1 otherwise.",
+        "alert, every alert carries an explanation, and every malformed message was quarantined; "
+        "1 otherwise. Then write the run's HTML report.",
     )
     demo.add_argument(
         "--scenario",
