@@ -126,7 +126,7 @@ def _report(settings: Settings, out: Path | None) -> None:
         out = Path(tempfile.mkdtemp(prefix="telemon-demo-report-")) / "report.html"
     req = Request(devices=DEMO_DEVICES, idle_s=0.5, title="telemon demo report")
     build(settings, rules, req, out)
-    log.info("report built in %.1fs", time.monotonic() - started)
+    log.info("report built in %.1fs (%d bytes)", time.monotonic() - started, out.stat().st_size)
 
 
 def _summary(scenario: Scenario, t: Totals) -> int:
