@@ -116,6 +116,9 @@ class KafkaSettings(_Section):
     models_topic: str = "telemon.models"
     audit_topic: str = "telemon.audit"
     feedback_topic: str = "telemon.feedback"
+    state_topic: str = Field(
+        "telemon.state", description="the compacted changelog of partition state (state.changelog)"
+    )
     partitions: int = Field(4, ge=1, description="partitions for topics telemon creates")
     session_timeout_ms: int = Field(6000, ge=1000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
@@ -149,6 +152,7 @@ class KafkaSettings(_Section):
         "models_topic",
         "audit_topic",
         "feedback_topic",
+        "state_topic",
     )
     @classmethod
     def _path_safe_name(cls, name: str) -> str:
@@ -739,8 +743,16 @@ def _catalog(channels: ChannelsSettings) -> schema.Catalog:
 class StateSettings(_Section):
     """Where per-partition state lives, how often it is saved, and how much of it is kept."""
 
+    changelog: bool = Field(
+        True,
+        description="checkpoint partition state to the compacted topic kafka.state_topic, so a partition "
+        "moves to a replica on another machine with its state (false: the snapshot folder only, shared "
+        "by the group's replicas)",
+    )
     snapshot_dir: Path | None = Field(
-        None, description="snapshot directory, shared by a group's replicas (default: state_dir/snapshots)"
+        None,
+        description="snapshot folder: a local cache verified against the changelog, or with changelog "
+        "false the state itself, shared by a group's replicas (default: state_dir/snapshots)",
     )
     snapshot_interval_s: float = Field(
         10.0, ge=0, description="seconds between snapshots (also on revocation and shutdown; 0: every batch)"

@@ -65,6 +65,7 @@ from monitor.cli.broker import EmbeddedBroker, free_port, tansu_binary
 from monitor.govern.alerts import Alert
 from monitor.govern.alerts import decode as decode_alert
 from monitor.ingest.kafka import DeliveryTracker, ensure_topics, flush, produce, producer_config
+from monitor.serve.changelog import Changelog
 from monitor.settings import KafkaSettings
 from monitor.state import snapshot
 from monitor.state.snapshot import SnapshotStore
@@ -163,6 +164,8 @@ class Run:
     name: str = field(default_factory=lambda: f"run{next(_runs)}")
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0  # the metrics port of the last process started
+    separate_disks: bool = False
+    started: int = 0  # processes started
     _alerts: list[Alert] | None = None
 
     @property
@@ -176,11 +179,16 @@ class Run:
                 "models_topic": f"{s.readings_topic}.{self.name}.models",
                 "audit_topic": f"{s.readings_topic}.{self.name}.audit",
                 "feedback_topic": f"{s.readings_topic}.{self.name}.feedback",
+                "state_topic": f"{s.readings_topic}.{self.name}.state",
             }
         )
 
     @property
     def state_dir(self) -> Path:
+        """The state folder of the next process: one per process with ``separate_disks`` (replicas
+        on machines of their own, sharing nothing but Kafka), else one for the run."""
+        if self.separate_disks:
+            return self.workdir / self.name / f"process-{self.started}"
         return self.workdir / self.name
 
     @property
@@ -213,6 +221,7 @@ class Run:
         with self.log.open("a") as log:
             proc = subprocess.Popen(cmd, env=environ, stdout=log, stderr=log, text=True, cwd=ROOT)
         _started.append(proc)
+        self.started += 1
         return proc
 
     def committed(self, partitions: list[int]) -> Offsets:
@@ -243,7 +252,14 @@ class Run:
         return self._alerts
 
     def snapshots(self) -> list[snapshot.PartitionSnapshot]:
-        return list(SnapshotStore(self.state_dir / "snapshots" / self.kafka.group_id, SNAPSHOT_KEY))
+        """The latest state of every partition, as the changelog holds it (or, with
+        ``state.changelog`` off, the shared snapshot folder)."""
+        k = self.kafka
+        if self.env.get("TELEMON_STATE__CHANGELOG") == "false":
+            return list(SnapshotStore(self.state_dir / "snapshots" / k.group_id, SNAPSHOT_KEY))
+        log = Changelog(k, k.group_id, timeout_s=30)
+        found = (log.read(k.readings_topic, p)[1] for p in range(k.partitions))
+        return [snapshot.decode(data, SNAPSHOT_KEY) for data in found if data is not None]
 
     def states(self) -> dict[str, str]:
         return snapshot.fingerprints(self.snapshots())
@@ -460,12 +476,12 @@ def replica_experiment(
     rng: random.Random,
     feed_s: float = 20.0,
 ) -> Comparison:
-    """Two replicas sharing one snapshot directory while a copy of the stream flows in over
-    ``feed_s`` seconds; at random moments a replica joins (while fewer than two run), leaves
-    (SIGTERM) or is killed (kill -9)."""
+    """Two replicas, each process with a state folder of its own (state moves through the changelog
+    alone), while a copy of the stream flows in over ``feed_s`` seconds; at random moments a
+    replica joins (while fewer than two run), leaves (SIGTERM) or is killed (kill -9)."""
     began = time.monotonic()
     copy = stream.model_copy(update={"readings_topic": f"{stream.readings_topic}.replicas"})
-    faulty = Run(copy, workdir, name="replicas")
+    faulty = Run(copy, workdir, name="replicas", separate_disks=True)
     feed = Feed(faulty.stream, source)
     feeder = threading.Thread(target=feed.send, kwargs={"rate": sum(expected.values()) / feed_s}, daemon=True)
     procs = [faulty.start()]

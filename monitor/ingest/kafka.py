@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]  # stubs lack re-export
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # stubs lack re-export
+    AdminClient,
+    ClusterMetadata,
+    ConfigResource,
+    NewTopic,
+)
 from pydantic import SecretStr
 
 from monitor.errors import KafkaUnavailable
@@ -172,7 +177,7 @@ def consumer_config(s: KafkaSettings, **overrides: Any) -> dict[str, Any]:
     return _with_overrides(s, conf, overrides)
 
 
-def list_topics(client: AdminClient | Consumer, s: KafkaSettings) -> ClusterMetadata:
+def list_topics(client: AdminClient | Consumer | Producer, s: KafkaSettings) -> ClusterMetadata:
     """The cluster's topics as ``client`` sees them; raises :class:`KafkaUnavailable` (naming the
     servers, secrets left out) if the brokers do not answer within :data:`CONNECT_TIMEOUT_S`."""
     try:
@@ -186,12 +191,21 @@ def list_topics(client: AdminClient | Consumer, s: KafkaSettings) -> ClusterMeta
         ) from None
 
 
-def ensure_topics(s: KafkaSettings, names: Iterable[str], timeout: float = 15.0) -> None:
-    """Create the topics that do not exist yet (idempotent). Raises :class:`KafkaUnavailable`
-    if the brokers do not answer within :data:`CONNECT_TIMEOUT_S`."""
+def ensure_topics(
+    s: KafkaSettings,
+    names: Iterable[str],
+    timeout: float = 15.0,
+    configs: dict[str, dict[str, str]] | None = None,
+) -> None:
+    """Create the topics that do not exist yet (idempotent), each with its ``configs`` if given.
+    Raises :class:`KafkaUnavailable` if the brokers do not answer within :data:`CONNECT_TIMEOUT_S`."""
     admin = AdminClient(client_config(s))
     existing = set(list_topics(admin, s).topics)
-    wanted = [NewTopic(n, num_partitions=s.partitions, replication_factor=1) for n in names]
+    configs = configs or {}
+    wanted = [
+        NewTopic(n, num_partitions=s.partitions, replication_factor=1, config=configs.get(n, {}))
+        for n in names
+    ]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:
         return
@@ -202,6 +216,18 @@ def ensure_topics(s: KafkaSettings, names: Iterable[str], timeout: float = 15.0)
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 reason = redact(str(exc), secret_values(s))
                 raise KafkaUnavailable(f"cannot create topic {topic}: {reason}") from None
+
+
+def topic_config(s: KafkaSettings, topic: str, name: str, timeout: float = 15.0) -> str | None:
+    """The value of a topic's config ``name`` as the broker reports it (None: it does not say)."""
+    admin = AdminClient(client_config(s))
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    try:
+        entries = admin.describe_configs([resource])[resource].result(timeout)
+    except KafkaException:
+        return None
+    entry = entries.get(name)
+    return None if entry is None or entry.value is None else str(entry.value)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from monitor.errors import SinkUnavailable
 from monitor.govern import alerts, registry
 from monitor.ingest import kafka
 from monitor.pipeline import BatchResult, Pipeline
+from monitor.serve.changelog import Changelog
 from monitor.serve.deadletters import DeadLetterProducer
 from monitor.serve.feedback import FeedbackWorker
 from monitor.serve.health import Health, HttpEndpoint
@@ -158,7 +159,8 @@ class Service:
             if a.alertmanager_url
             else None
         )
-        self.partitions = Partitions(settings, pipeline, metrics, self.registry.key)
+        self.changelog = Changelog(k, k.group_id, c.delivery_timeout_s) if settings.state.changelog else None
+        self.partitions = Partitions(settings, pipeline, metrics, self.registry.key, self.changelog)
         audit = self.registry.audit_path
         self.audit_position = audit.stat().st_size if audit.exists() else 0  # follow new commands
         self._ts_warned = False  # the first ignored Kafka timestamp is logged, the rest counted
@@ -204,6 +206,8 @@ class Service:
                 self.feedback.close()
             self.consumer.close()  # revokes the assignment: snapshots every partition
             self.partitions.writer.close()
+            if self.changelog is not None:
+                self.changelog.close()
             self.pipeline.trainer.close()
             self.producer.flush(self.settings.consume.delivery_timeout_s)
         return self.totals
