@@ -79,6 +79,8 @@ class KafkaSettings(_Section):
             "enable.idempotence",
             "acks",
             "request.required.acks",
+            "transactional.id",
+            "isolation.level",
         }
     )
     #: Substituted into the default ``sasl.kerberos.kinit.cmd`` shell command.
@@ -192,7 +194,7 @@ class KafkaSettings(_Section):
         guarantees = sorted(cls.GUARANTEE_KEYS & set(extra))
         if guarantees:
             raise ValueError(
-                f"kafka.extra may not set {guarantees}: telemon's at-least-once delivery depends on them"
+                f"kafka.extra may not set {guarantees}: telemon's delivery guarantees depend on them"
             )
         for key in sorted(cls.SHELL_VALUE_KEYS & set(extra)):
             if not cls.SHELL_SAFE.fullmatch(str(extra[key])):
@@ -283,6 +285,29 @@ class ConsumeSettings(_Section):
         60.0,
         gt=0,
         description="after SIGTERM/SIGINT, the process exits within this many seconds, stuck or not",
+    )
+
+
+class ProcessingSettings(_Section):
+    """The delivery guarantee of telemon's outputs (README: Delivery guarantees)."""
+
+    guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: outputs are delivered, then offsets committed (a crash re-sends a "
+        "batch's outputs; consumers dedupe by id); exactly_once: a batch's outputs, changelog records "
+        "and offsets commit in one Kafka transaction (consumers read with isolation.level=read_committed)",
+    )
+    transactional_id: str | None = Field(
+        None,
+        description="exactly_once: this replica's transactional id, stable across its restarts and unique "
+        "in the group (default: telemon-<group id>-<host name>)",
+    )
+    transaction_timeout_ms: int = Field(
+        10_000,
+        ge=1000,
+        le=900_000,
+        description="exactly_once: how long a transaction may stay open; a replica that died holds back "
+        "read_committed consumers of its open transaction's partitions this long at most",
     )
 
 
@@ -1023,6 +1048,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     channels: ChannelsSettings = ChannelsSettings()
     consume: ConsumeSettings = ConsumeSettings()
+    processing: ProcessingSettings = ProcessingSettings()
     integrity: IntegritySettings = IntegritySettings()
     model: ModelSettings = ModelSettings()
     novelty: NoveltySettings = NoveltySettings()

@@ -269,9 +269,10 @@ class Run:
 
 
 def _read_all(k: KafkaSettings, quiet_s: float = 2.0) -> Iterator[bytes]:
-    """Every value of ``k.alerts_topic``, read until it has been quiet for ``quiet_s`` (the
-    embedded broker's high watermarks are not exact enough to read up to them)."""
-    c = Consumer({"bootstrap.servers": k.bootstrap_servers, "group.id": f"{k.group_id}.reader"})
+    """Every committed value of ``k.alerts_topic`` (isolation.level read_committed), read until it
+    has been quiet for ``quiet_s``."""
+    conf = {"group.id": f"{k.group_id}.reader", "isolation.level": "read_committed"}
+    c = Consumer({"bootstrap.servers": k.bootstrap_servers, **conf})
     try:
         md = c.list_topics(k.alerts_topic, timeout=10).topics[k.alerts_topic]
         c.assign([TopicPartition(k.alerts_topic, p, 0) for p in md.partitions])
@@ -448,19 +449,32 @@ def compare(experiment: str, faults: int, oracle: Run, faulty: Run, seconds: flo
 # --- a. kill -9 -------------------------------------------------------------------------------
 
 
+#: The settings of a run under processing.guarantee exactly_once.
+EXACTLY_ONCE = {"TELEMON_PROCESSING__GUARANTEE": "exactly_once"}
+
+
 def kill_experiment(
-    stream: KafkaSettings, workdir: Path, oracle: Run, expected: Offsets, kills: int, rng: random.Random
+    stream: KafkaSettings,
+    workdir: Path,
+    oracle: Run,
+    expected: Offsets,
+    kills: int,
+    rng: random.Random,
+    env: dict[str, str] | None = None,
 ) -> Comparison:
-    """kill -9 the monitor ``kills`` times, each at a random point of its progress."""
+    """kill -9 the monitor ``kills`` times, each at a random point of its progress (``env``: its
+    settings, e.g. :data:`EXACTLY_ONCE`)."""
     began = time.monotonic()
-    faulty = Run(stream, workdir, name="kill")
+    eos = (env or {}).get("TELEMON_PROCESSING__GUARANTEE") == "exactly_once"
+    faulty = Run(stream, workdir, name="kill-eos" if eos else "kill", env=env or {})
     for point in sorted(rng.uniform(0.05, 0.95) for _ in range(kills)):
         proc = faulty.start()
         _wait_progress(faulty, expected, point, proc)
         time.sleep(rng.uniform(0, 0.3))  # not only right after a commit
         kill(proc)
     finish(faulty, [faulty.start()], expected, timeout=300)
-    return compare("kill -9", kills, oracle, faulty, time.monotonic() - began)
+    name = "kill -9, exactly_once" if eos else "kill -9"
+    return compare(name, kills, oracle, faulty, time.monotonic() - began)
 
 
 # --- b. replicas with membership churn ---------------------------------------------------------

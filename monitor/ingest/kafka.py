@@ -164,6 +164,8 @@ def consumer_config(s: KafkaSettings, **overrides: Any) -> dict[str, Any]:
         "group.id": s.group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
+        # Outputs of telemon's transactions (exactly_once) count once committed; librdkafka's default.
+        "isolation.level": "read_committed",
         "auto.offset.reset": s.auto_offset_reset,
         "session.timeout.ms": s.session_timeout_ms,
         # librdkafka's default (3000 ms) would equal a small session timeout and expire the member.

@@ -166,47 +166,50 @@ def manifest_of(
 
 
 class Changelog:
-    """Writes and reads the changelog of one consumer group's partitions. ``producer``: the one to
-    write with (the service's transactional producer under exactly-once; by default one of its
-    own, idempotent); :meth:`publish` then only produces, and the caller's transaction commits."""
+    """Writes and reads the changelog of one consumer group's partitions, with a producer of its
+    own (idempotent), or the caller's (:meth:`publish`)."""
 
-    def __init__(
-        self, settings: KafkaSettings, group: str, timeout_s: float, producer: Producer | None = None
-    ) -> None:
+    def __init__(self, settings: KafkaSettings, group: str, timeout_s: float) -> None:
         self.settings = settings
         self.topic = settings.state_topic
         self.group = group
         self.timeout_s = timeout_s
-        self.own_producer = producer is None
-        self.producer = producer or Producer(kafka.producer_config(settings, **{"linger.ms": 5}))
+        self.producer = Producer(kafka.producer_config(settings, **{"linger.ms": 5}))
         self.tracker = kafka.DeliveryTracker()
         self.previous: dict[tuple[str, int], Manifest] = {}  # latest written or restored, per partition
         self._partitions: int | None = None
 
     def partition_of(self, partition: int) -> int:
         """The changelog partition holding a readings partition's state."""
-        if self._partitions is None:
+        deadline = time.monotonic() + self.timeout_s
+        while self._partitions is None:  # a topic just created may be missing from metadata a moment
             meta = kafka.list_topics(self.producer, self.settings).topics.get(self.topic)
-            if meta is None or meta.error is not None or not meta.partitions:
+            if meta is not None and meta.error is None and meta.partitions:
+                self._partitions = len(meta.partitions)
+            elif time.monotonic() > deadline:
                 raise KafkaUnavailable(f"the state changelog topic {self.topic} is missing")
-            self._partitions = len(meta.partitions)
+            else:
+                time.sleep(0.2)
         return partition % self._partitions
 
     def publish(
         self,
         manifest: Manifest,
         data: Sequence[bytes | memoryview],
+        producer: Producer | None = None,
         tracker: kafka.DeliveryTracker | None = None,
     ) -> None:
         """Produce a snapshot's records. With this changelog's own producer, wait until Kafka
-        acknowledged them (raises :class:`KafkaUnavailable`); with the caller's, the caller's
-        ``tracker`` counts them and the caller flushes (or commits its transaction)."""
+        acknowledged them (raises :class:`KafkaUnavailable`); with the caller's (exactly_once: the
+        transactional one), its ``tracker`` counts them and the caller commits."""
         key = (manifest.topic, manifest.partition)
         where = self.partition_of(manifest.partition)
-        t = self.tracker if tracker is None else tracker
+        own = producer is None
+        p = self.producer if producer is None else producer
+        t = self.tracker if own else (tracker or kafka.DeliveryTracker())
         for k, v, headers in records(manifest, data, self.previous.get(key)):
-            kafka.produce(self.producer, t, self.topic, key=k, value=v, partition=where, headers=headers)
-        if self.own_producer:
+            kafka.produce(p, t, self.topic, key=k, value=v, partition=where, headers=headers)
+        if own:
             kafka.flush(self.producer, self.tracker, self.timeout_s)
         self.previous[key] = manifest
 
@@ -329,5 +332,4 @@ class Changelog:
             consumer.close()
 
     def close(self) -> None:
-        if self.own_producer:
-            self.producer.flush(self.timeout_s)
+        self.producer.flush(self.timeout_s)

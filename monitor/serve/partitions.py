@@ -26,7 +26,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
@@ -36,7 +36,7 @@ from monitor.pipeline import Pipeline
 from monitor.records import Registration
 from monitor.schema import SensorSpec
 from monitor.serve import memory
-from monitor.serve.changelog import Changelog, manifest_of
+from monitor.serve.changelog import Changelog, Manifest, manifest_of
 from monitor.serve.metrics import Metrics
 from monitor.settings import Settings
 from monitor.state.snapshot import PartitionSnapshot, Parts, SnapshotStore, SnapshotWriter, encoded
@@ -85,13 +85,14 @@ class Partitions:
             self.failed.append((topic, partition))
         memory.release()
 
+    def _manifest(self, snap: PartitionSnapshot, parts: Parts) -> Manifest:
+        g = self.store.group
+        return manifest_of(g, snap.topic, snap.partition, snap.next_offset, snap.created_ms, parts)
+
     def _publish(self, snap: PartitionSnapshot, parts: Parts) -> None:
         """Put an encoded snapshot on the changelog (from the writer's thread)."""
         assert self.changelog is not None
-        m = manifest_of(
-            self.store.group, snap.topic, snap.partition, snap.next_offset, snap.created_ms, parts
-        )
-        self.changelog.publish(m, parts)
+        self.changelog.publish(self._manifest(snap, parts), parts)
 
     def assign(
         self,
@@ -269,22 +270,41 @@ class Partitions:
                 self.positions[tp] = offset
                 self.dirty.setdefault(tp, time.monotonic())
 
-    def snapshot_due(self) -> None:
+    def snapshot_due(self, into: Callable[[Manifest, Parts], None] | None = None) -> list[Key]:
         """Snapshot a partition changed ``state.snapshot_interval_s`` ago or more: one per call
         (the longest due), after each batch and each idle poll, which spreads the cost; every due
         partition if the interval is 0. Otherwise a due partition waits while the writer is busy
-        with an earlier snapshot: the state is copied for one snapshot at a time."""
-        while self.failed:
-            key = self.failed.popleft()
-            if key in self.positions:
-                self.dirty.setdefault(key, 0.0)
+        with an earlier snapshot: the state is copied for one snapshot at a time. ``into``: encode
+        now and hand the changelog records to it (exactly_once: the open transaction) instead of
+        the writer. Returns the partitions snapshotted."""
+        self.due_again(self.failed)
+        self.failed.clear()
         interval = self.settings.state.snapshot_interval_s
         if interval and not self.writer.idle():
-            return
+            return []
         now = time.monotonic()
         due = [tp for tp, since in self.dirty.items() if now - since >= interval]
-        if due:
-            self.snapshot(due if interval == 0 else [min(due, key=self.dirty.__getitem__)])
+        if not due:
+            return []
+        chosen = due if interval == 0 else [min(due, key=self.dirty.__getitem__)]
+        if into is None:
+            self.snapshot(chosen)
+            return chosen
+        for topic, p in chosen:
+            self.dirty.pop((topic, p), None)
+            position = self.positions[(topic, p)]
+            assert position is not None
+            snap = PartitionSnapshot(topic, p, position, self.pipeline.export_partition(p))
+            snap.group, snap.created_ms = self.store.group, int(time.time() * 1000)
+            with encoded(snap, self.store.key) as parts:
+                into(self._manifest(snap, parts), parts)
+        return chosen
+
+    def due_again(self, keys: Iterable[Key]) -> None:
+        """Partitions whose snapshot did not reach the changelog: due at the next call."""
+        for key in keys:
+            if key in self.positions:
+                self.dirty.setdefault(key, 0.0)
 
     def snapshot(self, partitions: list[Key], wait: bool = False) -> None:
         """Copy the state of ``partitions`` now (consistent with the committed offsets) and let

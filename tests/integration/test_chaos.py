@@ -70,6 +70,21 @@ def test_kill_9_three_times_loses_nothing(stream: Stream) -> None:
     assert_like_oracle(c, "\n".join(c.lines()))
 
 
+def test_kill_9_under_exactly_once_delivers_every_alert_once(stream: Stream) -> None:
+    c = chaos.kill_experiment(
+        stream.kafka,
+        stream.workdir,
+        stream.oracle,
+        stream.expected,
+        kills=3,
+        rng=random.Random(1),
+        env=chaos.EXACTLY_ONCE,
+    )
+    report = "\n".join(c.lines())
+    assert_like_oracle(c, report)
+    assert c.alert_records == c.alert_ids, f"alert records delivered twice (read committed)\n{report}"
+
+
 def test_replicas_joining_leaving_and_killed_lose_nothing(stream: Stream) -> None:
     c = chaos.replica_experiment(
         stream.kafka,
