@@ -2,17 +2,19 @@
 
 Per batch (a checkpoint): consume -> :meth:`Pipeline.process` -> produce dead letters, alerts and
 model versions -> wait for every delivery report -> append versions to the registry -> commit the
-batch's offsets -> snapshot the state of its partitions (at most every
-``state.snapshot_interval_s``; written by a background thread). Offsets never move past a batch
-whose outputs were not delivered: while a delivery fails the service is *degraded* (readiness
-fails), pauses its partitions, keeps polling so it stays in the group, and retries until the
-outputs are delivered, then resumes where it stopped.
+batch's offsets -> checkpoint the state of its partitions (at most every
+``state.snapshot_interval_s``; to the changelog topic and the local cache, by a background thread).
+Under ``processing.guarantee: exactly_once`` the outputs, the due checkpoints and the offsets are
+one Kafka transaction (``send_offsets_to_transaction``). Offsets never move past a batch whose
+outputs were not delivered: while a delivery fails the service is *degraded* (readiness fails),
+pauses its partitions, keeps polling so it stays in the group, and retries until the outputs are
+delivered, then resumes where it stopped.
 
-State follows partitions (:mod:`monitor.serve.partitions`): restored on assignment, snapshotted on
-revocation, dropped unsaved on loss. Each device also remembers the offset of its last applied
-reading, so a re-delivered reading is never applied twice. A stop request (SIGTERM/SIGINT) takes
-effect between batches: the current batch is finished, delivered and committed, and every
-partition snapshotted.
+State follows partitions (:mod:`monitor.serve.partitions`): restored on assignment (from the
+changelog), checkpointed on revocation, dropped unsaved on loss. Each device also remembers the
+offset of its last applied reading, so a re-delivered reading is never applied twice. A stop
+request (SIGTERM/SIGINT) takes effect between batches: the current batch is finished, delivered
+and committed, and every partition checkpointed.
 
 The loop also keeps :class:`~monitor.serve.health.Health` current (loop ticks, group membership, broker
 reachability, delivery) and hands the metrics their per-batch numbers, consumer lag included.
