@@ -76,8 +76,9 @@ class Manifest:
     def decode(cls, raw: bytes) -> Manifest:
         try:
             d = json.loads(raw)
-            if d.pop("format", None) != FORMAT:
-                raise ValueError(f"unsupported changelog format {d.get('format')!r}")
+            fmt = d.pop("format", None)
+            if fmt != FORMAT:
+                raise ValueError(f"unsupported changelog format {fmt!r}")
             return cls(**d)
         except (ValueError, TypeError) as exc:
             raise SnapshotError(f"unreadable changelog manifest: {exc}") from None
