@@ -513,6 +513,44 @@ def replica_experiment(
     return compare(f"replica churn ({counts})", actions, oracle, faulty, time.monotonic() - began)
 
 
+def scale_experiment(
+    stream: KafkaSettings,
+    workdir: Path,
+    oracle: Run,
+    source: Scenario,
+    expected: Offsets,
+    feed_s: float = 20.0,
+    env: dict[str, str] | None = None,
+) -> Comparison:
+    """Scale out and in, 1 -> 2 -> 3 -> 2 -> 1 replicas, each process with a state folder of its
+    own, while a copy of the stream flows in over ``feed_s`` seconds: every partition moves at
+    least once, from Kafka alone. The first replica to go leaves with SIGTERM, the second is
+    killed (kill -9)."""
+    began = time.monotonic()
+    copy = stream.model_copy(update={"readings_topic": f"{stream.readings_topic}.scale"})
+    faulty = Run(copy, workdir, name="scale", separate_disks=True, env=env or {})
+    feed = Feed(faulty.stream, source)
+    feeder = threading.Thread(target=feed.send, kwargs={"rate": sum(expected.values()) / feed_s}, daemon=True)
+    procs = [faulty.start()]
+    feeder.start()
+    step = feed_s / 5
+    for _ in range(2):  # out: 2, then 3 replicas
+        time.sleep(step)
+        procs.append(faulty.start())
+    time.sleep(step)
+    if stop(procs.pop(0)) != 0:  # in: 2 (the first replica leaves) ...
+        raise RuntimeError(f"{faulty.name}: a replica exited with an error on SIGTERM: see {faulty.log}")
+    time.sleep(step)
+    kill(procs.pop(0))  # ... then 1 (the second is killed)
+    feeder.join()
+    if feed.send() != expected:
+        raise RuntimeError("the copy of the stream did not land at the original's offsets")
+    finish(faulty, procs, expected, timeout=300)
+    return compare(
+        "scale 1 -> 2 -> 3 -> 2 -> 1, no shared folder", 4, oracle, faulty, time.monotonic() - began
+    )
+
+
 def _churn(run: Run, procs: list[Proc], rng: random.Random) -> str:
     """One membership change: a join while fewer than two replicas run, else a leave or a kill."""
     alive = [p for p in procs if p.poll() is None]

@@ -99,6 +99,13 @@ def test_replicas_joining_leaving_and_killed_lose_nothing(stream: Stream) -> Non
     assert_like_oracle(c, "\n".join(c.lines()))
 
 
+def test_scaling_out_and_in_without_a_shared_folder_keeps_state_equal(stream: Stream) -> None:
+    c = chaos.scale_experiment(
+        stream.kafka, stream.workdir, stream.oracle, stream.source, stream.expected, feed_s=15
+    )
+    assert_like_oracle(c, "\n".join(c.lines()))
+
+
 @pytest.mark.parametrize("kind", ["sigstop", "restart"])
 def test_broker_outage_degrades_then_resumes_and_loses_nothing(bench: chaos.OutageBench, kind: str) -> None:
     o = chaos.broker_experiment(bench, kind, outage_s=8)
