@@ -22,15 +22,19 @@ Experiments:
 - ``kill``: kill -9 the monitor N times at random progress points;
 - ``replicas``: two replicas sharing a snapshot directory, with join / leave (SIGTERM) /
   kill -9 churn while the stream flows in;
-- ``broker``: mid-stream, the broker frozen (SIGSTOP) or stopped and restarted (every
-  connection closed and refused for the outage, data kept: :class:`RelayedBroker`): the service
+- ``broker``: mid-stream, the broker (Apache Kafka) frozen (SIGSTOP) or stopped and restarted
+  (every connection closed and refused for the outage, data kept: :class:`RelayedBroker`): the service
   stays live, reports degraded, resumes after recovery and loses nothing;
+- ``crash``: mid-stream, the broker's JVM killed (SIGKILL) and restarted on its log directory,
+  once or several times, while a producer with acks=all and idempotence feeds the stream:
+  nothing it had acknowledged is lost, nothing is written twice, and the run equals the oracle;
 - ``sink``: Alertmanager down when the planted drift's alert fires: degraded, offsets held below
   the undelivered alerts, then delivered, committed to the end and equal to the oracle (the
   device-scope rules only: :func:`device_rules`).
 
-``scripts/chaos`` runs the long variants and prints the figures; ``tests/integration/
-test_chaos.py`` runs short ones.
+``scripts/chaos`` runs the long variants against one Apache Kafka (:class:`RelayedBroker`: the
+stream experiments reach it directly, the outage ones through the relay) and prints the figures,
+the broker's name and version first; ``tests/integration/test_chaos.py`` runs short ones.
 """
 
 from __future__ import annotations
@@ -745,6 +749,7 @@ class AckedFeed:
         self.kafka = kafka
         self.messages = [m for source in sources for m in stream(source)]
         conf = {"enable.idempotence": True, "acks": "all", "message.timeout.ms": int(timeout_s * 1000)}
+        conf |= {"log_level": 2}  # not every refused connection while the broker is down: the reports tell
         self._producer = Producer(producer_config(kafka) | conf)
         self.acked: dict[tuple[int, int], bytes] = {}  # (partition, offset) -> value
         self.failed: list[int] = []  # indices into messages
