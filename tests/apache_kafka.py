@@ -71,6 +71,14 @@ def kafka_libs() -> Path:
     return Path(libs)
 
 
+def cluster_id() -> str:
+    """A random cluster id as Kafka writes them (``kafka-storage random-uuid``): URL-safe base64
+    of 16 bytes, never starting with "-", which the storage tool would take for an option."""
+    while (found := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass
+    return found
+
+
 def kafka_version(libs: Path) -> str:
     """Apache Kafka's version, from the name of its broker jar (``kafka_2.13-4.1.1.jar``)."""
     for jar in sorted(libs.glob("kafka_2.*-*.jar")):
@@ -135,8 +143,7 @@ class ApacheKafka:
         config.write_text(self._settings())
         with self.log.open("ab") as out:
             if not (self.data / "meta.properties").is_file():
-                cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-                fmt = ["kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config)]
+                fmt = ["kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(config)]
                 subprocess.run(self._java(*fmt), stdout=out, stderr=subprocess.STDOUT, check=True)
             self._proc = subprocess.Popen(
                 self._java("kafka.Kafka", str(config)), stdout=out, stderr=subprocess.STDOUT
