@@ -17,6 +17,7 @@ import pytest
 
 from monitor.settings import KafkaSettings
 from producers.scenario import Scenario
+from tests import brokers
 from tests import chaos_harness as chaos
 from tests.apache_kafka import ApacheKafka
 
@@ -48,6 +49,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[chaos.OutageBenc
     session's), two streams, their oracle."""
     workdir = tmp_path_factory.mktemp("outage")
     with chaos.RelayedBroker(workdir / "kafka") as broker:
+        brokers.started.append(broker.describe())
         yield chaos.outage_bench(broker, workdir, devices=4, duration_s=120)
 
 
@@ -98,7 +100,7 @@ def test_broker_outage_degrades_then_resumes_and_loses_nothing(bench: chaos.Outa
 
 
 def test_broker_killed_and_restarted_loses_nothing_acknowledged(bench: chaos.OutageBench) -> None:
-    c = chaos.crash_experiment(bench, kills=1, down_s=3, feed_s=20, rng=random.Random(4))
+    c = chaos.crash_experiment(bench, kills=1, down_s=3, feed_s=30, rng=random.Random(4))
     report = "\n".join(c.lines())
     assert c.kills == 1, f"the stream was in before the broker was killed\n{report}"
     assert c.lost == 0, f"acknowledged messages missing from the topic\n{report}"
