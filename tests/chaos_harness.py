@@ -55,6 +55,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -801,11 +802,14 @@ class AckedFeed:
                 self._producer.poll(0.05)
 
 
-def on_topic(kafka: KafkaSettings, acked: dict[tuple[int, int], bytes]) -> tuple[int, int]:
+def on_topic(
+    kafka: KafkaSettings, acked: dict[tuple[int, int], bytes], sent: list[bytes], timeout: float = 120
+) -> tuple[int, int]:
     """(acknowledged messages not at their offset of ``kafka.readings_topic``, messages on it
-    more than once), reading the topic from the beginning to its ends."""
+    more often than they were ``sent``), reading the topic from the beginning to its ends."""
     c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"{kafka.readings_topic}.audit"})
     found: dict[tuple[int, int], bytes] = {}
+    deadline = time.monotonic() + timeout
     try:
         ends = {
             p: c.get_watermark_offsets(TopicPartition(kafka.readings_topic, p), timeout=10)[1]
@@ -813,13 +817,15 @@ def on_topic(kafka: KafkaSettings, acked: dict[tuple[int, int], bytes]) -> tuple
         }
         c.assign([TopicPartition(kafka.readings_topic, p, 0) for p, end in ends.items() if end > 0])
         while len(found) < sum(ends.values()):
-            for m in c.consume(1000, 5.0):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{kafka.readings_topic}: read {len(found)} of {ends} in {timeout}s")
+            for m in c.consume(1000, 1.0):
                 if m.error() is None:
                     found[(int(m.partition() or 0), int(m.offset() or 0))] = m.value() or b""
     finally:
         c.close()
     lost = sum(found.get(at) != value for at, value in acked.items())
-    return lost, len(found) - len(set(found.values()))
+    return lost, (Counter(found.values()) - Counter(sent)).total()
 
 
 @dataclass
@@ -831,7 +837,7 @@ class Crashes:
     acknowledged: int  # messages whose delivery report succeeded (re-sends included)
     resent: int  # messages produced again after their delivery failed
     lost: int  # acknowledged messages not on the topic at their offset
-    duplicates: int  # messages on the topic more than once
+    duplicates: int  # messages on the topic more often than the stream has them
     recovery_s: list[float]  # per kill: from the broker answering again to the monitor's next commit
     caught_up_s: float  # from the last restart or acknowledgement (the later) to the stream committed
     exit_code: int
@@ -929,7 +935,7 @@ def crash_experiment(
     faulty.wait_committed(expected, timeout=180)
     caught_up = time.monotonic() - max(restarted, fed)
     code = stop(proc)
-    lost, duplicates = on_topic(faulty.kafka, feed.acked)
+    lost, duplicates = on_topic(faulty.kafka, feed.acked, [m.value for m in feed.messages])
     comparison = compare("broker kill -9", len(down), bench.oracle, faulty, time.monotonic() - began)
     return Crashes(
         kills, down, len(feed.acked), feed.resent, lost, duplicates, recovery, caught_up, code, comparison
