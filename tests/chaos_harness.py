@@ -162,6 +162,30 @@ def publish(kafka: KafkaSettings, source: Scenario) -> Offsets:
 # --- monitor runs ------------------------------------------------------------------------------
 
 
+GUARANTEE = "TELEMON_PROCESSING__GUARANTEE"
+#: The settings of a run under processing.guarantee exactly_once.
+EXACTLY_ONCE = {GUARANTEE: "exactly_once"}
+
+
+def under(guarantee: str, experiment: Callable[[], Result]) -> Callable[[], Result]:
+    """``experiment`` with every monitor it starts under ``processing.guarantee: guarantee``."""
+
+    def run() -> Result:
+        os.environ[GUARANTEE] = guarantee
+        try:
+            return experiment()
+        finally:
+            os.environ.pop(GUARANTEE, None)
+
+    return run
+
+
+def apart(name: str) -> str:
+    """``name``, set apart for the runs under exactly_once (:func:`under`): a stream copied or
+    published again per guarantee needs topics of its own."""
+    return f"{name}-eos" if os.environ.get(GUARANTEE) == "exactly_once" else name
+
+
 @dataclass
 class Run:
     """One monitor run over the stream: its own group, output topics and state directory."""
@@ -174,6 +198,15 @@ class Run:
     separate_disks: bool = False
     started: int = 0  # processes started
     _alerts: list[Alert] | None = None
+
+    def __post_init__(self) -> None:
+        """A run under exactly_once (its ``env``, or the harness's: :func:`under`) is named apart."""
+        if self.exactly_once and not self.name.endswith("-eos"):
+            self.name += "-eos"
+
+    @property
+    def exactly_once(self) -> bool:
+        return (self.env.get(GUARANTEE) or os.environ.get(GUARANTEE)) == "exactly_once"
 
     @property
     def kafka(self) -> KafkaSettings:
@@ -431,6 +464,8 @@ def _some(items: set[str]) -> str:
 
 
 def compare(experiment: str, faults: int, oracle: Run, faulty: Run, seconds: float) -> Comparison:
+    if faulty.exactly_once:
+        experiment += " (exactly_once)"
     want, got = oracle.states(), faulty.states()
     want_ids = {(a.alert_id, a.status) for a in oracle.alerts() if a.scope == "device"}
     got_records = [(a.alert_id, a.status) for a in faulty.alerts() if a.scope == "device"]
@@ -456,10 +491,6 @@ def compare(experiment: str, faults: int, oracle: Run, faulty: Run, seconds: flo
 # --- a. kill -9 -------------------------------------------------------------------------------
 
 
-#: The settings of a run under processing.guarantee exactly_once.
-EXACTLY_ONCE = {"TELEMON_PROCESSING__GUARANTEE": "exactly_once"}
-
-
 def kill_experiment(
     stream: KafkaSettings,
     workdir: Path,
@@ -472,16 +503,14 @@ def kill_experiment(
     """kill -9 the monitor ``kills`` times, each at a random point of its progress (``env``: its
     settings, e.g. :data:`EXACTLY_ONCE`)."""
     began = time.monotonic()
-    eos = (env or {}).get("TELEMON_PROCESSING__GUARANTEE") == "exactly_once"
-    faulty = Run(stream, workdir, name="kill-eos" if eos else "kill", env=env or {})
+    faulty = Run(stream, workdir, name="kill", env=env or {})
     for point in sorted(rng.uniform(0.05, 0.95) for _ in range(kills)):
         proc = faulty.start()
         _wait_progress(faulty, expected, point, proc)
         time.sleep(rng.uniform(0, 0.3))  # not only right after a commit
         kill(proc)
     finish(faulty, [faulty.start()], expected, timeout=300)
-    name = "kill -9, exactly_once" if eos else "kill -9"
-    return compare(name, kills, oracle, faulty, time.monotonic() - began)
+    return compare("kill -9", kills, oracle, faulty, time.monotonic() - began)
 
 
 # --- b. replicas with membership churn ---------------------------------------------------------
@@ -501,7 +530,7 @@ def replica_experiment(
     alone), while a copy of the stream flows in over ``feed_s`` seconds; at random moments a
     replica joins (while fewer than two run), leaves (SIGTERM) or is killed (kill -9)."""
     began = time.monotonic()
-    copy = stream.model_copy(update={"readings_topic": f"{stream.readings_topic}.replicas"})
+    copy = stream.model_copy(update={"readings_topic": apart(f"{stream.readings_topic}.replicas")})
     faulty = Run(copy, workdir, name="replicas", separate_disks=True)
     feed = Feed(faulty.stream, source)
     feeder = threading.Thread(target=feed.send, kwargs={"rate": sum(expected.values()) / feed_s}, daemon=True)
@@ -534,7 +563,7 @@ def scale_experiment(
     least once, from Kafka alone. The first replica to go leaves with SIGTERM, the second is
     killed (kill -9)."""
     began = time.monotonic()
-    copy = stream.model_copy(update={"readings_topic": f"{stream.readings_topic}.scale"})
+    copy = stream.model_copy(update={"readings_topic": apart(f"{stream.readings_topic}.scale")})
     faulty = Run(copy, workdir, name="scale", separate_disks=True, env=env or {})
     feed = Feed(faulty.stream, source)
     feeder = threading.Thread(target=feed.send, kwargs={"rate": sum(expected.values()) / feed_s}, daemon=True)
@@ -748,7 +777,7 @@ def broker_experiment(bench: OutageBench, kind: str, outage_s: float) -> Outage:
     began = time.monotonic()
     liveness = max(8.0, 2.5 * outage_s)
     env = {"TELEMON_METRICS__LIVENESS_TIMEOUT_S": str(liveness)}
-    kafka = stream_settings(bench.broker.bootstrap_servers, f"outage-{kind}")
+    kafka = stream_settings(bench.broker.bootstrap_servers, apart(f"outage-{kind}"))
     faulty = Run(kafka, bench.workdir, name=f"outage-{kind}", env=env)
     ahead = Feed(faulty.stream, bench.first).send()
     proc = faulty.start()
@@ -1260,7 +1289,7 @@ def _hold(run: Run, expected: Offsets, seconds: float) -> Offsets:
 # --- entry point -------------------------------------------------------------------------------
 
 Result = Comparison | Outage | SinkOutage | Crashes
-EXPERIMENTS = ("kill", "replicas", "broker", "crash", "sink")
+EXPERIMENTS = ("kill", "replicas", "scale", "broker", "crash", "sink")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1287,6 +1316,13 @@ def main(argv: list[str] | None = None) -> int:
         default=5.0,
         help="seconds the killed broker stays down before its restart",
     )
+    parser.add_argument(
+        "--guarantee",
+        choices=("at_least_once", "exactly_once", "both"),
+        default="both",
+        help="processing.guarantee of the faulty runs: each experiment runs once per guarantee "
+        "(default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seeds the fault points")
     parser.add_argument("--only", choices=EXPERIMENTS, action="append", help="run only these (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, snapshots)")
@@ -1309,8 +1345,11 @@ def _run_all(args: argparse.Namespace, only: set[str], workdir: Path) -> bool:
     with RelayedBroker(workdir / "kafka") as relayed:
         print(f"kafka: {relayed.describe()}", flush=True)
         direct = relayed.kafka.bootstrap_servers
-        plan = _stream_experiments(args, only, workdir, direct)
-        plan += _outage_experiments(args, only, workdir, direct, relayed)
+        experiments = _stream_experiments(args, only, workdir, direct)
+        experiments += _outage_experiments(args, only, workdir, direct, relayed)
+        both = ("at_least_once", "exactly_once")
+        guarantees = both if args.guarantee == "both" else (args.guarantee,)
+        plan = [under(g, experiment) for g in guarantees for experiment in experiments]
         for experiment in plan:
             result = experiment()
             print("\n".join(result.lines()), flush=True)
@@ -1324,7 +1363,7 @@ def _stream_experiments(
     args: argparse.Namespace, only: set[str], workdir: Path, bootstrap_servers: str
 ) -> list[Callable[[], Result]]:
     """kill -9 and replica churn over one stream of ``--devices`` x ``--duration`` and its oracle."""
-    if not only & {"kill", "replicas"}:
+    if not only & {"kill", "replicas", "scale"}:
         return []
     rng = random.Random(args.seed)
     stream = stream_settings(bootstrap_servers, "chaos")
@@ -1339,6 +1378,8 @@ def _stream_experiments(
         plan.append(
             lambda: replica_experiment(stream, workdir, oracle, source, expected, args.churn, rng, args.feed)
         )
+    if "scale" in only:
+        plan.append(lambda: scale_experiment(stream, workdir, oracle, source, expected, args.feed))
     return plan
 
 
