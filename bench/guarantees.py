@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from tests import chaos_harness as chaos
-from tests.apache_kafka import ApacheKafka, kafka_libs
+from tests.apache_kafka import ApacheKafka
 
 #: Each guarantee with the changelog, and at_least_once with the snapshot folder alone.
 GUARANTEES = {
@@ -28,12 +28,6 @@ GUARANTEES = {
     "exactly_once": chaos.EXACTLY_ONCE,
     "files_only": {"TELEMON_STATE__CHANGELOG": "false"},
 }
-
-
-def kafka_version() -> str:
-    """Apache Kafka's version, from its broker jar's name."""
-    jar = next(kafka_libs().glob("kafka_2.13-*.jar"))
-    return jar.stem.removeprefix("kafka_2.13-")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -64,7 +58,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, ApacheKafka(Path(tmp)) as broker:
-        print(f"kafka: Apache Kafka {kafka_version()} (KRaft, one node, {broker.bootstrap_servers})")
+        print(f"kafka: {broker.describe()}")
         kafka = chaos.stream_settings(broker.bootstrap_servers, "bench-guarantees")
         expected = chaos.publish(kafka, chaos.scenario(args.devices, args.seconds))
         readings = sum(expected.values())
