@@ -653,7 +653,8 @@ class Service:
     def _end_transaction(self, offsets: list[TopicPartition]) -> None:
         """Commit the open transaction (with ``offsets``). A failure that needs an abort aborts
         it (its outputs are produced again in a new one); any failure raises KafkaUnavailable.
-        A fatal one (this transactional id fenced by a newer producer) stops the service."""
+        A fatal one (this transactional id fenced by a newer producer) stops the service
+        (:class:`~monitor.errors.TransactionsFailed`)."""
         timeout = self.settings.consume.delivery_timeout_s
         try:
             if offsets:
@@ -663,7 +664,7 @@ class Service:
         except KafkaException as exc:
             err = exc.args[0]
             if err.fatal():
-                raise errors.KafkaUnavailable(
+                raise errors.TransactionsFailed(
                     f"exactly_once: the transactional producer failed for good ({err.str()}): another "
                     "process uses the same processing.transactional_id, or the transaction timed out"
                 ) from None
@@ -683,7 +684,7 @@ class Service:
         self.txn_open = False
         self.partitions.due_again(self.txn_snapshots)
         self.txn_snapshots = []
-        self.tracker.errors, self.tracker.pending = [], 0
+        self.tracker.errors = []
 
 
 def default_transactional_id(settings: Settings) -> str:
