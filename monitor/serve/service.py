@@ -218,18 +218,25 @@ class Service:
                     if self.health.broker_error is not None:
                         self._probe_broker()
         finally:
-            self.health.stopped = True
-            if self.txn_open:
-                self._abort()
-            if self.feedback is not None:
-                self.feedback.close()
-            self.consumer.close()  # revokes the assignment: snapshots every partition
-            self.partitions.writer.close()
-            if self.changelog is not None:
-                self.changelog.close()
-            self.pipeline.trainer.close()
-            self.producer.flush(self.settings.consume.delivery_timeout_s)
+            self._close()
         return self.totals
+
+    def _close(self) -> None:
+        """Stop: abort an open transaction, revoke (checkpointing), drain the writers, flush."""
+        self.health.stopped = True
+        if self.txn_open:
+            self._abort()
+        if self.feedback is not None:
+            self.feedback.close()
+        self.consumer.close()  # revokes the assignment: checkpoints every partition
+        self.partitions.writer.close()
+        if self.changelog is not None:
+            self.changelog.close()
+        self.pipeline.trainer.close()
+        try:
+            self.producer.flush(self.settings.consume.delivery_timeout_s)
+        except KafkaException as exc:  # a producer that failed for good (fenced) says so here
+            log.warning("outputs not flushed at exit: %s", exc.args[0].str())
 
     def _batch(self, messages: list[Message]) -> BatchResult | None:
         t0 = time.perf_counter()
@@ -539,6 +546,9 @@ class Service:
                 self.in_kafka = True
             if self.sink is not None:
                 self.sink.send(result.alerts)
+        except errors.TransactionsFailed:
+            self.pending, self.abandoned = result, True  # its state is ahead: never checkpointed
+            raise
         except (errors.KafkaUnavailable, SinkUnavailable) as exc:
             self.health.delivery_error = str(exc)
             log.warning("outputs not delivered (%s): degraded, retrying", exc)
@@ -635,7 +645,10 @@ class Service:
     def _begin(self) -> None:
         """Open the batch's transaction (exactly_once; a no-op otherwise)."""
         if self.eos and not self.txn_open:
-            self.producer.begin_transaction()
+            try:
+                self.producer.begin_transaction()
+            except KafkaException as exc:
+                raise _failed(exc.args[0]) from None
             self.txn_open = True
 
     def _commit_transaction(self, result: BatchResult) -> None:
@@ -664,27 +677,41 @@ class Service:
         except KafkaException as exc:
             err = exc.args[0]
             if err.fatal():
-                raise errors.TransactionsFailed(
-                    f"exactly_once: the transactional producer failed for good ({err.str()}): another "
-                    "process uses the same processing.transactional_id, or the transaction timed out"
-                ) from None
+                raise _failed(err) from None
             if err.txn_requires_abort():
-                self._abort()
+                fatal = self._abort()
+                if fatal is not None:
+                    raise _failed(fatal) from None
             raise errors.KafkaUnavailable(f"transaction not committed: {err.str()}") from None
         self.txn_open = False
         self.txn_snapshots = []
         self.tracker.errors = []
 
-    def _abort(self) -> None:
-        """Abort the open transaction; the state it checkpointed is due again."""
+    def _abort(self) -> KafkaError | None:
+        """Abort the open transaction; the state it checkpointed is due again. Returns the error
+        if the producer failed for good meanwhile."""
+        fatal = None
         try:
             self.producer.abort_transaction(self.settings.consume.delivery_timeout_s)
         except KafkaException as exc:
-            log.warning("aborting the transaction failed (%s): the broker aborts it at its timeout", exc)
+            err = exc.args[0]
+            fatal = err if err.fatal() else None
+            log.warning("aborting the transaction failed (%s): the broker aborts it at its timeout", err)
         self.txn_open = False
         self.partitions.due_again(self.txn_snapshots)
         self.txn_snapshots = []
         self.tracker.errors = []
+        return fatal
+
+
+def _failed(err: KafkaError) -> errors.Unavailable:
+    """The error for a transactional producer that failed: for good (fenced) or not."""
+    if not err.fatal():
+        return errors.KafkaUnavailable(f"cannot begin a transaction: {err.str()}")
+    return errors.TransactionsFailed(
+        f"exactly_once: the transactional producer failed for good ({err.str()}): another process "
+        "uses the same processing.transactional_id, or this one's transaction timed out; restart it"
+    )
 
 
 def default_transactional_id(settings: Settings) -> str:
