@@ -121,6 +121,9 @@ class KafkaSettings(_Section):
     state_topic: str = Field(
         "telemon.state", description="the compacted changelog of partition state (state.changelog)"
     )
+    artifacts_topic: str = Field(
+        "telemon.artifacts", description="signed model versions of a shared registry (compacted)"
+    )
     partitions: int = Field(4, ge=1, description="partitions for topics telemon creates")
     session_timeout_ms: int = Field(6000, ge=1000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
@@ -155,6 +158,7 @@ class KafkaSettings(_Section):
         "audit_topic",
         "feedback_topic",
         "state_topic",
+        "artifacts_topic",
     )
     @classmethod
     def _path_safe_name(cls, name: str) -> str:
@@ -938,6 +942,12 @@ class RegistrySettings(_Section):
     """The model registry: signed model artifacts and the audit trail (see ``monitor.govern.registry``)."""
 
     dir: Path | None = Field(None, description="registry directory (default: state_dir/registry)")
+    shared: bool = Field(
+        False,
+        description="Kafka is the registry's system of record (kafka.artifacts_topic, kafka.audit_topic): "
+        "the directory is this process' copy, kept current; every replica and the registry command "
+        "need the same signing key",
+    )
     signing_key: SecretStr | None = Field(
         None, description="HMAC-SHA256 key, at least 32 bytes; set it from the environment"
     )
