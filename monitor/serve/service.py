@@ -307,13 +307,15 @@ class Service:
         if not self.settings.registry.shared:
             return None
         replica = replication.RegistryReplica(self.settings, self.registry)
+        began = time.monotonic()
         read = replica.catch_up()
         log.info(
-            "registry: shared through %s and %s; %d record(s) read, %d version(s) installed",
+            "registry: shared through %s and %s; %d record(s) read, %d version(s) installed in %.1fs",
             self.settings.kafka.artifacts_topic,
             self.settings.kafka.audit_topic,
             read,
             replica.installed,
+            time.monotonic() - began,
         )
         return replica
 
