@@ -30,7 +30,15 @@ import time
 from collections.abc import Iterable, Sequence
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from monitor.errors import ArtifactError, KafkaUnavailable, RegistryError
 from monitor.govern.registry import (
@@ -50,6 +58,11 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 512 * 1024
 #: Records per poll, and how long a poll waits (a stop request is seen within this).
 BATCH, POLL_S = 500, 0.2
+_NO_LEADER = frozenset(
+    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART}
+)
+#: Tries to read a partition's end offsets (0.5 s apart) before Kafka counts as unavailable.
+LOOKUP_ATTEMPTS = 20
 
 
 class Bundle(msgspec.Struct, frozen=True):
@@ -176,8 +189,8 @@ class RegistryReplica:
         """Read both topics up to their ends as of now into the directory; returns the records
         read. Raises :class:`KafkaUnavailable` if Kafka does not answer or the read takes longer
         than ``timeout_s``."""
+        ends = self._ends(self._partitions())  # before the assignment: no fetch holds the connection
         self._assign()
-        ends = self._ends()
         deadline, read = time.monotonic() + timeout_s, 0
         while True:
             positions = self.consumer.position([TopicPartition(t, p) for t, p in ends])
@@ -215,8 +228,12 @@ class RegistryReplica:
             )
 
     def _assign(self) -> None:
-        if self._assigned:
-            return
+        if not self._assigned:
+            self.consumer.assign(self._partitions())
+            self._assigned = True
+
+    def _partitions(self) -> list[TopicPartition]:
+        """Every partition of the registry's topics, from the beginning."""
         k = self.settings.kafka
         meta = kafka.list_topics(self.consumer, k).topics
         missing = [t for t in (k.artifacts_topic, k.audit_topic) if t not in meta]
@@ -225,26 +242,36 @@ class RegistryReplica:
                 f"the shared registry's topics {', '.join(missing)} do not exist: `telemon run` "
                 "creates them (or create them as compose.yaml's kafka-init does)"
             )
-        tps = [
+        return [
             TopicPartition(t, p, OFFSET_BEGINNING)
             for t in (k.artifacts_topic, k.audit_topic)
             for p in sorted(meta[t].partitions)
         ]
-        self.consumer.assign(tps)
-        self._assigned = True
 
-    def _ends(self) -> dict[tuple[str, int], int]:
+    def _ends(self, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
         """The end offset of each partition holding records (a position before it: not read yet,
         a negative one: nothing fetched yet)."""
         ends = {}
-        for tp in self.consumer.assignment():
-            try:
-                low, high = self.consumer.get_watermark_offsets(tp, timeout=kafka.CONNECT_TIMEOUT_S)
-            except KafkaException as exc:
-                raise KafkaUnavailable(f"cannot read the end of {tp.topic} [{tp.partition}]: {exc}") from None
+        for tp in partitions:
+            low, high = self._watermarks(tp)
             if high > low:  # an empty partition is read already
                 ends[(tp.topic, tp.partition)] = high
         return ends
+
+    def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
+        """A partition's first and end offsets; a topic just created may have no leader yet."""
+        for attempt in range(LOOKUP_ATTEMPTS):
+            try:
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=kafka.CONNECT_TIMEOUT_S)
+                return low, high
+            except KafkaException as exc:
+                err = exc.args[0]
+                if attempt + 1 == LOOKUP_ATTEMPTS or not (err.retriable() or err.code() in _NO_LEADER):
+                    raise KafkaUnavailable(
+                        f"cannot read the end of {tp.topic} [{tp.partition}]: {exc}"
+                    ) from None
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
 
     def _apply(self, messages: Iterable[Message]) -> None:
         """Install the versions these records complete, then append the events."""
