@@ -13,7 +13,9 @@ environment (as ``docker-compose config`` resolves them), processes instead of c
 
 The service name ``kafka:9092`` becomes the broker's address. Checked: the replicas join one group
 and split the partitions, alerts are produced, the version one replica registers is installed in
-the other's directory (verified with the shared key), and both are ready. The seconds a second
+the other's directory (verified with the shared key), ``telemon registry promote`` run with a third
+state directory reaches both (the owner serves the version), both are ready, and the partitions of
+a replica that stops go to the other. The seconds a second
 replica takes to join and take its partitions are printed (``pytest -s``) for the README.
 """
 
@@ -306,6 +308,27 @@ def test_the_compose_topology_without_docker(
     )
     registered = [e for e in _trail(registries[0], pairs) if e[0] == "registered"]
     assert sorted(registered) == sorted(set(registered)) and len(registered) == len(refs)
+
+    # An operator's promotion, from a third disk, reaches both replicas; the owner serves it.
+    promote = ["registry", "promote", "dev-0007", "temperature", "1", "--reason", "compose test"]
+    operator = container_env(monitor, broker) | {"TELEMON_STATE_DIR": str(tmp_path / "operator")}
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor.cli.main", *promote, *monitor["command"][1:]],
+        cwd=ROOT,
+        env=host_env(**operator),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    wait_for(
+        "the promotion in both replicas, served by the owner",
+        lambda: (
+            all(reg.serving("dev-0007", "temperature") == 1 for reg in registries)
+            and any("dev-0007/temperature now serves v1" in r.log.read_text() for r in replicas)
+        ),
+        replicas,
+    )
 
     assert all(r.ready() for r in replicas)
     assert sum(r.assigned() for r in replicas) == partitions
