@@ -153,6 +153,7 @@ class RegistryReplica:
         self.consumer = Consumer(kafka.consumer_config(k, **{"group.id": f"{k.group_id}.registry-reader"}))
         self.assembler = Assembler()
         self.installed = 0  # versions this copy got from the topic
+        self.seen: set[VersionRef] = set()  # versions read from the topic
         self.refused = 0  # versions that did not verify (another key, tampered)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._follow, name="telemon-registry", daemon=True)
@@ -204,6 +205,23 @@ class RegistryReplica:
             messages = self.consumer.consume(BATCH, POLL_S)
             self._apply(messages)
             read += len(messages)
+
+    def publish_missing(self) -> list[VersionRef]:
+        """After :meth:`catch_up`: publish the versions of the directory the topic lacks (stored
+        before the registry was shared, or by a replica that stopped between its commit and the
+        versions' acknowledgement); only those that verify with the configured key."""
+        missing = []
+        for ref in self.registry.versions():
+            if ref in self.seen:
+                continue
+            try:
+                self.registry.manifest(*ref)
+            except RegistryError as exc:
+                log.warning("registry: %s not published: %s", ref, exc)
+                continue
+            self.publish_version(ref, self.registry.version_files(*ref))
+            missing.append(ref)
+        return missing
 
     def start(self) -> None:
         self.thread.start()
@@ -292,7 +310,9 @@ class RegistryReplica:
             except (ValueError, msgspec.MsgspecError) as exc:
                 log.warning("registry: skipping %s [%s] @%s: %s", m.topic(), m.partition(), m.offset(), exc)
         for b in bundles:
-            self._install(VersionRef(b.device_id, b.sensor, b.version), b.files)
+            ref = VersionRef(b.device_id, b.sensor, b.version)
+            self.seen.add(ref)
+            self._install(ref, b.files)
         if events:
             try:
                 self.registry.record(*events)

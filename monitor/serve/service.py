@@ -317,6 +317,13 @@ class Service:
             replica.installed,
             time.monotonic() - began,
         )
+        published = replica.publish_missing()
+        if published:
+            log.info("registry: %d version(s) of this directory published: %s", len(published), published)
+            try:
+                replica.flush()
+            except errors.KafkaUnavailable as exc:
+                log.error("registry: versions of this directory not published yet: %s", exc)
         return replica
 
     def _switch(

@@ -152,3 +152,22 @@ def test_an_artifact_larger_than_a_record_goes_in_chunks(topics: KafkaSettings, 
     )
     a.close()
     b.close()
+
+
+def test_versions_stored_before_sharing_are_published_once(topics: KafkaSettings, tmp_path: Path) -> None:
+    """A directory's versions the topic lacks (registered before registry.shared, or by a replica
+    that stopped before Kafka acknowledged them) are published when it starts sharing."""
+    local = ModelRegistry(tmp_path / "a" / "registry", KEY.encode())
+    _register(local, 2)  # no publisher: only in this directory
+    a = _replica(topics, tmp_path / "a")
+    a.catch_up()
+    assert a.publish_missing() == [VersionRef(DEV, SENSOR, 2)]
+    a.flush()
+    again = _replica(topics, tmp_path / "a")
+    again.catch_up()
+    assert again.publish_missing() == []
+    b = _replica(topics, tmp_path / "b")
+    b.catch_up()
+    assert b.registry.versions() == [VersionRef(DEV, SENSOR, 2)]
+    for r in (a, again, b):
+        r.close()
