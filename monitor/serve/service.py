@@ -499,20 +499,27 @@ class Service:
         Under exactly_once an undelivered batch is abandoned: its transaction is aborted, and the
         next owner produces its outputs."""
         self._release([(tp.topic, tp.partition) for tp in partitions], save=self.pending is None)
-        if self.eos and self.pending is not None:
-            if self.txn_open:
-                self._abort()
-            log.warning(
-                "the group rebalanced during an outage: the undelivered batch is left to the next owner"
-            )
-            self.pending, self.in_kafka, self.rewind = None, False, {}
-            self.metrics.record_degraded(False)
+        self._abandon()
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """The group reassigned these partitions without us: drop their state, write nothing."""
         log.warning("lost %d partition(s) to the group; their state is dropped", len(partitions))
         self.health.lost()
         self._release([(tp.topic, tp.partition) for tp in partitions], save=False)
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Under exactly_once, partitions given up while a batch is undelivered take the batch
+        along: its transaction is aborted (its offsets could no longer be committed by this
+        member), and the partitions' next owner produces its outputs. (A batch committed to
+        Kafka and waiting for Alertmanager stays: it is posted still.)"""
+        if not self.eos or self.pending is None or self.in_kafka:
+            return
+        if self.txn_open:
+            self._abort()
+        log.warning("partitions given up during an outage: the undelivered batch is left to their next owner")
+        self.pending, self.in_kafka, self.rewind = None, False, {}
+        self.metrics.record_degraded(False)
 
     def _release(self, keys: list[tuple[str, int]], save: bool) -> None:
         self.partitions.release(keys, save)
@@ -622,14 +629,9 @@ class Service:
         for m in self.consumer.consume(c.batch_size, c.poll_timeout_s):
             if m.error() is None:  # paused partitions deliver nothing; were a message to slip
                 self._rewind(m)  # through, consumption restarts at it after the outage
-        if self.eos:
-            if not self.in_kafka and not self.txn_open:  # aborted: the outputs again, in a new one
-                self.tracker.errors = []
-                self._begin()
-                self._produce(result)
-        elif not self.in_kafka and self.tracker.pending == 0:  # nothing in flight: failed for good
-            self.tracker.errors = []
-            self._produce(result)
+        if self.pending is not result:  # abandoned by a rebalance meanwhile (exactly_once)
+            return
+        self._produce_again(result)
         if not self._delivered(result):
             if stop.is_set():  # keep `pending`: the revocation then drops the state unsaved
                 log.error("stopping with undelivered outputs: their batch stays uncommitted")
@@ -646,6 +648,19 @@ class Service:
             if position is not None:
                 tp.offset = position
                 self.consumer.seek(tp)
+
+    def _produce_again(self, result: BatchResult) -> None:
+        """The outputs of an undelivered batch, again if they failed for good: under exactly_once
+        in a new transaction once the last one was aborted; otherwise once nothing is in flight."""
+        if self.in_kafka:
+            return
+        if self.eos and not self.txn_open:
+            self.tracker.errors = []
+            self._begin()
+            self._produce(result)
+        elif not self.eos and self.tracker.pending == 0:
+            self.tracker.errors = []
+            self._produce(result)
 
     def _rewind(self, m: Message) -> None:
         tp, offset = (str(m.topic()), int(m.partition() or 0)), m.offset()
