@@ -186,12 +186,16 @@ def list_topics(client: AdminClient | Consumer, s: KafkaSettings) -> ClusterMeta
         ) from None
 
 
-def ensure_topics(s: KafkaSettings, names: Iterable[str], timeout: float = 15.0) -> None:
-    """Create the topics that do not exist yet (idempotent). Raises :class:`KafkaUnavailable`
-    if the brokers do not answer within :data:`CONNECT_TIMEOUT_S`."""
+def ensure_topics(
+    s: KafkaSettings, names: Iterable[str], timeout: float = 15.0, partitions: int | None = None
+) -> None:
+    """Create the topics that do not exist yet (idempotent), with ``partitions`` partitions
+    (default ``kafka.partitions``). Raises :class:`KafkaUnavailable` if the brokers do not answer
+    within :data:`CONNECT_TIMEOUT_S`."""
     admin = AdminClient(client_config(s))
     existing = set(list_topics(admin, s).topics)
-    wanted = [NewTopic(n, num_partitions=s.partitions, replication_factor=1) for n in names]
+    n_partitions = s.partitions if partitions is None else partitions
+    wanted = [NewTopic(n, num_partitions=n_partitions, replication_factor=1) for n in names]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:
         return

@@ -13,6 +13,7 @@ from monitor.govern.rules import load_rules
 from monitor.ingest import kafka
 from monitor.pipeline import Pipeline
 from monitor.serve.feedback import FeedbackWorker
+from monitor.serve.fleetspan import SpanWorker
 from monitor.serve.health import Health, HttpEndpoint, make_app, server_tls_context
 from monitor.serve.metrics import Metrics
 from monitor.serve.service import Service
@@ -40,6 +41,8 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     k = settings.kafka
     outputs = [k.dead_letter_topic, k.alerts_topic, k.models_topic, k.audit_topic]
     kafka.ensure_topics(k, [k.readings_topic, k.feedback_topic, *outputs])
+    if settings.fleet.span:  # one partition: every replica merges the partials in one order
+        kafka.ensure_topics(k, [k.fleet_topic], partitions=1)
     registry = CollectorRegistry() if registry is None else registry
     cohorts = [
         f"{label}={v}" for label in pipeline.cohort_labels for v in sorted(pipeline.labels.values(label))
@@ -61,4 +64,5 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         url = f"{endpoint.scheme}://{m.host}:{endpoint.port}"
         log.info("metrics on %s/metrics (probes: /healthz, /readyz)", url)
     worker = FeedbackWorker(settings, metrics, open_registry(settings)) if settings.feedback.enabled else None
-    return Service(settings, pipeline, metrics, health, endpoint, worker)
+    span = SpanWorker(settings, metrics, rules) if settings.fleet.span else None
+    return Service(settings, pipeline, metrics, health, endpoint, worker, span)
