@@ -176,6 +176,7 @@ class Run:
                 "models_topic": f"{s.readings_topic}.{self.name}.models",
                 "audit_topic": f"{s.readings_topic}.{self.name}.audit",
                 "feedback_topic": f"{s.readings_topic}.{self.name}.feedback",
+                "fleet_topic": f"{s.readings_topic}.{self.name}.fleet",
             }
         )
 

@@ -216,6 +216,7 @@ def unique_kafka_settings(broker: ApacheKafka | EmbeddedBroker) -> KafkaSettings
         models_topic=f"t{n}.models",
         audit_topic=f"t{n}.audit",
         feedback_topic=f"t{n}.feedback",
+        fleet_topic=f"t{n}.fleet",
         partitions=4,
         session_timeout_ms=3000,
     )

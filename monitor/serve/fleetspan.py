@@ -18,18 +18,21 @@ a share is too small. With ``fleet.span``:
    rules (:class:`~monitor.detect.spandrift.MergedDrift`), in this worker's own rules engine. Every
    replica computes the same episodes from the same log.
 4. **Alert once.** Only the *leader*, the replica that owns partition 0 of the readings topic
-   (:meth:`SpanWorker.lead`, told by the service on each rebalance), produces the alerts. Partition
-   0 has one owner at a time, so an alert is produced once. Around a rebalance the old and the new
-   owner may both produce one, or neither: a replica that becomes leader re-produces the alerts of
-   the episodes firing in its (identical) state, and every record of an episode has the same alert
-   id (rule, group key, sensor and the event time of the episode's first window), so consumers
-   that dedupe by ``alert_id`` (Alertmanager, the feedback ledger) see one alert.
+   (:meth:`SpanWorker.lead`, told by the service on each rebalance), produces the alerts, then
+   acknowledges them on the fleet topic (an :class:`Ack` record). Every replica keeps the alert
+   records it computed and no leader acknowledged (:attr:`SpanWorker.owed`): a replica that
+   becomes leader (a rebalance, the leader stopped or crashed) reads the fleet topic up to its end,
+   then produces what is still owed. So an alert is produced once; twice only when a leader
+   crashes between producing an alert and its acknowledgement, or loses partition 0 with an
+   acknowledgement in flight, and then with the same alert id: the id hashes the rule, the group
+   key, the sensor and the event time of the episode's first window, so consumers that dedupe by
+   ``alert_id`` (Alertmanager, the feedback ledger) see one alert.
 
-Restarts: a worker starts from the fleet topic's beginning and re-evaluates its history without
-producing (as the service re-applies readings up to its committed offset), then produces from
-the records that were new when it started. The topic's retention must cover the reference windows
-(``drift.fleet_reference_size`` scores); older partials are simply gone, and the reference is then
-rebuilt from what is left.
+Restarts: a worker reads the fleet topic from its beginning, rebuilding the same windows,
+references and episodes; what was acknowledged is not produced again. The topic's retention must
+cover the reference windows (``drift.fleet_reference_size`` scores); older partials are gone, and
+the reference is then rebuilt from what is left (compare the ``telemon_fleet_span_*`` metrics of
+the replicas: they agree when their logs agree).
 
 Fleet-scope ``lag``, ``input_adwin_*``, and cohort ``cohort_input_*`` and ``bias_*`` signals are
 not merged: they stay per replica and are absent from the merged view (a rule on them logs a
@@ -41,6 +44,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
 
 from monitor import errors
@@ -56,6 +60,7 @@ from monitor.settings import Settings
 log = logging.getLogger(__name__)
 
 BATCH, POLL_S = 1000, 0.2
+LOOKUP_ATTEMPTS = 10
 #: The signals the merged view gives (the fleet and cohort signals not in it stay per replica).
 MERGED_SIGNALS = frozenset(
     {
@@ -104,6 +109,16 @@ def group_rules(rules: RuleSet) -> RuleSet:
     return RuleSet(rules=mine)
 
 
+class Ack(msgspec.Struct):
+    """A leader's record on the fleet topic: the alert records it delivered, (alert id, status)."""
+
+    acked: list[tuple[str, str]]
+
+
+_ACK_ENCODER = msgspec.json.Encoder()
+_ACK_DECODER = msgspec.json.Decoder(Ack)
+
+
 class SpanWorker:
     """The merge, evaluation and alerts of the merged view, on a background thread."""
 
@@ -113,11 +128,12 @@ class SpanWorker:
         self.merger = span.Merger(int(f.window_s * 1000), int(f.lateness_s * 1000), f.bins)
         self.engine = RuleEngine(group_rules(rules))
         self.detectors: dict[tuple[str, str], MergedDrift] = {}
-        self.firing: dict[str, alerts.Alert] = {}  # alert id -> its latest firing record
-        self.unsent: list[alerts.Alert] = []  # alerts the leader has not delivered yet
+        # Alert records of the merged view no leader acknowledged yet, and those this one sent.
+        self.owed: dict[tuple[str, str], alerts.Alert] = {}
+        self.sent: set[tuple[str, str]] = set()
         self.leading = threading.Event()
         self._gained = threading.Event()  # became leader since the last turn
-        self.replay_until = 0  # fleet-topic offset from which alerts are produced (set at start)
+        self.catch_up_to = 0  # the fleet topic's end when this replica last became leader
         self.position = 0  # the next fleet-topic offset to read
         self.partitions = 0  # readings partitions in the latest closed window
         self.stop = threading.Event()
@@ -147,26 +163,33 @@ class SpanWorker:
         producer = Producer(kafka.producer_config(k, **{"linger.ms": 2}))
         tracker = kafka.DeliveryTracker()
         try:
-            tp = TopicPartition(k.fleet_topic, 0)
-            self.replay_until = consumer.get_watermark_offsets(tp, timeout=kafka.CONNECT_TIMEOUT_S)[1]
             meta = consumer.list_topics(k.readings_topic, timeout=kafka.CONNECT_TIMEOUT_S)
             self.merger.expected = frozenset(meta.topics[k.readings_topic].partitions)
             consumer.assign([TopicPartition(k.fleet_topic, 0, OFFSET_BEGINNING)])
-            log.info(
-                "fleet span: merging %s (%d records before this start)", k.fleet_topic, self.replay_until
-            )
+            log.info("fleet span: merging %s", k.fleet_topic)
             while not self.stop.is_set():
                 self.read(consumer.consume(BATCH, POLL_S))
-                self._deliver(producer, tracker)
+                self._deliver(consumer, producer, tracker)
         except Exception:
             log.exception("fleet span worker failed: the fleet and cohort rules are no longer evaluated")
         finally:
             consumer.close()
             producer.flush(self.settings.consume.delivery_timeout_s)
 
+    def _end(self, consumer: Consumer) -> int:
+        """The fleet topic's end now."""
+        tp = TopicPartition(self.settings.kafka.fleet_topic, 0)
+        for attempt in range(LOOKUP_ATTEMPTS):  # a topic just created may have no leader yet
+            try:
+                return int(consumer.get_watermark_offsets(tp, timeout=kafka.CONNECT_TIMEOUT_S)[1])
+            except KafkaException:
+                if attempt + 1 == LOOKUP_ATTEMPTS or self.stop.wait(1.0):
+                    raise
+        raise AssertionError("unreachable")
+
     def read(self, messages: list[Message]) -> None:
-        """Merge the records, evaluate the windows they close; the leader's alerts wait in
-        :attr:`unsent`."""
+        """Merge the partials, evaluate the windows they close, and take the leaders'
+        acknowledgements: what is left unacknowledged is :attr:`owed`."""
         if not messages:
             return
         bins, merged, malformed, windows = self.settings.fleet.bins, 0, 0, 0
@@ -175,9 +198,12 @@ class SpanWorker:
             if m.error() is not None:
                 log.warning("fleet span: consumer error: %s", m.error())
                 continue
-            offset = m.offset() or 0
+            offset, value = m.offset() or 0, m.value() or b""
             self.position = offset + 1
-            part = span.decode(m.value(), bins)
+            if value.startswith(b"{"):
+                self._acknowledged(value, offset)
+                continue
+            part = span.decode(value, bins)
             if part is None:
                 malformed += 1
                 log.warning("fleet span: record %d is not a partial of this version and bins", offset)
@@ -185,11 +211,21 @@ class SpanWorker:
             merged += 1
             for w in self.merger.add_all([part]):
                 windows += 1
-                self._evaluate(w, replayed=offset < self.replay_until)
+                self._evaluate(w)
         new_dups, new_late = self.merger.duplicates - dups, self.merger.late - late
         self.metrics.record_span_merged(merged, new_dups, malformed, new_late, windows, self.partitions)
 
-    def _evaluate(self, w: span.Window, replayed: bool) -> None:
+    def _acknowledged(self, value: bytes, offset: int) -> None:
+        try:
+            ack = _ACK_DECODER.decode(value)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            log.warning("fleet span: record %d is not an acknowledgement", offset)
+            return
+        for key in ack.acked:
+            self.owed.pop(key, None)
+            self.sent.discard(key)
+
+    def _evaluate(self, w: span.Window) -> None:
         """One evaluation per (group, sensor) of the window, in sorted order."""
         self.partitions = w.partitions
         evaluations = []
@@ -202,37 +238,44 @@ class SpanWorker:
             sig = det.push(w.cells[(key, sensor)], w.devices.get(key, 0))
             evaluations.append(Evaluation("fleet" if key == "*" else "cohort", key, sensor, sig, w.end))
         for t in self.engine.evaluate(evaluations):
-            self._transition(t, replayed)
+            self._transition(t)
 
-    def _transition(self, t: Transition, replayed: bool) -> None:
+    def _transition(self, t: Transition) -> None:
         ev = t.evaluation
         label, _, value = ev.device_id.partition("=")
         alert = alerts.from_transition(t, 0, {label: value} if ev.scope == "cohort" else {})
-        if t.status == "firing":
-            self.firing[alert.alert_id] = alert
-        elif t.status == "resolved":
-            self.firing.pop(alert.alert_id, None)
-        if "alert" in t.rule.actions and not replayed and self.leading.is_set():
-            self.unsent.append(alert)
+        if "alert" in t.rule.actions:
+            self.owed[(alert.alert_id, alert.status)] = alert
 
-    def _deliver(self, producer: Producer, tracker: kafka.DeliveryTracker) -> None:
-        """Produce the leader's alerts (after gaining leadership: the firing ones first)."""
-        caught_up = self.position >= self.replay_until
-        if self._gained.is_set() and self.leading.is_set() and caught_up:
-            self._gained.clear()
-            self.unsent[:0] = [a for a in self.firing.values() if "alert" in a.actions]
-        if not self.unsent or not self.leading.is_set():
-            self.unsent.clear()
+    def _deliver(self, consumer: Consumer, producer: Producer, tracker: kafka.DeliveryTracker) -> None:
+        """The leader produces the alert records no leader acknowledged, then acknowledges them
+        on the fleet topic. A new leader first reads the fleet topic up to its end: what the
+        previous leader acknowledged is not produced again."""
+        if not self.leading.is_set():
             return
-        k = self.settings.kafka
-        for a in self.unsent:
+        if self._gained.is_set():
+            self._gained.clear()
+            self.sent.clear()
+            self.catch_up_to = self._end(consumer)
+        if self.position < self.catch_up_to:
+            return
+        new = [key for key in self.owed if key not in self.sent]
+        if not new:
+            return
+        k, timeout = self.settings.kafka, self.settings.consume.delivery_timeout_s
+        for key in new:
+            a = self.owed[key]
             kafka.produce(producer, tracker, k.alerts_topic, key=a.key, value=alerts.encode(a))
         try:
-            kafka.flush(producer, tracker, self.settings.consume.delivery_timeout_s)
-        except (errors.KafkaUnavailable, KafkaException) as exc:
-            log.warning("fleet span: %d alert(s) not delivered (%s): retrying", len(self.unsent), exc)
+            kafka.flush(producer, tracker, timeout)
+            ack = _ACK_ENCODER.encode(Ack(acked=new))
+            kafka.produce(producer, tracker, k.fleet_topic, key=b"ack", value=ack)
+            kafka.flush(producer, tracker, timeout)
+        except errors.KafkaUnavailable as exc:
+            log.warning("fleet span: %d alert record(s) not delivered (%s): retrying", len(new), exc)
             tracker.errors = []
             return
-        for a in self.unsent:
+        self.sent.update(new)
+        for key in new:
+            a = self.owed[key]
             log.info("alert %s %s %s/%s (fleet span)", a.status, a.rule, a.device_id, a.sensor)
-        self.unsent.clear()

@@ -9,6 +9,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -18,7 +19,7 @@ from monitor.detect.spandrift import MergedDrift, ks_binned, psi_binned, psi_sta
 from monitor.govern.alerts import Alert
 from monitor.govern.rules import load_rules
 from monitor.pipeline import Pipeline
-from monitor.serve.fleetspan import SpanWorker
+from monitor.serve.fleetspan import Ack, SpanWorker
 from monitor.serve.metrics import Metrics
 from monitor.settings import DriftSettings, Settings, load_settings
 from producers.scenario import load_scenario
@@ -291,7 +292,7 @@ def merged_alerts(settings: Settings, batches: list[list[span.Partial]]) -> list
     worker.merger.expected = frozenset(range(PARTITIONS))
     records = [span.encode(p, settings.fleet.bins) for parts in batches for p in parts]
     worker.read([Msg(r, None, 0, i, 0) for i, r in enumerate(records)])
-    return worker.unsent
+    return list(worker.owed.values())
 
 
 def test_the_fleet_rule_fires_once_on_the_merged_view_for_one_replica_or_three(tmp_path: Path) -> None:
@@ -314,3 +315,16 @@ def test_partials_cost_a_few_kilobytes_per_batch_and_partition(tmp_path: Path) -
     [batches] = replicas(settings, stream(seconds=120, drift_s=60), [[0, 1, 2, 3]])
     sizes = [len(span.encode(p, settings.fleet.bins)) for parts in batches for p in parts]
     assert 0 < max(sizes) < 16_000
+
+
+def test_what_a_leader_acknowledged_is_not_owed_by_the_others(tmp_path: Path) -> None:
+    settings = fleet_settings(tmp_path)
+    [batches] = replicas(settings, stream(), [[0, 1, 2, 3]])
+    worker = SpanWorker(settings, Metrics(CollectorRegistry()), load_rules(settings.rules_file))
+    records = [span.encode(p, settings.fleet.bins) for parts in batches for p in parts]
+    worker.read([Msg(r, None, 0, i, 0) for i, r in enumerate(records)])
+    owed = list(worker.owed)
+    assert [status for _, status in owed] == ["pending", "firing"]  # not the leader: nothing sent
+    ack = Ack(acked=owed[:1])  # the leader delivered the pending record, not yet the firing one
+    worker.read([Msg(msgspec.json.encode(ack), b"ack", 0, len(records), 0)])
+    assert list(worker.owed) == owed[1:]  # were this replica to lead now, it would produce that one
