@@ -328,3 +328,20 @@ def test_what_a_leader_acknowledged_is_not_owed_by_the_others(tmp_path: Path) ->
     ack = Ack(acked=owed[:1])  # the leader delivered the pending record, not yet the firing one
     worker.read([Msg(msgspec.json.encode(ack), b"ack", 0, len(records), 0)])
     assert list(worker.owed) == owed[1:]  # were this replica to lead now, it would produce that one
+
+
+def test_the_python_path_publishes_the_partials_of_the_compiled_one(tmp_path: Path) -> None:
+    settings = fleet_settings(tmp_path)
+    rules, messages = load_rules(settings.rules_file), stream(seconds=150, drift_s=100)
+
+    def cells(compiled: bool) -> dict[tuple[int, tuple[int, str, str]], tuple[int, int, list[int]]]:
+        pipeline, out = Pipeline(settings, rules, compiled=compiled), {}
+        for i in range(0, len(messages), 500):
+            for part in pipeline.process(messages[i : i + 500]).span:
+                for key, c in part.cells.items():
+                    n, a, h = out.get((part.partition, key), (0, 0, [0] * settings.fleet.bins))
+                    out[(part.partition, key)] = (n + c.n, a + c.anomalies, (np.array(h) + c.hist).tolist())
+        return out
+
+    compiled = cells(True)
+    assert compiled and cells(False) == compiled
