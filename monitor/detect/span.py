@@ -108,11 +108,13 @@ class Collector:
         event times, flags and device hashes: a few array operations per (partition, window)."""
         if not len(scores):
             return
-        window = ts - ts % self.window_ms
+        window = ts // self.window_ms
+        first = int(window.min())
+        span = int(window.max()) - first + 1
         bins = np.minimum((scores * self.bins).astype(np.int64), self.bins - 1)
-        pairs, inverse = np.unique(np.stack([partition, window], 1), axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        for j, (p, w) in enumerate(pairs.tolist()):
+        codes, inverse = np.unique(partition * span + (window - first), return_inverse=True)
+        for j, code in enumerate(codes.tolist()):
+            p, w = code // span, (first + code % span) * self.window_ms
             part = self.parts.get(p)
             if part is None:  # a device read astray, scored in Python: its home partition is not in the batch
                 continue
