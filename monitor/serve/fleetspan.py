@@ -192,7 +192,7 @@ class SpanWorker:
         acknowledgements: what is left unacknowledged is :attr:`owed`."""
         if not messages:
             return
-        bins, merged, malformed, windows = self.settings.fleet.bins, 0, 0, 0
+        bins, merged, malformed, acks, windows = self.settings.fleet.bins, 0, 0, 0, 0
         dups, late = self.merger.duplicates, self.merger.late
         for m in messages:
             if m.error() is not None:
@@ -202,6 +202,7 @@ class SpanWorker:
             self.position = offset + 1
             if value.startswith(b"{"):
                 self._acknowledged(value, offset)
+                acks += 1
                 continue
             part = span.decode(value, bins)
             if part is None:
@@ -213,7 +214,7 @@ class SpanWorker:
                 windows += 1
                 self._evaluate(w)
         new_dups, new_late = self.merger.duplicates - dups, self.merger.late - late
-        self.metrics.record_span_merged(merged, new_dups, malformed, new_late, windows, self.partitions)
+        self.metrics.record_span_merged(merged, new_dups, malformed, acks, new_late, windows, self.partitions)
 
     def _acknowledged(self, value: bytes, offset: int) -> None:
         try:

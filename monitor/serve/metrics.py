@@ -366,8 +366,8 @@ class Metrics:
         # fleet.span: the partial aggregates of the merged fleet view (monitor.serve.fleetspan).
         self.span_records = Counter(
             "telemon_fleet_span_records",
-            "Partial aggregates on kafka.fleet_topic: published by this replica, merged, left out as "
-            "duplicates (offsets counted already) or malformed.",
+            "Records of kafka.fleet_topic: partial aggregates published by this replica, merged, left out "
+            "as duplicates (offsets counted already) or malformed; the leaders' acknowledgements read.",
             ["outcome"],
             registry=r,
         )
@@ -394,7 +394,7 @@ class Metrics:
             "1 on the replica that alerts on the merged view (the owner of readings partition 0).",
             registry=r,
         )
-        for outcome in ("published", "merged", "duplicate", "malformed"):
+        for outcome in ("published", "merged", "duplicate", "malformed", "ack"):
             self.span_records.labels(outcome)
 
     def _precreate(self) -> None:
@@ -584,9 +584,18 @@ class Metrics:
         self.span_bytes.inc(size)
 
     def record_span_merged(
-        self, merged: int, duplicates: int, malformed: int, late: int, windows: int, partitions: int
+        self,
+        merged: int,
+        duplicates: int,
+        malformed: int,
+        acks: int,
+        late: int,
+        windows: int,
+        partitions: int,
     ) -> None:
-        """A turn of the merge: records merged and left out, late scores, windows closed."""
+        """A turn of the merge: records merged, left out and acknowledgements read, late scores,
+        windows closed."""
+        self.span_records.labels("ack").inc(acks)
         self.span_records.labels("merged").inc(merged)
         self.span_records.labels("duplicate").inc(duplicates)
         self.span_records.labels("malformed").inc(malformed)

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from monitor.govern.alerts import Alert
+from monitor.settings import KafkaSettings
 from producers.scenario import Scenario, load_scenario
 from tests.apache_kafka import ApacheKafka
 from tests.chaos_harness import ROOT, Feed, Proc, Run, probe, reap, stream_settings
@@ -71,7 +73,22 @@ def leaders(ports: list[int]) -> int:
     return int(sum(total(scrape(p), "telemon_fleet_span_leader") for p in ports))
 
 
-def run_replicas(broker: ApacheKafka, workdir: Path, replicas: int) -> Outcome:
+def published(samples: Samples) -> float:
+    return total(samples, "telemon_fleet_span_records_total", outcome="published")
+
+
+def topic_end(kafka: KafkaSettings, topic: str) -> int:
+    """The end offset of a one-partition topic."""
+    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "fleet-span-probe"})
+    try:
+        return int(c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1])
+    finally:
+        c.close()
+
+
+def run_replicas(broker: ApacheKafka, workdir: Path, replicas: int, kill_leader_at_s: int = 0) -> Outcome:
+    """``replicas`` replicas over the stream; with ``kill_leader_at_s``, the leader is killed (-9)
+    once the group has consumed that much of the stream's event time."""
     source = fleet_scenario()
     kafka = stream_settings(broker.bootstrap_servers, f"span{replicas}x{next(_names)}")
     (workdir / "rules.yaml").write_text(FLEET_RULE)
@@ -97,22 +114,24 @@ def run_replicas(broker: ApacheKafka, workdir: Path, replicas: int) -> Outcome:
         for t in range(SLICE_S, SECONDS + SLICE_S, SLICE_S):
             ends = feed.send(until_ts=source.start_ts + t * 1000 - 1)
             run.wait_committed(ends, timeout=120)
+            if t == kill_leader_at_s:
+                leader = [total(scrape(p), "telemon_fleet_span_leader") for p in ports].index(1)
+                procs.pop(leader).kill()
+                ports.pop(leader)
+                wait_for(lambda: leaders(ports) == 1, "a survivor leading", 60)
 
         def merged_everything() -> bool:
+            """Every replica read the fleet topic to its end (partials and acknowledgements)."""
+            end = topic_end(kafka, run.kafka.fleet_topic)
             samples = [scrape(p) for p in ports]
-            published = sum(
-                total(s, "telemon_fleet_span_records_total", outcome="published") for s in samples
-            )
-            return all(
-                total(s, "telemon_fleet_span_records_total", outcome="merged") == published for s in samples
-            )
+            return all(total(s, "telemon_fleet_span_records_total") - published(s) == end for s in samples)
 
         wait_for(merged_everything, "every replica merged every partial", 60)
         seconds = time.monotonic() - began
         samples = [scrape(p) for p in ports]
         for proc in procs:  # all at once: one stopping does not hand its partitions to another stopping
             proc.send_signal(signal.SIGTERM)
-        assert [proc.wait(60) for proc in procs] == [0] * replicas, f"a replica failed: see {run.log}"
+        assert [proc.wait(60) for proc in procs] == [0] * len(procs), f"a replica failed: see {run.log}"
         return Outcome(run.alerts(), samples, source.start_ts, seconds)
     finally:
         reap()
@@ -121,6 +140,17 @@ def run_replicas(broker: ApacheKafka, workdir: Path, replicas: int) -> Outcome:
 @pytest.fixture(scope="module")
 def outcomes(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Outcome]:
     return {n: run_replicas(broker, tmp_path_factory.mktemp(f"span{n}"), n) for n in (1, 3)}
+
+
+def test_the_leader_killed_before_the_drift_its_successor_alerts_once(
+    broker: ApacheKafka, tmp_path: Path
+) -> None:
+    out = run_replicas(broker, tmp_path, 3, kill_leader_at_s=DRIFT_S - 2 * SLICE_S)
+    firing = [a for a in out.alerts if a.status == "firing"]
+    assert [(a.rule, a.device_id, a.sensor) for a in firing] == [("fleet_score_drift", "*", "temperature")]
+    drift_ts = out.start_ts + DRIFT_S * 1000
+    assert drift_ts < firing[0].ts <= drift_ts + 6 * 30_000
+    assert {a.alert_id for a in out.alerts} == {firing[0].alert_id}
 
 
 @pytest.mark.parametrize("replicas", [1, 3])
@@ -135,7 +165,7 @@ def test_the_fleet_wide_drift_fires_once(outcomes: dict[int, Outcome], replicas:
     assert {a.alert_id for a in out.alerts} == {firing[0].alert_id}
     assert sum(total(s, "telemon_fleet_span_leader") for s in out.samples) == 1
     assert all(total(s, "telemon_fleet_span_late_scores_total") == 0 for s in out.samples)
-    assert sum(total(s, "telemon_fleet_span_records_total", outcome="published") for s in out.samples) > 0
+    assert sum(published(s) for s in out.samples) > 0
 
 
 def test_one_replica_and_three_alert_at_the_same_window(outcomes: dict[int, Outcome]) -> None:
@@ -146,9 +176,9 @@ def test_one_replica_and_three_alert_at_the_same_window(outcomes: dict[int, Outc
     ]
     for n, out in outcomes.items():
         samples = out.samples
-        published = sum(total(s, "telemon_fleet_span_records_total", outcome="published") for s in samples)
+        records = sum(published(s) for s in samples)
         size = sum(total(s, "telemon_fleet_span_published_bytes_total") for s in samples)
         print(
-            f"{n} replica(s): {published:.0f} partials, {size / published:.0f} bytes each, "
-            f"{published / out.seconds:.1f} records/s over {out.seconds:.1f}s"
+            f"{n} replica(s): {records:.0f} partials, {size / records:.0f} bytes each, "
+            f"{records / out.seconds:.1f} records/s over {out.seconds:.1f}s"
         )
