@@ -109,6 +109,48 @@ def group_rules(rules: RuleSet) -> RuleSet:
     return RuleSet(rules=mine)
 
 
+class MergedView:
+    """The merged windows of every replica's partials and the fleet and cohort rules on them:
+    partials in, the alert records of the rules' transitions out (no Kafka: the worker feeds it
+    the fleet topic, a replay its own partials)."""
+
+    def __init__(self, settings: Settings, rules: RuleSet) -> None:
+        f = settings.fleet
+        self.settings = settings
+        self.merger = span.Merger(int(f.window_s * 1000), int(f.lateness_s * 1000), f.bins)
+        self.engine = RuleEngine(group_rules(rules))
+        self.detectors: dict[tuple[str, str], MergedDrift] = {}
+        self.partitions = 0  # readings partitions in the latest closed window
+        self.windows = 0  # windows closed
+
+    def add(self, parts: list[span.Partial]) -> list[alerts.Alert]:
+        """Merge partials, in order; the alert records of the windows they close."""
+        out: list[alerts.Alert] = []
+        for w in self.merger.add_all(parts):
+            out += self._evaluate(w)
+        return out
+
+    def _evaluate(self, w: span.Window) -> list[alerts.Alert]:
+        """One evaluation per (group, sensor) of the window, in sorted order."""
+        self.partitions, self.windows = w.partitions, self.windows + 1
+        evaluations = []
+        for key, sensor in sorted(w.cells):
+            det = self.detectors.get((key, sensor))
+            if det is None:
+                det = self.detectors[(key, sensor)] = MergedDrift(
+                    self.settings.drift, self.settings.fleet.bins
+                )
+            sig = det.push(w.cells[(key, sensor)], w.devices.get(key, 0))
+            evaluations.append(Evaluation("fleet" if key == "*" else "cohort", key, sensor, sig, w.end))
+        return [_alert(t) for t in self.engine.evaluate(evaluations) if "alert" in t.rule.actions]
+
+
+def _alert(t: Transition) -> alerts.Alert:
+    ev = t.evaluation
+    label, _, value = ev.device_id.partition("=")
+    return alerts.from_transition(t, 0, {label: value} if ev.scope == "cohort" else {})
+
+
 class Ack(msgspec.Struct):
     """A leader's record on the fleet topic: the alert records it delivered, (alert id, status)."""
 
@@ -123,11 +165,8 @@ class SpanWorker:
     """The merge, evaluation and alerts of the merged view, on a background thread."""
 
     def __init__(self, settings: Settings, metrics: Metrics, rules: RuleSet) -> None:
-        f = settings.fleet
         self.settings, self.metrics = settings, metrics
-        self.merger = span.Merger(int(f.window_s * 1000), int(f.lateness_s * 1000), f.bins)
-        self.engine = RuleEngine(group_rules(rules))
-        self.detectors: dict[tuple[str, str], MergedDrift] = {}
+        self.view = MergedView(settings, rules)
         # Alert records of the merged view no leader acknowledged yet, and those this one sent.
         self.owed: dict[tuple[str, str], alerts.Alert] = {}
         self.sent: set[tuple[str, str]] = set()
@@ -135,7 +174,6 @@ class SpanWorker:
         self._gained = threading.Event()  # became leader since the last turn
         self.catch_up_to = 0  # the fleet topic's end when this replica last became leader
         self.position = 0  # the next fleet-topic offset to read
-        self.partitions = 0  # readings partitions in the latest closed window
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="telemon-fleet-span", daemon=True)
 
@@ -164,7 +202,7 @@ class SpanWorker:
         tracker = kafka.DeliveryTracker()
         try:
             meta = consumer.list_topics(k.readings_topic, timeout=kafka.CONNECT_TIMEOUT_S)
-            self.merger.expected = frozenset(meta.topics[k.readings_topic].partitions)
+            self.view.merger.expected = frozenset(meta.topics[k.readings_topic].partitions)
             consumer.assign([TopicPartition(k.fleet_topic, 0, OFFSET_BEGINNING)])
             log.info("fleet span: merging %s", k.fleet_topic)
             while not self.stop.is_set():
@@ -192,8 +230,9 @@ class SpanWorker:
         acknowledgements: what is left unacknowledged is :attr:`owed`."""
         if not messages:
             return
-        bins, merged, malformed, acks, windows = self.settings.fleet.bins, 0, 0, 0, 0
-        dups, late = self.merger.duplicates, self.merger.late
+        bins, merged, malformed, acks = self.settings.fleet.bins, 0, 0, 0
+        merger, windows = self.view.merger, self.view.windows
+        dups, late = merger.duplicates, merger.late
         for m in messages:
             if m.error() is not None:
                 log.warning("fleet span: consumer error: %s", m.error())
@@ -210,11 +249,11 @@ class SpanWorker:
                 log.warning("fleet span: record %d is not a partial of this version and bins", offset)
                 continue
             merged += 1
-            for w in self.merger.add_all([part]):
-                windows += 1
-                self._evaluate(w)
-        new_dups, new_late = self.merger.duplicates - dups, self.merger.late - late
-        self.metrics.record_span_merged(merged, new_dups, malformed, acks, new_late, windows, self.partitions)
+            for a in self.view.add([part]):
+                self.owed[(a.alert_id, a.status)] = a
+        new_dups, new_late, closed = merger.duplicates - dups, merger.late - late, self.view.windows - windows
+        partitions = self.view.partitions
+        self.metrics.record_span_merged(merged, new_dups, malformed, acks, new_late, closed, partitions)
 
     def _acknowledged(self, value: bytes, offset: int) -> None:
         try:
@@ -225,28 +264,6 @@ class SpanWorker:
         for key in ack.acked:
             self.owed.pop(key, None)
             self.sent.discard(key)
-
-    def _evaluate(self, w: span.Window) -> None:
-        """One evaluation per (group, sensor) of the window, in sorted order."""
-        self.partitions = w.partitions
-        evaluations = []
-        for key, sensor in sorted(w.cells):
-            det = self.detectors.get((key, sensor))
-            if det is None:
-                det = self.detectors[(key, sensor)] = MergedDrift(
-                    self.settings.drift, self.settings.fleet.bins
-                )
-            sig = det.push(w.cells[(key, sensor)], w.devices.get(key, 0))
-            evaluations.append(Evaluation("fleet" if key == "*" else "cohort", key, sensor, sig, w.end))
-        for t in self.engine.evaluate(evaluations):
-            self._transition(t)
-
-    def _transition(self, t: Transition) -> None:
-        ev = t.evaluation
-        label, _, value = ev.device_id.partition("=")
-        alert = alerts.from_transition(t, 0, {label: value} if ev.scope == "cohort" else {})
-        if "alert" in t.rule.actions:
-            self.owed[(alert.alert_id, alert.status)] = alert
 
     def _deliver(self, consumer: Consumer, producer: Producer, tracker: kafka.DeliveryTracker) -> None:
         """The leader produces the alert records no leader acknowledged, then acknowledges them

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.detect import span, stats
 from monitor.detect.spandrift import MergedDrift, ks_binned, psi_binned, psi_starts
+from monitor.evaluation.replay import replay_messages
 from monitor.govern.alerts import Alert
 from monitor.govern.rules import load_rules
 from monitor.pipeline import Pipeline
@@ -289,7 +290,7 @@ def merged_alerts(settings: Settings, batches: list[list[span.Partial]]) -> list
     """The alerts of the leader's merged view over the partials, in the fleet topic's order."""
     worker = SpanWorker(settings, Metrics(CollectorRegistry()), load_rules(settings.rules_file))
     worker.lead(True)
-    worker.merger.expected = frozenset(range(PARTITIONS))
+    worker.view.merger.expected = frozenset(range(PARTITIONS))
     records = [span.encode(p, settings.fleet.bins) for parts in batches for p in parts]
     worker.read([Msg(r, None, 0, i, 0) for i, r in enumerate(records)])
     return list(worker.owed.values())
@@ -345,3 +346,14 @@ def test_the_python_path_publishes_the_partials_of_the_compiled_one(tmp_path: Pa
 
     compiled = cells(True)
     assert compiled and cells(False) == compiled
+
+
+def test_a_replay_alerts_on_the_merged_view_as_the_live_leader(tmp_path: Path) -> None:
+    settings = fleet_settings(tmp_path)
+    messages = stream()
+    [live] = replicas(settings, messages, [[0, 1, 2, 3]])
+    replay = replay_messages(
+        settings, load_rules(settings.rules_file), [(m.key_, m.payload, m.ts) for m in messages]
+    )
+    key = [(a.alert_id, a.status, a.ts) for a in merged_alerts(settings, live)]
+    assert key and [(a.alert_id, a.status, a.ts) for a in replay.alerts] == key
