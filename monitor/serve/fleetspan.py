@@ -35,8 +35,8 @@ the reference is then rebuilt from what is left (compare the ``telemon_fleet_spa
 the replicas: they agree when their logs agree).
 
 Fleet-scope ``lag``, ``input_adwin_*``, and cohort ``cohort_input_*`` and ``bias_*`` signals are
-not merged: they stay per replica and are absent from the merged view (a rule on them logs a
-warning at start and never fires with ``fleet.span``).
+not merged: they stay per replica and are absent from the merged view (a condition on them is
+false there; a rule reading them logs a warning at start).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def group_rules(rules: RuleSet) -> RuleSet:
         missing = sorted(r.signal_names() - MERGED_SIGNALS)
         if missing:
             log.warning(
-                "rule %s reads %s: per replica, not in the merged view of fleet.span (never true there)",
+                "rule %s reads %s: per replica, absent from the merged view of fleet.span (a condition "
+                "on them is false there)",
                 r.name,
                 ", ".join(missing),
             )
