@@ -20,7 +20,7 @@ from monitor.evaluation.replay import replay_messages
 from monitor.govern.alerts import Alert
 from monitor.govern.rules import load_rules
 from monitor.pipeline import Pipeline
-from monitor.serve.fleetspan import Ack, SpanWorker
+from monitor.serve.fleetspan import Ack, MergedView, SpanWorker
 from monitor.serve.metrics import Metrics
 from monitor.settings import DriftSettings, Settings, load_settings
 from producers.scenario import load_scenario
@@ -357,3 +357,32 @@ def test_a_replay_alerts_on_the_merged_view_as_the_live_leader(tmp_path: Path) -
     )
     key = [(a.alert_id, a.status, a.ts) for a in merged_alerts(settings, live)]
     assert key and [(a.alert_id, a.status, a.ts) for a in replay.alerts] == key
+
+
+def test_cohorts_get_partials_of_their_own_devices(tmp_path: Path) -> None:
+    settings = fleet_settings(tmp_path)
+    (tmp_path / "rules.yaml").write_text(
+        FLEET_RULE
+        + """
+  - name: cohort_score_drift
+    scope: cohort
+    cohort: firmware
+    when: {signal: psi_drift, op: "==", value: 1}
+    severity: warning
+    actions: [alert]
+"""
+    )
+    firmware = {f"dev-{d:04d}": "2.0" if d < 4 else "1.0" for d in range(12)}
+    (tmp_path / "cohorts.yaml").write_text(
+        "".join(f"{d}: {{firmware: '{v}'}}\n" for d, v in firmware.items())
+    )
+    settings = settings.model_copy(update={"cohorts_file": tmp_path / "cohorts.yaml"})
+    [batches] = replicas(settings, stream(seconds=120, drift_s=60), [[0, 1, 2, 3]])
+    view = MergedView(settings, load_rules(settings.rules_file))
+    windows = view.merger.add_all([p for parts in batches for p in parts])
+    assert windows
+    for w in windows:
+        assert w.devices == {"*": 12, "firmware=1.0": 8, "firmware=2.0": 4}
+        for sensor in {s for _, s in w.cells}:
+            parts = [w.cells[(k, sensor)].n for k in ("firmware=1.0", "firmware=2.0")]
+            assert sum(parts) == w.cells[("*", sensor)].n  # every device is in one cohort
