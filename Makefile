@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint env evaluate chaos clean report-screenshot
+.PHONY: demo test test-quick lint env evaluate chaos clean report-screenshot
 
 $(BIN)/telemon: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/apt-install python3-venv
@@ -75,6 +75,11 @@ lint: env
 test: lint
 	find monitor -name '*.nb[ci]' -delete
 	scripts/test-services $(BIN)/pytest
+
+# A quick subset: the unit tests and the integration tests marked `quick`, against the embedded
+# broker (TEST_BROKER=embedded, tests/brokers.py) instead of Apache Kafka; no lint, kernel caches kept.
+test-quick: env
+	TEST_BROKER=embedded scripts/test-services $(BIN)/pytest -m 'quick or not integration'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .telemon evaluation

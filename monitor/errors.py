@@ -26,6 +26,7 @@ it refines, so ``except ValueError`` and ``except OSError`` keep working::
     │       └── UnknownVersionError             no such version
     └── Unavailable (RuntimeError)          a service did not answer or refused
         ├── KafkaUnavailable                  the Kafka cluster
+        ├── TransactionsFailed                exactly_once: the transactional producer, for good
         ├── BrokerError                       the embedded broker (missing or not started)
         ├── MqttUnavailable                   the MQTT broker
         └── SinkUnavailable                   Alertmanager (do not commit past the alerts)
@@ -124,6 +125,10 @@ class Unavailable(TelemonError, RuntimeError):
 
 class KafkaUnavailable(Unavailable):
     """The broker could not be reached or refused an operation."""
+
+
+class TransactionsFailed(Unavailable):
+    """exactly_once: the transactional producer failed for good (fenced by a newer instance)."""
 
 
 class BrokerError(Unavailable):

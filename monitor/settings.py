@@ -79,6 +79,8 @@ class KafkaSettings(_Section):
             "enable.idempotence",
             "acks",
             "request.required.acks",
+            "transactional.id",
+            "isolation.level",
         }
     )
     #: Substituted into the default ``sasl.kerberos.kinit.cmd`` shell command.
@@ -116,6 +118,9 @@ class KafkaSettings(_Section):
     models_topic: str = "telemon.models"
     audit_topic: str = "telemon.audit"
     feedback_topic: str = "telemon.feedback"
+    state_topic: str = Field(
+        "telemon.state", description="the compacted changelog of partition state (state.changelog)"
+    )
     fleet_topic: str = Field(
         "telemon.fleet", description="the replicas' partial fleet and cohort aggregates (fleet.span)"
     )
@@ -152,6 +157,7 @@ class KafkaSettings(_Section):
         "models_topic",
         "audit_topic",
         "feedback_topic",
+        "state_topic",
         "fleet_topic",
     )
     @classmethod
@@ -192,7 +198,7 @@ class KafkaSettings(_Section):
         guarantees = sorted(cls.GUARANTEE_KEYS & set(extra))
         if guarantees:
             raise ValueError(
-                f"kafka.extra may not set {guarantees}: telemon's at-least-once delivery depends on them"
+                f"kafka.extra may not set {guarantees}: telemon's delivery guarantees depend on them"
             )
         for key in sorted(cls.SHELL_VALUE_KEYS & set(extra)):
             if not cls.SHELL_SAFE.fullmatch(str(extra[key])):
@@ -283,6 +289,29 @@ class ConsumeSettings(_Section):
         60.0,
         gt=0,
         description="after SIGTERM/SIGINT, the process exits within this many seconds, stuck or not",
+    )
+
+
+class ProcessingSettings(_Section):
+    """The delivery guarantee of telemon's outputs (README: Delivery guarantees)."""
+
+    guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: outputs are delivered, then offsets committed (a crash re-sends a "
+        "batch's outputs; consumers dedupe by id); exactly_once: a batch's outputs, changelog records "
+        "and offsets commit in one Kafka transaction (consumers read with isolation.level=read_committed)",
+    )
+    transactional_id: str | None = Field(
+        None,
+        description="exactly_once: this replica's transactional id, stable across its restarts and unique "
+        "in the group (default: telemon-<group id>-<host name>)",
+    )
+    transaction_timeout_ms: int = Field(
+        10_000,
+        ge=1000,
+        le=900_000,
+        description="exactly_once: how long a transaction may stay open; a replica that died holds back "
+        "read_committed consumers of its open transaction's partitions this long at most",
     )
 
 
@@ -743,8 +772,16 @@ def _catalog(channels: ChannelsSettings) -> schema.Catalog:
 class StateSettings(_Section):
     """Where per-partition state lives, how often it is saved, and how much of it is kept."""
 
+    changelog: bool = Field(
+        True,
+        description="checkpoint partition state to the compacted topic kafka.state_topic, so a partition "
+        "moves to a replica on another machine with its state (false: the snapshot folder only, shared "
+        "by the group's replicas)",
+    )
     snapshot_dir: Path | None = Field(
-        None, description="snapshot directory, shared by a group's replicas (default: state_dir/snapshots)"
+        None,
+        description="snapshot folder: a local cache verified against the changelog, or with changelog "
+        "false the state itself, shared by a group's replicas (default: state_dir/snapshots)",
     )
     snapshot_interval_s: float = Field(
         10.0, ge=0, description="seconds between snapshots (also on revocation and shutdown; 0: every batch)"
@@ -1039,6 +1076,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     channels: ChannelsSettings = ChannelsSettings()
     consume: ConsumeSettings = ConsumeSettings()
+    processing: ProcessingSettings = ProcessingSettings()
     integrity: IntegritySettings = IntegritySettings()
     model: ModelSettings = ModelSettings()
     novelty: NoveltySettings = NoveltySettings()

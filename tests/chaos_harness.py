@@ -22,15 +22,19 @@ Experiments:
 - ``kill``: kill -9 the monitor N times at random progress points;
 - ``replicas``: two replicas sharing a snapshot directory, with join / leave (SIGTERM) /
   kill -9 churn while the stream flows in;
-- ``broker``: mid-stream, the broker frozen (SIGSTOP) or stopped and restarted (every
-  connection closed and refused for the outage, data kept: :class:`RelayedBroker`): the service
+- ``broker``: mid-stream, the broker (Apache Kafka) frozen (SIGSTOP) or stopped and restarted
+  (every connection closed and refused for the outage, data kept: :class:`RelayedBroker`): the service
   stays live, reports degraded, resumes after recovery and loses nothing;
+- ``crash``: mid-stream, the broker's JVM killed (SIGKILL) and restarted on its log directory,
+  once or several times, while a producer with acks=all and idempotence feeds the stream:
+  nothing it had acknowledged is lost, nothing is written twice, and the run equals the oracle;
 - ``sink``: Alertmanager down when the planted drift's alert fires: degraded, offsets held below
   the undelivered alerts, then delivered, committed to the end and equal to the oracle (the
   device-scope rules only: :func:`device_rules`).
 
-``scripts/chaos`` runs the long variants and prints the figures; ``tests/integration/
-test_chaos.py`` runs short ones.
+``scripts/chaos`` runs the long variants against one Apache Kafka (:class:`RelayedBroker`: the
+stream experiments reach it directly, the outage ones through the relay) and prints the figures,
+the broker's name and version first; ``tests/integration/test_chaos.py`` runs short ones.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,18 +63,21 @@ from types import TracebackType
 from typing import Any
 
 import yaml
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient
 
-from monitor.cli.broker import EmbeddedBroker, free_port, tansu_binary
+from monitor.cli.broker import free_port
 from monitor.govern.alerts import Alert
 from monitor.govern.alerts import decode as decode_alert
 from monitor.ingest.kafka import DeliveryTracker, ensure_topics, flush, produce, producer_config
+from monitor.serve.changelog import Changelog
 from monitor.settings import KafkaSettings
 from monitor.state import snapshot
 from monitor.state.snapshot import SnapshotStore
 from producers.scenario import Scenario, load_scenario
 from producers.simulate import Message, simulate, stream
+from tests.apache_kafka import ApacheKafka
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT_KEY = b"chaos-harness-signing-key-0123456789abcdef"
@@ -154,6 +162,30 @@ def publish(kafka: KafkaSettings, source: Scenario) -> Offsets:
 # --- monitor runs ------------------------------------------------------------------------------
 
 
+GUARANTEE = "TELEMON_PROCESSING__GUARANTEE"
+#: The settings of a run under processing.guarantee exactly_once.
+EXACTLY_ONCE = {GUARANTEE: "exactly_once"}
+
+
+def under(guarantee: str, experiment: Callable[[], Result]) -> Callable[[], Result]:
+    """``experiment`` with every monitor it starts under ``processing.guarantee: guarantee``."""
+
+    def run() -> Result:
+        os.environ[GUARANTEE] = guarantee
+        try:
+            return experiment()
+        finally:
+            os.environ.pop(GUARANTEE, None)
+
+    return run
+
+
+def apart(name: str) -> str:
+    """``name``, set apart for the runs under exactly_once (:func:`under`): a stream copied or
+    published again per guarantee needs topics of its own."""
+    return f"{name}-eos" if os.environ.get(GUARANTEE) == "exactly_once" else name
+
+
 @dataclass
 class Run:
     """One monitor run over the stream: its own group, output topics and state directory."""
@@ -163,7 +195,18 @@ class Run:
     name: str = field(default_factory=lambda: f"run{next(_runs)}")
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0  # the metrics port of the last process started
+    separate_disks: bool = False
+    started: int = 0  # processes started
     _alerts: list[Alert] | None = None
+
+    def __post_init__(self) -> None:
+        """A run under exactly_once (its ``env``, or the harness's: :func:`under`) is named apart."""
+        if self.exactly_once and not self.name.endswith("-eos"):
+            self.name += "-eos"
+
+    @property
+    def exactly_once(self) -> bool:
+        return (self.env.get(GUARANTEE) or os.environ.get(GUARANTEE)) == "exactly_once"
 
     @property
     def kafka(self) -> KafkaSettings:
@@ -176,12 +219,17 @@ class Run:
                 "models_topic": f"{s.readings_topic}.{self.name}.models",
                 "audit_topic": f"{s.readings_topic}.{self.name}.audit",
                 "feedback_topic": f"{s.readings_topic}.{self.name}.feedback",
+                "state_topic": f"{s.readings_topic}.{self.name}.state",
                 "fleet_topic": f"{s.readings_topic}.{self.name}.fleet",
             }
         )
 
     @property
     def state_dir(self) -> Path:
+        """The state folder of the next process: one per process with ``separate_disks`` (replicas
+        on machines of their own, sharing nothing but Kafka), else one for the run."""
+        if self.separate_disks:
+            return self.workdir / self.name / f"process-{self.started}"
         return self.workdir / self.name
 
     @property
@@ -214,6 +262,7 @@ class Run:
         with self.log.open("a") as log:
             proc = subprocess.Popen(cmd, env=environ, stdout=log, stderr=log, text=True, cwd=ROOT)
         _started.append(proc)
+        self.started += 1
         return proc
 
     def committed(self, partitions: list[int]) -> Offsets:
@@ -244,7 +293,14 @@ class Run:
         return self._alerts
 
     def snapshots(self) -> list[snapshot.PartitionSnapshot]:
-        return list(SnapshotStore(self.state_dir / "snapshots" / self.kafka.group_id, SNAPSHOT_KEY))
+        """The latest state of every partition, as the changelog holds it (or, with
+        ``state.changelog`` off, the shared snapshot folder)."""
+        k = self.kafka
+        if self.env.get("TELEMON_STATE__CHANGELOG") == "false":
+            return list(SnapshotStore(self.state_dir / "snapshots" / k.group_id, SNAPSHOT_KEY))
+        log = Changelog(k, k.group_id, timeout_s=30)
+        found = (log.read(k.readings_topic, p)[1] for p in range(k.partitions))
+        return [snapshot.decode(data, SNAPSHOT_KEY) for data in found if data is not None]
 
     def states(self) -> dict[str, str]:
         return snapshot.fingerprints(self.snapshots())
@@ -254,9 +310,10 @@ class Run:
 
 
 def _read_all(k: KafkaSettings, quiet_s: float = 2.0) -> Iterator[bytes]:
-    """Every value of ``k.alerts_topic``, read until it has been quiet for ``quiet_s`` (the
-    embedded broker's high watermarks are not exact enough to read up to them)."""
-    c = Consumer({"bootstrap.servers": k.bootstrap_servers, "group.id": f"{k.group_id}.reader"})
+    """Every committed value of ``k.alerts_topic`` (isolation.level read_committed), read until it
+    has been quiet for ``quiet_s``."""
+    conf = {"group.id": f"{k.group_id}.reader", "isolation.level": "read_committed"}
+    c = Consumer({"bootstrap.servers": k.bootstrap_servers, **conf})
     try:
         md = c.list_topics(k.alerts_topic, timeout=10).topics[k.alerts_topic]
         c.assign([TopicPartition(k.alerts_topic, p, 0) for p in md.partitions])
@@ -408,6 +465,8 @@ def _some(items: set[str]) -> str:
 
 
 def compare(experiment: str, faults: int, oracle: Run, faulty: Run, seconds: float) -> Comparison:
+    if faulty.exactly_once:
+        experiment += " (exactly_once)"
     want, got = oracle.states(), faulty.states()
     want_ids = {(a.alert_id, a.status) for a in oracle.alerts() if a.scope == "device"}
     got_records = [(a.alert_id, a.status) for a in faulty.alerts() if a.scope == "device"]
@@ -434,11 +493,18 @@ def compare(experiment: str, faults: int, oracle: Run, faulty: Run, seconds: flo
 
 
 def kill_experiment(
-    stream: KafkaSettings, workdir: Path, oracle: Run, expected: Offsets, kills: int, rng: random.Random
+    stream: KafkaSettings,
+    workdir: Path,
+    oracle: Run,
+    expected: Offsets,
+    kills: int,
+    rng: random.Random,
+    env: dict[str, str] | None = None,
 ) -> Comparison:
-    """kill -9 the monitor ``kills`` times, each at a random point of its progress."""
+    """kill -9 the monitor ``kills`` times, each at a random point of its progress (``env``: its
+    settings, e.g. :data:`EXACTLY_ONCE`)."""
     began = time.monotonic()
-    faulty = Run(stream, workdir, name="kill")
+    faulty = Run(stream, workdir, name="kill", env=env or {})
     for point in sorted(rng.uniform(0.05, 0.95) for _ in range(kills)):
         proc = faulty.start()
         _wait_progress(faulty, expected, point, proc)
@@ -461,12 +527,12 @@ def replica_experiment(
     rng: random.Random,
     feed_s: float = 20.0,
 ) -> Comparison:
-    """Two replicas sharing one snapshot directory while a copy of the stream flows in over
-    ``feed_s`` seconds; at random moments a replica joins (while fewer than two run), leaves
-    (SIGTERM) or is killed (kill -9)."""
+    """Two replicas, each process with a state folder of its own (state moves through the changelog
+    alone), while a copy of the stream flows in over ``feed_s`` seconds; at random moments a
+    replica joins (while fewer than two run), leaves (SIGTERM) or is killed (kill -9)."""
     began = time.monotonic()
-    copy = stream.model_copy(update={"readings_topic": f"{stream.readings_topic}.replicas"})
-    faulty = Run(copy, workdir, name="replicas")
+    copy = stream.model_copy(update={"readings_topic": apart(f"{stream.readings_topic}.replicas")})
+    faulty = Run(copy, workdir, name="replicas", separate_disks=True)
     feed = Feed(faulty.stream, source)
     feeder = threading.Thread(target=feed.send, kwargs={"rate": sum(expected.values()) / feed_s}, daemon=True)
     procs = [faulty.start()]
@@ -482,6 +548,44 @@ def replica_experiment(
     finish(faulty, alive, expected, timeout=300)
     counts = ", ".join(f"{done.count(a)} {a}" for a in ("join", "leave", "kill"))
     return compare(f"replica churn ({counts})", actions, oracle, faulty, time.monotonic() - began)
+
+
+def scale_experiment(
+    stream: KafkaSettings,
+    workdir: Path,
+    oracle: Run,
+    source: Scenario,
+    expected: Offsets,
+    feed_s: float = 20.0,
+    env: dict[str, str] | None = None,
+) -> Comparison:
+    """Scale out and in, 1 -> 2 -> 3 -> 2 -> 1 replicas, each process with a state folder of its
+    own, while a copy of the stream flows in over ``feed_s`` seconds: every partition moves at
+    least once, from Kafka alone. The first replica to go leaves with SIGTERM, the second is
+    killed (kill -9)."""
+    began = time.monotonic()
+    copy = stream.model_copy(update={"readings_topic": apart(f"{stream.readings_topic}.scale")})
+    faulty = Run(copy, workdir, name="scale", separate_disks=True, env=env or {})
+    feed = Feed(faulty.stream, source)
+    feeder = threading.Thread(target=feed.send, kwargs={"rate": sum(expected.values()) / feed_s}, daemon=True)
+    procs = [faulty.start()]
+    feeder.start()
+    step = feed_s / 5
+    for _ in range(2):  # out: 2, then 3 replicas
+        time.sleep(step)
+        procs.append(faulty.start())
+    time.sleep(step)
+    if stop(procs.pop(0)) != 0:  # in: 2 (the first replica leaves) ...
+        raise RuntimeError(f"{faulty.name}: a replica exited with an error on SIGTERM: see {faulty.log}")
+    time.sleep(step)
+    kill(procs.pop(0))  # ... then 1 (the second is killed)
+    feeder.join()
+    if feed.send() != expected:
+        raise RuntimeError("the copy of the stream did not land at the original's offsets")
+    finish(faulty, procs, expected, timeout=300)
+    return compare(
+        "scale 1 -> 2 -> 3 -> 2 -> 1, no shared folder", 4, oracle, faulty, time.monotonic() - began
+    )
 
 
 def _churn(run: Run, procs: list[Proc], rng: random.Random) -> str:
@@ -563,17 +667,20 @@ def _close(s: socket.socket) -> None:
 
 
 class RelayedBroker:
-    """The embedded broker (Tansu) behind a :class:`Relay`. It advertises the relay's address, so
-    every client connection goes through the relay, and cutting the relay stops the broker as
-    far as clients can tell while it keeps its topics, offsets and producer state: the restart
-    of a broker with storage, which the in-memory broker cannot do by itself (restarted, it
-    comes back empty and refuses the producer ids it handed out)."""
+    """Apache Kafka (:class:`tests.apache_kafka.ApacheKafka`) with a :class:`Relay` in front of
+    it. Clients that bootstrap at :attr:`bootstrap_servers` are told the relay's address, so all
+    their connections go through the relay, and cutting the relay stops the broker as far as
+    they can tell while it keeps running; :attr:`kafka` is the broker itself, which can be
+    frozen (SIGSTOP its :attr:`pid`), crashed (``kafka.kill()``) and restarted on the same log
+    directory (``kafka.start()``), and which other clients reach directly
+    (``kafka.bootstrap_servers``)."""
 
-    def __init__(self, log_file: Path) -> None:
-        self.log_file = log_file
-        self.port, self._inner = free_port(), free_port()
-        self.relay = Relay(self.port, self._inner)
-        self._proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.kafka = ApacheKafka(workdir, relay_port=self.port)
+        assert self.kafka.relayed_port is not None
+        self.relay = Relay(self.port, self.kafka.relayed_port)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -581,34 +688,26 @@ class RelayedBroker:
 
     @property
     def pid(self) -> int:
-        assert self._proc is not None, "the broker is not running"
-        return self._proc.pid
+        return self.kafka.pid
+
+    def describe(self) -> str:
+        return f"{self.kafka.describe()}, a relay on {self.bootstrap_servers}"
 
     def __enter__(self) -> RelayedBroker:
-        cmd = [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{self._inner}"]
-        cmd += ["--advertised-listener-url", f"tcp://{self.bootstrap_servers}"]
-        with self.log_file.open("ab") as out:
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        self.kafka.start()
         self.relay.restore()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                AdminClient({"bootstrap.servers": self.bootstrap_servers}).list_topics(timeout=2)
-                return self
-            except KafkaException:
-                if time.monotonic() > deadline or self._proc.poll() is not None:
-                    self.__exit__(None, None, None)
-                    raise
+        try:
+            AdminClient({"bootstrap.servers": self.bootstrap_servers}).list_topics(timeout=20)
+        except KafkaException:
+            self.__exit__(None, None, None)
+            raise
+        return self
 
     def __exit__(
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.relay.cut()
-        if self._proc is not None:
-            os.kill(self._proc.pid, signal.SIGCONT)  # in case it was left frozen
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
+        self.kafka.stop()
 
 
 @dataclass
@@ -679,7 +778,7 @@ def broker_experiment(bench: OutageBench, kind: str, outage_s: float) -> Outage:
     began = time.monotonic()
     liveness = max(8.0, 2.5 * outage_s)
     env = {"TELEMON_METRICS__LIVENESS_TIMEOUT_S": str(liveness)}
-    kafka = stream_settings(bench.broker.bootstrap_servers, f"outage-{kind}")
+    kafka = stream_settings(bench.broker.bootstrap_servers, apart(f"outage-{kind}"))
     faulty = Run(kafka, bench.workdir, name=f"outage-{kind}", env=env)
     ahead = Feed(faulty.stream, bench.first).send()
     proc = faulty.start()
@@ -733,6 +832,212 @@ def _wait_advance(run: Run, before: Offsets, expected: Offsets, timeout: float) 
             return time.monotonic()
         time.sleep(0.1)
     raise TimeoutError(f"{run.name}: no commit within {timeout}s of the broker's recovery: see {run.log}")
+
+
+# --- e. broker crash (kill -9) and restart -----------------------------------------------------
+
+
+class AckedFeed:
+    """Streams published in order, as :class:`Feed` publishes one, by a producer that keeps every
+    acknowledgement: acks=all, idempotence on (retries neither duplicate nor reorder), and a
+    message timeout longer than any outage, so that librdkafka re-sends what a crashed broker
+    never acknowledged; a message whose delivery still fails is produced again (:meth:`finish`)."""
+
+    def __init__(self, kafka: KafkaSettings, sources: list[Scenario], timeout_s: float = 180) -> None:
+        ensure_topics(kafka, [kafka.readings_topic])
+        self.kafka = kafka
+        self.messages = [m for source in sources for m in stream(source)]
+        conf = {"enable.idempotence": True, "acks": "all", "message.timeout.ms": int(timeout_s * 1000)}
+        conf |= {"log_level": 2}  # not every refused connection while the broker is down: the reports tell
+        self._producer = Producer(producer_config(kafka) | conf)
+        self.acked: dict[tuple[int, int], bytes] = {}  # (partition, offset) -> value
+        self.failed: list[int] = []  # indices into messages
+        self.resent = 0
+
+    def send(self, rate: float) -> None:
+        """Produce every message, at most ``rate`` per second (their reports come in :meth:`finish`)."""
+        began = time.monotonic()
+        for i in range(len(self.messages)):
+            self._produce(i)
+            if i % 200 == 199:
+                self._producer.poll(0)
+                time.sleep(max(0.0, began + (i + 1) / rate - time.monotonic()))
+
+    def finish(self, timeout: float) -> Offsets:
+        """Wait for every report, produce the failed messages again until none fails, and return
+        the topic's ends."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._producer.flush(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"{self.kafka.readings_topic}: reports still missing after {timeout}s")
+            failed, self.failed = self.failed, []
+            if not failed:
+                break
+            self.resent += len(failed)
+            for i in failed:
+                self._produce(i)
+        ends: Offsets = {}
+        for p, o in self.acked:
+            ends[p] = max(ends.get(p, 0), o + 1)
+        return ends
+
+    def _produce(self, i: int) -> None:
+        m = self.messages[i]
+
+        def report(err: KafkaError | None, msg: KafkaMessage) -> None:
+            if err is None:
+                self.acked[(int(msg.partition() or 0), int(msg.offset() or 0))] = m.value
+            else:
+                self.failed.append(i)
+
+        while True:
+            try:
+                self._producer.produce(
+                    self.kafka.readings_topic, key=m.key, value=m.value, timestamp=m.ts, on_delivery=report
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+
+def on_topic(
+    kafka: KafkaSettings, acked: dict[tuple[int, int], bytes], sent: list[bytes], timeout: float = 120
+) -> tuple[int, int]:
+    """(acknowledged messages not at their offset of ``kafka.readings_topic``, messages on it
+    more often than they were ``sent``), reading the topic from the beginning to its ends."""
+    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"{kafka.readings_topic}.audit"})
+    found: dict[tuple[int, int], bytes] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        ends = {
+            p: c.get_watermark_offsets(TopicPartition(kafka.readings_topic, p), timeout=10)[1]
+            for p in range(kafka.partitions)
+        }
+        c.assign([TopicPartition(kafka.readings_topic, p, 0) for p, end in ends.items() if end > 0])
+        while len(found) < sum(ends.values()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{kafka.readings_topic}: read {len(found)} of {ends} in {timeout}s")
+            for m in c.consume(1000, 1.0):
+                if m.error() is None:
+                    found[(int(m.partition() or 0), int(m.offset() or 0))] = m.value() or b""
+    finally:
+        c.close()
+    lost = sum(found.get(at) != value for at, value in acked.items())
+    return lost, (Counter(found.values()) - Counter(sent)).total()
+
+
+@dataclass
+class Crashes:
+    """The broker's JVM killed (kill -9) mid-stream and restarted on its log directory."""
+
+    planned: int  # kills planned; those done (:attr:`kills`) land while the stream flows in
+    down_s: list[float]  # per kill: from the kill to the broker answering again
+    acknowledged: int  # messages whose delivery report succeeded (re-sends included)
+    resent: int  # messages produced again after their delivery failed
+    lost: int  # acknowledged messages not on the topic at their offset
+    duplicates: int  # messages on the topic more often than the stream has them
+    recovery_s: list[float]  # per kill: from the broker answering again to the monitor's next commit
+    caught_up_s: float  # from the last restart or acknowledgement (the later) to the stream committed
+    exit_code: int
+    comparison: Comparison
+
+    @property
+    def kills(self) -> int:
+        return len(self.down_s)
+
+    @property
+    def duplicates_applied(self) -> int:
+        return max(0, -self.comparison.lost)
+
+    @property
+    def ok(self) -> bool:
+        return self.kills > 0 and self.lost == 0 and self.exit_code == 0 and self.comparison.ok
+
+    def lines(self) -> list[str]:
+        c = self.comparison
+        return [
+            f"broker kill -9 and restart mid-stream, {self.kills} of {self.planned} kills: "
+            f"{'PASS' if self.ok else 'FAIL'} ({c.seconds:.1f}s)",
+            f"  down {sum(self.down_s):.1f}s in all (per kill {_seconds(self.down_s)}); the monitor's next "
+            f"commit {_seconds(self.recovery_s)} after each restart; all committed {self.caught_up_s:.1f}s "
+            "after the last restart or acknowledgement",
+            f"  producer: {self.acknowledged} acknowledged, {self.resent} re-sent after a failed delivery; "
+            f"acknowledged but not on the topic: {self.lost}; on the topic twice: {self.duplicates}",
+            f"  readings applied: oracle {c.oracle_applied}, faulty {c.applied}, lost {max(0, c.lost)}, "
+            f"duplicates applied {self.duplicates_applied}; exit code on SIGTERM: {self.exit_code}",
+            *c.lines()[2:],
+        ]
+
+
+def _committed_now(run: Run, partitions: list[int]) -> Offsets:
+    """The group's committed offsets, asking again while a restarted broker is not ready to say."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return run.committed(partitions)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _next_commit(run: Run, before: Offsets, timeout: float) -> float:
+    """The monotonic time at which the group's committed offsets first moved past ``before``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = _committed_now(run, list(before))
+        if any(now[p] > before[p] for p in before):
+            return time.monotonic()
+        time.sleep(0.1)
+    raise TimeoutError(f"{run.name}: no commit within {timeout}s: see {run.log}")
+
+
+def _seconds(values: list[float]) -> str:
+    return "/".join(f"{v:.1f}s" for v in values) or "-"
+
+
+def crash_experiment(
+    bench: OutageBench, kills: int, down_s: float, feed_s: float, rng: random.Random
+) -> Crashes:
+    """The bench's two streams flow in over ``feed_s`` (one producer, :class:`AckedFeed`) while
+    the monitor consumes them, both straight from the broker (not through the relay); ``kills``
+    times, a random 1-3 s after the monitor committed again, the broker's JVM is killed
+    (SIGKILL) and started again on its log directory after ``down_s``. Nothing acknowledged may
+    be missing from the topic, and the run must equal the bench's oracle."""
+    began = time.monotonic()
+    broker = bench.broker.kafka
+    kafka = stream_settings(broker.bootstrap_servers, f"crash{next(_runs)}")
+    faulty = Run(kafka, bench.workdir, name=f"crash-{kafka.readings_topic}")
+    feed = AckedFeed(faulty.stream, [bench.first, bench.second])
+    proc = faulty.start()
+    feeder = threading.Thread(target=feed.send, args=(len(feed.messages) / feed_s,), daemon=True)
+    feeder.start()
+    partitions = list(range(kafka.partitions))
+    down: list[float] = []
+    recovery: list[float] = []
+    restarted = time.monotonic()
+    while len(down) < kills and feeder.is_alive():
+        _next_commit(faulty, _committed_now(faulty, partitions), timeout=120)
+        time.sleep(rng.uniform(1.0, 3.0))
+        before = _committed_now(faulty, partitions)
+        killed = time.monotonic()
+        broker.kill()
+        time.sleep(down_s)
+        broker.start()
+        restarted = time.monotonic()
+        down.append(restarted - killed)
+        recovery.append(_next_commit(faulty, before, timeout=120) - restarted)
+    feeder.join()
+    expected = feed.finish(timeout=180)
+    fed = time.monotonic()
+    faulty.wait_committed(expected, timeout=180)
+    caught_up = time.monotonic() - max(restarted, fed)
+    code = stop(proc)
+    lost, duplicates = on_topic(faulty.kafka, feed.acked, [m.value for m in feed.messages])
+    comparison = compare("broker kill -9", len(down), bench.oracle, faulty, time.monotonic() - began)
+    return Crashes(
+        kills, down, len(feed.acked), feed.resent, lost, duplicates, recovery, caught_up, code, comparison
+    )
 
 
 # --- d. alert sink unavailable -----------------------------------------------------------------
@@ -984,8 +1289,8 @@ def _hold(run: Run, expected: Offsets, seconds: float) -> Offsets:
 
 # --- entry point -------------------------------------------------------------------------------
 
-Result = Comparison | Outage | SinkOutage
-EXPERIMENTS = ("kill", "replicas", "broker", "sink")
+Result = Comparison | Outage | SinkOutage | Crashes
+EXPERIMENTS = ("kill", "replicas", "scale", "broker", "crash", "sink")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1003,6 +1308,22 @@ def main(argv: list[str] | None = None) -> int:
         "--feed", type=float, default=60.0, help="seconds the stream flows in during the churn"
     )
     parser.add_argument("--outage", type=float, default=30.0, help="broker and alert sink outage seconds")
+    parser.add_argument(
+        "--crashes", type=int, default=5, help="broker kill -9 and restart count (default %(default)s)"
+    )
+    parser.add_argument(
+        "--crash-down",
+        type=float,
+        default=5.0,
+        help="seconds the killed broker stays down before its restart",
+    )
+    parser.add_argument(
+        "--guarantee",
+        choices=("at_least_once", "exactly_once", "both"),
+        default="both",
+        help="processing.guarantee of the faulty runs: each experiment runs once per guarantee "
+        "(default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seeds the fault points")
     parser.add_argument("--only", choices=EXPERIMENTS, action="append", help="run only these (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, snapshots)")
@@ -1022,12 +1343,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_all(args: argparse.Namespace, only: set[str], workdir: Path) -> bool:
     began, failed = time.monotonic(), 0
-    with (
-        EmbeddedBroker(log_file=workdir / "broker.log") as broker,
-        RelayedBroker(workdir / "relayed.log") as relayed,
-    ):
-        plan = _stream_experiments(args, only, workdir, broker.bootstrap_servers)
-        plan += _outage_experiments(args, only, workdir, broker.bootstrap_servers, relayed)
+    with RelayedBroker(workdir / "kafka") as relayed:
+        print(f"kafka: {relayed.describe()}", flush=True)
+        direct = relayed.kafka.bootstrap_servers
+        experiments = _stream_experiments(args, only, workdir, direct)
+        experiments += _outage_experiments(args, only, workdir, direct, relayed)
+        both = ("at_least_once", "exactly_once")
+        guarantees = both if args.guarantee == "both" else (args.guarantee,)
+        plan = [under(g, experiment) for g in guarantees for experiment in experiments]
         for experiment in plan:
             result = experiment()
             print("\n".join(result.lines()), flush=True)
@@ -1041,7 +1364,7 @@ def _stream_experiments(
     args: argparse.Namespace, only: set[str], workdir: Path, bootstrap_servers: str
 ) -> list[Callable[[], Result]]:
     """kill -9 and replica churn over one stream of ``--devices`` x ``--duration`` and its oracle."""
-    if not only & {"kill", "replicas"}:
+    if not only & {"kill", "replicas", "scale"}:
         return []
     rng = random.Random(args.seed)
     stream = stream_settings(bootstrap_servers, "chaos")
@@ -1056,20 +1379,28 @@ def _stream_experiments(
         plan.append(
             lambda: replica_experiment(stream, workdir, oracle, source, expected, args.churn, rng, args.feed)
         )
+    if "scale" in only:
+        plan.append(lambda: scale_experiment(stream, workdir, oracle, source, expected, args.feed))
     return plan
 
 
 def _outage_experiments(
     args: argparse.Namespace, only: set[str], workdir: Path, bootstrap_servers: str, relayed: RelayedBroker
 ) -> list[Callable[[], Result]]:
-    """Broker and alert sink outages of ``--outage`` seconds, on streams of 8 devices x 4 minutes."""
+    """Broker and alert sink outages of ``--outage`` seconds and ``--crashes`` broker kill -9s, on
+    streams of 8 devices x 4 minutes (the broker ones then 8 new devices for 30 s)."""
     plan: list[Callable[[], Result]] = []
-    if "broker" in only:
+    if only & {"broker", "crash"}:
         bench = outage_bench(relayed, workdir, devices=8, duration_s=240)
+    if "broker" in only:
         plan += [
             lambda: broker_experiment(bench, "sigstop", args.outage),
             lambda: broker_experiment(bench, "restart", args.outage),
         ]
+    if "crash" in only:
+        rng = random.Random(args.seed)
+        feed_s = args.crashes * (args.crash_down + 30)  # the kills land while the stream flows in
+        plan.append(lambda: crash_experiment(bench, args.crashes, args.crash_down, feed_s, rng))
     if "sink" in only:
         plan.append(
             lambda: sink_experiment(bootstrap_servers, workdir, args.outage, devices=8, duration_s=240)

@@ -19,11 +19,12 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.cli.broker import EmbeddedBroker, free_port
+from monitor.cli.broker import free_port
 from monitor.ingest.kafka import ensure_topics
 from monitor.schema import encode_reading
 from monitor.settings import KafkaSettings
-from tests.apache_kafka import ApacheKafka
+from tests import brokers
+from tests.brokers import Broker
 from tests.chaos_harness import committed
 
 _counter = itertools.count()
@@ -37,15 +38,27 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which broker the integration tests will run against (tests/brokers.py)."""
+    return f"kafka: {brokers.planned()}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Which broker(s) the session started, with their addresses."""
+    for line in brokers.started or ["none started (no test needed one)"]:
+        terminalreporter.write_line(f"kafka: {line}")
+
+
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
-    """One Apache Kafka (a single KRaft node) on free loopback ports for the whole session."""
-    with ApacheKafka(tmp_path_factory.mktemp("kafka")) as b:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One broker on free loopback ports for the whole session: Apache Kafka (a single KRaft
+    node), or the embedded broker with ``TEST_BROKER=embedded`` (tests/brokers.py)."""
+    with brokers.session_broker(tmp_path_factory.mktemp("kafka")) as b:
         yield b
 
 
 @pytest.fixture
-def kafka_settings(broker: ApacheKafka) -> KafkaSettings:
+def kafka_settings(broker: Broker) -> KafkaSettings:
     """Kafka settings on the session broker with topic and group names unique to this test."""
     return unique_kafka_settings(broker)
 
@@ -204,7 +217,7 @@ def run_monitor(
     return Finished(samples, alive, proc.returncode, stderr)
 
 
-def unique_kafka_settings(broker: ApacheKafka | EmbeddedBroker) -> KafkaSettings:
+def unique_kafka_settings(broker: Broker) -> KafkaSettings:
     n = next(_counter)
     return KafkaSettings(
         bootstrap_servers=broker.bootstrap_servers,
@@ -216,6 +229,7 @@ def unique_kafka_settings(broker: ApacheKafka | EmbeddedBroker) -> KafkaSettings
         models_topic=f"t{n}.models",
         audit_topic=f"t{n}.audit",
         feedback_topic=f"t{n}.feedback",
+        state_topic=f"t{n}.state",
         fleet_topic=f"t{n}.fleet",
         partitions=4,
         session_timeout_ms=3000,

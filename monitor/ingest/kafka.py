@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]  # stubs lack re-export
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # stubs lack re-export
+    AdminClient,
+    ClusterMetadata,
+    ConfigResource,
+    NewTopic,
+)
 from pydantic import SecretStr
 
 from monitor.errors import KafkaUnavailable
@@ -159,6 +164,8 @@ def consumer_config(s: KafkaSettings, **overrides: Any) -> dict[str, Any]:
         "group.id": s.group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
+        # Outputs of telemon's transactions (exactly_once) count once committed; librdkafka's default.
+        "isolation.level": "read_committed",
         "auto.offset.reset": s.auto_offset_reset,
         "session.timeout.ms": s.session_timeout_ms,
         # librdkafka's default (3000 ms) would equal a small session timeout and expire the member.
@@ -172,7 +179,7 @@ def consumer_config(s: KafkaSettings, **overrides: Any) -> dict[str, Any]:
     return _with_overrides(s, conf, overrides)
 
 
-def list_topics(client: AdminClient | Consumer, s: KafkaSettings) -> ClusterMetadata:
+def list_topics(client: AdminClient | Consumer | Producer, s: KafkaSettings) -> ClusterMetadata:
     """The cluster's topics as ``client`` sees them; raises :class:`KafkaUnavailable` (naming the
     servers, secrets left out) if the brokers do not answer within :data:`CONNECT_TIMEOUT_S`."""
     try:
@@ -187,15 +194,23 @@ def list_topics(client: AdminClient | Consumer, s: KafkaSettings) -> ClusterMeta
 
 
 def ensure_topics(
-    s: KafkaSettings, names: Iterable[str], timeout: float = 15.0, partitions: int | None = None
+    s: KafkaSettings,
+    names: Iterable[str],
+    timeout: float = 15.0,
+    configs: dict[str, dict[str, str]] | None = None,
+    partitions: int | None = None,
 ) -> None:
-    """Create the topics that do not exist yet (idempotent), with ``partitions`` partitions
-    (default ``kafka.partitions``). Raises :class:`KafkaUnavailable` if the brokers do not answer
-    within :data:`CONNECT_TIMEOUT_S`."""
+    """Create the topics that do not exist yet (idempotent), each with its ``configs`` if given,
+    with ``partitions`` partitions (default ``kafka.partitions``). Raises :class:`KafkaUnavailable`
+    if the brokers do not answer within :data:`CONNECT_TIMEOUT_S`."""
     admin = AdminClient(client_config(s))
     existing = set(list_topics(admin, s).topics)
+    configs = configs or {}
     n_partitions = s.partitions if partitions is None else partitions
-    wanted = [NewTopic(n, num_partitions=n_partitions, replication_factor=1) for n in names]
+    wanted = [
+        NewTopic(n, num_partitions=n_partitions, replication_factor=1, config=configs.get(n, {}))
+        for n in names
+    ]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:
         return
@@ -206,6 +221,18 @@ def ensure_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 reason = redact(str(exc), secret_values(s))
                 raise KafkaUnavailable(f"cannot create topic {topic}: {reason}") from None
+
+
+def topic_config(s: KafkaSettings, topic: str, name: str, timeout: float = 15.0) -> str | None:
+    """The value of a topic's config ``name`` as the broker reports it (None: it does not say)."""
+    admin = AdminClient(client_config(s))
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    try:
+        entries = admin.describe_configs([resource])[resource].result(timeout)
+    except KafkaException:
+        return None
+    entry = entries.get(name)
+    return None if entry is None or entry.value is None else str(entry.value)
 
 
 @dataclass

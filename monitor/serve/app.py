@@ -12,6 +12,7 @@ from monitor.govern.registry import open_registry, signing_key
 from monitor.govern.rules import load_rules
 from monitor.ingest import kafka
 from monitor.pipeline import Pipeline
+from monitor.serve import changelog
 from monitor.serve.feedback import FeedbackWorker
 from monitor.serve.fleetspan import SpanWorker
 from monitor.serve.health import Health, HttpEndpoint, make_app, server_tls_context
@@ -41,6 +42,8 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     k = settings.kafka
     outputs = [k.dead_letter_topic, k.alerts_topic, k.models_topic, k.audit_topic]
     kafka.ensure_topics(k, [k.readings_topic, k.feedback_topic, *outputs])
+    if settings.state.changelog:
+        changelog.ensure_topic(k)
     if settings.fleet.span:  # one partition: every replica merges the partials in one order
         kafka.ensure_topics(k, [k.fleet_topic], partitions=1)
     registry = CollectorRegistry() if registry is None else registry

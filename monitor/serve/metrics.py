@@ -291,6 +291,18 @@ class Metrics:
         self.restored = Counter(
             "telemon_devices_restored", "Device states restored from snapshots on assignment.", registry=r
         )
+        self.restores = Counter(
+            "telemon_state_restores",
+            "Partition states restored on assignment, by source: changelog (read from Kafka), cache "
+            "(the local snapshot, equal to the changelog's latest or the only one), none (a fresh state).",
+            ["source"],
+            registry=r,
+        )
+        self.restore_seconds = Counter(
+            "telemon_state_restore_seconds",
+            "Seconds spent restoring partition states on assignment (reading the changelog included).",
+            registry=r,
+        )
         self.degraded = Gauge(
             "telemon_degraded", "1 while outputs cannot be delivered (consumption paused).", registry=r
         )
@@ -559,6 +571,10 @@ class Metrics:
 
     def record_restored(self, devices: int) -> None:
         self.restored.inc(devices)
+
+    def record_restore(self, source: str, seconds: float) -> None:
+        self.restores.labels(source).inc()
+        self.restore_seconds.inc(seconds)
 
     def record_degraded(self, degraded: bool) -> None:
         self.degraded.set(int(degraded))

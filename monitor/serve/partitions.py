@@ -1,24 +1,32 @@
 """The partitions a replica owns, and their state on disk.
 
 State follows partitions: on assignment a partition's snapshot is loaded into the pipeline and
-consumption starts at the snapshot's offset, so the state and the position always agree. The
+consumption starts at the snapshot's offset, so the state and the position always agree. With
+``state.changelog`` (the default) the snapshot comes from the compacted changelog topic
+(:mod:`monitor.serve.changelog`), so a replica on another machine restores a moved partition
+from Kafka alone; the local snapshot file is a cache, used when its digest equals the
+changelog's latest (and the changelog then needs not be sent), else replaced. A cache without a
+changelog record (a deployment that kept its snapshots in files until now) is restored, and
+reaches the changelog with the partition's next snapshot. The
 messages between that offset and the group's committed offset had their outputs delivered before
 the commit: they are re-applied to the state without outputs. A partition without a snapshot
 gets an empty one at its starting position first, so a crash before its first real snapshot
 restarts from there instead of from a commit the state never saw.
 
 While owned, a partition changed by a batch is snapshotted ``state.snapshot_interval_s`` later
-(one partition per loop turn, copied in the loop once the writer is idle, encoded and written by a
-background thread, which then hands the memory freed since to the system:
+(one partition per loop turn, copied in the loop once the writer is idle, encoded, put on the
+changelog and written by a background thread, which then hands the memory freed since to the system:
 :func:`monitor.serve.memory.release`). On revocation its state is snapshotted and dropped; on loss
 (the group moved on without us) it is dropped unsaved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
@@ -28,9 +36,10 @@ from monitor.pipeline import Pipeline
 from monitor.records import Registration
 from monitor.schema import SensorSpec
 from monitor.serve import memory
+from monitor.serve.changelog import Changelog, Manifest, manifest_of
 from monitor.serve.metrics import Metrics
 from monitor.settings import Settings
-from monitor.state.snapshot import PartitionSnapshot, SnapshotStore, SnapshotWriter
+from monitor.state.snapshot import PartitionSnapshot, Parts, SnapshotStore, SnapshotWriter, encoded
 from monitor.state.store import PartitionState
 
 log = logging.getLogger(__name__)
@@ -39,14 +48,26 @@ Key = tuple[str, int]  # (topic, partition)
 
 
 class Partitions:
-    def __init__(self, settings: Settings, pipeline: Pipeline, metrics: Metrics, key: bytes) -> None:
+    """``changelog``: where state is checkpointed first (None: the snapshot files alone)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        key: bytes,
+        changelog: Changelog | None = None,
+    ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.metrics = metrics
+        self.changelog = changelog
         root = settings.state.snapshot_dir or settings.state_dir / "snapshots"
         group = settings.kafka.group_id
         self.store = SnapshotStore(root / group, key, group)  # state belongs to a group
-        self.writer = SnapshotWriter(self.store, self._written)
+        publish = None if changelog is None else self._publish
+        self.writer = SnapshotWriter(self.store, self._written, publish)
+        self.failed: deque[Key] = deque()  # snapshots the writer could not put out: due again
         self.positions: dict[Key, int | None] = {}  # owned partition -> next offset (None: none yet)
         self.restored_at: dict[Key, int] = {}  # snapshot offsets, until the first message
         self.replay_until: dict[Key, int] = {}  # committed offsets ahead of snapshots
@@ -56,11 +77,22 @@ class Partitions:
     def __len__(self) -> int:
         return len(self.positions)
 
-    def _written(self, size: int | None) -> None:
-        """From the writer's thread, after each snapshot: count it, and hand what encoding it
-        freed (and what the loop freed since the last one) back to the system."""
+    def _written(self, topic: str, partition: int, size: int | None) -> None:
+        """From the writer's thread, after each snapshot: count it (a failed one is due again), and
+        hand what encoding it freed (and what the loop freed since the last one) to the system."""
         self.metrics.record_snapshot(size)
+        if size is None:
+            self.failed.append((topic, partition))
         memory.release()
+
+    def _manifest(self, snap: PartitionSnapshot, parts: Parts) -> Manifest:
+        g = self.store.group
+        return manifest_of(g, snap.topic, snap.partition, snap.next_offset, snap.created_ms, parts)
+
+    def _publish(self, snap: PartitionSnapshot, parts: Parts) -> None:
+        """Put an encoded snapshot on the changelog (from the writer's thread)."""
+        assert self.changelog is not None
+        self.changelog.publish(self._manifest(snap, parts), parts)
 
     def assign(
         self,
@@ -107,13 +139,19 @@ class Partitions:
         has one (state starts empty there), else at the ``auto_offset_reset`` end of the log."""
         start = OFFSET_BEGINNING if self.settings.kafka.auto_offset_reset == "earliest" else OFFSET_END
         tp.offset = committed if committed >= 0 else start
-        empty = self.pipeline.export_partition(None)
-        self.store.save(PartitionSnapshot(tp.topic, tp.partition, tp.offset, empty))
+        empty = PartitionSnapshot(tp.topic, tp.partition, tp.offset, self.pipeline.export_partition(None))
+        if self.changelog is None:
+            self.store.save(empty)
+            return
+        empty.group, empty.created_ms = self.store.group, int(time.time() * 1000)
+        with encoded(empty, self.store.key) as parts:
+            self._publish(empty, parts)
+            self.store.write(tp.topic, tp.partition, parts)
 
     def _load(self, topic: str, partition: int) -> PartitionSnapshot | None:
         """The partition's snapshot, or None if it has none or one this process cannot use."""
         try:
-            snap = self.store.load(topic, partition)
+            snap = self._restore(topic, partition)
             why = None if snap is None else self.pipeline.mismatch(snap.state)
             if why is not None:
                 raise SnapshotError(f"taken with other settings: {why}")
@@ -137,11 +175,49 @@ class Partitions:
             self.metrics.record_snapshot_error()
             return None
 
+    def _restore(self, topic: str, partition: int) -> PartitionSnapshot | None:
+        """The partition's latest snapshot: the changelog's (the local file if it is the same),
+        else the local file's; without a changelog, the file's."""
+        if self.changelog is None:
+            return self.store.load(topic, partition)
+        t0 = time.perf_counter()
+        try:
+            cached = self.store.read(topic, partition)
+        except OSError as exc:
+            log.warning(
+                "ignoring the local snapshot of %s/%d (%s): the changelog's is used", topic, partition, exc
+            )
+            cached = None
+        have = None if cached is None else hashlib.sha256(cached).hexdigest()
+        manifest, data = self.changelog.read(topic, partition, have)
+        if manifest is None:
+            source = "none" if cached is None else "cache"
+            if cached is not None:
+                log.warning(
+                    "%s/%d has no state in the changelog %s: restored from the local snapshot, which "
+                    "reaches the changelog with the partition's next snapshot",
+                    topic,
+                    partition,
+                    self.changelog.topic,
+                )
+            data = cached
+        elif data is None:
+            source, data = "cache", cached
+        else:
+            source = "changelog"
+            self.store.write(topic, partition, data)  # the cache follows the changelog
+        self.metrics.record_restore(source, time.perf_counter() - t0)
+        return None if data is None else self.store.verified(topic, partition, data)
+
     def release(self, keys: list[Key], save: bool) -> None:
         """Give partitions up: snapshot them first if ``save``, then forget their devices."""
         if save:
             self.snapshot([k for k in keys if k in self.positions], wait=True)
+        else:
+            self.writer.discard(keys)
         for key in keys:
+            if self.changelog is not None:
+                self.changelog.forget(*key)
             self.positions.pop(key, None)
             self.restored_at.pop(key, None)
             self.replay_until.pop(key, None)
@@ -194,18 +270,41 @@ class Partitions:
                 self.positions[tp] = offset
                 self.dirty.setdefault(tp, time.monotonic())
 
-    def snapshot_due(self) -> None:
+    def snapshot_due(self, into: Callable[[Manifest, Parts], None] | None = None) -> list[Key]:
         """Snapshot a partition changed ``state.snapshot_interval_s`` ago or more: one per call
         (the longest due), after each batch and each idle poll, which spreads the cost; every due
         partition if the interval is 0. Otherwise a due partition waits while the writer is busy
-        with an earlier snapshot: the state is copied for one snapshot at a time."""
+        with an earlier snapshot: the state is copied for one snapshot at a time. ``into``: encode
+        now and hand the changelog records to it (exactly_once: the open transaction) instead of
+        the writer. Returns the partitions snapshotted."""
+        self.due_again(self.failed)
+        self.failed.clear()
         interval = self.settings.state.snapshot_interval_s
         if interval and not self.writer.idle():
-            return
+            return []
         now = time.monotonic()
         due = [tp for tp, since in self.dirty.items() if now - since >= interval]
-        if due:
-            self.snapshot(due if interval == 0 else [min(due, key=self.dirty.__getitem__)])
+        if not due:
+            return []
+        chosen = due if interval == 0 else [min(due, key=self.dirty.__getitem__)]
+        if into is None:
+            self.snapshot(chosen)
+            return chosen
+        for topic, p in chosen:
+            self.dirty.pop((topic, p), None)
+            position = self.positions[(topic, p)]
+            assert position is not None
+            snap = PartitionSnapshot(topic, p, position, self.pipeline.export_partition(p))
+            snap.group, snap.created_ms = self.store.group, int(time.time() * 1000)
+            with encoded(snap, self.store.key) as parts:
+                into(self._manifest(snap, parts), parts)
+        return chosen
+
+    def due_again(self, keys: Iterable[Key]) -> None:
+        """Partitions whose snapshot did not reach the changelog: due at the next call."""
+        for key in keys:
+            if key in self.positions:
+                self.dirty.setdefault(key, 0.0)
 
     def snapshot(self, partitions: list[Key], wait: bool = False) -> None:
         """Copy the state of ``partitions`` now (consistent with the committed offsets) and let

@@ -2,17 +2,19 @@
 
 Per batch (a checkpoint): consume -> :meth:`Pipeline.process` -> produce dead letters, alerts and
 model versions -> wait for every delivery report -> append versions to the registry -> commit the
-batch's offsets -> snapshot the state of its partitions (at most every
-``state.snapshot_interval_s``; written by a background thread). Offsets never move past a batch
-whose outputs were not delivered: while a delivery fails the service is *degraded* (readiness
-fails), pauses its partitions, keeps polling so it stays in the group, and retries until the
-outputs are delivered, then resumes where it stopped.
+batch's offsets -> checkpoint the state of its partitions (at most every
+``state.snapshot_interval_s``; to the changelog topic and the local cache, by a background thread).
+Under ``processing.guarantee: exactly_once`` the outputs, the due checkpoints and the offsets are
+one Kafka transaction (``send_offsets_to_transaction``). Offsets never move past a batch whose
+outputs were not delivered: while a delivery fails the service is *degraded* (readiness fails),
+pauses its partitions, keeps polling so it stays in the group, and retries until the outputs are
+delivered, then resumes where it stopped.
 
-State follows partitions (:mod:`monitor.serve.partitions`): restored on assignment, snapshotted on
-revocation, dropped unsaved on loss. Each device also remembers the offset of its last applied
-reading, so a re-delivered reading is never applied twice. A stop request (SIGTERM/SIGINT) takes
-effect between batches: the current batch is finished, delivered and committed, and every
-partition snapshotted.
+State follows partitions (:mod:`monitor.serve.partitions`): restored on assignment (from the
+changelog), checkpointed on revocation, dropped unsaved on loss. Each device also remembers the
+offset of its last applied reading, so a re-delivered reading is never applied twice. A stop
+request (SIGTERM/SIGINT) takes effect between batches: the current batch is finished, delivered
+and committed, and every partition checkpointed.
 
 The loop also keeps :class:`~monitor.serve.health.Health` current (loop ticks, group membership, broker
 reachability, delivery) and hands the metrics their per-batch numbers, consumer lag included.
@@ -20,7 +22,9 @@ reachability, delivery) and hands the metrics their per-batch numbers, consumer 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +44,8 @@ from monitor.errors import SinkUnavailable
 from monitor.govern import alerts, registry
 from monitor.ingest import kafka
 from monitor.pipeline import BatchResult, Pipeline
-from monitor.serve import fleetspan
+from monitor.serve import changelog, fleetspan
+from monitor.serve.changelog import Changelog
 from monitor.serve.deadletters import DeadLetterProducer
 from monitor.serve.feedback import FeedbackWorker
 from monitor.serve.health import Health, HttpEndpoint
@@ -48,6 +53,7 @@ from monitor.serve.metrics import Metrics
 from monitor.serve.partitions import Partitions, log_registrations
 from monitor.serve.sinks import AlertmanagerSink
 from monitor.settings import Settings
+from monitor.state.snapshot import Parts
 from monitor.state.store import PartitionState
 
 log = logging.getLogger(__name__)
@@ -150,7 +156,18 @@ class Service:
         fetch_wait = {"fetch.wait.max.ms": min(500, c.max_batch_age_ms)}
         self.consumer = Consumer(kafka.consumer_config(k, **fetch_wait, error_cb=self._on_error))
         largest = max(1_000_000, c.dead_letter_max_bytes + 65_536)  # a dead letter and its headers
-        self.producer = Producer(kafka.producer_config(k, **{"linger.ms": 2, "message.max.bytes": largest}))
+        p = settings.processing
+        self.eos = p.guarantee == "exactly_once"
+        transactions = {
+            "transactional.id": p.transactional_id or default_transactional_id(settings),
+            "transaction.timeout.ms": p.transaction_timeout_ms,
+        }
+        extra = {"linger.ms": 2, "message.max.bytes": largest} | (transactions if self.eos else {})
+        self.producer = Producer(kafka.producer_config(k, **extra))
+        self.txn_open = False  # exactly_once: a transaction is begun and not committed or aborted
+        self.txn_snapshots: list[tuple[str, int]] = []  # partitions checkpointed in the open transaction
+        if self.eos:
+            self._init_transactions(str(transactions["transactional.id"]))
         self.tracker = kafka.DeliveryTracker()
         self.dead_letters = DeadLetterProducer(
             self.producer, self.tracker, k.dead_letter_topic, c.dead_letter_max_bytes
@@ -161,7 +178,8 @@ class Service:
             if a.alertmanager_url
             else None
         )
-        self.partitions = Partitions(settings, pipeline, metrics, self.registry.key)
+        self.changelog = Changelog(k, k.group_id, c.delivery_timeout_s) if settings.state.changelog else None
+        self.partitions = Partitions(settings, pipeline, metrics, self.registry.key, self.changelog)
         audit = self.registry.audit_path
         self.audit_position = audit.stat().st_size if audit.exists() else 0  # follow new commands
         self._ts_warned = False  # the first ignored Kafka timestamp is logged, the rest counted
@@ -204,16 +222,27 @@ class Service:
                     if self.health.broker_error is not None:
                         self._probe_broker()
         finally:
-            self.health.stopped = True
-            if self.feedback is not None:
-                self.feedback.close()
-            if self.span is not None:
-                self.span.close()
-            self.consumer.close()  # revokes the assignment: snapshots every partition
-            self.partitions.writer.close()
-            self.pipeline.trainer.close()
-            self.producer.flush(self.settings.consume.delivery_timeout_s)
+            self._close()
         return self.totals
+
+    def _close(self) -> None:
+        """Stop: abort an open transaction, revoke (checkpointing), drain the writers, flush."""
+        self.health.stopped = True
+        if self.txn_open:
+            self._abort()
+        if self.feedback is not None:
+            self.feedback.close()
+        if self.span is not None:
+            self.span.close()
+        self.consumer.close()  # revokes the assignment: checkpoints every partition
+        self.partitions.writer.close()
+        if self.changelog is not None:
+            self.changelog.close()
+        self.pipeline.trainer.close()
+        try:
+            self.producer.flush(self.settings.consume.delivery_timeout_s)
+        except KafkaException as exc:  # a producer that failed for good (fenced) says so here
+            log.warning("outputs not flushed at exit: %s", exc.args[0].str())
 
     def _batch(self, messages: list[Message]) -> BatchResult | None:
         t0 = time.perf_counter()
@@ -230,6 +259,7 @@ class Service:
             self._settle()
         result = self.pipeline.process(good)
         self.totals.add(result, len(good))
+        self._begin()
         self._produce(result)
         if not self._delivered(result):
             self._degrade(result)
@@ -324,15 +354,18 @@ class Service:
                 self._switch(e.device_id, e.sensor, e, e.reason, "")
 
     def _checkpoint(self, result: BatchResult) -> None:
-        """After delivery: registry, commit, then (when due) the partitions' snapshots."""
+        """After delivery: registry, commit (under exactly_once, the transaction has), then (when
+        due) the partitions' snapshots."""
         self._register(result)
-        self._commit(result)
+        if not self.eos:
+            self._commit(result)
         self.health.broker_error = None  # the broker acknowledged the outputs and the commit
         self.health.delivery_error = None
         self.partitions.applied(result.offsets)
         for a in result.alerts:
             log.info("alert %s %s %s/%s", a.status, a.rule, a.device_id, a.sensor)
-        self.partitions.snapshot_due()
+        if not self.eos:  # under exactly_once, in the transaction
+            self.partitions.snapshot_due()
 
     def _record(self, result: BatchResult, seconds: float) -> None:
         """The batch's metrics: counts, latencies, state size, model versions, firing rules, lag."""
@@ -428,8 +461,18 @@ class Service:
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Snapshot the revoked partitions (unless outputs are still undelivered: then their state
-        is ahead of what may be committed, and the next owner re-applies from the last snapshot)."""
+        is ahead of what may be committed, and the next owner re-applies from the last snapshot).
+        Under exactly_once an undelivered batch is abandoned: its transaction is aborted, and the
+        next owner produces its outputs."""
         self._release([(tp.topic, tp.partition) for tp in partitions], save=self.pending is None)
+        if self.eos and self.pending is not None:
+            if self.txn_open:
+                self._abort()
+            log.warning(
+                "the group rebalanced during an outage: the undelivered batch is left to the next owner"
+            )
+            self.pending, self.in_kafka, self.rewind = None, False, {}
+            self.metrics.record_degraded(False)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """The group reassigned these partitions without us: drop their state, write nothing."""
@@ -493,7 +536,11 @@ class Service:
         self._span_produce(result)
 
     def _publish_event(self, e: registry.AuditEvent) -> None:
+        """Produce an audit event (under exactly_once outside a batch: in a transaction of its own)."""
         k = self.settings.kafka
+        alone = self.eos and not self.txn_open
+        if alone:
+            self._begin()
         kafka.produce(
             self.producer,
             self.tracker,
@@ -501,6 +548,11 @@ class Service:
             key=e.device_id.encode(),
             value=registry.encode_event(e),
         )
+        if alone:
+            try:
+                self._end_transaction([])
+            except errors.KafkaUnavailable as exc:
+                log.error("audit event of %s/%s not published: %s", e.device_id, e.sensor, exc)
 
     def _delivered(self, result: BatchResult) -> bool:
         """Wait for every acknowledgement of the produced outputs, then hand the alerts to
@@ -509,12 +561,18 @@ class Service:
         try:
             if not self.in_kafka:
                 timeout = self.settings.consume.delivery_timeout_s
-                kafka.flush(self.producer, self.tracker, timeout)
-                if self.dead_letters.retry_refused():  # the broker refused some for their size
+                if self.eos:
+                    self._commit_transaction(result)
+                else:
                     kafka.flush(self.producer, self.tracker, timeout)
+                    if self.dead_letters.retry_refused():  # the broker refused some for their size
+                        kafka.flush(self.producer, self.tracker, timeout)
                 self.in_kafka = True
             if self.sink is not None:
                 self.sink.send(result.alerts)
+        except errors.TransactionsFailed:
+            self.pending, self.abandoned = result, True  # its state is ahead: never checkpointed
+            raise
         except (errors.KafkaUnavailable, SinkUnavailable) as exc:
             self.health.delivery_error = str(exc)
             log.warning("outputs not delivered (%s): degraded, retrying", exc)
@@ -547,7 +605,12 @@ class Service:
         for m in self.consumer.consume(c.batch_size, c.poll_timeout_s):
             if m.error() is None:  # paused partitions deliver nothing; were a message to slip
                 self._rewind(m)  # through, consumption restarts at it after the outage
-        if not self.in_kafka and self.tracker.pending == 0:  # nothing in flight: failed for good
+        if self.eos:
+            if not self.in_kafka and not self.txn_open:  # aborted: the outputs again, in a new one
+                self.tracker.errors = []
+                self._begin()
+                self._produce(result)
+        elif not self.in_kafka and self.tracker.pending == 0:  # nothing in flight: failed for good
             self.tracker.errors = []
             self._produce(result)
         if not self._delivered(result):
@@ -590,3 +653,93 @@ class Service:
             if code not in _REBALANCE_ERRORS:
                 raise
             log.warning("commit refused after a rebalance (%s); the batch will be re-delivered", exc)
+
+    # --- exactly_once: one Kafka transaction per batch -----------------------------------------
+
+    def _init_transactions(self, transactional_id: str) -> None:
+        try:
+            self.producer.init_transactions(self.settings.consume.delivery_timeout_s)
+        except KafkaException as exc:
+            raise errors.KafkaUnavailable(
+                f"processing.guarantee exactly_once: cannot start transactions as {transactional_id} "
+                f"({exc.args[0].str()}); the brokers must support transactions (Kafka >= 2.5)"
+            ) from None
+        log.info("exactly_once: transactional id %s", transactional_id)
+
+    def _begin(self) -> None:
+        """Open the batch's transaction (exactly_once; a no-op otherwise)."""
+        if self.eos and not self.txn_open:
+            try:
+                self.producer.begin_transaction()
+            except KafkaException as exc:
+                raise _failed(exc.args[0]) from None
+            self.txn_open = True
+
+    def _commit_transaction(self, result: BatchResult) -> None:
+        """Put the due partitions' state on the changelog, then commit the transaction with the
+        batch's offsets: its outputs, changelog records and offsets become visible together."""
+        self.partitions.applied(result.offsets)
+        self.txn_snapshots = self.partitions.snapshot_due(into=self._changelog_record)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in result.offsets.items()]
+        self._end_transaction(offsets)
+
+    def _changelog_record(self, manifest: changelog.Manifest, parts: Parts) -> None:
+        assert self.changelog is not None
+        self.changelog.publish(manifest, parts, self.producer, self.tracker)
+
+    def _end_transaction(self, offsets: list[TopicPartition]) -> None:
+        """Commit the open transaction (with ``offsets``). A failure that needs an abort aborts
+        it (its outputs are produced again in a new one); any failure raises KafkaUnavailable.
+        A fatal one (this transactional id fenced by a newer producer) stops the service
+        (:class:`~monitor.errors.TransactionsFailed`)."""
+        timeout = self.settings.consume.delivery_timeout_s
+        try:
+            if offsets:
+                metadata = self.consumer.consumer_group_metadata()
+                self.producer.send_offsets_to_transaction(offsets, metadata, timeout)
+            self.producer.commit_transaction(timeout)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.fatal():
+                raise _failed(err) from None
+            if err.txn_requires_abort():
+                fatal = self._abort()
+                if fatal is not None:
+                    raise _failed(fatal) from None
+            raise errors.KafkaUnavailable(f"transaction not committed: {err.str()}") from None
+        self.txn_open = False
+        self.txn_snapshots = []
+        self.tracker.errors = []
+
+    def _abort(self) -> KafkaError | None:
+        """Abort the open transaction; the state it checkpointed is due again. Returns the error
+        if the producer failed for good meanwhile."""
+        fatal = None
+        try:
+            self.producer.abort_transaction(self.settings.consume.delivery_timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0]
+            fatal = err if err.fatal() else None
+            log.warning("aborting the transaction failed (%s): the broker aborts it at its timeout", err)
+        self.txn_open = False
+        self.partitions.due_again(self.txn_snapshots)
+        self.txn_snapshots = []
+        self.tracker.errors = []
+        return fatal
+
+
+def _failed(err: KafkaError) -> errors.Unavailable:
+    """The error for a transactional producer that failed: for good (fenced) or not."""
+    if not err.fatal():
+        return errors.KafkaUnavailable(f"cannot begin a transaction: {err.str()}")
+    return errors.TransactionsFailed(
+        f"exactly_once: the transactional producer failed for good ({err.str()}): another process "
+        "uses the same processing.transactional_id, or this one's transaction timed out; restart it"
+    )
+
+
+def default_transactional_id(settings: Settings) -> str:
+    """``telemon-<group>-<host>-<state folder digest>``: stable across a replica's restarts (same
+    host, same folder), distinct for replicas sharing a host."""
+    where = hashlib.sha256(str(settings.state_dir.resolve()).encode()).hexdigest()[:8]
+    return f"telemon-{settings.kafka.group_id}-{socket.gethostname()}-{where}"

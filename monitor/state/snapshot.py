@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from monitor.common import files, safepickle
-from monitor.errors import SnapshotError
+from monitor.errors import SnapshotError, TelemonError
 from monitor.schema import SENSOR_NAMES, SensorSpec
 from monitor.state import signing
 from monitor.state.store import DeviceStates, PartitionState
@@ -253,15 +253,16 @@ class SnapshotStore:
         raw = json.dumps(head, sort_keys=True).encode()
         _replace(path.with_suffix(".head"), (raw + b"\n" + signing.sign(self.key, raw).encode() + b"\n",))
 
-    def load(self, topic: str, partition: int) -> PartitionSnapshot | None:
-        """The partition's snapshot, or None if there is none. Raises :class:`SnapshotError`
-        (or ``OSError``) for one that is not a verified snapshot of this group, topic and
-        partition."""
-        path = self.path(topic, partition)
+    def read(self, topic: str, partition: int) -> bytes | None:
+        """The bytes of the partition's snapshot file, unverified (None: there is none)."""
         try:
-            data = files.read_bytes(path, None)
+            return files.read_bytes(self.path(topic, partition), None)
         except FileNotFoundError:
             return None
+
+    def verified(self, topic: str, partition: int, data: bytes) -> PartitionSnapshot:
+        """The snapshot in ``data``, verified as this group's snapshot of ``topic``/``partition``;
+        raises :class:`SnapshotError` otherwise."""
         snap = decode(data, self.key)
         # A snapshot written before groups were recorded has none: its topic and partition must fit.
         if (snap.topic, snap.partition) != (topic, partition) or snap.group not in ("", self.group):
@@ -269,7 +270,17 @@ class SnapshotStore:
                 f"it is the snapshot of group {snap.group!r}, topic {snap.topic!r}, partition "
                 f"{snap.partition}, not of {self.group!r}, {topic!r}, {partition} (copied over it?)"
             )
-        head = self._head(path)
+        return snap
+
+    def load(self, topic: str, partition: int) -> PartitionSnapshot | None:
+        """The partition's snapshot, or None if there is none. Raises :class:`SnapshotError`
+        (or ``OSError``) for one that is not a verified snapshot of this group, topic and
+        partition."""
+        data = self.read(topic, partition)
+        if data is None:
+            return None
+        snap = self.verified(topic, partition, data)
+        head = self._head(self.path(topic, partition))
         newer = head is not None and head.sha256 != hashlib.sha256(data).hexdigest()
         if newer and head and (snap.next_offset, snap.created_ms) < (head.next_offset, head.created_ms):
             snap.older_than = head
@@ -305,15 +316,28 @@ def _replace(path: Path, parts: Parts) -> None:
     tmp.replace(path)
 
 
+#: Called by the writer's thread before a snapshot's file is written, with its encoded parts: it
+#: raises if the snapshot could not be put where it must be first (the changelog).
+Publish = Callable[[PartitionSnapshot, Parts], None]
+
+
 class SnapshotWriter:
     """Encodes, signs and writes snapshots from a background thread, so that neither the encoding
     nor the disk stalls polling: the loop only copies the state (:meth:`submit`). Only the latest
-    pending snapshot of a partition is kept: an older one is obsolete. ``done`` is called from the
-    thread with each snapshot's size in bytes, or None when it could not be written."""
+    pending snapshot of a partition is kept: an older one is obsolete. ``publish``, if given, gets
+    each encoded snapshot before its file is written (a failure: the file is not written either).
+    ``done`` is called from the thread with each snapshot's topic, partition and size in bytes, or
+    None as size when it could not be published or written."""
 
-    def __init__(self, store: SnapshotStore, done: Callable[[int | None], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        done: Callable[[str, int, int | None], None] | None = None,
+        publish: Publish | None = None,
+    ) -> None:
         self.store = store
         self.done = done
+        self.publish = publish
         self._pending: dict[tuple[str, int], tuple[PartitionSnapshot, bytes]] = {}
         self._cond = threading.Condition()
         self._busy = False
@@ -328,6 +352,12 @@ class SnapshotWriter:
         with self._cond:
             self._pending[(snap.topic, snap.partition)] = (snap, objects)
             self._cond.notify_all()
+
+    def discard(self, keys: list[tuple[str, int]]) -> None:
+        """Forget the pending snapshots of partitions this process no longer owns."""
+        with self._cond:
+            for key in keys:
+                self._pending.pop(key, None)
 
     def idle(self) -> bool:
         """Nothing is waiting to be written."""
@@ -357,9 +387,15 @@ class SnapshotWriter:
             size: int | None = None
             try:
                 snap.group = self.store.group
+                snap.created_ms = snap.created_ms or int(time.time() * 1000)
                 with encoded(snap, self.store.key, objects) as parts:
+                    if self.publish is not None:
+                        self.publish(snap, parts)
                     self.store.write(snap.topic, snap.partition, parts)
                     size = sum(len(part) for part in parts)
+            except TelemonError as exc:  # the changelog could not take it
+                self.errors += 1
+                log.error("cannot checkpoint the state of %s/%d: %s", snap.topic, snap.partition, exc)
             except OSError as exc:
                 self.errors += 1
                 log.error("cannot write the snapshot of %s/%d: %s", snap.topic, snap.partition, exc)
@@ -367,7 +403,7 @@ class SnapshotWriter:
                 self.errors += 1
                 log.exception("cannot encode the snapshot of %s/%d", snap.topic, snap.partition)
             if self.done is not None:
-                self.done(size)
+                self.done(snap.topic, snap.partition, size)
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()

@@ -10,7 +10,7 @@ import pytest
 from monitor.settings import KafkaSettings
 from tests.conftest import Readings, run_monitor, total
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.quick]  # quick: passes on the embedded broker too
 
 
 def test_a_batch_that_cannot_fill_closes_at_its_age(kafka_settings: KafkaSettings, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Chaos, short variants (``scripts/chaos`` runs the long ones): the monitor killed, churned, cut
-off from its broker and from Alertmanager, always compared with a fault-free run of the same
-seeded stream (the oracle, one per stream, shared through module fixtures).
+off from its broker and from Alertmanager, the broker crashed and restarted, always compared with
+a fault-free run of the same seeded stream (the oracle, one per stream, shared through module
+fixtures).
 
 Each test asserts the invariants one by one; a failure message carries the experiment's figures.
 """
@@ -16,6 +17,7 @@ import pytest
 
 from monitor.settings import KafkaSettings
 from producers.scenario import Scenario
+from tests import brokers
 from tests import chaos_harness as chaos
 from tests.apache_kafka import ApacheKafka
 
@@ -43,9 +45,11 @@ def stream(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Str
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[chaos.OutageBench]:
-    """A broker of its own (the outages must not touch the session's), two streams, their oracle."""
+    """An Apache Kafka of its own behind a relay (the outages and crashes must not touch the
+    session's), two streams, their oracle."""
     workdir = tmp_path_factory.mktemp("outage")
-    with chaos.RelayedBroker(workdir / "broker.log") as broker:
+    with chaos.RelayedBroker(workdir / "kafka") as broker:
+        brokers.started.append(broker.describe())
         yield chaos.outage_bench(broker, workdir, devices=4, duration_s=120)
 
 
@@ -70,6 +74,21 @@ def test_kill_9_three_times_loses_nothing(stream: Stream) -> None:
     assert_like_oracle(c, "\n".join(c.lines()))
 
 
+def test_kill_9_under_exactly_once_delivers_every_alert_once(stream: Stream) -> None:
+    c = chaos.kill_experiment(
+        stream.kafka,
+        stream.workdir,
+        stream.oracle,
+        stream.expected,
+        kills=3,
+        rng=random.Random(1),
+        env=chaos.EXACTLY_ONCE,
+    )
+    report = "\n".join(c.lines())
+    assert_like_oracle(c, report)
+    assert c.alert_records == c.alert_ids, f"alert records delivered twice (read committed)\n{report}"
+
+
 def test_replicas_joining_leaving_and_killed_lose_nothing(stream: Stream) -> None:
     c = chaos.replica_experiment(
         stream.kafka,
@@ -84,6 +103,13 @@ def test_replicas_joining_leaving_and_killed_lose_nothing(stream: Stream) -> Non
     assert_like_oracle(c, "\n".join(c.lines()))
 
 
+def test_scaling_out_and_in_without_a_shared_folder_keeps_state_equal(stream: Stream) -> None:
+    c = chaos.scale_experiment(
+        stream.kafka, stream.workdir, stream.oracle, stream.source, stream.expected, feed_s=15
+    )
+    assert_like_oracle(c, "\n".join(c.lines()))
+
+
 @pytest.mark.parametrize("kind", ["sigstop", "restart"])
 def test_broker_outage_degrades_then_resumes_and_loses_nothing(bench: chaos.OutageBench, kind: str) -> None:
     o = chaos.broker_experiment(bench, kind, outage_s=8)
@@ -93,6 +119,16 @@ def test_broker_outage_degrades_then_resumes_and_loses_nothing(bench: chaos.Outa
     # Resuming within chaos.RESUME_LIMIT_S is a timing figure: scripts/chaos checks and prints it.
     assert o.exit_code == 0, f"SIGTERM after the outage did not exit 0\n{report}"
     assert_like_oracle(o.comparison, report)
+
+
+def test_broker_killed_and_restarted_loses_nothing_acknowledged(bench: chaos.OutageBench) -> None:
+    c = chaos.crash_experiment(bench, kills=1, down_s=3, feed_s=30, rng=random.Random(4))
+    report = "\n".join(c.lines())
+    assert c.kills == 1, f"the stream was in before the broker was killed\n{report}"
+    assert c.lost == 0, f"acknowledged messages missing from the topic\n{report}"
+    assert c.duplicates == 0, f"the idempotent producer wrote messages twice\n{report}"
+    assert c.exit_code == 0, f"SIGTERM after the crash did not exit 0\n{report}"
+    assert_like_oracle(c.comparison, report)
 
 
 def test_alert_sink_down_holds_offsets_then_delivers(broker: ApacheKafka, tmp_path: Path) -> None:

@@ -19,10 +19,10 @@ from monitor.serve.service import Totals
 from monitor.settings import Settings, load_settings
 from producers.scenario import load_scenario
 from producers.simulate import SimulationReport, simulate
-from tests.apache_kafka import ApacheKafka
+from tests.brokers import Broker
 from tests.conftest import read_topic, unique_kafka_settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.quick]  # quick: passes on the embedded broker too
 
 DRIFT_PAIR = ("dev-0003", "humidity")
 SCENARIO = {
@@ -47,7 +47,7 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def run(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+def run(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     kafka = unique_kafka_settings(broker)
     state = tmp_path_factory.mktemp("state")
     settings = load_settings(

@@ -16,7 +16,7 @@ from producers.simulate import simulate
 from tests.chaos_harness import committed
 from tests.conftest import telemon_process
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.quick]  # quick: passes on the embedded broker too
 
 
 def test_run_commits_and_exits_zero_on_sigterm(kafka_settings: KafkaSettings, tmp_path: Path) -> None:

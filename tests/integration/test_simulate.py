@@ -14,7 +14,7 @@ from monitor.settings import KafkaSettings
 from producers.scenario import Scenario, truth_records
 from producers.simulate import PROGRESS_EVERY, iter_messages, simulate
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.quick]  # quick: passes on the embedded broker too
 
 Record = tuple[bytes | None, bytes | None, int]
 

@@ -1,4 +1,6 @@
-"""`telemon run` restarted over a state folder an attacker (or a careless operator) can write to:
+"""`telemon run` restarted over a state folder an attacker (or a careless operator) can write to,
+with the folder as the only state (``state.changelog: false``; tests/integration/test_changelog.py
+has the changelog's cases):
 the generated signing key survives restarts, a snapshot copied over another partition's is refused,
 an older one copied back is reported and its serving versions follow the registry's audit trail,
 a FIFO at a snapshot path blocks nothing, and SIGTERM always ends the process in time."""
@@ -64,7 +66,7 @@ def _register_v2(state: Path) -> None:
 def restarts(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Restarts:
     kafka = unique_kafka_settings(broker)
     state = tmp_path_factory.mktemp("state")
-    env = {"TELEMON_STATE_DIR": str(state)}
+    env = {"TELEMON_STATE_DIR": str(state), "TELEMON_STATE__CHANGELOG": "false"}  # the files alone
     stream = Readings(kafka, DEVICES, PARTITIONS)
     stream.round(40)
     stream.flush()

@@ -154,7 +154,7 @@ def test_a_misspelt_environment_variable_is_named_with_the_one_meant(
         ("bootstrap.servers: elsewhere:9092", "bootstrap.servers -> kafka.bootstrap_servers"),
         ("stats_cb: print", "callbacks are telemon's own"),
         ("oauth_cb: print", "callbacks are telemon's own"),
-        ("enable.auto.commit: true", "at-least-once delivery depends on them"),
+        ("enable.auto.commit: true", "delivery guarantees depend on them"),
     ],
 )
 def test_extra_kafka_properties_that_would_weaken_it_are_refused(

@@ -69,6 +69,7 @@ def recorded_registry() -> CollectorRegistry:
     metrics.record_state(1, 1000, np.ones(N_SENSORS, np.int64))
     metrics.record_firing(dict.fromkeys((r.name for r in rules.rules), 0))
     metrics.record_consumer({("telemon.readings", 0): 0}, 1)
+    metrics.record_restore("changelog", 0.01)
     judged = AlertRecord("00000000000000aa", "score_drift", "firing", "device", "dev-1", "humidity",
                          1_767_225_600_000, {}, ["alert"], 1, {"firmware": "1.2.0"})  # fmt: skip
     onset = judged.started_at - 60_000

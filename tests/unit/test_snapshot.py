@@ -422,7 +422,7 @@ def test_the_writer_encodes_the_state_as_it_was_when_submitted(tmp_path: Path) -
     expected = snapshot.fingerprints(_snapshots(p, _next_offsets(results)))
     sizes: list[int | None] = []
     store = SnapshotStore(tmp_path, KEY, "g")
-    writer = SnapshotWriter(store, sizes.append)
+    writer = SnapshotWriter(store, lambda _t, _p, size: sizes.append(size))
     for snap in _snapshots(p, _next_offsets(results)):
         writer.submit(snap)
     _run(p, _gaussian_stream(70, devices=2)[120:], batch=60)  # the loop goes on meanwhile
