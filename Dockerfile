@@ -26,7 +26,8 @@ WORKDIR /app
 COPY configs ./configs
 
 # Inside a container the endpoint must listen beyond loopback for Prometheus and probes
-# (the container's network namespace is the boundary); state (the model registry) in a volume.
+# (the container's network namespace is the boundary); state (partition snapshots, this replica's copy
+# of the model registry) in a volume.
 ENV TELEMON_METRICS__HOST=0.0.0.0 \
     TELEMON_STATE_DIR=/var/lib/telemon
 VOLUME /var/lib/telemon

@@ -121,6 +121,9 @@ class KafkaSettings(_Section):
     state_topic: str = Field(
         "telemon.state", description="the compacted changelog of partition state (state.changelog)"
     )
+    artifacts_topic: str = Field(
+        "telemon.artifacts", description="signed model versions of a shared registry (compacted)"
+    )
     fleet_topic: str = Field(
         "telemon.fleet", description="the replicas' partial fleet and cohort aggregates (fleet.span)"
     )
@@ -158,6 +161,7 @@ class KafkaSettings(_Section):
         "audit_topic",
         "feedback_topic",
         "state_topic",
+        "artifacts_topic",
         "fleet_topic",
     )
     @classmethod
@@ -942,6 +946,12 @@ class RegistrySettings(_Section):
     """The model registry: signed model artifacts and the audit trail (see ``monitor.govern.registry``)."""
 
     dir: Path | None = Field(None, description="registry directory (default: state_dir/registry)")
+    shared: bool = Field(
+        False,
+        description="Kafka is the registry's system of record (kafka.artifacts_topic, kafka.audit_topic): "
+        "the directory is this process' copy, kept current; every replica and the registry command "
+        "need the same signing key",
+    )
     signing_key: SecretStr | None = Field(
         None, description="HMAC-SHA256 key, at least 32 bytes; set it from the environment"
     )

@@ -299,7 +299,10 @@ class Run:
         if self.env.get("TELEMON_STATE__CHANGELOG") == "false":
             return list(SnapshotStore(self.state_dir / "snapshots" / k.group_id, SNAPSHOT_KEY))
         log = Changelog(k, k.group_id, timeout_s=30)
-        found = (log.read(k.readings_topic, p)[1] for p in range(k.partitions))
+        try:
+            found = [log.read(k.readings_topic, p)[1] for p in range(k.partitions)]
+        finally:
+            log.close()
         return [snapshot.decode(data, SNAPSHOT_KEY) for data in found if data is not None]
 
     def states(self) -> dict[str, str]:

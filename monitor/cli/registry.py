@@ -4,7 +4,10 @@ Reads the registry of ``--config`` (``registry.dir``, default ``<state_dir>/regi
 configured signing key; it never generates a key. Every command prints a table, or JSON with
 ``--json``. An unknown version, a tampered artifact or a refused promotion prints one line on
 stderr and exits 1; a configuration problem (no usable key) exits 2. ``promote`` and ``rollback``
-append to the audit log; a running service picks the change up at its next batch.
+append to the audit log; a running service picks the change up at its next batch. With
+``registry.shared`` the command first reads the registry's Kafka topics into its directory, and
+``promote`` and ``rollback`` publish to the audit topic, which every replica follows; Kafka
+unreachable exits 1.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from monitor.cli.args import settings_from_args
-from monitor.errors import ArtifactError, RegistryError, UnknownVersionError
+from monitor.errors import ArtifactError, KafkaUnavailable, RegistryError, UnknownVersionError
 from monitor.evaluation.report import table
 from monitor.govern.registry import (
     AuditEvent,
@@ -34,6 +37,7 @@ from monitor.govern.registry import (
     open_registry,
     registry_dir,
 )
+from monitor.settings import Settings
 
 DESCRIPTION = """\
 Inspect and govern the model registry: every retrained model version of a (device, sensor) pair
@@ -136,13 +140,32 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     root = registry_dir(settings)
     try:
+        if settings.registry.shared:
+            return _shared(settings, args)
         if not root.is_dir():
             return _empty(args, root)
         reg = open_registry(settings, create_key=False)
         return ACTIONS[args.registry_command](reg, args)
-    except RegistryError as exc:
+    except (RegistryError, KafkaUnavailable) as exc:
         print(f"telemon registry {args.registry_command}: {exc}", file=sys.stderr)
         return 1
+
+
+def _shared(settings: Settings, args: argparse.Namespace) -> int:
+    """A shared registry (``registry.shared``): bring the directory up to date from Kafka, run the
+    action, and wait until Kafka has what it recorded (a refusal included)."""
+    from monitor.govern.replication import RegistryReplica  # the Kafka client: only when needed
+
+    reg = open_registry(settings, create_key=False)
+    replica = RegistryReplica(settings, reg)
+    try:
+        replica.catch_up()
+        try:
+            return ACTIONS[args.registry_command](reg, args)
+        finally:
+            replica.flush()
+    finally:
+        replica.close()
 
 
 def _empty(args: argparse.Namespace, root: Path) -> int:

@@ -23,6 +23,13 @@ Which version serves a pair is derived from the audit log: the latest ``promoted
 1, the online model started at the pair's first reading, which is implicit until registered.
 The command line (``telemon registry promote|rollback``) and a running service share the log:
 the service tails it with :meth:`ModelRegistry.events`.
+
+Every event has an identity (:func:`event_id`, stored in ``id``): :meth:`ModelRegistry.record`
+appends only events the log lacks, so an event that reaches a directory twice (recorded by the
+replica that made it and read back from the audit topic, or made again when a batch is processed
+again) is in its log once. With ``registry.shared`` the directory is one replica's copy of a
+registry kept in Kafka (:mod:`monitor.govern.replication`): the registry hands the versions it
+stores and the events it makes to its :class:`Publisher`.
 """
 
 from __future__ import annotations
@@ -34,11 +41,12 @@ import os
 import pickle
 import secrets
 import shutil
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import msgspec
 
@@ -167,6 +175,7 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     verdict: str = ""  # kind "verdict": true_positive, false_positive or expected_maintenance
     event_ts: int = 0  # event time (epoch ms) of stream-driven events; of a verdict, when it was given
     wall_ts: int = 0  # wall clock (epoch ms), filled in by ModelRegistry.record
+    id: str = ""  # the event's identity (event_id), filled in by stamped()
     schema_version: int = 1
 
 
@@ -179,6 +188,21 @@ def encode_event(event: AuditEvent) -> bytes:
 
 def decode_event(raw: bytes) -> AuditEvent:
     return _EVENT_DECODER.decode(raw)
+
+
+def event_id(e: AuditEvent) -> str:
+    """The identity of an event: a digest of its content. An event of the stream (``event_ts``
+    set) is the same event whenever it is made, so its wall-clock time does not count; an
+    operator's or the service's (no ``event_ts``) is told apart by its wall-clock time."""
+    basis = msgspec.structs.replace(e, id="", wall_ts=0 if e.event_ts else e.wall_ts)
+    return hashlib.sha256(_ENCODER.encode(basis)).hexdigest()[:24]
+
+
+def stamped(e: AuditEvent, now: int) -> AuditEvent:
+    """``e`` with its wall-clock time (``now`` if it has none) and its identity."""
+    if not e.wall_ts:
+        e = msgspec.structs.replace(e, wall_ts=now)
+    return e if e.id else msgspec.structs.replace(e, id=event_id(e))
 
 
 class Feedback(NamedTuple):
@@ -235,6 +259,14 @@ class Change(NamedTuple):
     b: Any
 
 
+class Publisher(Protocol):
+    """Where a shared registry's versions and events go (:mod:`monitor.govern.replication`)."""
+
+    def publish_version(self, ref: VersionRef, files: dict[str, bytes]) -> None: ...
+
+    def publish_events(self, events: Sequence[AuditEvent]) -> None: ...
+
+
 def registry_dir(settings: Settings) -> Path:
     return settings.registry.dir if settings.registry.dir is not None else settings.state_dir / "registry"
 
@@ -263,13 +295,17 @@ def sign_manifest(key: bytes, manifest: bytes) -> bytes:
 class ModelRegistry:
     """Signed model versions under ``root`` and the audit log of what served when, and why."""
 
-    def __init__(self, root: Path, key: bytes) -> None:
+    def __init__(self, root: Path, key: bytes, publisher: Publisher | None = None) -> None:
         self.root = root
         self.key = signing.check_key(key, "registry key")
+        self.publisher = publisher  # of a shared registry: gets the versions stored, the events made
         self.audit_path = root / AUDIT_FILE
         self._position = 0  # of the audit log, read up to here into _serving
         self._serving: dict[tuple[str, str], AuditEvent] = {}
         self._unreadable = False  # the audit log could not be read: said once until it can again
+        self._ids: set[str] = set()  # of the events in the audit log up to _ids_position
+        self._ids_position = 0
+        self._appending = threading.Lock()  # the service's loop and its followers record
 
     # --- versions ---------------------------------------------------------------------------------
 
@@ -292,12 +328,36 @@ class ModelRegistry:
         if not _write_dir(final, files):
             if self.manifest(*ref).model != version:
                 raise RegistryError(f"{ref} is already registered with other content")
-            return final
+            files = self.version_files(*ref)  # the first registration's: published again as they are
         rule = version.trigger_rule
         reason = f"retrained: rule {rule} fired (alert {version.trigger_alert_id})" if rule else "registered"
         actor = f"rule:{rule}" if rule else "service"
-        self.record(_event("registered", ref, actor=actor, reason=reason, event_ts=version.created_at))
+        event = _event("registered", ref, actor=actor, reason=reason, event_ts=version.created_at)
+        self.record(event)
+        if self.publisher is not None:
+            self.publisher.publish_version(ref, files)
+            self.publisher.publish_events([stamped(event, event.wall_ts)])
         return final
+
+    def version_files(self, device_id: str, sensor: str, version: int) -> dict[str, bytes]:
+        """The stored files of a version, as they are (verify with :meth:`install` elsewhere)."""
+        ref = VersionRef(device_id, sensor, version)
+        d = self.path(*ref)
+        return {name: _read(d / name, ref) for name in (MANIFEST, ARTIFACT, SIGNATURE)}
+
+    def install(self, ref: VersionRef, files: dict[str, bytes]) -> bool:
+        """Store a version another process registered (read from the artifacts topic), after
+        verifying it as :meth:`load` would. ``False`` if it is stored already (the first copy
+        stays). Raises :class:`ArtifactError` for a version that does not verify, one signed with
+        another key included."""
+        missing = sorted({MANIFEST, ARTIFACT, SIGNATURE} - set(files))
+        if missing:
+            raise ArtifactError(f"{ref}: incomplete, {', '.join(missing)} missing")
+        final = self.path(*ref)
+        if final.is_dir():
+            return False
+        self._verify(ref, files[MANIFEST], files[SIGNATURE], files[ARTIFACT])
+        return _write_dir(final, {name: files[name] for name in (MANIFEST, ARTIFACT, SIGNATURE)})
 
     def load(self, device_id: str, sensor: str, version: int) -> AdaptiveGaussian:
         """The verified model of a version; raises :class:`ArtifactError` (nothing is unpickled
@@ -358,7 +418,16 @@ class ModelRegistry:
             hint = " (v1 is the online model; it is registered only when the service records it)"
             raise UnknownVersionError(f"{ref} is not registered{hint if ref.version == 1 else ''}")
         raw = _read(d / MANIFEST, ref)
-        self._check_signature(ref, raw, d / SIGNATURE)
+        try:
+            sig = files.read_bytes(d / SIGNATURE, files.MAX_KEY_BYTES)
+        except FileNotFoundError:
+            raise ArtifactError(f"{ref} is unsigned (no {SIGNATURE} file): refusing to load it") from None
+        except OSError as exc:
+            raise ArtifactError(f"{ref}: unreadable {SIGNATURE} file: {exc}") from exc
+        return self._verify(ref, raw, sig, _read(d / ARTIFACT, ref))
+
+    def _verify(self, ref: VersionRef, raw: bytes, sig: bytes, artifact: bytes) -> tuple[Manifest, bytes]:
+        self._check_signature(ref, raw, sig)
         try:
             manifest = msgspec.json.decode(raw, type=Manifest)
         except msgspec.MsgspecError as exc:
@@ -368,50 +437,68 @@ class ModelRegistry:
             raise ArtifactError(
                 f"{ref}: its {MANIFEST} describes {VersionRef(m.device_id, m.sensor, m.version)}"
             )
-        artifact = _read(d / ARTIFACT, ref)
         if hashlib.sha256(artifact).hexdigest() != manifest.artifact.sha256:
             raise ArtifactError(
                 f"{ref}: {ARTIFACT} does not match the digest in its signed manifest (tampered)"
             )
         return manifest, artifact
 
-    def _check_signature(self, ref: VersionRef, manifest: bytes, path: Path) -> None:
+    def _check_signature(self, ref: VersionRef, manifest: bytes, raw: bytes) -> None:
         try:
-            sig = msgspec.json.decode(files.read_bytes(path, files.MAX_KEY_BYTES), type=Signature)
-        except FileNotFoundError:
-            raise ArtifactError(f"{ref} is unsigned (no {SIGNATURE} file): refusing to load it") from None
-        except (msgspec.MsgspecError, OSError) as exc:
+            sig = msgspec.json.decode(raw, type=Signature)
+        except msgspec.MsgspecError as exc:
             raise ArtifactError(f"{ref}: unreadable {SIGNATURE} file: {exc}") from exc
         mine = signing.key_id(self.key)
         if sig.algorithm != "hmac-sha256":
             raise ArtifactError(f"{ref}: unsupported signature algorithm {sig.algorithm!r}")
         if sig.key_id != mine:
             raise ArtifactError(
-                f"{ref} is signed with another key (key id {sig.key_id}; the configured key is {mine})"
+                f"{ref} is signed with another key (key id {sig.key_id}; the configured key is {mine}): "
+                "every replica of a group and the registry command need the same registry.signing_key"
             )
         if not signing.verify(self.key, SIGNED_PREFIX + manifest, sig.mac):
             raise ArtifactError(f"{ref}: {MANIFEST} does not match its signature (tampered)")
 
     # --- audit log and serving versions -----------------------------------------------------------
 
-    def record(self, *events: AuditEvent) -> None:
-        """Append events to the audit log (one write, fsynced), stamping their wall-clock time.
-        Raises :class:`RegistryError` if the log cannot be written (nor is: a FIFO there is
-        refused, not waited on)."""
+    def record(self, *events: AuditEvent) -> list[AuditEvent]:
+        """Append the events the audit log lacks (by :func:`event_id`; one write, fsynced),
+        stamped with their wall-clock time and identity; returns those appended. Raises
+        :class:`RegistryError` if the log cannot be written (nor is: a FIFO there is refused, not
+        waited on)."""
         if not events:
-            return
+            return []
         now = _now_ms()
-        lines = b"".join(
-            encode_event(e if e.wall_ts else msgspec.structs.replace(e, wall_ts=now)) + b"\n" for e in events
-        )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            with files.open_append(self.audit_path) as f:
-                f.write(lines)
-                f.flush()
-                os.fsync(f.fileno())
+            with self._appending, files.open_append(self.root / ".append.lock") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # other processes on this directory: the CLI
+                return self._append([stamped(e, now) for e in events])
         except OSError as exc:
             raise RegistryError(f"cannot append to the audit log: {exc}") from None
+
+    def _append(self, events: list[AuditEvent]) -> list[AuditEvent]:
+        self._scan_ids()
+        new = list({e.id: e for e in events if e.id not in self._ids}.values())
+        if not new:
+            return []
+        with files.open_append(self.audit_path) as f:
+            f.write(b"".join(encode_event(e) + b"\n" for e in new))
+            f.flush()
+            os.fsync(f.fileno())
+            self._ids_position = f.tell()
+        self._ids.update(e.id for e in new)
+        return new
+
+    def _scan_ids(self) -> None:
+        """Read the identities of the events appended since the last call (by anyone)."""
+        try:
+            data = files.read_bytes(self.audit_path, None, self._ids_position)
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1
+        self._ids.update(e.id or event_id(e) for e in self._decode_lines(data[:end], self._ids_position))
+        self._ids_position += end
 
     def events(self, since: int = 0) -> tuple[list[AuditEvent], int]:
         """Complete events after byte position ``since`` of the audit log, and the position to
@@ -494,12 +581,17 @@ class ModelRegistry:
             raise
         except ArtifactError as exc:
             what = "promotion" if kind == "promoted" else "rollback"
-            self.record(
-                _event("rejected", ref, previous=current, actor=actor, reason=f"{what} refused: {exc}")
-            )
+            refused = f"{what} refused: {exc}"
+            self._emit(_event("rejected", ref, previous=current, actor=actor, reason=refused))
             raise
-        event = _event(kind, ref, previous=current, actor=actor, reason=reason)
+        return self._emit(_event(kind, ref, previous=current, actor=actor, reason=reason))
+
+    def _emit(self, event: AuditEvent) -> AuditEvent:
+        """Record an event this registry made, and publish it if the registry is shared."""
+        event = stamped(event, event.wall_ts)
         self.record(event)
+        if self.publisher is not None:
+            self.publisher.publish_events([event])
         return event
 
     @contextmanager

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from monitor.errors import ConfigError
 from monitor.govern import training
 from monitor.govern.registry import open_registry, signing_key
+from monitor.govern.replication import topic_configs
 from monitor.govern.rules import load_rules
 from monitor.ingest import kafka
 from monitor.pipeline import Pipeline
@@ -41,7 +42,10 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     signing_key(settings)
     k = settings.kafka
     outputs = [k.dead_letter_topic, k.alerts_topic, k.models_topic, k.audit_topic]
-    kafka.ensure_topics(k, [k.readings_topic, k.feedback_topic, *outputs])
+    if settings.registry.shared:
+        outputs.append(k.artifacts_topic)
+    configs = topic_configs(k) if settings.registry.shared else None
+    kafka.ensure_topics(k, [k.readings_topic, k.feedback_topic, *outputs], configs=configs)
     if settings.state.changelog:
         changelog.ensure_topic(k)
     if settings.fleet.span:  # one partition: every replica merges the partials in one order

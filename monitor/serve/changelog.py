@@ -179,6 +179,7 @@ class Changelog:
         self.tracker = kafka.DeliveryTracker()
         self.previous: dict[tuple[str, int], Manifest] = {}  # latest written or restored, per partition
         self._partitions: int | None = None
+        self._reader: Consumer | None = None
 
     def partition_of(self, partition: int) -> int:
         """The changelog partition holding a readings partition's state."""
@@ -289,11 +290,10 @@ class Changelog:
             else:
                 offsets.append(int(msg.offset()))
 
-        fence = Producer(kafka.producer_config(self.settings))  # outside any transaction
-        fence.produce(
+        self.producer.produce(  # this changelog's own producer: outside any transaction
             self.topic, key=prefix + b"/fence", value=None, partition=where, on_delivery=on_delivery
         )
-        fence.flush(self.timeout_s)
+        self.producer.flush(self.timeout_s)
         if not offsets:
             reason = errors[0] if errors else f"no acknowledgement in {self.timeout_s:g}s"
             raise KafkaUnavailable(f"cannot write to the state changelog {self.topic}: {reason}")
@@ -301,11 +301,10 @@ class Changelog:
 
     def _scan(self, where: int, end: int) -> Iterable[tuple[bytes, bytes | None]]:
         """Every record of changelog partition ``where`` up to offset ``end`` (inclusive)."""
-        conf = kafka.consumer_config(
-            self.settings,
-            **{"group.id": f"{self.group}.changelog-reader", "isolation.level": "read_committed"},
-        )
-        consumer = Consumer(conf)
+        if self._reader is None:  # one for every restore: no group, nothing committed
+            conf = {"group.id": f"{self.group}.changelog-reader", "fetch.wait.max.ms": 50}
+            self._reader = Consumer(kafka.consumer_config(self.settings, **conf))
+        consumer = self._reader
         consumer.assign([TopicPartition(self.topic, where, OFFSET_BEGINNING)])
         deadline = time.monotonic() + self.timeout_s
         try:
@@ -330,7 +329,10 @@ class Changelog:
         except KafkaException as exc:
             raise KafkaUnavailable(f"cannot read the state changelog {self.topic}: {exc}") from None
         finally:
-            consumer.close()
+            consumer.unassign()
 
     def close(self) -> None:
         self.producer.flush(self.timeout_s)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

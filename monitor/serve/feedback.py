@@ -13,9 +13,10 @@ Two consumers, off the service's poll loop and outside its consumer group:
   a bad record is dead-lettered by one replica, at least once.
 
 A verdict joined to a device-scope alert is appended to the registry's audit trail as a
-``verdict`` event of the pair's version, unless the trail has it already. Replicas sharing a
-registry may append the same event twice (both read it before either wrote it): the registry
-counts the latest verdict per alert once (:func:`monitor.govern.registry.feedback`).
+``verdict`` event of the pair's version, unless the trail has it already. Every replica joins the
+same verdicts and makes the same events, with the same identity: a trail holds each once
+(:meth:`~monitor.govern.registry.ModelRegistry.record`), and the registry counts the latest
+verdict per alert (:func:`monitor.govern.registry.feedback`).
 
 Metrics are updated once per batch of records. An unexpected error stops the thread, logged with
 its traceback; the service goes on without live precision.

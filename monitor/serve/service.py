@@ -41,7 +41,7 @@ from confluent_kafka import (
 
 from monitor import errors
 from monitor.errors import SinkUnavailable
-from monitor.govern import alerts, registry
+from monitor.govern import alerts, registry, replication
 from monitor.ingest import kafka
 from monitor.pipeline import BatchResult, Pipeline
 from monitor.serve import changelog, fleetspan
@@ -146,6 +146,7 @@ class Service:
         self.feedback = feedback
         self.span = span  # fleet.span: the merged fleet and cohort view (monitor.serve.fleetspan)
         self.registry = registry.open_registry(settings)
+        self.replica = self._share_registry()
         self.totals = Totals()
         self.pending: BatchResult | None = None  # a processed batch whose outputs are not delivered
         self.in_kafka = False  # the pending batch's outputs are all acknowledged by Kafka
@@ -202,6 +203,8 @@ class Service:
         log.info("consuming %s as group %s from %s", k.readings_topic, k.group_id, k.bootstrap_servers)
         if self.feedback is not None:
             self.feedback.start()
+        if self.replica is not None:
+            self.replica.start()
         if self.span is not None:
             self.span.start()
         try:
@@ -232,6 +235,8 @@ class Service:
             self._abort()
         if self.feedback is not None:
             self.feedback.close()
+        if self.replica is not None:
+            self.replica.close()
         if self.span is not None:
             self.span.close()
         self.consumer.close()  # revokes the assignment: checkpoints every partition
@@ -294,6 +299,38 @@ class Service:
             self._switch(
                 rb.device_id, rb.sensor, None, f"rule {rb.rule} fired (alert {rb.alert_id})", rb.rule
             )
+        if self.replica is not None and (result.versions or result.rollbacks):
+            try:
+                self.replica.flush()
+            except errors.KafkaUnavailable as exc:  # still queued: librdkafka keeps retrying
+                log.error("the shared registry lacks this batch's versions or rollbacks for now: %s", exc)
+
+    # --- the shared registry (registry.shared, monitor.govern.replication) ------------------------
+
+    def _share_registry(self) -> replication.RegistryReplica | None:
+        """With ``registry.shared``: bring the registry's directory up to date with Kafka's
+        topics before anything reads it, and publish what it stores from now on."""
+        if not self.settings.registry.shared:
+            return None
+        replica = replication.RegistryReplica(self.settings, self.registry)
+        began = time.monotonic()
+        read = replica.catch_up()
+        log.info(
+            "registry: shared through %s and %s; %d record(s) read, %d version(s) installed in %.1fs",
+            self.settings.kafka.artifacts_topic,
+            self.settings.kafka.audit_topic,
+            read,
+            replica.installed,
+            time.monotonic() - began,
+        )
+        published = replica.publish_missing()
+        if published:
+            log.info("registry: %d version(s) of this directory published: %s", len(published), published)
+            try:
+                replica.flush()
+            except errors.KafkaUnavailable as exc:
+                log.error("registry: versions of this directory not published yet: %s", exc)
+        return replica
 
     def _switch(
         self, device_id: str, sensor: str, event: registry.AuditEvent | None, reason: str, rule: str
@@ -304,7 +341,8 @@ class Service:
         try:
             if event is None:
                 event = self.registry.rollback(device_id, sensor, reason=reason, actor=f"rule:{rule}")
-                self._publish_event(event)
+                if self.replica is None:  # a shared registry published it
+                    self._publish_event(event)
         except errors.RegistryError as exc:
             log.error("%s/%s keeps its current model: %s", device_id, sensor, exc)
             return
@@ -346,11 +384,14 @@ class Service:
 
     def _follow_registry(self) -> None:
         """Apply promotions and rollbacks made with the ``telemon registry`` command (the
-        service's own are recorded by ``rule:<name>`` actors)."""
+        service's own are recorded by ``rule:<name>`` actors). A shared registry's command
+        published them and the replica's follower appended them to the directory's trail;
+        otherwise the service publishes them to the audit topic."""
         events, self.audit_position = self.registry.events(self.audit_position)
         for e in events:
             if e.kind in ("promoted", "rolled_back") and not e.actor.startswith("rule:"):
-                self._publish_event(e)
+                if self.replica is None:
+                    self._publish_event(e)
                 self._switch(e.device_id, e.sensor, e, e.reason, "")
 
     def _checkpoint(self, result: BatchResult) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -27,6 +28,7 @@ from monitor.govern.rules import load_rules
 from monitor.pipeline import BatchResult
 from monitor.schema import SENSOR_INDEX, SENSOR_NAMES
 from monitor.serve.metrics import Metrics
+from monitor.settings import KafkaSettings
 from monitor.state.store import N_CHECKS
 from tests.conftest import tool
 
@@ -426,9 +428,38 @@ def compose() -> dict[str, Any]:
     return data
 
 
-def test_docker_compose_config_validates() -> None:
+def test_docker_compose_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEMON_REGISTRY__SIGNING_KEY", "k" * 64)
     check = run(tool("docker-compose"), "--file", "compose.yaml", "config", "--quiet")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_compose_needs_the_shared_signing_key() -> None:
+    """Replicas must share one key: without it the stack does not start (no key per replica)."""
+    check = run(tool("docker-compose"), "--file", "compose.yaml", "config", "--quiet")
+    assert check.returncode != 0
+    assert "TELEMON_REGISTRY__SIGNING_KEY" in check.stderr
+
+
+def test_compose_replicas_share_the_registry_through_kafka() -> None:
+    services = compose()["services"]
+    for name in ("monitor", "simulator"):
+        env = services[name]["environment"]
+        assert env["TELEMON_KAFKA__GROUP_ID"] == "telemon", name
+        assert env["TELEMON_REGISTRY__SHARED"] == "true", name
+        assert env["TELEMON_REGISTRY__GENERATE_KEY"] == "false", name
+        assert env["TELEMON_REGISTRY__SIGNING_KEY"].startswith("${TELEMON_REGISTRY__SIGNING_KEY:?"), name
+    assert "volumes" not in services["monitor"]  # no folder shared between replicas
+
+
+def test_compose_creates_every_topic_telemon_uses() -> None:
+    script = compose()["services"]["kafka-init"]["command"][0]
+    k = KafkaSettings()
+    topics = [getattr(k, name) for name in type(k).model_fields if name.endswith("_topic")]
+    for topic in topics:
+        assert re.search(rf"(create |for topic in [^;]*)\b{re.escape(topic)}\b", script), topic
+    assert re.search(r"create telemon\.artifacts --config cleanup\.policy=compact", script)
+    assert re.search(r"create telemon\.audit --config retention\.ms=-1", script)
 
 
 def test_compose_stack_is_complete_and_ordered() -> None:

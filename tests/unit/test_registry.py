@@ -686,3 +686,21 @@ def test_a_model_pickled_before_the_package_moved_still_loads() -> None:
     assert b"cmonitor.model\n" in old
     loaded = safepickle.loads(old)
     assert isinstance(loaded, AdaptiveGaussian) and loaded.dump() == m.dump()
+
+
+def test_an_event_is_in_the_audit_log_once(tmp_path: Path) -> None:
+    """A stream event made again (a batch processed again, read back from the audit topic) has the
+    same identity whatever its wall-clock time; two commands at different times do not."""
+    reg = ModelRegistry(tmp_path, KEY)
+    fired = AuditEvent(kind="rule_fired", device_id=DEV, sensor=SENSOR, rule="score_drift", event_ts=T0)
+    assert [e.kind for e in reg.record(fired, fired)] == ["rule_fired"]
+    assert reg.record(fired) == []
+    other = ModelRegistry(tmp_path, KEY)  # another process on the same directory
+    assert other.record(msgspec.structs.replace(fired, wall_ts=5)) == []
+    promoted = AuditEvent(
+        kind="promoted", device_id=DEV, sensor=SENSOR, version=2, actor="cli:ops", wall_ts=1
+    )
+    assert len(other.record(promoted, msgspec.structs.replace(promoted, wall_ts=2))) == 2
+    events = reg.events()[0]
+    assert [e.kind for e in events] == ["rule_fired", "promoted", "promoted"]
+    assert len({e.id for e in events}) == 3
