@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from monitor.govern.alerts import Alert
 from monitor.settings import KafkaSettings
@@ -77,13 +77,18 @@ def published(samples: Samples) -> float:
     return total(samples, "telemon_fleet_span_records_total", outcome="published")
 
 
-def topic_end(kafka: KafkaSettings, topic: str) -> int:
-    """The end offset of a one-partition topic."""
+def fleet_records(kafka: KafkaSettings, topic: str) -> int:
+    """The records of the one-partition fleet topic, read committed (transaction markers and
+    aborted records take offsets, so its end offset is no count)."""
     c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "fleet-span-probe"})
+    c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    n = 0
     try:
-        return int(c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1])
+        while batch := c.consume(1000, 1.0):
+            n += sum(m.error() is None for m in batch)
     finally:
         c.close()
+    return n
 
 
 def run_replicas(broker: ApacheKafka, workdir: Path, replicas: int, kill_leader_at_s: int = 0) -> Outcome:
@@ -106,7 +111,8 @@ def run_replicas(broker: ApacheKafka, workdir: Path, replicas: int, kill_leader_
     procs: list[Proc] = []
     ports: list[int] = []
     try:
-        for _ in range(replicas):
+        for i in range(replicas):  # one transactional id each (they share a state folder)
+            run.env["TELEMON_PROCESSING__TRANSACTIONAL_ID"] = f"{run.name}-{i}"
             procs.append(run.start())
             ports.append(run.port)
         wait_for(lambda: leaders(ports) == 1, "every replica ready, one leading", 180)
@@ -122,7 +128,7 @@ def run_replicas(broker: ApacheKafka, workdir: Path, replicas: int, kill_leader_
 
         def merged_everything() -> bool:
             """Every replica read the fleet topic to its end (partials and acknowledgements)."""
-            end = topic_end(kafka, run.kafka.fleet_topic)
+            end = fleet_records(kafka, run.kafka.fleet_topic)
             samples = [scrape(p) for p in ports]
             return all(total(s, "telemon_fleet_span_records_total") - published(s) == end for s in samples)
 
