@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from monitor import kernel, schema
 from monitor.analyze import explain
 from monitor.analyze.bias import CohortBias
-from monitor.detect import adwin, cohortinputs, drift, inputs, joint, kernels, model, novelty, rivertier
+from monitor.detect import adwin, cohortinputs, drift, inputs, joint, kernels, model, novelty, rivertier, span
 from monitor.detect.cohorts import CohortLabels
 from monitor.detect.drift import Comparison, GroupDrift, PairDrift
 from monitor.detect.joint import JointState
@@ -75,6 +75,7 @@ class BatchResult:
     scores: dict[int, NDArray[np.float64]] = field(default_factory=dict)  # sensor -> scores
     drift: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # detector, scope, sensor
     fleet_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # sensor -> (ks, psi)
+    span: list[span.Partial] = field(default_factory=list)  # fleet.span: this batch's partials
     # (cohort key, sensor) -> (ks, psi) of the cohort's inputs against the rest of the fleet's
     cohort_inputs: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
     # (cohort key, sensor) -> the bias_* signals of a window that closed (monitor.analyze.bias)
@@ -207,6 +208,10 @@ class Pipeline:
         self._group_sizes: Counter[str] = Counter()  # devices feeding each pooled group, by key
         self._group_lists: dict[tuple[str, ...], GroupSet] = {}
         self.lag = 0  # the consumer's lag (messages), set by the service: the fleet "lag" signal
+        # fleet.span: the pooled scores also go to partial aggregates every replica merges, and the
+        # fleet and cohort rules are evaluated on the merged view (monitor.serve.fleetspan), not here.
+        self.span = _span_collector(settings)
+        self._device_hashes: dict[str, int] = {}
         self.engine = RuleEngine(rules)
         a = settings.alerts
         self.storm = alerts.StormControl(a.storm_max_alerts, a.storm_window_s)
@@ -378,6 +383,8 @@ class Pipeline:
         batch = list(readings)
         scores: list[list[float]] = [[] for _ in range(self.catalog.capacity)]
         cols = self._columns(batch, result)
+        if self.span is not None and len(batch):
+            self.span.mark(cols.partition, np.where(cols.has_offset, cols.offset, 0), cols.ts)
         if self.compiled and self.novelty is None:
             self._run_kernel(batch, cols, scores, result)
         else:  # the novelty stage runs in Python, reading by reading
@@ -391,6 +398,8 @@ class Pipeline:
         result.event_ts = cols.ts
         now = int(cols.ts.max()) if len(batch) else None
         result.alerts = self.storm.admit(result.alerts, now)
+        if self.span is not None:
+            result.span = self.span.take()
         return result
 
     def new_result(self) -> BatchResult:
@@ -596,6 +605,8 @@ class Pipeline:
         sensor, score, anomalous, vals = outputs
         feed = self._cohort_feed(cols, scored, sensor, vals)
         runs = self._group_runs(cols, scored, sensor)
+        if self.span is not None:
+            self._span_runs(cols, scored, score, anomalous, runs)
         # Due points: (stream position, rank) of every evaluation, with what it needs pushed first.
         events: list[tuple[int, int, int, int]] = []  # (position, rank, run, scores up to it)
         every = self.settings.drift.fleet_check_every
@@ -618,6 +629,24 @@ class Pipeline:
             group.push_many(s, score[chunk], anomalous[chunk], vals[chunk])
         if feed is not None:
             feed.finish()
+
+    def _span_runs(
+        self,
+        cols: Columns,
+        scored: NDArray[np.intp],
+        score: NDArray[np.float64],
+        anomalous: NDArray[np.bool_],
+        runs: list[tuple[int, Scope, str, GroupDrift, int, NDArray[np.intp]]],
+    ) -> None:
+        """The scored readings of each (pooled group, sensor) into the partial aggregates."""
+        assert self.span is not None
+        hashes = span.device_hashes(cols.devices)
+        for _, _, key, _, s, pick in runs:
+            at = scored[pick]
+            name = self.catalog.names[s]
+            self.span.add(
+                key, name, cols.partition[at], cols.ts[at], score[pick], anomalous[pick], hashes[cols.dev[at]]
+            )
 
     def _group_runs(
         self, cols: Columns, scored: NDArray[np.intp], sensor: NDArray[np.int64]
@@ -787,9 +816,28 @@ class Pipeline:
         if self.governor.shadows:
             self.governor.on_score(slot, s, f, score, r.ts, result)
         for scope, key, group, sensors in self._groups(r.device_id):
+            if self.span is not None and (sensors is None or s in sensors):
+                self._span_one(slot, key, s, r, score, anomalous)
             if (sensors is None or s in sensors) and group.push(s, score, anomalous, f):
                 self._evaluate_group(scope, key, group, s, r.ts, result)
         return urgent
+
+    def _span_one(self, slot: int, key: str, s: int, r: ReadingLike, score: float, anomalous: bool) -> None:
+        """One score of the Python path into the partial aggregates (its device's partition)."""
+        assert self.span is not None
+        h = self._device_hashes.get(r.device_id)
+        if h is None:
+            h = self._device_hashes[r.device_id] = int(span.device_hashes([r.device_id])[0])
+        one = np.ones(1, np.int64)
+        self.span.add(
+            key,
+            self.catalog.names[s],
+            one * int(self.store.partition[slot]),
+            one * r.ts,
+            np.array([score]),
+            np.array([anomalous]),
+            one * h,
+        )
 
     def _groups(self, device_id: str) -> list[Group]:
         """The pooled detectors a device's scores feed: the fleet's, and one per cohort its pairs
@@ -1116,7 +1164,8 @@ class Pipeline:
             sig.update(self.bias.signals(key, s))
         group.since_eval[s] = group.adwin_hits[s] = group.anomalies[s] = 0
         group.score_sum[s] = 0.0
-        self._act(self.engine.evaluate([Evaluation(scope, key, name, sig, ts)]), result, cmp, group)
+        if self.span is None:  # fleet.span: the merged view's rules evaluate the groups
+            self._act(self.engine.evaluate([Evaluation(scope, key, name, sig, ts)]), result, cmp, group)
 
     def _cohort_input_signals(self, key: str, s: int, result: BatchResult) -> dict[str, float]:
         """The cohort's inputs against the rest of the fleet's (``cohort_input_*``), once both
@@ -1317,6 +1366,13 @@ class PartitionClock:
         if len(self.recent) >= CLOCK_WINDOW:
             del self.recent[:-CLOCK_WINDOW]
             self.watermark = max(self.watermark, int(np.median(self.recent)))
+
+
+def _span_collector(settings: Settings) -> span.Collector | None:
+    f = settings.fleet
+    if not f.span:
+        return None
+    return span.Collector(int(f.window_s * 1000), f.bins, int((f.window_s + f.lateness_s) * 1000))
 
 
 def device_cap(settings: Settings, store: StateStore, river: RiverTiers | None = None) -> int:

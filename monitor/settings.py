@@ -124,6 +124,9 @@ class KafkaSettings(_Section):
     artifacts_topic: str = Field(
         "telemon.artifacts", description="signed model versions of a shared registry (compacted)"
     )
+    fleet_topic: str = Field(
+        "telemon.fleet", description="the replicas' partial fleet and cohort aggregates (fleet.span)"
+    )
     partitions: int = Field(4, ge=1, description="partitions for topics telemon creates")
     session_timeout_ms: int = Field(6000, ge=1000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
@@ -159,6 +162,7 @@ class KafkaSettings(_Section):
         "feedback_topic",
         "state_topic",
         "artifacts_topic",
+        "fleet_topic",
     )
     @classmethod
     def _path_safe_name(cls, name: str) -> str:
@@ -1044,6 +1048,30 @@ class BiasSettings(_Section):
     )
 
 
+class FleetSpanSettings(_Section):
+    """Fleet and cohort scope over every replica of the group (``monitor.detect.span``): each
+    replica publishes the partial aggregates of its partitions to ``kafka.fleet_topic``, every
+    replica merges them, and the replica that owns partition 0 of the readings topic alerts."""
+
+    span: bool = Field(
+        False,
+        description="evaluate the fleet and cohort rules on the merged aggregates of every replica "
+        "(off: on this replica's partitions, per fleet_check_every scores)",
+    )
+    window_s: float = Field(
+        60.0, ge=1, description="tumbling window of event time: one fleet and cohort evaluation each"
+    )
+    lateness_s: float = Field(
+        120.0,
+        ge=0,
+        description="a window closes once every partition heard from within this much event time of the "
+        "latest has passed its end (a silent partition stops holding windows after this long)",
+    )
+    bins: int = Field(
+        200, ge=10, le=4096, description="score histogram bins on [0, 1]: KS and PSI to within 1/bins"
+    )
+
+
 class Settings(BaseSettings):
     """Everything the monitor needs, validated once and frozen."""
 
@@ -1073,6 +1101,7 @@ class Settings(BaseSettings):
     state: StateSettings = StateSettings()
     registry: RegistrySettings = RegistrySettings()
     bias: BiasSettings = BiasSettings()
+    fleet: FleetSpanSettings = FleetSpanSettings()
     rules_file: Path = Field(
         default_factory=lambda: packaged.config("rules.yaml"),
         description="governance rules (default: the packaged configs/rules.yaml)",

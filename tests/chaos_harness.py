@@ -220,6 +220,7 @@ class Run:
                 "audit_topic": f"{s.readings_topic}.{self.name}.audit",
                 "feedback_topic": f"{s.readings_topic}.{self.name}.feedback",
                 "state_topic": f"{s.readings_topic}.{self.name}.state",
+                "fleet_topic": f"{s.readings_topic}.{self.name}.fleet",
             }
         )
 

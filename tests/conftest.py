@@ -231,6 +231,7 @@ def unique_kafka_settings(broker: Broker) -> KafkaSettings:
         feedback_topic=f"t{n}.feedback",
         state_topic=f"t{n}.state",
         artifacts_topic=f"t{n}.artifacts",
+        fleet_topic=f"t{n}.fleet",
         partitions=4,
         session_timeout_ms=3000,
     )

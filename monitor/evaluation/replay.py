@@ -21,6 +21,7 @@ from monitor.govern.rules import RuleSet
 from monitor.pipeline import BatchResult, Pipeline
 from monitor.records import Scored
 from monitor.schema import Reading
+from monitor.serve.fleetspan import MergedView
 from monitor.settings import Settings
 
 TOPIC = "replay"
@@ -89,10 +90,23 @@ def replay_messages(
 ) -> Replay:
     """Feed (key, value, kafka timestamp) messages through a fresh pipeline, batch by batch."""
     pipeline = Pipeline(settings, rules, trace=True)
+    merged = _merged_view(settings, rules)
     out = Replay()
     for batch in _batches(items, settings.consume.batch_size):
-        out.add(pipeline.process(batch), len(batch))
+        out.add(_with_merged(pipeline.process(batch), merged), len(batch))
     return out
+
+
+def _merged_view(settings: Settings, rules: RuleSet) -> MergedView | None:
+    """With ``fleet.span``, the merged view a single replica's partials give (the live leader's)."""
+    return MergedView(settings, rules) if settings.fleet.span else None
+
+
+def _with_merged(result: BatchResult, merged: MergedView | None) -> BatchResult:
+    """The batch's result with the fleet and cohort alerts of the windows its partials close."""
+    if merged is not None:
+        result.alerts += merged.add(result.span)
+    return result
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,7 @@ def replay_series(settings: Settings, rules: RuleSet, series: Sequence[Series], 
             f"a single-value sensor ({single})"
         )
     pipeline = Pipeline(settings, rules, trace=True)
+    merged = _merged_view(settings, rules)
     out = Replay()
     for s in series:
         dev = device_id(s.name)
@@ -140,7 +155,8 @@ def replay_series(settings: Settings, rules: RuleSet, series: Sequence[Series], 
         ]
         size = settings.consume.batch_size
         for i in range(0, len(items), size):
-            out.add(pipeline.process_readings(items[i : i + size]), len(items[i : i + size]))
+            result = pipeline.process_readings(items[i : i + size])
+            out.add(_with_merged(result, merged), len(items[i : i + size]))
     return out
 
 

@@ -198,14 +198,17 @@ def ensure_topics(
     names: Iterable[str],
     timeout: float = 15.0,
     configs: dict[str, dict[str, str]] | None = None,
+    partitions: int | None = None,
 ) -> None:
-    """Create the topics that do not exist yet (idempotent), each with its ``configs`` if given.
-    Raises :class:`KafkaUnavailable` if the brokers do not answer within :data:`CONNECT_TIMEOUT_S`."""
+    """Create the topics that do not exist yet (idempotent), each with its ``configs`` if given,
+    with ``partitions`` partitions (default ``kafka.partitions``). Raises :class:`KafkaUnavailable`
+    if the brokers do not answer within :data:`CONNECT_TIMEOUT_S`."""
     admin = AdminClient(client_config(s))
     existing = set(list_topics(admin, s).topics)
     configs = configs or {}
+    n_partitions = s.partitions if partitions is None else partitions
     wanted = [
-        NewTopic(n, num_partitions=s.partitions, replication_factor=1, config=configs.get(n, {}))
+        NewTopic(n, num_partitions=n_partitions, replication_factor=1, config=configs.get(n, {}))
         for n in names
     ]
     missing = [t for t in wanted if t.topic not in existing]

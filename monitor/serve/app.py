@@ -15,6 +15,7 @@ from monitor.ingest import kafka
 from monitor.pipeline import Pipeline
 from monitor.serve import changelog
 from monitor.serve.feedback import FeedbackWorker
+from monitor.serve.fleetspan import SpanWorker
 from monitor.serve.health import Health, HttpEndpoint, make_app, server_tls_context
 from monitor.serve.metrics import Metrics
 from monitor.serve.service import Service
@@ -47,6 +48,8 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
     kafka.ensure_topics(k, [k.readings_topic, k.feedback_topic, *outputs], configs=configs)
     if settings.state.changelog:
         changelog.ensure_topic(k)
+    if settings.fleet.span:  # one partition: every replica merges the partials in one order
+        kafka.ensure_topics(k, [k.fleet_topic], partitions=1)
     registry = CollectorRegistry() if registry is None else registry
     cohorts = [
         f"{label}={v}" for label in pipeline.cohort_labels for v in sorted(pipeline.labels.values(label))
@@ -68,4 +71,5 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         url = f"{endpoint.scheme}://{m.host}:{endpoint.port}"
         log.info("metrics on %s/metrics (probes: /healthz, /readyz)", url)
     worker = FeedbackWorker(settings, metrics, open_registry(settings)) if settings.feedback.enabled else None
-    return Service(settings, pipeline, metrics, health, endpoint, worker)
+    span = SpanWorker(settings, metrics, rules) if settings.fleet.span else None
+    return Service(settings, pipeline, metrics, health, endpoint, worker, span)

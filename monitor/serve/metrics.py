@@ -375,6 +375,39 @@ class Metrics:
             "telemon_feedback_waiting", "Verdicts read before their alert, waiting for it.", registry=r
         )
         self._precision_children: dict[Gauge, set[str]] = {}
+        # fleet.span: the partial aggregates of the merged fleet view (monitor.serve.fleetspan).
+        self.span_records = Counter(
+            "telemon_fleet_span_records",
+            "Records of kafka.fleet_topic: partial aggregates published by this replica, merged, left out "
+            "as duplicates (offsets counted already) or malformed; the leaders' acknowledgements read.",
+            ["outcome"],
+            registry=r,
+        )
+        self.span_bytes = Counter(
+            "telemon_fleet_span_published_bytes",
+            "Bytes of the partial aggregates this replica published.",
+            registry=r,
+        )
+        self.span_late = Counter(
+            "telemon_fleet_span_late_scores",
+            "Scores of partial aggregates that arrived for a closed window (left out of the merged view).",
+            registry=r,
+        )
+        self.span_windows = Counter(
+            "telemon_fleet_span_windows", "Windows of the merged fleet view closed and evaluated.", registry=r
+        )
+        self.span_partitions = Gauge(
+            "telemon_fleet_span_partitions",
+            "Readings partitions that contributed to the latest closed window of the merged view.",
+            registry=r,
+        )
+        self.span_leader = Gauge(
+            "telemon_fleet_span_leader",
+            "1 on the replica that alerts on the merged view (the owner of readings partition 0).",
+            registry=r,
+        )
+        for outcome in ("published", "merged", "duplicate", "malformed", "ack"):
+            self.span_records.labels(outcome)
 
     def _precreate(self) -> None:
         """Children for every value of the fixed label sets (never per reading)."""
@@ -560,6 +593,35 @@ class Metrics:
         for key, lag in children.items():
             self.consumer_lag.labels(*key).set(lag)
         self._lag_children = set(children)
+
+    def record_span_published(self, records: int, size: int) -> None:
+        """A batch's partial aggregates, produced to the fleet topic."""
+        self.span_records.labels("published").inc(records)
+        self.span_bytes.inc(size)
+
+    def record_span_merged(
+        self,
+        merged: int,
+        duplicates: int,
+        malformed: int,
+        acks: int,
+        late: int,
+        windows: int,
+        partitions: int,
+    ) -> None:
+        """A turn of the merge: records merged, left out and acknowledgements read, late scores,
+        windows closed."""
+        self.span_records.labels("ack").inc(acks)
+        self.span_records.labels("merged").inc(merged)
+        self.span_records.labels("duplicate").inc(duplicates)
+        self.span_records.labels("malformed").inc(malformed)
+        self.span_late.inc(late)
+        self.span_windows.inc(windows)
+        if windows:
+            self.span_partitions.set(partitions)
+
+    def record_span_leader(self, leading: bool) -> None:
+        self.span_leader.set(int(leading))
 
     def record_feedback(self, verdicts: Mapping[str, int], invalid: Mapping[str, int]) -> None:
         """Verdict records read (by verdict) and feedback records dead-lettered (by reason)."""

@@ -44,7 +44,7 @@ from monitor.errors import SinkUnavailable
 from monitor.govern import alerts, registry, replication
 from monitor.ingest import kafka
 from monitor.pipeline import BatchResult, Pipeline
-from monitor.serve import changelog
+from monitor.serve import changelog, fleetspan
 from monitor.serve.changelog import Changelog
 from monitor.serve.deadletters import DeadLetterProducer
 from monitor.serve.feedback import FeedbackWorker
@@ -136,6 +136,7 @@ class Service:
         health: Health | None = None,
         endpoint: HttpEndpoint | None = None,
         feedback: FeedbackWorker | None = None,
+        span: fleetspan.SpanWorker | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -143,6 +144,7 @@ class Service:
         self.health = health or Health(settings.metrics.liveness_timeout_s)
         self.endpoint = endpoint
         self.feedback = feedback
+        self.span = span  # fleet.span: the merged fleet and cohort view (monitor.serve.fleetspan)
         self.registry = registry.open_registry(settings)
         self.replica = self._share_registry()
         self.totals = Totals()
@@ -203,6 +205,8 @@ class Service:
             self.feedback.start()
         if self.replica is not None:
             self.replica.start()
+        if self.span is not None:
+            self.span.start()
         try:
             while not stop.is_set() or (self.pending is not None and not self.abandoned):
                 self.health.tick()
@@ -233,6 +237,8 @@ class Service:
             self.feedback.close()
         if self.replica is not None:
             self.replica.close()
+        if self.span is not None:
+            self.span.close()
         self.consumer.close()  # revokes the assignment: checkpoints every partition
         self.partitions.writer.close()
         if self.changelog is not None:
@@ -478,6 +484,7 @@ class Service:
         self.metrics.record_channels(self.pipeline.catalog.names, self.pipeline.catalog.spare)
         self._settle()
         consumer.assign(partitions)
+        self._span_lead()
         self.health.assigned(len(self.partitions))
         self.metrics.record_restored(restored)
         log.info(
@@ -523,11 +530,27 @@ class Service:
 
     def _release(self, keys: list[tuple[str, int]], save: bool) -> None:
         self.partitions.release(keys, save)
+        self._span_lead()
         if len(self.partitions):
             self.health.assigned(len(self.partitions))
         else:
             self.health.revoked()
         self.metrics.record_consumer({}, len(self.partitions))
+
+    # --- fleet.span: the hooks of the merged fleet view (monitor.serve.fleetspan) ---------------
+
+    def _span_lead(self) -> None:
+        """The owner of partition 0 of the readings topic alerts on the merged view."""
+        if self.span is not None:
+            self.span.lead((self.settings.kafka.readings_topic, 0) in self.partitions.positions)
+
+    def _span_produce(self, result: BatchResult) -> None:
+        """The batch's partial aggregates, delivered (and so published) before its offsets commit."""
+        if self.span is not None and result.span:
+            size = fleetspan.produce(self.producer, self.tracker, self.settings, result.span)
+            self.metrics.record_span_published(len(result.span), size)
+
+    # --- end fleet.span ---------------------------------------------------------------------
 
     def _on_error(self, err: KafkaError) -> None:
         """librdkafka's client-level errors (served by ``consume``); it retries by itself. A lost
@@ -558,6 +581,7 @@ class Service:
             kafka.produce(p, t, k.models_topic, key=v.key, value=registry.encode(v))
         for e in result.audit:
             self._publish_event(e)
+        self._span_produce(result)
 
     def _publish_event(self, e: registry.AuditEvent) -> None:
         """Produce an audit event (under exactly_once outside a batch: in a transaction of its own)."""
