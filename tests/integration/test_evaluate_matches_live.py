@@ -12,6 +12,7 @@ from monitor.evaluation.replay import replay_messages
 from monitor.govern.rules import load_rules
 from monitor.pipeline import BatchResult, Pipeline
 from monitor.records import Scored
+from monitor.serve import changelog
 from monitor.serve.metrics import Metrics
 from monitor.serve.service import Service, Totals
 from monitor.settings import KafkaSettings, load_settings
@@ -47,6 +48,7 @@ def test_replay_equals_live_service(kafka_settings: KafkaSettings, tmp_path: Pat
         if totals.positions.get((settings.kafka.readings_topic, 0), 0) > report.last_offsets[0]:
             stop.set()
 
+    changelog.ensure_topic(settings.kafka)  # as build_service does
     service = Service(settings, Pipeline(settings, rules, trace=True), Metrics(CollectorRegistry()))
     timer = threading.Timer(120, stop.set)
     timer.start()
