@@ -166,6 +166,7 @@ class Service:
         extra = {"linger.ms": 2, "message.max.bytes": largest} | (transactions if self.eos else {})
         self.producer = Producer(kafka.producer_config(k, **extra))
         self.txn_open = False  # exactly_once: a transaction is begun and not committed or aborted
+        self.txn_committing = False  # ... and its commit is under way (timed out: to be resumed)
         self.txn_snapshots: list[tuple[str, int]] = []  # partitions checkpointed in the open transaction
         if self.eos:
             self._init_transactions(str(transactions["transactional.id"]))
@@ -484,6 +485,8 @@ class Service:
         self.metrics.record_channels(self.pipeline.catalog.names, self.pipeline.catalog.spare)
         self._settle()
         consumer.assign(partitions)
+        if self.pending is None:  # partitions paused by an outage that ended with their loss
+            consumer.resume(partitions)
         self._span_lead()
         self.health.assigned(len(self.partitions))
         self.metrics.record_restored(restored)
@@ -733,11 +736,15 @@ class Service:
 
     def _commit_transaction(self, result: BatchResult) -> None:
         """Put the due partitions' state on the changelog, then commit the transaction with the
-        batch's offsets: its outputs, changelog records and offsets become visible together."""
-        self.partitions.applied(result.offsets)
-        self.txn_snapshots = self.partitions.snapshot_due(into=self._changelog_record)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in result.offsets.items()]
-        self._end_transaction(offsets)
+        batch's offsets: its outputs, changelog records and offsets become visible together. A
+        commit that timed out is resumed by the next call (librdkafka's rule), nothing added."""
+        if not self.txn_committing:
+            self.partitions.applied(result.offsets)
+            self.txn_snapshots += self.partitions.snapshot_due(into=self._changelog_record)
+            offsets = [TopicPartition(t, p, o) for (t, p), o in result.offsets.items()]
+            self._end_transaction(offsets)
+        else:
+            self._end_transaction([])
 
     def _changelog_record(self, manifest: changelog.Manifest, parts: Parts) -> None:
         assert self.changelog is not None
@@ -753,6 +760,7 @@ class Service:
             if offsets:
                 metadata = self.consumer.consumer_group_metadata()
                 self.producer.send_offsets_to_transaction(offsets, metadata, timeout)
+            self.txn_committing = True
             self.producer.commit_transaction(timeout)
         except KafkaException as exc:
             err = exc.args[0]
@@ -763,21 +771,32 @@ class Service:
                 if fatal is not None:
                     raise _failed(fatal) from None
             raise errors.KafkaUnavailable(f"transaction not committed: {err.str()}") from None
-        self.txn_open = False
+        self.txn_open = self.txn_committing = False
         self.txn_snapshots = []
         self.tracker.errors = []
 
     def _abort(self) -> KafkaError | None:
-        """Abort the open transaction; the state it checkpointed is due again. Returns the error
-        if the producer failed for good meanwhile."""
+        """End the open transaction without its batch: abort it (a commit already under way is
+        finished instead, if it can be: librdkafka allows no abort then). The state it
+        checkpointed is due again. Returns the error if the producer failed for good meanwhile."""
+        timeout = self.settings.consume.delivery_timeout_s
         fatal = None
         try:
-            self.producer.abort_transaction(self.settings.consume.delivery_timeout_s)
+            if self.txn_committing:
+                try:
+                    self.producer.commit_transaction(timeout)
+                    log.warning("a transaction under way when its batch was given up committed")
+                except KafkaException as exc:
+                    if not exc.args[0].txn_requires_abort():
+                        raise
+                    self.producer.abort_transaction(timeout)
+            else:
+                self.producer.abort_transaction(timeout)
         except KafkaException as exc:
             err = exc.args[0]
             fatal = err if err.fatal() else None
-            log.warning("aborting the transaction failed (%s): the broker aborts it at its timeout", err)
-        self.txn_open = False
+            log.warning("ending the transaction failed (%s): the broker aborts it at its timeout", err)
+        self.txn_open = self.txn_committing = False
         self.partitions.due_again(self.txn_snapshots)
         self.txn_snapshots = []
         self.tracker.errors = []
