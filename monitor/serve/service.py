@@ -164,7 +164,9 @@ class Service:
             "transaction.timeout.ms": p.transaction_timeout_ms,
         }
         extra = {"linger.ms": 2, "message.max.bytes": largest} | (transactions if self.eos else {})
-        self.producer = Producer(kafka.producer_config(k, **extra))
+        self.producer_config = kafka.producer_config(k, **extra)
+        self.producer = Producer(self.producer_config)
+        self.producer_stale = False  # exactly_once: replace it before the next transaction
         self.txn_open = False  # exactly_once: a transaction is begun and not committed or aborted
         self.txn_committing = False  # ... and its commit is under way (timed out: to be resumed)
         self.txn_snapshots: list[tuple[str, int]] = []  # partitions checkpointed in the open transaction
@@ -265,7 +267,9 @@ class Service:
             self._settle()
         result = self.pipeline.process(good)
         self.totals.add(result, len(good))
-        self._begin()
+        if not self._begin_or_degrade():
+            self._degrade(result)
+            return None
         self._produce(result)
         if not self._delivered(result):
             self._degrade(result)
@@ -527,6 +531,7 @@ class Service:
             return
         if self.txn_open:
             self._abort()
+        self.producer_stale = True
         log.warning("partitions given up during an outage: the undelivered batch is left to their next owner")
         self.pending, self.in_kafka, self.rewind = None, False, {}
         self.metrics.record_degraded(False)
@@ -590,8 +595,9 @@ class Service:
         """Produce an audit event (under exactly_once outside a batch: in a transaction of its own)."""
         k = self.settings.kafka
         alone = self.eos and not self.txn_open
-        if alone:
-            self._begin()
+        if alone and not self._begin_or_degrade():
+            log.error("audit event of %s/%s not published: no transaction", e.device_id, e.sensor)
+            return
         kafka.produce(
             self.producer,
             self.tracker,
@@ -683,8 +689,8 @@ class Service:
             return
         if self.eos and not self.txn_open:
             self.tracker.errors = []
-            self._begin()
-            self._produce(result)
+            if self._begin_or_degrade():
+                self._produce(result)
         elif not self.eos and self.tracker.pending == 0:
             self.tracker.errors = []
             self._produce(result)
@@ -725,8 +731,27 @@ class Service:
             ) from None
         log.info("exactly_once: transactional id %s", transactional_id)
 
+    def _begin_or_degrade(self) -> bool:
+        """:meth:`_begin`; False (the reason in the health report) if Kafka refused."""
+        try:
+            self._begin()
+        except errors.KafkaUnavailable as exc:
+            self.health.delivery_error = str(exc)
+            log.warning("no transaction begun (%s): degraded, retrying", exc)
+            return False
+        return True
+
     def _begin(self) -> None:
-        """Open the batch's transaction (exactly_once; a no-op otherwise)."""
+        """Open the batch's transaction (exactly_once; a no-op otherwise), with a new producer
+        first if the last one's transaction was given up during an outage: librdkafka's state of
+        it may still wait for the broker, and a new producer with the same transactional id
+        (``init_transactions``) aborts it at the coordinator and starts afresh."""
+        if self.eos and self.producer_stale:
+            self.producer.purge()
+            self.producer = Producer(self.producer_config)
+            self.dead_letters.producer = self.producer
+            self._init_transactions(str(self.producer_config["transactional.id"]))
+            self.producer_stale = False
         if self.eos and not self.txn_open:
             try:
                 self.producer.begin_transaction()
