@@ -521,6 +521,7 @@ class Service:
         self.health.lost()
         self._release([(tp.topic, tp.partition) for tp in partitions], save=False)
         self._abandon()
+        self.producer_stale = self.eos  # the group moved on without us: a new producer (see _begin)
 
     def _abandon(self) -> None:
         """Under exactly_once, partitions given up while a batch is undelivered take the batch
