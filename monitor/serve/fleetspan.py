@@ -52,7 +52,7 @@ from monitor.detect import span
 from monitor.detect.spandrift import MergedDrift
 from monitor.govern import alerts
 from monitor.govern.rules.engine import RuleEngine, Transition
-from monitor.govern.rules.model import Evaluation, RuleSet
+from monitor.govern.rules.model import DRIFT_SIGNALS, Evaluation, RuleSet
 from monitor.ingest import kafka
 from monitor.serve.metrics import Metrics
 from monitor.settings import Settings
@@ -62,22 +62,7 @@ log = logging.getLogger(__name__)
 BATCH, POLL_S = 1000, 0.2
 LOOKUP_ATTEMPTS = 10
 #: The signals the merged view gives (the fleet and cohort signals not in it stay per replica).
-MERGED_SIGNALS = frozenset(
-    {
-        "readings",
-        "anomalies",
-        "anomaly_rate",
-        "score_mean",
-        "devices",
-        "adwin_detections",
-        "adwin_drift",
-        "ks_stat",
-        "ks_pvalue",
-        "ks_drift",
-        "psi",
-        "psi_drift",
-    }
-)
+MERGED_SIGNALS = DRIFT_SIGNALS | {"devices"}
 
 
 def produce(
