@@ -116,6 +116,10 @@ class ApacheKafka:
         return f"Apache Kafka {self.version} (KRaft, one node, {self.bootstrap_servers})"
 
     @property
+    def running(self) -> bool:
+        return self._proc is not None
+
+    @property
     def pid(self) -> int:
         if self._proc is None:
             raise RuntimeError("Apache Kafka is not running")

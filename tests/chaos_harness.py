@@ -696,6 +696,15 @@ class RelayedBroker:
     def describe(self) -> str:
         return f"{self.kafka.describe()}, a relay on {self.bootstrap_servers}"
 
+    def heal(self) -> None:
+        """Undo whatever fault an experiment that raised left: the broker thawed or started again,
+        the relay restored."""
+        if self.kafka.running:
+            os.kill(self.kafka.pid, signal.SIGCONT)
+        else:
+            self.kafka.start()
+        self.relay.restore()
+
     def __enter__(self) -> RelayedBroker:
         self.kafka.start()
         self.relay.restore()
@@ -1353,9 +1362,16 @@ def _run_all(args: argparse.Namespace, only: set[str], workdir: Path) -> bool:
         experiments += _outage_experiments(args, only, workdir, direct, relayed)
         both = ("at_least_once", "exactly_once")
         guarantees = both if args.guarantee == "both" else (args.guarantee,)
-        plan = [under(g, experiment) for g in guarantees for experiment in experiments]
-        for experiment in plan:
-            result = experiment()
+        plan = [(g, name, under(g, experiment)) for g in guarantees for name, experiment in experiments]
+        for guarantee, name, experiment in plan:
+            try:
+                result = experiment()
+            except Exception as e:  # one experiment's error is its FAIL, not the end of the run
+                print(f"{name} under {guarantee}: FAIL (raised {type(e).__name__}: {e})", flush=True)
+                reap()
+                relayed.heal()
+                failed += 1
+                continue
             print("\n".join(result.lines()), flush=True)
             failed += not result.ok
     passed = len(plan) - failed
@@ -1363,9 +1379,12 @@ def _run_all(args: argparse.Namespace, only: set[str], workdir: Path) -> bool:
     return failed == 0
 
 
+Experiment = tuple[str, Callable[[], Result]]
+
+
 def _stream_experiments(
     args: argparse.Namespace, only: set[str], workdir: Path, bootstrap_servers: str
-) -> list[Callable[[], Result]]:
+) -> list[Experiment]:
     """kill -9 and replica churn over one stream of ``--devices`` x ``--duration`` and its oracle."""
     if not only & {"kill", "replicas", "scale"}:
         return []
@@ -1375,39 +1394,43 @@ def _stream_experiments(
     expected = publish(stream, source)
     print(f"stream: {sum(expected.values())} messages, {args.devices} devices, {args.duration} s simulated")
     oracle = run_oracle(stream, workdir, expected)
-    plan: list[Callable[[], Result]] = []
+    plan: list[Experiment] = []
     if "kill" in only:
-        plan.append(lambda: kill_experiment(stream, workdir, oracle, expected, args.kills, rng))
+        plan.append(("kill", lambda: kill_experiment(stream, workdir, oracle, expected, args.kills, rng)))
     if "replicas" in only:
-        plan.append(
-            lambda: replica_experiment(stream, workdir, oracle, source, expected, args.churn, rng, args.feed)
-        )
+
+        def churn() -> Result:
+            return replica_experiment(stream, workdir, oracle, source, expected, args.churn, rng, args.feed)
+
+        plan.append(("replicas", churn))
     if "scale" in only:
-        plan.append(lambda: scale_experiment(stream, workdir, oracle, source, expected, args.feed))
+        plan.append(("scale", lambda: scale_experiment(stream, workdir, oracle, source, expected, args.feed)))
     return plan
 
 
 def _outage_experiments(
     args: argparse.Namespace, only: set[str], workdir: Path, bootstrap_servers: str, relayed: RelayedBroker
-) -> list[Callable[[], Result]]:
+) -> list[Experiment]:
     """Broker and alert sink outages of ``--outage`` seconds and ``--crashes`` broker kill -9s, on
     streams of 8 devices x 4 minutes (the broker ones then 8 new devices for 30 s)."""
-    plan: list[Callable[[], Result]] = []
+    plan: list[Experiment] = []
     if only & {"broker", "crash"}:
         bench = outage_bench(relayed, workdir, devices=8, duration_s=240)
     if "broker" in only:
         plan += [
-            lambda: broker_experiment(bench, "sigstop", args.outage),
-            lambda: broker_experiment(bench, "restart", args.outage),
+            ("broker sigstop", lambda: broker_experiment(bench, "sigstop", args.outage)),
+            ("broker restart", lambda: broker_experiment(bench, "restart", args.outage)),
         ]
     if "crash" in only:
         rng = random.Random(args.seed)
         feed_s = args.crashes * (args.crash_down + 30)  # the kills land while the stream flows in
-        plan.append(lambda: crash_experiment(bench, args.crashes, args.crash_down, feed_s, rng))
+        plan.append(("crash", lambda: crash_experiment(bench, args.crashes, args.crash_down, feed_s, rng)))
     if "sink" in only:
-        plan.append(
-            lambda: sink_experiment(bootstrap_servers, workdir, args.outage, devices=8, duration_s=240)
-        )
+
+        def sink() -> Result:
+            return sink_experiment(bootstrap_servers, workdir, args.outage, devices=8, duration_s=240)
+
+        plan.append(("sink", sink))
     return plan
 
 
