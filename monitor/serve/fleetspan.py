@@ -26,7 +26,9 @@ a share is too small. With ``fleet.span``:
    crashes between producing an alert and its acknowledgement, or loses partition 0 with an
    acknowledgement in flight, and then with the same alert id: the id hashes the rule, the group
    key, the sensor and the event time of the episode's first window, so consumers that dedupe by
-   ``alert_id`` (Alertmanager, the feedback ledger) see one alert.
+   ``alert_id`` (Alertmanager, the feedback ledger) see one alert. The leader then posts them to
+   Alertmanager (``alerts.alertmanager_url``; its own sink, kept alive by its own heartbeat; an
+   Alertmanager that is down gets them at a later turn) and counts them in ``telemon_alerts_total``.
 
 Restarts: a worker reads the fleet topic from its beginning, rebuilding the same windows,
 references and episodes; what was acknowledged is not produced again. The topic's retention must
@@ -55,6 +57,7 @@ from monitor.govern.rules.engine import RuleEngine, Transition
 from monitor.govern.rules.model import DRIFT_SIGNALS, Evaluation, RuleSet
 from monitor.ingest import kafka
 from monitor.serve.metrics import Metrics
+from monitor.serve.sinks import AlertmanagerSink
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -156,6 +159,13 @@ class SpanWorker:
         # Alert records of the merged view no leader acknowledged yet, and those this one sent.
         self.owed: dict[tuple[str, str], alerts.Alert] = {}
         self.sent: set[tuple[str, str]] = set()
+        a = settings.alerts
+        self.sink = (
+            AlertmanagerSink(a.alertmanager_url, a.timeout_s, a.resend_interval_s)
+            if a.alertmanager_url
+            else None
+        )
+        self.unposted: list[alerts.Alert] = []  # delivered to Kafka, not yet to Alertmanager
         self.leading = threading.Event()
         self._gained = threading.Event()  # became leader since the last turn
         self.catch_up_to = 0  # the fleet topic's end when this replica last became leader
@@ -194,6 +204,7 @@ class SpanWorker:
             while not self.stop.is_set():
                 self.read(consumer.consume(BATCH, POLL_S))
                 self._deliver(consumer, producer, tracker)
+                self._post()
         except Exception:
             log.exception("fleet span worker failed: the fleet and cohort rules are no longer evaluated")
         finally:
@@ -280,6 +291,25 @@ class SpanWorker:
             tracker.errors = []
             return
         self.sent.update(new)
-        for key in new:
-            a = self.owed[key]
+        delivered = [self.owed[key] for key in new]
+        for a in delivered:
             log.info("alert %s %s %s/%s (fleet span)", a.status, a.rule, a.device_id, a.sensor)
+        self.metrics.record_alerts(delivered)
+        if self.sink is not None:
+            self.unposted += delivered
+
+    def _post(self) -> None:
+        """The leader posts the alerts it delivered to Alertmanager and keeps the firing ones alive
+        (a failure is retried at the next turn; a refusal is logged and not retried)."""
+        if self.sink is None or not self.leading.is_set():
+            return
+        try:
+            if self.unposted:
+                self.sink.send(self.unposted)
+                self.unposted = []
+            self.sink.heartbeat()
+        except errors.SinkRejected as exc:
+            log.error("fleet span: %s: not retried", exc)
+            self.unposted = []
+        except errors.SinkUnavailable as exc:
+            log.warning("fleet span: %s: retrying", exc)

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 import monitor
 from monitor.analyze import feedback
 from monitor.analyze.ledger import Ledger, PrecisionRow
+from monitor.govern.alerts import Alert
 from monitor.pipeline import BatchResult
 from monitor.schema import SENSOR_NAMES, Reason
 from monitor.state.store import CHECKS
@@ -469,6 +470,10 @@ class Metrics:
             if name in sig:
                 self.cohort_bias_pvalue.labels(cohort, sensor, test).set(sig[name])
 
+    def record_alerts(self, alerts: Iterable[Alert]) -> None:
+        for a in alerts:
+            self.alerts.labels(a.rule, a.severity, a.status).inc()
+
     def record_batch(
         self, result: BatchResult, integrity: NDArray[np.int64], seconds: float, now: float | None = None
     ) -> None:
@@ -488,8 +493,7 @@ class Metrics:
             self.cohort_input_psi.labels(cohort, sensor).set(psi)
         for (cohort, sensor), sig in result.bias.items():
             self._record_bias(cohort, sensor, sig)
-        for a in result.alerts:
-            self.alerts.labels(a.rule, a.severity, a.status).inc()
+        self.record_alerts(result.alerts)
         self._record_retrains(result)
         self._record_state_events(result)
         self.batch_seconds.observe(seconds)

@@ -11,11 +11,14 @@ more than ``fleet.lateness_s``)."""
 from __future__ import annotations
 
 import itertools
+import json
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -25,7 +28,7 @@ from monitor.settings import KafkaSettings
 from producers.scenario import Scenario, load_scenario
 from tests.apache_kafka import ApacheKafka
 from tests.chaos_harness import ROOT, Feed, Proc, Run, probe, reap, stream_settings
-from tests.conftest import Samples, scrape, total
+from tests.conftest import AlertmanagerProcess, Samples, scrape, total
 from tests.unit.test_fleet_span import FLEET_RULE
 
 pytestmark = pytest.mark.integration
@@ -57,6 +60,20 @@ class Outcome:
     samples: list[Samples]  # each replica's /metrics at the end
     start_ts: int
     seconds: float  # wall time from the first slice to the last merged partial
+    active: set[str]  # the ids of the run's alerts Alertmanager holds as active at the end
+
+
+def active(am: AlertmanagerProcess, ids: set[str]) -> set[str]:
+    """Which of the alert ids ``ids`` Alertmanager holds as active (firing, not resolved)."""
+    with urllib.request.urlopen(f"{am.url}/api/v2/alerts", timeout=5) as resp:
+        listed: list[dict[str, Any]] = json.loads(resp.read())
+    return {a["labels"]["alert_id"] for a in listed if a["labels"].get("alert_id") in ids}
+
+
+def firing_at_the_end(records: list[Alert]) -> set[str]:
+    """The alert ids whose last record is a firing one."""
+    last = {a.alert_id: a.status for a in records}
+    return {i for i, status in last.items() if status == "firing"}
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float) -> None:
@@ -91,9 +108,11 @@ def fleet_records(kafka: KafkaSettings, topic: str) -> int:
     return n
 
 
-def run_replicas(broker: ApacheKafka, workdir: Path, replicas: int, kill_leader_at_s: int = 0) -> Outcome:
-    """``replicas`` replicas over the stream; with ``kill_leader_at_s``, the leader is killed (-9)
-    once the group has consumed that much of the stream's event time."""
+def run_replicas(
+    broker: ApacheKafka, am: AlertmanagerProcess, workdir: Path, replicas: int, kill_leader_at_s: int = 0
+) -> Outcome:
+    """``replicas`` replicas over the stream, alerting to ``am`` too; with ``kill_leader_at_s``,
+    the leader is killed (-9) once the group has consumed that much of the stream's event time."""
     source = fleet_scenario()
     kafka = stream_settings(broker.bootstrap_servers, f"span{replicas}x{next(_names)}")
     (workdir / "rules.yaml").write_text(FLEET_RULE)
@@ -106,6 +125,7 @@ def run_replicas(broker: ApacheKafka, workdir: Path, replicas: int, kill_leader_
         "TELEMON_DRIFT__FLEET_WINDOW_SIZE": "1000",
         "TELEMON_FEEDBACK__ENABLED": "false",
         "TELEMON_CONSUME__BATCH_SIZE": "500",
+        "TELEMON_ALERTS__ALERTMANAGER_URL": am.url,
     }
     feed, run = Feed(kafka, source), Run(kafka, workdir, env=env)
     procs: list[Proc] = []
@@ -134,24 +154,29 @@ def run_replicas(broker: ApacheKafka, workdir: Path, replicas: int, kill_leader_
 
         wait_for(merged_everything, "every replica merged every partial", 60)
         seconds = time.monotonic() - began
+        records = run.alerts()
+        expected = firing_at_the_end(records)
+        wait_for(lambda: active(am, {a.alert_id for a in records}) == expected, "Alertmanager's alerts", 30)
         samples = [scrape(p) for p in ports]
         for proc in procs:  # all at once: one stopping does not hand its partitions to another stopping
             proc.send_signal(signal.SIGTERM)
         assert [proc.wait(60) for proc in procs] == [0] * len(procs), f"a replica failed: see {run.log}"
-        return Outcome(run.alerts(), samples, source.start_ts, seconds)
+        return Outcome(records, samples, source.start_ts, seconds, active(am, {a.alert_id for a in records}))
     finally:
         reap()
 
 
 @pytest.fixture(scope="module")
-def outcomes(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Outcome]:
-    return {n: run_replicas(broker, tmp_path_factory.mktemp(f"span{n}"), n) for n in (1, 3)}
+def outcomes(
+    broker: ApacheKafka, alertmanager: AlertmanagerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> dict[int, Outcome]:
+    return {n: run_replicas(broker, alertmanager, tmp_path_factory.mktemp(f"span{n}"), n) for n in (1, 3)}
 
 
 def test_the_leader_killed_before_the_drift_its_successor_alerts_once(
-    broker: ApacheKafka, tmp_path: Path
+    broker: ApacheKafka, alertmanager: AlertmanagerProcess, tmp_path: Path
 ) -> None:
-    out = run_replicas(broker, tmp_path, 3, kill_leader_at_s=DRIFT_S - 2 * SLICE_S)
+    out = run_replicas(broker, alertmanager, tmp_path, 3, kill_leader_at_s=DRIFT_S - 2 * SLICE_S)
     firing = [a for a in out.alerts if a.status == "firing"]
     assert [(a.rule, a.device_id, a.sensor) for a in firing] == [("fleet_score_drift", "*", "temperature")]
     drift_ts = out.start_ts + DRIFT_S * 1000
@@ -172,6 +197,10 @@ def test_the_fleet_wide_drift_fires_once(outcomes: dict[int, Outcome], replicas:
     assert sum(total(s, "telemon_fleet_span_leader") for s in out.samples) == 1
     assert all(total(s, "telemon_fleet_span_late_scores_total") == 0 for s in out.samples)
     assert sum(published(s) for s in out.samples) > 0
+    # The leader counted and posted them: once in the counters, once in Alertmanager.
+    counted = sum(total(s, "telemon_alerts_total", rule="fleet_score_drift") for s in out.samples)
+    assert counted == len(out.alerts)
+    assert out.active == firing_at_the_end(out.alerts)
 
 
 def test_one_replica_and_three_alert_at_the_same_window(outcomes: dict[int, Outcome]) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from monitor.cli.broker import free_port
 from monitor.detect import span, stats
 from monitor.detect.spandrift import MergedDrift, ks_binned, psi_binned, psi_starts
 from monitor.evaluation.replay import replay_messages
@@ -236,7 +238,7 @@ def test_merged_drift_flags_a_shift_of_the_scores_only() -> None:
 # --- one replica or three, through the pipeline -----------------------------------------------
 
 
-def fleet_settings(tmp_path: Path) -> Settings:
+def fleet_settings(tmp_path: Path, **overrides: Any) -> Settings:
     (tmp_path / "rules.yaml").write_text(FLEET_RULE)
     return load_settings(
         ROOT / "configs/monitor.yaml",
@@ -244,6 +246,7 @@ def fleet_settings(tmp_path: Path) -> Settings:
         fleet={"span": True, "window_s": 30, "lateness_s": 60},
         drift={"fleet_reference_size": 1000, "fleet_window_size": 1000},
         feedback={"enabled": False},
+        **overrides,
     )
 
 
@@ -386,3 +389,33 @@ def test_cohorts_get_partials_of_their_own_devices(tmp_path: Path) -> None:
         for sensor in {s for _, s in w.cells}:
             parts = [w.cells[(k, sensor)].n for k in ("firmware=1.0", "firmware=2.0")]
             assert sum(parts) == w.cells[("*", sensor)].n  # every device is in one cohort
+
+
+def test_the_leader_posts_to_alertmanager_once_it_answers(tmp_path: Path) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    settings = fleet_settings(tmp_path, alerts={"alertmanager_url": nowhere, "timeout_s": 0.2})
+    [batches] = replicas(settings, stream(), [[0, 1, 2, 3]])
+    alerts = merged_alerts(settings, batches)
+    worker = SpanWorker(settings, Metrics(CollectorRegistry()), load_rules(settings.rules_file))
+    worker.unposted = list(alerts)
+    worker._post()  # not the leader: nothing posted
+    assert worker.unposted == alerts
+    worker.lead(True)
+    worker._post()  # nothing listens there: kept for the next turn
+    assert worker.unposted == alerts
+    posted: list[Alert] = []
+    worker.sink = FakeSink(posted)  # type: ignore[assignment]
+    worker._post()
+    assert worker.unposted == [] and posted == alerts
+
+
+@dataclass
+class FakeSink:
+    posted: list[Alert]
+
+    def send(self, alerts: list[Alert]) -> int:
+        self.posted += alerts
+        return len(alerts)
+
+    def heartbeat(self) -> int:
+        return 0
