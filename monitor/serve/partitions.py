@@ -28,9 +28,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
-from monitor.errors import SnapshotError
+from monitor.errors import KafkaUnavailable, SnapshotError
 from monitor.govern.alerts import rfc3339
 from monitor.pipeline import Pipeline
 from monitor.records import Registration
@@ -43,6 +51,8 @@ from monitor.state.snapshot import PartitionSnapshot, Parts, SnapshotStore, Snap
 from monitor.state.store import PartitionState
 
 log = logging.getLogger(__name__)
+#: Times the committed offsets of assigned partitions are asked for before the service gives up.
+COMMITTED_ATTEMPTS = 3
 
 Key = tuple[str, int]  # (topic, partition)
 
@@ -89,6 +99,25 @@ class Partitions:
         g = self.store.group
         return manifest_of(g, snap.topic, snap.partition, snap.next_offset, snap.created_ms, parts)
 
+    def _committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The group's committed offsets of ``partitions``: asked again while the broker times out
+        (a coordinator loading after a restart), then :class:`KafkaUnavailable` (the service
+        stops with the reason and its partitions go to another member), never a traceback."""
+        asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        timeout = self.settings.consume.delivery_timeout_s
+        for attempt in range(1, COMMITTED_ATTEMPTS + 1):
+            try:
+                return list(consumer.committed(asked, timeout=timeout))
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() != KafkaError._TIMED_OUT or attempt == COMMITTED_ATTEMPTS:
+                    raise KafkaUnavailable(
+                        f"the committed offsets of {len(asked)} assigned partition(s) could not be "
+                        f"read ({err.str()}, attempt {attempt}): the partitions are left to the group"
+                    ) from None
+                log.warning("committed offsets not read within %gs: asking again", timeout)
+        raise AssertionError("unreachable")
+
     def _publish(self, snap: PartitionSnapshot, parts: Parts) -> None:
         """Put an encoded snapshot on the changelog (from the writer's thread)."""
         assert self.changelog is not None
@@ -101,10 +130,7 @@ class Partitions:
         on_restore: Callable[[PartitionState], None],
     ) -> int:
         """Take over ``partitions`` (setting their start offsets); returns the devices restored."""
-        committed = consumer.committed(
-            [TopicPartition(tp.topic, tp.partition) for tp in partitions],
-            timeout=self.settings.consume.delivery_timeout_s,
-        )
+        committed = self._committed(consumer, partitions)
         restored = 0
         for tp, c in zip(partitions, committed, strict=True):
             key = (tp.topic, tp.partition)

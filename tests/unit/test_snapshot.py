@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -465,3 +466,38 @@ def test_a_due_partition_waits_while_the_writer_is_busy(
     parts.writer.close()
     assert not parts.dirty and released == [True, True]
     assert parts.metrics.registry.get_sample_value("telemon_snapshots_total") == 2
+
+
+class _SlowCoordinator:
+    """A consumer whose committed() fails with ``codes`` first, then answers."""
+
+    def __init__(self, *codes: int) -> None:
+        self.codes = list(codes)
+
+    def committed(self, asked: list[Any], timeout: float) -> list[Any]:
+        if self.codes:
+            from confluent_kafka import KafkaError, KafkaException
+
+            raise KafkaException(KafkaError(self.codes.pop(0)))
+        return asked
+
+
+def test_committed_offsets_are_asked_again_while_the_broker_times_out_then_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    from confluent_kafka import KafkaError, TopicPartition
+    from prometheus_client import CollectorRegistry
+
+    from monitor.errors import KafkaUnavailable
+    from monitor.serve.metrics import Metrics
+    from monitor.serve.partitions import COMMITTED_ATTEMPTS, Partitions
+
+    settings = load_settings(None, drift=DRIFT, model=MODEL, state_dir=str(tmp_path))
+    parts = Partitions(settings, _pipeline(), Metrics(CollectorRegistry()), KEY)
+    tps = [TopicPartition(TOPIC, 0)]
+    slow = _SlowCoordinator(*[KafkaError._TIMED_OUT] * (COMMITTED_ATTEMPTS - 1))
+    assert parts._committed(slow, tps)[0].partition == 0  # type: ignore[arg-type]
+    for codes in ([KafkaError._TIMED_OUT] * COMMITTED_ATTEMPTS, [KafkaError._DESTROY]):
+        with pytest.raises(KafkaUnavailable, match="committed offsets of 1 assigned partition"):
+            parts._committed(_SlowCoordinator(*codes), tps)  # type: ignore[arg-type]
+    parts.writer.close()
