@@ -150,6 +150,7 @@ class Service:
         self.totals = Totals()
         self.pending: BatchResult | None = None  # a processed batch whose outputs are not delivered
         self.in_kafka = False  # the pending batch's outputs are all acknowledged by Kafka
+        self.posted = False  # ... and its alerts accepted by Alertmanager
         self.abandoned = False  # stopping while `pending` could not be delivered
         self.rewind: dict[tuple[str, int], int] = {}  # offsets consumed (and dropped) while paused
         k, c = settings.kafka, settings.consume
@@ -267,10 +268,8 @@ class Service:
             self._settle()
         result = self.pipeline.process(good)
         self.totals.add(result, len(good))
-        if not self._begin_or_degrade():
-            self._degrade(result)
-            return None
-        self._produce(result)
+        if not self.eos:  # under exactly_once, _delivered produces them in the batch's transaction
+            self._produce(result)
         if not self._delivered(result):
             self._degrade(result)
             return None
@@ -526,15 +525,14 @@ class Service:
     def _abandon(self) -> None:
         """Under exactly_once, partitions given up while a batch is undelivered take the batch
         along: its transaction is aborted (its offsets could no longer be committed by this
-        member), and the partitions' next owner produces its outputs. (A batch committed to
-        Kafka and waiting for Alertmanager stays: it is posted still.)"""
+        member), and the partitions' next owner posts and produces its outputs."""
         if not self.eos or self.pending is None or self.in_kafka:
             return
         if self.txn_open:
             self._abort()
         self.producer_stale = True
         log.warning("partitions given up during an outage: the undelivered batch is left to their next owner")
-        self.pending, self.in_kafka, self.rewind = None, False, {}
+        self.pending, self.in_kafka, self.posted, self.rewind = None, False, False, {}
         self.metrics.record_degraded(False)
 
     def _release(self, keys: list[tuple[str, int]], save: bool) -> None:
@@ -613,21 +611,31 @@ class Service:
                 log.error("audit event of %s/%s not published: %s", e.device_id, e.sensor, exc)
 
     def _delivered(self, result: BatchResult) -> bool:
-        """Wait for every acknowledgement of the produced outputs, then hand the alerts to
-        Alertmanager (if configured). A failure marks the service degraded and returns False:
-        nothing of the batch may be committed yet."""
+        """Deliver the batch's outputs: wait for Kafka's acknowledgements and hand the alerts to
+        Alertmanager (if configured). Under exactly_once, Alertmanager first, then the batch's
+        transaction (begun, its outputs produced, committed with its offsets): Alertmanager is
+        outside the transaction, so the alerts must be there before the offsets are committed
+        (a crash in between posts them again, and Alertmanager deduplicates them by labels), and
+        no transaction stays open while Alertmanager is down. A failure marks the service
+        degraded and returns False: nothing of the batch may be committed yet."""
         try:
-            if not self.in_kafka:
-                timeout = self.settings.consume.delivery_timeout_s
-                if self.eos:
+            if self.eos:
+                self._post(result)
+                if not self.in_kafka:
+                    if not self.txn_open:  # the first attempt, or after an abort: (again) in a new one
+                        self.tracker.errors = []
+                        self._begin()
+                        self._produce(result)
                     self._commit_transaction(result)
-                else:
+                    self.in_kafka = True
+            else:
+                if not self.in_kafka:
+                    timeout = self.settings.consume.delivery_timeout_s
                     kafka.flush(self.producer, self.tracker, timeout)
                     if self.dead_letters.retry_refused():  # the broker refused some for their size
                         kafka.flush(self.producer, self.tracker, timeout)
-                self.in_kafka = True
-            if self.sink is not None:
-                self.sink.send(result.alerts)
+                    self.in_kafka = True
+                self._post(result)
         except errors.TransactionsFailed:
             self.pending, self.abandoned = result, True  # its state is ahead: never checkpointed
             raise
@@ -635,8 +643,14 @@ class Service:
             self.health.delivery_error = str(exc)
             log.warning("outputs not delivered (%s): degraded, retrying", exc)
             return False
-        self.in_kafka = False
+        self.in_kafka = self.posted = False
         return True
+
+    def _post(self, result: BatchResult) -> None:
+        """Hand the batch's alerts to Alertmanager, once (raises SinkUnavailable)."""
+        if self.sink is not None and not self.posted:
+            self.sink.send(result.alerts)
+        self.posted = True
 
     def _heartbeat(self) -> None:
         """Keep Alertmanager's firing alerts alive (a failure is retried at the next turn)."""
@@ -684,15 +698,9 @@ class Service:
                 self.consumer.seek(tp)
 
     def _produce_again(self, result: BatchResult) -> None:
-        """The outputs of an undelivered batch, again if they failed for good: under exactly_once
-        in a new transaction once the last one was aborted; otherwise once nothing is in flight."""
-        if self.in_kafka:
-            return
-        if self.eos and not self.txn_open:
-            self.tracker.errors = []
-            if self._begin_or_degrade():
-                self._produce(result)
-        elif not self.eos and self.tracker.pending == 0:
+        """The outputs of an undelivered batch, again once they failed for good and nothing is in
+        flight (under exactly_once, :meth:`_delivered` produces them again in a new transaction)."""
+        if not self.in_kafka and not self.eos and self.tracker.pending == 0:
             self.tracker.errors = []
             self._produce(result)
 

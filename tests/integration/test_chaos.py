@@ -131,8 +131,13 @@ def test_broker_killed_and_restarted_loses_nothing_acknowledged(bench: chaos.Out
     assert_like_oracle(c.comparison, report)
 
 
-def test_alert_sink_down_holds_offsets_then_delivers(broker: ApacheKafka, tmp_path: Path) -> None:
-    s = chaos.sink_experiment(broker.bootstrap_servers, tmp_path, down_s=3)
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_alert_sink_down_holds_offsets_then_delivers(
+    broker: ApacheKafka, tmp_path: Path, guarantee: str
+) -> None:
+    """Under exactly_once too: Alertmanager is outside the transaction, so the alerts must reach
+    it before the batch's offsets are committed with the transaction."""
+    s = chaos.under(guarantee, lambda: chaos.sink_experiment(broker.bootstrap_servers, tmp_path, down_s=3))()
     report = "\n".join(s.lines())
     assert s.degraded_after_s is not None, f"/readyz never reported degraded\n{report}"
     assert s.planted_held, f"the planted drift's alert was not the one held back\n{report}"
