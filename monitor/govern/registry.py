@@ -414,6 +414,12 @@ class ModelRegistry:
         manifest, artifact = self._verified(ref)
         return formats.load(manifest.artifact.fmt, artifact, str(ref))
 
+    def verified_files(self, ref: VersionRef) -> tuple[Manifest, dict[str, bytes]]:
+        """A version's manifest and stored files, read once and verified as a load verifies them."""
+        self._known(ref)
+        files = self.version_files(*ref)
+        return self._verify(ref, files[MANIFEST], files[SIGNATURE], files)[0], files
+
     def manifest(self, device_id: str, sensor: str, version: int) -> Manifest:
         """The verified manifest of a version (its artifact checked too)."""
         return self._verified(VersionRef(device_id, sensor, version))[0]
@@ -450,11 +456,16 @@ class ModelRegistry:
         keys = list(fa) + [k for k in fb if k not in fa]
         return [Change(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)]
 
-    def _verified(self, ref: VersionRef) -> tuple[Manifest, bytes]:
+    def _known(self, ref: VersionRef) -> Path:
+        """The directory of a registered version; :class:`UnknownVersionError` if there is none."""
         d = self.path(*ref)
         if not d.is_dir():
             hint = " (v1 is the online model; it is registered only when the service records it)"
             raise UnknownVersionError(f"{ref} is not registered{hint if ref.version == 1 else ''}")
+        return d
+
+    def _verified(self, ref: VersionRef) -> tuple[Manifest, bytes]:
+        d = self._known(ref)
         raw = _read(d / MANIFEST, ref)
         try:
             sig = files.read_bytes(d / SIGNATURE, files.MAX_KEY_BYTES)
