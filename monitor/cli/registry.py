@@ -29,6 +29,7 @@ from monitor.cli.args import settings_from_args
 from monitor.errors import ArtifactError, KafkaUnavailable, RegistryError, UnknownVersionError
 from monitor.evaluation.report import table
 from monitor.govern.registry import (
+    Artifact,
     AuditEvent,
     Feedback,
     Manifest,
@@ -402,10 +403,14 @@ def _manifest_lines(m: Manifest, firing: AuditEvent | None) -> list[str]:
         _field("baseline", _kv({k: [round(x, 6) for x in xs] for k, xs in v.baseline.items()})),
         _field("code", f"{v.code_version}, config {v.config_hash}"),
         _field("created", f"{_when(v.created_at)} (event time), registered {_when(m.registered_at)}"),
-        _field(
-            "artifact", f"{a.python_class}, {a.bytes} bytes, sha256 {a.sha256[:16]}..., signature verified"
-        ),
+        _field("artifact", f"{_artifact(a)}, {a.bytes} bytes, sha256 {a.sha256[:16]}..., signature verified"),
     ]
+
+
+def _artifact(a: Artifact) -> str:
+    """``model.json (telemon.model.adaptive-gaussian v1)``, or ``model.pkl (pickle protocol 5)``."""
+    fmt = f"pickle protocol {a.pickle_protocol}" if a.pickle_protocol else str(a.fmt)
+    return f"{a.file} ({fmt}, {a.python_class})"
 
 
 def _firing(history: list[AuditEvent], alert_id: str) -> AuditEvent | None:

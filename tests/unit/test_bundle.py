@@ -173,6 +173,10 @@ def test_a_version_stored_as_model_pkl_is_exported_as_model_json(
     assert (b.reg.path(DEV, SENSOR, 4) / "model.json").is_file()
     assert b.reg.load(DEV, SENSOR, 4).dump() == model.dump()
     assert b.reg.manifest(DEV, SENSOR, 4).model == a.reg.manifest(DEV, SENSOR, 4).model
+    _, shown, _ = _run(capsys, "show", DEV, SENSOR, "4", "--config", str(a.config))
+    assert "artifact     model.pkl (pickle protocol 5, monitor.detect.model.AdaptiveGaussian)" in shown
+    _, shown, _ = _run(capsys, "show", DEV, SENSOR, "4", "--config", str(b.config))
+    assert "model.json (telemon.model.adaptive-gaussian v1, monitor.detect.model.AdaptiveGaussian)" in shown
 
 
 # --- refused bundles -------------------------------------------------------------------------------
