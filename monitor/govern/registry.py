@@ -354,6 +354,8 @@ class ModelRegistry:
         manifest = _decode_manifest(raw, "the manifest")
         m = manifest.model
         ref = VersionRef(m.device_id, m.sensor, m.version)
+        if manifest.artifact.fmt != (formats.JSON_FORMAT, formats.JSON_VERSION):
+            raise ArtifactError(f"{ref}: only {formats.JSON_FILE} versions are taken from elsewhere")
         name = self._checked_artifact(ref, manifest, {manifest.artifact.file: artifact})
         formats.load(manifest.artifact.fmt, artifact, str(ref))
 
@@ -473,7 +475,7 @@ class ModelRegistry:
             raise ArtifactError(f"{ref} is unsigned (no {SIGNATURE} file): refusing to load it") from None
         except OSError as exc:
             raise ArtifactError(f"{ref}: unreadable {SIGNATURE} file: {exc}") from exc
-        return self._verify(ref, raw, sig, _LazyFiles(d, ref))
+        return self._verify(ref, raw, sig, _artifacts(d, ref))
 
     def _verify(
         self, ref: VersionRef, raw: bytes, sig: bytes, artifacts: Mapping[str, bytes]
@@ -711,28 +713,13 @@ def _decode_manifest(raw: bytes, what: str) -> Manifest:
         manifest = msgspec.json.decode(raw, type=Manifest)
     except msgspec.MsgspecError as exc:
         raise ArtifactError(f"{what} does not decode: {exc}") from exc
-    if manifest.schema_version != 1:
-        raise ArtifactError(f"{what} has schema_version {manifest.schema_version}: this telemon reads 1")
     return manifest
 
 
-class _LazyFiles(Mapping[str, bytes]):
-    """A version directory's files, read when asked for (only the artifact the manifest names)."""
-
-    def __init__(self, d: Path, ref: VersionRef) -> None:
-        self.d, self.ref = d, ref
-
-    def __getitem__(self, name: str) -> bytes:
-        return _read(self.d / name, self.ref)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in VERSION_FILES and os.path.lexists(self.d / name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(n for n in VERSION_FILES if n in self)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
+def _artifacts(d: Path, ref: VersionRef) -> dict[str, bytes]:
+    """The artifact files in a version directory, each read once (the one the manifest names is
+    then verified and used as read)."""
+    return {name: _read(d / name, ref) for name in sorted(formats.FILES) if os.path.lexists(d / name)}
 
 
 #: The largest manifest or model artifact loaded (a model pickles to a few kilobytes).

@@ -222,3 +222,12 @@ def test_the_model_of_a_manifest_decodes_as_before() -> None:
     raw = b'{"sha256": "ab", "bytes": 3, "python_class": "x", "pickle_protocol": 5}'
     a = msgspec.json.decode(raw, type=Artifact)
     assert (a.file, a.fmt) == ("model.pkl", ("python-pickle", 0))
+
+
+def test_adopt_takes_model_json_versions_only(reg: ModelRegistry, tmp_path: Path) -> None:
+    model = _model()
+    d = write_pickled_version(ModelRegistry(tmp_path / "old", KEY), _version(2, 1, model), model)
+    raw, pickled = (d / "manifest.json").read_bytes(), (d / "model.pkl").read_bytes()
+    with pytest.raises(ArtifactError, match=r"only model\.json versions are taken from elsewhere"):
+        reg.adopt(raw, pickled, actor="cli:test", reason="test")
+    assert reg.versions() == []

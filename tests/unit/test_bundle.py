@@ -280,11 +280,19 @@ def test_a_bundle_signed_by_an_untrusted_key_is_refused(
     assert (code, err) == (0, "")  # trusted on the command line
 
 
-def _resigned(data: bytes, key: Ed25519PrivateKey, **index_changes: object) -> bytes:
-    """The bundle with its index changed and signed again by ``key`` (a trusted exporter's)."""
+def _resigned(
+    data: bytes, key: Ed25519PrivateKey, manifest: bytes | None = None, **index_changes: object
+) -> bytes:
+    """The bundle with its index (and manifest) changed and signed again by ``key`` (a trusted
+    exporter's): a bundle whose signature verifies, but whose content is wrong."""
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar}  # type: ignore[union-attr]
-    index = {**json.loads(members["bundle.json"]), **index_changes}
+    index = json.loads(members["bundle.json"])
+    if manifest is not None:
+        members["manifest.json"] = manifest
+        listed = [m for m in index["members"] if m["name"] == "manifest.json"]
+        listed[0].update(bytes=len(manifest), sha256=hashlib.sha256(manifest).hexdigest())
+    index.update(index_changes)
     members["bundle.json"] = json.dumps(index).encode()
     public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     sig = {
@@ -390,3 +398,19 @@ def test_json_output(
     doc = json.loads(text)
     assert (doc["imported"], doc["serving"], doc["origin"]["key_id"]) == (True, 1, exported["key_id"])
     assert msgspec.json.decode(text)["version"] == 3
+
+
+def test_a_signed_bundle_whose_manifest_names_a_pickle_is_refused(
+    a: Deployment, b: Deployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Even signed by a trusted key, a bundle never brings a pickle in."""
+    private, public, key = _keypair(tmp_path)
+    path = tmp_path / "v3.bundle"
+    args = ["export", DEV, SENSOR, "3", "-o", str(path), "--key", str(private), "--config", str(a.config)]
+    assert _run(capsys, *args)[0] == 0
+    manifest = json.loads(a.reg.version_files(DEV, SENSOR, 3)["manifest.json"])
+    manifest["artifact"].update(file="model.pkl", format="python-pickle", format_version=0)
+    path.write_bytes(_resigned(path.read_bytes(), key, manifest=json.dumps(manifest).encode()))
+    code, _, err = _run(capsys, "import", str(path), "--config", str(b.config), "--trust-key", str(public))
+    assert code == 1 and "names model.pkl of format python-pickle v0, not model.json" in err
+    assert b.reg.versions() == []
