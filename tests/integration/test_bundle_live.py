@@ -15,16 +15,21 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from monitor.cli.broker import free_port
 from monitor.cli.main import main as telemon
 from monitor.govern import bundle, registry
+from monitor.govern.registry import ModelRegistry
+from monitor.govern.replication import RegistryReplica, topic_configs
+from monitor.ingest.kafka import ensure_topics
 from monitor.serve.app import build_service
 from monitor.serve.service import Service
-from monitor.settings import Settings, load_settings
+from monitor.settings import KafkaSettings, RegistrySettings, Settings, load_settings
 from tests.apache_kafka import ApacheKafka
 from tests.conftest import unique_kafka_settings
 from tests.integration.test_governance import ROLLBACK_RULES, _levels, _publish
+from tests.unit.test_registry import DEV, SENSOR, _add
 
 pytestmark = pytest.mark.integration
 
@@ -94,14 +99,7 @@ def test_a_version_registered_live_is_exported_imported_and_served_elsewhere(
     assert version >= 2, [(e.kind, e.version) for e in reg_a.history(*PAIR)]
     assert (reg_a.path(*PAIR, version) / "model.json").is_file()
 
-    key = Ed25519PrivateKey.generate()
-    private, public = tmp_path / "a" / "bundle.key", tmp_path / "bundle-a.pub"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    public.write_bytes(bundle.public_pem(key))
+    private, public = _write_keys(Ed25519PrivateKey.generate(), tmp_path / "a")
     path = tmp_path / f"{PAIR[0]}-{PAIR[1]}-v{version}.bundle"
     args = ["export", *PAIR, str(version), "--output", str(path), "--key", str(private)]
     assert _cli(monkeypatch, a, KEY_A, *args) == 0
@@ -128,3 +126,60 @@ def test_a_version_registered_live_is_exported_imported_and_served_elsewhere(
     kinds = [(e.kind, e.version, e.actor.split(":")[0]) for e in reg_b.history(*PAIR)]
     assert ("registered", version, "cli") in kinds and ("promoted", version, "cli") in kinds
     assert not [k for k in kinds if k[0] == "rejected"]
+
+
+def test_a_bundle_imported_into_a_shared_registry_reaches_every_replica(
+    kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Imported with ``registry.shared``: the version and its event go to the registry's topics,
+    and another replica of deployment B installs it, verified with B's key."""
+    k = kafka_settings
+    ensure_topics(k, [k.artifacts_topic, k.audit_topic], configs=topic_configs(k))
+    a = ModelRegistry(tmp_path / "a" / "registry", KEY_A.encode())
+    _add(a, 2, 1)
+    key = Ed25519PrivateKey.generate()
+    private, public = _write_keys(key, tmp_path)
+    path = tmp_path / "v2.bundle"
+    with monkeypatch.context() as m:
+        m.setenv("TELEMON_STATE_DIR", str(tmp_path / "a"))
+        m.setenv("TELEMON_REGISTRY__SIGNING_KEY", KEY_A)
+        assert telemon(["registry", "export", DEV, SENSOR, "2", "-o", str(path), "--key", str(private)]) == 0
+    environ = {
+        "KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
+        "KAFKA__GROUP_ID": k.group_id,
+        "KAFKA__AUDIT_TOPIC": k.audit_topic,
+        "KAFKA__ARTIFACTS_TOPIC": k.artifacts_topic,
+        "STATE_DIR": str(tmp_path / "b-operator"),
+        "REGISTRY__SHARED": "true",
+        "REGISTRY__SIGNING_KEY": KEY_B,
+    }
+    with monkeypatch.context() as m:
+        for name, value in environ.items():
+            m.setenv(f"TELEMON_{name}", value)
+        assert telemon(["registry", "import", str(path), "--trust-key", str(public), "--actor", "ops"]) == 0
+    settings = Settings(
+        kafka=k,
+        state_dir=tmp_path / "b-replica",
+        registry=RegistrySettings(shared=True, signing_key=SecretStr(KEY_B), generate_key=False),
+    )
+    replica = RegistryReplica(settings, ModelRegistry(tmp_path / "b-replica" / "registry", KEY_B.encode()))
+    try:
+        replica.catch_up()
+        assert replica.installed == 1 and replica.refused == 0
+        loaded = replica.registry.load(DEV, SENSOR, 2)
+        assert _bits(loaded.state()) == _bits(a.load(DEV, SENSOR, 2).state())
+        (event,) = replica.registry.history(DEV, SENSOR)
+        assert (event.kind, event.actor) == ("registered", "ops") and "v2.bundle" in event.reason
+    finally:
+        replica.close()
+
+
+def _write_keys(key: Ed25519PrivateKey, folder: Path) -> tuple[Path, Path]:
+    private, public = folder / "bundle.key", folder / "bundle.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public.write_bytes(bundle.public_pem(key))
+    return private, public
