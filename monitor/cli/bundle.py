@@ -110,7 +110,7 @@ def cmd_import(reg: ModelRegistry, args: argparse.Namespace) -> int:
     doc = {**ref._asdict(), "imported": new, "serving": serving, "origin": verified.index.origin}
     if new:
         text = (
-            f"{ref} imported from {args.file} ({reason.split(': ', 1)[1]}); v{serving} serves "
+            f"{ref} imported from {args.file} ({bundle.describe(verified.index.origin)}); v{serving} serves "
             f"until `telemon registry promote {ref.device_id} {ref.sensor} {ref.version}`"
         )
     else:

@@ -363,13 +363,18 @@ def _events(raw: bytes, what: str) -> list[AuditEvent]:
         raise BundleError(f"{what}: {AUDIT} does not decode: {exc}") from None
 
 
-def import_reason(name: str, origin: Origin) -> str:
-    """The ``registered`` event's reason for a version imported from bundle ``name``."""
+def describe(origin: Origin) -> str:
+    """Where a bundle comes from, in words."""
     when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(origin.exported_at / 1000))
     return (
-        f"imported from bundle {name}: exported by {origin.exported_by} on {origin.host} at {when} "
-        f"(telemon {origin.code_version}), signed by bundle key {origin.key_id}"
+        f"exported by {origin.exported_by} on {origin.host} at {when} (telemon {origin.code_version}), "
+        f"signed by bundle key {origin.key_id}"
     )
+
+
+def import_reason(name: str, origin: Origin) -> str:
+    """The ``registered`` event's reason for a version imported from bundle ``name``."""
+    return f"imported from bundle {name}: {describe(origin)}"
 
 
 def _now_ms() -> int:
