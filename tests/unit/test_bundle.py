@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from monitor.cli.main import main
 from monitor.govern import bundle
 from monitor.govern.registry import ModelRegistry, VersionRef
+from monitor.settings import load_settings
 from tests.registry_kit import write_pickled_version
 from tests.unit.test_registry import DEV, SENSOR, _add, _model, _version
 
@@ -414,3 +415,14 @@ def test_a_signed_bundle_whose_manifest_names_a_pickle_is_refused(
     code, _, err = _run(capsys, "import", str(path), "--config", str(b.config), "--trust-key", str(public))
     assert code == 1 and "names model.pkl of format python-pickle v0, not model.json" in err
     assert b.reg.versions() == []
+
+
+def test_key_paths_in_a_config_file_are_relative_to_its_folder(tmp_path: Path) -> None:
+    config = tmp_path / "etc" / "monitor.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        "registry:\n  bundle_key_file: keys/bundle.key\n  trusted_keys: [plant-a.pub, /abs/b.pub]\n"
+    )
+    r = load_settings(config).registry
+    assert r.bundle_key_file == tmp_path / "etc" / "keys" / "bundle.key"
+    assert r.trusted_keys == [tmp_path / "etc" / "plant-a.pub", Path("/abs/b.pub")]
