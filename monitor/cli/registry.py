@@ -408,7 +408,8 @@ def _manifest_lines(m: Manifest, firing: AuditEvent | None) -> list[str]:
 
 
 def _artifact(a: Artifact) -> str:
-    """``model.json (telemon.model.adaptive-gaussian v1)``, or ``model.pkl (pickle protocol 5)``."""
+    """The artifact for people: ``model.json (telemon.model.adaptive-gaussian v1, CLASS)``, or
+    ``model.pkl (pickle protocol 5, CLASS)``."""
     fmt = f"pickle protocol {a.pickle_protocol}" if a.pickle_protocol else str(a.fmt)
     return f"{a.file} ({fmt}, {a.python_class})"
 
