@@ -23,7 +23,8 @@ it refines, so ``except ValueError`` and ``except OSError`` keep working::
     │   └── RefusedClassError (UnpicklingError)  a pickle naming a class off the allowlist
     ├── RegistryError                       a registry request that cannot be honoured
     │   └── ArtifactError                     a version that must not be loaded
-    │       └── UnknownVersionError             no such version
+    │       ├── UnknownVersionError             no such version
+    │       └── BundleError                     a version bundle that must not be imported
     └── Unavailable (RuntimeError)          a service did not answer or refused
         ├── KafkaUnavailable                  the Kafka cluster
         ├── TransactionsFailed                exactly_once: the transactional producer, for good
@@ -117,6 +118,11 @@ class ArtifactError(RegistryError):
 
 class UnknownVersionError(ArtifactError):
     """No such version is registered."""
+
+
+class BundleError(ArtifactError):
+    """A version bundle that must not be imported: unreadable, truncated, tampered with, of an
+    unknown format, or signed by a key that is not trusted."""
 
 
 class Unavailable(TelemonError, RuntimeError):

@@ -961,6 +961,16 @@ class RegistrySettings(_Section):
         description="no key configured: generate one into <state_dir>/signing.key, reused by every start "
         "(false, for production: refuse to start)",
     )
+    bundle_key_file: Path | None = Field(
+        None,
+        description="Ed25519 private key (PEM) that signs the bundles `telemon registry export` writes "
+        "(`openssl genpkey -algorithm ed25519`)",
+    )
+    trusted_keys: list[Path] = Field(
+        [],
+        description="Ed25519 public keys (PEM files) of the deployments whose bundles `telemon registry "
+        "import` accepts",
+    )
 
     @model_validator(mode="after")
     def _one_key_source(self) -> RegistrySettings:
@@ -1212,9 +1222,18 @@ def _relative_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
             parent[part] = parent = dict(parent[part])
         else:
             value = parent.get(key[-1])
-            if isinstance(value, str) and value and not Path(value).is_absolute():
-                parent[key[-1]] = str(folder / value)
+            if isinstance(value, list):  # a list of paths (registry.trusted_keys)
+                parent[key[-1]] = [_joined(v, folder) for v in value]
+            elif isinstance(value, str):
+                parent[key[-1]] = _joined(value, folder)
     return out
+
+
+def _joined(value: Any, folder: Path) -> Any:
+    """A relative path joined to ``folder``; anything else as it is."""
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        return str(folder / value)
+    return value
 
 
 def _unknown_variables(env: Mapping[str, str]) -> list[str]:

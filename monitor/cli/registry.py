@@ -1,4 +1,4 @@
-"""``telemon registry list|show|diff|lineage|promote|rollback``: the model registry from a shell.
+"""``telemon registry list|show|diff|lineage|promote|rollback|export|import``: the registry in a shell.
 
 Reads the registry of ``--config`` (``registry.dir``, default ``<state_dir>/registry``) with the
 configured signing key; it never generates a key. Every command prints a table, or JSON with
@@ -7,7 +7,8 @@ stderr and exits 1; a configuration problem (no usable key) exits 2. ``promote``
 append to the audit log; a running service picks the change up at its next batch. With
 ``registry.shared`` the command first reads the registry's Kafka topics into its directory, and
 ``promote`` and ``rollback`` publish to the audit topic, which every replica follows; Kafka
-unreachable exits 1.
+unreachable exits 1. ``export`` and ``import`` (:mod:`monitor.cli.bundle`) move a version between
+deployments as one signed file.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from monitor.cli import bundle as bundle_cli
 from monitor.cli.args import settings_from_args
 from monitor.errors import ArtifactError, KafkaUnavailable, RegistryError, UnknownVersionError
 from monitor.evaluation.report import table
 from monitor.govern.registry import (
+    Artifact,
     AuditEvent,
     Feedback,
     Manifest,
@@ -45,7 +48,7 @@ with its lineage (parent, training and test data as Kafka offsets and event-time
 hyperparameters, metrics, code version, config hash, trigger), signed with HMAC-SHA256, and the
 audit log of which version served when, and why."""
 
-EPILOG = """\
+EPILOG = f"""\
 examples:
   telemon registry list --device dev-0007                  versions of one device; * = serving
   telemon registry show dev-0007 temperature               why the serving version serves, its data
@@ -54,8 +57,10 @@ examples:
   telemon registry diff dev-0007 temperature 2 3           what changed between two versions
   telemon registry promote dev-0007 temperature 3 --reason "validated offline"
   telemon registry rollback dev-0007 temperature --reason "false alarms since the retrain"
+{bundle_cli.EXAMPLES}
 
-exit codes: 0 done, 1 unknown version / tampered artifact / refused, 2 bad configuration"""
+exit codes: 0 done, 1 unknown version / tampered artifact or bundle / refused, 2 bad configuration
+(no usable key)"""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -116,6 +121,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _pair(rollback)
     rollback.add_argument("--to", type=_version, metavar="VERSION", help="target (default: the parent)")
     _governance(rollback)
+    bundle_cli.add_parsers(actions, common, _pair, _version)
 
 
 def _pair(p: argparse.ArgumentParser) -> None:
@@ -138,11 +144,12 @@ def _version(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run one ``telemon registry`` action; registry errors print one line and return 1."""
     settings = settings_from_args(args)
+    args.settings = settings  # export and import read their keys' settings
     root = registry_dir(settings)
     try:
         if settings.registry.shared:
             return _shared(settings, args)
-        if not root.is_dir():
+        if not root.is_dir() and args.registry_command != "import":  # import may start a registry
             return _empty(args, root)
         reg = open_registry(settings, create_key=False)
         return ACTIONS[args.registry_command](reg, args)
@@ -344,6 +351,8 @@ ACTIONS: dict[str, Callable[[ModelRegistry, argparse.Namespace], int]] = {
     "diff": cmd_diff,
     "promote": cmd_promote,
     "rollback": cmd_rollback,
+    "export": bundle_cli.cmd_export,
+    "import": bundle_cli.cmd_import,
 }
 
 
@@ -394,10 +403,15 @@ def _manifest_lines(m: Manifest, firing: AuditEvent | None) -> list[str]:
         _field("baseline", _kv({k: [round(x, 6) for x in xs] for k, xs in v.baseline.items()})),
         _field("code", f"{v.code_version}, config {v.config_hash}"),
         _field("created", f"{_when(v.created_at)} (event time), registered {_when(m.registered_at)}"),
-        _field(
-            "artifact", f"{a.python_class}, {a.bytes} bytes, sha256 {a.sha256[:16]}..., signature verified"
-        ),
+        _field("artifact", f"{_artifact(a)}, {a.bytes} bytes, sha256 {a.sha256[:16]}..., signature verified"),
     ]
+
+
+def _artifact(a: Artifact) -> str:
+    """The artifact for people: ``model.json (telemon.model.adaptive-gaussian v1, CLASS)``, or
+    ``model.pkl (pickle protocol 5, CLASS)``."""
+    fmt = f"pickle protocol {a.pickle_protocol}" if a.pickle_protocol else str(a.fmt)
+    return f"{a.file} ({fmt}, {a.python_class})"
 
 
 def _firing(history: list[AuditEvent], alert_id: str) -> AuditEvent | None:

@@ -8,15 +8,17 @@ one directory (``registry.dir``, default ``<state_dir>/registry``)::
 
     audit.jsonl                      append-only: one AuditEvent per line
     models/<device>/<sensor>/v<N>/
-        manifest.json                a Manifest: the ModelVersion, the artifact's SHA-256 and class
-        model.pkl                    the pickled model
+        manifest.json                a Manifest: the ModelVersion, the artifact's SHA-256, file and format
+        model.json                   the model's state (monitor.govern.artifact; model.pkl before)
         signature                    {"algorithm": "hmac-sha256", "key_id": ..., "mac": ...}
 
 The MAC is ``HMAC-SHA256(key, b"telemon-registry-manifest-v1\\n" + manifest.json bytes)`` and the
-manifest holds the SHA-256 of ``model.pkl``, so the signature covers both. A version directory is
+manifest holds the SHA-256 of the artifact, so the signature covers both. A version directory is
 written under a temporary name, fsynced and renamed into place: it appears whole or not at all.
-Loading verifies the signature, the manifest's identity and the artifact's digest, then unpickles
-with :mod:`monitor.common.safepickle`; anything wrong raises :class:`ArtifactError` and nothing is loaded.
+Loading verifies the signature, the manifest's identity and the artifact's digest, then reads the
+artifact in the format its manifest names (:mod:`monitor.govern.artifact`: ``model.json``, or the
+``model.pkl`` of an older version through :mod:`monitor.common.safepickle`); anything wrong raises
+:class:`ArtifactError` and nothing is loaded.
 
 Which version serves a pair is derived from the audit log: the latest ``promoted`` or
 ``rolled_back`` event (a ``rejected`` event leaves its ``previous`` version serving), else version
@@ -38,12 +40,11 @@ import fcntl
 import hashlib
 import logging
 import os
-import pickle
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
@@ -51,10 +52,10 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 import msgspec
 
 import monitor
-from monitor import errors
 from monitor.analyze.explain import Explanation
-from monitor.common import files, safepickle
+from monitor.common import files
 from monitor.errors import ArtifactError, RegistryError, UnknownVersionError
+from monitor.govern import artifact as formats
 from monitor.schema import DEVICE_ID_PATTERN, NAME_PATTERN
 from monitor.settings import Settings
 from monitor.state import signing
@@ -64,10 +65,12 @@ if TYPE_CHECKING:  # River and scipy load only when a model is (un)pickled: `tel
 
 log = logging.getLogger(__name__)
 
-MANIFEST, ARTIFACT, SIGNATURE = "manifest.json", "model.pkl", "signature"
+MANIFEST, SIGNATURE = "manifest.json", "signature"
+ARTIFACT = formats.JSON_FILE  # the artifact of a version registered now (model.pkl before)
 KEY_FILE, AUDIT_FILE = "signing.key", "audit.jsonl"
 SIGNED_PREFIX = b"telemon-registry-manifest-v1\n"
-PICKLE_PROTOCOL = 5
+#: Every file a version directory may hold.
+VERSION_FILES = (MANIFEST, *sorted(formats.FILES), SIGNATURE)
 
 
 class TrainingData(msgspec.Struct, frozen=True):
@@ -123,11 +126,21 @@ def decode(raw: bytes) -> ModelVersion:
     return msgspec.json.decode(raw, type=ModelVersion)
 
 
-class Artifact(msgspec.Struct, frozen=True):
+class Artifact(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The manifest's description of the model's file. The defaults describe a version registered
+    before ``model.json`` (whose manifest names no file or format): ``model.pkl``, a pickle."""
+
     sha256: str
     bytes: int
     python_class: str
-    pickle_protocol: int
+    file: str = formats.PICKLE_FILE
+    format: str = formats.PICKLE_FORMAT
+    format_version: int = 0
+    pickle_protocol: int = 0  # of a pickle
+
+    @property
+    def fmt(self) -> formats.Format:
+        return formats.Format(self.format, self.format_version)
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -321,60 +334,93 @@ class ModelRegistry:
         directory. Registering the same version again with the same content is a no-op (a batch
         processed again after a crash); with other content it is a :class:`RegistryError`."""
         ref = VersionRef(version.device_id, version.sensor, version.version)
-        final = self.path(*ref)
-        artifact = _pickled(model)
-        raw = _manifest_bytes(version, model, artifact)
-        files = {MANIFEST: raw, ARTIFACT: artifact, SIGNATURE: sign_manifest(self.key, raw)}
-        if not _write_dir(final, files):
-            if self.manifest(*ref).model != version:
-                raise RegistryError(f"{ref} is already registered with other content")
-            files = self.version_files(*ref)  # the first registration's: published again as they are
+        artifact = formats.encode(model)
+        raw = _manifest_bytes(version, artifact)
         rule = version.trigger_rule
         reason = f"retrained: rule {rule} fired (alert {version.trigger_alert_id})" if rule else "registered"
         actor = f"rule:{rule}" if rule else "service"
         event = _event("registered", ref, actor=actor, reason=reason, event_ts=version.created_at)
+        files = self._store(ref, {MANIFEST: raw, ARTIFACT: artifact}, lambda m: m.model == version)[1]
+        self._announce(ref, files, event)  # again too: a batch processed again publishes again
+        return self.path(*ref)
+
+    def adopt(self, raw: bytes, artifact: bytes, *, actor: str, reason: str) -> tuple[VersionRef, bool]:
+        """Register a version made elsewhere (an imported bundle, :mod:`monitor.govern.bundle`):
+        its manifest's exact bytes and its artifact, checked as a load checks them, then signed
+        with this registry's key and recorded (``registered`` by ``actor`` for ``reason``). Returns
+        the version and ``False`` if it is registered already with the same lineage and artifact
+        (nothing recorded); a version of that number with other content is a
+        :class:`RegistryError`."""
+        manifest = _decode_manifest(raw, "the manifest")
+        m = manifest.model
+        ref = VersionRef(m.device_id, m.sensor, m.version)
+        if manifest.artifact.fmt != (formats.JSON_FORMAT, formats.JSON_VERSION):
+            raise ArtifactError(f"{ref}: only {formats.JSON_FILE} versions are taken from elsewhere")
+        name = self._checked_artifact(ref, manifest, {manifest.artifact.file: artifact})
+        formats.load(manifest.artifact.fmt, artifact, str(ref))
+
+        def same(have: Manifest) -> bool:
+            return have.model == m and have.artifact.sha256 == manifest.artifact.sha256
+
+        new, files = self._store(ref, {MANIFEST: raw, name: artifact}, same)
+        if new:
+            self._announce(ref, files, _event("registered", ref, actor=actor, reason=reason))
+        return ref, new
+
+    def _store(
+        self, ref: VersionRef, content: dict[str, bytes], same: Callable[[Manifest], bool]
+    ) -> tuple[bool, dict[str, bytes]]:
+        """Sign and write a version's files; returns whether they are new, and the version's files.
+        A version already there stays as it is if ``same`` says it has this content, else it is a
+        :class:`RegistryError`."""
+        files = {**content, SIGNATURE: sign_manifest(self.key, content[MANIFEST])}
+        if _write_dir(self.path(*ref), files):
+            return True, files
+        if not same(self.manifest(*ref)):
+            raise RegistryError(f"{ref} is already registered with other content")
+        return False, self.version_files(*ref)  # the first registration's: published again as they are
+
+    def _announce(self, ref: VersionRef, files: dict[str, bytes], event: AuditEvent) -> None:
+        """Record a version's ``registered`` event; publish both if the registry is shared."""
         self.record(event)
         if self.publisher is not None:
             self.publisher.publish_version(ref, files)
             self.publisher.publish_events([stamped(event, event.wall_ts)])
-        return final
 
     def version_files(self, device_id: str, sensor: str, version: int) -> dict[str, bytes]:
         """The stored files of a version, as they are (verify with :meth:`install` elsewhere)."""
         ref = VersionRef(device_id, sensor, version)
         d = self.path(*ref)
-        return {name: _read(d / name, ref) for name in (MANIFEST, ARTIFACT, SIGNATURE)}
+        names = [n for n in VERSION_FILES if n in {MANIFEST, SIGNATURE} or (d / n).exists()]
+        return {name: _read(d / name, ref) for name in names}
 
     def install(self, ref: VersionRef, files: dict[str, bytes]) -> bool:
         """Store a version another process registered (read from the artifacts topic), after
         verifying it as :meth:`load` would. ``False`` if it is stored already (the first copy
         stays). Raises :class:`ArtifactError` for a version that does not verify, one signed with
         another key included."""
-        missing = sorted({MANIFEST, ARTIFACT, SIGNATURE} - set(files))
+        missing = sorted({MANIFEST, SIGNATURE} - set(files))
         if missing:
             raise ArtifactError(f"{ref}: incomplete, {', '.join(missing)} missing")
         final = self.path(*ref)
         if final.is_dir():
             return False
-        self._verify(ref, files[MANIFEST], files[SIGNATURE], files[ARTIFACT])
-        return _write_dir(final, {name: files[name] for name in (MANIFEST, ARTIFACT, SIGNATURE)})
+        manifest = self._verify(ref, files[MANIFEST], files[SIGNATURE], files)[0]
+        name = manifest.artifact.file
+        return _write_dir(final, {MANIFEST: files[MANIFEST], name: files[name], SIGNATURE: files[SIGNATURE]})
 
     def load(self, device_id: str, sensor: str, version: int) -> AdaptiveGaussian:
-        """The verified model of a version; raises :class:`ArtifactError` (nothing is unpickled
-        unless the signature, the manifest and the artifact's digest all check out)."""
+        """The verified model of a version; raises :class:`ArtifactError` (nothing is read unless
+        the signature, the manifest and the artifact's digest all check out)."""
         ref = VersionRef(device_id, sensor, version)
-        artifact = self._verified(ref)[1]
-        try:
-            model = safepickle.loads(artifact, safepickle.MODEL_CLASSES)
-        except errors.RefusedClassError as exc:
-            raise ArtifactError(f"{ref}: {ARTIFACT} refused: {exc}") from exc
-        except (pickle.UnpicklingError, ValueError, TypeError, EOFError) as exc:
-            raise ArtifactError(f"{ref}: {ARTIFACT} does not unpickle: {exc}") from exc
-        from monitor.detect.model import AdaptiveGaussian
+        manifest, artifact = self._verified(ref)
+        return formats.load(manifest.artifact.fmt, artifact, str(ref))
 
-        if not isinstance(model, AdaptiveGaussian):
-            raise ArtifactError(f"{ref}: {ARTIFACT} holds a {type(model).__name__}, not an AdaptiveGaussian")
-        return model
+    def verified_files(self, ref: VersionRef) -> tuple[Manifest, dict[str, bytes]]:
+        """A version's manifest and stored files, read once and verified as a load verifies them."""
+        self._known(ref)
+        files = self.version_files(*ref)
+        return self._verify(ref, files[MANIFEST], files[SIGNATURE], files)[0], files
 
     def manifest(self, device_id: str, sensor: str, version: int) -> Manifest:
         """The verified manifest of a version (its artifact checked too)."""
@@ -412,11 +458,16 @@ class ModelRegistry:
         keys = list(fa) + [k for k in fb if k not in fa]
         return [Change(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)]
 
-    def _verified(self, ref: VersionRef) -> tuple[Manifest, bytes]:
+    def _known(self, ref: VersionRef) -> Path:
+        """The directory of a registered version; :class:`UnknownVersionError` if there is none."""
         d = self.path(*ref)
         if not d.is_dir():
             hint = " (v1 is the online model; it is registered only when the service records it)"
             raise UnknownVersionError(f"{ref} is not registered{hint if ref.version == 1 else ''}")
+        return d
+
+    def _verified(self, ref: VersionRef) -> tuple[Manifest, bytes]:
+        d = self._known(ref)
         raw = _read(d / MANIFEST, ref)
         try:
             sig = files.read_bytes(d / SIGNATURE, files.MAX_KEY_BYTES)
@@ -424,24 +475,35 @@ class ModelRegistry:
             raise ArtifactError(f"{ref} is unsigned (no {SIGNATURE} file): refusing to load it") from None
         except OSError as exc:
             raise ArtifactError(f"{ref}: unreadable {SIGNATURE} file: {exc}") from exc
-        return self._verify(ref, raw, sig, _read(d / ARTIFACT, ref))
+        return self._verify(ref, raw, sig, _artifacts(d, ref))
 
-    def _verify(self, ref: VersionRef, raw: bytes, sig: bytes, artifact: bytes) -> tuple[Manifest, bytes]:
+    def _verify(
+        self, ref: VersionRef, raw: bytes, sig: bytes, artifacts: Mapping[str, bytes]
+    ) -> tuple[Manifest, bytes]:
+        """The manifest and artifact of a version whose signature, identity and artifact digest
+        check out; ``artifacts`` gives the artifact of the file name the manifest names."""
         self._check_signature(ref, raw, sig)
-        try:
-            manifest = msgspec.json.decode(raw, type=Manifest)
-        except msgspec.MsgspecError as exc:
-            raise ArtifactError(f"{ref}: signed {MANIFEST} does not decode: {exc}") from exc
+        manifest = _decode_manifest(raw, f"{ref}: signed {MANIFEST}")
         m = manifest.model
         if (m.device_id, m.sensor, m.version) != ref:
             raise ArtifactError(
                 f"{ref}: its {MANIFEST} describes {VersionRef(m.device_id, m.sensor, m.version)}"
             )
-        if hashlib.sha256(artifact).hexdigest() != manifest.artifact.sha256:
-            raise ArtifactError(
-                f"{ref}: {ARTIFACT} does not match the digest in its signed manifest (tampered)"
-            )
-        return manifest, artifact
+        name = self._checked_artifact(ref, manifest, artifacts)
+        return manifest, artifacts[name]
+
+    @staticmethod
+    def _checked_artifact(ref: VersionRef, manifest: Manifest, artifacts: Mapping[str, bytes]) -> str:
+        """The artifact's file name, once its format is known and its bytes match the digest."""
+        a = manifest.artifact
+        name = formats.file_of(a.fmt, str(ref))
+        if a.file != name:
+            raise ArtifactError(f"{ref}: its {MANIFEST} names {a.file!r} for format {a.fmt}, not {name}")
+        if name not in artifacts:
+            raise ArtifactError(f"{ref}: {name} is missing")
+        if hashlib.sha256(artifacts[name]).hexdigest() != a.sha256:
+            raise ArtifactError(f"{ref}: {name} does not match the digest in its signed manifest (tampered)")
+        return name
 
     def _check_signature(self, ref: VersionRef, manifest: bytes, raw: bytes) -> None:
         try:
@@ -629,32 +691,35 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _class_name(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _pickled(model: AdaptiveGaussian) -> bytes:
-    """The model's pickle, refused now if the restricted unpickler could not load it later."""
-    from monitor.detect.model import AdaptiveGaussian
-
-    if not isinstance(model, AdaptiveGaussian):
-        raise RegistryError(f"only AdaptiveGaussian models can be registered, not {_class_name(model)}")
-    data = pickle.dumps(model, protocol=PICKLE_PROTOCOL)
-    try:
-        safepickle.loads(data, safepickle.MODEL_CLASSES)
-    except errors.RefusedClassError as exc:
-        raise RegistryError(f"the model would not load back: {exc}") from exc
-    return data
-
-
-def _manifest_bytes(version: ModelVersion, model: AdaptiveGaussian, artifact: bytes) -> bytes:
+def _manifest_bytes(version: ModelVersion, artifact: bytes) -> bytes:
     digest = hashlib.sha256(artifact).hexdigest()
     manifest = Manifest(
         model=version,
-        artifact=Artifact(digest, len(artifact), _class_name(model), PICKLE_PROTOCOL),
+        artifact=Artifact(
+            sha256=digest,
+            bytes=len(artifact),
+            python_class=formats.PYTHON_CLASS,
+            file=formats.JSON_FILE,
+            format=formats.JSON_FORMAT,
+            format_version=formats.JSON_VERSION,
+        ),
         registered_at=_now_ms(),
     )
     return msgspec.json.format(_ENCODER.encode(manifest), indent=2) + b"\n"
+
+
+def _decode_manifest(raw: bytes, what: str) -> Manifest:
+    try:
+        manifest = msgspec.json.decode(raw, type=Manifest)
+    except msgspec.MsgspecError as exc:
+        raise ArtifactError(f"{what} does not decode: {exc}") from exc
+    return manifest
+
+
+def _artifacts(d: Path, ref: VersionRef) -> dict[str, bytes]:
+    """The artifact files in a version directory, each read once (the one the manifest names is
+    then verified and used as read)."""
+    return {name: _read(d / name, ref) for name in sorted(formats.FILES) if os.path.lexists(d / name)}
 
 
 #: The largest manifest or model artifact loaded (a model pickles to a few kilobytes).

@@ -3,11 +3,12 @@
 With ``registry.shared`` the model registry lives in two topics every replica already reaches:
 
 - ``kafka.artifacts_topic`` (compacted): each registered version's signed files (``manifest.json``,
-  ``model.pkl``, ``signature``) as one msgpack bundle, cut into chunks of at most
-  :data:`CHUNK_BYTES` (a model with River tiers pickles to more than a megabyte, Kafka's default
-  record limit). A chunk's key is ``<device>/<sensor>/v<N>/<part>``: compaction keeps one copy of
-  each; its value names the bundle's SHA-256, so the chunks of two different bundles of a version
-  are never mixed;
+  its artifact ``model.json``, or ``model.pkl`` for an older one, and ``signature``: what
+  :meth:`~monitor.govern.registry.ModelRegistry.version_files` reads) as one msgpack bundle, cut
+  into chunks of at most :data:`CHUNK_BYTES` (a model with River tiers pickles to more than a
+  megabyte, Kafka's default record limit). A chunk's key is ``<device>/<sensor>/v<N>/<part>``:
+  compaction keeps one copy of each; its value names the bundle's SHA-256, so the chunks of two
+  different bundles of a version are never mixed;
 - ``kafka.audit_topic`` (kept forever): the audit events, each with its identity
   (:func:`~monitor.govern.registry.event_id`).
 
@@ -94,7 +95,7 @@ def topic_configs(k: KafkaSettings) -> dict[str, dict[str, str]]:
 def chunks(ref: VersionRef, files: dict[str, bytes]) -> list[tuple[bytes, bytes]]:
     """The (key, value) records of a version's files.
 
-    >>> records = chunks(VersionRef("dev-0001", "temperature", 2), {"model.pkl": bytes(600_000)})
+    >>> records = chunks(VersionRef("dev-0001", "temperature", 2), {"model.json": bytes(600_000)})
     >>> [key.decode() for key, _ in records]
     ['dev-0001/temperature/v2/0', 'dev-0001/temperature/v2/1']
     """

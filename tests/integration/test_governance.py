@@ -196,7 +196,7 @@ def reg_events(reg: ModelRegistry) -> list[registry.AuditEvent]:
 
 def test_tampered_artifact_is_refused_and_the_current_model_keeps_serving(drift: Drift) -> None:
     reg = drift.registry
-    artifact = reg.path(*PAIR, 1) / "model.pkl"
+    artifact = reg.path(*PAIR, 1) / "model.json"
     data = bytearray(artifact.read_bytes())
     data[-5] ^= 0x01
     artifact.write_bytes(bytes(data))
@@ -336,7 +336,7 @@ def test_a_tampered_rollback_target_is_refused_on_the_live_path(broker: ApacheKa
     assert reg.serving("dev-rb", "temperature") == 2, [
         (e.kind, e.version, e.reason[:60]) for e in reg.history("dev-rb", "temperature")
     ]
-    artifact = reg.path("dev-rb", "temperature", 1) / "model.pkl"
+    artifact = reg.path("dev-rb", "temperature", 1) / "model.json"
     artifact.write_bytes(artifact.read_bytes()[:-1] + b"\x00")
     second = _publish(settings, "dev-rb", values[1200:], start=1200)
     run_monitor(settings, second)

@@ -37,6 +37,7 @@ from monitor.govern.registry import (
 )
 from monitor.settings import RegistrySettings, Settings, load_settings
 from monitor.state import signing
+from tests.registry_kit import write_pickled_version
 
 KEY = b"k" * 32
 DEV, SENSOR = "dev-0007", "temperature"
@@ -207,7 +208,7 @@ def test_round_trip(reg: ModelRegistry) -> None:
     version = _version(2, 1, model)
     path = reg.register(version, model)
     assert path == reg.root / "models" / DEV / SENSOR / "v2"
-    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.pkl", "signature"]
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.json", "signature"]
     loaded = reg.load(DEV, SENSOR, 2)
     assert loaded._state == model._state and loaded.score_one({"value": 21.0}) == model.score_one(
         {"value": 21.0}
@@ -244,7 +245,7 @@ def test_names_are_validated(reg: ModelRegistry) -> None:
 
 
 def _flip_model_byte(reg: ModelRegistry) -> None:
-    path = _vdir(reg, 2) / "model.pkl"
+    path = _vdir(reg, 2) / "model.json"
     data = bytearray(path.read_bytes())
     data[-10] ^= 0x01
     path.write_bytes(bytes(data))
@@ -264,17 +265,17 @@ def _garble_signature(reg: ModelRegistry) -> None:
 
 
 def _delete_model(reg: ModelRegistry) -> None:
-    (_vdir(reg, 2) / "model.pkl").unlink()
+    (_vdir(reg, 2) / "model.json").unlink()
 
 
 @pytest.mark.parametrize(
     ("tamper", "message"),
     [
-        (_flip_model_byte, "model.pkl does not match the digest in its signed manifest"),
+        (_flip_model_byte, "model.json does not match the digest in its signed manifest"),
         (_edit_manifest, "manifest.json does not match its signature"),
         (_delete_signature, "is unsigned"),
         (_garble_signature, "unreadable signature file"),
-        (_delete_model, "model.pkl is missing"),
+        (_delete_model, "model.json is missing"),
     ],
 )
 def test_tampered_versions_are_refused(
@@ -304,10 +305,10 @@ def test_a_version_copied_to_another_place_is_refused(reg: ModelRegistry) -> Non
 
 def test_a_signed_malicious_pickle_is_still_refused(reg: ModelRegistry, tmp_path: Path) -> None:
     """A leaked key lets an attacker sign anything; the restricted unpickler still refuses it."""
-    _add(reg, 2, 1)
+    model = _model()
+    d = write_pickled_version(reg, _version(2, 1, model), model)
     marker = tmp_path / "pwned"
     evil = pickle.dumps(_Evil(marker))
-    d = _vdir(reg, 2)
     manifest = json.loads((d / "manifest.json").read_text())
     manifest["artifact"]["sha256"] = hashlib.sha256(evil).hexdigest()
     raw = json.dumps(manifest).encode()
@@ -609,7 +610,7 @@ def test_cli_tampered_artifact_exits_1(cli_reg: ModelRegistry, capsys: pytest.Ca
     assert code == 1 and "does not match the digest" in err and err.count("\n") == 1
     assert cli_reg.serving(DEV, SENSOR) == 3
     code, out, _ = _run(capsys, "list")
-    assert code == 0 and "REFUSED: dev-0007/temperature v2: model.pkl does not match" in out
+    assert code == 0 and "REFUSED: dev-0007/temperature v2: model.json does not match" in out
     code, _, err = _run(capsys, "show", DEV, SENSOR, "2")
     assert code == 1 and "tampered" in err
 
@@ -643,7 +644,7 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
 # --- files that are not regular files --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["manifest.json", "model.pkl", "signature"])
+@pytest.mark.parametrize("name", ["manifest.json", "model.json", "signature"])
 def test_a_fifo_in_a_version_directory_is_refused_at_once(reg: ModelRegistry, name: str) -> None:
     _add(reg, 2, 1)
     path = _vdir(reg, 2) / name

@@ -50,7 +50,7 @@ def test_a_promotion_from_the_command_line_is_applied(service: Service) -> None:
 
 def test_an_artifact_tampered_after_the_command_is_refused_by_the_service(service: Service) -> None:
     assert telemon(["registry", "promote", DEV, SENSOR, "2", "--reason", "reviewed"]) == 0
-    artifact = service.registry.path(DEV, SENSOR, 2) / "model.pkl"
+    artifact = service.registry.path(DEV, SENSOR, 2) / "model.json"
     artifact.write_bytes(artifact.read_bytes()[:-1] + b"\x00")
     service._follow_registry()
     assert service.pipeline.serving(DEV, SENSOR) == 1  # the current model keeps serving
