@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from monitor import errors
 from monitor.cli import feedback as feedback_cli
 from monitor.cli import registry as registry_cli
+from monitor.cli import shadow as shadow_cli
 from monitor.cli.args import add_config_options, settings_from_args, stop_on_signals
 from monitor.common import packaged
 from monitor.evaluation import command as evaluation
@@ -34,6 +35,7 @@ examples:
   telemon rules check configs/*rules*.yaml       validate rules files
   telemon registry show dev-0007 temperature     why a model version serves, what it was trained on
   telemon feedback 965f8733636e615a --verdict fp mark an alert a false positive (tp, maintenance)
+  telemon run --config candidate.yaml --shadow-of telemon   a candidate beside production (shadow topics)
   telemon replay LOG.csv --mapping configs/replay/astropi.yaml --speed 0   publish a recorded log
   telemon iio --rate 10                          publish this machine's IIO sensors (Sense HAT, ...)
   telemon bridge mqtt --topic 'telemetry/+/+'    forward MQTT readings to Kafka (ack after delivery)
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(exit 2); an unreachable broker is reported within 5 s (exit 1).",
     )
     add_config_options(run)
+    shadow_cli.add_options(run)
 
     sim = sub.add_parser(
         "simulate",
@@ -154,9 +157,9 @@ def _version() -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.serve.app import build_service
 
-    settings = settings_from_args(args)
+    settings, start = shadow_cli.prepare(args, settings_from_args(args))
     stop = stop_on_signals("finishing the current batch", settings.consume.shutdown_timeout_s)
-    service = build_service(settings)
+    service = build_service(settings, start=start)
     totals = service.run(stop)
     log.info(
         "stopped after %d messages (%d quarantined, %d alerts)",
