@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from monitor import errors
+from monitor.cli import compare as compare_cli
 from monitor.cli import feedback as feedback_cli
 from monitor.cli import registry as registry_cli
 from monitor.cli import shadow as shadow_cli
@@ -36,6 +37,7 @@ examples:
   telemon registry show dev-0007 temperature     why a model version serves, what it was trained on
   telemon feedback 965f8733636e615a --verdict fp mark an alert a false positive (tp, maintenance)
   telemon run --config candidate.yaml --shadow-of telemon   a candidate beside production (shadow topics)
+  telemon compare --from 2026-01-01T06:00 --to 2026-01-01T12:00   the shadow's alerts against production's
   telemon replay LOG.csv --mapping configs/replay/astropi.yaml --speed 0   publish a recorded log
   telemon iio --rate 10                          publish this machine's IIO sensors (Sense HAT, ...)
   telemon bridge mqtt --topic 'telemetry/+/+'    forward MQTT readings to Kafka (ack after delivery)
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_cli.add_parser(sub)
     registry_cli.add_parser(sub)
     feedback_cli.add_parser(sub)
+    compare_cli.add_parser(sub)
     producers_cli.add_parsers(sub)
 
     rules = sub.add_parser("rules", help="governance rules tools")
@@ -237,6 +240,7 @@ COMMANDS = {
     "report": report_cli.run,
     "registry": registry_cli.run,
     "feedback": feedback_cli.run,
+    "compare": compare_cli.run,
     **dict.fromkeys(producers_cli.COMMANDS, producers_cli.run),
 }
 
