@@ -43,8 +43,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "event time: alerts per rule in both runs, only in production, only in the shadow (matched by "
         "rule, device and sensor with overlapping episodes, within --tolerance), the latency of the "
         "matched ones (the shadow's first firing minus production's), their scores at firing, the "
-        "precision operators' verdicts give each run, and each run's retrain decisions. Exit 2 for an "
-        "empty range or a run whose alerts topic does not exist, 1 if Kafka cannot be reached.",
+        "precision operators' verdicts give each run, and each run's retrain decisions. --config is "
+        "production's (its kafka section names the topics). Exit 2 for an empty range or a run whose "
+        "alerts topic does not exist, 1 if Kafka cannot be reached.",
     )
     add_config_options(p)
     p.add_argument(
@@ -150,7 +151,7 @@ def render(c: cmp.Comparison, settings: Settings, args: argparse.Namespace) -> s
     since = "the first alert" if c.window.since is None else _when(c.window.since)
     until = "the last" if c.window.until is None else _when(c.window.until)
     lines = [
-        f"production {k.alerts_topic} against shadow {mine}, {since} .. {until} (event time); "
+        f"production {k.alerts_topic} against shadow {mine}, from {since} to {until} (event time); "
         f"alerts matched by rule, device and sensor within {c.window.tolerance_ms / 1000:g} s",
         "",
         table(
@@ -163,7 +164,7 @@ def render(c: cmp.Comparison, settings: Settings, args: argparse.Namespace) -> s
                 "ONLY SHADOW",
                 "PRECISION P/S",
                 "LATENCY",
-                "SCORE P/S",
+                "SCORE_MEAN P/S",
             ],
             [_rule_cells(r) for r in [*c.rules, c.total]],
         ),
@@ -175,7 +176,7 @@ def render(c: cmp.Comparison, settings: Settings, args: argparse.Namespace) -> s
         "",
         *_decisions(c),
     ]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for text in lines for line in text.split("\n"))
 
 
 def _rule_cells(r: cmp.RuleRow) -> list[object]:
