@@ -32,6 +32,7 @@ from confluent_kafka.admin import AdminClient
 from pydantic import ValidationError
 
 from monitor.errors import ConfigError, InvalidInput, KafkaUnavailable
+from monitor.govern.alerts import rfc3339
 from monitor.ingest import kafka
 from monitor.settings import TOPIC_NAME, KafkaSettings, Settings
 
@@ -236,11 +237,12 @@ def describe(run: ShadowRun, shadow: Settings, start: Mapping[Key, int]) -> str:
     """One log line: what the shadow reads, where it writes, where it starts."""
     k = shadow.kafka
     where = (
-        f"the readings of Kafka time {run.since_ms} on"
+        f"the first readings at Kafka time {rfc3339(run.since_ms)}"
         if run.since_ms is not None
         else f"group {run.production_group}'s committed offsets"
     )
-    offsets = ", ".join(f"{p}:{o}" for (_, p), o in sorted(start.items())) or "none committed yet"
+    offsets = ", ".join(f"{p}:{o}" for (_, p), o in sorted(start.items()))
+    offsets = f"partition:offset {offsets}" if offsets else "none yet: as production, kafka.auto_offset_reset"
     return (
         f"shadow run of group {run.production_group} as group {k.group_id}: reading {k.readings_topic} and "
         f"{k.feedback_topic}, writing only *{run.suffix} topics ({k.alerts_topic}, {k.audit_topic}, ...), "
