@@ -7,11 +7,17 @@ import re
 from pathlib import Path
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from monitor.cli.main import main
 from monitor.errors import ConfigError
+from monitor.govern.rules import load_rules
+from monitor.pipeline import Pipeline
 from monitor.serve import shadow
+from monitor.serve.metrics import Metrics
+from monitor.serve.partitions import Partitions
 from monitor.serve.shadow import ShadowRun, shadow_settings
 from monitor.settings import Settings, load_settings
 
@@ -111,3 +117,26 @@ def test_run_help_explains_the_shadow_options(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     for option in ("--shadow-of GROUP", "--shadow-group NAME", "--shadow-suffix SUFFIX", "--from TIME"):
         assert option in out
+
+
+class _Committed:
+    """A consumer whose group committed partition 1 of the readings topic at 7, nothing else."""
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [
+            TopicPartition(tp.topic, tp.partition, 7 if tp.partition == 1 else -1001) for tp in partitions
+        ]
+
+
+def test_a_partition_never_committed_starts_at_the_given_offset_and_a_committed_one_at_its_own(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(None, state_dir=str(tmp_path), state={"changelog": False})
+    catalog = settings.channels.catalog()
+    pipeline = Pipeline(settings, load_rules(settings.rules_file, catalog.names))
+    topic = settings.kafka.readings_topic
+    start = {(topic, 0): 42, (topic, 1): 99}
+    parts = Partitions(settings, pipeline, Metrics(CollectorRegistry()), b"k" * 32, None, start)
+    assigned = [TopicPartition(topic, p) for p in range(3)]
+    parts.assign(_Committed(), assigned, lambda _state: None)  # type: ignore[arg-type]
+    assert [tp.offset for tp in assigned] == [42, 7, OFFSET_BEGINNING]  # partition 2: auto_offset_reset
