@@ -189,10 +189,16 @@ def start_offsets(shadow: KafkaSettings, run: ShadowRun) -> dict[Key, int]:
             "readings topic (kafka.readings_topic)"
         )
     _check_group(admin, shadow, run.production_group)
-    partitions = sorted(meta.partitions)
+    committed = _committed(admin, run.production_group)
+    elsewhere = sorted({t for t, _ in committed if t != topic})
+    if elsewhere and not any(t == topic for t, _ in committed):
+        raise InvalidInput(
+            f"--shadow-of {run.production_group}: that group reads {', '.join(elsewhere)}, not {topic}: "
+            "give the shadow production's kafka.readings_topic (its config, or TELEMON_KAFKA__READINGS_TOPIC)"
+        )
     if run.since_ms is not None:
-        return _offsets_at(shadow, topic, partitions, run.since_ms)
-    return {k: v for k, v in _committed(admin, run.production_group).items() if k[0] == topic}
+        return _offsets_at(shadow, topic, sorted(meta.partitions), run.since_ms)
+    return {k: v for k, v in committed.items() if k[0] == topic}
 
 
 def _check_group(admin: AdminClient, k: KafkaSettings, group: str) -> None:
