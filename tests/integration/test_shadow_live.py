@@ -2,7 +2,8 @@
 (`telemon run --shadow-of`) a rules change that removes one known alert and adds another, both on
 the same seeded stream; `telemon compare` shows the added, the removed and the common alerts, the
 precision operators' verdicts give each run, and their retrain decisions. The shadow writes no
-production topic, posts nothing to Alertmanager and keeps its own registry."""
+production topic, posts nothing to Alertmanager, keeps its own registry (shared through its own
+topics) and, under exactly_once, never fences production's transactional producer."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from monitor.analyze.feedback import Verdict, encode
 from monitor.cli.broker import free_port
 from monitor.cli.main import main as telemon
 from monitor.govern import alerts
+from monitor.report import topics
 from monitor.serve import shadow
 from monitor.serve.shadow import ShadowRun
 from monitor.settings import KafkaSettings
@@ -30,7 +32,7 @@ from producers.scenario import load_scenario
 from producers.simulate import simulate
 from tests.apache_kafka import ApacheKafka
 from tests.chaos_harness import committed
-from tests.conftest import read_topic, telemon_process, unique_kafka_settings
+from tests.conftest import telemon_process, unique_kafka_settings
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +101,13 @@ def runs(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Itera
     kafka = unique_kafka_settings(broker)
     folder = tmp_path_factory.mktemp("shadow")
     state = folder / "state"
-    common = {"TELEMON_STATE_DIR": str(state), "TELEMON_REGISTRY__SIGNING_KEY": KEY}
+    common = {
+        "TELEMON_STATE_DIR": str(state),
+        "TELEMON_REGISTRY__SIGNING_KEY": KEY,
+        # one configured transactional id: were the shadow to use it as it is, it would fence production
+        "TELEMON_PROCESSING__GUARANTEE": "exactly_once",
+        "TELEMON_PROCESSING__TRANSACTIONAL_ID": f"{kafka.group_id}-txn",
+    }
     began = time.monotonic()
     prod = telemon_process(kafka, "run", TELEMON_METRICS__PORT=str(free_port()), **common)
     procs = [prod]
@@ -114,6 +122,7 @@ def runs(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Itera
             TELEMON_RULES_FILE=str(candidate_rules(folder)),
             # were it posted to, every batch would wait for this dead address: nothing would commit
             TELEMON_ALERTS__ALERTMANAGER_URL="http://127.0.0.1:9",
+            TELEMON_REGISTRY__SHARED="true",  # through the shadow's artifacts and audit topics
             **common,
         )
         procs.append(shadow)
@@ -127,7 +136,7 @@ def runs(broker: ApacheKafka, tmp_path_factory: pytest.TempPathFactory) -> Itera
         print(f"\nproduction and shadow started and consumed {sum(ends.values())} messages in {took:.1f}s")
         fired = {
             (a.rule, a.device_id, a.sensor): a.alert_id
-            for m in read_topic(kafka, kafka.alerts_topic, idle_s=1.0)
+            for m in records(kafka, kafka.alerts_topic)
             if (a := alerts.decode(m.value() or b"")).status == "firing"
         }
         judge(kafka, fired)
@@ -180,8 +189,16 @@ def compare(kafka: KafkaSettings, *args: str) -> subprocess.CompletedProcess[str
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def records(kafka: KafkaSettings, topic: str) -> list[Message]:
+    """Every record of ``topic``, read until each partition reported its end."""
+    out: list[Message] = []
+    found = topics.read(kafka, [topic], out.append, idle_s=1.0)
+    assert found == [topic], f"{topic} does not exist"
+    return out
+
+
 def rules_on(kafka: KafkaSettings, topic: str) -> set[str]:
-    return {json.loads(m.value() or b"{}")["rule"] for m in read_topic(kafka, topic, idle_s=1.0)}
+    return {json.loads(m.value() or b"{}").get("rule", "") for m in records(kafka, topic)}
 
 
 def test_each_run_s_alerts_and_audit_events_stay_on_its_own_topics(runs: Runs) -> None:
@@ -191,6 +208,9 @@ def test_each_run_s_alerts_and_audit_events_stay_on_its_own_topics(runs: Runs) -
     shadowed = rules_on(k, k.alerts_topic + ".shadow")
     assert RAMP[0] in shadowed and STUCK[0] not in shadowed
     assert RAMP[0] in rules_on(k, k.audit_topic + ".shadow")
+    topics = AdminClient({"bootstrap.servers": k.bootstrap_servers}).list_topics(timeout=10).topics
+    assert k.artifacts_topic not in topics  # production does not share its registry, the shadow its own:
+    assert records(k, k.artifacts_topic + ".shadow")
 
 
 def test_the_shadow_keeps_its_registry_and_state_apart(runs: Runs) -> None:
@@ -259,7 +279,7 @@ def test_a_shadow_starts_at_production_s_offsets_or_at_a_time(runs: Runs) -> Non
     since = T0 + 300_000
     start = shadow.start_offsets(runs.shadow, ShadowRun(k.group_id, "s", since_ms=since))
     stamps: dict[int, list[int]] = {}
-    for m in read_topic(k, topic, idle_s=1.0):
+    for m in records(k, topic):
         stamps.setdefault(m.partition() or 0, []).append(m.timestamp()[1])
     for p, ts in stamps.items():
         first = next(i for i, t in enumerate(ts) if t >= since)
