@@ -7,6 +7,7 @@ import argparse
 import json
 
 import msgspec
+import pytest
 
 from monitor.analyze.compare import (
     Candidate,
@@ -23,6 +24,7 @@ from monitor.analyze.compare import (
 from monitor.analyze.feedback import Verdict
 from monitor.analyze.ledger import AlertRecord
 from monitor.cli.compare import render
+from monitor.cli.main import main
 from monitor.govern import registry
 from monitor.govern.alerts import alert_id
 from monitor.settings import Settings
@@ -197,3 +199,24 @@ def test_the_table_and_the_json_show_every_section() -> None:
     assert "d1/temperature: production v2 promoted; shadow v2 promoted" in text
     doc = json.loads(json.dumps(msgspec.to_builtins(c)))
     assert doc["total"]["both"] == 1 and doc["only_shadow"][0]["rule"] == "rate"
+
+
+def test_bad_options_are_one_line_and_exit_2_before_kafka(capsys: pytest.CaptureFixture[str]) -> None:
+    cases = [
+        (["compare", "--tolerance", "soon"], "--tolerance 'soon': not a duration"),
+        (["compare", "--from", "2026-01-02", "--to", "2026-01-01"], "is not before --to"),
+        (["compare", "--from", "tomorrow"], "--from 'tomorrow': not a time"),
+        (["compare", "--shadow-suffix", ""], "--shadow-suffix: empty"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+def test_compare_help_names_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--from TIME", "--to TIME", "--shadow-suffix SUFFIX", "--tolerance DURATION", "--json"):
+        assert option in out
