@@ -262,6 +262,9 @@ def test_bad_input_is_one_line_and_exit_2(runs: Runs, monkeypatch: pytest.Monkey
         assert telemon(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+    monkeypatch.setenv("TELEMON_KAFKA__READINGS_TOPIC", "no-such-readings")
+    assert telemon(["run", "--shadow-of", runs.kafka.group_id]) == 2
+    assert "topic no-such-readings does not exist at" in capsys.readouterr().err
     monkeypatch.setenv("TELEMON_KAFKA__READINGS_TOPIC", runs.kafka.alerts_topic)  # not production's
     assert telemon(["run", "--shadow-of", runs.kafka.group_id]) == 2
     assert (
