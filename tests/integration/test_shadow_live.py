@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,15 @@ def wait_for(what: str, done: Any, procs: list[subprocess.Popen[str]], timeout: 
                 pytest.fail(f"a monitor exited ({p.returncode}) before {what}:\n{p.communicate()[1][-3000:]}")
         assert time.monotonic() < deadline, f"no {what} within {timeout}s"
         time.sleep(0.3)
+
+
+def ready(port: int) -> bool:
+    """``/readyz`` answers 200: the service was assigned its partitions."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def stop(procs: list[subprocess.Popen[str]]) -> list[str]:
@@ -287,3 +297,28 @@ def test_a_shadow_starts_at_production_s_offsets_or_at_a_time(runs: Runs) -> Non
     for p, ts in stamps.items():
         first = next(i for i, t in enumerate(ts) if t >= since)
         assert start[(topic, p)] == first, p
+
+
+def test_a_late_shadow_starts_where_production_is(runs: Runs) -> None:
+    """Started after production consumed the stream, a shadow reads nothing of it: it starts at
+    production's committed offsets, and says so."""
+    k, port = runs.kafka, free_port()
+    late = telemon_process(
+        k,
+        "run",
+        "--shadow-of",
+        k.group_id,
+        "--shadow-suffix",
+        ".late",
+        TELEMON_METRICS__PORT=str(port),
+        TELEMON_STATE_DIR=str(runs.state),
+        TELEMON_REGISTRY__SIGNING_KEY=KEY,
+    )
+    try:
+        wait_for("the late shadow's partitions", lambda: ready(port), [late])  # assigned, at their start
+        time.sleep(1.0)  # a few turns of its loop
+    finally:
+        (log,) = stop([late])
+    offsets = ", ".join(f"{p}:{o}" for p, o in sorted(runs.ends.items()))
+    assert f"start at group {k.group_id}'s committed offsets (partition:offset {offsets})" in log
+    assert records(k, k.alerts_topic + ".late") == [] and "stopped after 0 messages" in log
