@@ -15,8 +15,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from monitor import errors
+from monitor.cli import compare as compare_cli
 from monitor.cli import feedback as feedback_cli
 from monitor.cli import registry as registry_cli
+from monitor.cli import shadow as shadow_cli
 from monitor.cli.args import add_config_options, settings_from_args, stop_on_signals
 from monitor.common import packaged
 from monitor.evaluation import command as evaluation
@@ -34,6 +36,8 @@ examples:
   telemon rules check configs/*rules*.yaml       validate rules files
   telemon registry show dev-0007 temperature     why a model version serves, what it was trained on
   telemon feedback 965f8733636e615a --verdict fp mark an alert a false positive (tp, maintenance)
+  telemon run --config candidate.yaml --shadow-of telemon   a candidate beside production (shadow topics)
+  telemon compare --from 2026-01-01T06:00 --to 2026-01-01T12:00   the shadow's alerts against production's
   telemon replay LOG.csv --mapping configs/replay/astropi.yaml --speed 0   publish a recorded log
   telemon iio --rate 10                          publish this machine's IIO sensors (Sense HAT, ...)
   telemon bridge mqtt --topic 'telemetry/+/+'    forward MQTT readings to Kafka (ack after delivery)
@@ -96,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(exit 2); an unreachable broker is reported within 5 s (exit 1).",
     )
     add_config_options(run)
+    shadow_cli.add_options(run)
 
     sim = sub.add_parser(
         "simulate",
@@ -125,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_cli.add_parser(sub)
     registry_cli.add_parser(sub)
     feedback_cli.add_parser(sub)
+    compare_cli.add_parser(sub)
     producers_cli.add_parsers(sub)
 
     rules = sub.add_parser("rules", help="governance rules tools")
@@ -154,9 +160,9 @@ def _version() -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.serve.app import build_service
 
-    settings = settings_from_args(args)
+    settings, start = shadow_cli.prepare(args, settings_from_args(args))
     stop = stop_on_signals("finishing the current batch", settings.consume.shutdown_timeout_s)
-    service = build_service(settings)
+    service = build_service(settings, start=start)
     totals = service.run(stop)
     log.info(
         "stopped after %d messages (%d quarantined, %d alerts)",
@@ -234,6 +240,7 @@ COMMANDS = {
     "report": report_cli.run,
     "registry": registry_cli.run,
     "feedback": feedback_cli.run,
+    "compare": compare_cli.run,
     **dict.fromkeys(producers_cli.COMMANDS, producers_cli.run),
 }
 

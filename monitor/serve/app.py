@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry
 
@@ -24,8 +25,13 @@ from monitor.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def build_service(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
-    """Everything the monitor needs, wired once; topics are created if missing.
+def build_service(
+    settings: Settings,
+    registry: CollectorRegistry | None = None,
+    start: Mapping[tuple[str, int], int] | None = None,
+) -> Service:
+    """Everything the monitor needs, wired once; topics are created if missing. ``start``: where
+    partitions the group never committed start (a shadow run's; default ``kafka.auto_offset_reset``).
 
     With ``metrics.enabled`` the endpoint (``/metrics``, ``/healthz``, ``/readyz``) starts serving
     at once: liveness holds from the start, readiness once the consumer has joined its group.
@@ -72,4 +78,4 @@ def build_service(settings: Settings, registry: CollectorRegistry | None = None)
         log.info("metrics on %s/metrics (probes: /healthz, /readyz)", url)
     worker = FeedbackWorker(settings, metrics, open_registry(settings)) if settings.feedback.enabled else None
     span = SpanWorker(settings, metrics, rules) if settings.fleet.span else None
-    return Service(settings, pipeline, metrics, health, endpoint, worker, span)
+    return Service(settings, pipeline, metrics, health, endpoint, worker, span, start)

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -67,8 +67,10 @@ class Partitions:
         metrics: Metrics,
         key: bytes,
         changelog: Changelog | None = None,
+        start: Mapping[Key, int] | None = None,
     ) -> None:
         self.settings = settings
+        self.start = dict(start or {})  # where a partition the group never committed starts
         self.pipeline = pipeline
         self.metrics = metrics
         self.changelog = changelog
@@ -162,9 +164,10 @@ class Partitions:
 
     def _start_fresh(self, tp: TopicPartition, committed: int) -> None:
         """An empty snapshot for a partition that has none, at the committed offset if the group
-        has one (state starts empty there), else at the ``auto_offset_reset`` end of the log."""
-        start = OFFSET_BEGINNING if self.settings.kafka.auto_offset_reset == "earliest" else OFFSET_END
-        tp.offset = committed if committed >= 0 else start
+        has one (state starts empty there), else at its given start (a shadow run's), else at the
+        ``auto_offset_reset`` end of the log."""
+        reset = OFFSET_BEGINNING if self.settings.kafka.auto_offset_reset == "earliest" else OFFSET_END
+        tp.offset = committed if committed >= 0 else self.start.get((tp.topic, tp.partition), reset)
         empty = PartitionSnapshot(tp.topic, tp.partition, tp.offset, self.pipeline.export_partition(None))
         if self.changelog is None:
             self.store.save(empty)

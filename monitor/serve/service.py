@@ -27,7 +27,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from confluent_kafka import (
@@ -126,7 +126,9 @@ def partition_lag(high: int, next_offset: int | None) -> int | None:
 
 class Service:
     """``endpoint``, if given, is the HTTP endpoint serving ``health`` (the service does not own it);
-    ``feedback``, if given, the operators' feedback worker it runs beside its loop."""
+    ``feedback``, if given, the operators' feedback worker it runs beside its loop; ``start``, the
+    offsets partitions the group never committed start at (a shadow run's; default
+    ``kafka.auto_offset_reset``)."""
 
     def __init__(
         self,
@@ -137,6 +139,7 @@ class Service:
         endpoint: HttpEndpoint | None = None,
         feedback: FeedbackWorker | None = None,
         span: fleetspan.SpanWorker | None = None,
+        start: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -184,7 +187,7 @@ class Service:
             else None
         )
         self.changelog = Changelog(k, k.group_id, c.delivery_timeout_s) if settings.state.changelog else None
-        self.partitions = Partitions(settings, pipeline, metrics, self.registry.key, self.changelog)
+        self.partitions = Partitions(settings, pipeline, metrics, self.registry.key, self.changelog, start)
         audit = self.registry.audit_path
         self.audit_position = audit.stat().st_size if audit.exists() else 0  # follow new commands
         self._ts_warned = False  # the first ignored Kafka timestamp is logged, the rest counted
