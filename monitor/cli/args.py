@@ -1,8 +1,11 @@
-"""Command-line pieces shared by every ``telemon`` subcommand: config options and stop signals."""
+"""Command-line pieces shared by every ``telemon`` subcommand: config options, stop signals, who
+acts and how a result is printed."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
 import logging
 import os
 import signal
@@ -31,6 +34,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     bootstrap = getattr(args, "bootstrap", None)
     overrides = {"kafka": {"bootstrap_servers": bootstrap}} if bootstrap else {}
     return load_settings(getattr(args, "config", None), **overrides)
+
+
+def actor(args: argparse.Namespace) -> str:
+    """Who acts, for the audit trail: ``--actor``, else ``cli:<user name>``."""
+    if args.actor:
+        return str(args.actor)
+    try:
+        return f"cli:{getpass.getuser()}"
+    except OSError:  # no user name in the environment or the password database
+        return "cli"
+
+
+def emit(args: argparse.Namespace, doc: object, text: str) -> None:
+    """Print a result: ``doc`` as JSON with ``--json``, else ``text``."""
+    print(json.dumps(doc, indent=2) if args.json else text)
 
 
 def stop_on_signals(doing: str, timeout_s: float = 60.0) -> threading.Event:

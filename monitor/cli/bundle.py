@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from monitor.cli.args import actor, emit
 from monitor.errors import RegistryError, SigningKeyError
 from monitor.govern.registry import ModelRegistry, VersionRef
 
@@ -79,7 +80,6 @@ def add_parsers(
 
 
 def cmd_export(reg: ModelRegistry, args: argparse.Namespace) -> int:
-    from monitor.cli.registry import _actor, _emit
     from monitor.govern import bundle
 
     path = args.key or args.settings.registry.bundle_key_file
@@ -90,22 +90,21 @@ def cmd_export(reg: ModelRegistry, args: argparse.Namespace) -> int:
         )
     key = bundle.load_private_key(path)
     ref = VersionRef(args.device, args.sensor, args.version)
-    data = bundle.export(reg, ref, key, actor=_actor(args))
+    data = bundle.export(reg, ref, key, actor=actor(args))
     _write_new(args.output, data)
     key_id = bundle.key_id(key.public_key())
     doc = {**ref._asdict(), "file": str(args.output), "bytes": len(data), "key_id": key_id}
-    _emit(args, doc, f"{ref} exported to {args.output} ({len(data):,} bytes, signed by bundle key {key_id})")
+    emit(args, doc, f"{ref} exported to {args.output} ({len(data):,} bytes, signed by bundle key {key_id})")
     return 0
 
 
 def cmd_import(reg: ModelRegistry, args: argparse.Namespace) -> int:
-    from monitor.cli.registry import _actor, _emit
     from monitor.govern import bundle
 
     trusted = _trusted([*args.settings.registry.trusted_keys, *args.trust_key])
     verified = bundle.read(bundle.read_file(args.file), trusted, what=str(args.file))
     reason = bundle.import_reason(args.file.name, verified.index.origin)
-    ref, new = reg.adopt(verified.manifest, verified.model, actor=_actor(args), reason=reason)
+    ref, new = reg.adopt(verified.manifest, verified.model, actor=actor(args), reason=reason)
     serving = reg.serving(ref.device_id, ref.sensor)
     doc = {**ref._asdict(), "imported": new, "serving": serving, "origin": verified.index.origin}
     if new:
@@ -115,7 +114,7 @@ def cmd_import(reg: ModelRegistry, args: argparse.Namespace) -> int:
         )
     else:
         text = f"{ref} is already registered with this content: nothing changed"
-    _emit(args, _builtins(doc), text)
+    emit(args, _builtins(doc), text)
     return 0
 
 

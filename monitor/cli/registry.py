@@ -14,8 +14,6 @@ deployments as one signed file.
 from __future__ import annotations
 
 import argparse
-import getpass
-import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,7 +23,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from monitor.cli import bundle as bundle_cli
-from monitor.cli.args import settings_from_args
+from monitor.cli.args import actor, emit, settings_from_args
 from monitor.errors import ArtifactError, KafkaUnavailable, RegistryError, UnknownVersionError
 from monitor.evaluation.report import table
 from monitor.govern.registry import (
@@ -178,7 +176,7 @@ def _shared(settings: Settings, args: argparse.Namespace) -> int:
 def _empty(args: argparse.Namespace, root: Path) -> int:
     if args.registry_command != "list":
         raise RegistryError(f"no registry at {root}: nothing registered yet (check --config / state_dir)")
-    _emit(args, [], f"no model versions registered in {root}")
+    emit(args, [], f"no model versions registered in {root}")
     return 0
 
 
@@ -227,7 +225,7 @@ def cmd_list(reg: ModelRegistry, args: argparse.Namespace) -> int:
         }
         for r in rows
     ]
-    _emit(args, doc, text)
+    emit(args, doc, text)
     return 0
 
 
@@ -280,7 +278,7 @@ def cmd_show(reg: ModelRegistry, args: argparse.Namespace) -> int:
         "feedback": _feedback_doc(verdicts),
         "history": msgspec.to_builtins(history),
     }
-    _emit(args, doc, _show_text(ref, serving, why, manifest, history, verdicts))
+    emit(args, doc, _show_text(ref, serving, why, manifest, history, verdicts))
     return 0
 
 
@@ -303,7 +301,7 @@ def cmd_lineage(reg: ModelRegistry, args: argparse.Namespace) -> int:
     if root > 0:
         rows.append([f"v{root}", None, "online model (not registered)", None, None, None])
     headers = ["VERSION", "PARENT", "TRIGGER", "TRAINED ON", "TESTED ON", "CREATED"]
-    _emit(args, [msgspec.to_builtins(m) for m in chain], table(headers, rows))
+    emit(args, [msgspec.to_builtins(m) for m in chain], table(headers, rows))
     return 0
 
 
@@ -323,24 +321,24 @@ def cmd_diff(reg: ModelRegistry, args: argparse.Namespace) -> int:
     a, b = (VersionRef(args.device, args.sensor, v) for v in (args.a, args.b))
     changes = reg.diff(a, b)
     text = table(["FIELD", f"v{a.version}", f"v{b.version}"], [list(c) for c in changes])
-    _emit(args, [c._asdict() for c in changes], text if changes else f"{a} and v{b.version} do not differ")
+    emit(args, [c._asdict() for c in changes], text if changes else f"{a} and v{b.version} do not differ")
     return 0
 
 
 def cmd_promote(reg: ModelRegistry, args: argparse.Namespace) -> int:
-    event = reg.promote(args.device, args.sensor, args.version, reason=args.reason, actor=_actor(args))
+    event = reg.promote(args.device, args.sensor, args.version, reason=args.reason, actor=actor(args))
     pair = f"{args.device}/{args.sensor}"
     if event is None:
-        _emit(args, None, f"{pair}: v{args.version} already serves; nothing recorded")
+        emit(args, None, f"{pair}: v{args.version} already serves; nothing recorded")
     else:
-        _emit(args, msgspec.to_builtins(event), f"{pair}: promoted v{event.version} (was v{event.previous})")
+        emit(args, msgspec.to_builtins(event), f"{pair}: promoted v{event.version} (was v{event.previous})")
     return 0
 
 
 def cmd_rollback(reg: ModelRegistry, args: argparse.Namespace) -> int:
-    event = reg.rollback(args.device, args.sensor, args.to, reason=args.reason, actor=_actor(args))
+    event = reg.rollback(args.device, args.sensor, args.to, reason=args.reason, actor=actor(args))
     text = f"{args.device}/{args.sensor}: rolled back to v{event.version} (was v{event.previous})"
-    _emit(args, msgspec.to_builtins(event), text)
+    emit(args, msgspec.to_builtins(event), text)
     return 0
 
 
@@ -462,18 +460,5 @@ def _when(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _actor(args: argparse.Namespace) -> str:
-    if args.actor:
-        return str(args.actor)
-    try:
-        return f"cli:{getpass.getuser()}"
-    except OSError:  # no user name in the environment or the password database
-        return "cli"
-
-
 def _builtins(obj: object | None) -> Any:
     return None if obj is None else msgspec.to_builtins(obj)
-
-
-def _emit(args: argparse.Namespace, doc: object, text: str) -> None:
-    print(json.dumps(doc, indent=2) if args.json else text)
