@@ -75,6 +75,14 @@ class Partition(Protocol):
         ...
 
 
+class Reader(Protocol):
+    """Gives the partitions to read (:class:`HistoryReader`: over Kafka)."""
+
+    def partition(self, topic: str, partition: int) -> Partition: ...
+
+    def close(self) -> None: ...
+
+
 class PairFilter:
     """The service's checks of one device's messages, in stream order: the decoder (keys, types,
     ranges, units; the service's :mod:`monitor.schema` with its catalog), a timestamp no further

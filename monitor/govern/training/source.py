@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from monitor.errors import KafkaUnavailable
 from monitor.govern.training.job import TrainingJob
-from monitor.ingest.history import HistoryError, HistoryReader, HistoryTimeout, PairFilter, read_pair
+from monitor.ingest.history import HistoryError, HistoryTimeout, PairFilter, Reader, read_pair
 from monitor.schema import Catalog
 from monitor.settings import ConsumeSettings, RetrainSettings
 
@@ -43,10 +43,11 @@ def density(offsets: NDArray[np.int64]) -> float:
 
 
 class TopicSource:
-    """Re-reads jobs' windows from the readings topic through one :class:`HistoryReader`."""
+    """Re-reads jobs' windows from the readings topic through one reader (a
+    :class:`~monitor.ingest.history.HistoryReader`: one consumer for every job of a worker)."""
 
     def __init__(
-        self, reader: HistoryReader, retrain: RetrainSettings, consume: ConsumeSettings, catalog: Catalog
+        self, reader: Reader, retrain: RetrainSettings, consume: ConsumeSettings, catalog: Catalog
     ) -> None:
         self.reader, self.retrain, self.consume, self.catalog = reader, retrain, consume, catalog
 
