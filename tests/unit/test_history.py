@@ -6,7 +6,6 @@ broker answers."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -14,78 +13,14 @@ from numpy.testing import assert_array_equal
 
 from monitor.detect.model import AdaptiveGaussian
 from monitor.govern import training
-from monitor.ingest.history import (
-    HistoryReader,
-    HistoryTimeout,
-    PairFilter,
-    Partition,
-    read_pair,
-)
+from monitor.ingest.history import HistoryReader, PairFilter, Partition, read_pair
 from monitor.schema import DEFAULT_CATALOG, encode_reading
 from monitor.settings import ConsumeSettings, KafkaSettings, RetrainSettings
+from tests.partition_kit import TOPIC, MemoryPartition, MemoryReader, Record
 
-TOPIC, DEV, SENSOR = "telemon.readings", "dev-0001", "temperature"
+DEV, SENSOR = "dev-0001", "temperature"
 T0 = 1_767_225_600_000
 BASE = {"fading": 0.05, "var_fading": 0.005, "resolution": 0.01, "trend": 0.3}
-
-
-@dataclass(frozen=True)
-class Record:
-    """The part of ``confluent_kafka.Message`` the reader uses."""
-
-    value_: bytes | None
-    key_: bytes | None
-    offset_: int
-    ts: int
-
-    def value(self) -> bytes | None:
-        return self.value_
-
-    def key(self) -> bytes | None:
-        return self.key_
-
-    def topic(self) -> str | None:
-        return TOPIC
-
-    def partition(self) -> int | None:
-        return 0
-
-    def offset(self) -> int | None:
-        return self.offset_
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self.ts)
-
-
-class MemoryPartition:
-    """A partition held in a list; ``low`` is where retention has cut it, ``fetches`` records
-    the ranges read."""
-
-    def __init__(self, records: list[Record], low: int = 0, delay_s: float = 0.0) -> None:
-        self.records, self.low, self.delay_s = records, low, delay_s
-        self.fetches: list[tuple[int, int]] = []
-
-    def watermarks(self, deadline: float) -> tuple[int, int]:
-        return self.low, len(self.records)
-
-    def fetch(self, start: int, end: int, deadline: float) -> list[Record]:
-        self.fetches.append((start, end))
-        time.sleep(self.delay_s)
-        if time.monotonic() > deadline:
-            raise HistoryTimeout(f"offsets {start}-{end - 1} still to read")
-        return self.records[max(start, self.low) : end]
-
-
-class MemoryReader:
-    def __init__(self, partition: Partition) -> None:
-        self.part = partition
-        self.closed = False
-
-    def partition(self, topic: str, partition: int) -> Partition:
-        return self.part
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def stream(ticks: int, devices: int = 5, bad_every: int = 0) -> list[Record]:

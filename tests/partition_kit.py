@@ -1,0 +1,71 @@
+"""In-memory stand-ins for a partition of the readings topic, for the history reader and
+`registry reproduce` (monitor.ingest.history's Partition and Reader protocols)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from monitor.ingest.history import HistoryTimeout, Partition
+
+TOPIC = "telemon.readings"
+
+
+@dataclass(frozen=True)
+class Record:
+    """The part of ``confluent_kafka.Message`` the reader uses."""
+
+    value_: bytes | None
+    key_: bytes | None
+    offset_: int
+    ts: int
+    partition_: int = 0
+
+    def value(self) -> bytes | None:
+        return self.value_
+
+    def key(self) -> bytes | None:
+        return self.key_
+
+    def topic(self) -> str | None:
+        return TOPIC
+
+    def partition(self) -> int | None:
+        return self.partition_
+
+    def offset(self) -> int | None:
+        return self.offset_
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self.ts)
+
+
+class MemoryPartition:
+    """A partition held in a list; ``low`` is where retention has cut it, ``fetches`` records
+    the ranges read."""
+
+    def __init__(self, records: list[Record], low: int = 0, delay_s: float = 0.0) -> None:
+        self.records, self.low, self.delay_s = records, low, delay_s
+        self.fetches: list[tuple[int, int]] = []
+
+    def watermarks(self, deadline: float) -> tuple[int, int]:
+        return self.low, len(self.records)
+
+    def fetch(self, start: int, end: int, deadline: float) -> list[Record]:
+        self.fetches.append((start, end))
+        time.sleep(self.delay_s)
+        if time.monotonic() > deadline:
+            raise HistoryTimeout(f"offsets {start}-{end - 1} still to read")
+        return self.records[max(start, self.low) : end]
+
+
+class MemoryReader:
+    def __init__(self, partition: Partition) -> None:
+        self.part = partition
+        self.closed = False
+
+    def partition(self, topic: str, partition: int) -> Partition:
+        return self.part
+
+    def close(self) -> None:
+        self.closed = True
