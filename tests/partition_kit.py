@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from monitor.ingest.history import HistoryTimeout, Partition
+from monitor.errors import HistoryTimeout
+from monitor.ingest.history import Partition
 
 TOPIC = "telemon.readings"
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.detect.model import AdaptiveGaussian, distance_threshold
-from monitor.errors import RegistryError
+from monitor.errors import HistoryUnavailable, RegistryError
 from monitor.govern import training
 from monitor.govern.registry import (
     ARTIFACT,
@@ -34,7 +34,7 @@ from monitor.govern.registry import (
     VersionRef,
     artifact_bytes,
 )
-from monitor.ingest.history import HistoryError, HistoryReader, PairFilter, PairReadings, Reader
+from monitor.ingest.history import HistoryReader, PairFilter, PairReadings, Reader
 from monitor.settings import ChannelsSettings, ConsumeSettings, KafkaSettings, ModelSettings, RetrainSettings
 
 
@@ -104,7 +104,7 @@ def reproduce(
 ) -> Reproduction:
     """Rebuild ``ref`` from the readings topic (reached with ``kafka``, or through ``reader``) and
     compare it; raises
-    :class:`RegistryError` (or :class:`~monitor.ingest.history.HistoryError`) if it cannot be
+    :class:`RegistryError` if it cannot be
     rebuilt: trained from the ring buffer, data gone from the topic, settings missing."""
     v = registry.manifest(*ref).model
     check_reproducible(ref, v)
@@ -115,7 +115,7 @@ def reproduce(
         deadline = time.monotonic() + timeout_s
         rows = _read(reader, pair, ref, v.trained_on, deadline)
         shadow = None if v.shadow_data is None else _read(reader, pair, ref, v.shadow_data, deadline)
-    except HistoryError as exc:
+    except HistoryUnavailable as exc:
         raise RegistryError(f"{ref} cannot be reproduced: {exc}") from None
     finally:
         reader.close()

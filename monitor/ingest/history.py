@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from numpy.typing import NDArray
 
 from monitor import schema
-from monitor.errors import KafkaUnavailable
+from monitor.errors import HistoryTimeout, HistoryUnavailable, KafkaUnavailable
 from monitor.ingest import kafka
 from monitor.records import Message
 from monitor.settings import ConsumeSettings, KafkaSettings
@@ -34,14 +34,6 @@ from monitor.settings import ConsumeSettings, KafkaSettings
 BATCH = 2000
 #: Slack on the estimated range: the pair's rate varies against the other devices'.
 SLACK = 1.25
-
-
-class HistoryError(Exception):
-    """The topic could not give the range: the reason, for the lineage."""
-
-
-class HistoryTimeout(HistoryError):
-    """The read took longer than its budget."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +58,7 @@ class Partition(Protocol):
     """One partition of the readings topic as the reader sees it."""
 
     def watermarks(self, deadline: float) -> tuple[int, int]:
-        """The low and high watermark; :class:`HistoryError` if they cannot be had in time."""
+        """The low and high watermark; :class:`HistoryUnavailable` if they cannot be had in time."""
         ...
 
     def fetch(self, start: int, end: int, deadline: float) -> list[Message]:
@@ -150,7 +142,7 @@ def read_pair(
     end = min(last_offset + 1, high)
     if end <= low:
         held = f"offsets {low}-{high - 1}"
-        raise HistoryError(f"the partition holds {held} only, not {last_offset} (retention)")
+        raise HistoryUnavailable(f"the partition holds {held} only, not {last_offset} (retention)")
     start = max(low, end - span_for(want, density))
     messages = source.fetch(start, end, deadline)
     found = pair.select(messages, low)
@@ -176,7 +168,7 @@ class KafkaPartition:
             low, high = self.consumer.get_watermark_offsets(self.tp, timeout=left, cached=False)
         except KafkaException as exc:
             where = f"{self.tp.topic}[{self.tp.partition}]"
-            raise HistoryError(f"cannot read {where}: {exc.args[0].str()}") from None
+            raise HistoryUnavailable(f"cannot read {where}: {exc.args[0].str()}") from None
         return int(low), int(high)
 
     def fetch(self, start: int, end: int, deadline: float) -> list[Message]:
@@ -192,7 +184,7 @@ class KafkaPartition:
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         return out
-                    raise HistoryError(f"reading {self.tp.topic}[{self.tp.partition}]: {err.str()}")
+                    raise HistoryUnavailable(f"reading {self.tp.topic}[{self.tp.partition}]: {err.str()}")
                 offset = int(m.offset() or 0)
                 if offset >= end:
                     return out

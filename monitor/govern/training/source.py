@@ -18,9 +18,9 @@ import numpy as np
 from confluent_kafka import KafkaException
 from numpy.typing import NDArray
 
-from monitor.errors import KafkaUnavailable
+from monitor.errors import HistoryTimeout, HistoryUnavailable, KafkaUnavailable
 from monitor.govern.training.job import TrainingJob
-from monitor.ingest.history import HistoryError, HistoryTimeout, PairFilter, Reader, read_pair
+from monitor.ingest.history import PairFilter, Reader, read_pair
 from monitor.schema import Catalog
 from monitor.settings import ConsumeSettings, RetrainSettings
 
@@ -63,7 +63,7 @@ class TopicSource:
             got = read_pair(part, pair, int(job.offsets.max()), want, density(job.offsets), deadline)
         except HistoryTimeout as exc:
             return Sourced(job, f"reading the topic took longer than {timeout:g}s ({exc}): ring buffer used")
-        except (HistoryError, KafkaUnavailable) as exc:
+        except (HistoryUnavailable, KafkaUnavailable) as exc:
             return Sourced(job, f"{exc}: ring buffer used")
         except KafkaException as exc:
             return Sourced(job, f"cannot read the topic ({exc.args[0]}): ring buffer used")
