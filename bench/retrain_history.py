@@ -119,7 +119,7 @@ def main() -> None:
         for sensor in args.sensors.split(","):
             job = ring_job(reader.reader, settings, sensor, partition)
             for history in (int(h) for h in args.history.split(",")):
-                retrain = RetrainSettings(history_readings=history, history_timeout_s=60)
+                retrain = RetrainSettings(history_readings=history, history_timeout_s=8)
                 source = training.TopicSource(reader, retrain, ConsumeSettings(), settings.channels.catalog())
                 if first:
                     cold = time_one(source, job, retrain)

@@ -870,7 +870,11 @@ class RetrainSettings(_Section):
         "(0: the ring buffer's model.retrain_window only)",
     )
     history_timeout_s: float = Field(
-        5.0, gt=0, le=120, description="longest re-read of the topic; past it the ring buffer is used"
+        5.0,
+        gt=0,
+        le=8,
+        description="longest re-read of the topic; past it the ring buffer is used (at most 8 s: a "
+        "result the loop waits for must come well within kafka.max_poll_interval_ms, 10 s at the least)",
     )
 
     @model_validator(mode="after")
