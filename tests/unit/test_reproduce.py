@@ -13,6 +13,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from monitor.cli.main import main
 from monitor.errors import RegistryError
 from monitor.govern import training
 from monitor.govern.registry import Manifest, ModelRegistry, VersionRef
@@ -144,6 +145,22 @@ def test_a_version_trained_from_the_ring_buffer_is_refused_with_the_reason(tmp_p
         RegistryError, match=r"trained from the ring buffer .* cannot be reproduced from Kafka"
     ):
         reproduce(ring.registry, ring.version(2), KafkaSettings(), reader=MemoryReader(ring.partition))
+
+
+def test_the_command_says_in_one_line_why_a_version_cannot_be_reproduced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = load_settings(None, drift=DRIFT, model={"warmup": 50}, retrain={"history_readings": 0})
+    _retrain(tmp_path, settings, _stream(700))
+    monkeypatch.setenv("TELEMON_REGISTRY__DIR", str(tmp_path / "registry"))
+    monkeypatch.setenv("TELEMON_REGISTRY__SIGNING_KEY", KEY.decode())
+    code = main(["registry", "reproduce", *PAIR, "2"])
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert err.startswith("telemon registry reproduce: dev-1/temperature v2 was trained from the ring buffer")
+    code = main(["registry", "show", *PAIR, "2"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "rows from    buffer (retrain.history_readings is 0)" in out
 
 
 #: A manifest written before the lineage fields existed (README's v3 of the demo).
