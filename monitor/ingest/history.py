@@ -186,6 +186,8 @@ class KafkaPartition:
                         return out
                     raise HistoryUnavailable(f"reading {self.tp.topic}[{self.tp.partition}]: {err.str()}")
                 offset = int(m.offset() or 0)
+                if m.partition() != self.tp.partition or m.topic() != self.tp.topic or offset < start:
+                    continue  # left over from an earlier assignment
                 if offset >= end:
                     return out
                 out.append(m)
