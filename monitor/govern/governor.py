@@ -268,6 +268,8 @@ class Governor:
         number = int(self.state.latest_version[slot, s]) + 1
         self.state.latest_version[slot, s] = number
         metrics = decision.metrics | {"duration_s": result.duration_s}
+        if result.window.source == "topic":
+            metrics["read_s"] = result.window.read_s
         self._register(job, number, serving, candidate, result, metrics, ts, out, shadowed)
         kind = "promoted" if decision.promote else "rejected"
         stands = not decision.promote and _incumbent_stands(result, decision)
@@ -489,6 +491,7 @@ def _load_result(data: Mapping[str, Any]) -> training.TrainingResult:
         training.Span(**w["holdout"]),
         str(w.get("note", "")),  # absent from older snapshots
         int(w.get("skipped", 0)),
+        float(w.get("read_s", 0.0)),
     )
     return training.TrainingResult(
         job=_load_job(data["job"]),

@@ -123,6 +123,7 @@ class TrainingWindow:
     holdout: Span
     note: str = ""
     skipped: int = 0
+    read_s: float = 0.0  # seconds spent reading the topic (0: the ring's rows)
 
     def training_data(self) -> TrainingData:
         """The whole window as the registry records it (the candidate is refitted on all of it)."""

@@ -33,6 +33,7 @@ class Sourced:
     job: TrainingJob
     note: str = ""
     skipped: int = 0
+    read_s: float = 0.0
 
 
 def density(offsets: NDArray[np.int64]) -> float:
@@ -57,9 +58,10 @@ class TopicSource:
             return Sourced(job, "retrain.history_readings is 0")
         timeout = self.retrain.history_timeout_s
         pair = PairFilter(self.consume, self.catalog, job.device_id, job.sensor)
+        began = time.monotonic()
         try:
             part = self.reader.partition(job.topic, job.partition)
-            deadline = time.monotonic() + timeout
+            deadline = began + timeout
             got = read_pair(part, pair, int(job.offsets.max()), want, density(job.offsets), deadline)
         except HistoryTimeout as exc:
             return Sourced(job, f"reading the topic took longer than {timeout:g}s ({exc}): ring buffer used")
@@ -78,7 +80,7 @@ class TopicSource:
         rows = dataclasses.replace(
             job, rows=got.rows, offsets=got.offsets, timestamps=got.timestamps, source="topic"
         )
-        return Sourced(rows, short, got.skipped)
+        return Sourced(rows, short, got.skipped, time.monotonic() - began)
 
     def close(self) -> None:
         self.reader.close()

@@ -34,7 +34,9 @@ def run_sourced(job: TrainingJob, sourced: Sourced, settings: RetrainSettings) -
     result = run_job_safely(sourced.job, settings)
     window = result.window
     if window is not None:
-        window = dataclasses.replace(window, note=sourced.note, skipped=sourced.skipped)
+        window = dataclasses.replace(
+            window, note=sourced.note, skipped=sourced.skipped, read_s=sourced.read_s
+        )
     return dataclasses.replace(result, job=job, window=window)
 
 
