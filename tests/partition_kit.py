@@ -70,3 +70,19 @@ class MemoryReader:
 
     def close(self) -> None:
         self.closed = True
+
+
+class MemoryTopic:
+    """A reader over several in-memory partitions: messages with ``partition()`` and ``offset()``,
+    each partition's numbered from 0."""
+
+    def __init__(self, messages: list[Record]) -> None:
+        self.parts: dict[int, list[Record]] = {}
+        for m in sorted(messages, key=lambda m: (m.partition() or 0, m.offset() or 0)):
+            self.parts.setdefault(m.partition() or 0, []).append(m)
+
+    def partition(self, topic: str, partition: int) -> Partition:
+        return MemoryPartition(self.parts.get(partition, []))
+
+    def close(self) -> None:
+        pass
