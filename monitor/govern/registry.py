@@ -480,8 +480,12 @@ class ModelRegistry:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{digest}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            tmp.write_bytes(data)
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
+            _fsync_dir(path.parent)
         return digest
 
     def blob(self, digest: str) -> bytes:
