@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from monitor.cli.main import main
-from monitor.errors import RegistryError
+from monitor.errors import ArtifactError, RegistryError
 from monitor.govern import training
 from monitor.govern.registry import Manifest, ModelRegistry, VersionRef
 from monitor.govern.reproduce import check_reproducible, reproduce
@@ -187,3 +187,17 @@ def test_a_manifest_from_before_the_lineage_fields_decodes_and_is_refused_with_t
     assert (m.source, m.seed, m.shadow_data, m.dependencies, m.settings_sha256) == ("", None, None, {}, "")
     with pytest.raises(RegistryError, match="registered before lineage was kept"):
         check_reproducible(VersionRef("dev-0007", "temperature", 3), m)
+
+
+def test_blobs_are_stored_once_and_checked_against_their_digest(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path, KEY)
+    digest = reg.put_blob(b"settings")
+    assert reg.put_blob(b"settings") == digest and reg.blob(digest) == b"settings"
+    assert [p.name for p in (tmp_path / "blobs").iterdir()] == [digest]
+    (tmp_path / "blobs" / digest).write_bytes(b"edited")
+    with pytest.raises(ArtifactError, match="does not match its digest"):
+        reg.blob(digest)
+    with pytest.raises(RegistryError, match="is not in the registry"):
+        reg.blob("0" * 64)
+    with pytest.raises(RegistryError, match="not a SHA-256 digest"):
+        reg.blob("../../etc/passwd")
