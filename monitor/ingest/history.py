@@ -30,8 +30,9 @@ from monitor.ingest import kafka
 from monitor.records import Message
 from monitor.settings import ConsumeSettings, KafkaSettings
 
-#: Most messages one ``consume()`` call returns.
-BATCH = 2000
+#: Most messages one ``consume()`` call returns, and how long it waits to fill up: it returns
+#: what has arrived by then (the range's last messages are never a full batch).
+BATCH, WAIT_S = 2000, 0.02
 #: Slack on the estimated range: the pair's rate varies against the other devices'.
 SLACK = 1.25
 
@@ -179,7 +180,7 @@ class KafkaPartition:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise HistoryTimeout(f"offsets {start}-{end - 1} still to read")
-            for m in c.consume(BATCH, timeout=min(left, 0.5)):
+            for m in c.consume(BATCH, timeout=min(left, WAIT_S)):
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
