@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from monitor.cli.main import main as telemon
 from monitor.govern import registry
 from monitor.govern.registry import ModelRegistry, ModelVersion, VersionRef
+from monitor.ingest.kafka import client_config
 from monitor.serve.app import build_service
 from monitor.serve.service import Totals
 from monitor.settings import Settings, load_settings
@@ -114,3 +117,22 @@ def test_registry_reproduce_rebuilds_each_version_byte_for_byte(
     code = telemon(["registry", "reproduce", *PAIR, "1"])
     _, err = capsys.readouterr()
     assert code == 1 and "online model" in err and err.count("\n") == 1
+
+
+def test_reproduce_says_when_retention_took_the_readings(
+    retrained: Retrained, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs last: it deletes the start of the pair's partition, as retention would."""
+    s = retrained.settings
+    v = retrained.versions()[0]
+    t = v.trained_on
+    admin = AdminClient(client_config(s.kafka))
+    (done,) = admin.delete_records([TopicPartition(t.topic, t.partition, t.first_offset + 1)]).values()
+    done.result(30)
+    monkeypatch.setenv("TELEMON_STATE_DIR", str(s.state_dir))
+    monkeypatch.setenv("TELEMON_REGISTRY__SIGNING_KEY", KEY)
+    monkeypatch.setenv("TELEMON_KAFKA__BOOTSTRAP_SERVERS", s.kafka.bootstrap_servers)
+    code = telemon(["registry", "reproduce", *PAIR, str(v.version)])
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert f"are gone from the topic, which now starts at offset {t.first_offset + 1} (retention)" in err
