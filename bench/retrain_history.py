@@ -24,8 +24,7 @@ import numpy as np
 
 from monitor.detect.model import AdaptiveGaussian
 from monitor.govern import training
-from monitor.ingest.history import HistoryReader, PairFilter, Partition, read_pair
-from monitor.records import Message
+from monitor.ingest.history import HistoryReader, KafkaPartition, PairFilter, Partition, read_pair
 from monitor.settings import ConsumeSettings, KafkaSettings, RetrainSettings, Settings
 from producers.scenario import load_scenario
 from producers.simulate import simulate
@@ -35,28 +34,15 @@ DEVICE = "dev-0007"
 RING = 32
 
 
-class Counted:
-    """A partition that counts the messages fetched from it."""
-
-    def __init__(self, part: Partition) -> None:
-        self.part, self.messages = part, 0
-
-    def watermarks(self, deadline: float) -> tuple[int, int]:
-        return self.part.watermarks(deadline)
-
-    def fetch(self, start: int, end: int, deadline: float) -> list[Message]:
-        out = self.part.fetch(start, end, deadline)
-        self.messages += len(out)
-        return out
-
-
 class CountingReader:
+    """The reader, keeping the partition of the latest read (it counts the messages it read)."""
+
     def __init__(self, reader: HistoryReader) -> None:
         self.reader = reader
-        self.last: Counted | None = None  # the partition of the latest read
+        self.last: KafkaPartition | None = None
 
     def partition(self, topic: str, partition: int) -> Partition:
-        self.last = Counted(self.reader.partition(topic, partition))
+        self.last = self.reader.partition(topic, partition)
         return self.last
 
     def close(self) -> None:
@@ -126,7 +112,7 @@ def main() -> None:
                     print(f"first read of the process (consumer connecting): read {cold[0]:.3f}s")
                     first = False
                 runs = np.array([time_one(source, job, retrain) for _ in range(args.runs)])
-                _print(sensor, history, runs, reader.last.messages if reader.last else 0)
+                _print(sensor, history, runs, reader.last.scanned if reader.last else 0)
         reader.close()
 
 

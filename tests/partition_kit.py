@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from monitor.errors import HistoryTimeout
@@ -52,12 +53,14 @@ class MemoryPartition:
     def watermarks(self, deadline: float) -> tuple[int, int]:
         return self.low, len(self.records)
 
-    def fetch(self, start: int, end: int, deadline: float) -> list[Record]:
+    def fetch(
+        self, start: int, end: int, deadline: float, keep: Callable[[Record], bool] | None = None
+    ) -> list[Record]:
         self.fetches.append((start, end))
         time.sleep(self.delay_s)
         if time.monotonic() > deadline:
             raise HistoryTimeout(f"offsets {start}-{end - 1} still to read")
-        return self.records[max(start, self.low) : end]
+        return [m for m in self.records[max(start, self.low) : end] if keep is None or keep(m)]
 
 
 class MemoryReader:

@@ -143,7 +143,7 @@ def _read(
         raise RegistryError(
             f"{ref} cannot be reproduced: {where} are not in the topic (it ends at {high - 1})"
         )
-    return pair.select(part.fetch(d.first_offset, d.last_offset + 1, deadline), low)
+    return pair.select(part.fetch(d.first_offset, d.last_offset + 1, deadline, pair.mine), low)
 
 
 def _counts(v: ModelVersion, rows: PairReadings, shadow: PairReadings | None) -> list[Change]:

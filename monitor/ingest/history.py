@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,9 +62,12 @@ class Partition(Protocol):
         """The low and high watermark; :class:`HistoryUnavailable` if they cannot be had in time."""
         ...
 
-    def fetch(self, start: int, end: int, deadline: float) -> list[Message]:
-        """The messages from offset ``start`` up to (not including) ``end``, in offset order;
-        :class:`HistoryTimeout` at ``deadline`` (``time.monotonic()``)."""
+    def fetch(
+        self, start: int, end: int, deadline: float, keep: Callable[[Message], bool] | None = None
+    ) -> list[Message]:
+        """The messages from offset ``start`` up to (not including) ``end`` that ``keep`` accepts
+        (default: all), in offset order; :class:`HistoryTimeout` at ``deadline``
+        (``time.monotonic()``)."""
         ...
 
 
@@ -145,11 +148,11 @@ def read_pair(
         held = f"offsets {low}-{high - 1}"
         raise HistoryUnavailable(f"the partition holds {held} only, not {last_offset} (retention)")
     start = max(low, end - span_for(want, density))
-    messages = source.fetch(start, end, deadline)
+    messages = source.fetch(start, end, deadline, pair.mine)
     found = pair.select(messages, low)
     while len(found) < want and start > low:
         wider = max(low, start - span_for(want - len(found), density))
-        messages = source.fetch(wider, start, deadline) + messages
+        messages = source.fetch(wider, start, deadline, pair.mine) + messages
         start, found = wider, pair.select(messages, low)
     return found.last(want)
 
@@ -160,6 +163,7 @@ class KafkaPartition:
 
     def __init__(self, consumer: Consumer, topic: str, partition: int) -> None:
         self.consumer, self.tp = consumer, TopicPartition(topic, partition)
+        self.scanned = 0  # messages read in the ranges fetched (kept or not)
 
     def watermarks(self, deadline: float) -> tuple[int, int]:
         left = deadline - time.monotonic()
@@ -172,7 +176,9 @@ class KafkaPartition:
             raise HistoryUnavailable(f"cannot read {where}: {exc.args[0].str()}") from None
         return int(low), int(high)
 
-    def fetch(self, start: int, end: int, deadline: float) -> list[Message]:
+    def fetch(
+        self, start: int, end: int, deadline: float, keep: Callable[[Message], bool] | None = None
+    ) -> list[Message]:
         c = self.consumer
         c.assign([TopicPartition(self.tp.topic, self.tp.partition, start)])
         out: list[Message] = []
@@ -191,7 +197,9 @@ class KafkaPartition:
                     continue  # left over from an earlier assignment
                 if offset >= end:
                     return out
-                out.append(m)
+                self.scanned += 1
+                if keep is None or keep(m):
+                    out.append(m)
                 start = offset + 1
         return out
 
