@@ -171,12 +171,22 @@ class Governor:
                 rule=rule,
                 alert_id=alert_id,
                 actor=f"rule:{rule}",
-                reason=f"attempt {attempt}: training on offsets {int(job.offsets.min())}-"
-                f"{int(job.offsets.max())} of partition {job.partition} ({count} readings)",
+                reason=f"attempt {attempt}: {self._window_text(job)}",
                 event_ts=ts,
             )
         )
         return None
+
+    def _window_text(self, job: training.TrainingJob) -> str:
+        """What a job trains on, for its audit record (the version records what it did)."""
+        first, last, n = int(job.offsets.min()), int(job.offsets.max()), len(job.rows)
+        ring = f"offsets {first}-{last} of partition {job.partition} ({n} readings)"
+        if not self.trainer.history:
+            return f"training on {ring}"
+        return (
+            f"training on the pair's last {self.trainer.history} readings up to offset {last} of partition "
+            f"{job.partition}, re-read from the topic (the ring buffer's, if it cannot: {ring})"
+        )
 
     def base_params(self, s: int) -> dict[str, float]:
         """The configured model parameters of sensor ``s`` (what a new online model starts with)."""

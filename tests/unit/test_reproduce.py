@@ -101,6 +101,8 @@ def test_a_retrain_from_the_topic_records_what_rebuilds_it(retrained: Retrained)
     assert retrained.registry.blob(m.rules_sha256) == RULES.read_bytes()
     v1 = retrained.registry.manifest(*retrained.version(1)).model
     assert v1.source == "" and v1.seed is None  # the online model: nothing to rebuild it from
+    (action, *_) = [e for r in retrained.results for e in r.audit if e.action == "retrain"]
+    assert "training on the pair's last 200 readings up to offset" in action.reason
 
 
 def test_reproduce_rebuilds_a_byte_identical_artifact(retrained: Retrained) -> None:

@@ -45,6 +45,11 @@ class Trainer(Protocol):
 
     @property
     def pending(self) -> int: ...
+    @property
+    def history(self) -> int:
+        """Readings each job re-reads from the readings topic (0: it trains on the ring's window)."""
+        ...
+
     def submit(self, job: TrainingJob) -> None: ...
     def poll(self) -> list[TrainingResult]: ...
     def wait(self, timeout: float | None = None) -> bool: ...
@@ -77,6 +82,10 @@ class TrainingWorker:
     def pending(self) -> int:
         """Jobs submitted and not finished yet."""
         return self._pending
+
+    @property
+    def history(self) -> int:
+        return 0 if self.source is None else self.source.retrain.history_readings
 
     def submit(self, job: TrainingJob) -> None:
         if self._closed:
@@ -142,6 +151,10 @@ class InlineTrainer:
 
     @property
     def pending(self) -> int:
+        return 0
+
+    @property
+    def history(self) -> int:
         return 0
 
     def submit(self, job: TrainingJob) -> None:
