@@ -27,6 +27,8 @@ it refines, so ``except ValueError`` and ``except OSError`` keep working::
     │       └── BundleError                     a version bundle that must not be imported
     └── Unavailable (RuntimeError)          a service did not answer or refused
         ├── KafkaUnavailable                  the Kafka cluster
+        ├── HistoryUnavailable                the readings topic lacks a retrain's range (retention)
+        │   └── HistoryTimeout                  reading it outlasted its time budget
         ├── TransactionsFailed                exactly_once: the transactional producer, for good
         ├── BrokerError                       the embedded broker (missing or not started)
         ├── MqttUnavailable                   the MQTT broker
@@ -131,6 +133,14 @@ class Unavailable(TelemonError, RuntimeError):
 
 class KafkaUnavailable(Unavailable):
     """The broker could not be reached or refused an operation."""
+
+
+class HistoryUnavailable(Unavailable):
+    """The readings topic cannot give a pair's past readings: retention took them, or the read failed."""
+
+
+class HistoryTimeout(HistoryUnavailable):
+    """Reading a pair's past readings took longer than its time budget."""
 
 
 class TransactionsFailed(Unavailable):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from monitor.detect.state import DetectState
 from monitor.errors import RulesError
 from monitor.govern import alerts, training
 from monitor.govern.governor import Governor
+from monitor.govern.lineage import Provenance
 from monitor.govern.registry import AuditEvent, EventKind, ModelVersion, code_version
 from monitor.govern.rules import Evaluation, RuleEngine, RuleSet, Scope, Transition
 from monitor.govern.rules.model import COHORT_INPUT_SIGNALS
@@ -228,7 +228,6 @@ class Pipeline:
         self._released = 0  # waves of forgotten devices (slots that changed hands)
         # The busy pairs and their flags by slot; None once slots change hands (forgotten, imported).
         self._busy: tuple[frozenset[tuple[str, str]], NDArray[np.int8]] | None = None
-        config_hash = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
         self.trainer = training.InlineTrainer(settings.retrain) if trainer is None else trainer
         self.governor = Governor(
             settings,
@@ -237,8 +236,7 @@ class Pipeline:
             self.govern_state,
             self.trainer,
             self.engine.is_firing,
-            code_version(),
-            config_hash,
+            Provenance.of(settings, code_version()),
         )
         self._base_params = self._new_pair_params()
         self._warm_up()

@@ -817,6 +817,8 @@ class LogUniform(_Section):
 
 
 RETRAIN_PARAMS = ("fading", "var_fading")
+#: Most readings a retrain re-reads from the topic (8,192 x 12 axes: under a megabyte of rows).
+MAX_HISTORY_READINGS = 8192
 
 
 def _default_space() -> dict[str, list[float] | LogUniform]:
@@ -859,6 +861,20 @@ class RetrainSettings(_Section):
         5,
         ge=1,
         description="retrains per firing episode: a rejected candidate is retried while the rule fires",
+    )
+    history_readings: int = Field(
+        512,
+        ge=0,
+        le=MAX_HISTORY_READINGS,
+        description="readings of the pair a retrain re-reads from the readings topic to train and test on "
+        "(0: the ring buffer's model.retrain_window only)",
+    )
+    history_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=8,
+        description="longest re-read of the topic; past it the ring buffer is used (at most 8 s: a "
+        "result the loop waits for must come well within kafka.max_poll_interval_ms, 10 s at the least)",
     )
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""``telemon registry list|show|diff|lineage|promote|rollback|export|import``: the registry in a shell.
+"""``telemon registry list|show|diff|lineage|promote|rollback|reproduce|export|import``: the registry
+in a shell.
 
 Reads the registry of ``--config`` (``registry.dir``, default ``<state_dir>/registry``) with the
 configured signing key; it never generates a key. Every command prints a table, or JSON with
@@ -8,7 +9,8 @@ append to the audit log; a running service picks the change up at its next batch
 ``registry.shared`` the command first reads the registry's Kafka topics into its directory, and
 ``promote`` and ``rollback`` publish to the audit topic, which every replica follows; Kafka
 unreachable exits 1. ``export`` and ``import`` (:mod:`monitor.cli.bundle`) move a version between
-deployments as one signed file.
+deployments as one signed file. ``reproduce`` rebuilds a version from the readings topic and exits 0 only if
+the artifact is byte-identical.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -40,11 +42,16 @@ from monitor.govern.registry import (
 )
 from monitor.settings import Settings
 
+if TYPE_CHECKING:
+    from monitor.govern.registry import ModelVersion
+    from monitor.govern.reproduce import Reproduction
+
 DESCRIPTION = """\
 Inspect and govern the model registry: every retrained model version of a (device, sensor) pair
-with its lineage (parent, training and test data as Kafka offsets and event-time spans,
-hyperparameters, metrics, code version, config hash, trigger), signed with HMAC-SHA256, and the
-audit log of which version served when, and why."""
+with its lineage (parent, training, test and shadow data as Kafka offsets and event-time spans,
+hyperparameters and the search they came from, seed, metrics, code version, settings and rules
+digests, library versions, trigger), signed with HMAC-SHA256, and the audit log of which version
+served when, and why. `reproduce` rebuilds a version from Kafka and checks it is byte-identical."""
 
 EPILOG = f"""\
 examples:
@@ -55,10 +62,11 @@ examples:
   telemon registry diff dev-0007 temperature 2 3           what changed between two versions
   telemon registry promote dev-0007 temperature 3 --reason "validated offline"
   telemon registry rollback dev-0007 temperature --reason "false alarms since the retrain"
+  telemon registry reproduce dev-0007 temperature 3        rebuild v3 from Kafka; byte-identical?
 {bundle_cli.EXAMPLES}
 
-exit codes: 0 done, 1 unknown version / tampered artifact or bundle / refused, 2 bad configuration
-(no usable key)"""
+exit codes: 0 done (reproduce: byte-identical), 1 unknown version / tampered artifact or bundle /
+  refused / not reproduced, 2 bad configuration (no usable key)"""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -121,6 +129,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _governance(rollback)
     bundle_cli.add_parsers(actions, common, _pair, _version)
 
+    reproduce = actions.add_parser(
+        "reproduce",
+        parents=[common],
+        help="rebuild a version from the readings topic and its recorded settings and seed; "
+        "exit 0 if the artifact is byte-identical",
+        description="Re-read a version's training, test and shadow readings from the readings topic "
+        "(the recorded offsets; Kafka as --config says), re-run its training job with the settings and "
+        "seed it recorded, and compare the rebuilt artifact with the registered one byte for byte. Exit "
+        "0: identical; 1: it differs (the differing fields are printed), or it cannot be rebuilt (trained "
+        "from the ring buffer, readings gone from the topic).",
+    )
+    _pair(reproduce)
+    reproduce.add_argument("version", type=_version, help="the version to rebuild")
+    reproduce.add_argument(
+        "--timeout", type=_seconds, default=60.0, metavar="S", help="longest read of the topic (default 60)"
+    )
+
 
 def _pair(p: argparse.ArgumentParser) -> None:
     p.add_argument("device", help="device id")
@@ -132,8 +157,21 @@ def _governance(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", default=None, help="who (default: cli:<user name>)")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"give 0 < S <= 3600 seconds, not {text}")
+    return value
+
+
 def _version(text: str) -> int:
-    value = int(text.removeprefix("v"))
+    try:
+        value = int(text.removeprefix("v"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a version number: {text}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"versions count from 1: {text}")
     return value
@@ -150,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         if not root.is_dir() and args.registry_command != "import":  # import may start a registry
             return _empty(args, root)
         reg = open_registry(settings, create_key=False)
+        if args.registry_command == "reproduce":
+            return cmd_reproduce(reg, args, settings)
         return ACTIONS[args.registry_command](reg, args)
     except (RegistryError, KafkaUnavailable) as exc:
         print(f"telemon registry {args.registry_command}: {exc}", file=sys.stderr)
@@ -166,6 +206,8 @@ def _shared(settings: Settings, args: argparse.Namespace) -> int:
     try:
         replica.catch_up()
         try:
+            if args.registry_command == "reproduce":
+                return cmd_reproduce(reg, args, settings)
             return ACTIONS[args.registry_command](reg, args)
         finally:
             replica.flush()
@@ -342,6 +384,33 @@ def cmd_rollback(reg: ModelRegistry, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(reg: ModelRegistry, args: argparse.Namespace, settings: Settings) -> int:
+    """Rebuild a version from Kafka (:mod:`monitor.govern.reproduce`): 0 identical, 1 it differs."""
+    from monitor.govern import reproduce  # the Kafka client and the training code: only when needed
+
+    ref = VersionRef(args.device, args.sensor, args.version)
+    r = reproduce.reproduce(reg, ref, settings.kafka, args.timeout)
+    v = reg.manifest(*ref).model
+    doc = reproduce.summary(r, v)
+    emit(args, doc, _reproduce_text(r, v, doc))
+    return 0 if r.identical else 1
+
+
+def _reproduce_text(r: Reproduction, v: ModelVersion, doc: dict[str, Any]) -> str:
+    reg, new = doc["registered"], doc["rebuilt"]
+    shadow = f", then {v.shadow_data.readings} shadow readings" if v.shadow_data is not None else ""
+    lines = [
+        f"{r.ref}: rebuilt from {_offsets(v.trained_on)}{shadow}, seed {v.seed}",
+        f"registered  {reg['bytes']} bytes, sha256 {reg['sha256']}",
+        f"rebuilt     {new['bytes']} bytes, sha256 {new['sha256']}",
+    ]
+    if r.identical:
+        return "\n".join([*lines, "reproduced: the rebuilt artifact is byte-identical"])
+    rows = [[c.field, c.a, c.b] for c in r.differences]
+    lines += ["NOT reproduced: the rebuilt artifact differs", table(["FIELD", "REGISTERED", "REBUILT"], rows)]
+    return "\n".join(lines)
+
+
 ACTIONS: dict[str, Callable[[ModelRegistry, argparse.Namespace], int]] = {
     "list": cmd_list,
     "show": cmd_show,
@@ -400,6 +469,7 @@ def _manifest_lines(m: Manifest, firing: AuditEvent | None) -> list[str]:
         _field("metrics", _kv(v.metrics)),
         _field("baseline", _kv({k: [round(x, 6) for x in xs] for k, xs in v.baseline.items()})),
         _field("code", f"{v.code_version}, config {v.config_hash}"),
+        *_reproduction_lines(v),
         _field("created", f"{_when(v.created_at)} (event time), registered {_when(m.registered_at)}"),
         _field("artifact", f"{_artifact(a)}, {a.bytes} bytes, sha256 {a.sha256[:16]}..., signature verified"),
     ]
@@ -410,6 +480,24 @@ def _artifact(a: Artifact) -> str:
     ``model.pkl (pickle protocol 5, CLASS)``."""
     fmt = f"pickle protocol {a.pickle_protocol}" if a.pickle_protocol else str(a.fmt)
     return f"{a.file} ({fmt}, {a.python_class})"
+
+
+def _reproduction_lines(v: ModelVersion) -> list[str]:
+    """The lineage that rebuilds a candidate (none for versions registered before it was kept)."""
+    if not v.source:
+        return []
+    source = f"{v.source}" + (f" ({v.source_note})" if v.source_note else "")
+    if v.records_skipped:
+        source += f"; {v.records_skipped} bad records skipped"
+    search = v.search
+    space = " ".join(f"{k}={vals}" for k, vals in search.get("space", {}).items())
+    return [
+        _field("rows from", source),
+        _field("shadowed on", _data(v.shadow_data)),
+        _field("search", f"{search.get('strategy')} (budget {search.get('budget')}) {space}; seed {v.seed}"),
+        _field("settings", f"sha256 {v.settings_sha256[:16]}..., rules sha256 {v.rules_sha256[:16]}..."),
+        _field("libraries", _kv(v.dependencies)),
+    ]
 
 
 def _firing(history: list[AuditEvent], alert_id: str) -> AuditEvent | None:

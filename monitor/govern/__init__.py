@@ -1,2 +1,3 @@
 """Governance: rules over signals, alerts and storm control, retraining, the governor that applies
-actions, and the model registry; its state is a slab of the store."""
+actions, and the model registry with the lineage that rebuilds a version (``lineage``,
+``reproduce``); its state is a slab of the store."""

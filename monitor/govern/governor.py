@@ -34,6 +34,7 @@ import numpy as np
 from monitor.detect import model
 from monitor.detect.state import DetectState
 from monitor.govern import training
+from monitor.govern.lineage import Provenance
 from monitor.govern.registry import AuditEvent, ModelVersion, TrainingData
 from monitor.govern.state import GovernState
 from monitor.ingest.features import Features
@@ -58,6 +59,21 @@ class _Shadowing:
     result: training.TrainingResult
     shadow: training.Shadow
     candidate: model.AdaptiveGaussian  # steps through the shadow readings like a serving model
+    # The readings it stepped through (first, last offset and event time) for the lineage, and
+    # those stepped under quarantine (it did not learn them).
+    span: list[int] = dataclasses.field(default_factory=lambda: [-1, -1, 0, 0])
+    quarantined: list[int] = dataclasses.field(default_factory=list)
+
+    def seen(self, offset: int, ts: int, quarantined: bool) -> None:
+        if self.span[0] < 0:
+            self.span[0], self.span[2] = offset, ts
+        self.span[1], self.span[3] = offset, ts
+        if quarantined:
+            self.quarantined.append(offset)
+
+    def data(self, topic: str, partition: int) -> TrainingData:
+        first, last, first_ts, last_ts = self.span
+        return TrainingData(topic, partition, first, last, self.shadow.n, first_ts, last_ts)
 
 
 class Governor:
@@ -69,15 +85,14 @@ class Governor:
         state: GovernState,
         trainer: training.Trainer,
         firing: Callable[[str, str, str], bool],
-        code: str,
-        config: str,
+        provenance: Provenance,
     ) -> None:
         self.settings = settings
         self.store = store
         self.detect = detect  # the serving models (read; replaced by a promotion)
         self.state = state
         self.trainer = trainer
-        self.code_version, self.config_hash = code, config
+        self.provenance = provenance  # code, settings, rules, libraries: in every version's lineage
         self.due: dict[Key, tuple[int, training.TrainingJob]] = {}  # reading count when due, job
         self.ready: dict[Key, training.TrainingResult] = {}
         self.shadows: dict[Key, _Shadowing] = {}
@@ -156,12 +171,22 @@ class Governor:
                 rule=rule,
                 alert_id=alert_id,
                 actor=f"rule:{rule}",
-                reason=f"attempt {attempt}: training on offsets {int(job.offsets.min())}-"
-                f"{int(job.offsets.max())} of partition {job.partition} ({count} readings)",
+                reason=f"attempt {attempt}: {self._window_text(job)}",
                 event_ts=ts,
             )
         )
         return None
+
+    def _window_text(self, job: training.TrainingJob) -> str:
+        """What a job trains on, for its audit record (the version records what it did)."""
+        first, last, n = int(job.offsets.min()), int(job.offsets.max()), len(job.rows)
+        ring = f"offsets {first}-{last} of partition {job.partition} ({n} readings)"
+        if not self.trainer.history:
+            return f"training on {ring}"
+        return (
+            f"training on the pair's last {self.trainer.history} readings up to offset {last} of partition "
+            f"{job.partition}, re-read from the topic (the ring buffer's, if it cannot: {ring})"
+        )
 
     def base_params(self, s: int) -> dict[str, float]:
         """The configured model parameters of sensor ``s`` (what a new online model starts with)."""
@@ -216,14 +241,16 @@ class Governor:
         sh = self.shadows.get(key)
         if sh is None:
             return
-        flagged = "skip" if self.state.quarantined[slot] else self.settings.model.flagged
+        quarantined = bool(self.state.quarantined[slot])
+        flagged = "skip" if quarantined else self.settings.model.flagged
         d2 = training.step(sh.candidate, f, self.thresholds[len(f)], flagged)
         sh.shadow.push(score, model.score(d2, len(f)))
+        sh.seen(int(self.state.raw_last_off[slot, s]), ts, quarantined)  # the reading's, kept just before
         if sh.shadow.done:
             del self.shadows[key]
             r = self.settings.retrain
             decision = training.decide(sh.result, sh.shadow, r.promotion_margin, r.calibration_alpha)
-            self._decided(slot, s, sh.result, sh.candidate, decision, ts, out)
+            self._decided(slot, s, sh.result, sh.candidate, decision, ts, out, sh)
 
     def _decided(
         self,
@@ -234,6 +261,7 @@ class Governor:
         decision: training.Decision,
         ts: int,
         out: Output,
+        shadowed: _Shadowing | None = None,
     ) -> None:
         job = result.job
         serving = self.state.version(slot, s)
@@ -250,7 +278,9 @@ class Governor:
         number = int(self.state.latest_version[slot, s]) + 1
         self.state.latest_version[slot, s] = number
         metrics = decision.metrics | {"duration_s": result.duration_s}
-        self._register(job, number, serving, candidate, result, metrics, ts, out)
+        if result.window.source == "topic":
+            metrics["read_s"] = result.window.read_s
+        self._register(job, number, serving, candidate, result, metrics, ts, out, shadowed)
         kind = "promoted" if decision.promote else "rejected"
         stands = not decision.promote and _incumbent_stands(result, decision)
         reason = decision.reason + (STANDS if stands else "")
@@ -284,6 +314,7 @@ class Governor:
         metrics: dict[str, float],
         ts: int,
         out: Output,
+        shadowed: _Shadowing | None = None,
     ) -> None:
         if result is not None and result.window is not None:
             trained_on = result.window.training_data()
@@ -296,6 +327,7 @@ class Governor:
             last = int(job.offsets.max())
             trained_on = TrainingData(job.topic, job.partition, -1, last, m.n, 0, int(job.timestamps.max()))
             test, params = None, dict(job.base_params)
+        p = self.provenance
         out.versions.append(
             ModelVersion(
                 device_id=job.device_id,
@@ -307,14 +339,36 @@ class Governor:
                 baseline=m.params(),
                 trigger_rule=job.trigger_rule if result is not None else "",
                 trigger_alert_id=job.trigger_alert_id if result is not None else "",
-                code_version=self.code_version,
-                config_hash=self.config_hash,
+                code_version=p.code_version,
+                config_hash=p.config_hash,
                 created_at=ts,
                 test_data=test,
                 metrics=metrics,
+                settings_sha256=p.settings_sha256,
+                rules_sha256=p.rules_sha256,
+                dependencies=p.dependencies,
+                **(self._reproduction(job, result, shadowed) if result is not None else {}),
             )
         )
         out.models.append(copy.deepcopy(m))
+
+    def _reproduction(
+        self, job: training.TrainingJob, result: training.TrainingResult, shadowed: _Shadowing | None
+    ) -> dict[str, Any]:
+        """The lineage fields a candidate needs to be rebuilt: where its rows came from, the seed,
+        the search, and the live readings it learned in its shadow."""
+        w, r = result.window, self.settings.retrain
+        assert w is not None
+        search = {"strategy": r.strategy, "budget": r.budget, "space": r.model_dump(mode="json")["space"]}
+        return {
+            "source": w.source,
+            "source_note": w.note,
+            "records_skipped": w.skipped,
+            "seed": job.seed,
+            "search": search,
+            "shadow_data": None if shadowed is None else shadowed.data(job.topic, job.partition),
+            "shadow_quarantined": [] if shadowed is None else list(shadowed.quarantined),
+        }
 
     @staticmethod
     def _event(
@@ -348,6 +402,7 @@ class Governor:
                 item = {"kind": "shadow", "result": _dump_result(sh.result), "candidate": sh.candidate.dump()}
                 shadow = {"n": sh.shadow.n, "incumbent": sh.shadow.incumbent.tolist()}
                 shadow["candidate"] = sh.shadow.candidate.tolist()
+                shadow |= {"span": list(sh.span), "quarantined": list(sh.quarantined)}
                 out.append(item | {"shadow": shadow} | self._pair(device, sensor))
         for (device, sensor), (due, rule, alert_id) in self.retry.items():
             if device in wanted:
@@ -374,7 +429,10 @@ class Governor:
                 shadow.incumbent[:] = sh["incumbent"]
                 shadow.candidate[:] = sh["candidate"]
                 shadow.n = int(sh["n"])
-                self.shadows[key] = _Shadowing(result, shadow, model.AdaptiveGaussian.load(item["candidate"]))
+                candidate = model.AdaptiveGaussian.load(item["candidate"])
+                span = [int(v) for v in sh.get("span", [-1, -1, 0, 0])]  # absent from older snapshots
+                quarantined = [int(v) for v in sh.get("quarantined", [])]
+                self.shadows[key] = _Shadowing(result, shadow, candidate, span, quarantined)
             else:
                 key = (str(item["device"]), str(item["sensor"]))
                 self.retry[key] = (int(item["due"]), str(item["rule"]), str(item["alert_id"]))
@@ -441,6 +499,9 @@ def _load_result(data: Mapping[str, Any]) -> training.TrainingResult:
         int(w["partition"]),
         training.Span(**w["train"]),
         training.Span(**w["holdout"]),
+        str(w.get("note", "")),  # absent from older snapshots
+        int(w.get("skipped", 0)),
+        float(w.get("read_s", 0.0)),
     )
     return training.TrainingResult(
         job=_load_job(data["job"]),

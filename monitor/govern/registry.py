@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST, SIGNATURE = "manifest.json", "signature"
 ARTIFACT = formats.JSON_FILE  # the artifact of a version registered now (model.pkl before)
-KEY_FILE, AUDIT_FILE = "signing.key", "audit.jsonl"
+KEY_FILE, AUDIT_FILE, BLOBS = "signing.key", "audit.jsonl", "blobs"
 SIGNED_PREFIX = b"telemon-registry-manifest-v1\n"
 #: Every file a version directory may hold.
 VERSION_FILES = (MANIFEST, *sorted(formats.FILES), SIGNATURE)
@@ -100,6 +100,17 @@ class ModelVersion(msgspec.Struct, frozen=True):
     created_at: int  # event time, epoch ms
     test_data: TrainingData | None = None
     metrics: dict[str, float] = {}
+    # What reproduces it (monitor.govern.lineage); absent from versions registered before them.
+    source: str = ""  # where the rows came from: "topic" (re-read), "buffer" (the ring), "" (v1)
+    source_note: str = ""  # why the ring buffer was used (or how the topic fell short)
+    records_skipped: int = 0  # the device's records in the range read that failed the checks
+    shadow_data: TrainingData | None = None  # the live readings it learned during its shadow
+    shadow_quarantined: list[int] = []  # offsets of those it stepped under quarantine (not learned)
+    seed: int | None = None  # of the job: the search's draws and the injected spikes
+    search: dict[str, Any] = {}  # strategy, budget and space the parameters were chosen from
+    settings_sha256: str = ""  # the effective settings, secrets redacted: blobs/<sha256>
+    rules_sha256: str = ""  # the rules file's content: blobs/<sha256>
+    dependencies: dict[str, str] = {}  # python and the libraries' versions
 
     @property
     def key(self) -> bytes:
@@ -107,10 +118,11 @@ class ModelVersion(msgspec.Struct, frozen=True):
 
 
 def code_version() -> str:
-    """Package version plus a hash of the package's source files."""
+    """Package version plus a hash of the package's source files (every module, subpackages too)."""
     digest = hashlib.sha256()
-    for path in sorted(Path(monitor.__file__).parent.glob("*.py")):
-        digest.update(path.read_bytes())
+    root = Path(monitor.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return f"{monitor.__version__}+{digest.hexdigest()[:12]}"
 
 
@@ -334,7 +346,7 @@ class ModelRegistry:
         directory. Registering the same version again with the same content is a no-op (a batch
         processed again after a crash); with other content it is a :class:`RegistryError`."""
         ref = VersionRef(version.device_id, version.sensor, version.version)
-        artifact = formats.encode(model)
+        artifact = artifact_bytes(model)
         raw = _manifest_bytes(version, artifact)
         rule = version.trigger_rule
         reason = f"retrained: rule {rule} fired (alert {version.trigger_alert_id})" if rule else "registered"
@@ -521,6 +533,37 @@ class ModelRegistry:
         if not signing.verify(self.key, SIGNED_PREFIX + manifest, sig.mac):
             raise ArtifactError(f"{ref}: {MANIFEST} does not match its signature (tampered)")
 
+    # --- blobs: content the manifests name by SHA-256 (settings, rules) -----------------------------
+
+    def put_blob(self, data: bytes) -> str:
+        """Store ``data`` once under ``blobs/<sha256>``; returns the digest."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.root / BLOBS / digest
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{digest}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        return digest
+
+    def blob(self, digest: str) -> bytes:
+        """The content stored under ``digest``, checked against it (a signed manifest names it)."""
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise RegistryError(f"not a SHA-256 digest: {digest!r}")
+        try:
+            data = files.read_bytes(self.root / BLOBS / digest, MAX_ENTRY_BYTES)
+        except FileNotFoundError:
+            raise RegistryError(f"{BLOBS}/{digest} is not in the registry") from None
+        except OSError as exc:
+            raise RegistryError(f"{BLOBS}/{digest}: {exc}") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ArtifactError(f"{BLOBS}/{digest} does not match its digest (tampered)")
+        return data
+
     # --- audit log and serving versions -----------------------------------------------------------
 
     def record(self, *events: AuditEvent) -> list[AuditEvent]:
@@ -689,6 +732,11 @@ def _event(kind: EventKind, ref: VersionRef, **fields: Any) -> AuditEvent:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def artifact_bytes(model: AdaptiveGaussian) -> bytes:
+    """The artifact of ``model`` exactly as :meth:`ModelRegistry.register` stores it."""
+    return formats.encode(model)
 
 
 def _manifest_bytes(version: ModelVersion, artifact: bytes) -> bytes:

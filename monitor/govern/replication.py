@@ -4,7 +4,8 @@ With ``registry.shared`` the model registry lives in two topics every replica al
 
 - ``kafka.artifacts_topic`` (compacted): each registered version's signed files (``manifest.json``,
   its artifact ``model.json``, or ``model.pkl`` for an older one, and ``signature``: what
-  :meth:`~monitor.govern.registry.ModelRegistry.version_files` reads) as one msgpack bundle, cut
+  :meth:`~monitor.govern.registry.ModelRegistry.version_files` reads), with the settings and rules
+  its manifest names by digest (``blobs/<sha256>``, what rebuilds it), as one msgpack bundle, cut
   into chunks of at most :data:`CHUNK_BYTES` (a model with River tiers pickles to more than a
   megabyte, Kafka's default record limit). A chunk's key is ``<device>/<sensor>/v<N>/<part>``:
   compaction keeps one copy of each; its value names the bundle's SHA-256, so the chunks of two
@@ -43,7 +44,10 @@ from confluent_kafka import (
 
 from monitor.errors import ArtifactError, KafkaUnavailable, RegistryError
 from monitor.govern.registry import (
+    BLOBS,
+    MANIFEST,
     AuditEvent,
+    Manifest,
     ModelRegistry,
     VersionRef,
     decode_event,
@@ -164,7 +168,7 @@ class RegistryReplica:
     # --- publishing -------------------------------------------------------------------------------
 
     def publish_version(self, ref: VersionRef, files: dict[str, bytes]) -> None:
-        for key, value in chunks(ref, files):
+        for key, value in chunks(ref, files | self._blobs(files)):
             kafka.produce(
                 self.producer, self.tracker, self.settings.kafka.artifacts_topic, key=key, value=value
             )
@@ -322,11 +326,32 @@ class RegistryReplica:
                     "registry: %d event(s) of the audit topic not in the local trail: %s", len(events), exc
                 )
 
+    def _blobs(self, files: dict[str, bytes]) -> dict[str, bytes]:
+        """The settings and rules a version's manifest names by digest, as ``blobs/<sha256>`` files
+        (those this directory has: versions registered before lineage name none)."""
+        try:
+            m = msgspec.json.decode(files[MANIFEST], type=Manifest).model
+        except (KeyError, msgspec.MsgspecError):
+            return {}
+        out = {}
+        for digest in filter(None, (m.settings_sha256, m.rules_sha256)):
+            try:
+                out[f"{BLOBS}/{digest}"] = self.registry.blob(digest)
+            except RegistryError as exc:
+                log.warning("registry: %s not published with its version: %s", digest[:12], exc)
+        return out
+
     def _install(self, ref: VersionRef, files: dict[str, bytes]) -> None:
         try:
             if self.registry.install(ref, files):
                 self.installed += 1
                 log.info("registry: %s installed from %s", ref, self.settings.kafka.artifacts_topic)
+            for name, data in files.items():  # the version verified: its blobs, each by its digest
+                if (
+                    name.startswith(f"{BLOBS}/")
+                    and hashlib.sha256(data).hexdigest() == name[len(BLOBS) + 1 :]
+                ):
+                    self.registry.put_blob(data)
         except ArtifactError as exc:
             self.refused += 1
             log.error("registry: %s refused: %s", ref, exc)

@@ -13,6 +13,7 @@ from monitor.govern.registry import open_registry, signing_key
 from monitor.govern.replication import topic_configs
 from monitor.govern.rules import load_rules
 from monitor.ingest import kafka
+from monitor.ingest.history import HistoryReader
 from monitor.pipeline import Pipeline
 from monitor.serve import changelog
 from monitor.serve.feedback import FeedbackWorker
@@ -44,7 +45,9 @@ def build_service(
         log.warning(
             "%s: %s (it applies once a channel of that name is registered)", settings.rules_file, note
         )
-    pipeline = Pipeline(settings, rules, trainer=training.TrainingWorker(settings.retrain))
+    history = HistoryReader(settings.kafka, settings.consume)  # a retrain's rows, re-read from the topic
+    source = training.TopicSource(history, settings.retrain, settings.consume, catalog)
+    pipeline = Pipeline(settings, rules, trainer=training.TrainingWorker(settings.retrain, source))
     signing_key(settings)
     k = settings.kafka
     outputs = [k.dead_letter_topic, k.alerts_topic, k.models_topic, k.audit_topic]

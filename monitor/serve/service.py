@@ -283,6 +283,8 @@ class Service:
     def _register(self, result: BatchResult) -> None:
         """Put the batch's new versions and audit events in the registry, then carry out the
         rollbacks its rules asked for."""
+        if result.versions:
+            self._store_lineage()
         for version, model in zip(result.versions, result.models, strict=True):
             try:
                 self.registry.register(version, model)
@@ -313,6 +315,14 @@ class Service:
                 log.error("the shared registry lacks this batch's versions or rollbacks for now: %s", exc)
 
     # --- the shared registry (registry.shared, monitor.govern.replication) ------------------------
+
+    def _store_lineage(self) -> None:
+        """The settings and rules the versions name by digest, stored once in the registry."""
+        for blob in self.pipeline.governor.provenance.blobs():
+            try:
+                self.registry.put_blob(blob)
+            except OSError as exc:
+                log.error("cannot store the versions' settings and rules in the registry: %s", exc)
 
     def _share_registry(self) -> replication.RegistryReplica | None:
         """With ``registry.shared``: bring the registry's directory up to date with Kafka's

@@ -160,11 +160,12 @@ def test_retrain_is_tested_shadowed_and_promoted_with_lineage(drift: Drift) -> N
     m, parent = promoted.model, v1.model
     assert (m.version, m.parent, parent.version) == (serving, 1, 1)
     t, test = m.trained_on, m.test_data
-    assert (
-        t.topic == drift.settings.kafka.readings_topic and t.readings == drift.settings.model.retrain_window
-    )
+    # Trained on the pair's history re-read from the topic (up to retrain.history_readings), longer
+    # than the ring's window, up to readings after the step.
+    assert t.topic == drift.settings.kafka.readings_topic and m.source == "topic", m.source_note
+    assert drift.settings.model.retrain_window < t.readings <= drift.settings.retrain.history_readings
     assert test is not None and t.first_offset < test.first_offset <= test.last_offset == t.last_offset
-    assert t.first_ts >= T0 + 300_000  # trained on the shifted readings
+    assert t.last_ts >= T0 + 300_000  # trained on the shifted readings
     assert m.trigger_rule in ("anomaly_burst", "score_drift") and m.code_version and m.config_hash
     assert m.metrics["candidate_metric"] > m.metrics["incumbent_metric"] + m.metrics["margin"] or (
         m.metrics["incumbent_alarm_rate"] > 0.5  # a broken incumbent: see promotion.BROKEN_ALARM_RATE

@@ -120,8 +120,10 @@ def test_retrain_recorded_with_offsets(run: Run) -> None:
     data = local[-1].trained_on
     assert data.topic == run.settings.kafka.readings_topic
     assert 0 <= data.first_offset <= data.last_offset <= run.report.last_offsets[data.partition]
-    assert data.readings == run.settings.model.retrain_window
-    assert data.first_ts >= 1_767_225_600_000 + 300_000  # trained on the shifted data
+    # The pair's history re-read from the topic: longer than the ring's window, up to shifted data.
+    assert local[-1].source == "topic", local[-1].source_note
+    assert run.settings.model.retrain_window < data.readings <= run.settings.retrain.history_readings
+    assert data.last_ts >= 1_767_225_600_000 + 300_000  # trained on the shifted data
 
 
 def test_malformed_messages_are_dead_lettered_with_reasons(run: Run) -> None:

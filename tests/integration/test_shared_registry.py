@@ -171,3 +171,26 @@ def test_versions_stored_before_sharing_are_published_once(topics: KafkaSettings
     assert b.registry.versions() == [VersionRef(DEV, SENSOR, 2)]
     for r in (a, again, b):
         r.close()
+
+
+def test_the_settings_and_rules_a_version_names_reach_every_replica(
+    topics: KafkaSettings, tmp_path: Path
+) -> None:
+    a = _replica(topics, tmp_path / "a")
+    settings, rules = a.registry.put_blob(b'{"retrain": {}}'), a.registry.put_blob(b"rules: []\n")
+    model = AdaptiveGaussian.fit([(20.0,), (20.5,), (19.75,)], resolution=0.01)
+    data = TrainingData("telemon.readings", 3, 1000, 1031, 32, T0, T0 + 31_000)
+    version = ModelVersion(
+        device_id=DEV, sensor=SENSOR, version=2, parent=1, trained_on=data, params={},
+        baseline=model.params(), trigger_rule="score_drift", trigger_alert_id="0" * 16,
+        code_version="0.1.0+test", config_hash="cfg1", created_at=T0, source="topic",
+        settings_sha256=settings, rules_sha256=rules,
+    )  # fmt: skip
+    a.registry.register(version, model)
+    a.flush()
+    b = _replica(topics, tmp_path / "b")
+    b.catch_up()
+    assert b.installed == 1
+    assert (b.registry.blob(settings), b.registry.blob(rules)) == (b'{"retrain": {}}', b"rules: []\n")
+    for r in (a, b):
+        r.close()

@@ -12,12 +12,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from river import drift
 
 from monitor.detect import adwin
 from monitor.errors import SnapshotError
+from monitor.govern import training
+from monitor.govern.registry import ModelVersion
 from monitor.govern.rules import load_rules
 from monitor.pipeline import BatchResult, Pipeline
 from monitor.records import Message
@@ -25,6 +28,7 @@ from monitor.schema import MAX_AXES
 from monitor.settings import load_settings
 from monitor.state import snapshot
 from monitor.state.snapshot import PartitionSnapshot, SnapshotStore
+from tests.partition_kit import MemoryTopic
 from tests.unit.test_pipeline import DRIFT, MODEL, RULES, TOPIC, FakeMessage, _gaussian_stream, _run
 
 KEY = b"k" * 32
@@ -87,6 +91,38 @@ def test_restored_state_continues_exactly_like_an_uninterrupted_run(cut: int) ->
     oracle_results, before, after = restored_against_oracle(_pipeline, stream, cut * 4)
     assert _decisions(before) + _decisions(after) == _decisions(oracle_results)
     assert [v.version for r in oracle_results for v in r.versions if v.device_id == "dev-1"] == [1, 2]
+
+
+@pytest.mark.parametrize("cut", [260, 290, 330])
+def test_a_retrain_reading_the_topic_restores_and_decides_like_an_uninterrupted_run(cut: int) -> None:
+    """A job whose rows come from the readings topic is resubmitted on restore and reads the same
+    rows (up to the same newest offset): the same versions and decisions as a run that never stopped."""
+    stream = _gaussian_stream(450, devices=4, shift_device=1)
+
+    def make() -> Pipeline:
+        settings = load_settings(None, drift=DRIFT, model=MODEL, retrain={"history_readings": 128})
+        catalog = settings.channels.catalog()
+        source = training.TopicSource(MemoryTopic(list(stream)), settings.retrain, settings.consume, catalog)
+        return Pipeline(
+            settings, load_rules(RULES), trainer=training.TrainingWorker(settings.retrain, source)
+        )
+
+    oracle_results, before, after = restored_against_oracle(make, stream, cut * 4)
+    assert _decisions(before) + _decisions(after) == _decisions(oracle_results)
+    versions = _retrained(before + after)
+    assert versions and all(v.source == "topic" and v.trained_on.readings == 128 for v in versions)
+    assert versions == _retrained(oracle_results)
+
+
+def _retrained(results: list[BatchResult]) -> list[ModelVersion]:
+    """The candidates registered, without the wall-clock seconds their jobs took."""
+    clock = ("duration_s", "read_s")
+    return [
+        msgspec.structs.replace(v, metrics={k: x for k, x in v.metrics.items() if k not in clock})
+        for r in results
+        for v in r.versions
+        if v.version > 1
+    ]
 
 
 def _river_adwin(sums: np.ndarray, counts: np.ndarray, delta: float) -> drift.ADWIN:

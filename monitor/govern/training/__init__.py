@@ -1,11 +1,14 @@
 """Retraining off the poll loop: window, hyperparameter search, held-out test, shadow, promotion.
 
-The pipeline drives these steps; nothing here touches Kafka.
+The pipeline drives these steps; only :mod:`~monitor.govern.training.source` reads Kafka (through
+:mod:`monitor.ingest.history`), on the worker's thread.
 
 1. A rule fires ``retrain`` for a (device, sensor) pair. The pipeline builds a :class:`TrainingJob`
    (the pair's window in time order with its Kafka offsets and timestamps, taken from the ring
-   buffer or re-read from the topic, plus a copy of the serving model) and submits it to a
-   :class:`TrainingWorker`; the consumer goes on polling.
+   buffer, plus a copy of the serving model) and submits it to a :class:`TrainingWorker`; the
+   consumer goes on polling. The worker's :class:`TopicSource` first replaces the ring's window by
+   the pair's last ``retrain.history_readings`` readings re-read from the readings topic (the ring
+   stays the fallback: retention, timeout, no broker).
 2. :func:`run_job` splits the window in time order: the oldest ``1 - holdout_fraction`` trains, the
    newest is held out. It adds labelled synthetic spikes to a copy of the held-out slice, runs the
    hyperparameter search (each trial fits on the train slice and is scored on the injected slice),
@@ -52,12 +55,14 @@ from monitor.govern.training.job import (
 )
 from monitor.govern.training.promotion import Decision, Shadow, decide
 from monitor.govern.training.search import best_trial, run_job, search, search_points
-from monitor.govern.training.worker import InlineTrainer, Trainer, TrainingWorker, run_job_safely
+from monitor.govern.training.source import Sourced, TopicSource
+from monitor.govern.training.worker import InlineTrainer, Trainer, TrainingWorker, run_job_safely, run_sourced
 
 __all__ = [
     "BASE_PARAMS", "MIN_HOLDOUT_ROWS", "MIN_TRAIN_ROWS", "Decision", "HeldOut", "InlineTrainer",
-    "MetricName", "Metrics", "Shadow", "Space", "Span", "Trainer", "TrainingJob", "TrainingResult",
+    "MetricName", "Metrics", "Shadow", "Sourced", "Space", "Span", "TopicSource", "Trainer", "TrainingJob",
+    "TrainingResult",
     "TrainingWindow", "TrainingWorker", "Trial", "WindowSource", "best_trial", "decide",
     "detection_rate", "inject_anomalies", "job_seed", "noise_sigma", "roc_auc", "run_job",
-    "run_job_safely", "search", "search_points", "split_point", "step",
+    "run_job_safely", "run_sourced", "search", "search_points", "split_point", "step",
 ]  # fmt: skip

@@ -112,13 +112,18 @@ class Span:
 
 @dataclass(frozen=True, slots=True)
 class TrainingWindow:
-    """Where the training data came from: ``train`` fitted the trials, ``holdout`` tested them."""
+    """Where the training data came from: ``train`` fitted the trials, ``holdout`` tested them;
+    ``note`` says why the ring buffer was used rather than the topic (or how the topic fell
+    short), ``skipped`` counts the device's records in the range read that failed the checks."""
 
     source: WindowSource
     topic: str
     partition: int
     train: Span
     holdout: Span
+    note: str = ""
+    skipped: int = 0
+    read_s: float = 0.0  # seconds spent reading the topic (0: the ring's rows)
 
     def training_data(self) -> TrainingData:
         """The whole window as the registry records it (the candidate is refitted on all of it)."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -10,6 +11,7 @@ from typing import Protocol
 
 from monitor.govern.training.job import TrainingJob, TrainingResult
 from monitor.govern.training.search import run_job
+from monitor.govern.training.source import Sourced, TopicSource
 from monitor.settings import RetrainSettings
 
 log = logging.getLogger(__name__)
@@ -26,11 +28,28 @@ def run_job_safely(job: TrainingJob, settings: RetrainSettings) -> TrainingResul
         return TrainingResult(job=job, error=f"{type(exc).__name__}: {exc}", metric=settings.metric)
 
 
+def run_sourced(job: TrainingJob, sourced: Sourced, settings: RetrainSettings) -> TrainingResult:
+    """:func:`run_job_safely` on the rows ``sourced`` found for ``job``; the result is ``job``'s
+    (the governor waits for that one), its window says where the rows came from."""
+    result = run_job_safely(sourced.job, settings)
+    window = result.window
+    if window is not None:
+        window = dataclasses.replace(
+            window, note=sourced.note, skipped=sourced.skipped, read_s=sourced.read_s
+        )
+    return dataclasses.replace(result, job=job, window=window)
+
+
 class Trainer(Protocol):
     """What the pipeline holds: submit jobs, collect finished results between batches."""
 
     @property
     def pending(self) -> int: ...
+    @property
+    def history(self) -> int:
+        """Readings each job re-reads from the readings topic (0: it trains on the ring's window)."""
+        ...
+
     def submit(self, job: TrainingJob) -> None: ...
     def poll(self) -> list[TrainingResult]: ...
     def wait(self, timeout: float | None = None) -> bool: ...
@@ -49,8 +68,9 @@ class TrainingWorker:
     keep the process alive.
     """
 
-    def __init__(self, settings: RetrainSettings) -> None:
+    def __init__(self, settings: RetrainSettings, source: TopicSource | None = None) -> None:
         self.settings = settings
+        self.source = source  # re-reads each job's window from the readings topic (None: the ring's)
         self._jobs: queue.SimpleQueue[TrainingJob | None] = queue.SimpleQueue()
         self._results: queue.SimpleQueue[TrainingResult] = queue.SimpleQueue()
         self._idle = threading.Condition()
@@ -62,6 +82,10 @@ class TrainingWorker:
     def pending(self) -> int:
         """Jobs submitted and not finished yet."""
         return self._pending
+
+    @property
+    def history(self) -> int:
+        return 0 if self.source is None else self.source.retrain.history_readings
 
     def submit(self, job: TrainingJob) -> None:
         if self._closed:
@@ -96,14 +120,26 @@ class TrainingWorker:
             return True
         self._jobs.put(None)
         self._thread.join(timeout)
-        return not self._thread.is_alive()
+        stopped = not self._thread.is_alive()
+        if stopped and self.source is not None:
+            self.source.close()
+        return stopped
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            self._results.put(run_job_safely(job, self.settings))
+            self._results.put(run_sourced(job, self._window(job), self.settings))
             with self._idle:
                 self._pending -= 1
                 self._idle.notify_all()
+
+    def _window(self, job: TrainingJob) -> Sourced:
+        if self.source is None:
+            return Sourced(job)
+        try:
+            return self.source.window(job)
+        except Exception as exc:  # the ring's window is still there: never lose the job
+            log.exception("re-reading the window of %s/%s failed", job.device_id, job.sensor)
+            return Sourced(job, f"reading the topic failed ({type(exc).__name__}: {exc}): ring buffer used")
 
 
 class InlineTrainer:
@@ -115,6 +151,10 @@ class InlineTrainer:
 
     @property
     def pending(self) -> int:
+        return 0
+
+    @property
+    def history(self) -> int:
         return 0
 
     def submit(self, job: TrainingJob) -> None:
