@@ -273,6 +273,27 @@ def test_rules_cover_the_service_and_detection() -> None:
         "TelemonRuleFiring",
         "TelemonAnomalyRateHigh",
     } <= alerts
+    assert {
+        "TelemonDegraded",
+        "TelemonSnapshotWriteErrors",
+        "TelemonSnapshotLoadErrors",
+        "TelemonRetrainsRejected",
+        "TelemonConsumerLagGrowing",
+        "TelemonDeadLettersFailed",
+    } <= alerts
+
+
+def test_every_alert_is_unit_tested_quiet() -> None:
+    """Each alert also has a case where it must not fire (exp_alerts empty)."""
+    alerts = {r["alert"] for r in prometheus_rules() if "alert" in r}
+    quiet = {
+        t["alertname"]
+        for path in (PROMETHEUS / "tests").glob("*.yml")
+        for case in load_yaml(path)["tests"]
+        for t in case.get("alert_rule_test", [])
+        if not t.get("exp_alerts")
+    }
+    assert alerts <= quiet
 
 
 def test_rules_use_exported_metrics_and_known_severities() -> None:
