@@ -41,6 +41,9 @@ SEVERITIES = {"info", "warning", "critical"}
 #: Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
 PROMETHEUS_DS = "telemon-prometheus"
+#: The dashboard's datasource: its variable, so the JSON imports into any Grafana.
+DASHBOARD_DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+GRAFANA_ALERTING = GRAFANA / "alerting" / "telemon.yaml"
 
 
 def run(*cmd: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -338,7 +341,7 @@ def dashboard_targets() -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def grafana_alert_rules() -> list[dict[str, Any]]:
-    provisioning = load_yaml(GRAFANA / "provisioning" / "alerting" / "telemon.yaml")
+    provisioning = load_yaml(GRAFANA_ALERTING)
     assert provisioning["apiVersion"] == 1
     return [r for g in provisioning["groups"] for r in g["rules"]]
 
@@ -393,18 +396,33 @@ def test_dashboard_structure() -> None:
         pos = panel["gridPos"]
         assert pos["x"] >= 0 and pos["w"] > 0 and pos["x"] + pos["w"] <= 24, panel["title"]
         if panel["type"] not in ("row", "alertlist"):
-            assert panel["datasource"]["uid"] == PROMETHEUS_DS, panel["title"]
+            assert panel["datasource"] == DASHBOARD_DS, panel["title"]
             assert panel["targets"], panel["title"]
+
+
+def test_dashboard_takes_its_datasource_as_a_variable() -> None:
+    """No panel, query or variable names a datasource uid: every one is ``${DS_PROMETHEUS}``, a
+    datasource variable (the provisioned Prometheus by default, any Prometheus on import)."""
+    d = dashboard()
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    ds = variables["DS_PROMETHEUS"]
+    assert (ds["type"], ds["query"], ds["current"]["value"]) == ("datasource", "prometheus", PROMETHEUS_DS)
+    assert PROMETHEUS_DS not in json.dumps({k: v for k, v in d.items() if k != "templating"})
+    used = [p["datasource"] for p in d["panels"] if "datasource" in p]
+    used += [t["datasource"] for _, t in dashboard_targets()]
+    used += [v["datasource"] for v in variables.values() if "datasource" in v]
+    assert used and all(u == DASHBOARD_DS for u in used)
 
 
 def test_dashboard_queries_use_exported_metrics_and_parse(tmp_path: Path) -> None:
     exprs = []
     for title, target in dashboard_targets():
-        assert target["datasource"]["uid"] == PROMETHEUS_DS, title
+        assert target["datasource"] == DASHBOARD_DS, title
         assert target["refId"], title
         exprs.append(target["expr"])
         assert_uses_exported(grafana_to_promql(target["expr"]))
-    (variable,) = dashboard()["templating"]["list"]
+    (variable,) = [v for v in dashboard()["templating"]["list"] if v["type"] == "query"]
+    assert variable["datasource"] == DASHBOARD_DS
     metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["query"]["query"]).groups()  # type: ignore[union-attr]
     assert metric in exported()[0]
     assert label in exported()[1]
@@ -431,6 +449,29 @@ def test_grafana_alert_rules_structure() -> None:
         assert rule["execErrState"] in ("OK", "Error", "Alerting")
         assert rule["labels"].get("severity", "warning") in SEVERITIES
         assert rule["annotations"]["summary"]
+
+
+def test_every_operations_alert_has_a_grafana_mirror() -> None:
+    """Each Prometheus alert of the telemon-operations group has a Grafana rule whose uid is its name
+    in kebab case, with the same severity and `for`."""
+    groups = load_yaml(PROMETHEUS / "rules" / "telemon.yml")["groups"]
+    (group,) = [g for g in groups if g["name"] == "telemon-operations"]
+    grafana = {r["uid"]: r for r in grafana_alert_rules()}
+    for rule in group["rules"]:
+        uid = re.sub(r"(?<!^)(?=[A-Z])", "-", rule["alert"]).lower()
+        mirror = grafana[uid]
+        assert mirror["labels"]["severity"] == rule["labels"]["severity"], uid
+        assert mirror["for"] == rule.get("for", "0s"), uid
+        assert metric_names(mirror["data"][0]["model"]["expr"]) == metric_names(rule["expr"]), uid
+
+
+def test_compose_alerts_from_prometheus_only() -> None:
+    """The Grafana rules duplicate the Prometheus ones: compose provisions Grafana without them."""
+    assert not (GRAFANA / "provisioning" / "alerting").exists()
+    mounts = [v for s in compose()["services"].values() for v in s.get("volumes", [])]
+    assert not [m for m in mounts if "alerting" in m]
+    assert "./configs/prometheus:/etc/prometheus:ro" in compose()["services"]["prometheus"]["volumes"]
+    assert load_yaml(PROMETHEUS / "prometheus.yml")["rule_files"]
 
 
 def test_grafana_alert_queries_use_exported_metrics_and_parse(tmp_path: Path) -> None:
