@@ -44,7 +44,7 @@ from monitor.errors import SinkUnavailable
 from monitor.govern import alerts, registry, replication
 from monitor.ingest import kafka
 from monitor.pipeline import BatchResult, Pipeline
-from monitor.serve import changelog, fleetspan
+from monitor.serve import changelog, fleetspan, oplog
 from monitor.serve.changelog import Changelog
 from monitor.serve.deadletters import DeadLetterProducer
 from monitor.serve.feedback import FeedbackWorker
@@ -151,6 +151,7 @@ class Service:
         self.registry = registry.open_registry(settings)
         self.replica = self._share_registry()
         self.totals = Totals()
+        self.summary = oplog.Summary()  # the periodic throughput and lag line
         self.pending: BatchResult | None = None  # a processed batch whose outputs are not delivered
         self.in_kafka = False  # the pending batch's outputs are all acknowledged by Kafka
         self.posted = False  # ... and its alerts accepted by Alertmanager
@@ -217,6 +218,7 @@ class Service:
         try:
             while not stop.is_set() or (self.pending is not None and not self.abandoned):
                 self.health.tick()
+                self.summary.log_if_due(degraded=self.pending is not None)
                 self._heartbeat()
                 self._follow_registry()
                 if self.pending is not None:
@@ -422,6 +424,7 @@ class Service:
         self.partitions.applied(result.offsets)
         for a in result.alerts:
             log.info("alert %s %s %s/%s", a.status, a.rule, a.device_id, a.sensor)
+        oplog.log_decisions(result)
         if not self.eos:  # under exactly_once, in the transaction
             self.partitions.snapshot_due()
 
@@ -439,6 +442,7 @@ class Service:
         lags = self._lags()
         m.record_consumer(lags, len(self.partitions))
         self.pipeline.lag = sum(lags.values())
+        self.summary.add(result, self.pipeline.lag if lags else None)
 
     def _log_anomalies(self, result: BatchResult) -> None:
         """What an operator must hear about: channels registered, eviction waves, devices read

@@ -3,6 +3,7 @@ commit that fails on an unreachable broker or a rebalance does not stop the serv
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import cast
 
@@ -11,6 +12,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
 from monitor.govern import alerts
+from monitor.govern.registry import AuditEvent
 from monitor.govern.rules import load_rules
 from monitor.pipeline import BatchResult, Pipeline
 from monitor.serve.metrics import Metrics
@@ -77,3 +79,36 @@ def test_a_commit_failing_on_an_unreachable_broker_or_a_rebalance_is_not_fatal(
             service._commit(result)
     else:
         service._commit(result)
+
+
+class _AcceptingConsumer:
+    def commit(self, **_: object) -> None:
+        pass
+
+
+def test_the_service_logs_its_decisions_and_counts_batches_for_the_summary(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(
+        None, kafka={"bootstrap_servers": "127.0.0.1:1"}, state_dir=str(tmp_path), rules_file=str(RULES)
+    )
+    service = Service(settings, Pipeline(settings, load_rules(RULES)), Metrics(CollectorRegistry()))
+    service.consumer.close()
+    service.consumer = cast(Consumer, _AcceptingConsumer())
+    rejected = AuditEvent(
+        kind="rejected",
+        device_id="dev-1",
+        sensor="humidity",
+        version=2,
+        previous=2,
+        reason="too few readings",
+    )
+    result = BatchResult(audit=[rejected])
+    with caplog.at_level(logging.INFO, "monitor.serve.oplog"):
+        service._checkpoint(result)
+        service._record(result, 0.01)
+    assert [r.getMessage() for r in caplog.records if r.name == "monitor.serve.oplog"] == [
+        "rejected the retrain of dev-1/humidity: v2 keeps serving (too few readings)"
+    ]
+    assert (service.summary.window.batches, service.summary.window.rejected) == (1, 1)
+    assert service.summary.lag is None  # no partition assigned: no lag known
