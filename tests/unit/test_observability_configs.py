@@ -522,6 +522,9 @@ def test_compose_creates_every_topic_telemon_uses() -> None:
         assert re.search(rf"(create |for topic in [^;]*)\b{re.escape(topic)}\b", script), topic
     assert re.search(r"create telemon\.artifacts --config cleanup\.policy=compact", script)
     assert re.search(r"create telemon\.audit --config retention\.ms=-1", script)
+    assert re.search(r"create telemon\.state --config cleanup\.policy=compact", script)  # the changelog
+    assert re.search(r"TOPIC_PARTITIONS=1 create telemon\.fleet\b", script)  # read in one order
+    assert k.state_topic == "telemon.state" and k.fleet_topic == "telemon.fleet"
 
 
 def test_compose_stack_is_complete_and_ordered() -> None:
