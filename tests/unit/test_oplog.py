@@ -59,9 +59,9 @@ def _decided() -> BatchResult:
     r.versions = [_version(1, 0), _version(3, 2)]  # the online model as v1, then the candidate
     r.audit = [
         _event("rule_fired", 2, 0),
-        _event("promoted", 3, 2, "holdout nll -0.31 < -0.12"),
-        _event("rejected", 4, 3, "shadow: more false positives"),
-        _event("rejected", 3, 3, "too few readings"),
+        _event("promoted", 3, 2, "candidate AUC 0.981 > incumbent 0.702 + margin 0.020"),
+        _event("rejected", 4, 3, "candidate AUC 0.955 < incumbent 0.981 + margin 0.020"),
+        _event("rejected", 3, 3, "training failed: no readings"),
     ]
     return r
 
@@ -70,9 +70,10 @@ def test_decision_lines_name_each_retrain_promotion_and_rejection() -> None:
     assert list(decision_lines(_decided())) == [
         "retrained dev-1/temperature: candidate v3 (serving v2) on 512 readings of telemon.readings/3 "
         "offsets 100-611, rows from the topic; rule score_drift",
-        "promoted dev-1/temperature: v3 replaces v2 (holdout nll -0.31 < -0.12)",
-        "rejected dev-1/temperature: candidate v4, v3 keeps serving (shadow: more false positives)",
-        "rejected the retrain of dev-1/temperature: v3 keeps serving (too few readings)",
+        "promoted dev-1/temperature: v3 replaces v2 (candidate AUC 0.981 > incumbent 0.702 + margin 0.020)",
+        "rejected dev-1/temperature: candidate v4, v3 keeps serving "
+        "(candidate AUC 0.955 < incumbent 0.981 + margin 0.020)",
+        "rejected the retrain of dev-1/temperature: v3 keeps serving (training failed: no readings)",
     ]
 
 
