@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.cli.broker import free_port
 from monitor.govern import alerts, registry
+from monitor.serve import oplog
 from monitor.serve.app import build_service
 from monitor.serve.service import Totals
 from monitor.settings import Settings, load_settings
@@ -44,6 +46,16 @@ class Run:
     report: SimulationReport
     totals: Totals
     metrics_text: str
+    logged: list[str]  # monitor.serve.oplog's INFO lines
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +80,20 @@ def run(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
 
     timer = threading.Timer(120, stop.set)  # never hang the suite
     timer.start()
-    totals = service.run(stop, caught_up)
+    lines, logger = _Lines(), logging.getLogger(oplog.__name__)
+    logger.addHandler(lines)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        totals = service.run(stop, caught_up)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
     timer.cancel()
     url = f"http://127.0.0.1:{settings.metrics.port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:
         text = resp.read().decode()
-    yield Run(settings, report, totals, text)
+    yield Run(settings, report, totals, text, lines.lines)
 
 
 def test_every_message_is_processed_and_committed(run: Run) -> None:
@@ -124,6 +144,18 @@ def test_retrain_recorded_with_offsets(run: Run) -> None:
     assert local[-1].source == "topic", local[-1].source_note
     assert run.settings.model.retrain_window < data.readings <= run.settings.retrain.history_readings
     assert data.last_ts >= 1_767_225_600_000 + 300_000  # trained on the shifted data
+
+
+def test_each_retrain_and_decision_is_logged_once(run: Run) -> None:
+    retrains = [v for v in run.totals.versions if v.parent]
+    expected = [oplog.retrain_line(v) for v in retrains] + [
+        oplog.decision_line(e) for e in run.totals.decisions
+    ]
+    assert retrains and run.totals.decisions
+    decisions = [
+        line for line in run.logged if not line.startswith("last ")
+    ]  # a summary line, if one was due
+    assert sorted(decisions) == sorted(expected)
 
 
 def test_malformed_messages_are_dead_lettered_with_reasons(run: Run) -> None:
