@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from monitor import errors
 from monitor.cli import compare as compare_cli
+from monitor.cli import config as config_cli
 from monitor.cli import feedback as feedback_cli
 from monitor.cli import registry as registry_cli
 from monitor.cli import shadow as shadow_cli
@@ -40,6 +41,8 @@ examples:
   telemon simulate --scenario configs/scenarios/demo.yaml --config configs/monitor.yaml
   telemon run --config configs/monitor.yaml      the monitor, against kafka.bootstrap_servers
   telemon rules check configs/*rules*.yaml       validate rules files
+  telemon config show --config configs/monitor.yaml   the effective settings, where each comes from
+  telemon config check configs/monitor.yaml      validate a config file (and its rules, cohorts)
   telemon registry show dev-0007 temperature     why a model version serves, what it was trained on
   telemon feedback 965f8733636e615a --verdict fp mark an alert a false positive (tp, maintenance)
   telemon run --config candidate.yaml --shadow-of telemon   a candidate beside production (shadow topics)
@@ -132,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_cli.add_parser(sub)
     feedback_cli.add_parser(sub)
     compare_cli.add_parser(sub)
+    config_cli.add_parser(sub)
     producers_cli.add_parsers(sub)
 
     rules = sub.add_parser("rules", help="governance rules tools")
@@ -238,6 +242,7 @@ COMMANDS = {
     "registry": registry_cli.run,
     "feedback": feedback_cli.run,
     "compare": compare_cli.run,
+    "config": config_cli.run,
     **dict.fromkeys(producers_cli.COMMANDS, producers_cli.run),
 }
 
