@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from monitor import errors
+from monitor.cli import alerts as alerts_cli
 from monitor.cli import compare as compare_cli
 from monitor.cli import config as config_cli
 from monitor.cli import feedback as feedback_cli
@@ -44,6 +45,7 @@ examples:
   telemon config show --config configs/monitor.yaml   the effective settings, where each comes from
   telemon config check configs/monitor.yaml      validate a config file (and its rules, cohorts)
   telemon registry show dev-0007 temperature     why a model version serves, what it was trained on
+  telemon alerts tail --from 1h                  the last hour's alerts, then new ones as they come
   telemon feedback 965f8733636e615a --verdict fp mark an alert a false positive (tp, maintenance)
   telemon run --config candidate.yaml --shadow-of telemon   a candidate beside production (shadow topics)
   telemon compare --from 2026-01-01T06:00 --to 2026-01-01T12:00   the shadow's alerts against production's
@@ -136,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     feedback_cli.add_parser(sub)
     compare_cli.add_parser(sub)
     config_cli.add_parser(sub)
+    alerts_cli.add_parser(sub)
     producers_cli.add_parsers(sub)
 
     rules = sub.add_parser("rules", help="governance rules tools")
@@ -243,6 +246,7 @@ COMMANDS = {
     "feedback": feedback_cli.run,
     "compare": compare_cli.run,
     "config": config_cli.run,
+    "alerts": alerts_cli.run,
     **dict.fromkeys(producers_cli.COMMANDS, producers_cli.run),
 }
 
