@@ -84,9 +84,7 @@ def value_sources(
     variables = {k.upper(): k for k in env if k.upper().startswith(ENV_PREFIX)}
     out: dict[Loc, Source] = {}
     for loc, _ in leaves(settings.model_dump(mode="json")):
-        var = next(
-            (variables[n] for i in range(len(loc), 0, -1) if (n := _env_name(loc[:i])) in variables), None
-        )
+        var = _variable(loc, variables, env)
         if flag and loc == ("log_level",):
             out[loc] = Source("command line", "--log-level")
         elif var is not None:
@@ -97,6 +95,28 @@ def value_sources(
         else:
             out[loc] = Source("default")
     return out
+
+
+def _variable(loc: Loc, variables: Mapping[str, str], env: Mapping[str, str]) -> str | None:
+    """The ``TELEMON_*`` variable that sets ``loc``: its own, or a section's or mapping's JSON that
+    has the key (``TELEMON_KAFKA__EXTRA`` is merged with the file's ``kafka.extra``)."""
+    for i in range(len(loc), 0, -1):
+        var = variables.get(_env_name(loc[:i]))
+        if var is not None and (i == len(loc) or _has(env[var], loc[i:])):
+            return var
+    return None
+
+
+def _has(text: str, loc: Loc) -> bool:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return True  # not JSON: the variable sets the whole value
+    for key in loc:
+        if not isinstance(value, dict) or key not in value:
+            return False
+        value = value[key]
+    return True
 
 
 def leaves(data: Mapping[str, Any], path: Loc = ()) -> Iterator[tuple[Loc, Any]]:

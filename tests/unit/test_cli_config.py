@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,16 @@ def test_every_value_has_its_source(tmp_path: Path) -> None:
     assert sources[("kafka", "bootstrap_servers")] == kafka
     assert sources[("drift", "check_every")] == Source("environment", "TELEMON_DRIFT__CHECK_EVERY")
     assert sources[("consume", "batch_size")] == Source("default")
+
+
+def test_a_mapping_from_the_environment_is_merged_key_by_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _config(tmp_path)
+    monkeypatch.setenv("TELEMON_KAFKA__EXTRA", '{"client.id": "c1"}')
+    sources = value_sources(load_settings(path), yamlfile.read(path), os.environ)
+    assert sources[("kafka", "extra", "client.id")] == Source("environment", "TELEMON_KAFKA__EXTRA")
+    assert sources[("kafka", "extra", "linger.ms")] == Source("file", f"{path}:5:5")
     assert value_sources(load_settings(path), None, {}, flag=True)[("log_level",)] == Source(
         "command line", "--log-level"
     )
