@@ -158,7 +158,7 @@ def check_file(path: Path) -> list[str]:
         load_rules(settings.rules_file, catalog.names, registrable=catalog.spare > 0)
         CohortLabels.load(settings.cohorts_file, settings.channels.labels(), catalog)
     except (errors.InvalidInput, errors.UnsafeFileError, FileNotFoundError) as exc:
-        return [line if line.startswith(str(path)) else f"{path}: {line}" for line in str(exc).splitlines()]
+        return [line if str(path) in line else f"{path}: {line}" for line in str(exc).splitlines()]
     return []
 
 

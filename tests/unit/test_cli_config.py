@@ -121,6 +121,7 @@ def test_check_reads_the_files_the_config_names(tmp_path: Path) -> None:
 
 def test_check_a_missing_or_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(capsys, "config", "check", str(tmp_path / "none.yaml"))
-    assert code == 2 and err == f"{tmp_path / 'none.yaml'}: config file not found: {tmp_path / 'none.yaml'}\n"
+    assert code == 2 and err == f"config file not found: {tmp_path / 'none.yaml'}\n"
     code, _, err = _run(capsys, "config", "check", str(_config(tmp_path, "a: [\n", "broken.yaml")))
     assert code == 2 and "invalid YAML" in err and len(err.splitlines()) == 1
+    assert check_file(tmp_path) == [f"cannot read {tmp_path}: {tmp_path}: not a regular file (a directory)"]
