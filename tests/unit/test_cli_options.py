@@ -75,15 +75,6 @@ def test_an_unknown_level_is_one_line(capsys: pytest.CaptureFixture[str]) -> Non
     assert "argument --log-level: invalid choice: 'LOUD'" in capsys.readouterr().err
 
 
-@pytest.fixture
-def _restore_levels() -> Iterator[None]:
-    levels = logging.getLogger().level, logging.getLogger("monitor").level
-    yield
-    logging.getLogger().setLevel(levels[0])
-    logging.getLogger("monitor").setLevel(levels[1])
-
-
-@pytest.mark.usefixtures("_restore_levels")
 def test_the_flag_wins_over_the_setting_and_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,7 +91,6 @@ def test_the_flag_wins_over_the_setting_and_the_environment(
     assert logging.getLogger().level == logging.getLogger("monitor").level == logging.DEBUG
 
 
-@pytest.mark.usefixtures("_restore_levels")
 def test_set_log_level() -> None:
     set_log_level("WARNING")
     assert logging.getLogger("monitor").getEffectiveLevel() == logging.WARNING
