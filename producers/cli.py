@@ -15,7 +15,7 @@ import os
 import socket
 from pathlib import Path
 
-from monitor.cli.args import add_config_options, settings_from_args, stop_on_signals
+from monitor.cli.args import add_bootstrap_option, settings_from_args, stop_on_signals
 from monitor.schema import DEVICE_ID_PATTERN
 from producers import iio, mqtt_bridge, replay
 from producers.publisher import Publisher, ReadingPublisher
@@ -73,7 +73,7 @@ def _add_iio(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--count", type=_count, metavar="N", help="stop after N samples (default: run until stopped)"
     )
     p.add_argument("--list", action="store_true", help="print the discovered channels and exit")
-    add_config_options(p)
+    add_bootstrap_option(p)
 
 
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -94,7 +94,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--limit", type=_count, metavar="ROWS", help="stop after this many rows")
     p.add_argument("--strict", action="store_true", help="exit 2 at the first bad row instead of skipping")
-    add_config_options(p)
+    add_bootstrap_option(p)
 
 
 def _add_bridge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -114,7 +114,7 @@ def _add_bridge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--client-id", help="persistent session id (default: telemon-bridge-<host name>)")
     p.add_argument("--mqtt-username", help="MQTT user name")
     p.add_argument("--mqtt-tls-ca", type=Path, metavar="FILE", help="CA bundle: connect with TLS")
-    add_config_options(p)
+    add_bootstrap_option(p)
 
 
 def cmd_iio(args: argparse.Namespace) -> int:

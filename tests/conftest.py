@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 import signal
@@ -36,6 +37,17 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("TELEMON_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _log_levels() -> Iterator[None]:
+    """A test that runs ``main()`` with ``--log-level`` (or a ``log_level`` setting) leaves the
+    levels of the root and ``monitor`` loggers as they were."""
+    loggers = [logging.getLogger(), logging.getLogger("monitor")]
+    levels = [lg.level for lg in loggers]
+    yield
+    for lg, level in zip(loggers, levels, strict=True):
+        lg.setLevel(level)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -17,23 +17,94 @@ from monitor.settings import Settings, load_settings
 log = logging.getLogger("monitor")
 
 
-def add_config_options(p: argparse.ArgumentParser) -> None:
-    """``--config FILE`` and ``--bootstrap HOST:PORT``."""
-    p.add_argument(
+#: The levels ``--log-level`` accepts: those of the ``log_level`` setting.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+GLOBAL_TITLE = "global options (before or after the command)"
+
+
+def add_global_options(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``, ``--log-level LEVEL`` and ``-v`` on ``parser`` and on every subcommand
+    under it, at any depth, so that they may be given before or after any command word.
+
+    Only the top level has defaults: a subcommand's options default to ``SUPPRESS``, so a value
+    given before the subcommand is not overwritten by the subcommand's default.
+    """
+    _global_options(parser, None)
+    for sub in _subcommands(parser):
+        _global_options(sub, argparse.SUPPRESS)
+
+
+def _global_options(p: argparse.ArgumentParser, default: object) -> None:
+    group = p.add_argument_group(GLOBAL_TITLE)
+    group.add_argument(
         "--config",
         type=Path,
+        default=default,
         metavar="FILE",
         help="monitor YAML config; relative paths in it are relative to its folder (default: the "
         "built-in defaults and the packaged rules)",
     )
+    group.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=default,
+        metavar="LEVEL",
+        help=f"{', '.join(LOG_LEVELS)} (default: the log_level setting, INFO); wins over the setting",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest="log_level",
+        action="store_const",
+        const="DEBUG",
+        default=default,
+        help="the same as --log-level DEBUG",
+    )
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser``: its subcommands, theirs, and so on (each once)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                found += [sub, *_subcommands(sub)]
+    return found
+
+
+def subcommand_paths(parser: argparse.ArgumentParser) -> list[tuple[str, ...]]:
+    """The command words of every runnable command (``("registry", "list")``, ...)."""
+    paths: list[tuple[str, ...]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths += [(name, *rest) for rest in subcommand_paths(sub)] or [(name,)]
+    return paths
+
+
+def add_bootstrap_option(p: argparse.ArgumentParser) -> None:
+    """``--bootstrap HOST:PORT`` (``--config`` is global: :func:`add_global_options`)."""
     p.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The settings of ``--config``, with ``--bootstrap`` on top (then the environment)."""
+    """The settings of ``--config``, with ``--bootstrap`` on top (then the environment), and
+    ``--log-level`` over everything; the log level is applied to logging."""
     bootstrap = getattr(args, "bootstrap", None)
     overrides = {"kafka": {"bootstrap_servers": bootstrap}} if bootstrap else {}
-    return load_settings(getattr(args, "config", None), **overrides)
+    settings = load_settings(getattr(args, "config", None), **overrides)
+    level = getattr(args, "log_level", None)
+    if level is not None:  # the command line is this run's explicit wish: above the environment
+        settings = settings.model_copy(update={"log_level": level})
+    set_log_level(settings.log_level)
+    return settings
+
+
+def set_log_level(level: str) -> None:
+    """The level of every logger that does not set its own (and of telemon's)."""
+    logging.getLogger().setLevel(level)
+    logging.getLogger("monitor").setLevel(level)
 
 
 def actor(args: argparse.Namespace) -> str:

@@ -38,7 +38,7 @@ def add_parsers(
     pair: Callable[[argparse.ArgumentParser], None],
     version: Callable[[str], int],
 ) -> None:
-    """Register ``export`` and ``import`` (``common``: --config, --json; ``pair`` adds DEVICE
+    """Register ``export`` and ``import`` (``common``: --json; ``pair`` adds DEVICE
     SENSOR, ``version`` parses a version)."""
     export = actions.add_parser(
         "export",

@@ -21,7 +21,7 @@ from confluent_kafka import Message
 from monitor.analyze import compare as cmp
 from monitor.analyze import feedback
 from monitor.analyze.ledger import decode_alert
-from monitor.cli.args import add_config_options, settings_from_args
+from monitor.cli.args import add_bootstrap_option, settings_from_args
 from monitor.errors import InvalidInput
 from monitor.evaluation.report import table
 from monitor.report import topics
@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "production's (its kafka section names the topics). Exit 2 for an empty range or a run whose "
         "alerts topic does not exist, 1 if Kafka cannot be reached.",
     )
-    add_config_options(p)
+    add_bootstrap_option(p)
     p.add_argument(
         "--from",
         dest="since",

@@ -58,8 +58,13 @@ def _caught_up(report: SimulationReport | None, t: Totals, topic: str) -> bool:
 
 
 def run_demo(
-    scenario_path: Path, config: Path | None, stop: threading.Event, report: Path | None = None
+    scenario_path: Path,
+    config: Path | None,
+    stop: threading.Event,
+    report: Path | None = None,
+    log_level: str | None = None,
 ) -> int:
+    """The demo on ``config``'s settings (``log_level``, if given, over its own)."""
     scenario = load_scenario(scenario_path)
     with tempfile.TemporaryDirectory(prefix="telemon-demo-") as tmp, EmbeddedBroker() as broker:
         settings = load_settings(
@@ -67,6 +72,7 @@ def run_demo(
             kafka={"bootstrap_servers": broker.bootstrap_servers},
             metrics={"port": free_port()},
             state_dir=tmp,
+            **({"log_level": log_level} if log_level else {}),
         )
         print(
             f"telemon demo: broker {broker.bootstrap_servers}, metrics "

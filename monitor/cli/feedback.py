@@ -10,7 +10,7 @@ import time
 from confluent_kafka import KafkaError, Message, Producer
 
 from monitor.analyze import feedback
-from monitor.cli.args import add_config_options, settings_from_args
+from monitor.cli.args import add_bootstrap_option, settings_from_args
 from monitor.errors import InvalidInput, KafkaUnavailable
 from monitor.ingest import kafka
 
@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="when the fault began (ISO-8601, naive = UTC; epoch s or ms; or a duration before now: "
         "30m, 6h): with a true positive, the alert's detection delay is measured from it",
     )
-    add_config_options(p)
+    add_bootstrap_option(p)
 
 
 def run(args: argparse.Namespace) -> int:

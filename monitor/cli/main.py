@@ -15,11 +15,19 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from monitor import errors
+from monitor.cli import alerts as alerts_cli
 from monitor.cli import compare as compare_cli
+from monitor.cli import config as config_cli
 from monitor.cli import feedback as feedback_cli
 from monitor.cli import registry as registry_cli
 from monitor.cli import shadow as shadow_cli
-from monitor.cli.args import add_config_options, settings_from_args, stop_on_signals
+from monitor.cli.args import (
+    add_bootstrap_option,
+    add_global_options,
+    set_log_level,
+    settings_from_args,
+    stop_on_signals,
+)
 from monitor.common import packaged
 from monitor.evaluation import command as evaluation
 from monitor.report import command as report_cli
@@ -34,7 +42,10 @@ examples:
   telemon simulate --scenario configs/scenarios/demo.yaml --config configs/monitor.yaml
   telemon run --config configs/monitor.yaml      the monitor, against kafka.bootstrap_servers
   telemon rules check configs/*rules*.yaml       validate rules files
+  telemon config show --config configs/monitor.yaml   the effective settings, where each comes from
+  telemon config check configs/monitor.yaml      validate a config file (and its rules, cohorts)
   telemon registry show dev-0007 temperature     why a model version serves, what it was trained on
+  telemon alerts tail --from 1h                  the last hour's alerts, then new ones as they come
   telemon feedback 965f8733636e615a --verdict fp mark an alert a false positive (tp, maintenance)
   telemon run --config candidate.yaml --shadow-of telemon   a candidate beside production (shadow topics)
   telemon compare --from 2026-01-01T06:00 --to 2026-01-01T12:00   the shadow's alerts against production's
@@ -66,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         "until it has consumed everything, print progress and a summary. Exit 0 if every planted "
         "drift gave a drift alert and a retrain for its device/sensor, no clean pair got a drift "
         "alert, every alert carries an explanation, and every malformed message was quarantined; "
-        "1 otherwise. Then write the run's HTML report.",
+        "1 otherwise. Then write the run's HTML report. --config: the monitor config to start from "
+        "(its broker address, metrics port and state folder are replaced).",
     )
     demo.add_argument(
         "--scenario",
@@ -74,12 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=packaged.config("scenarios/demo.yaml"),
         metavar="FILE",
         help="scenario YAML (default: the packaged configs/scenarios/demo.yaml)",
-    )
-    demo.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="monitor config to start from (broker address is replaced)",
     )
     demo.add_argument(
         "--report",
@@ -99,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "at once on a second signal. Config errors name FILE:LINE:COLUMN or the TELEMON_* variable "
         "(exit 2); an unreachable broker is reported within 5 s (exit 1).",
     )
-    add_config_options(run)
+    add_bootstrap_option(run)
     shadow_cli.add_options(run)
 
     sim = sub.add_parser(
@@ -115,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pace to wall-clock time, the stream starting now unless the scenario sets start_ts "
         "(default: as fast as the broker takes it, from the scenario's start_ts)",
     )
-    add_config_options(sim)
+    add_bootstrap_option(sim)
 
     broker = sub.add_parser(
         "broker",
@@ -131,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     registry_cli.add_parser(sub)
     feedback_cli.add_parser(sub)
     compare_cli.add_parser(sub)
+    config_cli.add_parser(sub)
+    alerts_cli.add_parser(sub)
     producers_cli.add_parsers(sub)
 
     rules = sub.add_parser("rules", help="governance rules tools")
@@ -139,15 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="validate rules files; exit 1 with the errors",
         description="Validate rules files. Every problem is printed as FILE:LINE:COLUMN: key.path: "
-        "message; the exit code is 1 if any file has a problem.",
+        "message; the exit code is 1 if any file has a problem. The rules may name the channels of "
+        "--config (default: the built-in kinds).",
     )
     check.add_argument("files", type=Path, nargs="+", metavar="FILE")
-    check.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="monitor config whose channels the rules may name (default: the built-in kinds)",
-    )
+    add_global_options(parser)
     return parser
 
 
@@ -207,9 +211,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_rules(args: argparse.Namespace) -> int:
     from monitor.errors import RulesError
     from monitor.govern.rules import load_rules
-    from monitor.settings import load_settings
 
-    catalog = load_settings(args.config).channels.catalog()
+    catalog = settings_from_args(args).channels.catalog()
     failed = 0
     for path in args.files:
         try:
@@ -227,7 +230,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.cli.demo import run_demo
 
-    return run_demo(args.scenario, args.config, stop_on_signals("finishing the current batch"), args.report)
+    stop = stop_on_signals("finishing the current batch")
+    return run_demo(args.scenario, args.config, stop, args.report, log_level=args.log_level)
 
 
 COMMANDS = {
@@ -241,15 +245,16 @@ COMMANDS = {
     "registry": registry_cli.run,
     "feedback": feedback_cli.run,
     "compare": compare_cli.run,
+    "config": config_cli.run,
+    "alerts": alerts_cli.run,
     **dict.fromkeys(producers_cli.COMMANDS, producers_cli.run),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    set_log_level(args.log_level or "INFO")  # the log_level setting applies once settings are read
     try:
         return COMMANDS[args.command](args)
     except (

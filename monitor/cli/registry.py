@@ -79,9 +79,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config", type=Path, metavar="FILE", help="monitor config (default: built-in defaults)"
-    )
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     actions = reg.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
 

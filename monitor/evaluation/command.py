@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from monitor.cli.args import settings_from_args
 from monitor.govern.rules import load_rules
-from monitor.settings import load_settings
 
 if TYPE_CHECKING:
     from monitor.govern.rules import RuleSet
@@ -23,7 +23,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Replay labelled streams through the same pipeline, rules and settings the live "
         "service runs, and report detection quality. Writes a JSON report to --out and prints a table.",
     )
-    ev.add_argument("--config", type=Path, metavar="FILE", help="monitor config (default: built-in defaults)")
     ev.add_argument("--out", type=Path, default=Path("evaluation"), metavar="DIR", help="report folder")
     kinds = ev.add_subparsers(dest="input", required=True, metavar="INPUT")
     sc = kinds.add_parser("scenario", help="simulator scenarios: every planted event is a label")
@@ -142,7 +141,7 @@ def _baseline_names(text: str) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = settings_from_args(args)
     catalog = settings.channels.catalog()
     rules = load_rules(settings.rules_file, catalog.names, registrable=catalog.spare > 0)
     out: Path = args.out

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from monitor.cli.args import add_config_options, settings_from_args
+from monitor.cli.args import add_bootstrap_option, settings_from_args
 from monitor.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "precision and the lineage of every model version. With --evaluation, the report of a "
         "`telemon evaluate --out DIR` run instead (no broker needed).",
     )
-    add_config_options(p)
+    add_bootstrap_option(p)
     p.add_argument(
         "--since",
         metavar="TIME",
