@@ -9,9 +9,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The package only (pyproject.toml names README.md as its readme; monitor/configs, the packaged
-# default configs, links to configs/).
-COPY pyproject.toml README.md /tmp/telemon/
+# The package only (pyproject.toml names README.md as its readme and LICENSE as its license file;
+# monitor/configs, the packaged default configs, links to configs/).
+COPY pyproject.toml README.md LICENSE /tmp/telemon/
 COPY monitor /tmp/telemon/monitor
 COPY producers /tmp/telemon/producers
 COPY configs /tmp/telemon/configs
