@@ -48,6 +48,13 @@ def test_bridge_without_paho_names_the_mqtt_extra(
     )
 
 
+def test_bridge_with_paho_goes_on_to_its_own_checks(
+    capsys: pytest.CaptureFixture[str], signal_handlers: None
+) -> None:
+    assert main(["bridge", "mqtt", "--topic", "telemetry/#/x"]) == 2
+    assert _one_line_error(capsys) == "telemon bridge: invalid MQTT topic filter 'telemetry/#/x'"
+
+
 @pytest.mark.parametrize("command", [["broker", "--port", "0"], ["demo"]])
 def test_embedded_broker_commands_without_calfkit_name_the_embedded_extra(
     command: list[str],
