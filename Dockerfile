@@ -1,7 +1,8 @@
 # The telemon image: `telemon run` by default; the same image runs `telemon simulate`.
 #   docker build -t telemon .
 #   docker run --rm -e TELEMON_KAFKA__BOOTSTRAP_SERVERS=kafka:9092 telemon
-# Without the `embedded` extra: the image talks to a real Kafka (no `telemon demo`/`broker`).
+# Without the `embedded` extra: the image talks to a real Kafka (no `telemon demo`/`broker`); with
+# the `mqtt` extra, for `telemon bridge mqtt`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,13 +10,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The package only (pyproject.toml names README.md as its readme; monitor/configs, the packaged
-# default configs, links to configs/).
-COPY pyproject.toml README.md /tmp/telemon/
+# The package only (pyproject.toml names README.md as its readme and LICENSE as its license file;
+# monitor/configs, the packaged default configs, links to configs/).
+COPY pyproject.toml README.md LICENSE /tmp/telemon/
 COPY monitor /tmp/telemon/monitor
 COPY producers /tmp/telemon/producers
 COPY configs /tmp/telemon/configs
-RUN pip install /tmp/telemon && rm -rf /tmp/telemon
+RUN pip install '/tmp/telemon[mqtt]' && rm -rf /tmp/telemon
 # Compile the kernels once, into the package's __pycache__, so a container starts without compiling.
 RUN python -c "from monitor.govern.rules import load_rules; from monitor.pipeline import Pipeline; \
 from monitor.settings import load_settings; s = load_settings(None); Pipeline(s, load_rules(s.rules_file))"

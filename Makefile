@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both create the environment
-# (.venv, with the embedded broker and the test tools) on first use; `make test` also installs and
-# starts what the tests need (scripts/test-services: Mosquitto, Prometheus, Alertmanager, ...).
+# (.venv with '.[dev]': the embedded and mqtt extras, the test tools) on first use; `make test` also
+# installs and starts what the tests need (scripts/test-services: Mosquitto, Prometheus, Alertmanager, ...).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

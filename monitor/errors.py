@@ -15,7 +15,8 @@ it refines, so ``except ValueError`` and ``except OSError`` keep working::
     │   ├── SigningKeyError                   no usable signing key
     │   ├── ScenarioError                     a simulator scenario
     │   ├── ReplayError                       a replay mapping or log
-    │   └── LabelledInputError                an evaluation input (file, row, column)
+    │   ├── LabelledInputError                an evaluation input (file, row, column)
+    │   └── MissingExtra                      a command's optional dependency: the pip install to run
     ├── UnsafeFileError (OSError)           not a regular file, or over its size bound: unread
     ├── Untrusted                           state that must not be loaded
     │   ├── SnapshotError (ValueError)        corrupt, tampered with, another place or format
@@ -30,7 +31,7 @@ it refines, so ``except ValueError`` and ``except OSError`` keep working::
         ├── HistoryUnavailable                the readings topic lacks a retrain's range (retention)
         │   └── HistoryTimeout                  reading it outlasted its time budget
         ├── TransactionsFailed                exactly_once: the transactional producer, for good
-        ├── BrokerError                       the embedded broker (missing or not started)
+        ├── BrokerError                       the embedded broker did not start
         ├── MqttUnavailable                   the MQTT broker
         └── SinkUnavailable                   Alertmanager (do not commit past the alerts)
             └── SinkRejected                    it refused the request itself (4xx)
@@ -83,6 +84,11 @@ class ReplayError(InvalidInput):
 
 class LabelledInputError(InvalidInput):
     """A labelled input that cannot be read; the message names the file, row and column."""
+
+
+class MissingExtra(InvalidInput):
+    """A command whose optional dependency is not installed; the message names the extra to install
+    (``pip install 'telemon[mqtt]'``)."""
 
 
 class UnsafeFileError(TelemonError, OSError):
@@ -148,7 +154,7 @@ class TransactionsFailed(Unavailable):
 
 
 class BrokerError(Unavailable):
-    """The embedded broker is missing or did not start."""
+    """The embedded broker did not start (or its package has no broker binary)."""
 
 
 class MqttUnavailable(Unavailable):

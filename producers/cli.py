@@ -1,4 +1,5 @@
-"""The sources' subcommands: ``telemon iio``, ``telemon replay FILE``, ``telemon bridge mqtt``.
+"""The sources' subcommands: ``telemon iio``, ``telemon replay FILE``, ``telemon bridge mqtt`` (the
+last needs the ``mqtt`` extra: without it, it exits 2 naming the ``pip install`` to run).
 
 :func:`add_parsers` registers them on the ``telemon`` subparsers, :func:`run` dispatches on
 ``args.command``. Each takes the monitor config (``--config``; its ``kafka`` section says where to
@@ -16,8 +17,9 @@ import socket
 from pathlib import Path
 
 from monitor.cli.args import add_bootstrap_option, settings_from_args, stop_on_signals
+from monitor.common import extras
 from monitor.schema import DEVICE_ID_PATTERN
-from producers import iio, mqtt_bridge, replay
+from producers import iio, replay
 from producers.publisher import Publisher, ReadingPublisher
 
 log = logging.getLogger("producers")
@@ -102,11 +104,12 @@ def _add_bridge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     kinds = bridge.add_subparsers(dest="bridge_command", required=True, metavar="PROTOCOL")
     p = kinds.add_parser(
         "mqtt",
-        help="MQTT -> Kafka, validated, at least once",
+        help="MQTT -> Kafka, validated, at least once (needs the 'mqtt' extra)",
         description="Subscribe to an MQTT topic filter with QoS 1 and a persistent session; forward "
         "valid readings to kafka.readings_topic and invalid ones to kafka.dead_letter_topic; "
         "acknowledge each MQTT message only after Kafka acknowledged it. The first + of the filter "
-        f"is the device id, the second the sensor. Password: ${MQTT_PASSWORD_ENV}.",
+        f"is the device id, the second the sensor. Password: ${MQTT_PASSWORD_ENV}. "
+        "Needs the 'mqtt' extra: pip install 'telemon[mqtt]'.",
     )
     p.add_argument("--mqtt-host", default="127.0.0.1", help="MQTT broker host (default: %(default)s)")
     p.add_argument("--mqtt-port", type=int, default=1883, help="MQTT broker port (default: %(default)s)")
@@ -162,6 +165,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
+    extras.require("mqtt", "paho.mqtt.client", "the MQTT bridge")
+    from producers import mqtt_bridge  # imports paho-mqtt: only with the mqtt extra
+
     settings = settings_from_args(args)
     options = mqtt_bridge.MqttOptions(
         host=args.mqtt_host,

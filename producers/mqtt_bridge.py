@@ -1,5 +1,7 @@
 """MQTT edge bridge: readings published by devices over MQTT, validated, forwarded to Kafka.
 
+Needs the ``mqtt`` extra (paho-mqtt); only ``telemon bridge mqtt`` imports this module.
+
 The bridge subscribes to a topic filter such as ``telemetry/+/+`` with QoS 1. The first ``+`` level
 of the filter is the device id and the second the sensor (``telemetry/<device_id>/<sensor>``;
 a filter with one ``+`` names only the device, one without ``+`` neither). Each payload must be

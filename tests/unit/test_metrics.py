@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, enable_created_metrics, generate_latest
 
 import monitor
 from monitor.analyze.feedback import Verdict, VerdictKind
@@ -222,6 +222,16 @@ def test_exposition_has_no_device_id(recorded: CollectorRegistry) -> None:
     assert 'device="' not in text
     for name in SENSOR_NAMES:
         assert f'telemon_readings_total{{sensor="{name}"}}' in text
+
+
+def test_exposition_has_no_created_series() -> None:
+    enable_created_metrics()  # prometheus_client's default, as in a new process
+    registry = CollectorRegistry()
+    Metrics(registry).record_batch(_result(), _integrity(), 0.01)
+    names = [s.name for family in registry.collect() for s in family.samples]
+    assert "telemon_readings_total" in names and "telemon_batch_duration_seconds_count" in names
+    assert not [n for n in names if n.endswith("_created")]
+    assert "_created" not in generate_latest(registry).decode()
 
 
 def test_label_names_are_from_fixed_sets(recorded: CollectorRegistry) -> None:
