@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from monitor.cli.broker import EmbeddedBroker, free_port
+from monitor.govern.alerts import Alert
 from monitor.serve.app import build_service
 from monitor.serve.service import Totals
 from monitor.settings import Settings, load_settings
@@ -135,6 +136,12 @@ def _report(settings: Settings, out: Path | None) -> None:
     log.info("report built in %.1fs (%d bytes)", time.monotonic() - started, out.stat().st_size)
 
 
+def _print_alert(a: Alert) -> None:
+    print(f"  {a.rule:<18} {a.severity:<8} {a.device_id}/{a.sensor}")
+    if a.explanation is not None:
+        print(textwrap.fill(a.explanation.text, 100, initial_indent="    why: ", subsequent_indent=" " * 9))
+
+
 def _summary(scenario: Scenario, t: Totals) -> int:
     elapsed = time.monotonic() - t.started
     print(
@@ -142,13 +149,13 @@ def _summary(scenario: Scenario, t: Totals) -> int:
         f"{t.quarantined} quarantined, {t.anomalies} anomalous readings, "
         f"{t.drift_detections} drift detections"
     )
-    print("alerts (firing):")
-    for a in t.alerts:
-        if a.status == "firing":
-            print(f"  {a.rule:<18} {a.severity:<8} {a.device_id}/{a.sensor}")
-            if a.explanation is not None:
-                why = a.explanation.text
-                print(textwrap.fill(why, 100, initial_indent="    why: ", subsequent_indent=" " * 9))
+    last = {a.alert_id: a.status for a in t.alerts}  # each episode's latest record
+    fired = [a for a in t.alerts if a.status == "firing"]
+    for title, status in (("alerts still firing", "firing"), ("alerts fired, since resolved", "resolved")):
+        episodes = [a for a in fired if last[a.alert_id] == status]
+        print(f"{title}:" if episodes else f"{title}: none")
+        for a in episodes:
+            _print_alert(a)
     print("retrains (candidate versions, tested and shadowed):")
     trained = {(v.device_id, v.sensor, v.version): v.trained_on for v in t.versions}
     for e in t.decisions:
