@@ -136,6 +136,17 @@ def _report(settings: Settings, out: Path | None) -> None:
     log.info("report built in %.1fs (%d bytes)", time.monotonic() - started, out.stat().st_size)
 
 
+def _print_alerts(alerts: list[Alert]) -> None:
+    """The episodes still firing at the end, then those that fired and resolved, with the why."""
+    last = {a.alert_id: a.status for a in alerts}  # each episode's latest record
+    fired = [a for a in alerts if a.status == "firing"]
+    for title, status in (("alerts still firing", "firing"), ("alerts fired, since resolved", "resolved")):
+        episodes = [a for a in fired if last[a.alert_id] == status]
+        print(f"{title}:" if episodes else f"{title}: none")
+        for a in episodes:
+            _print_alert(a)
+
+
 def _print_alert(a: Alert) -> None:
     print(f"  {a.rule:<18} {a.severity:<8} {a.device_id}/{a.sensor}")
     if a.explanation is not None:
@@ -149,13 +160,7 @@ def _summary(scenario: Scenario, t: Totals) -> int:
         f"{t.quarantined} quarantined, {t.anomalies} anomalous readings, "
         f"{t.drift_detections} drift detections"
     )
-    last = {a.alert_id: a.status for a in t.alerts}  # each episode's latest record
-    fired = [a for a in t.alerts if a.status == "firing"]
-    for title, status in (("alerts still firing", "firing"), ("alerts fired, since resolved", "resolved")):
-        episodes = [a for a in fired if last[a.alert_id] == status]
-        print(f"{title}:" if episodes else f"{title}: none")
-        for a in episodes:
-            _print_alert(a)
+    _print_alerts(t.alerts)
     print("retrains (candidate versions, tested and shadowed):")
     trained = {(v.device_id, v.sensor, v.version): v.trained_on for v in t.versions}
     for e in t.decisions:
