@@ -70,7 +70,8 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmana
     server.server_close()
 
 
-def run_monitor(settings: Settings, last_offsets: dict[int, int]) -> Totals:
+def run_monitor(settings: Settings, last_offsets: dict[int, int], timeout_s: float = 120) -> Totals:
+    """The service, run until it has processed every offset up to ``last_offsets``."""
     service = build_service(settings, CollectorRegistry())
     stop = threading.Event()
 
@@ -79,7 +80,7 @@ def run_monitor(settings: Settings, last_offsets: dict[int, int]) -> Totals:
         if all(t.positions.get((topic, p), 0) > off for p, off in last_offsets.items()):
             stop.set()
 
-    timer = threading.Timer(120, stop.set)  # never hang the suite
+    timer = threading.Timer(timeout_s, stop.set)  # never hang the suite
     timer.start()
     try:
         return service.run(stop, caught_up)

@@ -5,26 +5,23 @@ re-read from the readings topic, registers the versions with what rebuilds them,
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
-from prometheus_client import CollectorRegistry
 
 from monitor.cli.main import main as telemon
 from monitor.govern import registry
 from monitor.govern.registry import ModelRegistry, ModelVersion, VersionRef
 from monitor.ingest.kafka import client_config
-from monitor.serve.app import build_service
-from monitor.serve.service import Totals
 from monitor.settings import Settings, load_settings
 from producers.scenario import load_scenario
 from producers.simulate import simulate
 from tests.brokers import Broker
 from tests.conftest import unique_kafka_settings
+from tests.integration.test_governance import run_monitor
 
 pytestmark = pytest.mark.integration
 
@@ -42,23 +39,6 @@ class Retrained:
         """The pair's candidates (v2, v3, ...)."""
         refs = [r for r in self.registry.versions(*PAIR) if r.version > 1]
         return [self.registry.manifest(*r).model for r in refs]
-
-
-def _run(settings: Settings, last_offsets: dict[int, int]) -> None:
-    service = build_service(settings, CollectorRegistry())
-    stop = threading.Event()
-
-    def caught_up(_result: object, t: Totals) -> None:
-        topic = settings.kafka.readings_topic
-        if all(t.positions.get((topic, p), 0) > off for p, off in last_offsets.items()):
-            stop.set()
-
-    timer = threading.Timer(180, stop.set)  # never hang the suite
-    timer.start()
-    try:
-        service.run(stop, caught_up)
-    finally:
-        timer.cancel()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +62,7 @@ def retrained(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Retra
         ],
     )
     report = simulate(settings.kafka, scenario)
-    _run(settings, report.last_offsets)
+    run_monitor(settings, report.last_offsets, timeout_s=180)
     return Retrained(settings, registry.open_registry(settings))
 
 
