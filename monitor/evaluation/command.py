@@ -37,13 +37,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     nb.add_argument("--root", type=Path, default=DEFAULT_NAB, help="NAB folder (default: %(default)s)")
     _add_baselines(nb)
-    kinds.add_parser(
+    tb = kinds.add_parser(
         "tables",
-        help="the README's detection-quality tables from the reports under --out (Markdown)",
+        help="the detection-quality tables from the reports under --out (Markdown)",
         description="Build one Markdown table per data set whose reports make evaluate wrote under "
         "--out (astropi.json, hapt.json, occupancy.json, nab.json with default/nab.json, "
         "scenario-library.json with scenario-clean.json): telemon beside the baselines. Prints them "
-        "and writes --out/tables.md.",
+        "and writes --out/tables.md (and --docs FILE).",
+    )
+    tb.add_argument(
+        "--docs",
+        type=Path,
+        metavar="FILE",
+        help="also write the tables to FILE, marked as generated, for the documentation to include "
+        "(make evaluate: docs/results/detection-tables.md)",
     )
     cs = kinds.add_parser(
         "csv",
@@ -150,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     if args.input == "nab":
         return _nab(settings, rules, args.root, out, _baseline_names(args.baselines))
     if args.input == "tables":
-        return _tables(out)
+        return _tables(out, args.docs)
     return _csv(settings, rules, args, out)
 
 
@@ -236,13 +243,16 @@ def _nab(settings: Settings, rules: RuleSet, root: Path, out: Path, compare: lis
     return 0
 
 
-def _tables(out: Path) -> int:
+def _tables(out: Path, docs: Path | None) -> int:
     from monitor.errors import LabelledInputError
-    from monitor.evaluation.tables import build
+    from monitor.evaluation.tables import build, generated
 
     text = build(out)
     if not text.strip():
         raise LabelledInputError(f"{out}: no reports to build tables from (run make evaluate)")
     (out / "tables.md").write_text(text, encoding="utf-8")
+    if docs is not None:
+        docs.parent.mkdir(parents=True, exist_ok=True)
+        docs.write_text(generated(text), encoding="utf-8")
     print(text, end="")
     return 0

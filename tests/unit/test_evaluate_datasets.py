@@ -243,10 +243,12 @@ def test_tables_are_built_from_the_reports_in_the_folder(
     assert main(["evaluate", "--out", str(tmp_path), "tables"]) == 2
     assert "no reports to build tables from" in capsys.readouterr().err
     (tmp_path / "hapt.json").write_text(json.dumps(_change_report()))
-    assert main(["evaluate", "--out", str(tmp_path), "tables"]) == 0
+    docs = tmp_path / "docs" / "tables.md"
+    assert main(["evaluate", "--out", str(tmp_path), "tables", "--docs", str(docs)]) == 0
     written = (tmp_path / "tables.md").read_text()
     assert written.startswith("### UCI HAPT\n\n4 labelled change points") and "| 3sigma |" in written
     assert capsys.readouterr().out == written
+    assert docs.read_text() == f"{tables.GENERATED_NOTE}\n\n{written}"
 
 
 def test_scenario_baselines_are_reported_beside_telemon(
