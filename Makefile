@@ -31,7 +31,7 @@ ASTRO_AXES := --value temp_h=temperature --value humidity --value pressure \
 	--value mag_x=magnetometer.x --value mag_y=magnetometer.y --value mag_z=magnetometer.z \
 	--value accel_x=accelerometer.x --value accel_y=accelerometer.y --value accel_z=accelerometer.z \
 	--value gyro_x=gyroscope.x --value gyro_y=gyroscope.y --value gyro_z=gyroscope.z
-# The log's known events (README "The data sets"): the board moved twice (turned at 09:02:21, tilted at
+# The log's known events (docs/results/detection-quality.md, "The data sets"): the board moved twice (turned at 09:02:21, tilted at
 # 10:37:50: its gyroscope shows both) and its new orientation after the recording gap; each the hour from its
 # first reading, while the models settle.
 ASTRO_EVENTS := --event moved=2015-08-21T09:02:21/2015-08-21T10:02:21 \

@@ -132,7 +132,7 @@ def _add_baselines(p: argparse.ArgumentParser) -> None:
         help="also score baseline detectors on the same readings, the same way: 3sigma (a static "
         "3-sigma rule per channel axis) and hst (River's HalfSpaceTrees per channel); without a "
         "value both (then give it after the FILEs). Their reports go under 'baselines' in the JSON "
-        "report, their row tables (csv) to rows/STEM.NAME.csv (README, Detection quality)",
+        "report, their row tables (csv) to rows/STEM.NAME.csv (docs: Detection quality)",
     )
 
 
