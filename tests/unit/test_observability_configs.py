@@ -1,5 +1,5 @@
 """The shipped observability and deployment files: Prometheus config, rules and their tests,
-Alertmanager, Grafana provisioning, the metrics catalog in the README, Dockerfile and compose.yaml.
+Alertmanager, Grafana provisioning, the metrics catalog of the documentation, Dockerfile and compose.yaml.
 
 Every PromQL expression (Prometheus rules, dashboard panels, Grafana alert rules) must parse
 (``promtool``) and may only name metrics and labels a fresh :class:`Metrics` really exports.
@@ -185,24 +185,25 @@ def test_exported_names_include_every_suffix() -> None:
 # ------------------------------------------------------------------------ metrics catalog
 
 
-def readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def docs_section(page: str, title: str) -> str:
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
     match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.M | re.S)
-    assert match, f"README has no section {title!r}"
+    assert match, f"docs/{page} has no section {title!r}"
     return match.group(1)
 
 
-def test_readme_catalog_lists_exactly_the_exported_metrics() -> None:
-    rows = [line for line in readme_section("Metrics").splitlines() if line.startswith("| `")]
+def test_documented_catalog_lists_exactly_the_exported_metrics() -> None:
+    catalog = docs_section("operations/metrics.md", "The catalog")
+    rows = [line for line in catalog.splitlines() if line.startswith("| `")]
     documented = {name for row in rows for name in re.findall(r"`(telemon_\w+)`", row.split("|")[1])}
     assert documented == catalog_names()
 
 
-def test_readme_catalog_labels_match() -> None:
+def test_documented_catalog_labels_match() -> None:
     families = {
         f.name + "_total" if f.type == "counter" else f.name: f for f in recorded_registry().collect()
     }
-    for line in readme_section("Metrics").splitlines():
+    for line in docs_section("operations/metrics.md", "The catalog").splitlines():
         cells = [c.strip() for c in line.split("|")[1:-1]]
         if not line.startswith("| `") or len(cells) < 3:
             continue
