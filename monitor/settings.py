@@ -155,7 +155,8 @@ class KafkaSettings(_Section):
     sasl_mechanism: str | None = Field(None, description="SASL mechanism, e.g. PLAIN, SCRAM-SHA-512")
     sasl_username: str | None = Field(None, description="SASL user name")
     sasl_password: SecretStr | None = Field(
-        None, description="set TELEMON_KAFKA__SASL_PASSWORD rather than the file"
+        None,
+        description="SASL password; set it from the environment (TELEMON_KAFKA__SASL_PASSWORD), not the file",
     )
     ssl_ca_location: str | None = Field(
         None, description="PEM file of the CA that signed the brokers' certificates (default: the system's)"
