@@ -281,6 +281,8 @@ _PY_KEYS = frozenset({"on_delivery", "on_commit", "logger"})
 
 
 class ConsumeSettings(_Section):
+    """How the readings are consumed: batches, message checks, dead letters, delivery and shutdown."""
+
     batch_size: int = Field(5000, ge=1, le=100_000, description="a batch closes at this many messages")
     max_batch_age_ms: int = Field(
         100,
@@ -345,6 +347,8 @@ class ProcessingSettings(_Section):
 
 
 class IntegritySettings(_Section):
+    """The data-integrity checks of each (device, sensor) pair's stream: stuck-at, gaps, clock skew."""
+
     stuck_run: int = Field(20, ge=2, description="identical consecutive readings that mean stuck-at")
     gap_factor: float = Field(5.0, gt=1, description="gap = interval > factor x nominal period")
     max_clock_skew_ms: int = Field(300_000, ge=0, description="0 disables the clock-skew check")
@@ -354,6 +358,9 @@ Flagged = Literal["learn", "clip", "skip"]
 
 
 class ModelSettings(_Section):
+    """The pair models: one per (device, sensor), learning the level and noise of its stream online
+    and scoring each reading."""
+
     warmup: int = Field(50, ge=5, description="readings learned before a model scores")
     fading: float = Field(0.05, gt=0, le=1, description="weight of a new reading in the level (memory ~1/x)")
     var_fading: float = Field(0.005, gt=0, le=1, description="weight of a new reading in the noise level")
@@ -614,6 +621,9 @@ class InputDriftSettings(_Section):
 
 
 class DriftSettings(_Section):
+    """Drift of the anomaly scores: KS, PSI and ADWIN per pair, and over the fleet and cohorts of a
+    sensor, and how often each is evaluated (with the rules)."""
+
     reference_size: int = Field(
         96, ge=32, le=4096, description="first scores of a pair after warm-up (or a promotion): its reference"
     )
