@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-quick lint env evaluate chaos clean report-screenshot
+.PHONY: demo test test-quick lint docs env evaluate chaos clean report-screenshot
 
 $(BIN)/telemon: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/apt-install python3-venv
@@ -71,9 +71,16 @@ lint: env
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The documentation site (mkdocs.yml -> build/site), strict: a broken link or anchor, a page left out
+# of the nav or a docstring mkdocstrings cannot read fails it. Silent unless it fails (mkdocs'
+# --quiet would hide the very warnings strict mode counts). The reference pages it includes are
+# generated: `$(BIN)/python scripts/docs-reference` (tests/unit/test_docs_reference.py checks them).
+docs: env
+	@out=$$(NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict 2>&1) || { printf '%s\n' "$$out"; exit 1; }
+
 # numba invalidates a cached kernel when its own file changes, not when a function it calls does:
 # the tests compile every kernel from the sources at hand.
-test: lint
+test: lint docs
 	find monitor -name '*.nb[ci]' -delete
 	scripts/test-services $(BIN)/pytest
 

@@ -109,15 +109,27 @@ class KafkaSettings(_Section):
         "ssl.endpoint.identification.algorithm": ("https",),
     }
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "telemon"
-    readings_topic: str = "telemon.readings"
-    dead_letter_topic: str = "telemon.dlq"
-    alerts_topic: str = "telemon.alerts"
-    truth_topic: str = "telemon.truth"
-    models_topic: str = "telemon.models"
-    audit_topic: str = "telemon.audit"
-    feedback_topic: str = "telemon.feedback"
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="the Kafka brokers, host:port[,host:port...]"
+    )
+    group_id: str = Field(
+        "telemon", description="consumer group of the monitor's replicas (also names their snapshot folders)"
+    )
+    readings_topic: str = Field(
+        "telemon.readings", description="the readings, in the wire format, keyed by device id"
+    )
+    dead_letter_topic: str = Field(
+        "telemon.dlq", description="quarantined messages, as received, with the reason in headers"
+    )
+    alerts_topic: str = Field("telemon.alerts", description="the rules' alerts (pending, firing, resolved)")
+    truth_topic: str = Field(
+        "telemon.truth", description="ground truth of simulated events (telemon simulate), for evaluation"
+    )
+    models_topic: str = Field("telemon.models", description="model versions as they are trained and promoted")
+    audit_topic: str = Field("telemon.audit", description="the model registry's audit trail")
+    feedback_topic: str = Field(
+        "telemon.feedback", description="operators' verdicts on alerts (telemon feedback)"
+    )
     state_topic: str = Field(
         "telemon.state", description="the compacted changelog of partition state (state.changelog)"
     )
@@ -128,16 +140,27 @@ class KafkaSettings(_Section):
         "telemon.fleet", description="the replicas' partial fleet and cohort aggregates (fleet.span)"
     )
     partitions: int = Field(4, ge=1, description="partitions for topics telemon creates")
-    session_timeout_ms: int = Field(6000, ge=1000)
-    max_poll_interval_ms: int = Field(300_000, ge=10_000)
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = Field(
-        None, description="set TELEMON_KAFKA__SASL_PASSWORD rather than the file"
+    session_timeout_ms: int = Field(
+        6000, ge=1000, description="a replica silent this long leaves the group (its partitions move)"
     )
-    ssl_ca_location: str | None = None
+    max_poll_interval_ms: int = Field(
+        300_000, ge=10_000, description="a replica that does not poll for this long leaves the group"
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a partition without a committed offset starts"
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how to talk to the brokers: TLS (SSL), SASL authentication, both or neither"
+    )
+    sasl_mechanism: str | None = Field(None, description="SASL mechanism, e.g. PLAIN, SCRAM-SHA-512")
+    sasl_username: str | None = Field(None, description="SASL user name")
+    sasl_password: SecretStr | None = Field(
+        None,
+        description="SASL password; set it from the environment (TELEMON_KAFKA__SASL_PASSWORD), not the file",
+    )
+    ssl_ca_location: str | None = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates (default: the system's)"
+    )
     allow_insecure_tls: bool = Field(
         False,
         description="the insecure opt-in: accept extra properties that switch off checking the broker's "
@@ -258,6 +281,8 @@ _PY_KEYS = frozenset({"on_delivery", "on_commit", "logger"})
 
 
 class ConsumeSettings(_Section):
+    """How the readings are consumed: batches, message checks, dead letters, delivery and shutdown."""
+
     batch_size: int = Field(5000, ge=1, le=100_000, description="a batch closes at this many messages")
     max_batch_age_ms: int = Field(
         100,
@@ -269,7 +294,7 @@ class ConsumeSettings(_Section):
     poll_timeout_s: float = Field(
         0.5, gt=0, description="how long a poll waits while delivery is degraded, or a lost broker is probed"
     )
-    max_message_bytes: int = Field(4096, ge=256)
+    max_message_bytes: int = Field(4096, ge=256, description="larger readings are dead-lettered (oversize)")
     max_future_ms: int = Field(
         86_400_000,
         ge=0,
@@ -288,7 +313,9 @@ class ConsumeSettings(_Section):
         description="largest key + value dead-lettered whole; a larger record is dead-lettered truncated "
         "to its first bytes (reason too_large, its size and SHA-256 in headers)",
     )
-    delivery_timeout_s: float = Field(30.0, gt=0)
+    delivery_timeout_s: float = Field(
+        30.0, gt=0, description="longest wait for the broker to acknowledge a batch's outputs"
+    )
     shutdown_timeout_s: float = Field(
         60.0,
         gt=0,
@@ -320,6 +347,8 @@ class ProcessingSettings(_Section):
 
 
 class IntegritySettings(_Section):
+    """The data-integrity checks of each (device, sensor) pair's stream: stuck-at, gaps, clock skew."""
+
     stuck_run: int = Field(20, ge=2, description="identical consecutive readings that mean stuck-at")
     gap_factor: float = Field(5.0, gt=1, description="gap = interval > factor x nominal period")
     max_clock_skew_ms: int = Field(300_000, ge=0, description="0 disables the clock-skew check")
@@ -329,6 +358,9 @@ Flagged = Literal["learn", "clip", "skip"]
 
 
 class ModelSettings(_Section):
+    """The pair models: one per (device, sensor), learning the level and noise of its stream online
+    and scoring each reading."""
+
     warmup: int = Field(50, ge=5, description="readings learned before a model scores")
     fading: float = Field(0.05, gt=0, le=1, description="weight of a new reading in the level (memory ~1/x)")
     var_fading: float = Field(0.005, gt=0, le=1, description="weight of a new reading in the noise level")
@@ -340,7 +372,12 @@ class ModelSettings(_Section):
         "(0: no trend; a level alone lags a steady ramp by slope/fading); unset: each channel's own "
         "(built-in humidity, pressure, temperature 0.3, motion kinds 0, declared channels their trend)",
     )
-    anomaly_threshold: float = Field(0.9999, gt=0.5, lt=1)
+    anomaly_threshold: float = Field(
+        0.9999,
+        gt=0.5,
+        lt=1,
+        description="a reading whose anomaly score (0.5: typical) exceeds this is anomalous",
+    )
     rate_window_s: float = Field(
         300.0,
         gt=0,
@@ -353,7 +390,9 @@ class ModelSettings(_Section):
         description="without learn_anomalies: a reading over the threshold moves the level as much as one "
         "on the threshold would, never the noise level (false: it is not learned at all)",
     )
-    retrain_window: int = Field(32, ge=16, le=1024)
+    retrain_window: int = Field(
+        32, ge=16, le=1024, description="latest readings kept per pair in a ring, to retrain on"
+    )
 
     @property
     def flagged(self) -> Flagged:
@@ -582,13 +621,28 @@ class InputDriftSettings(_Section):
 
 
 class DriftSettings(_Section):
-    reference_size: int = Field(96, ge=32, le=4096)
-    window_size: int = Field(96, ge=32, le=4096)
-    check_every: int = Field(32, ge=1)
-    psi_bins: int = Field(10, ge=2, le=50)
-    fleet_reference_size: int = Field(2000, ge=100)
-    fleet_window_size: int = Field(2000, ge=100)
-    fleet_check_every: int = Field(500, ge=1)
+    """Drift of the anomaly scores: KS, PSI and ADWIN per pair, and over the fleet and cohorts of a
+    sensor, and how often each is evaluated (with the rules)."""
+
+    reference_size: int = Field(
+        96, ge=32, le=4096, description="first scores of a pair after warm-up (or a promotion): its reference"
+    )
+    window_size: int = Field(
+        96, ge=32, le=4096, description="the latest scores of a pair compared with its reference"
+    )
+    check_every: int = Field(
+        32, ge=1, description="a pair is evaluated (drift tests, device-scope rules) every this many readings"
+    )
+    psi_bins: int = Field(10, ge=2, le=50, description="PSI bins: quantiles of the reference scores")
+    fleet_reference_size: int = Field(
+        2000, ge=100, description="first scores of a sensor across the fleet (or a cohort): its reference"
+    )
+    fleet_window_size: int = Field(
+        2000, ge=100, description="the latest scores of a sensor across the fleet compared with its reference"
+    )
+    fleet_check_every: int = Field(
+        500, ge=1, description="the fleet and cohorts of a sensor are evaluated every this many scores"
+    )
     urgent_streak: int = Field(
         3,
         ge=0,
@@ -605,7 +659,9 @@ class DriftSettings(_Section):
         "lag-1 autocorrelation (false: its length, as if its scores were independent)",
     )
     psi_threshold: float = Field(0.5, gt=0, description="PSI detects drift when psi > this")
-    adwin_delta: float = Field(0.002, gt=0, lt=1)
+    adwin_delta: float = Field(
+        0.002, gt=0, lt=1, description="ADWIN's confidence parameter (smaller: fewer, surer detections)"
+    )
 
 
 class ChannelSettings(_Section):
@@ -915,9 +971,9 @@ class MetricsSettings(_Section):
     given. The files are checked here so that a typo fails at start-up, not at the first scrape.
     """
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="serve the HTTP endpoint")
     host: str = Field("127.0.0.1", description="listen address; 0.0.0.0 or :: exposes the endpoint")
-    port: int = Field(9464, ge=0, le=65535)
+    port: int = Field(9464, ge=0, le=65535, description="listen port (0: any free port)")
     liveness_timeout_s: float = Field(
         120.0, gt=0, description="/healthz fails once the consume loop has not turned for this long"
     )
@@ -1135,8 +1191,12 @@ class Settings(BaseSettings):
     cohorts_file: Path | None = Field(
         None, description="YAML mapping device id -> labels (firmware, site, ...) for cohort-scope rules"
     )
-    state_dir: Path = Path(".telemon")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    state_dir: Path = Field(
+        Path(".telemon"), description="folder of the process' state: snapshots, registry, signing key"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="the log's level (--log-level wins over it)"
+    )
 
     @model_validator(mode="after")
     def _river_sensors(self) -> Settings:
