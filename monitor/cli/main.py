@@ -27,6 +27,8 @@ from monitor.cli.args import (
     set_log_level,
     settings_from_args,
     stop_on_signals,
+    verbosity,
+    wanted_level,
 )
 from monitor.common import packaged
 from monitor.evaluation import command as evaluation
@@ -231,7 +233,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.cli.demo import run_demo
 
     stop = stop_on_signals("finishing the current batch")
-    return run_demo(args.scenario, args.config, stop, args.report, log_level=args.log_level)
+    return run_demo(args.scenario, args.config, stop, args.report, args.log_level, verbosity(args))
 
 
 COMMANDS = {
@@ -254,7 +256,8 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    set_log_level(args.log_level or "INFO")  # the log_level setting applies once settings are read
+    # the log_level setting (its default here) applies once settings are read
+    set_log_level(wanted_level(args, "INFO") or "INFO")
     try:
         return COMMANDS[args.command](args)
     except (
