@@ -5,11 +5,15 @@ the monitor until it has consumed everything the simulator delivered, then check
 against the scenario's ground truth: every planted drift must have produced a drift alert and a
 retrain for exactly its (device, sensor), and no other pair may have a drift alert. Exit code 0
 when that holds, 1 otherwise.
+
+While it runs, one status line (:class:`monitor.cli.live.StatusLine`) shows the phase, the
+readings produced and consumed, the alerts and retrains and the time elapsed; log lines print above
+it. The HTML report is built and the broker stopped before the summary, so the summary, the verdict
+and the report's path are the last lines, with nothing from Kafka clients after them.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 import tempfile
@@ -129,9 +133,6 @@ def _demo(
         run_s = time.monotonic() - totals.started
         status.show("building the report", detail=str(report or "in a temporary folder"))
         out = _report(settings, report)
-        # The service's producers have no close(): they go with the service, collected here while
-        # the broker is up, so that no client is left to log the broker's departure later on.
-        gc.collect()
         status.show("stopping the broker")
     return _Outcome(totals, run_s, produced, out)
 
