@@ -150,7 +150,7 @@ def _run(
 
     def show(t: Totals) -> None:
         total = reports[0].readings_sent + reports[0].malformed_sent if reports else None
-        status.show("producing and consuming", t.messages, total, progress_detail(produced[0], t))
+        status.show("streaming", t.messages, total, progress_detail(produced[0], t))
 
     def produce() -> None:
         def sent(n: int) -> None:

@@ -16,10 +16,23 @@ from types import TracebackType
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TaskID, TextColumn
+from rich.text import Text
 
 #: How often the plain line is printed when the phase does not change.
 PLAIN_EVERY_S = 10.0
+
+
+class _Elapsed(ProgressColumn):
+    """The time since the line started (the whole command's, not the phase's)."""
+
+    def __init__(self, seconds: Callable[[], float]) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def render(self, task: Task) -> Text:
+        s = int(self.seconds())
+        return Text(f"{s // 60}:{s % 60:02d}", style="progress.elapsed")
 
 
 class StatusLine:
@@ -53,22 +66,21 @@ class StatusLine:
         if self.console.is_terminal:
             self._progress = Progress(
                 SpinnerColumn(),
+                _Elapsed(lambda: self.clock() - self.started),
                 TextColumn("[bold]{task.description}"),
-                BarColumn(bar_width=24),
+                BarColumn(bar_width=16),
                 TextColumn("{task.fields[detail]}"),
-                TimeElapsedColumn(),
                 console=self.console,
                 refresh_per_second=4,
             )
-            self._task = self._progress.add_task("starting", total=None, detail="")
             self._progress.start()
             self._route_logging()
         return self
 
     def show(self, phase: str, done: int = 0, total: int | None = None, detail: str = "") -> None:
         """The current phase, its progress (``total``: ``None`` when not known yet) and a detail."""
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, description=phase, completed=done, total=total, detail=detail)
+        if self._progress is not None:
+            self._show_live(self._progress, phase, done, total, detail)
             return
         line = f"{phase}: {detail}" if detail else phase
         with self._lock:
@@ -79,6 +91,15 @@ class StatusLine:
             self._latest = (line, now)
             if self._printed < self._entered or now - self._printed >= self.every_s:
                 self._flush()
+
+    def _show_live(self, progress: Progress, phase: str, done: int, total: int | None, detail: str) -> None:
+        with self._lock:
+            if phase != self._phase or self._task is None:  # a new task: a new bar, its total unknown
+                if self._task is not None:
+                    progress.remove_task(self._task)
+                self._task = progress.add_task(phase, total=total, detail=detail)
+                self._phase = phase
+            progress.update(self._task, completed=done, total=total, detail=detail)  # done at total: finished
 
     def _flush(self) -> None:
         """Print the latest plain line unless it is already out."""
