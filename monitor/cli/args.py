@@ -23,18 +23,20 @@ GLOBAL_TITLE = "global options (before or after the command)"
 
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE``, ``--log-level LEVEL`` and ``-v`` on ``parser`` and on every subcommand
-    under it, at any depth, so that they may be given before or after any command word.
+    """``--config FILE``, ``--log-level LEVEL``, ``-v`` and ``-q`` on ``parser`` and on every
+    subcommand under it, at any depth, so that they may be given before or after any command word.
 
     Only the top level has defaults: a subcommand's options default to ``SUPPRESS``, so a value
-    given before the subcommand is not overwritten by the subcommand's default.
+    given before the subcommand is not overwritten by the subcommand's default. ``-v`` and ``-q``
+    count into one attribute per depth (a subcommand parses into a namespace of its own, whose
+    values replace the parent's): :func:`verbosity` adds them up.
     """
-    _global_options(parser, None)
-    for sub in _subcommands(parser):
-        _global_options(sub, argparse.SUPPRESS)
+    _global_options(parser, None, 0)
+    for sub, depth in _subcommands(parser):
+        _global_options(sub, argparse.SUPPRESS, depth)
 
 
-def _global_options(p: argparse.ArgumentParser, default: object) -> None:
+def _global_options(p: argparse.ArgumentParser, default: object, depth: int) -> None:
     group = p.add_argument_group(GLOBAL_TITLE)
     group.add_argument(
         "--config",
@@ -50,26 +52,69 @@ def _global_options(p: argparse.ArgumentParser, default: object) -> None:
         choices=LOG_LEVELS,
         default=default,
         metavar="LEVEL",
-        help=f"{', '.join(LOG_LEVELS)} (default: the log_level setting, INFO); wins over the setting",
+        help=f"{', '.join(LOG_LEVELS)} (default: the log_level setting, INFO); wins over the setting "
+        "and over -v and -q",
     )
+    steps = f"{_VERBOSITY}{depth}"
     group.add_argument(
         "-v",
         "--verbose",
-        dest="log_level",
-        action="store_const",
-        const="DEBUG",
+        dest=steps,
+        action="append_const",
+        const=1,
         default=default,
-        help="the same as --log-level DEBUG",
+        help="log one level more than the log_level setting (INFO -> DEBUG); repeatable",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        dest=steps,
+        action="append_const",
+        const=-1,
+        default=default,
+        help="log one level less than the log_level setting (INFO -> WARNING, -qq: errors only); "
+        "repeatable, each -v cancels one -q",
     )
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    """Every parser below ``parser``: its subcommands, theirs, and so on (each once)."""
-    found: list[argparse.ArgumentParser] = []
+_VERBOSITY = "verbosity_"
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """The count of ``-v`` minus the count of ``-q``, wherever on the command line they were."""
+    return sum(sum(v or ()) for k, v in vars(args).items() if k.startswith(_VERBOSITY))
+
+
+def shift_level(level: str, steps: int) -> str:
+    """``level`` made ``steps`` levels more verbose (fewer when negative), within :data:`LOG_LEVELS`.
+
+    >>> shift_level("INFO", 1), shift_level("INFO", -1), shift_level("INFO", -5), shift_level("WARNING", 2)
+    ('DEBUG', 'WARNING', 'ERROR', 'DEBUG')
+    """
+    i = LOG_LEVELS.index(level) - steps
+    return LOG_LEVELS[min(max(i, 0), len(LOG_LEVELS) - 1)]
+
+
+def wanted_level(args: argparse.Namespace, base: str) -> str | None:
+    """The level the command line asks for: ``--log-level`` if given, else ``base`` moved by ``-v``
+    and ``-q``; ``None`` when it asks for nothing (or ``-v`` and ``-q`` cancel out)."""
+    explicit = getattr(args, "log_level", None)
+    if explicit is not None:
+        return str(explicit)
+    steps = verbosity(args)
+    return shift_level(base, steps) if steps else None
+
+
+def _subcommands(
+    parser: argparse.ArgumentParser, depth: int = 1
+) -> list[tuple[argparse.ArgumentParser, int]]:
+    """Every parser below ``parser`` with its depth: its subcommands (1), theirs (2), and so on
+    (each once)."""
+    found: list[tuple[argparse.ArgumentParser, int]] = []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
-                found += [sub, *_subcommands(sub)]
+                found += [(sub, depth), *_subcommands(sub, depth + 1)]
     return found
 
 
@@ -90,11 +135,12 @@ def add_bootstrap_option(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The settings of ``--config``, with ``--bootstrap`` on top (then the environment), and
-    ``--log-level`` over everything; the log level is applied to logging."""
+    ``--log-level`` (or ``-v``/``-q`` from the setting) over everything; the log level is applied
+    to logging."""
     bootstrap = getattr(args, "bootstrap", None)
     overrides = {"kafka": {"bootstrap_servers": bootstrap}} if bootstrap else {}
     settings = load_settings(getattr(args, "config", None), **overrides)
-    level = getattr(args, "log_level", None)
+    level = wanted_level(args, settings.log_level)
     if level is not None:  # the command line is this run's explicit wish: above the environment
         settings = settings.model_copy(update={"log_level": level})
     set_log_level(settings.log_level)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from monitor import errors
-from monitor.cli.args import settings_from_args
+from monitor.cli.args import settings_from_args, verbosity
 from monitor.common import yamlfile
 from monitor.detect.cohorts import CohortLabels
 from monitor.govern.rules import load_rules
@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         return _check(args.files)
     settings = settings_from_args(args)
     doc = yamlfile.read(args.config) if args.config is not None else None
-    sources = value_sources(settings, doc, os.environ, args.log_level is not None)
+    flag = args.log_level is not None or verbosity(args) != 0
+    sources = value_sources(settings, doc, os.environ, flag)
     if args.json:
         where = {".".join(loc): src._asdict() for loc, src in sources.items()}
         print(json.dumps({"settings": settings.model_dump(mode="json"), "sources": where}, indent=2))
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
 def value_sources(
     settings: Settings, doc: yamlfile.YamlDocument | None, env: Mapping[str, str], flag: bool = False
 ) -> dict[Loc, Source]:
-    """The source of every leaf value of ``settings`` (``flag``: ``--log-level`` was given)."""
+    """The source of every leaf value of ``settings`` (``flag``: ``--log-level``, ``-v`` or ``-q``
+    was given)."""
     variables = {k.upper(): k for k in env if k.upper().startswith(ENV_PREFIX)}
     out: dict[Loc, Source] = {}
     for loc, _ in leaves(settings.model_dump(mode="json")):

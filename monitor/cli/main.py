@@ -27,6 +27,8 @@ from monitor.cli.args import (
     set_log_level,
     settings_from_args,
     stop_on_signals,
+    verbosity,
+    wanted_level,
 )
 from monitor.common import packaged
 from monitor.evaluation import command as evaluation
@@ -74,11 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the end-to-end demo on an embedded broker (< 2 min)",
         description="Start an embedded broker, publish a simulated fleet scenario, run the monitor "
-        "until it has consumed everything, print progress and a summary. Exit 0 if every planted "
-        "drift gave a drift alert and a retrain for its device/sensor, no clean pair got a drift "
-        "alert, every alert carries an explanation, and every malformed message was quarantined; "
-        "1 otherwise. Then write the run's HTML report. --config: the monitor config to start from "
-        "(its broker address, metrics port and state folder are replaced).",
+        "until it has consumed everything and write the run's HTML report, then print a summary "
+        "and the verdict. While it runs, one status line shows the phase, the readings produced "
+        "and consumed, the alerts, the retrains and the time elapsed (when stdout is not a "
+        "terminal: a plain line per phase and every 10 s). Exit 0 if every planted drift gave a "
+        "drift alert and a retrain for its device/sensor, no clean pair got a drift alert, every "
+        "alert carries an explanation, and every malformed message was quarantined; 1 otherwise. "
+        "--config: the monitor config to start from (its broker address, metrics port and state "
+        "folder are replaced); -q hides the INFO log lines.",
     )
     demo.add_argument(
         "--scenario",
@@ -92,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="where to write the run's HTML report (default: report.html in a new temporary folder, "
-        "kept); its path is printed on a line 'report: PATH'",
+        "kept); its path is printed on the last line, 'report: PATH'",
     )
 
     run = sub.add_parser(
@@ -231,7 +236,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.cli.demo import run_demo
 
     stop = stop_on_signals("finishing the current batch")
-    return run_demo(args.scenario, args.config, stop, args.report, log_level=args.log_level)
+    return run_demo(args.scenario, args.config, stop, args.report, args.log_level, verbosity(args))
 
 
 COMMANDS = {
@@ -254,7 +259,8 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    set_log_level(args.log_level or "INFO")  # the log_level setting applies once settings are read
+    # the log_level setting (its default here) applies once settings are read
+    set_log_level(wanted_level(args, "INFO") or "INFO")
     try:
         return COMMANDS[args.command](args)
     except (

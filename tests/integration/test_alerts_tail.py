@@ -84,6 +84,17 @@ def test_tail_starts_at_the_end(published: KafkaSettings, capsys: pytest.Capture
     assert capsys.readouterr().out == ""
 
 
+def test_filters_keep_the_matching_records(
+    published: KafkaSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tail = ["alerts", "tail", "--from", "1h", "--once", "-q"]
+    assert main([*tail, "--device", "dev-0001", "--device", "dev-0002", "--state", "firing"]) == 0
+    lines = sorted(capsys.readouterr().out.splitlines())
+    assert [line.split()[3] for line in lines] == ["dev-0001/temperature", "dev-0002/temperature"]
+    assert main([*tail, "--rule", "drift_alert", "--severity", "critical"]) == 0
+    assert capsys.readouterr().out == ""  # the records are warnings
+
+
 def test_a_missing_topic_is_one_line(
     published: KafkaSettings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

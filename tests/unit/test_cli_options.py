@@ -1,4 +1,4 @@
-"""The global options: ``--config``, ``--log-level`` and ``-v`` before or after any command word."""
+"""The global options: ``--config``, ``--log-level``, ``-v`` and ``-q`` before or after any command word."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli.args import set_log_level, settings_from_args, subcommand_paths
+from monitor.cli.args import set_log_level, settings_from_args, subcommand_paths, verbosity, wanted_level
 from monitor.cli.main import build_parser
 
 PARSER = build_parser()
@@ -59,13 +59,53 @@ def test_log_level_before_or_after_every_command(path: tuple[str, ...]) -> None:
     assert PARSER.parse_args([*path, *_required(path)]).log_level is None
     for argv in _placements(path, ["--log-level", "warning"]):
         assert PARSER.parse_args(argv).log_level == "WARNING", argv
-    for argv in _placements(path, ["-v"]):
-        assert PARSER.parse_args(argv).log_level == "DEBUG", argv
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_verbose_and_quiet_before_or_after_every_command(path: tuple[str, ...]) -> None:
+    assert verbosity(PARSER.parse_args([*path, *_required(path)])) == 0
+    for flag, steps in (["-v"], 1), (["-vv"], 2), (["--verbose"], 1), (["-q"], -1), (["--quiet", "-q"], -2):
+        for argv in _placements(path, flag):
+            args = PARSER.parse_args(argv)
+            assert (verbosity(args), args.log_level) == (steps, None), argv
 
 
 def test_a_value_before_the_command_survives_one_after_wins() -> None:
     args = PARSER.parse_args(["--config", "a.yaml", "-v", "registry", "list", "--config", "b.yaml"])
-    assert (args.config, args.log_level) == (Path("b.yaml"), "DEBUG")
+    assert (args.config, verbosity(args)) == (Path("b.yaml"), 1)
+
+
+def test_v_and_q_add_up_wherever_they_are() -> None:
+    args = PARSER.parse_args(["-v", "alerts", "-v", "tail", "-v", "-q"])
+    assert verbosity(args) == 2
+    assert verbosity(PARSER.parse_args(["-q", "registry", "-q", "list"])) == -2
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        ([], None),
+        (["-v"], "DEBUG"),
+        (["-vv"], "DEBUG"),
+        (["-q"], "WARNING"),
+        (["-qq"], "ERROR"),
+        (["-qqq"], "ERROR"),
+        (["-v", "-q"], None),
+        (["-q", "--log-level", "debug"], "DEBUG"),  # the explicit level wins
+        (["--log-level", "error", "-vv"], "ERROR"),
+    ],
+)
+def test_the_level_asked_for(argv: list[str], level: str | None) -> None:
+    assert wanted_level(PARSER.parse_args([*argv, "run"]), "INFO") == level
+
+
+def test_v_and_q_move_from_the_setting(tmp_path: Path) -> None:
+    config = tmp_path / "monitor.yaml"
+    config.write_text("log_level: WARNING\n", encoding="utf-8")
+    for flag, level in ("-v", "INFO"), ("-q", "ERROR"), ("-vv", "DEBUG"):
+        args = PARSER.parse_args([flag, "rules", "check", "r.yaml", "--config", str(config)])
+        assert settings_from_args(args).log_level == level, flag
+        assert logging.getLogger("monitor").level == logging.getLevelName(level)
 
 
 def test_an_unknown_level_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -85,10 +125,13 @@ def test_the_flag_wins_over_the_setting_and_the_environment(
     assert logging.getLogger("monitor").level == logging.ERROR
     monkeypatch.setenv("TELEMON_LOG_LEVEL", "WARNING")
     settings = settings_from_args(
-        PARSER.parse_args(["-v", "rules", "check", "r.yaml", "--config", str(config)])
+        PARSER.parse_args(["--log-level", "debug", "rules", "check", "r.yaml", "--config", str(config)])
     )
     assert settings.log_level == "DEBUG"
     assert logging.getLogger().level == logging.getLogger("monitor").level == logging.DEBUG
+    args = PARSER.parse_args(["-v", "rules", "check", "r.yaml", "--config", str(config)])
+    settings = settings_from_args(args)
+    assert settings.log_level == "INFO"  # one step from the environment's WARNING
 
 
 def test_set_log_level() -> None:
