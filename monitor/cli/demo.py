@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from monitor.cli.broker import EmbeddedBroker, free_port
 from monitor.govern.alerts import Alert
@@ -67,13 +68,14 @@ def run_demo(
 ) -> int:
     """The demo on ``config``'s settings (``log_level``, if given, over its own)."""
     scenario = load_scenario(scenario_path)
+    level: dict[str, Any] = {"log_level": log_level} if log_level else {}
     with tempfile.TemporaryDirectory(prefix="telemon-demo-") as tmp, EmbeddedBroker() as broker:
         settings = load_settings(
             config,
             kafka={"bootstrap_servers": broker.bootstrap_servers},
             metrics={"port": free_port()},
             state_dir=tmp,
-            **({"log_level": log_level} if log_level else {}),
+            **level,
         )
         print(
             f"telemon demo: broker {broker.bootstrap_servers}, metrics "
