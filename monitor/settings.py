@@ -1289,10 +1289,15 @@ _BUILD: ContextVar[_Build | None] = ContextVar("telemon_settings_build", default
 
 @dataclass(frozen=True)
 class Origins:
-    """Where each value of one :func:`build_settings` comes from: the data of every source,
-    highest precedence first."""
+    """Where each value of one :func:`build_settings` comes from: the sources, highest precedence
+    first, each asked for its data when first needed."""
 
-    layers: tuple[tuple[str, PydanticBaseSettingsSource, dict[str, Any]], ...] = ()
+    sources: tuple[tuple[str, PydanticBaseSettingsSource], ...] = ()
+
+    @functools.cached_property
+    def layers(self) -> tuple[tuple[str, PydanticBaseSettingsSource, dict[str, Any]], ...]:
+        """``(kind, source, its data)`` of every source."""
+        return tuple((kind, source, source()) for kind, source in self.sources)
 
     @property
     def doc(self) -> yamlfile.YamlDocument | None:
@@ -1409,7 +1414,7 @@ def load_settings(
 
 
 def _origins(build: _Build) -> Origins:
-    return Origins(tuple((kind, source, source()) for kind, source in build.layers))
+    return Origins(tuple(build.layers))
 
 
 def _read_config(path: Path) -> yamlfile.YamlDocument:
