@@ -1,9 +1,14 @@
-"""The one frozen, validated settings object: a YAML file plus ``TELEMON_*`` environment overrides.
+"""The one frozen, validated settings object, from a YAML file and ``TELEMON_*`` variables.
 
-Precedence (highest first): environment (``TELEMON_KAFKA__BOOTSTRAP_SERVERS``, nested keys joined
-by ``__``), keyword overrides, the YAML file, the defaults below. Built once at start-up and passed
-down; nothing else reads the environment.
-"""
+:func:`load_settings` merges pydantic-settings sources, highest precedence first
+(:data:`PRECEDENCE`): the environment (``TELEMON_KAFKA__BOOTSTRAP_SERVERS``, nested keys joined by
+``__``, a mapping as JSON), an optional ``.env`` file of the same variables, an optional secrets
+folder (a file per value, named as its variable), keyword overrides, the YAML file
+(:class:`ConfigFileSource`, read with :mod:`monitor.common.yamlfile`), the defaults below;
+mappings merge key by key. Every problem is reported with its source (``FILE:LINE:COLUMN``, the
+variable, the file), and :func:`build_settings` tells where each value comes from
+(``telemon config show``). Built once at start-up and passed down; nothing else reads the
+environment."""
 
 from __future__ import annotations
 
@@ -14,8 +19,10 @@ import math
 import os
 import re
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal, get_args
+from typing import Any, ClassVar, Final, Literal, NamedTuple, get_args
 
 from pydantic import (
     BaseModel,
@@ -26,8 +33,18 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from monitor import errors, schema
 from monitor.common import files, packaged, riverpath, yamlfile
@@ -1162,6 +1179,7 @@ class Settings(BaseSettings):
         extra="forbid",
         env_prefix="TELEMON_",
         env_nested_delimiter="__",
+        secrets_dir_missing="error",  # a secrets folder named but missing is a mistake
         hide_input_in_errors=True,  # an invalid value may sit next to a secret, or be one
     )
 
@@ -1235,33 +1253,228 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment overrides the file; the file's content arrives as init arguments.
-        return (env_settings, init_settings)
+        """The sources, highest precedence first (:data:`PRECEDENCE`); the config file is one only
+        when built by :func:`load_settings`."""
+        build = _BUILD.get()
+        layers: list[tuple[str, PydanticBaseSettingsSource]] = [
+            ("environment", env_settings),
+            ("env file", EnvFileSource(dotenv_settings)),
+            ("secret file", NestedSecretsSettingsSource(file_secret_settings)),
+            ("override", init_settings),
+        ]
+        if build is not None:
+            if build.config is not None:
+                layers.append(("file", build.config))
+            build.layers = layers
+        return tuple(source for _, source in layers)
 
 
+#: The sources of the settings, highest first: the ``TELEMON_*`` environment, the ``.env`` file,
+#: the secrets folder (a file per value, ``TELEMON_KAFKA__SASL_PASSWORD``), keyword overrides
+#: (the command line's), the config file, the defaults.
+PRECEDENCE: Final = ("environment", "env file", "secret file", "override", "file", "default")
 #: Environment variables of the settings: ``TELEMON_<SECTION>__<KEY>`` or ``TELEMON_<KEY>``.
 ENV_PREFIX = "TELEMON_"
 #: Variables of that prefix that are not settings: the MQTT bridge's password, compose's partitions.
 OTHER_VARIABLES = frozenset({"TELEMON_MQTT_PASSWORD", "TELEMON_PARTITIONS"})
 
+Loc = tuple[str, ...]
 
-def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings from an optional YAML file, overrides, then the environment on top.
+
+class Source(NamedTuple):
+    """Where a setting's value comes from: ``kind`` is one of :data:`PRECEDENCE` (or ``command
+    line``); ``at`` is ``FILE:LINE:COLUMN``, the variable, the file or the option (empty for a
+    default or an override)."""
+
+    kind: str
+    at: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.at}" if self.at else self.kind
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """The YAML config file as a settings source, read with :mod:`monitor.common.yamlfile` (its
+    refusals, and the position of every key for errors); relative paths are joined to its folder."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+        self.doc = _read_config(path)
+        self.data = _relative_paths(self.doc.data or {}, path.parent.resolve())
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.data
+
+
+class EnvFileSource(PydanticBaseSettingsSource):
+    """The ``.env`` file read as the environment is: its ``TELEMON_*`` variables that name settings
+    (others, ``COMPOSE_PROJECT_NAME`` say, are not telemon's); one that names no setting is warned
+    about, as in the environment."""
+
+    def __init__(self, dotenv: PydanticBaseSettingsSource) -> None:
+        super().__init__(dotenv.settings_cls)
+        if not isinstance(dotenv, DotEnvSettingsSource):
+            raise TypeError(f"an env file source, not {type(dotenv).__name__}")
+        self.dotenv = dotenv
+        files_ = dotenv.env_file if isinstance(dotenv.env_file, list | tuple) else [dotenv.env_file]
+        self.where = ", ".join(str(f) for f in files_ if f is not None)
+        self.data: dict[str, Any] | None = None
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.dotenv.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        if self.data is None:
+            self.data = EnvSettingsSource.__call__(self.dotenv)  # not the extras DotEnv adds
+            names = {k.upper(): v for k, v in self.dotenv.env_vars.items() if v is not None}
+            for problem in _unknown_variables(names, f"{self.where}: variable"):
+                log.warning("%s", problem)
+        return self.data
+
+
+@dataclass
+class _Build:
+    """One :func:`load_settings`: its config file, and the sources pydantic-settings was given."""
+
+    config: ConfigFileSource | None
+    layers: list[tuple[str, PydanticBaseSettingsSource]] = field(default_factory=list)
+
+
+_BUILD: ContextVar[_Build | None] = ContextVar("telemon_settings_build", default=None)
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Where each value of one :func:`build_settings` comes from: the sources, highest precedence
+    first, each asked for its data when first needed."""
+
+    sources: tuple[tuple[str, PydanticBaseSettingsSource], ...] = ()
+
+    @functools.cached_property
+    def layers(self) -> tuple[tuple[str, PydanticBaseSettingsSource, dict[str, Any]], ...]:
+        """``(kind, source, its data)`` of every source."""
+        return tuple((kind, source, source()) for kind, source in self.sources)
+
+    @property
+    def doc(self) -> yamlfile.YamlDocument | None:
+        """The config file's document, if there is one."""
+        return next((s.doc for _, s, _ in self.layers if isinstance(s, ConfigFileSource)), None)
+
+    def of(self, loc: Loc) -> Source:
+        """The source of the value at ``loc``: the highest that sets it (or a mapping holding it)
+        whole; else the config file's key holding it; else the highest that has it."""
+        sets = [layer for layer in self.layers if _sets(layer[2], loc)]
+        holds = [layer for layer in self.layers if _holds(layer[2], loc)]
+        files_ = [layer for layer in holds if layer[0] == "file"]
+        kind, source, _ = next(iter(sets or files_ or holds), ("default", None, {}))
+        return _named(kind, source, loc)
+
+    def describe(self, loc: Loc, message: str) -> tuple[int, int, str]:
+        """``(line, column, text)`` of a problem at ``loc``, the text naming its source."""
+        where = self.of(loc)
+        text = f"{'.'.join(loc) or 'settings'}: {message}"
+        doc = self.doc
+        if where.kind == "file" and doc is not None:
+            return doc.position(loc, message)
+        if where.kind == "environment":
+            return 0, 0, f"environment variable {where.at}: {text}"
+        if where.kind in ("env file", "secret file"):
+            return 0, 0, f"{where.kind} {where.at}: {text}"
+        return 0, 0, text
+
+
+def _sets(data: Any, loc: Loc) -> bool:
+    """Whether ``data`` holds a value at ``loc`` or above it that is not a mapping."""
+    for i, key in enumerate(loc):
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+        if not isinstance(data, dict) and i < len(loc) - 1:
+            return True
+    return not isinstance(data, dict) or not data
+
+
+def _holds(data: Any, loc: Loc) -> bool:
+    """Whether ``data`` has the key ``loc`` (or a value above it)."""
+    for key in loc:
+        if not isinstance(data, dict):
+            return True
+        if key not in data:
+            return False
+        data = data[key]
+    return True
+
+
+def _named(kind: str, source: PydanticBaseSettingsSource | None, loc: Loc) -> Source:
+    """The :class:`Source` of ``loc`` in ``source``: the variable, secret file or file position."""
+    names = [_env_name(loc[:i]) for i in range(len(loc), 0, -1)]
+    if isinstance(source, ConfigFileSource):
+        line, column, _ = source.doc.position(loc, "")
+        return Source(kind, f"{source.doc.source}:{line}:{column}")
+    if isinstance(source, EnvFileSource):
+        found = {k.upper() for k in source.dotenv.env_vars}
+        return Source(kind, f"{source.where}: {next((n for n in names if n in found), names[-1])}")
+    if isinstance(source, EnvSettingsSource) and kind == "environment":
+        found_env = {k.upper(): k for k in os.environ}  # env_vars holds them lower-cased
+        return Source(kind, next((found_env[n] for n in names if n in found_env), names[-1]))
+    if isinstance(source, NestedSecretsSettingsSource):
+        for folder in reversed(source.secrets_paths):
+            for name in names:
+                path = SecretsSettingsSource.find_case_path(folder, name, case_sensitive=False)
+                if path is not None:
+                    return Source(kind, str(path))
+    return Source(kind)
+
+
+def build_settings(
+    path: Path | None = None,
+    *,
+    env_file: Path | None = None,
+    secrets_dir: Path | None = None,
+    **overrides: Any,
+) -> tuple[Settings, Origins]:
+    """:func:`load_settings`, with where each value comes from (:class:`Origins`)."""
+    for problem in _unknown_variables(os.environ):
+        log.warning("%s", problem)
+    build = _Build(ConfigFileSource(Settings, path) if path is not None else None)
+    token = _BUILD.set(build)
+    try:
+        settings = Settings(_env_file=env_file, _secrets_dir=secrets_dir, **overrides)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(exc, _origins(build)))) from None
+    except SettingsError as exc:  # a variable or secret that is not the JSON its setting needs
+        hint = " (a section or mapping in one variable is JSON)" if "error parsing" in str(exc) else ""
+        raise ConfigError(f"{exc}{hint}") from None
+    finally:
+        _BUILD.reset(token)
+    return settings, _origins(build)
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    env_file: Path | None = None,
+    secrets_dir: Path | None = None,
+    **overrides: Any,
+) -> Settings:
+    """The settings from their sources (:data:`PRECEDENCE`): the ``TELEMON_*`` environment, the
+    ``env_file`` (``.env`` syntax, the same variables), the ``secrets_dir`` (a file per value named
+    as its variable, e.g. ``TELEMON_KAFKA__SASL_PASSWORD``), keyword ``overrides``, the YAML file at
+    ``path``, the defaults; mappings are merged key by key.
 
     Relative paths in the file are relative to the file's folder. Raises
     :class:`FileNotFoundError` for a missing file and :class:`ConfigError` for anything wrong
-    in the file, the overrides or the ``TELEMON_*`` environment.
+    in any source, each problem at its file position, variable or secret file.
     """
-    env, doc, data = os.environ, None, {}
-    if path is not None:
-        doc = _read_config(path)
-        data = _relative_paths(doc.data or {}, path.parent.resolve())
-    for problem in _unknown_variables(env):
-        log.warning("%s", problem)
-    try:
-        return Settings(**_merge(data, overrides))
-    except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(exc, doc, env))) from None
+    return build_settings(path, env_file=env_file, secrets_dir=secrets_dir, **overrides)[0]
+
+
+def _origins(build: _Build) -> Origins:
+    return Origins(tuple(build.layers))
 
 
 def _read_config(path: Path) -> yamlfile.YamlDocument:
@@ -1312,11 +1525,11 @@ def _joined(value: Any, folder: Path) -> Any:
     return value
 
 
-def _unknown_variables(env: Mapping[str, str]) -> list[str]:
+def _unknown_variables(env: Mapping[str, str], what: str = "environment variable") -> list[str]:
     """A ``TELEMON_*`` variable that names no setting is a typo (or a stale one): say which."""
     known = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields}
     return [
-        f"environment variable {var} names no setting{_meant(var.upper(), known)}: ignored"
+        f"{what} {var} names no setting{_meant(var.upper(), known)}: ignored"
         for var in sorted(env)
         if var.upper().startswith(ENV_PREFIX)
         and var.upper().split("__")[0] not in known
@@ -1335,21 +1548,9 @@ def _meant(name: str, known: set[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _describe(exc: ValidationError, doc: yamlfile.YamlDocument | None, env: Mapping[str, str]) -> list[str]:
-    """One line per validation error, at the file position or environment variable it comes from."""
-    variables = {k.upper(): k for k in env if k.upper().startswith(ENV_PREFIX)}
-    lines: list[tuple[int, int, str]] = []
-    for loc, message in _problems(exc):
-        var = next(
-            (variables[n] for i in range(len(loc), 0, -1) if (n := _env_name(loc[:i])) in variables), None
-        )
-        if var is not None:
-            lines.append((0, 0, f"environment variable {var}: {'.'.join(loc)}: {message}"))
-        elif doc is not None and any(doc.has(loc[:i]) for i in range(len(loc), 0, -1)):
-            lines.append(doc.position(loc, message))
-        else:
-            lines.append((0, 0, f"{'.'.join(loc) or 'settings'}: {message}"))
-    return [line for _, _, line in sorted(lines)]
+def _describe(exc: ValidationError, origins: Origins) -> list[str]:
+    """One line per validation error, at the file position, variable or file it comes from."""
+    return [line for _, _, line in sorted(origins.describe(loc, m) for loc, m in _problems(exc))]
 
 
 #: The members of a union in an error location (``kafka.extra.x.bool``): not keys.
@@ -1382,7 +1583,7 @@ def _problems(exc: ValidationError) -> Iterator[tuple[tuple[str, ...], str]]:
             yield from ((loc, m) for m in dict.fromkeys(messages))
 
 
-def _env_name(loc: tuple[str, ...]) -> str:
+def _env_name(loc: Loc) -> str:
     return (ENV_PREFIX + "__".join(loc)).upper()
 
 
@@ -1408,13 +1609,3 @@ def _section_keys(loc: tuple[str, ...]) -> set[str]:
             return set()
         model = info.annotation
     return set(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else set()
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out

@@ -11,8 +11,9 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import Literal, overload
 
-from monitor.settings import Settings, load_settings
+from monitor.settings import Origins, Settings, build_settings
 
 log = logging.getLogger("monitor")
 
@@ -23,8 +24,9 @@ GLOBAL_TITLE = "global options (before or after the command)"
 
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE``, ``--log-level LEVEL``, ``-v`` and ``-q`` on ``parser`` and on every
-    subcommand under it, at any depth, so that they may be given before or after any command word.
+    """``--config FILE``, ``--env-file FILE``, ``--secrets-dir DIR``, ``--log-level LEVEL``, ``-v``
+    and ``-q`` on ``parser`` and on every subcommand under it, at any depth, so that they may be
+    given before or after any command word.
 
     Only the top level has defaults: a subcommand's options default to ``SUPPRESS``, so a value
     given before the subcommand is not overwritten by the subcommand's default. ``-v`` and ``-q``
@@ -45,6 +47,21 @@ def _global_options(p: argparse.ArgumentParser, default: object, depth: int) -> 
         metavar="FILE",
         help="monitor YAML config; relative paths in it are relative to its folder (default: the "
         "built-in defaults and the packaged rules)",
+    )
+    group.add_argument(
+        "--env-file",
+        type=Path,
+        default=default,
+        metavar="FILE",
+        help="TELEMON_* variables in .env syntax, under those of the environment (default: none)",
+    )
+    group.add_argument(
+        "--secrets-dir",
+        type=Path,
+        default=default,
+        metavar="DIR",
+        help="a folder of secret files, one per value, named as its TELEMON_* variable (e.g. "
+        "TELEMON_KAFKA__SASL_PASSWORD), under the environment and --env-file (default: none)",
     )
     group.add_argument(
         "--log-level",
@@ -133,18 +150,32 @@ def add_bootstrap_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", metavar="HOST:PORT", help="override kafka.bootstrap_servers")
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The settings of ``--config``, with ``--bootstrap`` on top (then the environment), and
-    ``--log-level`` (or ``-v``/``-q`` from the setting) over everything; the log level is applied
-    to logging."""
+@overload
+def settings_from_args(args: argparse.Namespace) -> Settings: ...
+@overload
+def settings_from_args(args: argparse.Namespace, with_origins: Literal[True]) -> tuple[Settings, Origins]: ...
+
+
+def settings_from_args(
+    args: argparse.Namespace, with_origins: bool = False
+) -> Settings | tuple[Settings, Origins]:
+    """The settings of ``--config``, ``--env-file`` and ``--secrets-dir``, with ``--bootstrap`` on
+    top (then the environment), and ``--log-level`` (or ``-v``/``-q`` from the setting) over
+    everything; the log level is applied to logging. ``with_origins``: with where each value comes
+    from."""
     bootstrap = getattr(args, "bootstrap", None)
     overrides = {"kafka": {"bootstrap_servers": bootstrap}} if bootstrap else {}
-    settings = load_settings(getattr(args, "config", None), **overrides)
+    settings, origins = build_settings(
+        getattr(args, "config", None),
+        env_file=getattr(args, "env_file", None),
+        secrets_dir=getattr(args, "secrets_dir", None),
+        **overrides,
+    )
     level = wanted_level(args, settings.log_level)
     if level is not None:  # the command line is this run's explicit wish: above the environment
         settings = settings.model_copy(update={"log_level": level})
     set_log_level(settings.log_level)
-    return settings
+    return (settings, origins) if with_origins else settings
 
 
 def set_log_level(level: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,7 @@ import yaml
 
 from monitor.cli.config import Source, check_file, value_sources
 from monitor.cli.main import main
-from monitor.common import yamlfile
-from monitor.settings import load_settings
+from monitor.settings import build_settings, load_settings
 
 CONFIG = """\
 kafka:
@@ -36,10 +34,11 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out, err
 
 
-def test_every_value_has_its_source(tmp_path: Path) -> None:
+def test_every_value_has_its_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _config(tmp_path)
-    env = {"TELEMON_KAFKA__BOOTSTRAP_SERVERS": "k:9092", "TELEMON_DRIFT__CHECK_EVERY": "7"}
-    sources = value_sources(load_settings(path), yamlfile.read(path), env)
+    monkeypatch.setenv("TELEMON_KAFKA__BOOTSTRAP_SERVERS", "k:9092")
+    monkeypatch.setenv("TELEMON_DRIFT__CHECK_EVERY", "7")
+    sources = value_sources(*build_settings(path))
     assert sources[("kafka", "group_id")] == Source("file", f"{path}:2:3")
     assert sources[("kafka", "extra", "linger.ms")] == Source("file", f"{path}:5:5")
     kafka = Source("environment", "TELEMON_KAFKA__BOOTSTRAP_SERVERS")
@@ -53,10 +52,10 @@ def test_a_mapping_from_the_environment_is_merged_key_by_key(
 ) -> None:
     path = _config(tmp_path)
     monkeypatch.setenv("TELEMON_KAFKA__EXTRA", '{"client.id": "c1"}')
-    sources = value_sources(load_settings(path), yamlfile.read(path), os.environ)
+    sources = value_sources(*build_settings(path))
     assert sources[("kafka", "extra", "client.id")] == Source("environment", "TELEMON_KAFKA__EXTRA")
     assert sources[("kafka", "extra", "linger.ms")] == Source("file", f"{path}:5:5")
-    assert value_sources(load_settings(path), None, {}, flag=True)[("log_level",)] == Source(
+    assert value_sources(*build_settings(path), flag=True)[("log_level",)] == Source(
         "command line", "--log-level"
     )
 
@@ -86,6 +85,35 @@ def test_show_json_and_the_log_level_flag(tmp_path: Path, capsys: pytest.Capture
     assert doc["sources"]["log_level"] == {"kind": "command line", "at": "--log-level"}
     assert doc["sources"]["kafka.group_id"] == {"kind": "file", "at": f"{path}:2:3"}
     assert doc["sources"]["state_dir"] == {"kind": "default", "at": ""}
+
+
+def test_show_names_the_env_file_and_the_secret_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _config(tmp_path)
+    env_file = tmp_path / "telemon.env"
+    env_file.write_text(
+        "TELEMON_KAFKA__GROUP_ID=from-env-file\nTELEMON_DRIFT__CHECK_EVERY=9\n", encoding="utf-8"
+    )
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "TELEMON_KAFKA__SASL_PASSWORD").write_text("s3cret", encoding="utf-8")
+    monkeypatch.setenv("TELEMON_DRIFT__CHECK_EVERY", "7")
+    argv = ["config", "show", "--json", "--config", str(path), "--env-file", str(env_file)]
+    code, out, _ = _run(capsys, *argv, "--secrets-dir", str(secrets))
+    doc = json.loads(out)
+    assert code == 0 and "s3cret" not in out
+    assert doc["settings"]["kafka"]["group_id"] == "from-env-file"
+    assert doc["sources"]["kafka.group_id"] == {
+        "kind": "env file",
+        "at": f"{env_file}: TELEMON_KAFKA__GROUP_ID",
+    }
+    assert doc["settings"]["drift"]["check_every"] == 7  # the environment over the .env file
+    assert doc["sources"]["drift.check_every"]["kind"] == "environment"
+    assert doc["sources"]["kafka.sasl_password"] == {
+        "kind": "secret file",
+        "at": str(secrets.resolve() / "TELEMON_KAFKA__SASL_PASSWORD"),
+    }
 
 
 def test_show_without_a_config_is_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:

@@ -75,6 +75,64 @@ def test_env_values_are_validated(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
+def test_sources_in_order_env_dotenv_secrets_overrides_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = ("group_id", "readings_topic", "alerts_topic", "truth_topic", "models_topic")
+    path = _yaml(tmp_path, "kafka:\n" + "".join(f"  {k}: file\n" for k in keys))
+    env_file = tmp_path / "telemon.env"
+    env_file.write_text("".join(f"TELEMON_KAFKA__{k.upper()}=dotenv\n" for k in keys[:2]), encoding="utf-8")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for k in keys[:3]:
+        (secrets / f"TELEMON_KAFKA__{k.upper()}").write_text("secret", encoding="utf-8")
+    monkeypatch.setenv("TELEMON_KAFKA__GROUP_ID", "env")
+    kafka = load_settings(
+        path,
+        env_file=env_file,
+        secrets_dir=secrets,
+        kafka=dict.fromkeys(keys[:4], "override"),
+    ).kafka
+    assert [getattr(kafka, k) for k in keys] == ["env", "dotenv", "secret", "override", "file"]
+
+
+def test_bad_values_from_an_env_file_or_a_secret_file_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / "telemon.env"
+    env_file.write_text("TELEMON_DRIFT__CHECK_EVERY=zero\n", encoding="utf-8")
+    with pytest.raises(
+        ConfigError, match=f"^env file {env_file}: TELEMON_DRIFT__CHECK_EVERY: drift.check_every: "
+    ):
+        load_settings(env_file=env_file)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "TELEMON_CONSUME__BATCH_SIZE").write_text("many", encoding="utf-8")
+    secret = secrets.resolve() / "TELEMON_CONSUME__BATCH_SIZE"
+    with pytest.raises(ConfigError, match=f"^secret file {secret}: consume.batch_size: ") as exc:
+        load_settings(secrets_dir=secrets)
+    assert "many" not in str(exc.value)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(secrets_dir=tmp_path / "missing")
+
+
+def test_a_variable_that_is_not_the_json_of_its_mapping_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TELEMON_KAFKA__EXTRA", "{not json")
+    with pytest.raises(ConfigError, match="kafka"):
+        load_settings()
+
+
+def test_settings_built_from_an_env_file_are_frozen(tmp_path: Path) -> None:
+    env_file = tmp_path / "telemon.env"
+    env_file.write_text("TELEMON_LOG_LEVEL=DEBUG\n", encoding="utf-8")
+    s = load_settings(env_file=env_file)
+    assert s.log_level == "DEBUG"
+    with pytest.raises(ValidationError):
+        s.log_level = "INFO"  # type: ignore[misc]
+
+
 @pytest.mark.parametrize(
     ("text", "where"),
     [
@@ -171,3 +229,15 @@ def test_password_from_env_is_used_but_never_shown(monkeypatch: pytest.MonkeyPat
     for text in (str(s), repr(s), str(s.kafka), s.model_dump_json()):
         assert PASSWORD not in text
     assert "**********" in str(s)
+
+
+def test_an_env_file_keeps_only_the_variables_of_settings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    env_file = tmp_path / "telemon.env"
+    env_file.write_text(
+        "COMPOSE_PROJECT_NAME=x\nTELEMON_KAFKA_GROUP_ID=typo\nTELEMON_KAFKA__GROUP_ID=g2\n", encoding="utf-8"
+    )
+    assert load_settings(env_file=env_file).kafka.group_id == "g2"
+    assert "TELEMON_KAFKA_GROUP_ID names no setting (did you mean TELEMON_KAFKA__GROUP_ID?)" in caplog.text
+    assert "COMPOSE_PROJECT_NAME" not in caplog.text
