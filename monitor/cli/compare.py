@@ -102,7 +102,7 @@ def _tolerance_ms(text: str) -> int:
         duration = parse_duration(text)
         seconds = -1.0 if duration is None else duration.total_seconds()
     if not 0 <= seconds < float("inf"):
-        raise InvalidInput(f"--tolerance {text!r}: not a duration (60, 90s, 2m, 1h30m)")
+        raise InvalidInput(f"--tolerance {text!r}: not a duration (60, 90s, 2m, 1h)")
     return round(seconds * 1000)
 
 

@@ -18,7 +18,6 @@ from datetime import timedelta
 
 import pytimeparse2
 
-EXAMPLES = "30s, 5m, 1.5h, 2d, 1h30m"  # for messages
 _UNIT = re.compile(r"[a-z]", re.IGNORECASE)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from monitor.cli.args import add_bootstrap_option, settings_from_args
-from monitor.common.durations import EXAMPLES, parse_duration
+from monitor.common.durations import parse_duration
 from monitor.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def parse_when(option: str, text: str | None, now_ms: int) -> int | None:
     except ValueError:
         raise InvalidInput(
             f"{option} {text!r}: not a time (ISO-8601 such as 2026-01-01T00:05:00, epoch seconds or "
-            f"milliseconds, or a duration before now such as {EXAMPLES})"
+            "milliseconds, or a duration before now such as 30m, 6h, 2d)"
         ) from None
 
 

@@ -192,17 +192,16 @@ Node = Annotated[
 
 # --- rules ----------------------------------------------------------------------------------------
 
-_FOR_HELP = "expected a number of consecutive evaluations (>= 1) or a duration such as '30s', '5m', '1h30m'"
+_FOR_HELP = "expected a number of consecutive evaluations (>= 1) or a duration such as '30s', '5m', '1h'"
 
 
 def _parse_for(value: object) -> object:
     """``for`` is a count of evaluations (int) or a duration of event time (a string)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    if isinstance(value, str):
-        value = parse_duration(value)
-    if isinstance(value, timedelta) and value > timedelta(0):
-        return value
+    duration = parse_duration(value) if isinstance(value, str) else value
+    if isinstance(duration, timedelta) and duration > timedelta(0):
+        return duration
     raise ValueError(f"{_FOR_HELP}, not {value!r}")
 
 
