@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from monitor.analyze import compare as cmp
 from monitor.analyze import feedback
 from monitor.analyze.ledger import decode_alert
 from monitor.cli.args import add_bootstrap_option, settings_from_args
+from monitor.common.durations import parse_duration
 from monitor.errors import InvalidInput
 from monitor.evaluation.report import table
 from monitor.report import topics
@@ -29,8 +29,6 @@ from monitor.report.command import parse_when
 from monitor.serve import shadow
 from monitor.settings import Settings
 
-_TOLERANCE = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600}
 _T = TypeVar("_T")
 
 
@@ -97,10 +95,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tolerance_ms(text: str) -> int:
-    found = _TOLERANCE.fullmatch(text.strip())
-    if found is None:
+    """Seconds (``60``) or a duration with units (``90s``, ``2m``, ``1h30m``)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        duration = parse_duration(text)
+        seconds = -1.0 if duration is None else duration.total_seconds()
+    if not 0 <= seconds < float("inf"):
         raise InvalidInput(f"--tolerance {text!r}: not a duration (60, 90s, 2m, 1h)")
-    return round(float(found[1]) * _UNIT_S[found[2]] * 1000)
+    return round(seconds * 1000)
 
 
 def read(settings: Settings, suffix: str) -> tuple[cmp.Outputs, cmp.Outputs, list[feedback.Verdict]]:

@@ -14,13 +14,20 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain-text table with aligned columns."""
+    """A plain-text table: a header line, a rule of dashes under each column, the rows; columns
+    two spaces apart, every cell left-aligned as given.
+
+    >>> print(table(["NAME", "N"], [["a", 1], ["bb", None]]))
+    NAME    N
+    ------  ---
+    a       1
+    bb      -
+    """
+    from tabulate import tabulate  # on first use: most commands print no table
+
     cells = [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join("-" * w for w in widths)
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), line]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(out)
+    text = tabulate(cells, headers=list(headers), tablefmt="simple", disable_numparse=True, stralign="left")
+    return "\n".join(line.rstrip() for line in text.splitlines())
 
 
 def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from monitor.cli.args import add_bootstrap_option, settings_from_args
+from monitor.common.durations import parse_duration
 from monitor.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -17,8 +18,6 @@ if TYPE_CHECKING:
     from monitor.settings import Settings
 
 DEFAULT_OUT = Path("telemon-report.html")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,9 +75,9 @@ def parse_when(option: str, text: str | None, now_ms: int) -> int | None:
         return None
     from monitor.evaluation.replay import parse_time
 
-    duration = _DURATION.fullmatch(text.strip())
-    if duration:
-        return now_ms - round(float(duration[1]) * _UNIT_MS[duration[2]])
+    duration = parse_duration(text)
+    if duration is not None:
+        return now_ms - round(duration / timedelta(milliseconds=1))
     try:
         return parse_time(text)
     except ValueError:

@@ -210,6 +210,8 @@ class SpanWorker:
         finally:
             consumer.close()
             producer.flush(self.settings.consume.delivery_timeout_s)
+            if self.sink is not None:
+                self.sink.close()
 
     def _end(self, consumer: Consumer) -> int:
         """The fleet topic's end now."""

@@ -253,6 +253,8 @@ class Service:
         if self.changelog is not None:
             self.changelog.close()
         self.pipeline.trainer.close()
+        if self.sink is not None:
+            self.sink.close()
         try:
             self.producer.flush(self.settings.consume.delivery_timeout_s)
         except KafkaException as exc:  # a producer that failed for good (fenced) says so here

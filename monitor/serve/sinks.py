@@ -17,21 +17,25 @@ Alertmanager keep a resolved alert active, or refuse an alert that starts in the
 record (retrying connection failures, timeouts, 408, 429 and 5xx with a short backoff within
 ``timeout_s``), so the caller does not commit the offsets of a batch whose alerts were not
 delivered. Messages never contain URL credentials.
+
+The requests go through one pooled ``httpx`` client per sink (kept-alive connections, the system's
+trust store for HTTPS, proxies from the environment as any HTTP client) and the retries through a
+``tenacity`` policy: exponential backoff from 0.1 s to 1 s, never sleeping past the deadline.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
+import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from http.client import HTTPException
 from typing import Any
+
+import httpx
+import tenacity
 
 from monitor.errors import SinkRejected, SinkUnavailable
 from monitor.govern.alerts import Alert, annotations_of, labels_of, rfc3339
@@ -49,7 +53,7 @@ _RETRYABLE_4XX = frozenset({408, 429})
 class _Endpoint:
     api_url: str  # {base}/api/v2/alerts, without credentials
     shown: str  # the base URL without credentials, for messages
-    authorization: str | None  # a Basic header value from the URL's user info
+    auth: httpx.BasicAuth | None  # from the URL's user info
 
 
 def _endpoint(url: str) -> _Endpoint:
@@ -62,12 +66,11 @@ def _endpoint(url: str) -> _Endpoint:
         )
     netloc = parts.netloc.rpartition("@")[2]
     base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-    authorization = None
+    auth = None
     if parts.username is not None:
         user = urllib.parse.unquote(parts.username)
-        password = urllib.parse.unquote(parts.password or "")
-        authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-    return _Endpoint(f"{base}/api/v2/alerts", base, authorization)
+        auth = httpx.BasicAuth(user, urllib.parse.unquote(parts.password or ""))
+    return _Endpoint(f"{base}/api/v2/alerts", base, auth)
 
 
 def _has_host(parts: urllib.parse.SplitResult) -> bool:
@@ -128,6 +131,12 @@ class AlertmanagerSink:
         self.clock = clock
         self._firing: dict[str, Alert] = {}  # alert_id -> latest firing record
         self._last_resend = clock()
+        self._client = httpx.Client(
+            auth=self._endpoint.auth,
+            verify=ssl.create_default_context(),  # the system's trust store, as before httpx
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=1),
+        )
 
     @property
     def url(self) -> str:
@@ -175,6 +184,10 @@ class AlertmanagerSink:
                 self._firing[a.alert_id] = a
         self._last_resend = float("-inf")
 
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._client.close()
+
     def _post_all(self, alerts: Sequence[Alert], now: float) -> None:
         deadline = time.monotonic() + self.timeout_s
         valid_for = VALIDITY_FACTOR * self.resend_interval_s
@@ -185,43 +198,58 @@ class AlertmanagerSink:
 
     def _post(self, data: bytes, count: int, deadline: float) -> None:
         """POST with retries until ``deadline``; raise with the last problem if it never succeeds."""
-        backoff, attempts = _FIRST_BACKOFF_S, 0
-        while True:
-            attempts += 1
-            problem = self._attempt(data, count, deadline - time.monotonic())
-            if problem is None:
-                return
-            log.debug("Alertmanager at %s: %s (attempt %d)", self.url, problem, attempts)
-            if time.monotonic() + backoff >= deadline:
-                raise SinkUnavailable(
-                    f"Alertmanager at {self.url} did not accept {count} alert(s): {problem} "
-                    f"({attempts} attempt(s) within {self.timeout_s:g}s); check that it is running "
-                    "and reachable"
-                )
-            time.sleep(backoff)
-            backoff = min(2 * backoff, _MAX_BACKOFF_S)
 
-    def _attempt(self, data: bytes, count: int, timeout: float) -> str | None:
-        """One POST: ``None`` if accepted, else what went wrong; raises :class:`SinkRejected` on
-        an answer that retrying cannot change."""
-        headers = {"Content-Type": "application/json"}
-        if self._endpoint.authorization is not None:
-            headers["Authorization"] = self._endpoint.authorization
-        request = urllib.request.Request(self._endpoint.api_url, data=data, headers=headers, method="POST")
+        def give_up(state: tenacity.RetryCallState) -> None:
+            problem = state.outcome.exception() if state.outcome is not None else None
+            raise SinkUnavailable(
+                f"Alertmanager at {self.url} did not accept {count} alert(s): {problem} "
+                f"({state.attempt_number} attempt(s) within {self.timeout_s:g}s); check that it is "
+                "running and reachable"
+            )
+
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            problem = state.outcome.exception() if state.outcome is not None else None
+            log.debug("Alertmanager at %s: %s (attempt %d)", self.url, problem, state.attempt_number)
+
+        tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Retryable),
+            wait=tenacity.wait_exponential(multiplier=_FIRST_BACKOFF_S, max=_MAX_BACKOFF_S),
+            stop=_StopBeforeDeadline(deadline),
+            before_sleep=log_retry,
+            retry_error_callback=give_up,
+        )(self._attempt, data, count, deadline)
+
+    def _attempt(self, data: bytes, count: int, deadline: float) -> None:
+        """One POST: returns if accepted, raises :class:`_Retryable` with what went wrong, or
+        :class:`SinkRejected` on an answer that retrying cannot change."""
+        timeout = max(deadline - time.monotonic(), 0.05)
         try:
-            with urllib.request.urlopen(request, timeout=max(timeout, 0.05)) as response:
-                response.read()
-            return None
-        except urllib.error.HTTPError as exc:
-            with exc:
-                answer = exc.read(512).decode("utf-8", "replace").strip()
-            problem = f"HTTP {exc.code}: {answer[:200] or exc.reason}"
-            if 400 <= exc.code < 500 and exc.code not in _RETRYABLE_4XX:
-                raise SinkRejected(
-                    f"Alertmanager at {self.url} refused {count} alert(s): {problem}"
-                ) from None
-            return problem
-        except urllib.error.URLError as exc:
-            return str(exc.reason) or type(exc.reason).__name__
-        except (OSError, HTTPException) as exc:  # timeouts while reading, dropped connections
-            return str(exc) or type(exc).__name__
+            response = self._client.post(
+                self._endpoint.api_url, content=data, headers=_HEADERS, timeout=timeout
+            )
+        except httpx.RequestError as exc:  # refused, timed out, dropped connections
+            raise _Retryable(str(exc) or type(exc).__name__) from None
+        if response.is_success:
+            return
+        answer = response.text[:512].strip()
+        problem = f"HTTP {response.status_code}: {answer[:200] or response.reason_phrase}"
+        if response.is_client_error and response.status_code not in _RETRYABLE_4XX:
+            raise SinkRejected(f"Alertmanager at {self.url} refused {count} alert(s): {problem}")
+        raise _Retryable(problem)  # 3xx (not followed), 408, 429, 5xx
+
+
+_HEADERS = {"Content-Type": "application/json"}
+
+
+class _Retryable(Exception):
+    """One attempt's problem that a later attempt may not have (its message says what)."""
+
+
+class _StopBeforeDeadline(tenacity.stop.stop_base):
+    """Stop rather than sleep past ``deadline`` (a ``time.monotonic()`` value)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.deadline

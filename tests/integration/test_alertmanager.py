@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,22 @@ def _alert(device: str, status: str, started_at: int, ts: int, scope: str = "dev
     )
 
 
+_OPEN: list[AlertmanagerSink] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sinks() -> Iterator[None]:
+    """Close the sinks' kept-alive connections after each test."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def _sink(am: AlertmanagerProcess, **kwargs: Any) -> AlertmanagerSink:
     url = am.url.replace("http://", f"http://telemon:{SECRET}@")
-    return AlertmanagerSink(url, **{"timeout_s": 5.0, "resend_interval_s": 60.0, **kwargs})
+    sink = AlertmanagerSink(url, **{"timeout_s": 5.0, "resend_interval_s": 60.0, **kwargs})
+    _OPEN.append(sink)
+    return sink
 
 
 def _active(am: AlertmanagerProcess, *ids: str) -> dict[str, dict[str, Any]]:

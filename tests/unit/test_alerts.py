@@ -415,3 +415,11 @@ def test_bad_urls_are_refused_without_echoing_them(url: str) -> None:
     with pytest.raises(ValueError, match="must look like http") as exc:
         AlertmanagerSink(url)
     assert SECRET not in str(exc.value)
+
+
+def test_timeouts_and_throttling_are_retried_and_redirects_not_followed(stub: Stub) -> None:
+    stub.statuses = [408, 429, 307]
+    sink = AlertmanagerSink(stub.url, timeout_s=5)
+    assert sink.send([_alert()]) == 1
+    assert len(stub.requests) == 4
+    sink.close()

@@ -23,7 +23,7 @@ from monitor.analyze.compare import (
 )
 from monitor.analyze.feedback import Verdict
 from monitor.analyze.ledger import AlertRecord
-from monitor.cli.compare import render
+from monitor.cli.compare import _tolerance_ms, render
 from monitor.cli.main import main
 from monitor.govern import registry
 from monitor.govern.alerts import alert_id
@@ -204,6 +204,8 @@ def test_the_table_and_the_json_show_every_section() -> None:
 def test_bad_options_are_one_line_and_exit_2_before_kafka(capsys: pytest.CaptureFixture[str]) -> None:
     cases = [
         (["compare", "--tolerance", "soon"], "--tolerance 'soon': not a duration"),
+        (["compare", "--tolerance=-5s"], "--tolerance '-5s': not a duration"),
+        (["compare", "--tolerance", "inf"], "--tolerance 'inf': not a duration"),
         (["compare", "--from", "2026-01-02", "--to", "2026-01-01"], "is not before --to"),
         (["compare", "--from", "tomorrow"], "--from 'tomorrow': not a time"),
         (["compare", "--shadow-suffix", ""], "--shadow-suffix: empty"),
@@ -220,3 +222,10 @@ def test_compare_help_names_every_option(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     for option in ("--from TIME", "--to TIME", "--shadow-suffix SUFFIX", "--tolerance DURATION", "--json"):
         assert option in out
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"), [("60", 60_000), ("0", 0), ("90s", 90_000), ("2m", 120_000), ("1h30m", 5_400_000)]
+)
+def test_tolerance_is_seconds_or_a_duration(text: str, ms: int) -> None:
+    assert _tolerance_ms(text) == ms

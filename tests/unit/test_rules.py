@@ -330,6 +330,8 @@ def test_wrong_top_level_is_a_rules_error(tmp_path: Path, text: str) -> None:
         ("for", "5x"),
         ("for", "0s"),
         ("for", "-5m"),
+        ("for", "5"),
+        ("for", "1:30"),
         ("cooldown_s", -1),
         ("severity", "fatal"),
         ("actions", []),
@@ -351,6 +353,9 @@ def test_invalid_field_values_name_the_field(tmp_path: Path, key: str, value: ob
         ("5m", timedelta(minutes=5)),
         ("1h", timedelta(hours=1)),
         ("2d", timedelta(days=2)),
+        ("1h30m", timedelta(minutes=90)),
+        ("1.5m", timedelta(seconds=90)),
+        ("10 minutes", timedelta(minutes=10)),
         (3, 3),
     ],
 )

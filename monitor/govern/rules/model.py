@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import operator
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +26,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from monitor.analyze import bias
+from monitor.common.durations import parse_duration
 from monitor.schema import NAME_PATTERN, SENSOR_NAMES
 
 Scope = Literal["device", "fleet", "cohort"]
@@ -192,8 +192,6 @@ Node = Annotated[
 
 # --- rules ----------------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"([1-9][0-9]*)(s|m|h|d)")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _FOR_HELP = "expected a number of consecutive evaluations (>= 1) or a duration such as '30s', '5m', '1h'"
 
 
@@ -201,10 +199,9 @@ def _parse_for(value: object) -> object:
     """``for`` is a count of evaluations (int) or a duration of event time (a string)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    if isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
-        return timedelta(seconds=int(m[1]) * _UNIT_S[m[2]])
-    if isinstance(value, timedelta) and value > timedelta(0):
-        return value
+    duration = parse_duration(value) if isinstance(value, str) else value
+    if isinstance(duration, timedelta) and duration > timedelta(0):
+        return duration
     raise ValueError(f"{_FOR_HELP}, not {value!r}")
 
 
