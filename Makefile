@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both create the environment
+# The two set-up commands of the README: `make demo` and `make test`. Both create the environment
 # (.venv with '.[dev]': the embedded and mqtt extras, the test tools) on first use; `make test` also
 # installs and starts what the tests need (scripts/test-services: Mosquitto, Prometheus, Alertmanager, ...).
 PYTHON ?= python3
@@ -57,7 +57,8 @@ evaluate: env
 		--label Occupancy --label-kind change --horizon-s 3600 --baselines
 	$(EVAL) tables --docs docs/results/detection-tables.md
 
-# The README's screenshot of the demo's report (docs/report.png), taken in headless Chromium.
+# The screenshot of the demo's report (docs/report.png, in the README and the docs), taken in
+# headless Chromium.
 report-screenshot: env
 	command -v chromium >/dev/null || scripts/apt-install --no-install-recommends chromium fonts-dejavu-core
 	$(BIN)/python scripts/report-screenshot docs/report.png

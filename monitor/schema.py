@@ -83,7 +83,7 @@ SCALAR_KEYS: Final = ("value",)
 #: temperature 20 degC per hour (the limit data-centre guidelines give for the fastest allowed
 #: swing) and station pressure 10 hPa per hour (several times the deepest storms' fall); motion
 #: and humidity (breath, a door) change as fast as they like.
-#: A trend (``trend``, Holt's linear trend: README "Model and drift design") is given to the
+#: A trend (``trend``, Holt's linear trend: docs/concepts/models.md) is given to the
 #: environmental kinds, whose quantities have inertia and so ramp (a heater, the sun, a weather
 #: front): a level alone lags a ramp and its scores drift up with nothing wrong. Motion kinds move
 #: in steps (the device turned, an activity changed), which a trend would stretch into a ramp that

@@ -341,7 +341,7 @@ class ConsumeSettings(_Section):
 
 
 class ProcessingSettings(_Section):
-    """The delivery guarantee of telemon's outputs (README: Delivery guarantees)."""
+    """The delivery guarantee of telemon's outputs (docs: operations/guarantees.md)."""
 
     guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once",
@@ -563,7 +563,7 @@ def _args(params: dict[str, Any]) -> str:
 
 
 class RiverSettings(_Section):
-    """River tiers: River anomaly detectors scoring the stream beside the pair models (README:
+    """River tiers: River anomaly detectors scoring the stream beside the pair models (docs:
     "River tiers"). A (device, sensor) pair is scored by the first tier in the list that covers it."""
 
     tiers: tuple[RiverTierSettings, ...] = Field(

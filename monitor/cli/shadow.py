@@ -22,7 +22,7 @@ def add_options(run: argparse.ArgumentParser) -> None:
         "pre-production (shadow) run",
         "Run this telemon, config and rules beside production on its live readings, as a consumer group "
         "of its own, writing only shadow topics (production's names with --shadow-suffix) and no "
-        "Alertmanager; compare the two with `telemon compare`. README: Pre-production runs.",
+        "Alertmanager; compare the two with `telemon compare`. Docs: guides/pre-production.md.",
     )
     g.add_argument(
         "--shadow-of",

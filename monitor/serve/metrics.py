@@ -1,4 +1,4 @@
-"""Every Prometheus metric telemon exports, declared here and only here (the README's catalog).
+"""Every Prometheus metric telemon exports, declared here and only here (the generated docs/reference/metrics.md).
 
 The registry is injected (tests build a fresh ``CollectorRegistry``). Domain code never touches
 ``prometheus_client``: the service calls the ``record_*`` hooks once per batch, never per reading.

@@ -16,8 +16,8 @@ below newer allocations).
 
 :meth:`StateStore.export` and :meth:`StateStore.load` move the devices of a partition in and out
 (snapshots: every slab's arrays under their names, which are unique across slabs).
-:meth:`StateStore.array_bytes_per_device` reports the footprint; the README's budget table comes
-from it.
+:meth:`StateStore.array_bytes_per_device` reports the footprint; the memory figures of
+docs/results/performance.md come from it.
 """
 
 from __future__ import annotations

