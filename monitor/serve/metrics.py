@@ -1,4 +1,5 @@
-"""Every Prometheus metric telemon exports, declared here and only here (the generated docs/reference/metrics.md).
+"""Every Prometheus metric telemon exports, declared here and only here (docs/reference/metrics.md
+is generated from it).
 
 The registry is injected (tests build a fresh ``CollectorRegistry``). Domain code never touches
 ``prometheus_client``: the service calls the ``record_*`` hooks once per batch, never per reading.
