@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -262,7 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the log_level setting (its default here) applies once settings are read
     set_log_level(wanted_level(args, "INFO") or "INFO")
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader gone away shows here, not in the interpreter's last flush
+        return code
     except (
         errors.InvalidInput,
         errors.UnsafeFileError,
@@ -274,6 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        # the reader went away (`telemon config show | head`): as a shell tool does, quietly;
+        # stdout goes to /dev/null so that the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except errors.Unavailable as exc:
         print(f"telemon {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,15 @@ def test_check_a_missing_or_unreadable_file(tmp_path: Path, capsys: pytest.Captu
     code, _, err = _run(capsys, "config", "check", str(_config(tmp_path, "a: [\n", "broken.yaml")))
     assert code == 2 and "invalid YAML" in err and len(err.splitlines()) == 1
     assert check_file(tmp_path) == [f"cannot read {tmp_path}: {tmp_path}: not a regular file (a directory)"]
+
+
+def test_a_reader_gone_away_is_no_error() -> None:
+    """`telemon config show | head -1`: the closed pipe ends the command quietly (141, as a shell
+    tool killed by SIGPIPE), without a traceback."""
+    telemon = Path(sys.executable).parent / "telemon"
+    argv = [telemon, "config", "show", "--json"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert (proc.wait(timeout=60), err) == (141, b"")
