@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import InvalidInput
+from monitor.evaluation.replay import parse_time
 from monitor.report import figures as f
 from monitor.report import html as h
 
@@ -161,7 +162,7 @@ def _read_rows(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         for i, row in enumerate(csv.DictReader(fh)):
             if i >= MAX_ROWS:
                 break
-            ts.append(int(np.datetime64(row["timestamp"].replace(" ", "T"), "ms").astype(np.int64)))
+            ts.append(parse_time(row["timestamp"]))  # as the evaluation read it: ISO, epoch s or ms
             cols.append(
                 (float(row["label"] or 0), float(row["anomaly_score"] or 0), float(row["alerting"] or 0))
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,16 @@ def _quality(windows: list[dict[str, object]]) -> dict[str, object]:
     return {"messages": 1000, "alerts_firing": 1, "anomaly": q, "drift": {"n_changes": 0, "n_detected": 0}}
 
 
-def test_an_evaluation_folder_renders_its_reports(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        lambda m, s: f"2026-01-01 00:{m:02d}:{s:02d}",  # ISO, as most recordings
+        lambda m, s: str(1_767_225_600 + 60 * m + s),  # epoch seconds
+        lambda m, s: str((1_767_225_600 + 60 * m + s) * 1000),  # epoch ms
+    ],
+    ids=["iso", "epoch-s", "epoch-ms"],
+)
+def test_an_evaluation_folder_renders_its_reports(tmp_path: Path, stamp: Callable[[int, int], str]) -> None:
     event = {
         "device_id": "dev-0001",
         "sensor": "temperature",
@@ -141,7 +151,7 @@ def test_an_evaluation_folder_renders_its_reports(tmp_path: Path) -> None:
     (tmp_path / "rows").mkdir()
     rows = ["timestamp,label,anomaly_score,anomalous,alerting"]
     rows += [
-        f"2026-01-01 00:{m:02d}:{s:02d},{int(10 <= m < 12)},{np.sin(s):.3f},0,{int(m == 11)}"
+        f"{stamp(m, s)},{int(10 <= m < 12)},{np.sin(s):.3f},0,{int(m == 11)}"
         for m in range(30)
         for s in range(0, 60, 10)
     ]
